@@ -1,0 +1,163 @@
+"""Message codecs: the safe YAML dialect plumpy peers speak (default) and a JSON option.
+
+Messages are data, never code: the YAML decoder knows plain types, ``!!python/tuple`` and ``!uuid``
+only, and refuses every other tag (``!!python/object/apply``, ``!!python/name``, AiiDA tags, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any, Protocol, runtime_checkable
+
+import yaml
+
+from .errors import DecodeError, EncodeError
+
+__all__ = ["Codec", "YamlCodec", "JsonCodec", "get_codec", "DEFAULT_MAX_MESSAGE_BYTES"]
+
+#: Bodies larger than this are refused before encoding is sent or decoding is attempted.
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+UUID_TAG = "!uuid"
+TUPLE_TAG = "tag:yaml.org,2002:python/tuple"
+
+_BaseLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_BaseDumper: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+class _SafeLoader(_BaseLoader):  # type: ignore[misc]
+    """SafeLoader plus the two non-plain tags of the plumpy dialect; registered on this class only."""
+
+
+class _SafeDumper(_BaseDumper):  # type: ignore[misc]
+    """SafeDumper that writes tuples and UUIDs the way plumpy peers expect."""
+
+
+def _construct_uuid(loader: Any, node: yaml.Node) -> uuid.UUID:
+    value = loader.construct_scalar(node)
+    try:
+        return uuid.UUID(value)
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise yaml.constructor.ConstructorError(None, None, f"invalid !uuid value {value!r}", node.start_mark) from exc
+
+
+def _construct_tuple(loader: Any, node: yaml.Node) -> tuple[Any, ...]:
+    return tuple(loader.construct_sequence(node))
+
+
+def _represent_uuid(dumper: Any, data: uuid.UUID) -> Any:
+    return dumper.represent_scalar(UUID_TAG, str(data))
+
+
+def _represent_tuple(dumper: Any, data: tuple[Any, ...]) -> Any:
+    return dumper.represent_sequence(TUPLE_TAG, data)
+
+
+_SafeLoader.add_constructor(UUID_TAG, _construct_uuid)
+_SafeLoader.add_constructor(TUPLE_TAG, _construct_tuple)
+_SafeDumper.add_representer(uuid.UUID, _represent_uuid)
+_SafeDumper.add_representer(tuple, _represent_tuple)
+# Subclasses of plain containers and scalars (str enums, dict subclasses) travel as their base type.
+_SafeDumper.add_multi_representer(dict, lambda d, v: d.represent_dict(dict(v)))
+_SafeDumper.add_multi_representer(str, lambda d, v: d.represent_str(str(v)))
+_SafeDumper.add_multi_representer(list, lambda d, v: d.represent_list(list(v)))
+
+
+@runtime_checkable
+class Codec(Protocol):
+    """Turns message bodies into bytes and back; decode never runs code."""
+
+    name: str
+
+    def encode(self, obj: Any) -> bytes: ...
+
+    def decode(self, data: bytes | str) -> Any: ...
+
+
+class _SizeLimited:
+    def __init__(self, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+        self.max_bytes = max_bytes
+
+    def _check_size(self, size: int, what: str) -> None:
+        if size > self.max_bytes:
+            err = EncodeError if what == "encode" else DecodeError
+            raise err(f"message of {size} bytes exceeds the limit of {self.max_bytes} bytes")
+
+
+class YamlCodec(_SizeLimited):
+    """The YAML dialect of plumpy + kiwipy, decoded with a safe loader (C-accelerated when present)."""
+
+    name = "yaml"
+
+    def encode(self, obj: Any) -> bytes:
+        try:
+            data: bytes = yaml.dump(obj, Dumper=_SafeDumper, encoding="utf-8", default_flow_style=False)
+        except yaml.YAMLError as exc:
+            raise EncodeError(f"cannot encode {type(obj).__name__} value for the wire: {exc}") from None
+        self._check_size(len(data), "encode")
+        return data
+
+    def decode(self, data: bytes | str) -> Any:
+        if not isinstance(data, (bytes, bytearray, str)):
+            raise DecodeError(f"message body must be bytes or str, not {type(data).__name__}")
+        self._check_size(len(data), "decode")
+        try:
+            return yaml.load(data, Loader=_SafeLoader)
+        except yaml.constructor.ConstructorError as exc:
+            raise DecodeError(f"refused to decode message: {exc.problem or exc}") from None
+        except (yaml.YAMLError, UnicodeDecodeError, ValueError) as exc:
+            raise DecodeError(f"malformed YAML message: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
+        except RecursionError:
+            raise DecodeError("message nests too deeply") from None
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, uuid.UUID):
+        return {"__uuid__": str(obj)}
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def _json_object_hook(obj: dict[str, Any]) -> Any:
+    if len(obj) == 1 and "__uuid__" in obj:
+        try:
+            return uuid.UUID(obj["__uuid__"])
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise DecodeError(f"invalid uuid value {obj['__uuid__']!r}") from exc
+    return obj
+
+
+class JsonCodec(_SizeLimited):
+    """JSON bodies (tuples become lists, UUIDs become ``{"__uuid__": ...}``); faster, not plumpy-compatible."""
+
+    name = "json"
+
+    def encode(self, obj: Any) -> bytes:
+        try:
+            data = json.dumps(obj, default=_json_default, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        except (TypeError, ValueError) as exc:
+            raise EncodeError(f"cannot encode value for the wire: {exc}") from None
+        self._check_size(len(data), "encode")
+        return data
+
+    def decode(self, data: bytes | str) -> Any:
+        if not isinstance(data, (bytes, bytearray, str)):
+            raise DecodeError(f"message body must be bytes or str, not {type(data).__name__}")
+        self._check_size(len(data), "decode")
+        try:
+            return json.loads(data, object_hook=_json_object_hook)
+        except DecodeError:
+            raise
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            raise DecodeError(f"malformed JSON message: {exc}") from None
+
+
+def get_codec(codec: str | Codec | None = None, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Codec:
+    """Return a codec by name (``"yaml"``, the default, or ``"json"``) or pass one through."""
+    if codec is None or codec == "yaml":
+        return YamlCodec(max_bytes)
+    if codec == "json":
+        return JsonCodec(max_bytes)
+    if isinstance(codec, str):
+        raise ValueError(f"unknown codec {codec!r}: use 'yaml' or 'json'")
+    return codec

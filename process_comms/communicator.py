@@ -1,0 +1,336 @@
+"""The async core communicator: the interface both back ends implement, and the reply rules they share.
+
+An :class:`AsyncCommunicator` lives on one event loop. Sending returns the *final* value of a call
+(``pending`` replies are progress, not nested futures) or raises a typed error. Subscribers are
+kiwipy-style callables, called on the loop; one that returns a future gets a ``pending`` reply first.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import concurrent.futures
+import inspect
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import kiwipy
+
+from . import defaults
+from .codec import Codec, get_codec
+from .errors import (
+    CommunicatorClosed,
+    DecodeError,
+    DuplicateSubscriber,
+    InvalidPid,
+    ProcessKilled,
+    RemoteError,
+    TaskRejected,
+)
+
+__all__ = [
+    "AsyncCommunicator",
+    "BroadcastFilter",
+    "routing_id",
+    "reply_outcome",
+    "respond",
+    "dispatch_task",
+    "dispatch_broadcast",
+    "exception_reply",
+    "host_info",
+    "parse_task_envelope",
+]
+
+LOGGER = logging.getLogger(__name__)
+
+BroadcastFilter = kiwipy.BroadcastFilter
+
+RESULT_KEY = "result"
+EXCEPTION_KEY = "exception"
+CANCELLED_KEY = "cancelled"
+PENDING_KEY = "pending"
+HOST_KEY = "host"
+#: Extra reply key (ignored by kiwipy peers) carrying the remote exception's type name.
+ERROR_TYPE_KEY = "error_type"
+
+Subscriber = Callable[..., Any]
+SendReply = Callable[[dict[str, Any]], Awaitable[None]]
+
+_KILLED_TYPES = {"KilledError", "ProcessKilled"}
+_REJECTED_TYPES = {"TaskRejected", "LoadError", "DecodeError", "InvalidTask"}
+
+
+def routing_id(pid: Any) -> str:
+    """The routing form of a pid, ``str(pid)``; refuses pids that would be wildcards or too long."""
+    if pid is None:
+        raise InvalidPid("a pid is required, got None")
+    key = str(pid)
+    if not key or "*" in key or "#" in key:
+        raise InvalidPid(f"pid {key!r} cannot be a routing address: it is empty or contains '*' or '#'")
+    if len(key.encode()) + len(defaults.RPC_PREFIX) + 1 > defaults.MAX_ROUTING_KEY_BYTES:
+        raise InvalidPid(f"pid {key[:40]!r}... is longer than a routing key allows")
+    return key
+
+
+def host_info() -> dict[str, Any]:
+    """The ``host`` entry kiwipy puts in task replies: who handled the task."""
+    return {"hostname": socket.gethostname(), "pid": os.getpid()}
+
+
+def exception_reply(exc: BaseException) -> dict[str, Any]:
+    """A reply carrying ``str(exc)`` (what kiwipy peers read) plus its type name (what we read)."""
+    if isinstance(exc, RemoteError) and exc.remote_type:
+        return {EXCEPTION_KEY: exc.message, ERROR_TYPE_KEY: exc.remote_type}
+    return {EXCEPTION_KEY: str(exc) or type(exc).__name__, ERROR_TYPE_KEY: type(exc).__name__}
+
+
+def reply_outcome(reply: Any) -> tuple[bool, Any]:
+    """Interpret one reply: ``(False, None)`` for pending, ``(True, value)`` for a result; raise for errors.
+
+    Precedence follows kiwipy: cancelled > exception > result > pending.
+    """
+    if not isinstance(reply, dict):
+        raise DecodeError(f"reply is not a mapping but {type(reply).__name__}")
+    if CANCELLED_KEY in reply:
+        raise RemoteError(str(reply[CANCELLED_KEY] or "the remote handler was cancelled"), "CancelledError")
+    if EXCEPTION_KEY in reply:
+        message = str(reply[EXCEPTION_KEY])
+        kind = reply.get(ERROR_TYPE_KEY)
+        kind = kind if isinstance(kind, str) else None
+        if kind in _KILLED_TYPES:
+            raise ProcessKilled(message, kind)
+        if kind in _REJECTED_TYPES:
+            err = TaskRejected(f"{kind}: {message}")
+            raise err
+        raise RemoteError(message, kind)
+    if RESULT_KEY in reply:
+        return True, reply[RESULT_KEY]
+    if PENDING_KEY in reply:
+        return False, None
+    raise DecodeError(f"reply has none of result/exception/cancelled/pending: keys {sorted(map(str, reply))}")
+
+
+def _is_future(value: Any) -> bool:
+    return isinstance(value, concurrent.futures.Future) or inspect.isawaitable(value)
+
+
+async def _await_any(value: Any) -> Any:
+    if isinstance(value, concurrent.futures.Future):
+        return await asyncio.wrap_future(value)
+    return await value
+
+
+async def respond(value_or_call: Any, send: SendReply | None, *, call: bool = True) -> dict[str, Any]:
+    """Run a handler (or take its value) and return the final reply, sending ``pending`` for each future level.
+
+    A cancelled handler yields a ``cancelled`` reply (kiwipy sends nothing: pain-points B4); a failure
+    yields an ``exception`` reply. Only cancellation of the calling task itself propagates.
+    """
+    try:
+        value = value_or_call() if call else value_or_call
+        while _is_future(value):
+            if send is not None:
+                await send({PENDING_KEY: None})
+            value = await _await_any(value)
+        return {RESULT_KEY: value}
+    except (asyncio.CancelledError, concurrent.futures.CancelledError) as exc:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        return {CANCELLED_KEY: str(exc) or None}
+    except Exception as exc:  # noqa: BLE001 - every handler failure becomes a reply
+        return exception_reply(exc)
+
+
+class InvalidTask(Exception):
+    """A task envelope or body that is not what the protocol says."""
+
+
+def parse_task_envelope(decoded: Any) -> tuple[Any, bool]:
+    """Split a decoded task body into ``(task, no_reply)``; raise :class:`InvalidTask` if it is not a pair."""
+    if not isinstance(decoded, (list, tuple)) or len(decoded) != 2:
+        raise InvalidTask(f"task envelope must be a pair (task, no_reply), got {type(decoded).__name__}")
+    task, no_reply = decoded
+    if not isinstance(no_reply, bool):
+        raise InvalidTask(f"task envelope's no_reply must be a bool, got {type(no_reply).__name__}")
+    return task, no_reply
+
+
+async def dispatch_task(
+    subscribers: list[Subscriber], comm: Any, task: Any, send: SendReply | None
+) -> dict[str, Any] | None:
+    """Offer ``task`` to each subscriber in turn; return the final reply, or None if every one rejected it."""
+    for subscriber in subscribers:
+        try:
+            value = subscriber(comm, task)
+        except kiwipy.TaskRejected:
+            continue
+        except Exception as exc:  # noqa: BLE001
+            return exception_reply(exc)
+        return await respond(value, send, call=False)
+    return None
+
+
+def dispatch_broadcast(subscribers: list[Subscriber], comm: Any, message: Any) -> None:
+    """Hand a broadcast envelope to every subscriber; failures are logged, never raised (no replies)."""
+    if not isinstance(message, dict):
+        LOGGER.warning("dropped a broadcast whose body is not a mapping: %s", type(message).__name__)
+        return
+    args = (message.get("body"), message.get("sender"), message.get("subject"), message.get("correlation_id"))
+    for subscriber in subscribers:
+        try:
+            result = subscriber(comm, *args)
+            if inspect.isawaitable(result):
+                asyncio.ensure_future(result).add_done_callback(_log_failure)
+        except Exception:
+            LOGGER.exception("broadcast subscriber %r failed", subscriber)
+
+
+def _log_failure(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        LOGGER.error("broadcast subscriber failed", exc_info=fut.exception())
+
+
+class AsyncCommunicator(abc.ABC):
+    """A communicator bound to one event loop: RPC, broadcast and task messaging with flat results."""
+
+    def __init__(self, codec: str | Codec | None = None) -> None:
+        self.codec: Codec = get_codec(codec)
+        self._rpc_subscribers: dict[str, Subscriber] = {}
+        self._task_subscribers: dict[Any, Subscriber] = {}
+        self._broadcast_subscribers: dict[Any, Subscriber] = {}
+        self._closed = False
+        #: The object handed to subscribers as their ``communicator`` argument.
+        self.facade: Any = self
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def connect(self) -> None:
+        """Open connections and declare what this communicator owns (idempotent)."""
+
+    async def close(self) -> None:
+        """Close the communicator; idempotent."""
+        self._closed = True
+
+    def is_closed(self) -> bool:
+        """True once close() has been called."""
+        return self._closed
+
+    def _ensure_open(self) -> None:
+        if self._closed:
+            raise CommunicatorClosed("the communicator is closed")
+
+    # -- sending ---------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def rpc_send(self, recipient_id: Any, msg: Any, on_pending: Callable[[], None] | None = None) -> Any:
+        """Send an RPC to ``recipient_id``; return the final result (raises ProcessUnreachable if no route)."""
+
+    @abc.abstractmethod
+    async def task_send(self, task: Any, no_reply: bool = False, on_pending: Callable[[], None] | None = None) -> Any:
+        """Queue a task; return its final result, or None once confirmed when ``no_reply``."""
+
+    @abc.abstractmethod
+    async def broadcast_send(
+        self, body: Any, sender: Any = None, subject: Any = None, correlation_id: Any = None
+    ) -> bool:
+        """Broadcast to every subscriber on every communicator; True once handed to the broker."""
+
+    # -- subscribing -----------------------------------------------------------------------------
+    async def add_rpc_subscriber(self, subscriber: Subscriber, identifier: Any = None) -> str:
+        """Receive RPCs addressed to ``identifier`` (a new UUID if None); returns the identifier."""
+        self._ensure_open()
+        key = routing_id(identifier if identifier is not None else uuid.uuid4())
+        if key in self._rpc_subscribers:
+            raise DuplicateSubscriber(f"an RPC subscriber for {key!r} already exists on this communicator")
+        self._rpc_subscribers[key] = subscriber
+        try:
+            await self._on_rpc_added(key)
+        except BaseException:
+            self._rpc_subscribers.pop(key, None)
+            raise
+        return key
+
+    async def remove_rpc_subscriber(self, identifier: Any) -> None:
+        """Stop receiving RPCs for ``identifier``; no error if it is not subscribed."""
+        key = str(identifier)
+        if self._rpc_subscribers.pop(key, None) is not None and not self._closed:
+            await self._on_rpc_removed(key)
+
+    async def add_task_subscriber(self, subscriber: Subscriber, identifier: Any = None) -> Any:
+        """Receive tasks from the task queue; returns the identifier."""
+        self._ensure_open()
+        identifier = identifier if identifier is not None else uuid.uuid4()
+        if identifier in self._task_subscribers:
+            raise DuplicateSubscriber(f"a task subscriber {identifier!r} already exists")
+        self._task_subscribers[identifier] = subscriber
+        try:
+            await self._on_task_subscribers_changed()
+        except BaseException:
+            self._task_subscribers.pop(identifier, None)
+            raise
+        return identifier
+
+    async def remove_task_subscriber(self, identifier: Any) -> None:
+        """Stop receiving tasks through ``identifier``; no error if unknown."""
+        if self._task_subscribers.pop(identifier, None) is not None and not self._closed:
+            await self._on_task_subscribers_changed()
+
+    async def add_broadcast_subscriber(self, subscriber: Subscriber, identifier: Any = None) -> Any:
+        """Receive every broadcast (filter with :class:`BroadcastFilter`); returns the identifier."""
+        self._ensure_open()
+        identifier = identifier if identifier is not None else uuid.uuid4()
+        if identifier in self._broadcast_subscribers:
+            raise DuplicateSubscriber(f"a broadcast subscriber {identifier!r} already exists")
+        self._broadcast_subscribers[identifier] = subscriber
+        try:
+            await self._on_broadcast_subscribers_changed()
+        except BaseException:
+            self._broadcast_subscribers.pop(identifier, None)
+            raise
+        return identifier
+
+    async def remove_broadcast_subscriber(self, identifier: Any) -> None:
+        """Stop delivering broadcasts to ``identifier``; no error if unknown."""
+        self._broadcast_subscribers.pop(identifier, None)
+
+    # -- back-end hooks ----------------------------------------------------------------------------
+    async def _on_rpc_added(self, key: str) -> None:
+        """Start routing ``[rpc].<key>`` here."""
+
+    async def _on_rpc_removed(self, key: str) -> None:
+        """Stop routing ``[rpc].<key>`` here."""
+
+    async def _on_task_subscribers_changed(self) -> None:
+        """Start or stop consuming the task queue."""
+
+    async def _on_broadcast_subscribers_changed(self) -> None:
+        """Start consuming broadcasts."""
+
+    # -- incoming ----------------------------------------------------------------------------------
+    async def _handle_rpc(self, key: str, body: bytes, send: SendReply | None) -> None:
+        """Decode an RPC, run its subscriber and send the replies (a decode failure is replied, not dropped)."""
+        subscriber = self._rpc_subscribers.get(key)
+        try:
+            msg = self.codec.decode(body)
+        except DecodeError as exc:
+            if send is not None:
+                await send(exception_reply(exc))
+            return
+        if subscriber is None:
+            if send is not None:
+                await send(exception_reply(LookupError(f"no subscriber for {key!r} on this communicator")))
+            return
+        reply = await respond(lambda: subscriber(self.facade, msg), send)
+        if send is not None:
+            await send(reply)
+
+    def _handle_broadcast(self, body: bytes) -> None:
+        try:
+            message = self.codec.decode(body)
+        except DecodeError as exc:
+            LOGGER.warning("dropped an undecodable broadcast: %s", exc)
+            return
+        dispatch_broadcast(list(self._broadcast_subscribers.values()), self.facade, message)

@@ -1,0 +1,246 @@
+"""The asyncio controller: all control logic, once. The thread controller is a thin facade over it.
+
+Each public coroutine hops onto the communicator's loop (unless it is already there) and back, so it
+never blocks the caller's event loop; results are flat values and every call has a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Coroutine, Iterable, Sequence
+from typing import Any, TypeVar
+
+from . import defaults
+from .communicator import AsyncCommunicator, BroadcastFilter
+from .errors import ProcessUnreachable
+from .futures import with_deadline
+from .loaders import ObjectLoader
+from .messages import (
+    Intent,
+    MessageBuilder,
+    create_continue_body,
+    create_create_body,
+    create_launch_body,
+)
+
+__all__ = ["RemoteProcessController", "TERMINAL_STATES"]
+
+T = TypeVar("T")
+
+#: Process states after which nothing more happens.
+TERMINAL_STATES = ("finished", "excepted", "killed")
+_TERMINAL_SUBJECT = re.compile(r"^state_changed\.[^.]+\.(finished|excepted|killed)$")
+
+
+class RemoteProcessController:
+    """Control remote processes from asyncio code: every method is a coroutine returning a flat value."""
+
+    def __init__(
+        self,
+        communicator: Any,
+        *,
+        rpc_timeout: float | None = None,
+        task_timeout: float | None = None,
+    ) -> None:
+        """``communicator`` is what :func:`process_comms.connect` returns (or an :class:`AsyncCommunicator`)."""
+        self._communicator = communicator
+        self.rpc_timeout = (
+            rpc_timeout if rpc_timeout is not None else getattr(communicator, "rpc_timeout", defaults.RPC_TIMEOUT)
+        )
+        self.task_timeout = (
+            task_timeout if task_timeout is not None else getattr(communicator, "task_timeout", defaults.TASK_TIMEOUT)
+        )
+
+    @property
+    def communicator(self) -> Any:
+        """The communicator this controller sends through."""
+        return self._communicator
+
+    @property
+    def _core(self) -> AsyncCommunicator:
+        comm = self._communicator
+        return comm if isinstance(comm, AsyncCommunicator) else comm.core
+
+    async def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run core logic on the communicator's loop without blocking the caller's loop."""
+        loop_thread = getattr(self._communicator, "loop_thread", None)
+        if loop_thread is None or asyncio.get_running_loop() is loop_thread.loop:
+            return await coro
+        return await asyncio.wrap_future(self._communicator.submit(coro))
+
+    # -- the core: coroutines that run on the communicator's loop -------------------------------
+    async def _rpc(self, pid: Any, msg: dict[str, Any], timeout: float | None) -> Any:
+        deadline = self.rpc_timeout if timeout is None else timeout
+        return await with_deadline(self._core.rpc_send(pid, msg), deadline, f"{msg['intent']} of process {pid}")
+
+    async def _task(self, body: dict[str, Any], no_reply: bool, timeout: float | None) -> Any:
+        deadline = self.task_timeout if timeout is None else timeout
+        return await with_deadline(self._core.task_send(body, no_reply), deadline, f"{body['task']} task")
+
+    async def _broadcast(self, body: Any, subject: str) -> None:
+        await with_deadline(self._core.broadcast_send(body, subject=subject), self.rpc_timeout, f"{subject} broadcast")
+
+    async def _execute(
+        self,
+        process_class: Any,
+        init_args: Sequence[Any] | None,
+        init_kwargs: dict[str, Any] | None,
+        loader: ObjectLoader | None,
+        nowait: bool,
+        no_reply: bool,
+        timeout: float | None,
+    ) -> Any:
+        create = create_create_body(process_class, init_args, init_kwargs, persist=True, loader=loader)
+        pid = await self._task(create, False, timeout)
+        return await self._task(create_continue_body(pid, nowait=nowait), no_reply, timeout)
+
+    async def _bulk(self, pids: Iterable[Any], msg: dict[str, Any], timeout: float | None) -> dict[Any, Any]:
+        pids = list(pids)
+        results = await asyncio.gather(*(self._rpc(pid, msg, timeout) for pid in pids), return_exceptions=True)
+        return dict(zip(pids, results, strict=True))
+
+    async def _wait_for(self, pid: Any, timeout: float | None, poll_interval: float) -> str:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[str] = loop.create_future()
+
+        def on_state(_comm: Any, _body: Any, _sender: Any, subject: Any, _cid: Any) -> None:
+            match = _TERMINAL_SUBJECT.match(str(subject))
+            if match and not done.done():
+                done.set_result(match.group(1))
+
+        listener = BroadcastFilter(on_state, sender=pid)
+        identifier = await self._core.add_broadcast_subscriber(listener)
+
+        async def poll() -> str:
+            while True:
+                try:
+                    status = await self._rpc(pid, MessageBuilder.status(), poll_interval * 4)
+                except ProcessUnreachable:
+                    if done.done():
+                        return done.result()
+                    raise ProcessUnreachable(
+                        f"process {pid} is not reachable: it has ended (its final state was not seen) "
+                        "or no worker holds it"
+                    ) from None
+                state = str(status.get("state", "")).rsplit(".", 1)[-1].lower()
+                if state in TERMINAL_STATES:
+                    return state
+                await asyncio.sleep(poll_interval)
+
+        poller = loop.create_task(poll())
+        try:
+            waiting = await with_deadline(
+                asyncio.wait({done, poller}, return_when=asyncio.FIRST_COMPLETED),
+                self.task_timeout if timeout is None else timeout,
+                f"waiting for process {pid} to end",
+            )
+            finished = next(iter(waiting[0]))
+            return finished.result()
+        finally:
+            poller.cancel()
+            await self._core.remove_broadcast_subscriber(identifier)
+
+    # -- plumpy's API ----------------------------------------------------------------------------
+    async def get_status(self, pid: Any, timeout: float | None = None) -> dict[str, Any]:
+        """The status dict of process ``pid`` (``ctime``, ``paused``, ``process_string``, ``state``, ...)."""
+        result: dict[str, Any] = await self._run(self._rpc(pid, MessageBuilder.status(), timeout))
+        return result
+
+    async def pause_process(self, pid: Any, msg_text: str | None = None, timeout: float | None = None) -> Any:
+        """Pause ``pid`` at its next await point: True if paused, False if it had already ended."""
+        return await self._run(self._rpc(pid, MessageBuilder.pause(msg_text), timeout))
+
+    async def play_process(self, pid: Any, timeout: float | None = None) -> Any:
+        """Resume ``pid`` (True)."""
+        return await self._run(self._rpc(pid, MessageBuilder.play(), timeout))
+
+    async def kill_process(
+        self, pid: Any, msg_text: str | None = None, force_kill: bool = False, timeout: float | None = None
+    ) -> Any:
+        """Kill ``pid``: True if killed (now or before), False if it had ended otherwise."""
+        return await self._run(self._rpc(pid, MessageBuilder.kill(msg_text, force_kill), timeout))
+
+    async def pause_all(self, msg_text: str | None) -> None:
+        """Broadcast a pause to every process (fire and forget)."""
+        await self._run(self._broadcast(MessageBuilder.pause(msg_text), Intent.PAUSE))
+
+    async def play_all(self) -> None:
+        """Broadcast a play to every process (fire and forget)."""
+        await self._run(self._broadcast(None, Intent.PLAY))
+
+    async def kill_all(self, msg_text: str | None) -> None:
+        """Broadcast a kill to every process (fire and forget)."""
+        await self._run(self._broadcast(MessageBuilder.kill(msg_text), Intent.KILL))
+
+    async def launch_process(
+        self,
+        process_class: Any,
+        init_args: Sequence[Any] | None = None,
+        init_kwargs: dict[str, Any] | None = None,
+        persist: bool = False,
+        loader: ObjectLoader | None = None,
+        nowait: bool = False,
+        no_reply: bool = False,
+        timeout: float | None = None,
+    ) -> Any:
+        """Launch ``process_class`` on a worker: its pid with ``nowait``, else its outputs."""
+        body = create_launch_body(process_class, init_args, init_kwargs, persist, loader, nowait)
+        return await self._run(self._task(body, no_reply, timeout))
+
+    async def continue_process(
+        self,
+        pid: Any,
+        tag: str | None = None,
+        nowait: bool = False,
+        no_reply: bool = False,
+        timeout: float | None = None,
+    ) -> Any:
+        """Continue ``pid`` from its checkpoint on a worker: the pid with ``nowait``, else its outputs."""
+        return await self._run(self._task(create_continue_body(pid, tag, nowait), no_reply, timeout))
+
+    async def execute_process(
+        self,
+        process_class: Any,
+        init_args: Sequence[Any] | None = None,
+        init_kwargs: dict[str, Any] | None = None,
+        loader: ObjectLoader | None = None,
+        nowait: bool = False,
+        no_reply: bool = False,
+        timeout: float | None = None,
+    ) -> Any:
+        """Create a persisted process, then continue it: survives this interpreter's death."""
+        return await self._run(self._execute(process_class, init_args, init_kwargs, loader, nowait, no_reply, timeout))
+
+    async def task_send(self, message: Any, no_reply: bool = False, timeout: float | None = None) -> Any:
+        """Send a raw task body; its final result."""
+        return await self._run(self._task(message, no_reply, timeout))
+
+    # -- beyond plumpy -----------------------------------------------------------------------------
+    async def get_status_many(self, pids: Iterable[Any], timeout: float | None = None) -> dict[Any, Any]:
+        """Status of many pids at once: ``{pid: status dict or the exception}``, under one deadline."""
+        return await self._run(self._bulk(pids, MessageBuilder.status(), timeout))
+
+    async def pause_many(
+        self, pids: Iterable[Any], msg_text: str | None = None, timeout: float | None = None
+    ) -> dict[Any, Any]:
+        """Pause many pids: ``{pid: result or exception}``."""
+        return await self._run(self._bulk(pids, MessageBuilder.pause(msg_text), timeout))
+
+    async def play_many(self, pids: Iterable[Any], timeout: float | None = None) -> dict[Any, Any]:
+        """Play many pids: ``{pid: result or exception}``."""
+        return await self._run(self._bulk(pids, MessageBuilder.play(), timeout))
+
+    async def kill_many(
+        self, pids: Iterable[Any], msg_text: str | None = None, force_kill: bool = False, timeout: float | None = None
+    ) -> dict[Any, Any]:
+        """Kill many pids: ``{pid: result or exception}``."""
+        return await self._run(self._bulk(pids, MessageBuilder.kill(msg_text, force_kill), timeout))
+
+    async def wait_for_process(self, pid: Any, timeout: float | None = None, poll_interval: float = 1.0) -> str:
+        """Wait until ``pid`` reaches a terminal state; return it (``finished``, ``excepted`` or ``killed``).
+
+        Listens to the process's ``state_changed`` broadcasts and polls its status as a fallback.
+        Raises :class:`ProcessUnreachable` if the process is gone before its end was seen.
+        """
+        return await self._run(self._wait_for(pid, timeout, poll_interval))

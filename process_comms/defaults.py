@@ -1,0 +1,29 @@
+"""Every default name and time limit in one place."""
+
+from __future__ import annotations
+
+#: Exchange and queue names as kiwipy 0.9 declares them.
+MESSAGE_EXCHANGE = "kiwipy.messages"
+TASK_EXCHANGE = "kiwipy.tasks"
+TASK_QUEUE = "kiwipy.tasks"
+RPC_PREFIX = "[rpc]"
+BROADCAST_KEY = "[broadcast]"
+
+#: Queue arguments as kiwipy 0.9 declares them (a different value breaks live peers: PRECONDITION_FAILED).
+TASK_MESSAGE_TTL_MS = 604_800_000
+REPLY_QUEUE_EXPIRES_MS = 60_000
+RPC_QUEUE_MESSAGE_TTL_MS = 66_000
+RPC_QUEUE_EXPIRES_MS = 60_000
+BROADCAST_QUEUE_MESSAGE_TTL_MS = 66_000
+TESTING_TASK_QUEUE_EXPIRES_MS = 10_000
+
+#: Seconds a controller waits for an RPC answer (status, pause, play, kill) unless told otherwise.
+RPC_TIMEOUT = 30.0
+#: Seconds a controller waits for a task answer (launch, continue, create) unless told otherwise.
+TASK_TIMEOUT = 300.0
+#: Seconds to connect to the broker before giving up with BrokerUnavailable.
+CONNECT_TIMEOUT = 10.0
+#: Seconds close() waits for the loop thread to finish its work.
+CLOSE_TIMEOUT = 10.0
+#: Longest routing key RabbitMQ accepts, in bytes.
+MAX_ROUTING_KEY_BYTES = 255

@@ -1,0 +1,100 @@
+"""Every error the library raises, under one base class, named for what a caller may handle."""
+
+from __future__ import annotations
+
+import builtins
+
+import kiwipy
+
+__all__ = [
+    "ProcessCommsError",
+    "TimeoutError",
+    "ProcessUnreachable",
+    "TaskRejected",
+    "RemoteError",
+    "ProcessKilled",
+    "DecodeError",
+    "EncodeError",
+    "BrokerUnavailable",
+    "ConnectionLost",
+    "CommunicatorClosed",
+    "DeadlockError",
+    "InvalidPid",
+    "PersistenceError",
+    "LoadError",
+    "DuplicateSubscriber",
+]
+
+
+class ProcessCommsError(Exception):
+    """Base class of every error raised by process_comms."""
+
+
+class TimeoutError(ProcessCommsError, builtins.TimeoutError):
+    """A deadline passed before the answer came; the remote action may still happen."""
+
+
+class ProcessUnreachable(ProcessCommsError, kiwipy.UnroutableError):
+    """No subscriber holds this pid: no worker runs the process (or it has ended)."""
+
+
+class TaskRejected(ProcessCommsError, kiwipy.TaskRejected):
+    """The task was refused: unknown type, malformed body, or a class the worker does not allow."""
+
+
+class RemoteError(ProcessCommsError, kiwipy.RemoteException):
+    """The remote handler failed; keeps the remote exception's type name and message."""
+
+    def __init__(self, message: str, remote_type: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.remote_type = remote_type
+
+    def __str__(self) -> str:
+        if self.remote_type:
+            return f"{self.remote_type}: {self.message}"
+        return self.message
+
+
+class ProcessKilled(RemoteError):
+    """The process was killed before it produced outputs."""
+
+
+class DecodeError(ProcessCommsError, ValueError):
+    """A message body could not be decoded safely (malformed, or a tag that is refused)."""
+
+
+class EncodeError(ProcessCommsError, ValueError):
+    """A value cannot be encoded for the wire; nothing was sent."""
+
+
+class BrokerUnavailable(ProcessCommsError, ConnectionError):
+    """The broker could not be reached, or refused our credentials or vhost."""
+
+
+class ConnectionLost(BrokerUnavailable):
+    """The broker connection dropped while the call was in flight; its outcome is unknown."""
+
+
+class CommunicatorClosed(ProcessCommsError, kiwipy.CommunicatorClosed):
+    """The communicator or controller was closed; the call was not (or no longer) waited on."""
+
+
+class DeadlockError(ProcessCommsError, RuntimeError):
+    """Blocking on a future from the event-loop thread that must complete it would deadlock."""
+
+
+class InvalidPid(ProcessCommsError, ValueError):
+    """A pid that cannot be used as a routing address (wildcards, empty, too long)."""
+
+
+class PersistenceError(ProcessCommsError):
+    """A checkpoint could not be saved or loaded (missing pid or tag, store failure)."""
+
+
+class LoadError(ProcessCommsError, ImportError):
+    """A class identifier could not be loaded, or is not allowed on this worker."""
+
+
+class DuplicateSubscriber(ProcessCommsError, kiwipy.DuplicateSubscriberIdentifier):
+    """A subscriber with this identifier is already registered on this communicator."""

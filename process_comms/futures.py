@@ -1,0 +1,201 @@
+"""Crossing the thread boundary: a loop on a background thread, and futures that cannot deadlock it."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from typing import Any, TypeVar
+
+from . import defaults
+from .errors import CommunicatorClosed, DeadlockError
+from .errors import TimeoutError as PCTimeoutError
+
+__all__ = ["LoopThread", "ControllerFuture", "wait_all", "as_asyncio", "with_deadline"]
+
+T = TypeVar("T")
+
+
+class ControllerFuture(concurrent.futures.Future[T]):
+    """A ``concurrent.futures.Future`` that refuses to block the loop thread that must complete it."""
+
+    _loop_thread: threading.Thread | None = None
+
+    def _check_thread(self) -> None:
+        if not self.done() and threading.current_thread() is self._loop_thread:
+            raise DeadlockError(
+                "blocking on a process_comms future from its own event-loop thread would deadlock; "
+                "use add_done_callback() or await it with asyncio.wrap_future() instead"
+            )
+
+    def result(self, timeout: float | None = None) -> T:
+        self._check_thread()
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        self._check_thread()
+        return super().exception(timeout)
+
+    def __await__(self) -> Any:
+        """Await from any event loop (e.g. a notebook cell): ``await future``."""
+        return asyncio.wrap_future(self).__await__()
+
+
+def _copy_outcome(source: asyncio.Future[Any], dest: concurrent.futures.Future[Any]) -> None:
+    if dest.done():
+        return
+    if source.cancelled():
+        dest.cancel()
+        return
+    exc = source.exception()
+    if exc is not None:
+        dest.set_exception(exc)
+    else:
+        dest.set_result(source.result())
+
+
+class LoopThread:
+    """An asyncio event loop running on a named daemon thread, with an explicit, idempotent stop."""
+
+    def __init__(self, name: str = "process-comms-loop") -> None:
+        self.loop = asyncio.new_event_loop()
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self._futures: set[ControllerFuture[Any]] = set()
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+        self._started.wait(defaults.CLOSE_TIMEOUT)
+
+    @property
+    def thread(self) -> threading.Thread:
+        """The thread the loop runs on."""
+        return self._thread
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.call_soon(self._started.set)
+        try:
+            self.loop.run_forever()
+        finally:
+            try:
+                pending = [t for t in asyncio.all_tasks(self.loop) if not t.done()]
+                for task in pending:
+                    task.cancel()
+                if pending:
+                    self.loop.run_until_complete(asyncio.wait(pending, timeout=defaults.CLOSE_TIMEOUT))
+                self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+                self.loop.run_until_complete(self.loop.shutdown_default_executor())
+            finally:
+                self.loop.close()
+
+    def in_loop_thread(self) -> bool:
+        """True when called from the loop's own thread."""
+        return threading.current_thread() is self._thread
+
+    @property
+    def running(self) -> bool:
+        """True until stop() has been called and the loop has finished."""
+        return self._thread.is_alive() and not self.loop.is_closed()
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> ControllerFuture[T]:
+        """Schedule ``coro`` on the loop and return at once; cancelling the future cancels the task."""
+        fut: ControllerFuture[T] = ControllerFuture()
+        fut._loop_thread = self._thread
+        self._futures.add(fut)
+        fut.add_done_callback(self._futures.discard)
+
+        def start() -> None:
+            if fut.cancelled():
+                coro.close()
+                return
+            task = self.loop.create_task(coro)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(lambda t: _copy_outcome(t, fut))
+
+            def on_cancel(f: concurrent.futures.Future[Any]) -> None:
+                if f.cancelled() and not task.done():
+                    self.loop.call_soon_threadsafe(task.cancel)
+
+            fut.add_done_callback(on_cancel)
+
+        try:
+            self.loop.call_soon_threadsafe(start)
+        except RuntimeError:
+            coro.close()
+            fut.set_exception(CommunicatorClosed("the communicator is closed"))
+        return fut
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run ``coro`` on the loop and block for its result, at most ``timeout`` seconds."""
+        if self.in_loop_thread():
+            coro.close()
+            raise DeadlockError("cannot block on the event-loop thread for work that must run on it")
+        fut = self.submit(coro)
+        try:
+            return fut.result(timeout if timeout is not None else defaults.CLOSE_TIMEOUT)
+        except concurrent.futures.TimeoutError:
+            fut.cancel()
+            raise PCTimeoutError(f"the operation did not finish within {timeout} s") from None
+
+    def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on the loop thread soon (thread-safe); ignored once the loop is closed."""
+        try:
+            self.loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:
+            pass
+
+    def stop(self, timeout: float = defaults.CLOSE_TIMEOUT) -> None:
+        """Fail the calls still in flight with CommunicatorClosed, stop the loop and join the thread; idempotent."""
+        for fut in list(self._futures):
+            if not fut.done():
+                try:
+                    fut.set_exception(CommunicatorClosed("closed while the call was in flight; its outcome is unknown"))
+                except concurrent.futures.InvalidStateError:
+                    pass
+        if self._thread.is_alive():
+            self.call_soon(self.loop.stop)
+            if not self.in_loop_thread():
+                self._thread.join(timeout)
+
+
+async def with_deadline(aw: Awaitable[T], timeout: float, what: str) -> T:
+    """Await ``aw`` for at most ``timeout`` seconds, then fail with :class:`process_comms.TimeoutError`."""
+    try:
+        return await asyncio.wait_for(aw, timeout)
+    except asyncio.TimeoutError as exc:
+        if isinstance(exc, PCTimeoutError):
+            raise
+        raise PCTimeoutError(f"{what}: no answer within {timeout} s (the remote action may still happen)") from None
+
+
+def as_asyncio(fut: concurrent.futures.Future[T] | Awaitable[T]) -> Awaitable[T]:
+    """Make a returned future awaitable from any running loop (e.g. Jupyter's)."""
+    if isinstance(fut, concurrent.futures.Future):
+        return asyncio.wrap_future(fut)
+    return fut
+
+
+def wait_all(
+    futures: Mapping[Any, concurrent.futures.Future[Any]] | Iterable[concurrent.futures.Future[Any]],
+    timeout: float | None = None,
+) -> dict[Any, Any]:
+    """Wait for many futures under one deadline; return ``{key: result or exception}``.
+
+    Keys are the mapping's keys, or the futures themselves for an iterable. Futures still pending at the
+    deadline map to a :class:`process_comms.TimeoutError` (they are not cancelled: the caller decides).
+    """
+    items = dict(futures) if isinstance(futures, Mapping) else {f: f for f in futures}
+    deadline = defaults.RPC_TIMEOUT if timeout is None else timeout
+    concurrent.futures.wait(list(items.values()), timeout=deadline)
+    out: dict[Any, Any] = {}
+    for key, fut in items.items():
+        if not fut.done():
+            out[key] = PCTimeoutError(f"no answer within {deadline} s")
+        elif fut.cancelled():
+            out[key] = concurrent.futures.CancelledError()
+        else:
+            exc = fut.exception()
+            out[key] = exc if exc is not None else fut.result()
+    return out

@@ -1,0 +1,252 @@
+"""The worker side of tasks: ``ProcessLauncher`` turns ``launch``/``create``/``continue`` tasks into
+running processes, wires each to the communicator (so it can be controlled: plumpy's are not, B9),
+and refuses what it must not run with one terminal error reply (never a requeue loop: B6, B7).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import kiwipy
+
+from .communicator import AsyncCommunicator, InvalidTask
+from .errors import LoadError, PersistenceError
+from .futures import LoopThread
+from .loaders import AllowListLoader, ObjectLoader, get_object_loader
+from .messages import (
+    ARGS_KEY,
+    CONTINUE_TASK,
+    CREATE_TASK,
+    KWARGS_KEY,
+    LAUNCH_TASK,
+    MESSAGE_TEXT_KEY,
+    NOWAIT_KEY,
+    PERSIST_KEY,
+    PID_KEY,
+    PROCESS_CLASS_KEY,
+    TAG_KEY,
+    TASK_ARGS,
+    TASK_KEY,
+    Intent,
+)
+from .process import META_KEY, Process
+
+__all__ = ["ProcessLauncher"]
+
+LOGGER = logging.getLogger(__name__)
+
+
+class ProcessLauncher:
+    """A task subscriber that launches, creates and continues processes on its own event loop.
+
+    ``communicator.add_task_subscriber(launcher)`` starts it. Only :class:`Process` subclasses are
+    instantiated, and with ``allowed_modules`` only from those modules (and their submodules).
+    """
+
+    #: Called on the communicator's loop directly: validation is quick and the work runs on our loop.
+    loop_safe = True
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop | None = None,
+        persister: Any = None,
+        load_context: Any = None,
+        loader: ObjectLoader | None = None,
+        *,
+        allowed_modules: Iterable[str] | None = None,
+    ) -> None:
+        """``loop=None`` gives the launcher a loop thread of its own (stopped by :meth:`close`)."""
+        self._own_loop: LoopThread | None = None
+        if loop is None:
+            self._own_loop = LoopThread("process-comms-worker")
+            loop = self._own_loop.loop
+        self.loop = loop
+        self.persister = persister
+        self.load_context = load_context
+        if allowed_modules is not None:
+            loader = AllowListLoader(allowed_modules)
+        self.loader = loader or get_object_loader()
+        self._processes: dict[str, Process] = {}
+        self._broadcast_ids: dict[int, Any] = {}
+
+    @property
+    def processes(self) -> dict[str, Process]:
+        """The live processes of this launcher, by ``str(pid)``."""
+        return dict(self._processes)
+
+    def close(self) -> None:
+        """Stop the launcher's own loop thread (if it made one); running processes stop with it."""
+        if self._own_loop is not None:
+            self._own_loop.stop()
+
+    def __enter__(self) -> ProcessLauncher:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- task entry point (called on the communicator's loop) ------------------------------------
+    def __call__(self, communicator: Any, task: Any) -> concurrent.futures.Future[Any]:
+        """Validate ``task`` at once (errors are terminal replies) and handle it on the launcher's loop."""
+        if not isinstance(task, dict) or not isinstance(task.get(TASK_KEY), str):
+            raise InvalidTask("a task body must be a mapping with a 'task' name and its 'args'")
+        kind = task[TASK_KEY]
+        args = task.get(TASK_ARGS)
+        if kind not in (LAUNCH_TASK, CONTINUE_TASK, CREATE_TASK):
+            raise InvalidTask(f"unknown task type {kind!r}: expected launch, continue or create")
+        if not isinstance(args, dict):
+            raise InvalidTask(f"the args of a {kind} task must be a mapping")
+        core, comm_loop = self._core_of(communicator)
+        if kind == CONTINUE_TASK:
+            if self.persister is None:
+                raise kiwipy.TaskRejected("cannot continue a process: this worker has no persister")
+            if PID_KEY not in args:
+                raise InvalidTask("a continue task needs a 'pid'")
+            coro = self._continue(core, comm_loop, args[PID_KEY], args.get(TAG_KEY), bool(args.get(NOWAIT_KEY)))
+        else:
+            if args.get(PERSIST_KEY) and self.persister is None:
+                raise kiwipy.TaskRejected("cannot persist a process: this worker has no persister")
+            cls = self._load_class(args.get(PROCESS_CLASS_KEY))
+            init_args = args.get(ARGS_KEY) or ()
+            init_kwargs = args.get(KWARGS_KEY) or {}
+            if not isinstance(init_args, (list, tuple)) or not isinstance(init_kwargs, dict):
+                raise InvalidTask("init_args must be a list (or null) and init_kwargs a mapping (or null)")
+            if kind == CREATE_TASK:
+                coro = self._create(cls, init_args, init_kwargs, bool(args.get(PERSIST_KEY)))
+            else:
+                coro = self._launch(
+                    core,
+                    comm_loop,
+                    cls,
+                    init_args,
+                    init_kwargs,
+                    bool(args.get(PERSIST_KEY)),
+                    bool(args.get(NOWAIT_KEY)),
+                )
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    @staticmethod
+    def _core_of(communicator: Any) -> tuple[AsyncCommunicator | None, asyncio.AbstractEventLoop | None]:
+        if isinstance(communicator, AsyncCommunicator):
+            return communicator, asyncio.get_running_loop()
+        core = getattr(communicator, "core", None)
+        if isinstance(core, AsyncCommunicator):
+            return core, communicator.loop
+        return None, None
+
+    def _load_class(self, identifier: Any) -> type[Process]:
+        try:
+            cls = self.loader.load_object(identifier)
+        except LoadError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a loader may raise anything: report it as a load error
+            raise LoadError(f"could not load {identifier!r}: {exc}") from None
+        if not (isinstance(cls, type) and issubclass(cls, Process)):
+            raise LoadError(f"{identifier!r} is not a process_comms.Process subclass; refusing to instantiate it")
+        return cls
+
+    def _instantiate(self, cls: type[Process], init_args: Any, init_kwargs: dict[str, Any]) -> Process:
+        try:
+            return cls(*init_args, **{str(k): v for k, v in init_kwargs.items()})
+        except TypeError as exc:
+            raise InvalidTask(f"the constructor arguments do not fit {cls.__name__}: {exc}") from None
+
+    # -- handlers (run on the launcher's loop) ---------------------------------------------------
+    async def _save(self, proc: Process) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.persister.save_checkpoint, proc)
+
+    async def _create(self, cls: type[Process], init_args: Any, init_kwargs: dict[str, Any], persist: bool) -> Any:
+        proc = self._instantiate(cls, init_args, init_kwargs)
+        if persist:
+            await self._save(proc)
+        return proc.pid
+
+    async def _launch(
+        self,
+        core: AsyncCommunicator | None,
+        comm_loop: asyncio.AbstractEventLoop | None,
+        cls: type[Process],
+        init_args: Any,
+        init_kwargs: dict[str, Any],
+        persist: bool,
+        nowait: bool,
+    ) -> Any:
+        proc = self._instantiate(cls, init_args, init_kwargs)
+        if persist:
+            await self._save(proc)
+        done = await self.start_process(proc, core, comm_loop, persist)
+        if nowait:
+            return proc.pid
+        return await done
+
+    async def _continue(
+        self,
+        core: AsyncCommunicator | None,
+        comm_loop: asyncio.AbstractEventLoop | None,
+        pid: Any,
+        tag: str | None,
+        nowait: bool,
+    ) -> Any:
+        existing = self._processes.get(str(pid))
+        if existing is not None:  # never a second copy of a process this worker runs
+            done = existing.wait_done()
+        else:
+            bundle = await asyncio.get_running_loop().run_in_executor(None, self.persister.load_checkpoint, pid, tag)
+            if not isinstance(bundle, dict) or not isinstance(bundle.get(META_KEY), dict):
+                raise PersistenceError(f"the checkpoint of process {pid} is not a process_comms checkpoint")
+            cls = self._load_class(bundle[META_KEY].get("class_name"))
+            proc = cls.recreate_from(bundle)
+            done = await self.start_process(proc, core, comm_loop, True)
+        if nowait:
+            return pid
+        return await done
+
+    async def start_process(
+        self,
+        proc: Process,
+        core: AsyncCommunicator | None = None,
+        comm_loop: asyncio.AbstractEventLoop | None = None,
+        persist: bool = False,
+    ) -> asyncio.Future[dict[str, Any]]:
+        """Wire ``proc`` to the communicator (RPC route, broadcasts) and start it on this loop."""
+        key = str(proc.pid)
+        proc.attach(self.loop, core, comm_loop, self.persister if persist else None)
+        if not proc.state.terminal and core is not None and comm_loop is not None:
+            await self._on_comm_loop(core.add_rpc_subscriber(proc._on_rpc, key), comm_loop)
+            await self._ensure_broadcasts(core, comm_loop)
+        self._processes[key] = proc
+        done = proc.start()
+
+        def cleanup(_: Any) -> None:
+            self._processes.pop(key, None)
+            if core is not None and comm_loop is not None:
+                asyncio.run_coroutine_threadsafe(core.remove_rpc_subscriber(key), comm_loop)
+
+        done.add_done_callback(cleanup)
+        return done
+
+    async def _ensure_broadcasts(self, core: AsyncCommunicator, comm_loop: asyncio.AbstractEventLoop) -> None:
+        if id(core) in self._broadcast_ids:
+            return
+        self._broadcast_ids[id(core)] = None
+        self._broadcast_ids[id(core)] = await self._on_comm_loop(
+            core.add_broadcast_subscriber(self._on_broadcast), comm_loop
+        )
+
+    def _on_broadcast(self, _comm: Any, body: Any, _sender: Any, subject: Any, _cid: Any) -> None:
+        """``play``/``pause``/``kill`` broadcasts reach every live process (``force_kill`` is ignored, as in plumpy)."""
+        if subject not in (Intent.PLAY, Intent.PAUSE, Intent.KILL):
+            return
+        text = body.get(MESSAGE_TEXT_KEY) if isinstance(body, dict) else None
+        for proc in list(self._processes.values()):
+            proc._schedule(str(subject), text, False)
+
+    @staticmethod
+    async def _on_comm_loop(coro: Any, comm_loop: asyncio.AbstractEventLoop) -> Any:
+        if asyncio.get_running_loop() is comm_loop:
+            return await coro
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, comm_loop))

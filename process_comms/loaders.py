@@ -1,0 +1,93 @@
+"""Object loaders: turn classes into ``"module:Name"`` identifiers and back, as plumpy's do."""
+
+from __future__ import annotations
+
+import abc
+import importlib
+from collections.abc import Iterable
+from typing import Any
+
+from .errors import LoadError
+
+__all__ = ["ObjectLoader", "DefaultObjectLoader", "AllowListLoader", "get_object_loader", "set_object_loader"]
+
+
+class ObjectLoader(abc.ABC):
+    """Identifies an object by a string and loads it back from that string."""
+
+    @abc.abstractmethod
+    def load_object(self, identifier: str) -> Any:
+        """Load the object named by ``identifier``; raise :class:`LoadError` (a ``ValueError``-free ImportError)."""
+
+    @abc.abstractmethod
+    def identify_object(self, obj: Any) -> str:
+        """Return the identifier of ``obj``."""
+
+
+def _split(identifier: Any) -> tuple[str, str]:
+    if not isinstance(identifier, str):
+        raise LoadError(f"class identifier must be a string 'module:Name', not {type(identifier).__name__}")
+    mod_name, sep, name = identifier.partition(":")
+    if not sep or not mod_name or not name or ":" in name:
+        raise LoadError(f"identifier {identifier!r} has an invalid format: expected 'module:Name'")
+    return mod_name, name
+
+
+class DefaultObjectLoader(ObjectLoader):
+    """Imports ``module`` and returns its attribute ``Name`` (dotted names walk attributes)."""
+
+    def load_object(self, identifier: str) -> Any:
+        mod_name, name = _split(identifier)
+        try:
+            obj: Any = importlib.import_module(mod_name)
+        except ImportError as exc:
+            raise LoadError(f"module {mod_name!r} from identifier {identifier!r} could not be loaded: {exc}") from None
+        for part in name.split("."):
+            try:
+                obj = getattr(obj, part)
+            except AttributeError:
+                raise LoadError(f"object {name!r} from identifier {identifier!r} could not be loaded") from None
+        return obj
+
+    def identify_object(self, obj: Any) -> str:
+        if isinstance(obj, str):
+            self.load_object(obj)
+            return obj
+        identifier = f"{obj.__module__}:{obj.__qualname__}"
+        self.load_object(identifier)
+        return identifier
+
+
+class AllowListLoader(DefaultObjectLoader):
+    """Loads only from allowed modules (a module allows its submodules), and never imports others."""
+
+    def __init__(self, allowed_modules: Iterable[str]) -> None:
+        self.allowed_modules = tuple(allowed_modules)
+
+    def is_allowed(self, identifier: str) -> bool:
+        mod_name, _ = _split(identifier)
+        return any(mod_name == m or mod_name.startswith(m + ".") for m in self.allowed_modules)
+
+    def load_object(self, identifier: str) -> Any:
+        if not self.is_allowed(identifier):
+            raise LoadError(
+                f"{identifier!r} is not allowed on this worker: allowed modules are {list(self.allowed_modules)}"
+            )
+        return super().load_object(identifier)
+
+
+_OBJECT_LOADER: ObjectLoader | None = None
+
+
+def get_object_loader() -> ObjectLoader:
+    """Return the process-wide default loader (a :class:`DefaultObjectLoader` unless one was set)."""
+    global _OBJECT_LOADER
+    if _OBJECT_LOADER is None:
+        _OBJECT_LOADER = DefaultObjectLoader()
+    return _OBJECT_LOADER
+
+
+def set_object_loader(loader: ObjectLoader | None) -> None:
+    """Replace the process-wide default loader (``None`` restores the default)."""
+    global _OBJECT_LOADER
+    _OBJECT_LOADER = loader

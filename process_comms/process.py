@@ -1,0 +1,368 @@
+"""Processes: what a worker runs and a controller controls.
+
+Subclass :class:`Process`, override ``run()`` (a coroutine, or a plain function run on a thread) and
+return the outputs dict. The rules a controller can rely on:
+
+* **pause** sets the paused flag at once and holds the process at its next *library* await point:
+  ``await self.checkpoint()``, ``await self.sleep()`` or ``await self.pause_point()``;
+* **kill** cancels the run at its next await point of any kind, so ``finally:`` blocks run, and
+  answers once the run has ended; **force_kill** marks the process killed and answers at once;
+* **checkpoint(**progress)** records progress (JSON-safe values) and saves it when the process has a
+  persister; ``continue`` resumes from the last checkpoint with ``self.progress`` restored.
+
+Every state transition is broadcast as ``state_changed.<from>.<to>`` (sender = pid) without ever
+blocking the process's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import inspect
+import logging
+import os
+import socket
+import time
+import uuid
+from typing import Any
+
+from .communicator import AsyncCommunicator
+from .errors import ProcessKilled, RemoteError
+from .loaders import ObjectLoader, get_object_loader
+from .messages import FORCE_KILL_KEY, INTENT_KEY, MESSAGE_TEXT_KEY, Intent
+
+__all__ = ["Process", "ProcessState", "KilledError"]
+
+LOGGER = logging.getLogger(__name__)
+
+META_KEY = "!!meta"
+
+
+class ProcessState(enum.Enum):
+    """A process's state, named as plumpy names them."""
+
+    CREATED = "created"
+    RUNNING = "running"
+    WAITING = "waiting"
+    FINISHED = "finished"
+    EXCEPTED = "excepted"
+    KILLED = "killed"
+
+    @property
+    def terminal(self) -> bool:
+        """True for finished, excepted and killed."""
+        return self in (ProcessState.FINISHED, ProcessState.EXCEPTED, ProcessState.KILLED)
+
+
+class KilledError(ProcessKilled):
+    """Raised to a waiter when the process it waits for was killed (reply type ``KilledError``)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "KilledError")
+
+
+class Process:
+    """Base class of remotely controllable processes; override :meth:`run`."""
+
+    def __init__(self, inputs: dict[str, Any] | None = None, pid: Any = None, **kwargs: Any) -> None:
+        """Create a process with ``inputs`` (available as ``self.inputs``) and an optional ``pid``."""
+        if kwargs:
+            raise TypeError(f"{type(self).__name__}() got unexpected keyword arguments {sorted(kwargs)}")
+        self.inputs: dict[str, Any] = dict(inputs or {})
+        self.pid: Any = pid if pid is not None else uuid.uuid4()
+        self.ctime = time.time()
+        self.state = ProcessState.CREATED
+        self.paused = False
+        self.status: str | None = None
+        self.progress: dict[str, Any] = {}
+        self.outputs: dict[str, Any] | None = None
+        self.exception: str | None = None
+        self.killed_message: str | None = None
+        self.persister: Any = None
+        self._communicator: AsyncCommunicator | None = None
+        self._comm_loop: asyncio.AbstractEventLoop | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._play: asyncio.Event | None = None
+        self._kill_requested: str | None = None
+        self._done: asyncio.Future[dict[str, Any]] | None = None
+        self._broadcast_id: Any = None
+
+    # -- what authors override and call -----------------------------------------------------------
+    def run(self) -> Any:
+        """The work: return the outputs dict (or None). May be ``async def``; a plain one runs on a thread."""
+        raise NotImplementedError(f"{type(self).__name__} must override run()")
+
+    async def checkpoint(self, **progress: Any) -> None:
+        """Record progress (JSON-safe values), save it if a persister is set, and honour pause/kill."""
+        self.progress.update(progress)
+        if self.persister is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.persister.save_checkpoint, self)
+        await self.pause_point()
+
+    def checkpoint_blocking(self, **progress: Any) -> None:
+        """:meth:`checkpoint` for a plain (threaded) ``run``: blocks while paused, raises if killed."""
+        assert self.loop is not None, "checkpoint_blocking() is for a run() on a worker thread"
+        asyncio.run_coroutine_threadsafe(self.checkpoint(**progress), self.loop).result()
+        if self._kill_requested is not None:
+            raise asyncio.CancelledError(self._kill_requested)
+
+    async def pause_point(self) -> None:
+        """An await point where a pause takes hold (until played) and a kill takes effect."""
+        if self._play is not None and not self._play.is_set():
+            await self._play.wait()
+        await asyncio.sleep(0)
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` in the ``waiting`` state, then honour pause."""
+        self._transition(ProcessState.WAITING)
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            if not self.state.terminal:
+                self._transition(ProcessState.RUNNING)
+        await self.pause_point()
+
+    # -- status and persistence ---------------------------------------------------------------------
+    def status_info(self) -> dict[str, Any]:
+        """The status dict: plumpy's keys (``ctime``, ``paused``, ``process_string``, ``state``) and more."""
+        return {
+            "ctime": self.ctime,
+            "paused": self.paused,
+            "process_string": str(self),
+            "state": f"ProcessState.{self.state.name}",
+            "state_name": self.state.value,
+            "pid": self.pid,
+            "class": f"{type(self).__module__}:{type(self).__qualname__}",
+            "status": self.status,
+            "progress": dict(self.progress),
+            "host": {"hostname": socket.gethostname(), "pid": os.getpid()},
+        }
+
+    def __str__(self) -> str:
+        return f"<{type(self).__name__}> (ProcessState.{self.state.name})"
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} pid={self.pid} state={self.state.value} paused={self.paused}>"
+
+    def save(self, loader: ObjectLoader | None = None) -> dict[str, Any]:
+        """The checkpoint: plain, JSON-safe data, never pickle."""
+        return {
+            META_KEY: {"class_name": (loader or get_object_loader()).identify_object(type(self))},
+            "pid": self.pid,
+            "ctime": self.ctime,
+            "inputs": self.inputs,
+            "state": self.state.value,
+            "paused": self.paused,
+            "status": self.status,
+            "progress": self.progress,
+            "outputs": self.outputs,
+            "exception": self.exception,
+        }
+
+    @classmethod
+    def recreate_from(cls, bundle: dict[str, Any]) -> Process:
+        """Rebuild a process from its checkpoint; it runs again from ``self.progress``."""
+        proc = cls.__new__(cls)
+        Process.__init__(proc, inputs=bundle.get("inputs"), pid=bundle["pid"])
+        proc.ctime = float(bundle.get("ctime", proc.ctime))
+        proc.progress = dict(bundle.get("progress") or {})
+        proc.paused = bool(bundle.get("paused", False))
+        proc.status = bundle.get("status")
+        proc.state = ProcessState(bundle.get("state", "created"))
+        proc.outputs = bundle.get("outputs")
+        proc.exception = bundle.get("exception")
+        if not proc.state.terminal:
+            proc.state = ProcessState.CREATED
+        proc.on_recreated()
+        return proc
+
+    def on_recreated(self) -> None:
+        """Hook: called after :meth:`recreate_from` has restored the saved attributes."""
+
+    # -- runtime ------------------------------------------------------------------------------------
+    def _broadcast_state(self, old: ProcessState | None, new: ProcessState) -> None:
+        comm, loop = self._communicator, self._comm_loop
+        if comm is None or loop is None:
+            return
+        subject = f"state_changed.{old.value if old else None}.{new.value}"
+
+        async def send() -> None:
+            try:
+                await comm.broadcast_send(None, sender=self.pid, subject=subject)
+            except Exception as exc:  # noqa: BLE001 - a lost notification must never fail the process
+                LOGGER.warning("could not broadcast %s for %s: %s", subject, self.pid, exc)
+
+        try:
+            asyncio.run_coroutine_threadsafe(send(), loop)
+        except RuntimeError:
+            pass
+
+    def _transition(self, new: ProcessState) -> None:
+        old, self.state = self.state, new
+        if old is not new:
+            self._broadcast_state(old, new)
+
+    def _on_rpc(self, _comm: Any, msg: Any) -> Any:
+        """RPC entry, called on the communicator's loop: status at once, the rest on the process's loop."""
+        if not isinstance(msg, dict) or INTENT_KEY not in msg:
+            raise ValueError("malformed process message: expected a mapping with an 'intent'")
+        intent = msg[INTENT_KEY]
+        if intent == Intent.STATUS:
+            return self.status_info()
+        if intent not in (Intent.PLAY, Intent.PAUSE, Intent.KILL):
+            raise ValueError(f"Unknown intent {intent!r}")
+        return self._schedule(intent, msg.get(MESSAGE_TEXT_KEY), bool(msg.get(FORCE_KILL_KEY, False)))
+
+    def _on_broadcast(self, _comm: Any, body: Any, _sender: Any, subject: Any, _cid: Any) -> None:
+        if subject in (Intent.PLAY, Intent.PAUSE, Intent.KILL):
+            text = body.get(MESSAGE_TEXT_KEY) if isinstance(body, dict) else None
+            self._schedule(str(subject), text, False)
+
+    def _schedule(self, intent: str, text: Any, force: bool) -> Any:
+        assert self.loop is not None
+        coro: Any
+        if intent == Intent.PLAY:
+            coro = self.play()
+        elif intent == Intent.PAUSE:
+            coro = self.pause(text)
+        else:
+            coro = self.kill(text, force)
+        try:
+            return asyncio.run_coroutine_threadsafe(coro, self.loop)
+        except RuntimeError:
+            coro.close()
+            return False
+
+    async def play(self) -> bool:
+        """Resume a paused process (True, also when it was not paused)."""
+        if self.state.terminal:
+            return True
+        self.paused = False
+        self.status = None
+        if self._play is not None:
+            self._play.set()
+        return True
+
+    async def pause(self, message: str | None = None) -> bool:
+        """Pause at the next library await point: True (also if already paused), False if it has ended."""
+        if self.state.terminal:
+            return False
+        self.paused = True
+        self.status = message
+        if self._play is not None:
+            self._play.clear()
+        return True
+
+    async def kill(self, message: str | None = None, force: bool = False) -> bool:
+        """Kill: True if killed (now or before), False if it ended otherwise."""
+        if self.state.terminal:
+            return self.state is ProcessState.KILLED
+        text = message or "killed"
+        self._kill_requested = text
+        if self._play is not None:
+            self._play.set()
+        task = self._task
+        if task is None or task.done():
+            self._finish_killed(text)
+            return True
+        task.cancel(text)
+        if force:
+            self._finish_killed(text)
+            return True
+        try:
+            await asyncio.shield(self._done) if self._done is not None else None
+        except Exception:  # noqa: BLE001 - the kill outcome is the state, not the error
+            pass
+        return self.state is ProcessState.KILLED
+
+    def _finish_killed(self, text: str) -> None:
+        if self.state.terminal:
+            return
+        self.killed_message = text
+        self.status = text
+        self._transition(ProcessState.KILLED)
+        if self._done is not None and not self._done.done():
+            self._done.set_exception(KilledError(text))
+            self._done.exception()  # mark retrieved: nobody may be waiting
+
+    def attach(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        communicator: AsyncCommunicator | None,
+        comm_loop: asyncio.AbstractEventLoop | None,
+        persister: Any = None,
+    ) -> None:
+        """Bind to the loop it runs on and the communicator that controls it (called by the launcher)."""
+        self.loop = loop
+        self._communicator = communicator
+        self._comm_loop = comm_loop
+        self.persister = persister
+
+    def start(self) -> asyncio.Future[dict[str, Any]]:
+        """Start running on the current loop; the future resolves to the outputs or fails (killed/excepted)."""
+        loop = asyncio.get_running_loop()
+        self.loop = loop
+        self._done = loop.create_future()
+        self._play = asyncio.Event()
+        if not self.paused:
+            self._play.set()
+        if self.state.terminal:
+            self._settle_terminal()
+            return self._done
+        self._broadcast_state(None, ProcessState.CREATED)
+        self._task = loop.create_task(self._execute(), name=f"process-{self.pid}")
+        return self._done
+
+    def _settle_terminal(self) -> None:
+        assert self._done is not None
+        if self.state is ProcessState.FINISHED:
+            self._done.set_result(self.outputs or {})
+        elif self.state is ProcessState.KILLED:
+            self._done.set_exception(KilledError(self.status or "killed"))
+        else:
+            self._done.set_exception(RemoteError(self.exception or "the process excepted", "ProcessExcepted"))
+
+    async def _execute(self) -> None:
+        assert self._done is not None
+        await self.pause_point()
+        self._transition(ProcessState.RUNNING)
+        try:
+            if inspect.iscoroutinefunction(self.run):
+                result = await self.run()
+            else:
+                result = await asyncio.get_running_loop().run_in_executor(None, self.run)
+                if inspect.isawaitable(result):
+                    result = await result
+                if self._kill_requested is not None:
+                    raise asyncio.CancelledError(self._kill_requested)
+        except asyncio.CancelledError:
+            self._finish_killed(self._kill_requested or "killed")
+            await self._save_final()
+            return
+        except Exception as exc:  # noqa: BLE001 - an excepted process is a state, reported to waiters
+            self.exception = f"{type(exc).__name__}: {exc}"
+            self._transition(ProcessState.EXCEPTED)
+            await self._save_final()
+            if not self._done.done():
+                self._done.set_exception(RemoteError(str(exc), type(exc).__name__))
+            return
+        if self.state.terminal:  # force-killed meanwhile
+            return
+        self.outputs = dict(result) if isinstance(result, dict) else ({} if result is None else {"result": result})
+        self._transition(ProcessState.FINISHED)
+        await self._save_final()
+        if not self._done.done():
+            self._done.set_result(self.outputs)
+
+    async def _save_final(self) -> None:
+        if self.persister is not None:
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, self.persister.save_checkpoint, self)
+            except Exception:
+                LOGGER.exception("could not save the final checkpoint of %s", self.pid)
+
+    def wait_done(self) -> asyncio.Future[dict[str, Any]]:
+        """The future of the outputs (after start())."""
+        assert self._done is not None, "the process has not been started"
+        return self._done

@@ -1,0 +1,482 @@
+"""The RabbitMQ back end, on aio-pika, speaking kiwipy 0.9's wire format (see shared/wire-protocol.md).
+
+Differences from kiwipy that peers cannot see: publishes are pipelined (never serialised behind a
+confirm), a reply that cannot be decoded fails its call instead of hanging it, a connection loss fails
+the calls in flight with :class:`ConnectionLost`, a malformed or rejected task is settled with an error
+reply instead of looping, and all RPC routes of one communicator share one exclusive queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aio_pika
+import aio_pika.abc
+import aio_pika.exceptions
+import aiormq.exceptions
+
+from . import defaults
+from .codec import Codec
+from .communicator import (
+    AsyncCommunicator,
+    dispatch_task,
+    exception_reply,
+    host_info,
+    parse_task_envelope,
+    reply_outcome,
+    routing_id,
+)
+from .errors import (
+    BrokerUnavailable,
+    CommunicatorClosed,
+    ConnectionLost,
+    EncodeError,
+    ProcessUnreachable,
+    TaskRejected,
+)
+
+__all__ = ["RmqCommunicator", "mask_url"]
+
+LOGGER = logging.getLogger(__name__)
+
+_CONNECTION_ERRORS = (
+    aiormq.exceptions.AMQPConnectionError,
+    aiormq.exceptions.ChannelInvalidStateError,
+    aio_pika.exceptions.ChannelClosed,
+    ConnectionError,
+    RuntimeError,
+)
+_SETTLE_ERRORS = (*_CONNECTION_ERRORS, aiormq.exceptions.AMQPError)
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ``***`` (for logs, reprs and error messages)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+class _Waiter:
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_pending: Callable[[], None] | None) -> None:
+        self.future: asyncio.Future[Any] = loop.create_future()
+        self.on_pending = on_pending
+
+
+class RmqCommunicator(AsyncCommunicator):
+    """An asyncio communicator on RabbitMQ with kiwipy's exchanges, queues and messages."""
+
+    def __init__(
+        self,
+        url: str = "amqp://guest:guest@127.0.0.1:5672/",
+        *,
+        message_exchange: str = defaults.MESSAGE_EXCHANGE,
+        task_exchange: str = defaults.TASK_EXCHANGE,
+        task_queue: str | None = None,
+        task_prefetch_count: int = 0,
+        heartbeat: int | None = None,
+        codec: str | Codec | None = None,
+        testing_mode: bool = False,
+        connect_timeout: float = defaults.CONNECT_TIMEOUT,
+        reconnect_interval: float = 1.0,
+        ssl_options: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(codec)
+        self._url = url
+        self.message_exchange_name = message_exchange
+        self.task_exchange_name = task_exchange
+        self.task_queue_name = task_queue if task_queue is not None else task_exchange
+        self.task_prefetch_count = task_prefetch_count
+        self.heartbeat = heartbeat
+        self.testing_mode = testing_mode
+        self.connect_timeout = connect_timeout
+        self.reconnect_interval = reconnect_interval
+        self.ssl_options = ssl_options
+        self._connection: aio_pika.abc.AbstractRobustConnection | None = None
+        self._connect_lock = asyncio.Lock()
+        self._declare_lock = asyncio.Lock()
+        self._waiters: dict[str, _Waiter] = {}
+        self._reply_queues: dict[str, str] = {}
+        self._rpc_queue: aio_pika.abc.AbstractQueue | None = None
+        self._broadcast_queue: aio_pika.abc.AbstractQueue | None = None
+        self._task_queue: aio_pika.abc.AbstractQueue | None = None
+        self._task_consumer_tag: str | None = None
+        self._running: set[asyncio.Task[Any]] = set()
+
+    def __repr__(self) -> str:
+        return (
+            f"<RmqCommunicator {mask_url(self._url)} exchanges={self.message_exchange_name},{self.task_exchange_name}>"
+        )
+
+    @property
+    def url(self) -> str:
+        """The broker URL with the password masked."""
+        return mask_url(self._url)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def connect(self) -> None:
+        async with self._connect_lock:
+            if self._connection is not None:
+                return
+            self._ensure_open()
+            kwargs: dict[str, Any] = {
+                "timeout": self.connect_timeout,
+                "reconnect_interval": self.reconnect_interval,
+                "client_properties": {"connection_name": "process_comms"},
+            }
+            if self.heartbeat is not None:
+                kwargs["heartbeat"] = self.heartbeat
+            if self.ssl_options:
+                kwargs["ssl_options"] = self.ssl_options
+            try:
+                connection = await asyncio.wait_for(
+                    aio_pika.connect_robust(self._url, **kwargs), self.connect_timeout + 1
+                )
+            except asyncio.TimeoutError:
+                raise BrokerUnavailable(
+                    f"could not connect to {mask_url(self._url)} within {self.connect_timeout} s; is RabbitMQ running?"
+                ) from None
+            except aiormq.exceptions.ProbableAuthenticationError as exc:
+                raise BrokerUnavailable(
+                    f"the broker at {mask_url(self._url)} refused the credentials: {exc.args[0] if exc.args else exc}"
+                ) from None
+            except (aiormq.exceptions.AMQPError, OSError, ValueError) as exc:
+                raise BrokerUnavailable(
+                    f"could not connect to {mask_url(self._url)}: {type(exc).__name__}: {exc}"
+                ) from None
+            self._connection = connection
+            connection.close_callbacks.add(self._on_connection_closed)
+            try:
+                self._pub_channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+                self._sub_channel = await connection.channel()
+                self._pub_msg_exchange = await self._declare_exchange(self._pub_channel, self.message_exchange_name)
+                self._pub_task_exchange = await self._declare_exchange(self._pub_channel, self.task_exchange_name)
+                self._sub_msg_exchange = await self._declare_exchange(self._sub_channel, self.message_exchange_name)
+                self._sub_task_exchange = await self._declare_exchange(self._sub_channel, self.task_exchange_name)
+            except aiormq.exceptions.AMQPError as exc:
+                await connection.close()
+                self._connection = None
+                raise BrokerUnavailable(
+                    f"could not declare the exchanges on {mask_url(self._url)}: {type(exc).__name__}: {exc}"
+                ) from None
+
+    async def _declare_exchange(
+        self, channel: aio_pika.abc.AbstractChannel, name: str
+    ) -> aio_pika.abc.AbstractExchange:
+        return await channel.declare_exchange(
+            name, type=aio_pika.ExchangeType.TOPIC, durable=False, auto_delete=self.testing_mode
+        )
+
+    def _on_connection_closed(self, _sender: Any, exc: BaseException | None) -> None:
+        error: Exception = (
+            CommunicatorClosed("the communicator was closed before the reply came")
+            if self._closed
+            else ConnectionLost(
+                f"lost the connection to {mask_url(self._url)} before the reply came; the outcome is unknown"
+            )
+        )
+        for waiter in list(self._waiters.values()):
+            if not waiter.future.done():
+                waiter.future.set_exception(error)
+        self._waiters.clear()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        await super().close()
+        for task in list(self._running):
+            task.cancel()
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            try:
+                await asyncio.wait_for(connection.close(), defaults.CLOSE_TIMEOUT)
+            except Exception:
+                LOGGER.debug("error while closing the broker connection", exc_info=True)
+        self._on_connection_closed(None, None)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _ready(self) -> None:
+        self._ensure_open()
+        if self._connection is None:
+            await self.connect()
+        assert self._connection is not None
+        if not self._connection.connected.is_set():
+            try:
+                await asyncio.wait_for(self._connection.connected.wait(), self.connect_timeout)
+            except asyncio.TimeoutError:
+                raise BrokerUnavailable(f"the broker at {mask_url(self._url)} is unreachable (reconnecting)") from None
+
+    # -- publishing ------------------------------------------------------------------------------
+    async def _publish(
+        self,
+        exchange: aio_pika.abc.AbstractExchange,
+        body: bytes,
+        routing_key: str,
+        *,
+        mandatory: bool,
+        delivery_mode: int = 1,
+        correlation_id: str | None = None,
+        reply_to: str | None = None,
+    ) -> None:
+        message = aio_pika.Message(
+            body,
+            delivery_mode=aio_pika.DeliveryMode(delivery_mode),
+            correlation_id=correlation_id,
+            reply_to=reply_to,
+        )
+        try:
+            await exchange.publish(message, routing_key=routing_key, mandatory=mandatory)
+        except aio_pika.exceptions.DeliveryError:
+            raise ProcessUnreachable(f"no queue is bound to {routing_key!r}") from None
+        except _CONNECTION_ERRORS as exc:
+            raise ConnectionLost(f"could not publish to {mask_url(self._url)}: {type(exc).__name__}: {exc}") from None
+
+    async def _reply_queue(self, kind: str) -> str:
+        """Declare (once) our exclusive reply queue for ``kind`` ('rpc' or 'task') and consume it."""
+        name = self._reply_queues.get(kind)
+        if name is not None:
+            return name
+        async with self._declare_lock:
+            name = self._reply_queues.get(kind)
+            if name is not None:
+                return name
+            exchange_name = self.message_exchange_name if kind == "rpc" else self.task_exchange_name
+            exchange = self._sub_msg_exchange if kind == "rpc" else self._sub_task_exchange
+            name = f"{exchange_name}-reply-{uuid.uuid4()}"
+            queue = await self._sub_channel.declare_queue(
+                name,
+                exclusive=True,
+                auto_delete=self.testing_mode,
+                arguments={"x-expires": defaults.REPLY_QUEUE_EXPIRES_MS},
+            )
+            await queue.bind(exchange, routing_key=name)
+            await queue.consume(self._on_reply, no_ack=True)
+            self._reply_queues[kind] = name
+            return name
+
+    async def _on_reply(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        waiter = self._waiters.get(message.correlation_id or "")
+        if waiter is None or waiter.future.done():
+            return
+        try:
+            final, value = reply_outcome(self.codec.decode(message.body))
+        except Exception as exc:  # noqa: BLE001 - an undecodable or error reply fails its call (B5)
+            waiter.future.set_exception(exc)
+            return
+        if final:
+            waiter.future.set_result(value)
+        elif waiter.on_pending is not None:
+            waiter.on_pending()
+
+    async def _request(
+        self,
+        kind: str,
+        exchange: aio_pika.abc.AbstractExchange,
+        body: bytes,
+        routing_key: str,
+        delivery_mode: int,
+        wait: bool,
+        on_pending: Callable[[], None] | None,
+    ) -> Any:
+        reply_to = await self._reply_queue(kind)
+        correlation_id = str(uuid.uuid4())
+        waiter = _Waiter(asyncio.get_running_loop(), on_pending)
+        if wait:
+            self._waiters[correlation_id] = waiter
+        try:
+            await self._publish(
+                exchange,
+                body,
+                routing_key,
+                mandatory=True,
+                delivery_mode=delivery_mode,
+                correlation_id=correlation_id,
+                reply_to=reply_to,
+            )
+            if not wait:
+                return None
+            return await waiter.future
+        finally:
+            self._waiters.pop(correlation_id, None)
+
+    async def rpc_send(self, recipient_id: Any, msg: Any, on_pending: Callable[[], None] | None = None) -> Any:
+        key = routing_id(recipient_id)
+        body = self.codec.encode(msg)
+        await self._ready()
+        try:
+            return await self._request(
+                "rpc", self._pub_msg_exchange, body, f"{defaults.RPC_PREFIX}.{key}", 1, True, on_pending
+            )
+        except ProcessUnreachable:
+            raise ProcessUnreachable(
+                f"process {key} is not reachable: no worker holds it (is a worker running? has it ended?)"
+            ) from None
+
+    async def task_send(self, task: Any, no_reply: bool = False, on_pending: Callable[[], None] | None = None) -> Any:
+        body = self.codec.encode((task, no_reply))
+        await self._ready()
+        await self._ensure_task_queue()
+        return await self._request(
+            "task", self._pub_task_exchange, body, self.task_queue_name, 2, not no_reply, on_pending
+        )
+
+    async def broadcast_send(
+        self, body: Any, sender: Any = None, subject: Any = None, correlation_id: Any = None
+    ) -> bool:
+        data = self.codec.encode({"body": body, "sender": sender, "subject": subject, "correlation_id": correlation_id})
+        await self._ready()
+        await self._publish(self._pub_msg_exchange, data, defaults.BROADCAST_KEY, mandatory=False)
+        return True
+
+    # -- subscriptions ---------------------------------------------------------------------------
+    async def _ensure_rpc_queue(self) -> aio_pika.abc.AbstractQueue:
+        if self._rpc_queue is None:
+            async with self._declare_lock:
+                if self._rpc_queue is None:
+                    queue = await self._sub_channel.declare_queue(
+                        f"amq_{uuid.uuid4().hex}",
+                        exclusive=True,
+                        auto_delete=self.testing_mode,
+                        arguments={
+                            "x-message-ttl": defaults.RPC_QUEUE_MESSAGE_TTL_MS,
+                            "x-expires": defaults.RPC_QUEUE_EXPIRES_MS,
+                        },
+                    )
+                    await queue.consume(self._on_rpc, no_ack=True)
+                    self._rpc_queue = queue
+        return self._rpc_queue
+
+    async def _on_rpc_added(self, key: str) -> None:
+        await self._ready()
+        queue = await self._ensure_rpc_queue()
+        await queue.bind(self._sub_msg_exchange, routing_key=f"{defaults.RPC_PREFIX}.{key}")
+
+    async def _on_rpc_removed(self, key: str) -> None:
+        if self._rpc_queue is not None and self._connection is not None:
+            try:
+                await self._rpc_queue.unbind(self._sub_msg_exchange, routing_key=f"{defaults.RPC_PREFIX}.{key}")
+            except _SETTLE_ERRORS:
+                LOGGER.debug("could not unbind %s", key, exc_info=True)
+
+    async def _on_rpc(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        key = (message.routing_key or "")[len(defaults.RPC_PREFIX) + 1 :]
+        reply_to, correlation_id = message.reply_to, message.correlation_id
+
+        async def send(reply: dict[str, Any]) -> None:
+            await self._send_reply(self._pub_msg_exchange, reply_to or "", correlation_id, reply)
+
+        self._spawn(self._handle_rpc(key, message.body, send if reply_to else None))
+
+    async def _send_reply(
+        self, exchange: aio_pika.abc.AbstractExchange, reply_to: str, correlation_id: str | None, reply: dict[str, Any]
+    ) -> None:
+        try:
+            data = self.codec.encode(reply)
+        except EncodeError as exc:
+            data = self.codec.encode(exception_reply(exc) | ({"host": reply["host"]} if "host" in reply else {}))
+        try:
+            await self._publish(exchange, data, reply_to, mandatory=False, correlation_id=correlation_id)
+        except (ConnectionLost, ProcessUnreachable):
+            LOGGER.warning("could not send a reply to %s: the connection is down", reply_to)
+
+    async def _on_broadcast_subscribers_changed(self) -> None:
+        if self._broadcast_queue is not None:
+            return
+        await self._ready()
+        async with self._declare_lock:
+            if self._broadcast_queue is None:
+                queue = await self._sub_channel.declare_queue(
+                    f"broadcast-{uuid.uuid4().hex[:22]}",
+                    exclusive=True,
+                    auto_delete=self.testing_mode,
+                    arguments={"x-message-ttl": defaults.BROADCAST_QUEUE_MESSAGE_TTL_MS},
+                )
+                await queue.bind(self._sub_msg_exchange, routing_key=defaults.BROADCAST_KEY)
+                await queue.consume(self._on_broadcast, no_ack=True)
+                self._broadcast_queue = queue
+
+    async def _on_broadcast(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        self._handle_broadcast(message.body)
+
+    # -- tasks -----------------------------------------------------------------------------------
+    async def _ensure_task_queue(self) -> aio_pika.abc.AbstractQueue:
+        if self._task_queue is None:
+            async with self._declare_lock:
+                if self._task_queue is None:
+                    channel = await self._connection.channel()  # type: ignore[union-attr]
+                    if self.task_prefetch_count:
+                        await channel.set_qos(prefetch_count=self.task_prefetch_count)
+                    arguments: dict[str, Any] = {"x-message-ttl": defaults.TASK_MESSAGE_TTL_MS}
+                    if self.testing_mode:
+                        arguments["x-expires"] = defaults.TESTING_TASK_QUEUE_EXPIRES_MS
+                    queue = await channel.declare_queue(
+                        self.task_queue_name, durable=not self.testing_mode, arguments=arguments
+                    )
+                    exchange = await self._declare_exchange(channel, self.task_exchange_name)
+                    await queue.bind(exchange, routing_key=self.task_queue_name)
+                    self._task_queue = queue
+        return self._task_queue
+
+    async def _on_task_subscribers_changed(self) -> None:
+        await self._ready()
+        queue = await self._ensure_task_queue()
+        if self._task_subscribers and self._task_consumer_tag is None:
+            self._task_consumer_tag = await queue.consume(self._on_task)
+        elif not self._task_subscribers and self._task_consumer_tag is not None:
+            tag, self._task_consumer_tag = self._task_consumer_tag, None
+            await queue.cancel(tag)
+
+    async def _on_task(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        self._spawn(self._handle_task(message))
+
+    async def _handle_task(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        reply_to, correlation_id = message.reply_to, message.correlation_id
+
+        async def send(reply: dict[str, Any]) -> None:
+            if reply_to:
+                await self._send_reply(
+                    self._pub_task_exchange, reply_to, correlation_id, {**reply, "host": host_info()}
+                )
+
+        try:
+            task, no_reply = parse_task_envelope(self.codec.decode(message.body))
+        except Exception as exc:  # noqa: BLE001 - malformed tasks are settled, never poison (B7)
+            LOGGER.warning("refused a malformed task: %s", exc)
+            await message.reject(requeue=False)
+            await send(exception_reply(exc))
+            return
+        reply = await dispatch_task(
+            list(self._task_subscribers.values()), self.facade, task, None if no_reply else send
+        )
+        if reply is None:
+            if not message.redelivered:
+                await message.nack(requeue=True)
+                return
+            reply = exception_reply(TaskRejected("every worker rejected the task"))
+        try:
+            await message.ack()
+        except _SETTLE_ERRORS:
+            LOGGER.warning("could not ack a task: the channel closed; the broker will redeliver it")
+            return
+        if not no_reply:
+            await send(reply)
+
+    async def requeue_tasks(self) -> None:
+        """Stop consuming tasks; unacked deliveries return to the queue for another worker."""
+        if self._task_queue is not None and self._task_consumer_tag is not None:
+            tag, self._task_consumer_tag = self._task_consumer_tag, None
+            await self._task_queue.cancel(tag)

@@ -1,0 +1,167 @@
+"""The blocking facade: each method schedules the asyncio controller's logic on the communicator's
+loop thread and returns a ``concurrent.futures.Future`` at once (call ``.result(timeout)`` to block).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from .controller import RemoteProcessController
+from .futures import ControllerFuture
+from .loaders import ObjectLoader
+from .messages import Intent, MessageBuilder, create_continue_body, create_launch_body
+from .threadcomms import ThreadCommunicator
+
+__all__ = ["RemoteProcessThreadController"]
+
+
+class RemoteProcessThreadController:
+    """Control remote processes from threads: every call returns a flat, deadline-bounded future."""
+
+    def __init__(
+        self,
+        communicator: ThreadCommunicator,
+        *,
+        rpc_timeout: float | None = None,
+        task_timeout: float | None = None,
+    ) -> None:
+        """``communicator`` is what :func:`process_comms.connect` returns; timeouts default to its own."""
+        self._communicator = communicator
+        self._core = RemoteProcessController(communicator, rpc_timeout=rpc_timeout, task_timeout=task_timeout)
+
+    @property
+    def communicator(self) -> ThreadCommunicator:
+        """The communicator this controller sends through."""
+        return self._communicator
+
+    @property
+    def rpc_timeout(self) -> float:
+        """Default seconds to wait for a status/pause/play/kill answer."""
+        return self._core.rpc_timeout
+
+    @rpc_timeout.setter
+    def rpc_timeout(self, value: float) -> None:
+        self._core.rpc_timeout = value
+
+    @property
+    def task_timeout(self) -> float:
+        """Default seconds to wait for a launch/continue/execute answer."""
+        return self._core.task_timeout
+
+    @task_timeout.setter
+    def task_timeout(self, value: float) -> None:
+        self._core.task_timeout = value
+
+    def close(self) -> None:
+        """Close the communicator (fails calls in flight with CommunicatorClosed); idempotent."""
+        self._communicator.close()
+
+    def __enter__(self) -> RemoteProcessThreadController:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def get_status(self, pid: Any, timeout: float | None = None) -> ControllerFuture[Any]:
+        """Future of the status dict of ``pid``."""
+        return self._communicator.submit(self._core._rpc(pid, MessageBuilder.status(), timeout))
+
+    def pause_process(
+        self, pid: Any, msg_text: str | None = None, timeout: float | None = None
+    ) -> ControllerFuture[Any]:
+        """Future of the pause result (True, or False if already ended)."""
+        return self._communicator.submit(self._core._rpc(pid, MessageBuilder.pause(msg_text), timeout))
+
+    def play_process(self, pid: Any, timeout: float | None = None) -> ControllerFuture[Any]:
+        """Future of the play result (True)."""
+        return self._communicator.submit(self._core._rpc(pid, MessageBuilder.play(), timeout))
+
+    def kill_process(
+        self, pid: Any, msg_text: str | None = None, force_kill: bool = False, timeout: float | None = None
+    ) -> ControllerFuture[Any]:
+        """Future of the kill result (True if killed, False if it had ended otherwise)."""
+        return self._communicator.submit(self._core._rpc(pid, MessageBuilder.kill(msg_text, force_kill), timeout))
+
+    def pause_all(self, msg_text: str | None) -> None:
+        """Broadcast a pause to every process; returns at once."""
+        self._communicator.submit(self._core._broadcast(MessageBuilder.pause(msg_text), Intent.PAUSE))
+
+    def play_all(self) -> None:
+        """Broadcast a play to every process; returns at once."""
+        self._communicator.submit(self._core._broadcast(None, Intent.PLAY))
+
+    def kill_all(self, msg_text: str | None) -> None:
+        """Broadcast a kill to every process; returns at once."""
+        self._communicator.submit(self._core._broadcast(MessageBuilder.kill(msg_text), Intent.KILL))
+
+    def launch_process(
+        self,
+        process_class: Any,
+        init_args: Sequence[Any] | None = None,
+        init_kwargs: dict[str, Any] | None = None,
+        persist: bool = False,
+        loader: ObjectLoader | None = None,
+        nowait: bool = False,
+        no_reply: bool = False,
+        timeout: float | None = None,
+    ) -> ControllerFuture[Any]:
+        """Future of the launch: the pid with ``nowait``, else the outputs (None with ``no_reply``)."""
+        body = create_launch_body(process_class, init_args, init_kwargs, persist, loader, nowait)
+        return self._communicator.submit(self._core._task(body, no_reply, timeout))
+
+    def continue_process(
+        self,
+        pid: Any,
+        tag: str | None = None,
+        nowait: bool = False,
+        no_reply: bool = False,
+        timeout: float | None = None,
+    ) -> ControllerFuture[Any]:
+        """Future of the continue: the pid with ``nowait``, else the outputs."""
+        return self._communicator.submit(self._core._task(create_continue_body(pid, tag, nowait), no_reply, timeout))
+
+    def execute_process(
+        self,
+        process_class: Any,
+        init_args: Sequence[Any] | None = None,
+        init_kwargs: dict[str, Any] | None = None,
+        loader: ObjectLoader | None = None,
+        nowait: bool = False,
+        no_reply: bool = False,
+        timeout: float | None = None,
+    ) -> ControllerFuture[Any]:
+        """Future of create-then-continue (works here: plumpy's deadlocks, pain-points B2)."""
+        return self._communicator.submit(
+            self._core._execute(process_class, init_args, init_kwargs, loader, nowait, no_reply, timeout)
+        )
+
+    def task_send(self, message: Any, no_reply: bool = False, timeout: float | None = None) -> ControllerFuture[Any]:
+        """Future of a raw task's result."""
+        return self._communicator.submit(self._core._task(message, no_reply, timeout))
+
+    def get_status_many(self, pids: Iterable[Any], timeout: float | None = None) -> dict[Any, ControllerFuture[Any]]:
+        """``{pid: future of its status}``; wait for them all with :func:`process_comms.wait_all`."""
+        return {pid: self.get_status(pid, timeout) for pid in pids}
+
+    def pause_many(
+        self, pids: Iterable[Any], msg_text: str | None = None, timeout: float | None = None
+    ) -> dict[Any, ControllerFuture[Any]]:
+        """``{pid: future of its pause}``."""
+        return {pid: self.pause_process(pid, msg_text, timeout) for pid in pids}
+
+    def play_many(self, pids: Iterable[Any], timeout: float | None = None) -> dict[Any, ControllerFuture[Any]]:
+        """``{pid: future of its play}``."""
+        return {pid: self.play_process(pid, timeout) for pid in pids}
+
+    def kill_many(
+        self, pids: Iterable[Any], msg_text: str | None = None, force_kill: bool = False, timeout: float | None = None
+    ) -> dict[Any, ControllerFuture[Any]]:
+        """``{pid: future of its kill}``."""
+        return {pid: self.kill_process(pid, msg_text, force_kill, timeout) for pid in pids}
+
+    def wait_for_process(
+        self, pid: Any, timeout: float | None = None, poll_interval: float = 1.0
+    ) -> ControllerFuture[str]:
+        """Future of the terminal state of ``pid`` (``finished``, ``excepted`` or ``killed``)."""
+        return self._communicator.submit(self._core._wait_for(pid, timeout, poll_interval))

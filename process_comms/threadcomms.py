@@ -1,0 +1,250 @@
+"""The thread-safe communicator: an async core on its own loop thread, behind kiwipy's interface.
+
+Sending never blocks the caller: ``rpc_send``, ``task_send`` and ``broadcast_send`` return futures at
+once, each bounded by a deadline. Subscribing blocks briefly (the route exists when it returns), and
+user subscriber callbacks run on a small thread pool, never on the I/O loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+import kiwipy
+
+from . import defaults
+from .codec import Codec
+from .communicator import AsyncCommunicator
+from .embedded import EmbeddedCommunicator
+from .errors import CommunicatorClosed
+from .futures import ControllerFuture, LoopThread, with_deadline
+from .rmq import RmqCommunicator, mask_url
+
+__all__ = ["ThreadCommunicator", "connect", "connect_async"]
+
+T = TypeVar("T")
+
+
+class ThreadCommunicator(kiwipy.Communicator):
+    """A kiwipy ``Communicator`` whose asyncio core runs on a background thread it owns."""
+
+    def __init__(
+        self,
+        core_factory: Callable[[], AsyncCommunicator],
+        *,
+        name: str = "process-comms",
+        rpc_timeout: float = defaults.RPC_TIMEOUT,
+        task_timeout: float = defaults.TASK_TIMEOUT,
+        callback_threads: int = 8,
+        wait_connected: bool = True,
+    ) -> None:
+        self.rpc_timeout = rpc_timeout
+        self.task_timeout = task_timeout
+        self._name = name
+        self._callback_threads = callback_threads
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+        self._loop_thread = LoopThread(f"{name}-loop")
+
+        async def create() -> AsyncCommunicator:
+            core = core_factory()
+            core.facade = self
+            await core.connect()
+            return core
+
+        self._ready: ControllerFuture[AsyncCommunicator] = self._loop_thread.submit(create())
+        self._core: AsyncCommunicator | None = None
+        if wait_connected:
+            try:
+                self._core = self._ready.result(defaults.CONNECT_TIMEOUT + 5)
+            except BaseException:
+                self._loop_thread.stop()
+                raise
+
+    # -- plumbing --------------------------------------------------------------------------------
+    @property
+    def core(self) -> AsyncCommunicator:
+        """The async core communicator (use only from :attr:`loop`)."""
+        if self._core is None:
+            self._core = self._ready.result(defaults.CONNECT_TIMEOUT + 5)
+        return self._core
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the core runs on (on a background thread)."""
+        return self._loop_thread.loop
+
+    @property
+    def loop_thread(self) -> LoopThread:
+        """The background loop thread."""
+        return self._loop_thread
+
+    def __repr__(self) -> str:
+        return f"<ThreadCommunicator {self._core!r} closed={self._closed}>"
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> ControllerFuture[T]:
+        """Run ``coro`` on the loop thread; the returned future resolves with its outcome."""
+        if self._closed:
+            coro.close()
+            fut: ControllerFuture[T] = ControllerFuture()
+            fut.set_exception(CommunicatorClosed("the communicator is closed"))
+            return fut
+        return self._loop_thread.submit(coro)
+
+    def _blocking(self, coro: Coroutine[Any, Any, T]) -> T:
+        self._ensure_open()
+        return self._loop_thread.run(coro, defaults.CONNECT_TIMEOUT + 5)
+
+    def _ensure_open(self) -> None:
+        if self._closed:
+            raise CommunicatorClosed("the communicator is closed")
+
+    def _threaded(self, subscriber: Callable[..., Any]) -> Callable[..., Any]:
+        """Wrap a user callback so that it runs on the callback pool, never on the I/O loop.
+
+        Subscribers marked ``loop_safe = True`` (such as :class:`ProcessLauncher`) promise to return at
+        once and are called on the loop directly.
+        """
+        if getattr(subscriber, "loop_safe", False):
+            return subscriber
+        with self._lock:
+            if self._executor is None:
+                self._executor = concurrent.futures.ThreadPoolExecutor(
+                    self._callback_threads, thread_name_prefix=f"{self._name}-callback"
+                )
+            executor = self._executor
+
+        @functools.wraps(subscriber)
+        def run_in_pool(_comm: Any, *args: Any) -> Any:
+            return executor.submit(subscriber, self, *args)
+
+        return run_in_pool
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def is_closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Close the core, fail calls in flight with CommunicatorClosed and stop the loop thread; idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        if not self._loop_thread.in_loop_thread() and self._loop_thread.running:
+            core = self._core
+            if core is not None:
+                try:
+                    self._loop_thread.run(core.close(), defaults.CLOSE_TIMEOUT)
+                except Exception:  # noqa: BLE001 - closing is best effort
+                    pass
+        self._loop_thread.stop()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def __enter__(self) -> ThreadCommunicator:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- kiwipy Communicator interface -------------------------------------------------------------
+    def add_rpc_subscriber(self, subscriber: Callable[..., Any], identifier: Any = None) -> Any:
+        return self._blocking(self.core.add_rpc_subscriber(self._threaded(subscriber), identifier))
+
+    def remove_rpc_subscriber(self, identifier: Any) -> None:
+        self._blocking(self.core.remove_rpc_subscriber(identifier))
+
+    def add_task_subscriber(self, subscriber: Callable[..., Any], identifier: Any = None) -> Any:
+        return self._blocking(self.core.add_task_subscriber(self._threaded(subscriber), identifier))
+
+    def remove_task_subscriber(self, identifier: Any) -> None:
+        self._blocking(self.core.remove_task_subscriber(identifier))
+
+    def add_broadcast_subscriber(self, subscriber: Callable[..., Any], identifier: Any = None) -> Any:
+        return self._blocking(self.core.add_broadcast_subscriber(self._threaded(subscriber), identifier))
+
+    def remove_broadcast_subscriber(self, identifier: Any) -> None:
+        self._blocking(self.core.remove_broadcast_subscriber(identifier))
+
+    def _send(self, make: Callable[[], Coroutine[Any, Any, T]]) -> ControllerFuture[T]:
+        if self._closed:
+            fut: ControllerFuture[T] = ControllerFuture()
+            fut.set_exception(CommunicatorClosed("the communicator is closed"))
+            return fut
+        return self.submit(make())
+
+    def rpc_send(self, recipient_id: Any, msg: Any, timeout: float | None = None) -> ControllerFuture[Any]:
+        """Send an RPC; the future resolves to the final reply (flat) or fails with a typed error."""
+        deadline = self.rpc_timeout if timeout is None else timeout
+        return self._send(
+            lambda: with_deadline(self.core.rpc_send(recipient_id, msg), deadline, f"RPC to {recipient_id}")
+        )
+
+    def task_send(self, task: Any, no_reply: bool = False, timeout: float | None = None) -> ControllerFuture[Any]:
+        """Queue a task; the future resolves to its result (or None once queued, with ``no_reply``)."""
+        deadline = self.task_timeout if timeout is None else timeout
+        return self._send(lambda: with_deadline(self.core.task_send(task, no_reply), deadline, "task"))
+
+    def broadcast_send(
+        self, body: Any, sender: Any = None, subject: Any = None, correlation_id: Any = None
+    ) -> ControllerFuture[bool]:
+        """Broadcast without blocking; the future resolves to True once the broker has it."""
+        return self._send(
+            lambda: with_deadline(
+                self.core.broadcast_send(body, sender, subject, correlation_id), self.rpc_timeout, "broadcast"
+            )
+        )
+
+
+def _core_factory(
+    url: str | None, codec: str | Codec | None, options: dict[str, Any]
+) -> Callable[[], AsyncCommunicator]:
+    if url is None or url in ("", "embedded://", "memory://"):
+        if options:
+            raise TypeError(f"options {sorted(options)} only apply to a broker URL")
+        return lambda: EmbeddedCommunicator(codec)
+    if url.startswith(("amqp://", "amqps://")):
+        return lambda: RmqCommunicator(url, codec=codec, **options)
+    raise ValueError(f"unsupported URL {mask_url(url)!r}: use None for the embedded default, or amqp:// / amqps://")
+
+
+def connect(
+    url: str | None = None,
+    *,
+    codec: str | Codec | None = None,
+    rpc_timeout: float = defaults.RPC_TIMEOUT,
+    task_timeout: float = defaults.TASK_TIMEOUT,
+    **options: Any,
+) -> ThreadCommunicator:
+    """Connect and return a thread-safe communicator; ``url=None`` gives the embedded, broker-free default.
+
+    ``options`` for RabbitMQ: ``message_exchange``, ``task_exchange``, ``task_queue``,
+    ``task_prefetch_count``, ``heartbeat``, ``testing_mode``, ``connect_timeout``, ``ssl_options``.
+    Raises :class:`BrokerUnavailable` if the broker cannot be reached or refuses the credentials.
+    """
+    factory = _core_factory(url, codec, options)
+    return ThreadCommunicator(factory, rpc_timeout=rpc_timeout, task_timeout=task_timeout)
+
+
+async def connect_async(
+    url: str | None = None,
+    *,
+    codec: str | Codec | None = None,
+    rpc_timeout: float = defaults.RPC_TIMEOUT,
+    task_timeout: float = defaults.TASK_TIMEOUT,
+    **options: Any,
+) -> ThreadCommunicator:
+    """Like :func:`connect`, but awaits the connection instead of blocking the caller's event loop."""
+    factory = _core_factory(url, codec, options)
+    comm = ThreadCommunicator(factory, rpc_timeout=rpc_timeout, task_timeout=task_timeout, wait_connected=False)
+    try:
+        comm._core = await asyncio.wrap_future(comm._ready)
+    except BaseException:
+        comm.close()
+        raise
+    return comm

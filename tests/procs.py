@@ -1,0 +1,72 @@
+"""Process classes the tests launch (importable by workers in other OS processes: ``tests.procs``)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+from process_comms.process import Process
+
+
+class Add(Process):
+    """Finishes at once with the sum of its inputs ``a`` and ``b``."""
+
+    async def run(self) -> dict[str, Any]:
+        return {"sum": self.inputs["a"] + self.inputs["b"]}
+
+
+class BlockingAdd(Process):
+    """A plain (threaded) run."""
+
+    def run(self) -> dict[str, Any]:
+        return {"sum": self.inputs["a"] + self.inputs["b"]}
+
+
+class Waiter(Process):
+    """Waits (at library await points) until killed or ``seconds`` pass."""
+
+    async def run(self) -> dict[str, Any]:
+        seconds = float(self.inputs.get("seconds", 3600))
+        loops = 0
+        while loops * 0.05 < seconds:
+            await self.sleep(0.05)
+            loops += 1
+        return {"loops": loops}
+
+
+class Fails(Process):
+    """Excepts with a ValueError."""
+
+    async def run(self) -> dict[str, Any]:
+        raise ValueError("this process always fails")
+
+
+class Steps(Process):
+    """Counts ``n`` steps, checkpointing after each; records every step it runs in ``log`` (a file)."""
+
+    async def run(self) -> dict[str, Any]:
+        n = int(self.inputs["n"])
+        delay = float(self.inputs.get("delay", 0.0))
+        log = self.inputs.get("log")
+        start = int(self.progress.get("done", 0))
+        for step in range(start, n):
+            if log:
+                with open(log, "a") as fh:
+                    fh.write(f"{self.pid} {step} {os.getpid()}\n")
+            if delay:
+                await asyncio.sleep(delay)
+            await self.checkpoint(done=step + 1)
+        return {"steps": n, "resumed_from": start}
+
+
+class Cleanup(Process):
+    """Waits forever; on kill its ``finally`` writes a marker file."""
+
+    async def run(self) -> dict[str, Any]:
+        try:
+            while True:
+                await self.sleep(0.05)
+        finally:
+            Path(self.inputs["marker"]).write_text("cleaned up")
