@@ -42,6 +42,7 @@ from .process import KilledError, Process, ProcessState
 from .rmq import RmqCommunicator
 from .thread_controller import RemoteProcessThreadController
 from .threadcomms import ThreadCommunicator, connect, connect_async
+from .worker import Worker
 
 __version__ = "0.1.0"
 
@@ -85,6 +86,7 @@ __all__ = [
     "TaskRejected",
     "ThreadCommunicator",
     "TimeoutError",
+    "Worker",
     "YamlCodec",
     "as_asyncio",
     "connect",

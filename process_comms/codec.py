@@ -60,7 +60,7 @@ _SafeDumper.add_representer(uuid.UUID, _represent_uuid)
 _SafeDumper.add_representer(tuple, _represent_tuple)
 # Subclasses of plain containers and scalars (str enums, dict subclasses) travel as their base type.
 _SafeDumper.add_multi_representer(dict, lambda d, v: d.represent_dict(dict(v)))
-_SafeDumper.add_multi_representer(str, lambda d, v: d.represent_str(str(v)))
+_SafeDumper.add_multi_representer(str, lambda d, v: d.represent_str(str.__str__(v)))
 _SafeDumper.add_multi_representer(list, lambda d, v: d.represent_list(list(v)))
 
 
@@ -93,20 +93,24 @@ class YamlCodec(_SizeLimited):
     def encode(self, obj: Any) -> bytes:
         try:
             data: bytes = yaml.dump(obj, Dumper=_SafeDumper, encoding="utf-8", default_flow_style=False)
-        except yaml.YAMLError as exc:
+        except (yaml.YAMLError, ValueError, TypeError) as exc:
             raise EncodeError(f"cannot encode {type(obj).__name__} value for the wire: {exc}") from None
+        except RecursionError:
+            raise EncodeError("cannot encode a value nested this deeply") from None
         self._check_size(len(data), "encode")
         return data
 
     def decode(self, data: bytes | str) -> Any:
         if not isinstance(data, (bytes, bytearray, str)):
             raise DecodeError(f"message body must be bytes or str, not {type(data).__name__}")
-        self._check_size(len(data), "decode")
+        if isinstance(data, bytearray):
+            data = bytes(data)
+        self._check_size(len(data.encode() if isinstance(data, str) else data), "decode")
         try:
             return yaml.load(data, Loader=_SafeLoader)
         except yaml.constructor.ConstructorError as exc:
             raise DecodeError(f"refused to decode message: {exc.problem or exc}") from None
-        except (yaml.YAMLError, UnicodeDecodeError, ValueError) as exc:
+        except (yaml.YAMLError, UnicodeDecodeError, ValueError, TypeError, LookupError, AttributeError) as exc:
             raise DecodeError(f"malformed YAML message: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
         except RecursionError:
             raise DecodeError("message nests too deeply") from None
@@ -137,6 +141,8 @@ class JsonCodec(_SizeLimited):
             data = json.dumps(obj, default=_json_default, separators=(",", ":"), allow_nan=False).encode("utf-8")
         except (TypeError, ValueError) as exc:
             raise EncodeError(f"cannot encode value for the wire: {exc}") from None
+        except RecursionError:
+            raise EncodeError("cannot encode a value nested this deeply") from None
         self._check_size(len(data), "encode")
         return data
 

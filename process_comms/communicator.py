@@ -10,6 +10,8 @@ from __future__ import annotations
 import abc
 import asyncio
 import concurrent.futures
+import contextvars
+import dataclasses
 import inspect
 import logging
 import os
@@ -43,6 +45,8 @@ __all__ = [
     "exception_reply",
     "host_info",
     "parse_task_envelope",
+    "Delivery",
+    "CURRENT_DELIVERY",
 ]
 
 LOGGER = logging.getLogger(__name__)
@@ -62,6 +66,18 @@ SendReply = Callable[[dict[str, Any]], Awaitable[None]]
 
 _KILLED_TYPES = {"KilledError", "ProcessKilled"}
 _REJECTED_TYPES = {"TaskRejected", "LoadError", "DecodeError", "InvalidTask"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Delivery:
+    """What a task subscriber may know about the delivery it handles (set while it is called)."""
+
+    correlation_id: str | None
+    redelivered: bool
+
+
+#: The delivery of the task being dispatched, readable by task subscribers (e.g. for idempotent launches).
+CURRENT_DELIVERY: contextvars.ContextVar[Delivery | None] = contextvars.ContextVar("CURRENT_DELIVERY", default=None)
 
 
 def routing_id(pid: Any) -> str:
@@ -231,6 +247,9 @@ class AsyncCommunicator(abc.ABC):
     @abc.abstractmethod
     async def task_send(self, task: Any, no_reply: bool = False, on_pending: Callable[[], None] | None = None) -> Any:
         """Queue a task; return its final result, or None once confirmed when ``no_reply``."""
+
+    async def release_tasks(self, suspend: Awaitable[Any] | None = None) -> None:
+        """Stop taking tasks, await ``suspend`` (checkpoint the work), then hand the tasks in progress back."""
 
     @abc.abstractmethod
     async def broadcast_send(

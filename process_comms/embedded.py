@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .codec import Codec
 from .communicator import (
+    CURRENT_DELIVERY,
     AsyncCommunicator,
+    Delivery,
     dispatch_task,
     exception_reply,
     host_info,
@@ -59,6 +61,8 @@ class EmbeddedCommunicator(AsyncCommunicator):
         self._tasks: collections.deque[tuple[bytes, _Waiter | None, bool]] = collections.deque()
         self._running: set[asyncio.Task[Any]] = set()
         self._waiters: set[_Waiter] = set()
+        self._inflight: dict[asyncio.Task[Any], tuple[bytes, _Waiter | None]] = {}
+        self._releasing = False
 
     def __repr__(self) -> str:
         return f"<EmbeddedCommunicator closed={self._closed}>"
@@ -135,7 +139,23 @@ class EmbeddedCommunicator(AsyncCommunicator):
     def _pump(self) -> None:
         while self._tasks and self._task_subscribers and not self._closed:
             body, waiter, redelivered = self._tasks.popleft()
-            self._spawn(self._handle_task(body, waiter, redelivered))
+            task = asyncio.get_running_loop().create_task(self._handle_task(body, waiter, redelivered))
+            self._inflight[task] = (body, waiter)
+            task.add_done_callback(lambda t: self._inflight.pop(t, None))
+
+    async def release_tasks(self, suspend: Awaitable[Any] | None = None) -> None:
+        """Stop taking tasks, await ``suspend``, then put the tasks in progress back at the head of the queue."""
+        self._task_subscribers.clear()
+        self._releasing = True
+        if suspend is not None:
+            await suspend
+        inflight = list(self._inflight.items())
+        for task, (body, waiter) in inflight:
+            task.cancel()
+            self._tasks.appendleft((body, waiter, True))
+        if inflight:
+            await asyncio.wait([t for t, _ in inflight], timeout=10)
+        self._releasing = False
 
     async def _handle_task(self, body: bytes, waiter: _Waiter | None, redelivered: bool) -> None:
         send = self._reply_sender(waiter, True)
@@ -145,7 +165,10 @@ class EmbeddedCommunicator(AsyncCommunicator):
             if send is not None:
                 await send(exception_reply(exc))
             return
+        CURRENT_DELIVERY.set(Delivery(str(id(body)), redelivered))
         reply = await dispatch_task(list(self._task_subscribers.values()), self.facade, task, send)
+        if self._releasing:
+            await asyncio.sleep(3600)  # wait to be cancelled and requeued by release_tasks
         if reply is None:
             if not redelivered:
                 self._tasks.append((body, waiter, True))

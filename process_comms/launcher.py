@@ -8,12 +8,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import uuid
 from collections.abc import Iterable
 from typing import Any
 
 import kiwipy
 
-from .communicator import AsyncCommunicator, InvalidTask
+from .communicator import CURRENT_DELIVERY, AsyncCommunicator, InvalidTask
 from .errors import LoadError, PersistenceError
 from .futures import LoopThread
 from .loaders import AllowListLoader, ObjectLoader, get_object_loader
@@ -38,6 +39,9 @@ from .process import META_KEY, Process
 __all__ = ["ProcessLauncher"]
 
 LOGGER = logging.getLogger(__name__)
+
+#: Namespace of the pids derived from a launch task's correlation id (same task, same pid).
+LAUNCH_PID_NAMESPACE = uuid.UUID("6f1c2a4e-3b5d-4c2a-9e1f-0d7b8a9c6e21")
 
 
 class ProcessLauncher:
@@ -115,18 +119,19 @@ class ProcessLauncher:
             init_kwargs = args.get(KWARGS_KEY) or {}
             if not isinstance(init_args, (list, tuple)) or not isinstance(init_kwargs, dict):
                 raise InvalidTask("init_args must be a list (or null) and init_kwargs a mapping (or null)")
+            persist, nowait = bool(args.get(PERSIST_KEY)), bool(args.get(NOWAIT_KEY))
             if kind == CREATE_TASK:
-                coro = self._create(cls, init_args, init_kwargs, bool(args.get(PERSIST_KEY)))
+                coro = self._create(cls, init_args, init_kwargs, persist)
             else:
-                coro = self._launch(
-                    core,
-                    comm_loop,
-                    cls,
-                    init_args,
-                    init_kwargs,
-                    bool(args.get(PERSIST_KEY)),
-                    bool(args.get(NOWAIT_KEY)),
-                )
+                delivery = CURRENT_DELIVERY.get()
+                if persist and delivery is not None and delivery.correlation_id and "pid" not in init_kwargs:
+                    # the same task always gets the same pid, so a redelivered launch (worker crash or
+                    # hand-back) finds the checkpoint its first delivery left and continues from it
+                    init_kwargs = {**init_kwargs, "pid": uuid.uuid5(LAUNCH_PID_NAMESPACE, delivery.correlation_id)}
+                if persist and delivery is not None and delivery.redelivered and "pid" in init_kwargs:
+                    coro = self._relaunch(core, comm_loop, cls, init_args, init_kwargs, nowait)
+                else:
+                    coro = self._launch(core, comm_loop, cls, init_args, init_kwargs, persist, nowait)
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     @staticmethod
@@ -181,7 +186,24 @@ class ProcessLauncher:
         done = await self.start_process(proc, core, comm_loop, persist)
         if nowait:
             return proc.pid
-        return await done
+        return await asyncio.shield(done)
+
+    async def _relaunch(
+        self,
+        core: AsyncCommunicator | None,
+        comm_loop: asyncio.AbstractEventLoop | None,
+        cls: type[Process],
+        init_args: Any,
+        init_kwargs: dict[str, Any],
+        nowait: bool,
+    ) -> Any:
+        """A redelivered persisted launch: continue from its checkpoint if the first delivery left one."""
+        pid = init_kwargs["pid"]
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.persister.load_checkpoint, pid, None)
+        except PersistenceError:
+            return await self._launch(core, comm_loop, cls, init_args, init_kwargs, True, nowait)
+        return await self._continue(core, comm_loop, pid, None, nowait)
 
     async def _continue(
         self,
@@ -203,7 +225,7 @@ class ProcessLauncher:
             done = await self.start_process(proc, core, comm_loop, True)
         if nowait:
             return pid
-        return await done
+        return await asyncio.shield(done)
 
     async def start_process(
         self,
@@ -244,6 +266,12 @@ class ProcessLauncher:
         text = body.get(MESSAGE_TEXT_KEY) if isinstance(body, dict) else None
         for proc in list(self._processes.values()):
             proc._schedule(str(subject), text, False)
+
+    async def suspend_all(self) -> list[Any]:
+        """Stop every live process here, saving its checkpoint (graceful shutdown); returns their pids."""
+        procs = list(self._processes.values())
+        await asyncio.gather(*(proc.suspend() for proc in procs), return_exceptions=True)
+        return [proc.pid for proc in procs]
 
     @staticmethod
     async def _on_comm_loop(coro: Any, comm_loop: asyncio.AbstractEventLoop) -> Any:

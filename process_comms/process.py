@@ -31,7 +31,7 @@ from .errors import ProcessKilled, RemoteError
 from .loaders import ObjectLoader, get_object_loader
 from .messages import FORCE_KILL_KEY, INTENT_KEY, MESSAGE_TEXT_KEY, Intent
 
-__all__ = ["Process", "ProcessState", "KilledError"]
+__all__ = ["Process", "ProcessState", "KilledError", "Suspended"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -61,6 +61,10 @@ class KilledError(ProcessKilled):
         super().__init__(message, "KilledError")
 
 
+class Suspended(Exception):
+    """The worker stopped running the process (graceful shutdown); its task was handed back."""
+
+
 class Process:
     """Base class of remotely controllable processes; override :meth:`run`."""
 
@@ -85,6 +89,7 @@ class Process:
         self._task: asyncio.Task[Any] | None = None
         self._play: asyncio.Event | None = None
         self._kill_requested: str | None = None
+        self._suspending = False
         self._done: asyncio.Future[dict[str, Any]] | None = None
         self._broadcast_id: Any = None
 
@@ -276,6 +281,15 @@ class Process:
             pass
         return self.state is ProcessState.KILLED
 
+    async def suspend(self) -> None:
+        """Stop running here without changing state, saving a checkpoint: another worker continues it."""
+        task = self._task
+        if self.state.terminal or task is None or task.done():
+            return
+        self._suspending = True
+        task.cancel("suspended")
+        await asyncio.wait({task}, timeout=10)
+
     def _finish_killed(self, text: str) -> None:
         if self.state.terminal:
             return
@@ -337,6 +351,12 @@ class Process:
                 if self._kill_requested is not None:
                     raise asyncio.CancelledError(self._kill_requested)
         except asyncio.CancelledError:
+            if self._suspending and self._kill_requested is None:
+                await self._save_final()  # state stays running: the next worker continues from here
+                if not self._done.done():
+                    self._done.set_exception(Suspended(f"process {self.pid} was suspended by its worker"))
+                    self._done.exception()
+                return
             self._finish_killed(self._kill_requested or "killed")
             await self._save_final()
             return

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -23,7 +23,9 @@ import aiormq.exceptions
 from . import defaults
 from .codec import Codec
 from .communicator import (
+    CURRENT_DELIVERY,
     AsyncCommunicator,
+    Delivery,
     dispatch_task,
     exception_reply,
     host_info,
@@ -112,6 +114,8 @@ class RmqCommunicator(AsyncCommunicator):
         self._task_queue: aio_pika.abc.AbstractQueue | None = None
         self._task_consumer_tag: str | None = None
         self._running: set[asyncio.Task[Any]] = set()
+        self._inflight: set[asyncio.Task[Any]] = set()
+        self._releasing = False
 
     def __repr__(self) -> str:
         return (
@@ -441,9 +445,22 @@ class RmqCommunicator(AsyncCommunicator):
             await queue.cancel(tag)
 
     async def _on_task(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        self._spawn(self._handle_task(message))
+        task = asyncio.get_running_loop().create_task(self._handle_task(message))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
 
     async def _handle_task(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        try:
+            await self._settle_task(message)
+        except asyncio.CancelledError:
+            if self._releasing:
+                try:
+                    await message.nack(requeue=True)
+                except _SETTLE_ERRORS:
+                    pass
+            raise
+
+    async def _settle_task(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
         reply_to, correlation_id = message.reply_to, message.correlation_id
 
         async def send(reply: dict[str, Any]) -> None:
@@ -459,9 +476,13 @@ class RmqCommunicator(AsyncCommunicator):
             await message.reject(requeue=False)
             await send(exception_reply(exc))
             return
+        CURRENT_DELIVERY.set(Delivery(correlation_id, bool(message.redelivered)))
         reply = await dispatch_task(
             list(self._task_subscribers.values()), self.facade, task, None if no_reply else send
         )
+        if self._releasing:  # handed back: the next worker continues from the checkpoint
+            await message.nack(requeue=True)
+            return
         if reply is None:
             if not message.redelivered:
                 await message.nack(requeue=True)
@@ -475,8 +496,19 @@ class RmqCommunicator(AsyncCommunicator):
         if not no_reply:
             await send(reply)
 
-    async def requeue_tasks(self) -> None:
-        """Stop consuming tasks; unacked deliveries return to the queue for another worker."""
+    async def release_tasks(self, suspend: Awaitable[Any] | None = None) -> None:
+        """Stop consuming, await ``suspend`` (checkpoint the work), then nack every task in progress."""
+        self._releasing = True
         if self._task_queue is not None and self._task_consumer_tag is not None:
             tag, self._task_consumer_tag = self._task_consumer_tag, None
-            await self._task_queue.cancel(tag)
+            try:
+                await self._task_queue.cancel(tag)
+            except _SETTLE_ERRORS:
+                LOGGER.debug("could not cancel the task consumer", exc_info=True)
+        if suspend is not None:
+            await suspend
+        tasks = list(self._inflight)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=defaults.CLOSE_TIMEOUT)

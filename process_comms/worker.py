@@ -1,0 +1,90 @@
+"""A worker: one communicator, one persister and one :class:`ProcessLauncher`, with a graceful stop.
+
+``process-comms worker`` runs one. A graceful stop takes no new tasks, checkpoints the running
+processes and hands their tasks back to the queue, so another worker continues each of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+from . import defaults
+from .launcher import ProcessLauncher
+from .persistence import Persister, get_persister
+from .threadcomms import ThreadCommunicator, connect
+
+__all__ = ["Worker"]
+
+LOGGER = logging.getLogger(__name__)
+
+
+class Worker:
+    """Runs processes for the task queue of ``broker`` (None: the embedded communicator)."""
+
+    def __init__(
+        self,
+        broker: str | None = None,
+        *,
+        persister: str | Persister | None = None,
+        allowed_modules: Iterable[str] | None = None,
+        communicator: ThreadCommunicator | None = None,
+        **options: Any,
+    ) -> None:
+        """``persister`` is a Persister or a URL (``sqlite:///file.db``, ``postgresql://...``)."""
+        self.persister: Persister = persister if isinstance(persister, Persister) else get_persister(persister)
+        self._own_comm = communicator is None
+        self.communicator = communicator if communicator is not None else connect(broker, **options)
+        self.launcher = ProcessLauncher(persister=self.persister, allowed_modules=allowed_modules)
+        self._subscription: Any = None
+        self._stopped = threading.Event()
+        self._lock = threading.Lock()
+
+    def start(self) -> Worker:
+        """Start taking tasks."""
+        self._subscription = self.communicator.add_task_subscriber(self.launcher)
+        LOGGER.info("worker taking tasks on %r", self.communicator)
+        return self
+
+    def __enter__(self) -> Worker:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    async def _release(self) -> list[Any]:
+        """Stop taking tasks, checkpoint and stop the running processes, then requeue their tasks."""
+        suspended: list[Any] = []
+
+        async def suspend() -> None:
+            coro = self.launcher.suspend_all()
+            suspended.extend(await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.launcher.loop)))
+
+        await self.communicator.core.release_tasks(suspend())
+        return suspended
+
+    def stop(self, graceful: bool = True, timeout: float = defaults.CLOSE_TIMEOUT) -> list[Any]:
+        """Stop; gracefully: checkpoint running processes and requeue their tasks. Returns the pids handed back."""
+        with self._lock:
+            if self._stopped.is_set():
+                return []
+            self._stopped.set()
+        handed_back: list[Any] = []
+        if graceful and not self.communicator.is_closed():
+            try:
+                handed_back = self.communicator.submit(self._release()).result(timeout)
+            except Exception:
+                LOGGER.exception("graceful stop did not complete; unacked tasks will be redelivered by the broker")
+        if self._own_comm:
+            self.communicator.close()
+        self.launcher.close()
+        self.persister.close()
+        LOGGER.info("worker stopped; handed back %d process(es)", len(handed_back))
+        return handed_back
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until :meth:`stop` is called (True) or ``timeout`` passes (False)."""
+        return self._stopped.wait(timeout)
