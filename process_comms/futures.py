@@ -164,7 +164,7 @@ async def with_deadline(aw: Awaitable[T], timeout: float, what: str) -> T:
     """Await ``aw`` for at most ``timeout`` seconds, then fail with :class:`process_comms.TimeoutError`."""
     try:
         return await asyncio.wait_for(aw, timeout)
-    except asyncio.TimeoutError as exc:
+    except TimeoutError as exc:
         if isinstance(exc, PCTimeoutError):
             raise
         raise PCTimeoutError(f"{what}: no answer within {timeout} s (the remote action may still happen)") from None

@@ -146,7 +146,7 @@ class RmqCommunicator(AsyncCommunicator):
                 connection = await asyncio.wait_for(
                     aio_pika.connect_robust(self._url, **kwargs), self.connect_timeout + 1
                 )
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise BrokerUnavailable(
                     f"could not connect to {mask_url(self._url)} within {self.connect_timeout} s; is RabbitMQ running?"
                 ) from None
@@ -221,7 +221,7 @@ class RmqCommunicator(AsyncCommunicator):
         if not self._connection.connected.is_set():
             try:
                 await asyncio.wait_for(self._connection.connected.wait(), self.connect_timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise BrokerUnavailable(f"the broker at {mask_url(self._url)} is unreachable (reconnecting)") from None
 
     # -- publishing ------------------------------------------------------------------------------

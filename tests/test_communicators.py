@@ -195,5 +195,5 @@ def test_bad_credentials_fail_at_connect_with_a_masked_url(broker_url: str) -> N
 
 
 def test_unreachable_broker_is_a_clear_error() -> None:
-    with pytest.raises(process_comms.BrokerUnavailable, match="127.0.0.1:1"):
+    with pytest.raises(process_comms.BrokerUnavailable, match=r"127\.0\.0\.1:1"):
         process_comms.connect("amqp://guest:guest@127.0.0.1:1/", connect_timeout=2)

@@ -223,7 +223,7 @@ def test_concurrent_writers(persister: Persister) -> None:
             for i in range(saves_n):
                 persister.save_checkpoint(FakeProcess(f"w{n}", {"n": n, "i": i}), tag=f"s{i}")
                 persister.save_bundle("shared", {"n": n, "i": i})
-        except Exception as exc:  # reported by the main thread
+        except Exception as exc:  # noqa: BLE001 - reported by the main thread
             errors.append(exc)
 
     threads = [threading.Thread(target=writer, args=(n,), daemon=True) for n in range(threads_n)]
