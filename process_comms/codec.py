@@ -17,7 +17,7 @@ from .errors import DecodeError, EncodeError
 __all__ = ["Codec", "YamlCodec", "JsonCodec", "get_codec", "DEFAULT_MAX_MESSAGE_BYTES"]
 
 #: Bodies larger than this are refused before encoding is sent or decoding is attempted.
-DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
 UUID_TAG = "!uuid"
 TUPLE_TAG = "tag:yaml.org,2002:python/tuple"

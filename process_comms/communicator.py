@@ -51,7 +51,20 @@ __all__ = [
 
 LOGGER = logging.getLogger(__name__)
 
-BroadcastFilter = kiwipy.BroadcastFilter
+
+class BroadcastFilter(kiwipy.BroadcastFilter):
+    """kiwipy's filter (``*`` wildcards on subject and sender), also for non-string senders such as UUIDs.
+
+    A string filter matches ``str(value)``, so ``BroadcastFilter(cb, sender=str(pid))`` sees a UUID sender.
+    """
+
+    @classmethod
+    def _ensure_filter(cls, filter_value: Any) -> Callable[[Any], Any]:
+        check: Callable[[Any], Any] = super()._ensure_filter(filter_value)
+        if isinstance(filter_value, str) or hasattr(filter_value, "match"):
+            return lambda value: check(value if isinstance(value, str) else str(value))
+        return check
+
 
 RESULT_KEY = "result"
 EXCEPTION_KEY = "exception"

@@ -50,8 +50,8 @@ class DefaultObjectLoader(ObjectLoader):
         return obj
 
     def identify_object(self, obj: Any) -> str:
-        if isinstance(obj, str):
-            self.load_object(obj)
+        if isinstance(obj, str):  # a name is sent as is: the client need not (and should not) import it
+            _split(obj)
             return obj
         identifier = f"{obj.__module__}:{obj.__qualname__}"
         self.load_object(identifier)

@@ -317,13 +317,33 @@ class RmqCommunicator(AsyncCommunicator):
         finally:
             self._waiters.pop(correlation_id, None)
 
+    async def _guarded(self, coro: Awaitable[Any]) -> Any:
+        """Await broker work, turning what a closing or lost connection does to it into typed errors."""
+        try:
+            return await coro
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the caller cancelled: propagate
+            if self._closed:
+                raise CommunicatorClosed("the communicator was closed while the call was in flight") from None
+            raise ConnectionLost(
+                f"the connection to {mask_url(self._url)} was reset mid-call; outcome unknown"
+            ) from None
+        except _SETTLE_ERRORS as exc:
+            if self._closed:
+                raise CommunicatorClosed("the communicator was closed while the call was in flight") from None
+            raise ConnectionLost(
+                f"broker error mid-call on {mask_url(self._url)}: {type(exc).__name__}: {exc}"
+            ) from None
+
     async def rpc_send(self, recipient_id: Any, msg: Any, on_pending: Callable[[], None] | None = None) -> Any:
         key = routing_id(recipient_id)
         body = self.codec.encode(msg)
         await self._ready()
         try:
-            return await self._request(
-                "rpc", self._pub_msg_exchange, body, f"{defaults.RPC_PREFIX}.{key}", 1, True, on_pending
+            return await self._guarded(
+                self._request("rpc", self._pub_msg_exchange, body, f"{defaults.RPC_PREFIX}.{key}", 1, True, on_pending)
             )
         except ProcessUnreachable:
             raise ProcessUnreachable(
@@ -333,17 +353,21 @@ class RmqCommunicator(AsyncCommunicator):
     async def task_send(self, task: Any, no_reply: bool = False, on_pending: Callable[[], None] | None = None) -> Any:
         body = self.codec.encode((task, no_reply))
         await self._ready()
-        await self._ensure_task_queue()
-        return await self._request(
-            "task", self._pub_task_exchange, body, self.task_queue_name, 2, not no_reply, on_pending
-        )
+
+        async def send() -> Any:
+            await self._ensure_task_queue()
+            return await self._request(
+                "task", self._pub_task_exchange, body, self.task_queue_name, 2, not no_reply, on_pending
+            )
+
+        return await self._guarded(send())
 
     async def broadcast_send(
         self, body: Any, sender: Any = None, subject: Any = None, correlation_id: Any = None
     ) -> bool:
         data = self.codec.encode({"body": body, "sender": sender, "subject": subject, "correlation_id": correlation_id})
         await self._ready()
-        await self._publish(self._pub_msg_exchange, data, defaults.BROADCAST_KEY, mandatory=False)
+        await self._guarded(self._publish(self._pub_msg_exchange, data, defaults.BROADCAST_KEY, mandatory=False))
         return True
 
     # -- subscriptions ---------------------------------------------------------------------------

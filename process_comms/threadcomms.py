@@ -47,6 +47,7 @@ class ThreadCommunicator(kiwipy.Communicator):
         self._name = name
         self._callback_threads = callback_threads
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._ordered_executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._closed = False
         self._loop_thread = LoopThread(f"{name}-loop")
@@ -104,20 +105,28 @@ class ThreadCommunicator(kiwipy.Communicator):
         if self._closed:
             raise CommunicatorClosed("the communicator is closed")
 
-    def _threaded(self, subscriber: Callable[..., Any]) -> Callable[..., Any]:
-        """Wrap a user callback so that it runs on the callback pool, never on the I/O loop.
+    def _threaded(self, subscriber: Callable[..., Any], ordered: bool = False) -> Callable[..., Any]:
+        """Wrap a user callback so that it runs on a callback thread, never on the I/O loop.
 
-        Subscribers marked ``loop_safe = True`` (such as :class:`ProcessLauncher`) promise to return at
-        once and are called on the loop directly.
+        Broadcast callbacks (``ordered``) share one thread, so they see broadcasts in arrival order; RPC
+        and task callbacks share a small pool. Subscribers marked ``loop_safe = True`` (such as
+        :class:`ProcessLauncher`) promise to return at once and are called on the loop directly.
         """
         if getattr(subscriber, "loop_safe", False):
             return subscriber
         with self._lock:
-            if self._executor is None:
-                self._executor = concurrent.futures.ThreadPoolExecutor(
-                    self._callback_threads, thread_name_prefix=f"{self._name}-callback"
-                )
-            executor = self._executor
+            if ordered:
+                if self._ordered_executor is None:
+                    self._ordered_executor = concurrent.futures.ThreadPoolExecutor(
+                        1, thread_name_prefix=f"{self._name}-broadcast"
+                    )
+                executor = self._ordered_executor
+            else:
+                if self._executor is None:
+                    self._executor = concurrent.futures.ThreadPoolExecutor(
+                        self._callback_threads, thread_name_prefix=f"{self._name}-callback"
+                    )
+                executor = self._executor
 
         @functools.wraps(subscriber)
         def run_in_pool(_comm: Any, *args: Any) -> Any:
@@ -143,8 +152,9 @@ class ThreadCommunicator(kiwipy.Communicator):
                 except Exception:  # noqa: BLE001 - closing is best effort
                     pass
         self._loop_thread.stop()
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+        for executor in (self._executor, self._ordered_executor):
+            if executor is not None:
+                executor.shutdown(wait=False, cancel_futures=True)
 
     def __enter__(self) -> ThreadCommunicator:
         return self
@@ -166,7 +176,7 @@ class ThreadCommunicator(kiwipy.Communicator):
         self._blocking(self.core.remove_task_subscriber(identifier))
 
     def add_broadcast_subscriber(self, subscriber: Callable[..., Any], identifier: Any = None) -> Any:
-        return self._blocking(self.core.add_broadcast_subscriber(self._threaded(subscriber), identifier))
+        return self._blocking(self.core.add_broadcast_subscriber(self._threaded(subscriber, ordered=True), identifier))
 
     def remove_broadcast_subscriber(self, identifier: Any) -> None:
         self._blocking(self.core.remove_broadcast_subscriber(identifier))

@@ -1,0 +1,140 @@
+"""Shared pieces of the fault tests: worker subprocesses, unique broker names, bounded waits."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pika
+import pytest
+
+import process_comms
+
+from ..conftest import BROKER_URL
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class WorkerProc:
+    """A worker subprocess; ready once it printed "worker ready"."""
+
+    def __init__(self, prefix: str, persister: str) -> None:
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.faults.worker_main",
+                "--broker",
+                BROKER_URL,
+                "--persister",
+                persister,
+                "--prefix",
+                prefix,
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        ready = threading.Event()
+
+        def read() -> None:
+            assert self.proc.stdout is not None
+            for line in self.proc.stdout:
+                if "worker ready" in line:
+                    ready.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        if not ready.wait(30):
+            self.proc.kill()
+            raise AssertionError(f"worker did not start: {self.proc.stderr.read() if self.proc.stderr else ''}")
+
+    def sigkill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(15)
+
+    def terminate(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+                raise
+        return self.proc.returncode
+
+
+def delete_broker_objects(prefix: str) -> None:
+    """Remove the task queue and exchanges a test made under ``prefix``."""
+    conn = pika.BlockingConnection(pika.URLParameters(BROKER_URL))
+    try:
+        ch = conn.channel()
+        ch.queue_delete(f"{prefix}.process.queue")
+        ch.exchange_delete(f"{prefix}.messages")
+        ch.exchange_delete(f"{prefix}.tasks")
+    finally:
+        conn.close()
+
+
+class Workers:
+    """Starts worker subprocesses sharing one SQLite checkpoint file; kills leftovers on close."""
+
+    def __init__(self, prefix: str, tmp_path: Path) -> None:
+        self.prefix = prefix
+        self.persister = f"sqlite:///{tmp_path}/checkpoints.db"
+        self.started: list[WorkerProc] = []
+
+    def __call__(self) -> WorkerProc:
+        worker = WorkerProc(self.prefix, self.persister)
+        self.started.append(worker)
+        return worker
+
+    def close(self) -> None:
+        for worker in self.started:
+            if worker.proc.poll() is None:
+                worker.proc.kill()
+                worker.proc.wait(10)
+
+
+@pytest.fixture
+def prefix(broker_url: str) -> Iterator[str]:
+    """Unique exchange and queue names, deleted after the test."""
+    prefix = f"pc-fault-{uuid.uuid4().hex[:10]}"
+    yield prefix
+    delete_broker_objects(prefix)
+
+
+@pytest.fixture
+def workers(prefix: str, tmp_path: Path) -> Iterator[Workers]:
+    """Call it to start a worker subprocess."""
+    made = Workers(prefix, tmp_path)
+    yield made
+    made.close()
+
+
+def controller(prefix: str) -> process_comms.RemoteProcessThreadController:
+    comm = process_comms.connect(
+        BROKER_URL,
+        message_exchange=f"{prefix}.messages",
+        task_exchange=f"{prefix}.tasks",
+        task_queue=f"{prefix}.process.queue",
+    )
+    return process_comms.RemoteProcessThreadController(comm)
+
+
+def wait_until(predicate: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
