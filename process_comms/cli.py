@@ -68,9 +68,9 @@ from .errors import (
 )
 from .errors import TimeoutError as PCTimeoutError
 from .loaders import ObjectLoader
-from .rmq import mask_url
 from .thread_controller import RemoteProcessThreadController
 from .threadcomms import ThreadCommunicator, connect
+from .urls import mask_url
 from .worker import Worker
 
 __all__ = [

@@ -45,6 +45,7 @@ __all__ = [
     "exception_reply",
     "host_info",
     "parse_task_envelope",
+    "ReplyWaiter",
     "Delivery",
     "CURRENT_DELIVERY",
 ]
@@ -141,6 +142,35 @@ def reply_outcome(reply: Any) -> tuple[bool, Any]:
     if PENDING_KEY in reply:
         return False, None
     raise DecodeError(f"reply has none of result/exception/cancelled/pending: keys {sorted(map(str, reply))}")
+
+
+class ReplyWaiter:
+    """Collects the replies to one request: ``pending`` ones are progress, the first final one settles it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_pending: Callable[[], None] | None = None) -> None:
+        self.future: asyncio.Future[Any] = loop.create_future()
+        self.on_pending = on_pending
+
+    def feed(self, reply: Any) -> None:
+        """Take one decoded reply (or the error that decoding it raised)."""
+        if self.future.done():
+            return
+        try:
+            if isinstance(reply, BaseException):
+                raise reply
+            final, value = reply_outcome(reply)
+        except Exception as exc:  # noqa: BLE001 - typed errors travel through the future
+            self.future.set_exception(exc)
+            return
+        if final:
+            self.future.set_result(value)
+        elif self.on_pending is not None:
+            self.on_pending()
+
+    def fail(self, error: BaseException) -> None:
+        """Settle with ``error`` unless already settled."""
+        if not self.future.done():
+            self.future.set_exception(error)
 
 
 def _is_future(value: Any) -> bool:

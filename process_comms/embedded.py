@@ -18,11 +18,11 @@ from .communicator import (
     CURRENT_DELIVERY,
     AsyncCommunicator,
     Delivery,
+    ReplyWaiter,
     dispatch_task,
     exception_reply,
     host_info,
     parse_task_envelope,
-    reply_outcome,
     routing_id,
 )
 from .errors import CommunicatorClosed, DecodeError, EncodeError, ProcessUnreachable, TaskRejected
@@ -32,36 +32,15 @@ __all__ = ["EmbeddedCommunicator"]
 LOGGER = logging.getLogger(__name__)
 
 
-class _Waiter:
-    """Collects the replies of one request until the final one."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, on_pending: Callable[[], None] | None) -> None:
-        self.future: asyncio.Future[Any] = loop.create_future()
-        self.on_pending = on_pending
-
-    def feed(self, reply: Any) -> None:
-        if self.future.done():
-            return
-        try:
-            final, value = reply_outcome(reply)
-        except Exception as exc:  # noqa: BLE001 - typed errors travel through the future
-            self.future.set_exception(exc)
-            return
-        if final:
-            self.future.set_result(value)
-        elif self.on_pending is not None:
-            self.on_pending()
-
-
 class EmbeddedCommunicator(AsyncCommunicator):
     """An in-process communicator: no broker, same semantics; lives on the loop that runs it."""
 
     def __init__(self, codec: str | Codec | None = None) -> None:
         super().__init__(codec)
-        self._tasks: collections.deque[tuple[bytes, _Waiter | None, bool]] = collections.deque()
+        self._tasks: collections.deque[tuple[bytes, ReplyWaiter | None, bool]] = collections.deque()
         self._running: set[asyncio.Task[Any]] = set()
-        self._waiters: set[_Waiter] = set()
-        self._inflight: dict[asyncio.Task[Any], tuple[bytes, _Waiter | None]] = {}
+        self._waiters: set[ReplyWaiter] = set()
+        self._inflight: dict[asyncio.Task[Any], tuple[bytes, ReplyWaiter | None]] = {}
         self._releasing = False
 
     def __repr__(self) -> str:
@@ -70,8 +49,7 @@ class EmbeddedCommunicator(AsyncCommunicator):
     async def close(self) -> None:
         await super().close()
         for waiter in list(self._waiters):
-            if not waiter.future.done():
-                waiter.future.set_exception(CommunicatorClosed("the communicator was closed before the reply came"))
+            waiter.fail(CommunicatorClosed("the communicator was closed before the reply came"))
         for task in list(self._running):
             task.cancel()
 
@@ -80,7 +58,7 @@ class EmbeddedCommunicator(AsyncCommunicator):
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
-    def _reply_sender(self, waiter: _Waiter | None, task_reply: bool) -> Callable[[dict[str, Any]], Any] | None:
+    def _reply_sender(self, waiter: ReplyWaiter | None, task_reply: bool) -> Callable[[dict[str, Any]], Any] | None:
         if waiter is None:
             return None
 
@@ -94,11 +72,11 @@ class EmbeddedCommunicator(AsyncCommunicator):
             try:
                 waiter.feed(self.codec.decode(data))
             except DecodeError as exc:
-                waiter.future.set_exception(exc) if not waiter.future.done() else None
+                waiter.fail(exc)
 
         return send
 
-    async def _await_waiter(self, waiter: _Waiter) -> Any:
+    async def _await_waiter(self, waiter: ReplyWaiter) -> Any:
         self._waiters.add(waiter)
         try:
             return await waiter.future
@@ -111,7 +89,7 @@ class EmbeddedCommunicator(AsyncCommunicator):
         body = self.codec.encode(msg)
         if key not in self._rpc_subscribers:
             raise ProcessUnreachable(f"process {key} is not reachable: no worker holds it (has it ended?)")
-        waiter = _Waiter(asyncio.get_running_loop(), on_pending)
+        waiter = ReplyWaiter(asyncio.get_running_loop(), on_pending)
         self._spawn(self._handle_rpc(key, body, self._reply_sender(waiter, False)))
         return await self._await_waiter(waiter)
 
@@ -126,7 +104,7 @@ class EmbeddedCommunicator(AsyncCommunicator):
     async def task_send(self, task: Any, no_reply: bool = False, on_pending: Callable[[], None] | None = None) -> Any:
         self._ensure_open()
         body = self.codec.encode((task, no_reply))
-        waiter = None if no_reply else _Waiter(asyncio.get_running_loop(), on_pending)
+        waiter = None if no_reply else ReplyWaiter(asyncio.get_running_loop(), on_pending)
         self._tasks.append((body, waiter, False))
         self._pump()
         if waiter is None:
@@ -157,7 +135,7 @@ class EmbeddedCommunicator(AsyncCommunicator):
             await asyncio.wait([t for t, _ in inflight], timeout=10)
         self._releasing = False
 
-    async def _handle_task(self, body: bytes, waiter: _Waiter | None, redelivered: bool) -> None:
+    async def _handle_task(self, body: bytes, waiter: ReplyWaiter | None, redelivered: bool) -> None:
         send = self._reply_sender(waiter, True)
         try:
             task, _no_reply = parse_task_envelope(self.codec.decode(body))

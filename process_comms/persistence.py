@@ -14,10 +14,10 @@ import time
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, NamedTuple, Protocol, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 from .codec import JsonCodec
 from .errors import DecodeError, EncodeError, PersistenceError
+from .urls import mask_url
 
 __all__ = [
     "DEFAULT_TABLE",
@@ -194,20 +194,6 @@ class InMemoryPersister(Persister):
         return "InMemoryPersister()"
 
 
-def _mask_url(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***``."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    userinfo, at, hostport = netloc.rpartition("@")
-    user, colon, _password = userinfo.partition(":")
-    query = re.sub(r"(?i)(password=)[^&]*", r"\1***", parts.query)
-    if not (at and colon) and query == parts.query:
-        return url
-    if at and colon:
-        netloc = f"{user}:***@{hostport}"
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
 class SqlPersister(Persister):
     """Stores checkpoints in one SQL table: ``sqlite:///file.db``, ``sqlite://`` or ``postgresql://...``."""
 
@@ -230,7 +216,7 @@ class SqlPersister(Persister):
             self._timestamp_type = "TIMESTAMPTZ"
         else:
             raise ValueError(
-                f"unknown persister URL scheme {scheme!r} in {_mask_url(url)!r}: "
+                f"unknown persister URL scheme {scheme!r} in {mask_url(url)!r}: "
                 "use sqlite:///path.db, sqlite://, postgresql://user@host:port/db or memory://"
             )
         self._closed = False
@@ -287,7 +273,7 @@ class SqlPersister(Persister):
         except self._errors as exc:
             if conn is not None:
                 conn.close()
-            raise PersistenceError(f"cannot open checkpoint store {_mask_url(self.url)}: {exc}") from exc
+            raise PersistenceError(f"cannot open checkpoint store {mask_url(self.url)}: {exc}") from exc
         self._conn = conn
         return conn
 
@@ -308,7 +294,7 @@ class SqlPersister(Persister):
                         self._conn = None
                         conn.close()
                     if not broken or attempt == 2:
-                        raise PersistenceError(f"checkpoint store {_mask_url(self.url)} failed: {exc}") from exc
+                        raise PersistenceError(f"checkpoint store {mask_url(self.url)} failed: {exc}") from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
     def save_bundle(self, pid: Any, bundle: dict[str, Any], tag: str | None = None) -> None:
@@ -356,7 +342,7 @@ class SqlPersister(Persister):
             conn.close()
 
     def __repr__(self) -> str:
-        return f"SqlPersister({_mask_url(self.url)!r}, table={self.table!r})"
+        return f"SqlPersister({mask_url(self.url)!r}, table={self.table!r})"
 
 
 def get_persister(url: str | None = None) -> Persister:

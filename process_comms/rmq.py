@@ -13,7 +13,6 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 import aio_pika.abc
@@ -26,23 +25,25 @@ from .communicator import (
     CURRENT_DELIVERY,
     AsyncCommunicator,
     Delivery,
+    ReplyWaiter,
     dispatch_task,
     exception_reply,
     host_info,
     parse_task_envelope,
-    reply_outcome,
     routing_id,
 )
 from .errors import (
     BrokerUnavailable,
     CommunicatorClosed,
     ConnectionLost,
+    DecodeError,
     EncodeError,
     ProcessUnreachable,
     TaskRejected,
 )
+from .urls import mask_url
 
-__all__ = ["RmqCommunicator", "mask_url"]
+__all__ = ["RmqCommunicator"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -54,25 +55,6 @@ _CONNECTION_ERRORS = (
     RuntimeError,
 )
 _SETTLE_ERRORS = (*_CONNECTION_ERRORS, aiormq.exceptions.AMQPError)
-
-
-def mask_url(url: str) -> str:
-    """The URL with its password replaced by ``***`` (for logs, reprs and error messages)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
-
-
-class _Waiter:
-    def __init__(self, loop: asyncio.AbstractEventLoop, on_pending: Callable[[], None] | None) -> None:
-        self.future: asyncio.Future[Any] = loop.create_future()
-        self.on_pending = on_pending
 
 
 class RmqCommunicator(AsyncCommunicator):
@@ -107,7 +89,7 @@ class RmqCommunicator(AsyncCommunicator):
         self._connection: aio_pika.abc.AbstractRobustConnection | None = None
         self._connect_lock = asyncio.Lock()
         self._declare_lock = asyncio.Lock()
-        self._waiters: dict[str, _Waiter] = {}
+        self._waiters: dict[str, ReplyWaiter] = {}
         self._reply_queues: dict[str, str] = {}
         self._rpc_queue: aio_pika.abc.AbstractQueue | None = None
         self._broadcast_queue: aio_pika.abc.AbstractQueue | None = None
@@ -190,8 +172,7 @@ class RmqCommunicator(AsyncCommunicator):
             )
         )
         for waiter in list(self._waiters.values()):
-            if not waiter.future.done():
-                waiter.future.set_exception(error)
+            waiter.fail(error)
         self._waiters.clear()
 
     async def close(self) -> None:
@@ -274,17 +255,13 @@ class RmqCommunicator(AsyncCommunicator):
 
     async def _on_reply(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
         waiter = self._waiters.get(message.correlation_id or "")
-        if waiter is None or waiter.future.done():
+        if waiter is None:
             return
         try:
-            final, value = reply_outcome(self.codec.decode(message.body))
-        except Exception as exc:  # noqa: BLE001 - an undecodable or error reply fails its call (B5)
-            waiter.future.set_exception(exc)
-            return
-        if final:
-            waiter.future.set_result(value)
-        elif waiter.on_pending is not None:
-            waiter.on_pending()
+            reply: Any = self.codec.decode(message.body)
+        except DecodeError as exc:  # an undecodable reply fails its call instead of hanging it (B5)
+            reply = exc
+        waiter.feed(reply)
 
     async def _request(
         self,
@@ -298,7 +275,7 @@ class RmqCommunicator(AsyncCommunicator):
     ) -> Any:
         reply_to = await self._reply_queue(kind)
         correlation_id = str(uuid.uuid4())
-        waiter = _Waiter(asyncio.get_running_loop(), on_pending)
+        waiter = ReplyWaiter(asyncio.get_running_loop(), on_pending)
         if wait:
             self._waiters[correlation_id] = waiter
         try:

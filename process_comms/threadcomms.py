@@ -22,7 +22,8 @@ from .communicator import AsyncCommunicator
 from .embedded import EmbeddedCommunicator
 from .errors import CommunicatorClosed
 from .futures import ControllerFuture, LoopThread, with_deadline
-from .rmq import RmqCommunicator, mask_url
+from .rmq import RmqCommunicator
+from .urls import mask_url
 
 __all__ = ["ThreadCommunicator", "connect", "connect_async"]
 

@@ -1,0 +1,85 @@
+"""Broker faults: connections closed by force and the broker app restarted, with work in flight.
+
+Clients and workers reconnect by themselves; calls in flight fail with a typed connection error or
+complete, never hang; workers keep their processes and their RPC routes; queued tasks survive.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from typing import Any
+
+import pytest
+
+import process_comms
+from tests.procs import Add, Waiter
+
+from ..conftest import rabbitmqctl
+from ._support import controller, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def _broker_back() -> None:
+    rabbitmqctl("start_app", timeout=120)
+    rabbitmqctl("await_startup", timeout=120)
+
+
+def _eventually(ctl: process_comms.RemoteProcessThreadController, call: Any, timeout: float = 60) -> Any:
+    """Retry a call until the clients have reconnected (each try is itself bounded)."""
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            return call().result(5)
+        except (process_comms.BrokerUnavailable, process_comms.ProcessUnreachable, process_comms.TimeoutError) as exc:
+            last = exc
+            time.sleep(0.2)
+    raise AssertionError(f"no recovery within {timeout} s: {last!r}")
+
+
+def test_forced_close_of_all_connections(prefix: str, workers: Any) -> None:
+    workers()
+    with controller(prefix) as ctl:
+        pid = ctl.launch_process(Waiter, init_kwargs={"inputs": {}}, nowait=True).result(15)
+        in_flight = [ctl.get_status(pid, timeout=20) for _ in range(50)]
+        rabbitmqctl("close_all_connections", "fault test")
+        outcomes = process_comms.wait_all(in_flight, timeout=30)
+        for outcome in outcomes.values():  # completed, or failed with a typed error: never pending
+            assert isinstance(outcome, dict) or isinstance(outcome, process_comms.ProcessCommsError), outcome
+        status = _eventually(ctl, lambda: ctl.get_status(pid))
+        assert status["pid"] == pid  # the worker kept the process and re-subscribed its route
+        assert _eventually(ctl, lambda: ctl.launch_process(Add, init_kwargs={"inputs": {"a": 1, "b": 2}})) == {"sum": 3}
+        assert ctl.kill_process(pid).result(15) is True
+
+
+def test_broker_app_restart_keeps_processes_and_queued_tasks(prefix: str, workers: Any) -> None:
+    worker = workers()
+    with controller(prefix) as ctl:
+        pid = ctl.launch_process(Waiter, init_kwargs={"inputs": {}}, persist=True, nowait=True).result(15)
+        rabbitmqctl("stop_app", timeout=120)
+        try:
+            with pytest.raises((process_comms.ProcessCommsError, concurrent.futures.TimeoutError)):
+                ctl.get_status(pid, timeout=5).result(15)
+        finally:
+            _broker_back()
+        # clients and the worker reconnect by themselves; the worker still holds the process and its route
+        assert _eventually(ctl, lambda: ctl.get_status(pid))["pid"] == pid
+        # a graceful stop hands the task back; it must survive another restart while nobody consumes it
+        assert worker.terminate() == 0
+        wait_until(lambda: _ready_count(prefix) == 1, 20, "the task to be handed back")
+        rabbitmqctl("stop_app", timeout=120)
+        _broker_back()
+        assert _ready_count(prefix) == 1
+        workers()
+        assert _eventually(ctl, lambda: ctl.get_status(pid))["pid"] == pid  # same pid, continued
+        assert ctl.kill_process(pid).result(15) is True
+
+
+def _ready_count(prefix: str) -> int:
+    for line in rabbitmqctl("list_queues", "name", "messages_ready").splitlines():
+        parts = line.split()
+        if parts and parts[0] == f"{prefix}.process.queue":
+            return int(parts[1])
+    return -1
