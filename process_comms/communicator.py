@@ -78,6 +78,9 @@ ERROR_TYPE_KEY = "error_type"
 Subscriber = Callable[..., Any]
 SendReply = Callable[[dict[str, Any]], Awaitable[None]]
 
+#: How many removed RPC subscribers still answer requests that were routed before their removal.
+_RETIRED_RPC_MAX = 1024
+
 _KILLED_TYPES = {"KilledError", "ProcessKilled"}
 _REJECTED_TYPES = {"TaskRejected", "LoadError", "DecodeError", "InvalidTask"}
 
@@ -260,6 +263,7 @@ class AsyncCommunicator(abc.ABC):
     def __init__(self, codec: str | Codec | None = None) -> None:
         self.codec: Codec = get_codec(codec)
         self._rpc_subscribers: dict[str, Subscriber] = {}
+        self._retired_rpc: dict[str, Subscriber] = {}
         self._task_subscribers: dict[Any, Subscriber] = {}
         self._broadcast_subscribers: dict[Any, Subscriber] = {}
         self._closed = False
@@ -307,6 +311,7 @@ class AsyncCommunicator(abc.ABC):
         key = routing_id(identifier if identifier is not None else uuid.uuid4())
         if key in self._rpc_subscribers:
             raise DuplicateSubscriber(f"an RPC subscriber for {key!r} already exists on this communicator")
+        self._retired_rpc.pop(key, None)
         self._rpc_subscribers[key] = subscriber
         try:
             await self._on_rpc_added(key)
@@ -318,8 +323,18 @@ class AsyncCommunicator(abc.ABC):
     async def remove_rpc_subscriber(self, identifier: Any) -> None:
         """Stop receiving RPCs for ``identifier``; no error if it is not subscribed."""
         key = str(identifier)
-        if self._rpc_subscribers.pop(key, None) is not None and not self._closed:
-            await self._on_rpc_removed(key)
+        subscriber = self._rpc_subscribers.get(key)
+        if subscriber is None:
+            return
+        try:
+            if not self._closed:
+                await self._on_rpc_removed(key)  # unroutable first, so no request finds the route but not us
+        finally:
+            self._rpc_subscribers.pop(key, None)
+            # requests already routed to us before the unbind still get an answer from the subscriber
+            self._retired_rpc[key] = subscriber
+            while len(self._retired_rpc) > _RETIRED_RPC_MAX:
+                self._retired_rpc.pop(next(iter(self._retired_rpc)))
 
     async def add_task_subscriber(self, subscriber: Subscriber, identifier: Any = None) -> Any:
         """Receive tasks from the task queue; returns the identifier."""
@@ -374,7 +389,7 @@ class AsyncCommunicator(abc.ABC):
     # -- incoming ----------------------------------------------------------------------------------
     async def _handle_rpc(self, key: str, body: bytes, send: SendReply | None) -> None:
         """Decode an RPC, run its subscriber and send the replies (a decode failure is replied, not dropped)."""
-        subscriber = self._rpc_subscribers.get(key)
+        subscriber = self._rpc_subscribers.get(key) or self._retired_rpc.get(key)
         try:
             msg = self.codec.decode(body)
         except DecodeError as exc:

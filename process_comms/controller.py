@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from . import defaults
 from .communicator import AsyncCommunicator, BroadcastFilter
 from .errors import ProcessUnreachable
+from .errors import TimeoutError as PCTimeoutError
 from .futures import with_deadline
 from .loaders import ObjectLoader
 from .messages import (
@@ -116,6 +117,8 @@ class RemoteProcessController:
             while True:
                 try:
                     status = await self._rpc(pid, MessageBuilder.status(), poll_interval * 4)
+                except PCTimeoutError:
+                    continue  # one unanswered poll is not the end: only the overall deadline is
                 except ProcessUnreachable:
                     if done.done():
                         return done.result()

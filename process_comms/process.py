@@ -124,7 +124,7 @@ class Process:
         try:
             await asyncio.sleep(seconds)
         finally:
-            if not self.state.terminal:
+            if not self.state.terminal and self._kill_requested is None:  # killed while waiting: waiting -> killed
                 self._transition(ProcessState.RUNNING)
         await self.pause_point()
 

@@ -25,15 +25,11 @@ class BlockingAdd(Process):
 
 
 class Waiter(Process):
-    """Waits (at library await points) until killed or ``seconds`` pass."""
+    """Waits in the ``waiting`` state until killed or ``seconds`` pass (pause holds it afterwards)."""
 
     async def run(self) -> dict[str, Any]:
-        seconds = float(self.inputs.get("seconds", 3600))
-        loops = 0
-        while loops * 0.05 < seconds:
-            await self.sleep(0.05)
-            loops += 1
-        return {"loops": loops}
+        await self.sleep(float(self.inputs.get("seconds", 3600)))
+        return {"waited": True}
 
 
 class Fails(Process):
