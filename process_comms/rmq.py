@@ -57,6 +57,15 @@ _CONNECTION_ERRORS = (
 _SETTLE_ERRORS = (*_CONNECTION_ERRORS, aiormq.exceptions.AMQPError)
 
 
+def _describe_connect_error(exc: BaseException) -> str:
+    """The broker's own words for a refused connection (e.g. ``530 NOT_ALLOWED - access to vhost '/'``)."""
+    for arg in getattr(exc, "args", ()):
+        code, text = getattr(arg, "reply_code", None), getattr(arg, "reply_text", None)
+        if code is not None:
+            return f"the broker refused the connection: {code} {text}"
+    return f"{type(exc).__name__}: {exc}"
+
+
 class RmqCommunicator(AsyncCommunicator):
     """An asyncio communicator on RabbitMQ with kiwipy's exchanges, queues and messages."""
 
@@ -136,9 +145,9 @@ class RmqCommunicator(AsyncCommunicator):
                 raise BrokerUnavailable(
                     f"the broker at {mask_url(self._url)} refused the credentials: {exc.args[0] if exc.args else exc}"
                 ) from None
-            except (aiormq.exceptions.AMQPError, OSError, ValueError) as exc:
+            except Exception as exc:  # noqa: BLE001 - every connect failure is BrokerUnavailable, said plainly
                 raise BrokerUnavailable(
-                    f"could not connect to {mask_url(self._url)}: {type(exc).__name__}: {exc}"
+                    f"could not connect to {mask_url(self._url)}: {_describe_connect_error(exc)}"
                 ) from None
             self._connection = connection
             connection.close_callbacks.add(self._on_connection_closed)
