@@ -120,6 +120,8 @@ class RemoteProcessController:
                 except PCTimeoutError:
                     continue  # one unanswered poll is not the end: only the overall deadline is
                 except ProcessUnreachable:
+                    # the route goes when the process ends: give its final broadcast a moment to arrive
+                    await asyncio.wait({done}, timeout=poll_interval)
                     if done.done():
                         return done.result()
                     raise ProcessUnreachable(
