@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -18,6 +19,7 @@ import aio_pika
 import aio_pika.abc
 import aio_pika.exceptions
 import aiormq.exceptions
+import yarl
 
 from . import defaults
 from .codec import Codec
@@ -83,6 +85,7 @@ class RmqCommunicator(AsyncCommunicator):
         connect_timeout: float = defaults.CONNECT_TIMEOUT,
         reconnect_interval: float = 1.0,
         ssl_options: dict[str, Any] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         super().__init__(codec)
         self._url = url
@@ -95,6 +98,7 @@ class RmqCommunicator(AsyncCommunicator):
         self.connect_timeout = connect_timeout
         self.reconnect_interval = reconnect_interval
         self.ssl_options = ssl_options
+        self.ssl_context = ssl_context
         self._connection: aio_pika.abc.AbstractRobustConnection | None = None
         self._connect_lock = asyncio.Lock()
         self._declare_lock = asyncio.Lock()
@@ -129,13 +133,11 @@ class RmqCommunicator(AsyncCommunicator):
                 "reconnect_interval": self.reconnect_interval,
                 "client_properties": {"connection_name": "process_comms"},
             }
-            if self.heartbeat is not None:
-                kwargs["heartbeat"] = self.heartbeat
-            if self.ssl_options:
-                kwargs["ssl_options"] = self.ssl_options
+            if self.ssl_context is not None:
+                kwargs["ssl_context"] = self.ssl_context
             try:
                 connection = await asyncio.wait_for(
-                    aio_pika.connect_robust(self._url, **kwargs), self.connect_timeout + 1
+                    aio_pika.connect_robust(self._connection_url(), **kwargs), self.connect_timeout + 1
                 )
             except TimeoutError:
                 raise BrokerUnavailable(
@@ -164,6 +166,14 @@ class RmqCommunicator(AsyncCommunicator):
                 raise BrokerUnavailable(
                     f"could not declare the exchanges on {mask_url(self._url)}: {type(exc).__name__}: {exc}"
                 ) from None
+
+    def _connection_url(self) -> yarl.URL:
+        """The URL with ``heartbeat`` and the TLS options (``cafile``, ``certfile``, ...) as query parameters."""
+        url = yarl.URL(self._url)
+        extra: dict[str, Any] = dict(self.ssl_options or {})
+        if self.heartbeat is not None:
+            extra["heartbeat"] = self.heartbeat
+        return url.update_query({key: str(value) for key, value in extra.items()}) if extra else url
 
     async def _declare_exchange(
         self, channel: aio_pika.abc.AbstractChannel, name: str

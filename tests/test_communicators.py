@@ -197,3 +197,11 @@ def test_bad_credentials_fail_at_connect_with_a_masked_url(broker_url: str) -> N
 def test_unreachable_broker_is_a_clear_error() -> None:
     with pytest.raises(process_comms.BrokerUnavailable, match=r"127\.0\.0\.1:1"):
         process_comms.connect("amqp://guest:guest@127.0.0.1:1/", connect_timeout=2)
+
+
+def test_heartbeat_option_reaches_the_broker(broker_url: str, names: dict[str, str]) -> None:
+    from .conftest import rabbitmqctl
+
+    with process_comms.connect(broker_url, heartbeat=17, **rmq_options(names)):
+        timeouts = rabbitmqctl("list_connections", "timeout").split()
+    assert "17" in timeouts
