@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -37,10 +38,10 @@ class EmbeddedCommunicator(AsyncCommunicator):
 
     def __init__(self, codec: str | Codec | None = None) -> None:
         super().__init__(codec)
-        self._tasks: collections.deque[tuple[bytes, ReplyWaiter | None, bool]] = collections.deque()
+        self._tasks: collections.deque[tuple[bytes, ReplyWaiter | None, bool, str]] = collections.deque()
         self._running: set[asyncio.Task[Any]] = set()
         self._waiters: set[ReplyWaiter] = set()
-        self._inflight: dict[asyncio.Task[Any], tuple[bytes, ReplyWaiter | None]] = {}
+        self._inflight: dict[asyncio.Task[Any], tuple[bytes, ReplyWaiter | None, str]] = {}
         self._releasing = False
 
     def __repr__(self) -> str:
@@ -105,7 +106,7 @@ class EmbeddedCommunicator(AsyncCommunicator):
         self._ensure_open()
         body = self.codec.encode((task, no_reply))
         waiter = None if no_reply else ReplyWaiter(asyncio.get_running_loop(), on_pending)
-        self._tasks.append((body, waiter, False))
+        self._tasks.append((body, waiter, False, str(uuid.uuid4())))
         self._pump()
         if waiter is None:
             return None
@@ -116,9 +117,9 @@ class EmbeddedCommunicator(AsyncCommunicator):
 
     def _pump(self) -> None:
         while self._tasks and self._task_subscribers and not self._closed:
-            body, waiter, redelivered = self._tasks.popleft()
-            task = asyncio.get_running_loop().create_task(self._handle_task(body, waiter, redelivered))
-            self._inflight[task] = (body, waiter)
+            body, waiter, redelivered, delivery_id = self._tasks.popleft()
+            task = asyncio.get_running_loop().create_task(self._handle_task(body, waiter, redelivered, delivery_id))
+            self._inflight[task] = (body, waiter, delivery_id)
             task.add_done_callback(lambda t: self._inflight.pop(t, None))
 
     async def release_tasks(self, suspend: Awaitable[Any] | None = None) -> None:
@@ -128,14 +129,14 @@ class EmbeddedCommunicator(AsyncCommunicator):
         if suspend is not None:
             await suspend
         inflight = list(self._inflight.items())
-        for task, (body, waiter) in inflight:
+        for task, (body, waiter, delivery_id) in inflight:
             task.cancel()
-            self._tasks.appendleft((body, waiter, True))
+            self._tasks.appendleft((body, waiter, True, delivery_id))
         if inflight:
             await asyncio.wait([t for t, _ in inflight], timeout=10)
         self._releasing = False
 
-    async def _handle_task(self, body: bytes, waiter: ReplyWaiter | None, redelivered: bool) -> None:
+    async def _handle_task(self, body: bytes, waiter: ReplyWaiter | None, redelivered: bool, delivery_id: str) -> None:
         send = self._reply_sender(waiter, True)
         try:
             task, _no_reply = parse_task_envelope(self.codec.decode(body))
@@ -143,13 +144,13 @@ class EmbeddedCommunicator(AsyncCommunicator):
             if send is not None:
                 await send(exception_reply(exc))
             return
-        CURRENT_DELIVERY.set(Delivery(str(id(body)), redelivered))
+        CURRENT_DELIVERY.set(Delivery(delivery_id, redelivered))
         reply = await dispatch_task(list(self._task_subscribers.values()), self.facade, task, send)
         if self._releasing:
             await asyncio.sleep(3600)  # wait to be cancelled and requeued by release_tasks
         if reply is None:
             if not redelivered:
-                self._tasks.append((body, waiter, True))
+                self._tasks.append((body, waiter, True, delivery_id))
                 self._pump()
                 return
             reply = exception_reply(TaskRejected("every task subscriber rejected the task"))

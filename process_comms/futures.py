@@ -12,7 +12,7 @@ from . import defaults
 from .errors import CommunicatorClosed, DeadlockError
 from .errors import TimeoutError as PCTimeoutError
 
-__all__ = ["LoopThread", "ControllerFuture", "wait_all", "as_asyncio", "with_deadline"]
+__all__ = ["LoopThread", "ControllerFuture", "wait_all", "as_asyncio", "with_deadline", "run_on"]
 
 T = TypeVar("T")
 
@@ -158,6 +158,17 @@ class LoopThread:
             self.call_soon(self.loop.stop)
             if not self.in_loop_thread():
                 self._thread.join(timeout)
+
+
+def run_on(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+    """``run_coroutine_threadsafe`` that never leaks the coroutine: on a closed loop the future fails."""
+    try:
+        return asyncio.run_coroutine_threadsafe(coro, loop)
+    except RuntimeError:
+        coro.close()
+        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
+        fut.set_exception(CommunicatorClosed("the event loop is closed"))
+        return fut
 
 
 async def with_deadline(aw: Awaitable[T], timeout: float, what: str) -> T:

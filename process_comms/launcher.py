@@ -16,7 +16,7 @@ import kiwipy
 
 from .communicator import CURRENT_DELIVERY, AsyncCommunicator, InvalidTask
 from .errors import LoadError, PersistenceError
-from .futures import LoopThread
+from .futures import LoopThread, run_on
 from .loaders import AllowListLoader, ObjectLoader, get_object_loader
 from .messages import (
     ARGS_KEY,
@@ -132,7 +132,7 @@ class ProcessLauncher:
                     coro = self._relaunch(core, comm_loop, cls, init_args, init_kwargs, nowait)
                 else:
                     coro = self._launch(core, comm_loop, cls, init_args, init_kwargs, persist, nowait)
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return run_on(self.loop, coro)
 
     @staticmethod
     def _core_of(communicator: Any) -> tuple[AsyncCommunicator | None, asyncio.AbstractEventLoop | None]:
@@ -246,7 +246,7 @@ class ProcessLauncher:
         def cleanup(_: Any) -> None:
             self._processes.pop(key, None)
             if core is not None and comm_loop is not None:
-                asyncio.run_coroutine_threadsafe(core.remove_rpc_subscriber(key), comm_loop)
+                run_on(comm_loop, core.remove_rpc_subscriber(key))
 
         done.add_done_callback(cleanup)
         return done
@@ -277,4 +277,4 @@ class ProcessLauncher:
     async def _on_comm_loop(coro: Any, comm_loop: asyncio.AbstractEventLoop) -> Any:
         if asyncio.get_running_loop() is comm_loop:
             return await coro
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, comm_loop))
+        return await asyncio.wrap_future(run_on(comm_loop, coro))

@@ -28,6 +28,7 @@ from typing import Any
 
 from .communicator import AsyncCommunicator
 from .errors import ProcessKilled, RemoteError
+from .futures import run_on
 from .loaders import ObjectLoader, get_object_loader
 from .messages import FORCE_KILL_KEY, INTENT_KEY, MESSAGE_TEXT_KEY, Intent
 
@@ -108,7 +109,7 @@ class Process:
     def checkpoint_blocking(self, **progress: Any) -> None:
         """:meth:`checkpoint` for a plain (threaded) ``run``: blocks while paused, raises if killed."""
         assert self.loop is not None, "checkpoint_blocking() is for a run() on a worker thread"
-        asyncio.run_coroutine_threadsafe(self.checkpoint(**progress), self.loop).result()
+        run_on(self.loop, self.checkpoint(**progress)).result()
         if self._kill_requested is not None:
             raise asyncio.CancelledError(self._kill_requested)
 
@@ -198,10 +199,7 @@ class Process:
             except Exception as exc:  # noqa: BLE001 - a lost notification must never fail the process
                 LOGGER.warning("could not broadcast %s for %s: %s", subject, self.pid, exc)
 
-        try:
-            asyncio.run_coroutine_threadsafe(send(), loop)
-        except RuntimeError:
-            pass
+        run_on(loop, send())
 
     def _transition(self, new: ProcessState) -> None:
         old, self.state = self.state, new
@@ -233,11 +231,7 @@ class Process:
             coro = self.pause(text)
         else:
             coro = self.kill(text, force)
-        try:
-            return asyncio.run_coroutine_threadsafe(coro, self.loop)
-        except RuntimeError:
-            coro.close()
-            return False
+        return run_on(self.loop, coro)
 
     async def play(self) -> bool:
         """Resume a paused process (True, also when it was not paused)."""

@@ -12,8 +12,8 @@ import asyncio
 import logging
 import ssl
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 import aio_pika
 import aio_pika.abc
@@ -48,6 +48,8 @@ from .urls import mask_url
 __all__ = ["RmqCommunicator"]
 
 LOGGER = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _CONNECTION_ERRORS = (
     aiormq.exceptions.AMQPConnectionError,
@@ -160,6 +162,11 @@ class RmqCommunicator(AsyncCommunicator):
                 self._pub_task_exchange = await self._declare_exchange(self._pub_channel, self.task_exchange_name)
                 self._sub_msg_exchange = await self._declare_exchange(self._sub_channel, self.message_exchange_name)
                 self._sub_task_exchange = await self._declare_exchange(self._sub_channel, self.task_exchange_name)
+                if self.testing_mode:
+                    # auto-delete exchanges vanish with their last binding: our reply queues' bindings keep
+                    # them alive for this communicator's life
+                    await self._declare_reply_queue("rpc")
+                    await self._declare_reply_queue("task")
             except aiormq.exceptions.AMQPError as exc:
                 await connection.close()
                 self._connection = None
@@ -249,11 +256,22 @@ class RmqCommunicator(AsyncCommunicator):
         except _CONNECTION_ERRORS as exc:
             raise ConnectionLost(f"could not publish to {mask_url(self._url)}: {type(exc).__name__}: {exc}") from None
 
+    async def _shielded(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run broker declarations as a task of their own: a caller's deadline or cancel must not cut a
+        ``Queue.Declare`` in half (that closes the shared channel for every other user of it)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        return await asyncio.shield(task)
+
     async def _reply_queue(self, kind: str) -> str:
         """Declare (once) our exclusive reply queue for ``kind`` ('rpc' or 'task') and consume it."""
         name = self._reply_queues.get(kind)
         if name is not None:
             return name
+        return await self._shielded(self._declare_reply_queue(kind))
+
+    async def _declare_reply_queue(self, kind: str) -> str:
         async with self._declare_lock:
             name = self._reply_queues.get(kind)
             if name is not None:
@@ -386,8 +404,12 @@ class RmqCommunicator(AsyncCommunicator):
 
     async def _on_rpc_added(self, key: str) -> None:
         await self._ready()
-        queue = await self._ensure_rpc_queue()
-        await queue.bind(self._sub_msg_exchange, routing_key=f"{defaults.RPC_PREFIX}.{key}")
+
+        async def bind() -> None:
+            queue = await self._ensure_rpc_queue()
+            await queue.bind(self._sub_msg_exchange, routing_key=f"{defaults.RPC_PREFIX}.{key}")
+
+        await self._guarded(self._shielded(bind()))
 
     async def _on_rpc_removed(self, key: str) -> None:
         if self._rpc_queue is not None and self._connection is not None:
@@ -421,6 +443,9 @@ class RmqCommunicator(AsyncCommunicator):
         if self._broadcast_queue is not None:
             return
         await self._ready()
+        await self._guarded(self._shielded(self._declare_broadcast_queue()))
+
+    async def _declare_broadcast_queue(self) -> None:
         async with self._declare_lock:
             if self._broadcast_queue is None:
                 queue = await self._sub_channel.declare_queue(
@@ -438,6 +463,11 @@ class RmqCommunicator(AsyncCommunicator):
 
     # -- tasks -----------------------------------------------------------------------------------
     async def _ensure_task_queue(self) -> aio_pika.abc.AbstractQueue:
+        if self._task_queue is None:
+            return await self._shielded(self._declare_task_queue())
+        return self._task_queue
+
+    async def _declare_task_queue(self) -> aio_pika.abc.AbstractQueue:
         if self._task_queue is None:
             async with self._declare_lock:
                 if self._task_queue is None:

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from . import defaults
+from .futures import run_on
 from .launcher import ProcessLauncher
 from .persistence import Persister, get_persister
 from .threadcomms import ThreadCommunicator, connect
@@ -61,7 +62,7 @@ class Worker:
 
         async def suspend() -> None:
             coro = self.launcher.suspend_all()
-            suspended.extend(await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.launcher.loop)))
+            suspended.extend(await asyncio.wrap_future(run_on(self.launcher.loop, coro)))
 
         await self.communicator.core.release_tasks(suspend())
         return suspended

@@ -1,0 +1,162 @@
+"""The thread boundary on its own (no broker): LoopThread, ControllerFuture, wait_all, with_deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import concurrent.futures
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import process_comms
+from process_comms.futures import LoopThread, as_asyncio, with_deadline
+
+T = 10.0
+
+
+@pytest.fixture
+def loop_thread() -> Iterator[LoopThread]:
+    """A loop thread, stopped at teardown."""
+    lt = LoopThread("test-loop")
+    try:
+        yield lt
+    finally:
+        lt.stop()
+
+
+async def value(x: Any) -> Any:
+    return x
+
+
+async def forever(started: threading.Event | None = None, finished: threading.Event | None = None) -> None:
+    """Wait until cancelled; signal when it starts and when it is torn down."""
+    if started is not None:
+        started.set()
+    try:
+        await asyncio.get_running_loop().create_future()
+    finally:
+        if finished is not None:
+            finished.set()
+
+
+def test_submit_returns_a_controller_future_with_the_result(loop_thread: LoopThread) -> None:
+    fut = loop_thread.submit(value(42))
+    assert isinstance(fut, process_comms.ControllerFuture)
+    assert isinstance(fut, concurrent.futures.Future)
+    assert fut.result(T) == 42
+
+
+def test_controller_future_is_awaitable_from_another_loop(loop_thread: LoopThread) -> None:
+    async def main() -> tuple[Any, Any, Any]:
+        direct = await asyncio.wait_for(_await(loop_thread.submit(value("a"))), T)
+        wrapped = await asyncio.wait_for(asyncio.wrap_future(loop_thread.submit(value("b"))), T)
+        adapted = await asyncio.wait_for(as_asyncio(loop_thread.submit(value("c"))), T)
+        return direct, wrapped, adapted
+
+    async def _await(fut: process_comms.ControllerFuture[Any]) -> Any:
+        return await fut
+
+    assert asyncio.run(main()) == ("a", "b", "c")
+
+
+def test_blocking_on_the_loop_thread_is_a_deadlock_error(loop_thread: LoopThread) -> None:
+    async def block_here() -> list[BaseException]:
+        errors: list[BaseException] = []
+        pending = loop_thread.submit(value(1))
+        for attempt in (lambda: pending.result(1), lambda: pending.exception(1)):
+            try:
+                attempt()
+            except process_comms.DeadlockError as exc:
+                errors.append(exc)
+        inner = value(2)
+        try:
+            loop_thread.run(inner, 1)
+        except process_comms.DeadlockError as exc:
+            errors.append(exc)
+        return errors
+
+    errors = loop_thread.submit(block_here()).result(T)
+    assert len(errors) == 3
+    assert all(isinstance(e, process_comms.ProcessCommsError) for e in errors)
+
+
+def test_a_done_future_can_be_read_on_the_loop_thread(loop_thread: LoopThread) -> None:
+    done = loop_thread.submit(value(7))
+    assert done.result(T) == 7
+
+    async def read() -> Any:
+        return done.result(0)
+
+    assert loop_thread.submit(read()).result(T) == 7
+
+
+def test_cancelling_the_future_cancels_the_task(loop_thread: LoopThread) -> None:
+    started, finished = threading.Event(), threading.Event()
+    fut = loop_thread.submit(forever(started, finished))
+    assert started.wait(T)
+    assert fut.cancel()
+    assert finished.wait(T)  # the coroutine was cancelled, its finally ran
+    assert fut.cancelled()
+    assert loop_thread.submit(value("still working")).result(T) == "still working"
+
+
+def test_run_times_out_with_a_typed_error_and_cancels(loop_thread: LoopThread) -> None:
+    finished = threading.Event()
+    with pytest.raises(process_comms.TimeoutError):
+        loop_thread.run(forever(finished=finished), 0.2)
+    assert finished.wait(T)
+
+
+def test_stop_fails_calls_in_flight_and_is_idempotent() -> None:
+    lt = LoopThread("stopping")
+    started = threading.Event()
+    fut = lt.submit(forever(started))
+    assert started.wait(T)
+    lt.stop()
+    with pytest.raises(process_comms.CommunicatorClosed):
+        fut.result(T)
+    assert not lt.thread.is_alive()
+    assert not lt.running
+    lt.stop()
+    late = lt.submit(value(1))
+    with pytest.raises(process_comms.CommunicatorClosed):
+        late.result(T)
+
+
+def test_with_deadline_raises_the_typed_timeout() -> None:
+    with pytest.raises(process_comms.TimeoutError, match="slow thing") as info:
+        asyncio.run(with_deadline(asyncio.sleep(5), 0.05, "slow thing"))
+    assert isinstance(info.value, builtins.TimeoutError)
+    assert asyncio.run(with_deadline(value(3), 1, "quick")) == 3
+
+
+def test_wait_all_maps_keys_to_results_and_errors() -> None:
+    ok: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    ok.set_result({"state": "running"})
+    failed: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    failed.set_exception(process_comms.ProcessUnreachable("gone"))
+    cancelled: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    cancelled.cancel()
+    pending: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    got = process_comms.wait_all({"ok": ok, "failed": failed, "cancelled": cancelled, "pending": pending}, 0.1)
+    assert got["ok"] == {"state": "running"}
+    assert isinstance(got["failed"], process_comms.ProcessUnreachable)
+    assert isinstance(got["cancelled"], concurrent.futures.CancelledError)
+    assert isinstance(got["pending"], process_comms.TimeoutError)
+    assert not pending.done()  # not cancelled: the caller decides
+
+
+def test_wait_all_of_an_iterable_is_keyed_by_the_futures() -> None:
+    futures: list[concurrent.futures.Future[int]] = [concurrent.futures.Future() for _ in range(3)]
+    for i, fut in enumerate(futures):
+        fut.set_result(i)
+    assert process_comms.wait_all(futures, T) == {fut: i for i, fut in enumerate(futures)}
+
+
+def test_wait_all_returns_as_soon_as_everything_is_done(loop_thread: LoopThread) -> None:
+    futures = {i: loop_thread.submit(value(i)) for i in range(100)}
+    assert process_comms.wait_all(futures, T) == {i: i for i in range(100)}
