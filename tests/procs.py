@@ -66,3 +66,11 @@ class Cleanup(Process):
                 await self.sleep(0.05)
         finally:
             Path(self.inputs["marker"]).write_text("cleaned up")
+
+
+class Ticker(Process):
+    """Goes waiting <-> running every 50 ms until killed (a steady stream of state changes)."""
+
+    async def run(self) -> dict[str, Any]:
+        while True:
+            await self.sleep(0.05)

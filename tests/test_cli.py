@@ -300,7 +300,9 @@ def test_pause_play_kill_by_pid(run: Run, worker: None) -> None:
 
 
 def test_watch_sees_state_changes(run: Run, worker: None) -> None:
-    pid = _launch_waiter(run)  # a Waiter goes waiting <-> running every 50 ms
+    launched = run("launch", "tests.procs:Ticker", "--nowait")  # waiting <-> running every 50 ms
+    assert launched.returncode == 0, launched.stderr
+    pid = launched.stdout.strip()
     watched = run("watch", pid, "--count", "2")
     assert watched.returncode == 0, watched.stderr
     lines = watched.stdout.splitlines()
