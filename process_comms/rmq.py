@@ -160,6 +160,11 @@ class RmqCommunicator(AsyncCommunicator):
                 self._sub_channel = await connection.channel()
                 self._pub_msg_exchange = await self._declare_exchange(self._pub_channel, self.message_exchange_name)
                 self._pub_task_exchange = await self._declare_exchange(self._pub_channel, self.task_exchange_name)
+                # replies and broadcasts need no publisher confirm (a lost reply is a caller's deadline, a
+                # broadcast is best effort): a channel of their own, so they never wait a broker round trip
+                self._fast_channel = await connection.channel(publisher_confirms=False)
+                self._fast_msg_exchange = await self._declare_exchange(self._fast_channel, self.message_exchange_name)
+                self._fast_task_exchange = await self._declare_exchange(self._fast_channel, self.task_exchange_name)
                 self._sub_msg_exchange = await self._declare_exchange(self._sub_channel, self.message_exchange_name)
                 self._sub_task_exchange = await self._declare_exchange(self._sub_channel, self.task_exchange_name)
                 if self.testing_mode:
@@ -381,7 +386,7 @@ class RmqCommunicator(AsyncCommunicator):
     ) -> bool:
         data = self.codec.encode({"body": body, "sender": sender, "subject": subject, "correlation_id": correlation_id})
         await self._ready()
-        await self._guarded(self._publish(self._pub_msg_exchange, data, defaults.BROADCAST_KEY, mandatory=False))
+        await self._guarded(self._publish(self._fast_msg_exchange, data, defaults.BROADCAST_KEY, mandatory=False))
         return True
 
     # -- subscriptions ---------------------------------------------------------------------------
@@ -423,7 +428,7 @@ class RmqCommunicator(AsyncCommunicator):
         reply_to, correlation_id = message.reply_to, message.correlation_id
 
         async def send(reply: dict[str, Any]) -> None:
-            await self._send_reply(self._pub_msg_exchange, reply_to or "", correlation_id, reply)
+            await self._send_reply(self._fast_msg_exchange, reply_to or "", correlation_id, reply)
 
         self._spawn(self._handle_rpc(key, message.body, send if reply_to else None))
 
@@ -516,7 +521,7 @@ class RmqCommunicator(AsyncCommunicator):
         async def send(reply: dict[str, Any]) -> None:
             if reply_to:
                 await self._send_reply(
-                    self._pub_task_exchange, reply_to, correlation_id, {**reply, "host": host_info()}
+                    self._fast_task_exchange, reply_to, correlation_id, {**reply, "host": host_info()}
                 )
 
         try:

@@ -157,8 +157,8 @@ def _in_parallel(call: Callable[[Any], Any], items: list[Any]) -> list[Any]:
         return list(pool.map(call, items))
 
 
-def _launch_waiter(run: Run) -> str:
-    result = run("launch", "tests.procs:Waiter", "--nowait")
+def _launch_waiter(run: Run, cls: str = "tests.procs:Waiter") -> str:
+    result = run("launch", cls, "--nowait")
     assert result.returncode == 0, result.stderr
     pid = result.stdout.strip()
     uuid.UUID(pid)
@@ -314,7 +314,7 @@ def test_watch_sees_state_changes(run: Run, worker: None) -> None:
 
 
 def test_kill_all(run: Run, worker: None, broker_url: str, names: dict[str, str]) -> None:
-    pids = set(_in_parallel(lambda _: _launch_waiter(run), [1, 2]))
+    pids = set(_in_parallel(lambda _: _launch_waiter(run, "tests.procs:Ticker"), [1, 2]))  # state changes flow
     watch = subprocess.Popen(
         [*CLI, *_global_options(broker_url, names), "--json", "watch", *sorted(pids), "--seconds", "50"],
         cwd=ROOT,
