@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
+import uuid
 from typing import Any
 
 import pytest
@@ -57,7 +58,10 @@ def test_forced_close_of_all_connections(prefix: str, workers: Any) -> None:
 def test_broker_app_restart_keeps_processes_and_queued_tasks(prefix: str, workers: Any) -> None:
     worker = workers()
     with controller(prefix) as ctl:
-        pid = ctl.launch_process(Waiter, init_kwargs={"inputs": {}}, persist=True, nowait=True).result(15)
+        # nowait=False: the worker holds the task until the process ends (a nowait launch is acked at once)
+        pid = uuid.uuid4()
+        ctl.launch_process(Waiter, init_kwargs={"inputs": {}, "pid": pid}, persist=True)
+        _eventually(ctl, lambda: ctl.get_status(pid))
         rabbitmqctl("stop_app", timeout=120)
         try:
             with pytest.raises((process_comms.ProcessCommsError, concurrent.futures.TimeoutError)):
