@@ -592,7 +592,7 @@ def _cmd_control(ctx: _Context) -> int:
             ctx.warn("--force is ignored with --all: a broadcast kill is never forced")
         with _connect(ctx) as comm:
             core = RemoteProcessController(comm, rpc_timeout=ctx.timeout)
-            broadcast: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
+            broadcast: dict[str, Callable[[], Coroutine[Any, Any, dict[Any, Any] | None]]] = {
                 "pause": lambda: core.pause_all(message),
                 "play": core.play_all,
                 "kill": lambda: core.kill_all(message),

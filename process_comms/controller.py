@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import uuid
 from collections.abc import Coroutine, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -16,6 +17,7 @@ from .communicator import AsyncCommunicator, BroadcastFilter
 from .errors import ProcessUnreachable
 from .errors import TimeoutError as PCTimeoutError
 from .futures import with_deadline
+from .launcher import ANSWER_PREFIX
 from .loaders import ObjectLoader
 from .messages import (
     Intent,
@@ -79,8 +81,29 @@ class RemoteProcessController:
         deadline = self.task_timeout if timeout is None else timeout
         return await with_deadline(self._core.task_send(body, no_reply), deadline, f"{body['task']} task")
 
-    async def _broadcast(self, body: Any, subject: str) -> None:
-        await with_deadline(self._core.broadcast_send(body, subject=subject), self.rpc_timeout, f"{subject} broadcast")
+    async def _broadcast(self, body: Any, subject: str, answers_within: float | None = None) -> dict[Any, Any] | None:
+        if answers_within is None:
+            await with_deadline(
+                self._core.broadcast_send(body, subject=subject), self.rpc_timeout, f"{subject} broadcast"
+            )
+            return None
+        cid, answers = str(uuid.uuid4()), {}
+
+        def on_answer(_comm: Any, result: Any, sender: Any, answer_subject: Any, correlation_id: Any) -> None:
+            if correlation_id == cid and answer_subject == f"{ANSWER_PREFIX}{subject}":
+                answers[sender] = result
+
+        identifier = await self._core.add_broadcast_subscriber(on_answer)
+        try:
+            await with_deadline(
+                self._core.broadcast_send(body, subject=subject, correlation_id=cid),
+                self.rpc_timeout,
+                f"{subject} broadcast",
+            )
+            await asyncio.sleep(answers_within)  # the collection window: answers are counted until it closes
+        finally:
+            await self._core.remove_broadcast_subscriber(identifier)
+        return answers
 
     async def _execute(
         self,
@@ -166,17 +189,21 @@ class RemoteProcessController:
         """Kill ``pid``: True if killed (now or before), False if it had ended otherwise."""
         return await self._run(self._rpc(pid, MessageBuilder.kill(msg_text, force_kill), timeout))
 
-    async def pause_all(self, msg_text: str | None) -> None:
-        """Broadcast a pause to every process (fire and forget)."""
-        await self._run(self._broadcast(MessageBuilder.pause(msg_text), Intent.PAUSE))
+    async def pause_all(self, msg_text: str | None, *, answers_within: float | None = None) -> dict[Any, Any] | None:
+        """Broadcast a pause to every process (fire and forget, as plumpy).
 
-    async def play_all(self) -> None:
-        """Broadcast a play to every process (fire and forget)."""
-        await self._run(self._broadcast(None, Intent.PLAY))
+        With ``answers_within`` (seconds), return ``{pid: result}`` of the processes that answered in that
+        window (process_comms workers answer; plumpy ones do not).
+        """
+        return await self._run(self._broadcast(MessageBuilder.pause(msg_text), Intent.PAUSE, answers_within))
 
-    async def kill_all(self, msg_text: str | None) -> None:
-        """Broadcast a kill to every process (fire and forget)."""
-        await self._run(self._broadcast(MessageBuilder.kill(msg_text), Intent.KILL))
+    async def play_all(self, *, answers_within: float | None = None) -> dict[Any, Any] | None:
+        """Broadcast a play to every process; with ``answers_within``, ``{pid: result}`` of those that answered."""
+        return await self._run(self._broadcast(None, Intent.PLAY, answers_within))
+
+    async def kill_all(self, msg_text: str | None, *, answers_within: float | None = None) -> dict[Any, Any] | None:
+        """Broadcast a kill to every process; with ``answers_within``, ``{pid: result}`` of those that answered."""
+        return await self._run(self._broadcast(MessageBuilder.kill(msg_text), Intent.KILL, answers_within))
 
     async def launch_process(
         self,

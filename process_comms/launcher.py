@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import uuid
 from collections.abc import Iterable
@@ -39,6 +40,9 @@ from .process import META_KEY, Process
 __all__ = ["ProcessLauncher"]
 
 LOGGER = logging.getLogger(__name__)
+
+#: Subject prefix of a process's answer to a broadcast intent that carried a correlation id.
+ANSWER_PREFIX = "intent_result."
 
 #: Namespace of the pids derived from a launch task's correlation id (same task, same pid).
 LAUNCH_PID_NAMESPACE = uuid.UUID("6f1c2a4e-3b5d-4c2a-9e1f-0d7b8a9c6e21")
@@ -255,17 +259,41 @@ class ProcessLauncher:
         if id(core) in self._broadcast_ids:
             return
         self._broadcast_ids[id(core)] = None
-        self._broadcast_ids[id(core)] = await self._on_comm_loop(
-            core.add_broadcast_subscriber(self._on_broadcast), comm_loop
-        )
 
-    def _on_broadcast(self, _comm: Any, body: Any, _sender: Any, subject: Any, _cid: Any) -> None:
-        """``play``/``pause``/``kill`` broadcasts reach every live process (``force_kill`` is ignored, as in plumpy)."""
+        def on_broadcast(_comm: Any, body: Any, _sender: Any, subject: Any, correlation_id: Any) -> None:
+            self._on_broadcast(core, comm_loop, body, subject, correlation_id)
+
+        self._broadcast_ids[id(core)] = await self._on_comm_loop(core.add_broadcast_subscriber(on_broadcast), comm_loop)
+
+    def _on_broadcast(
+        self, core: AsyncCommunicator, comm_loop: asyncio.AbstractEventLoop, body: Any, subject: Any, cid: Any
+    ) -> None:
+        """``play``/``pause``/``kill`` broadcasts reach every live process (``force_kill`` is ignored, as in plumpy).
+
+        With a correlation id, each process answers with an ``intent_result.<intent>`` broadcast (sender = its
+        pid, body = its result), so a controller can tell which processes acted (plumpy processes do not).
+        """
         if subject not in (Intent.PLAY, Intent.PAUSE, Intent.KILL):
             return
         text = body.get(MESSAGE_TEXT_KEY) if isinstance(body, dict) else None
         for proc in list(self._processes.values()):
-            proc._schedule(str(subject), text, False)
+            fut = proc._schedule(str(subject), text, False)
+            if cid is not None:
+                fut.add_done_callback(functools.partial(self._answer, core, comm_loop, proc.pid, subject, cid))
+
+    @staticmethod
+    def _answer(
+        core: AsyncCommunicator,
+        comm_loop: asyncio.AbstractEventLoop,
+        pid: Any,
+        subject: str,
+        cid: Any,
+        fut: concurrent.futures.Future[Any],
+    ) -> None:
+        result = False if fut.cancelled() or fut.exception() is not None else fut.result()
+        run_on(
+            comm_loop, core.broadcast_send(result, sender=pid, subject=f"{ANSWER_PREFIX}{subject}", correlation_id=cid)
+        )
 
     async def suspend_all(self) -> list[Any]:
         """Stop every live process here, saving its checkpoint (graceful shutdown); returns their pids."""

@@ -83,17 +83,29 @@ class RemoteProcessThreadController:
         """Future of the kill result (True if killed, False if it had ended otherwise)."""
         return self._communicator.submit(self._core._rpc(pid, MessageBuilder.kill(msg_text, force_kill), timeout))
 
-    def pause_all(self, msg_text: str | None) -> None:
-        """Broadcast a pause to every process; returns at once."""
-        self._communicator.submit(self._core._broadcast(MessageBuilder.pause(msg_text), Intent.PAUSE))
+    def pause_all(
+        self, msg_text: str | None, *, answers_within: float | None = None
+    ) -> ControllerFuture[dict[Any, Any] | None] | None:
+        """Broadcast a pause to every process; returns at once (None, as plumpy).
 
-    def play_all(self) -> None:
-        """Broadcast a play to every process; returns at once."""
-        self._communicator.submit(self._core._broadcast(None, Intent.PLAY))
+        With ``answers_within`` (seconds): a future of ``{pid: result}`` for the processes that answered
+        within that window (process_comms workers answer; plumpy ones do not).
+        """
+        return self._all(MessageBuilder.pause(msg_text), Intent.PAUSE, answers_within)
 
-    def kill_all(self, msg_text: str | None) -> None:
-        """Broadcast a kill to every process; returns at once."""
-        self._communicator.submit(self._core._broadcast(MessageBuilder.kill(msg_text), Intent.KILL))
+    def play_all(self, *, answers_within: float | None = None) -> ControllerFuture[dict[Any, Any] | None] | None:
+        """Broadcast a play to every process; with ``answers_within``, a future of ``{pid: result}``."""
+        return self._all(None, Intent.PLAY, answers_within)
+
+    def kill_all(
+        self, msg_text: str | None, *, answers_within: float | None = None
+    ) -> ControllerFuture[dict[Any, Any] | None] | None:
+        """Broadcast a kill to every process; with ``answers_within``, a future of ``{pid: result}``."""
+        return self._all(MessageBuilder.kill(msg_text), Intent.KILL, answers_within)
+
+    def _all(self, body: Any, subject: str, answers_within: float | None) -> ControllerFuture[Any] | None:
+        fut = self._communicator.submit(self._core._broadcast(body, subject, answers_within))
+        return None if answers_within is None else fut
 
     def launch_process(
         self,

@@ -1009,3 +1009,28 @@ def test_persisted_launches_get_distinct_pids(env: Env) -> None:
     ]
     assert len(set(pids)) == 20
     assert [env.ctl.continue_process(pid).result(T) for pid in pids] == [{"sum": i} for i in range(20)]
+
+
+def test_broadcasts_with_answers_name_the_processes_that_acted(env: Env) -> None:
+    pids = [env.ctl.launch_process(procs.Waiter, init_kwargs={"inputs": {}}, nowait=True).result(T) for _ in range(3)]
+    assert env.ctl.pause_all("hold", answers_within=None) is None  # plumpy's fire-and-forget signature
+    paused = env.ctl.pause_all("hold", answers_within=1.0)
+    assert paused is not None
+    assert paused.result(T) == {pid: True for pid in pids}
+    played = env.ctl.play_all(answers_within=1.0)
+    assert played is not None and played.result(T) == {pid: True for pid in pids}
+    killed = env.ctl.kill_all("done", answers_within=1.0)
+    assert killed is not None and killed.result(T) == {pid: True for pid in pids}
+    for pid in pids:  # killed: their routes are gone
+        with pytest.raises(process_comms.ProcessUnreachable):
+            env.ctl.get_status(pid).result(T)
+
+
+def test_async_broadcasts_with_answers(env: Env) -> None:
+    pid = env.ctl.launch_process(procs.Waiter, init_kwargs={"inputs": {}}, nowait=True).result(T)
+
+    async def main() -> Any:
+        controller = RemoteProcessController(env.comm)
+        return await controller.kill_all("bye", answers_within=1.0)
+
+    assert asyncio.run(main()) == {pid: True}
