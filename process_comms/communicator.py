@@ -85,12 +85,18 @@ _KILLED_TYPES = {"KilledError", "ProcessKilled"}
 _REJECTED_TYPES = {"TaskRejected", "LoadError", "DecodeError", "InvalidTask"}
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class Delivery:
-    """What a task subscriber may know about the delivery it handles (set while it is called)."""
+    """What a task subscriber may know about the delivery it handles (set while it is called).
+
+    A subscriber may set ``hold`` to a future: the reply is sent at once, but the task stays unacked
+    until ``hold`` completes, so the broker redelivers it if the worker dies before (a nowait launch of
+    a persisted process survives its worker this way).
+    """
 
     correlation_id: str | None
     redelivered: bool
+    hold: concurrent.futures.Future[Any] | None = None
 
 
 #: The delivery of the task being dispatched, readable by task subscribers (e.g. for idempotent launches).

@@ -48,6 +48,11 @@ ANSWER_PREFIX = "intent_result."
 LAUNCH_PID_NAMESPACE = uuid.UUID("6f1c2a4e-3b5d-4c2a-9e1f-0d7b8a9c6e21")
 
 
+def _release(hold: concurrent.futures.Future[Any] | None) -> None:
+    if hold is not None and not hold.done():
+        hold.set_result(None)
+
+
 class ProcessLauncher:
     """A task subscriber that launches, creates and continues processes on its own event loop.
 
@@ -114,7 +119,8 @@ class ProcessLauncher:
                 raise kiwipy.TaskRejected("cannot continue a process: this worker has no persister")
             if PID_KEY not in args:
                 raise InvalidTask("a continue task needs a 'pid'")
-            coro = self._continue(core, comm_loop, args[PID_KEY], args.get(TAG_KEY), bool(args.get(NOWAIT_KEY)))
+            hold = self._hold(bool(args.get(NOWAIT_KEY)))
+            coro = self._continue(core, comm_loop, args[PID_KEY], args.get(TAG_KEY), bool(args.get(NOWAIT_KEY)), hold)
         else:
             if args.get(PERSIST_KEY) and self.persister is None:
                 raise kiwipy.TaskRejected("cannot persist a process: this worker has no persister")
@@ -132,11 +138,23 @@ class ProcessLauncher:
                     # the same task always gets the same pid, so a redelivered launch (worker crash or
                     # hand-back) finds the checkpoint its first delivery left and continues from it
                     init_kwargs = {**init_kwargs, "pid": uuid.uuid5(LAUNCH_PID_NAMESPACE, delivery.correlation_id)}
+                hold = self._hold(nowait and persist)
                 if persist and delivery is not None and delivery.redelivered and "pid" in init_kwargs:
-                    coro = self._relaunch(core, comm_loop, cls, init_args, init_kwargs, nowait)
+                    coro = self._relaunch(core, comm_loop, cls, init_args, init_kwargs, nowait, hold)
                 else:
-                    coro = self._launch(core, comm_loop, cls, init_args, init_kwargs, persist, nowait)
-        return run_on(self.loop, coro)
+                    coro = self._launch(core, comm_loop, cls, init_args, init_kwargs, persist, nowait, hold)
+        fut = run_on(self.loop, coro)
+        fut.add_done_callback(lambda f: _release(hold) if f.cancelled() or f.exception() is not None else None)
+        return fut
+
+    @staticmethod
+    def _hold(wanted: bool) -> concurrent.futures.Future[Any] | None:
+        """For a persisted process answered at once (nowait): keep its task until the process ends."""
+        delivery = CURRENT_DELIVERY.get()
+        if not wanted or delivery is None:
+            return None
+        delivery.hold = concurrent.futures.Future()
+        return delivery.hold
 
     @staticmethod
     def _core_of(communicator: Any) -> tuple[AsyncCommunicator | None, asyncio.AbstractEventLoop | None]:
@@ -183,12 +201,14 @@ class ProcessLauncher:
         init_kwargs: dict[str, Any],
         persist: bool,
         nowait: bool,
+        hold: concurrent.futures.Future[Any] | None = None,
     ) -> Any:
         proc = self._instantiate(cls, init_args, init_kwargs)
         if persist:
             await self._save(proc)
         done = await self.start_process(proc, core, comm_loop, persist)
         if nowait:
+            done.add_done_callback(lambda _: _release(hold))
             return proc.pid
         return await asyncio.shield(done)
 
@@ -200,14 +220,15 @@ class ProcessLauncher:
         init_args: Any,
         init_kwargs: dict[str, Any],
         nowait: bool,
+        hold: concurrent.futures.Future[Any] | None = None,
     ) -> Any:
         """A redelivered persisted launch: continue from its checkpoint if the first delivery left one."""
         pid = init_kwargs["pid"]
         try:
             await asyncio.get_running_loop().run_in_executor(None, self.persister.load_checkpoint, pid, None)
         except PersistenceError:
-            return await self._launch(core, comm_loop, cls, init_args, init_kwargs, True, nowait)
-        return await self._continue(core, comm_loop, pid, None, nowait)
+            return await self._launch(core, comm_loop, cls, init_args, init_kwargs, True, nowait, hold)
+        return await self._continue(core, comm_loop, pid, None, nowait, hold)
 
     async def _continue(
         self,
@@ -216,6 +237,7 @@ class ProcessLauncher:
         pid: Any,
         tag: str | None,
         nowait: bool,
+        hold: concurrent.futures.Future[Any] | None = None,
     ) -> Any:
         existing = self._processes.get(str(pid))
         if existing is not None:  # never a second copy of a process this worker runs
@@ -228,6 +250,7 @@ class ProcessLauncher:
             proc = cls.recreate_from(bundle)
             done = await self.start_process(proc, core, comm_loop, True)
         if nowait:
+            done.add_done_callback(lambda _: _release(hold))
             return pid
         return await asyncio.shield(done)
 

@@ -531,10 +531,22 @@ class RmqCommunicator(AsyncCommunicator):
             await message.reject(requeue=False)
             await send(exception_reply(exc))
             return
-        CURRENT_DELIVERY.set(Delivery(correlation_id, bool(message.redelivered)))
+        delivery = Delivery(correlation_id, bool(message.redelivered))
+        CURRENT_DELIVERY.set(delivery)
         reply = await dispatch_task(
             list(self._task_subscribers.values()), self.facade, task, None if no_reply else send
         )
+        if delivery.hold is not None and reply is not None and not self._releasing:
+            if not no_reply:
+                await send(reply)  # the caller has its answer now; the task stays ours until the work ends
+            reply, no_reply = None, True
+            await asyncio.wrap_future(delivery.hold)
+            if not self._releasing:
+                try:
+                    await message.ack()
+                except _SETTLE_ERRORS:
+                    LOGGER.warning("could not ack a finished task: the channel closed; it will be redelivered")
+                return
         if self._releasing:  # handed back: the next worker continues from the checkpoint
             await message.nack(requeue=True)
             return

@@ -65,3 +65,21 @@ def test_graceful_stop_hands_processes_to_another_worker(prefix: str, workers: A
     steps = [step for _, step in steps_logged(log)]
     assert sorted(set(steps)) == list(range(40))
     assert len(steps) - len(set(steps)) <= 1
+
+
+@pytest.mark.slow
+def test_a_persisted_nowait_launch_survives_its_worker(prefix: str, workers: Any, tmp_path: Path) -> None:
+    log = tmp_path / "steps.log"
+    first = workers()
+    with controller(prefix) as ctl:
+        pid = ctl.launch_process(
+            Steps, init_kwargs={"inputs": {"n": 30, "delay": 0.05, "log": str(log)}}, persist=True, nowait=True
+        ).result(15)
+        wait_until(lambda: len(steps_logged(log)) >= 8, 30, "some steps to run")
+        first.sigkill()  # the worker held the task although the caller already had the pid
+        workers()
+        # until the new worker takes the redelivered task the pid is unreachable: follow the step log
+        wait_until(lambda: any(step == 29 for _, step in steps_logged(log)), 60, "the last step")
+    steps = [step for logged_pid, step in steps_logged(log) if logged_pid == str(pid)]
+    assert sorted(set(steps)) == list(range(30))
+    assert len(steps) - len(set(steps)) <= 1
