@@ -5,7 +5,8 @@ Synopsis::
     process-comms [--broker URL] [--json] [--timeout S]
                   [--message-exchange N] [--task-exchange N] [--task-queue N] COMMAND ...
 
-    process-comms worker --persister URL --allow MODULE [--allow MODULE ...] [--prefetch N] [--log-level LEVEL]
+    process-comms worker --persister URL --allow MODULE [--allow MODULE ...] [--prefetch N] [--claim-ttl S]
+                         [--log-level LEVEL]
     process-comms launch CLASS [--inputs JSON] [--nowait] [--persist]
     process-comms status PID...
     process-comms pause (PID... | --all) [--message TEXT]
@@ -465,6 +466,7 @@ def _cmd_worker(ctx: _Context) -> int:
             persister=args.persister,
             allowed_modules=args.allow,
             task_prefetch_count=args.prefetch,
+            claim_ttl=args.claim_ttl,
             **ctx.comm_options(),
         )
         try:
@@ -814,6 +816,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--prefetch", metavar="N", type=_non_negative_int, default=0, help="tasks taken at once (0: no limit)"
+    )
+    p.add_argument(
+        "--claim-ttl",
+        metavar="S",
+        type=float,
+        default=30.0,
+        help="seconds a dead worker's processes stay claimed before another worker continues them (default 30)",
     )
     p.add_argument(
         "--log-level",

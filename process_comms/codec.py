@@ -30,6 +30,25 @@ class _SafeLoader(_BaseLoader):  # type: ignore[misc]
     """SafeLoader plus the two non-plain tags of the plumpy dialect; registered on this class only."""
 
 
+#: Values a message may hold once its YAML aliases are expanded: an "alias bomb" of 2 kB expands to
+#: gigabytes when it is turned into text (a routing key, a log line), so it is refused when decoded.
+MAX_EXPANDED_VALUES = 100_000
+
+
+def _expanded_size(value: Any, memo: dict[int, int]) -> int:
+    """Number of values in ``value`` counting every alias in full (each shared object is measured once)."""
+    known = memo.get(id(value))
+    if known is not None:
+        return known
+    size = 1
+    if isinstance(value, dict):
+        size += sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in value.items())
+    elif isinstance(value, (list, tuple)):
+        size += sum(_expanded_size(item, memo) for item in value)
+    memo[id(value)] = size
+    return size
+
+
 class _SafeDumper(_BaseDumper):  # type: ignore[misc]
     """SafeDumper that writes tuples and UUIDs the way plumpy peers expect."""
 
@@ -107,13 +126,19 @@ class YamlCodec(_SizeLimited):
             data = bytes(data)
         self._check_size(len(data.encode() if isinstance(data, str) else data), "decode")
         try:
-            return yaml.load(data, Loader=_SafeLoader)
+            value = yaml.load(data, Loader=_SafeLoader)
         except yaml.constructor.ConstructorError as exc:
             raise DecodeError(f"refused to decode message: {exc.problem or exc}") from None
         except (yaml.YAMLError, UnicodeDecodeError, ValueError, TypeError, LookupError, AttributeError) as exc:
             raise DecodeError(f"malformed YAML message: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
         except RecursionError:
             raise DecodeError("message nests too deeply") from None
+        # anchors are rare in messages: only a document that defines one can expand, so only it is measured
+        if (b"&" in data if isinstance(data, bytes) else "&" in data) and (
+            _expanded_size(value, {}) > MAX_EXPANDED_VALUES
+        ):
+            raise DecodeError(f"refused to decode message: its aliases expand to over {MAX_EXPANDED_VALUES} values")
+        return value
 
 
 def _json_default(obj: Any) -> Any:

@@ -27,3 +27,5 @@ CONNECT_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 10.0
 #: Longest routing key RabbitMQ accepts, in bytes.
 MAX_ROUTING_KEY_BYTES = 255
+#: Seconds a worker's claim on a persisted process lasts unless renewed (renewed every third of it).
+CLAIM_TTL = 30.0

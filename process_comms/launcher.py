@@ -9,12 +9,15 @@ import asyncio
 import concurrent.futures
 import functools
 import logging
+import os
+import socket
 import uuid
 from collections.abc import Iterable
 from typing import Any
 
 import kiwipy
 
+from . import defaults
 from .communicator import CURRENT_DELIVERY, AsyncCommunicator, InvalidTask
 from .errors import LoadError, PersistenceError
 from .futures import LoopThread, run_on
@@ -71,6 +74,7 @@ class ProcessLauncher:
         loader: ObjectLoader | None = None,
         *,
         allowed_modules: Iterable[str] | None = None,
+        claim_ttl: float = defaults.CLAIM_TTL,
     ) -> None:
         """``loop=None`` gives the launcher a loop thread of its own (stopped by :meth:`close`)."""
         self._own_loop: LoopThread | None = None
@@ -85,6 +89,11 @@ class ProcessLauncher:
         self.loader = loader or get_object_loader()
         self._processes: dict[str, Process] = {}
         self._broadcast_ids: dict[int, Any] = {}
+        #: Seconds a claim on a persisted process lasts unless renewed (a dead worker's claims lapse after it).
+        self.claim_ttl = claim_ttl
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._claimed: set[str] = set()
+        self._renewer: asyncio.Task[None] | None = None
 
     @property
     def processes(self) -> dict[str, Process]:
@@ -114,11 +123,14 @@ class ProcessLauncher:
         if not isinstance(args, dict):
             raise InvalidTask(f"the args of a {kind} task must be a mapping")
         core, comm_loop = self._core_of(communicator)
+        hold: concurrent.futures.Future[Any] | None = None
         if kind == CONTINUE_TASK:
             if self.persister is None:
                 raise kiwipy.TaskRejected("cannot continue a process: this worker has no persister")
             if PID_KEY not in args:
                 raise InvalidTask("a continue task needs a 'pid'")
+            if args.get(TAG_KEY) is not None and not isinstance(args.get(TAG_KEY), str):
+                raise InvalidTask("a continue task's 'tag' must be a string or null")
             hold = self._hold(bool(args.get(NOWAIT_KEY)))
             coro = self._continue(core, comm_loop, args[PID_KEY], args.get(TAG_KEY), bool(args.get(NOWAIT_KEY)), hold)
         else:
@@ -179,7 +191,7 @@ class ProcessLauncher:
     def _instantiate(self, cls: type[Process], init_args: Any, init_kwargs: dict[str, Any]) -> Process:
         try:
             return cls(*init_args, **{str(k): v for k, v in init_kwargs.items()})
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
             raise InvalidTask(f"the constructor arguments do not fit {cls.__name__}: {exc}") from None
 
     # -- handlers (run on the launcher's loop) ---------------------------------------------------
@@ -205,6 +217,7 @@ class ProcessLauncher:
     ) -> Any:
         proc = self._instantiate(cls, init_args, init_kwargs)
         if persist:
+            await self._claim(proc.pid)
             await self._save(proc)
         done = await self.start_process(proc, core, comm_loop, persist)
         if nowait:
@@ -243,6 +256,10 @@ class ProcessLauncher:
         if existing is not None:  # never a second copy of a process this worker runs
             done = existing.wait_done()
         else:
+            await self._claim(pid)  # nor a copy of one that still runs on another worker
+            existing = self._processes.get(str(pid))
+            if existing is not None:
+                return await self._continue(core, comm_loop, pid, tag, nowait, hold)
             bundle = await asyncio.get_running_loop().run_in_executor(None, self.persister.load_checkpoint, pid, tag)
             if not isinstance(bundle, dict) or not isinstance(bundle.get(META_KEY), dict):
                 raise PersistenceError(f"the checkpoint of process {pid} is not a process_comms checkpoint")
@@ -253,6 +270,31 @@ class ProcessLauncher:
             done.add_done_callback(lambda _: _release(hold))
             return pid
         return await asyncio.shield(done)
+
+    async def _claim(self, pid: Any) -> None:
+        """Own ``pid``'s claim, waiting while another live worker holds it (it runs the process now)."""
+        loop = asyncio.get_running_loop()
+        while not await loop.run_in_executor(None, self.persister.claim, pid, self.owner, self.claim_ttl):
+            LOGGER.info("process %s runs on another worker: waiting for it to end or for its claim to lapse", pid)
+            await asyncio.sleep(self.claim_ttl / 3)  # polling the shared store: the other worker renews at ttl/3
+        self._claimed.add(str(pid))
+        if self._renewer is None or self._renewer.done():
+            self._renewer = loop.create_task(self._renew_claims(), name="process-comms-claims")
+
+    async def _renew_claims(self) -> None:
+        """Renew the claims of the persisted processes running here, until there are none."""
+        loop = asyncio.get_running_loop()
+        while self._claimed:
+            await asyncio.sleep(self.claim_ttl / 3)
+            for key in list(self._claimed):
+                proc = self._processes.get(key)
+                if proc is None:
+                    continue
+                try:
+                    if not await loop.run_in_executor(None, self.persister.claim, proc.pid, self.owner, self.claim_ttl):
+                        LOGGER.error("lost the claim on process %s to another worker", proc.pid)
+                except Exception:
+                    LOGGER.warning("could not renew the claim on process %s", proc.pid, exc_info=True)
 
     async def start_process(
         self,
@@ -274,6 +316,9 @@ class ProcessLauncher:
             self._processes.pop(key, None)
             if core is not None and comm_loop is not None:
                 run_on(comm_loop, core.remove_rpc_subscriber(key))
+            if key in self._claimed:
+                self._claimed.discard(key)
+                self.loop.run_in_executor(None, self.persister.release, proc.pid, self.owner)
 
         done.add_done_callback(cleanup)
         return done

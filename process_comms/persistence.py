@@ -124,6 +124,17 @@ class Persister(abc.ABC):
     def delete_process_checkpoints(self, pid: Any) -> None:
         """Delete every checkpoint of ``pid``."""
 
+    def claim(self, pid: Any, owner: str, ttl: float) -> bool:
+        """Take or renew the right to run ``pid`` for ``ttl`` seconds; False while another owner's claim is live.
+
+        Workers sharing a store use it so that a redelivered task never starts a second copy of a process
+        that still runs elsewhere (after a connection loss or a consumer timeout); a dead owner's claim expires.
+        """
+        return True
+
+    def release(self, pid: Any, owner: str) -> None:
+        """Give up ``owner``'s claim on ``pid`` (no error if it holds none)."""
+
     def close(self) -> None:
         """Release resources held by the persister."""
 
@@ -148,6 +159,24 @@ class InMemoryPersister(Persister):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._store: dict[tuple[str, str], str] = {}
+        self._claims: dict[str, tuple[str, float]] = {}
+
+    def claim(self, pid: Any, owner: str, ttl: float) -> bool:
+        """Claims held in memory: they coordinate the workers of one Python process."""
+        key, now = _pid_key(pid), time.time()
+        with self._lock:
+            holder = self._claims.get(key)
+            if holder is not None and holder[0] != owner and holder[1] > now:
+                return False
+            self._claims[key] = (owner, now + ttl)
+            return True
+
+    def release(self, pid: Any, owner: str) -> None:
+        """Drop ``owner``'s claim on ``pid``."""
+        key = _pid_key(pid)
+        with self._lock:
+            if self._claims.get(key, ("", 0.0))[0] == owner:
+                del self._claims[key]
 
     def save_bundle(self, pid: Any, bundle: dict[str, Any], tag: str | None = None) -> None:
         """Store a JSON copy of ``bundle`` for ``pid`` under ``tag``."""
@@ -254,6 +283,10 @@ class SqlPersister(Persister):
             f"pid_json TEXT NOT NULL, bundle TEXT NOT NULL, "
             f"updated_at {self._timestamp_type} NOT NULL DEFAULT CURRENT_TIMESTAMP, PRIMARY KEY (pid_key, tag))"
         )
+        claims_ddl = (
+            f"CREATE TABLE IF NOT EXISTS {self.table}_claims (pid_key TEXT PRIMARY KEY, owner TEXT NOT NULL, "
+            f"expires_at DOUBLE PRECISION NOT NULL)"
+        )
         conn: Any = None
         try:
             if self._ph == "?":
@@ -264,12 +297,14 @@ class SqlPersister(Persister):
                 if self._path != ":memory:":
                     self._enable_wal(conn)
                 conn.execute(ddl)
+                conn.execute(claims_ddl)
             else:
                 conn = self._psycopg.connect(self.url, autocommit=True, connect_timeout=int(self._busy_timeout))
-                try:
-                    conn.execute(ddl)
-                except (self._psycopg.errors.UniqueViolation, self._psycopg.errors.DuplicateTable):
-                    pass  # another client created the table at the same moment
+                for statement in (ddl, claims_ddl):
+                    try:
+                        conn.execute(statement)
+                    except (self._psycopg.errors.UniqueViolation, self._psycopg.errors.DuplicateTable):
+                        pass  # another client created the table at the same moment
         except self._errors as exc:
             if conn is not None:
                 conn.close()
@@ -332,6 +367,22 @@ class SqlPersister(Persister):
     def delete_process_checkpoints(self, pid: Any) -> None:
         """Delete every checkpoint of ``pid``."""
         self._execute("DELETE FROM {table} WHERE pid_key = ?", (_pid_key(pid),))
+
+    def claim(self, pid: Any, owner: str, ttl: float) -> bool:
+        """One atomic upsert: take the claim if it is free, expired or already ``owner``'s."""
+        key, now = _pid_key(pid), time.time()
+        self._execute(
+            "INSERT INTO {table}_claims (pid_key, owner, expires_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (pid_key) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at "
+            "WHERE {table}_claims.owner = excluded.owner OR {table}_claims.expires_at < ?",
+            (key, owner, now + ttl, now),
+        )
+        rows = self._execute("SELECT owner FROM {table}_claims WHERE pid_key = ?", (key,))
+        return bool(rows) and rows[0][0] == owner
+
+    def release(self, pid: Any, owner: str) -> None:
+        """Drop ``owner``'s claim on ``pid``."""
+        self._execute("DELETE FROM {table}_claims WHERE pid_key = ? AND owner = ?", (_pid_key(pid), owner))
 
     def close(self) -> None:
         """Close the connection; later calls raise PersistenceError."""

@@ -330,6 +330,8 @@ class Process:
             self._done.set_exception(KilledError(self.status or "killed"))
         else:
             self._done.set_exception(RemoteError(self.exception or "the process excepted", "ProcessExcepted"))
+        if self._done.done() and not self._done.cancelled():
+            self._done.exception()  # mark retrieved: nobody may be waiting (nowait launches)
 
     async def _execute(self) -> None:
         assert self._done is not None
@@ -360,6 +362,7 @@ class Process:
             await self._save_final()
             if not self._done.done():
                 self._done.set_exception(RemoteError(str(exc), type(exc).__name__))
+                self._done.exception()  # mark retrieved: nobody may be waiting (nowait launches)
             return
         if self.state.terminal:  # force-killed meanwhile
             return

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import ssl
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
@@ -133,7 +135,6 @@ class RmqCommunicator(AsyncCommunicator):
             kwargs: dict[str, Any] = {
                 "timeout": self.connect_timeout,
                 "reconnect_interval": self.reconnect_interval,
-                "client_properties": {"connection_name": "process_comms"},
             }
             if self.ssl_context is not None:
                 kwargs["ssl_context"] = self.ssl_context
@@ -182,10 +183,12 @@ class RmqCommunicator(AsyncCommunicator):
     def _connection_url(self) -> yarl.URL:
         """The URL with ``heartbeat`` and the TLS options (``cafile``, ``certfile``, ...) as query parameters."""
         url = yarl.URL(self._url)
-        extra: dict[str, Any] = dict(self.ssl_options or {})
+        # the connection's name shows in `rabbitmqctl list_connections client_properties`: who is it
+        extra: dict[str, Any] = {"name": f"process_comms {socket.gethostname()}:{os.getpid()}"}
+        extra.update(self.ssl_options or {})
         if self.heartbeat is not None:
             extra["heartbeat"] = self.heartbeat
-        return url.update_query({key: str(value) for key, value in extra.items()}) if extra else url
+        return url.update_query({key: str(value) for key, value in extra.items()})
 
     async def _declare_exchange(
         self, channel: aio_pika.abc.AbstractChannel, name: str

@@ -33,13 +33,14 @@ class Worker:
         persister: str | Persister | None = None,
         allowed_modules: Iterable[str] | None = None,
         communicator: ThreadCommunicator | None = None,
+        claim_ttl: float = defaults.CLAIM_TTL,
         **options: Any,
     ) -> None:
         """``persister`` is a Persister or a URL (``sqlite:///file.db``, ``postgresql://...``)."""
         self.persister: Persister = persister if isinstance(persister, Persister) else get_persister(persister)
         self._own_comm = communicator is None
         self.communicator = communicator if communicator is not None else connect(broker, **options)
-        self.launcher = ProcessLauncher(persister=self.persister, allowed_modules=allowed_modules)
+        self.launcher = ProcessLauncher(persister=self.persister, allowed_modules=allowed_modules, claim_ttl=claim_ttl)
         self._subscription: Any = None
         self._stopped = threading.Event()
         self._lock = threading.Lock()

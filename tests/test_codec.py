@@ -547,3 +547,16 @@ def test_fuzz_yaml_round_trip(value: Any) -> None:
 def test_fuzz_json_round_trip(value: Any) -> None:
     codec = JsonCodec()
     assert same(codec.decode(codec.encode(value)), tuples_to_lists(value))
+
+
+def test_yaml_alias_bomb_is_refused_but_small_aliases_decode() -> None:
+    codec = process_comms.YamlCodec()
+    value: Any = ["x"]
+    for _ in range(7):
+        value = [value] * 10  # 10**7 values once expanded, a few hundred bytes as YAML
+    data = codec.encode(value)
+    assert len(data) < 4096
+    with pytest.raises(process_comms.DecodeError, match="expand"):
+        codec.decode(data)
+    shared = {"a": 1}
+    assert codec.decode(codec.encode([shared, shared])) == [{"a": 1}, {"a": 1}]

@@ -62,6 +62,7 @@ def pg_table() -> Iterator[str]:
     yield table
     with _pg_admin() as conn:
         conn.execute(f"DROP TABLE IF EXISTS {table}")
+        conn.execute(f"DROP TABLE IF EXISTS {table}_claims")
 
 
 @pytest.fixture(params=["memory", "sqlite", "postgresql"])
@@ -409,3 +410,40 @@ def test_closed_persister_refuses_calls() -> None:
 def test_persister_is_abstract() -> None:
     with pytest.raises(TypeError):
         Persister()  # type: ignore[abstract]
+
+
+def test_claims_exclude_other_owners_until_released_or_expired(persister: Persister) -> None:
+    pid = uuid.uuid4()
+    assert persister.claim(pid, "worker-a", ttl=30)
+    assert persister.claim(pid, "worker-a", ttl=30)  # renewing one's own claim
+    assert not persister.claim(pid, "worker-b", ttl=30)
+    persister.release(pid, "worker-b")  # not b's: nothing happens
+    assert not persister.claim(pid, "worker-b", ttl=30)
+    persister.release(pid, "worker-a")
+    assert persister.claim(pid, "worker-b", ttl=0.05)
+    assert persister.claim(uuid.uuid4(), "worker-a", ttl=30)  # other pids are independent
+
+
+def test_an_expired_claim_can_be_taken(persister: Persister) -> None:
+    pid = 7
+    assert persister.claim(pid, "dead-worker", ttl=-1)  # already expired, as a crashed owner's claim becomes
+    assert persister.claim(pid, "live-worker", ttl=30)
+    assert not persister.claim(pid, "dead-worker", ttl=30)
+
+
+def test_concurrent_claims_have_one_winner(persister: Persister) -> None:
+    pid = uuid.uuid4()
+    results: list[bool] = []
+    lock = threading.Lock()
+
+    def claim(owner: str) -> None:
+        won = persister.claim(pid, owner, ttl=30)
+        with lock:
+            results.append(won)
+
+    threads = [threading.Thread(target=claim, args=(f"w{n}",)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(results) == [False] * 7 + [True]

@@ -9,6 +9,7 @@ import pytest
 
 from tests.procs import Steps
 
+from ..conftest import rabbitmqctl
 from ._support import controller, wait_until
 
 
@@ -83,3 +84,50 @@ def test_a_persisted_nowait_launch_survives_its_worker(prefix: str, workers: Any
     steps = [step for logged_pid, step in steps_logged(log) if logged_pid == str(pid)]
     assert sorted(set(steps)) == list(range(30))
     assert len(steps) - len(set(steps)) <= 1
+
+
+def _close_connections_of(os_pid: int) -> int:
+    """Force-close the broker connections of one OS process (as a consumer timeout closes a channel)."""
+    closed = 0
+    for line in rabbitmqctl("list_connections", "pid", "client_properties").splitlines():
+        name, _, props = line.partition("\t")
+        if f":{os_pid}" in props and "process_comms" in props:
+            rabbitmqctl("close_connection", name, "fault test: redeliver the held task")
+            closed += 1
+    return closed
+
+
+@pytest.mark.slow
+def test_a_task_redelivered_while_its_process_runs_elsewhere_is_not_run_twice(
+    prefix: str, workers: Any, tmp_path: Path
+) -> None:
+    """The broker takes back a held task from a live worker (connection loss, or a consumer timeout) and
+    gives it to another: the claim in the shared store makes the second worker wait, not run a copy."""
+    log = tmp_path / "steps.log"
+    first = workers()
+    with controller(prefix) as ctl:
+        future = ctl.launch_process(
+            Steps, init_kwargs={"inputs": {"n": 40, "delay": 0.1, "log": str(log)}}, persist=True
+        )
+        workers()  # a second worker is consuming when the task comes back
+        wait_until(lambda: len(steps_logged(log)) >= 5, 30, "some steps to run")
+        assert _close_connections_of(first.proc.pid) >= 1
+        outputs = future.result(90)
+        # the redelivered copy settles too (it waited on the claim, then found the process finished)
+        wait_until(lambda: _queue_idle(prefix), 30, "the redelivered task to be settled")
+    assert outputs["steps"] == 40
+    steps = [step for _, step in steps_logged(log)]
+    assert sorted(steps) == list(range(40)), "a step ran twice: the process was run by two workers"
+    assert len({os_pid for os_pid in _step_hosts(log)}) == 1  # the first worker ran it from start to end
+
+
+def _queue_idle(prefix: str) -> bool:
+    for line in rabbitmqctl("list_queues", "name", "messages_ready", "messages_unacknowledged").splitlines():
+        parts = line.split()
+        if parts and parts[0] == f"{prefix}.process.queue":
+            return parts[1:] == ["0", "0"]
+    return False
+
+
+def _step_hosts(log: Path) -> list[str]:
+    return [line.split()[2] for line in log.read_text().splitlines() if line.strip()]

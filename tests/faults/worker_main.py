@@ -17,6 +17,7 @@ def main() -> int:
     parser.add_argument("--persister", required=True)
     parser.add_argument("--prefix", required=True)
     parser.add_argument("--prefetch", type=int, default=0)
+    parser.add_argument("--claim-ttl", type=float, default=2.0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     worker = process_comms.Worker(
@@ -27,6 +28,7 @@ def main() -> int:
         task_exchange=f"{args.prefix}.tasks",
         task_queue=f"{args.prefix}.process.queue",
         task_prefetch_count=args.prefetch,
+        claim_ttl=args.claim_ttl,
     )
 
     def on_signal(_signum: int, _frame: Any) -> None:
