@@ -68,6 +68,7 @@ from .errors import (
     TaskRejected,
 )
 from .errors import TimeoutError as PCTimeoutError
+from .futures import outcomes
 from .loaders import ObjectLoader
 from .thread_controller import RemoteProcessThreadController
 from .threadcomms import ThreadCommunicator, connect
@@ -400,16 +401,9 @@ def wait_many(
             progress.update(len(futures) - len(pending))
     if progress is not None:
         progress.finish()
-    results: dict[str, Any] = {}
-    for pid, fut in futures.items():
-        if not fut.done():
-            fut.cancel()
-            results[pid] = PCTimeoutError(f"process {pid}: no answer within {timeout:g} s")
-        elif fut.cancelled():
-            results[pid] = concurrent.futures.CancelledError()
-        else:
-            exc = fut.exception()
-            results[pid] = exc if exc is not None else fut.result()
+    results = outcomes(futures, timeout)
+    for fut in futures.values():
+        fut.cancel()  # stop waiting for what did not answer (a no-op for the others)
     return results
 
 

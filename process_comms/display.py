@@ -20,8 +20,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TextIO, TypeVar, overload
 
 from . import defaults
-from .errors import TimeoutError as PCTimeoutError
-from .futures import wait_all
+from .futures import outcomes, wait_all
 
 __all__ = ["COLUMNS", "TABLE_CSS_CLASS", "Progress", "StatusTable", "status_table"]
 
@@ -220,10 +219,10 @@ class Progress:
             dict(futures) if isinstance(futures, Mapping) else dict(enumerate(futures))
         )
         deadline_s = defaults.TASK_TIMEOUT if timeout is None else timeout
-        outcomes = self._wait(items, deadline_s)
+        results = self._wait(items, deadline_s)
         if isinstance(futures, Mapping):
-            return outcomes
-        return [outcomes[i] for i in range(len(items))]
+            return results
+        return [results[i] for i in range(len(items))]
 
     def _wait(self, items: dict[Any, concurrent.futures.Future[Any]], timeout: float) -> dict[Any, Any]:
         started = time.monotonic()
@@ -244,16 +243,7 @@ class Progress:
             wait = min(deadline - now, self.interval)
             _, still = concurrent.futures.wait(pending, timeout=wait, return_when=concurrent.futures.FIRST_COMPLETED)
             pending = set(still)
-        out: dict[Any, Any] = {}
-        for key, fut in items.items():
-            if not fut.done():
-                out[key] = PCTimeoutError(f"no answer within {timeout} s")
-            elif fut.cancelled():
-                out[key] = concurrent.futures.CancelledError()
-            else:
-                exc = fut.exception()
-                out[key] = exc if exc is not None else fut.result()
-        return out
+        return outcomes(items, timeout)
 
     def _renderer(self) -> Callable[[_ProgressView, bool], None]:
         display = _notebook_display() if self.notebook in (None, True) else None

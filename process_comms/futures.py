@@ -12,7 +12,7 @@ from . import defaults
 from .errors import CommunicatorClosed, DeadlockError
 from .errors import TimeoutError as PCTimeoutError
 
-__all__ = ["LoopThread", "ControllerFuture", "wait_all", "as_asyncio", "with_deadline", "run_on"]
+__all__ = ["LoopThread", "ControllerFuture", "wait_all", "as_asyncio", "with_deadline", "run_on", "outcomes"]
 
 T = TypeVar("T")
 
@@ -200,10 +200,15 @@ def wait_all(
     items = dict(futures) if isinstance(futures, Mapping) else {f: f for f in futures}
     deadline = defaults.RPC_TIMEOUT if timeout is None else timeout
     concurrent.futures.wait(list(items.values()), timeout=deadline)
+    return outcomes(items, deadline)
+
+
+def outcomes(futures: Mapping[Any, concurrent.futures.Future[Any]], deadline: float) -> dict[Any, Any]:
+    """``{key: result or exception}`` of futures now; one still pending maps to a TimeoutError."""
     out: dict[Any, Any] = {}
-    for key, fut in items.items():
+    for key, fut in futures.items():
         if not fut.done():
-            out[key] = PCTimeoutError(f"no answer within {deadline} s")
+            out[key] = PCTimeoutError(f"no answer within {deadline:g} s")
         elif fut.cancelled():
             out[key] = concurrent.futures.CancelledError()
         else:
