@@ -12,6 +12,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import yaml
 
+from . import flowyaml
 from .errors import DecodeError, EncodeError
 
 __all__ = ["Codec", "YamlCodec", "JsonCodec", "get_codec", "DEFAULT_MAX_MESSAGE_BYTES"]
@@ -110,6 +111,10 @@ class YamlCodec(_SizeLimited):
     name = "yaml"
 
     def encode(self, obj: Any) -> bytes:
+        fast = flowyaml.dump(obj)  # one-line flow YAML: read alike by every YAML peer, and by us as JSON
+        if fast is not None:
+            self._check_size(len(fast), "encode")
+            return fast
         try:
             data: bytes = yaml.dump(obj, Dumper=_SafeDumper, encoding="utf-8", default_flow_style=False)
         except (yaml.YAMLError, ValueError, TypeError) as exc:
@@ -125,6 +130,9 @@ class YamlCodec(_SizeLimited):
         if isinstance(data, bytearray):
             data = bytes(data)
         self._check_size(len(data.encode() if isinstance(data, str) else data), "decode")
+        value = flowyaml.load(data)
+        if value is not flowyaml.NOT_FLOW:
+            return value
         try:
             value = yaml.load(data, Loader=_SafeLoader)
         except yaml.constructor.ConstructorError as exc:
