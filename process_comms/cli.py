@@ -108,21 +108,7 @@ EXIT_BROKER = 6
 EXIT_REMOTE = 7
 EXIT_INTERRUPTED = 130
 
-_EPILOG = """\
-exit codes:
-  0  ok
-  1  generic error (including a task queue that does not exist, for `queue`)
-  2  usage error (bad arguments, no broker URL, invalid pid)
-  3  unreachable pid: no worker holds the process (ProcessUnreachable)
-  4  timeout: no answer within --timeout (TimeoutError); the remote action may still happen
-  5  rejected: the worker refused the task, e.g. a class it does not allow (TaskRejected)
-  6  broker unavailable: unreachable, refused the credentials, or the connection was lost
-  7  remote failure: the process excepted or was killed (RemoteError, ProcessKilled)
-  130 interrupted (Ctrl-C), except for `watch`, where Ctrl-C is the normal end (0)
-With several PIDs every pid gets its line and the exit code is the highest of their codes.
-
-The broker URL comes from --broker or the environment variable PROCESS_COMMS_BROKER.
-"""
+_EPILOG = "exit codes:\n" + (__doc__ or "Exit codes:\n").split("Exit codes:\n", 1)[1]  # one text for both
 
 
 class CliError(Exception):
