@@ -1,16 +1,16 @@
-"""The blocking facade: each method schedules the asyncio controller's logic on the communicator's
-loop thread and returns a ``concurrent.futures.Future`` at once (call ``.result(timeout)`` to block).
+"""The blocking facade: each method schedules the asyncio controller's coroutine of the same name on
+the communicator's loop thread and returns a ``concurrent.futures.Future`` at once (call
+``.result(timeout)`` to block). No control logic lives here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
 from typing import Any
 
 from .controller import RemoteProcessController
 from .futures import ControllerFuture
 from .loaders import ObjectLoader
-from .messages import Intent, MessageBuilder, create_continue_body, create_launch_body
 from .threadcomms import ThreadCommunicator
 
 __all__ = ["RemoteProcessThreadController"]
@@ -65,23 +65,23 @@ class RemoteProcessThreadController:
 
     def get_status(self, pid: Any, timeout: float | None = None) -> ControllerFuture[Any]:
         """Future of the status dict of ``pid``."""
-        return self._communicator.submit(self._core._rpc(pid, MessageBuilder.status(), timeout))
+        return self._communicator.submit(self._core.get_status(pid, timeout))
 
     def pause_process(
         self, pid: Any, msg_text: str | None = None, timeout: float | None = None
     ) -> ControllerFuture[Any]:
         """Future of the pause result (True, or False if already ended)."""
-        return self._communicator.submit(self._core._rpc(pid, MessageBuilder.pause(msg_text), timeout))
+        return self._communicator.submit(self._core.pause_process(pid, msg_text, timeout))
 
     def play_process(self, pid: Any, timeout: float | None = None) -> ControllerFuture[Any]:
         """Future of the play result (True)."""
-        return self._communicator.submit(self._core._rpc(pid, MessageBuilder.play(), timeout))
+        return self._communicator.submit(self._core.play_process(pid, timeout))
 
     def kill_process(
         self, pid: Any, msg_text: str | None = None, force_kill: bool = False, timeout: float | None = None
     ) -> ControllerFuture[Any]:
         """Future of the kill result (True if killed, False if it had ended otherwise)."""
-        return self._communicator.submit(self._core._rpc(pid, MessageBuilder.kill(msg_text, force_kill), timeout))
+        return self._communicator.submit(self._core.kill_process(pid, msg_text, force_kill, timeout))
 
     def pause_all(
         self, msg_text: str | None, *, answers_within: float | None = None
@@ -91,20 +91,22 @@ class RemoteProcessThreadController:
         With ``answers_within`` (seconds): a future of ``{pid: result}`` for the processes that answered
         within that window (process_comms workers answer; plumpy ones do not).
         """
-        return self._all(MessageBuilder.pause(msg_text), Intent.PAUSE, answers_within)
+        return self._all(self._core.pause_all(msg_text, answers_within=answers_within), answers_within)
 
     def play_all(self, *, answers_within: float | None = None) -> ControllerFuture[dict[Any, Any] | None] | None:
         """Broadcast a play to every process; with ``answers_within``, a future of ``{pid: result}``."""
-        return self._all(None, Intent.PLAY, answers_within)
+        return self._all(self._core.play_all(answers_within=answers_within), answers_within)
 
     def kill_all(
         self, msg_text: str | None, *, answers_within: float | None = None
     ) -> ControllerFuture[dict[Any, Any] | None] | None:
         """Broadcast a kill to every process; with ``answers_within``, a future of ``{pid: result}``."""
-        return self._all(MessageBuilder.kill(msg_text), Intent.KILL, answers_within)
+        return self._all(self._core.kill_all(msg_text, answers_within=answers_within), answers_within)
 
-    def _all(self, body: Any, subject: str, answers_within: float | None) -> ControllerFuture[Any] | None:
-        fut = self._communicator.submit(self._core._broadcast(body, subject, answers_within))
+    def _all(
+        self, broadcast: Coroutine[Any, Any, dict[Any, Any] | None], answers_within: float | None
+    ) -> ControllerFuture[dict[Any, Any] | None] | None:
+        fut = self._communicator.submit(broadcast)
         return None if answers_within is None else fut
 
     def launch_process(
@@ -119,8 +121,9 @@ class RemoteProcessThreadController:
         timeout: float | None = None,
     ) -> ControllerFuture[Any]:
         """Future of the launch: the pid with ``nowait``, else the outputs (None with ``no_reply``)."""
-        body = create_launch_body(process_class, init_args, init_kwargs, persist, loader, nowait)
-        return self._communicator.submit(self._core._task(body, no_reply, timeout))
+        return self._communicator.submit(
+            self._core.launch_process(process_class, init_args, init_kwargs, persist, loader, nowait, no_reply, timeout)
+        )
 
     def continue_process(
         self,
@@ -131,7 +134,7 @@ class RemoteProcessThreadController:
         timeout: float | None = None,
     ) -> ControllerFuture[Any]:
         """Future of the continue: the pid with ``nowait``, else the outputs."""
-        return self._communicator.submit(self._core._task(create_continue_body(pid, tag, nowait), no_reply, timeout))
+        return self._communicator.submit(self._core.continue_process(pid, tag, nowait, no_reply, timeout))
 
     def execute_process(
         self,
@@ -145,12 +148,12 @@ class RemoteProcessThreadController:
     ) -> ControllerFuture[Any]:
         """Future of create-then-continue (works here: plumpy's deadlocks, pain-points B2)."""
         return self._communicator.submit(
-            self._core._execute(process_class, init_args, init_kwargs, loader, nowait, no_reply, timeout)
+            self._core.execute_process(process_class, init_args, init_kwargs, loader, nowait, no_reply, timeout)
         )
 
     def task_send(self, message: Any, no_reply: bool = False, timeout: float | None = None) -> ControllerFuture[Any]:
         """Future of a raw task's result."""
-        return self._communicator.submit(self._core._task(message, no_reply, timeout))
+        return self._communicator.submit(self._core.task_send(message, no_reply, timeout))
 
     def get_status_many(self, pids: Iterable[Any], timeout: float | None = None) -> dict[Any, ControllerFuture[Any]]:
         """``{pid: future of its status}``; wait for them all with :func:`process_comms.wait_all`."""
@@ -176,4 +179,4 @@ class RemoteProcessThreadController:
         self, pid: Any, timeout: float | None = None, poll_interval: float = 1.0
     ) -> ControllerFuture[str]:
         """Future of the terminal state of ``pid`` (``finished``, ``excepted`` or ``killed``)."""
-        return self._communicator.submit(self._core._wait_for(pid, timeout, poll_interval))
+        return self._communicator.submit(self._core.wait_for_process(pid, timeout, poll_interval))
