@@ -19,6 +19,7 @@ __all__ = ["dump", "load", "NOT_FLOW"]
 NOT_FLOW: Any = object()
 
 _UUID_KEY = "__process_comms_uuid__"
+_TUPLE_TAG = "!!python/tuple "
 _UUID_TAGGED = re.compile(r'!uuid "([0-9a-fA-F-]{32,36})"')
 # PyYAML's float resolver (YAML 1.1): a JSON number it would not read as a float stays a string for it
 _YAML_FLOAT = re.compile(
@@ -80,7 +81,7 @@ def _emit(value: Any, out: list[str], depth: int) -> None:
             _emit(item, out, depth + 1)
         out.append("}")
     elif kind is list or kind is tuple:
-        out.append("!!python/tuple [" if kind is tuple else "[")
+        out.append(_TUPLE_TAG + "[" if kind is tuple else "[")
         for n, item in enumerate(value):
             if n:
                 out.append(", ")
@@ -121,12 +122,18 @@ def load(data: bytes | str) -> Any:
         text = data.decode("utf-8", "strict") if isinstance(data, bytes) else data
     except UnicodeDecodeError:
         return NOT_FLOW
+    as_tuple = False
+    if text.startswith(_TUPLE_TAG) and text.count("!!") == 1:  # a task envelope: (task, no_reply)
+        text, as_tuple = text[len(_TUPLE_TAG) :], True
     start = text.lstrip()[:1]
     if start not in ("{", "[") or "!!" in text:
         return NOT_FLOW
     if "!uuid" in text:
         text = _UUID_TAGGED.sub(rf'{{"{_UUID_KEY}": "\1"}}', text)
     try:
-        return json.loads(text, object_hook=_object_hook, parse_float=_parse_float, parse_constant=_reject_constant)
+        value = json.loads(text, object_hook=_object_hook, parse_float=_parse_float, parse_constant=_reject_constant)
     except (ValueError, RecursionError):
         return NOT_FLOW
+    if as_tuple:
+        return tuple(value) if isinstance(value, list) else NOT_FLOW
+    return value

@@ -95,3 +95,13 @@ def test_common_messages_take_the_fast_path() -> None:
 def test_json_numbers_yaml_reads_as_strings_stay_strings() -> None:
     # PyYAML (YAML 1.1) reads 1e3 as a string: so does the fast path, to agree with YAML peers
     assert YamlCodec().decode(b'{"x": 1e3, "y": 1.5e+3}') == yaml.safe_load('{"x": 1e3, "y": 1.5e+3}')
+
+
+def test_task_envelopes_take_the_fast_path_and_stay_tuples() -> None:
+    envelope = ({"task": "continue", "args": {"pid": uuid.uuid4(), "nowait": False, "tag": None}}, False)
+    data = YamlCodec().encode(envelope)
+    assert data.startswith(b"!!python/tuple [")
+    decoded = flowyaml.load(data)
+    assert type(decoded) is tuple and decoded == envelope
+    assert yaml.load(data, Loader=yaml.FullLoader) == envelope
+    assert flowyaml.load(b"!!python/tuple [!!python/tuple [1], 2]\n") is flowyaml.NOT_FLOW  # nested: YAML path
