@@ -174,7 +174,8 @@ def run_on(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> con
 async def with_deadline(aw: Awaitable[T], timeout: float, what: str) -> T:
     """Await ``aw`` for at most ``timeout`` seconds, then fail with :class:`process_comms.TimeoutError`."""
     try:
-        return await asyncio.wait_for(aw, timeout)
+        async with asyncio.timeout(timeout):  # no extra task per call, unlike wait_for
+            return await aw
     except TimeoutError as exc:
         if isinstance(exc, PCTimeoutError):
             raise
