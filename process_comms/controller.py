@@ -14,12 +14,13 @@ from typing import Any, TypeVar
 
 from . import defaults
 from .communicator import AsyncCommunicator, BroadcastFilter
-from .errors import ProcessUnreachable
+from .errors import ProcessUnreachable, RemoteError, TaskRejected
 from .errors import TimeoutError as PCTimeoutError
 from .futures import with_deadline
 from .launcher import ANSWER_PREFIX
 from .loaders import ObjectLoader
 from .messages import (
+    RELEASE_KEY,
     Intent,
     MessageBuilder,
     create_continue_body,
@@ -175,13 +176,35 @@ class RemoteProcessController:
         result: dict[str, Any] = await self._run(self._rpc(pid, MessageBuilder.status(), timeout))
         return result
 
-    async def pause_process(self, pid: Any, msg_text: str | None = None, timeout: float | None = None) -> Any:
-        """Pause ``pid`` at its next await point: True if paused, False if it had already ended."""
-        return await self._run(self._rpc(pid, MessageBuilder.pause(msg_text), timeout))
+    async def pause_process(
+        self, pid: Any, msg_text: str | None = None, timeout: float | None = None, *, release: bool = False
+    ) -> Any:
+        """Pause ``pid`` at its next await point: True if paused, False if it had already ended.
 
-    async def play_process(self, pid: Any, timeout: float | None = None) -> Any:
-        """Resume ``pid`` (True)."""
-        return await self._run(self._rpc(pid, MessageBuilder.play(), timeout))
+        ``release=True`` (process_comms workers, persisted processes): also checkpoint it and stop running
+        it, so it holds no worker; ``play_process(pid, resume=True)`` continues it on any worker.
+        """
+        message = MessageBuilder.pause(msg_text)
+        if release:
+            message[RELEASE_KEY] = True
+        return await self._run(self._rpc(pid, message, timeout))
+
+    async def play_process(self, pid: Any, timeout: float | None = None, *, resume: bool = False) -> Any:
+        """Resume ``pid`` (True); with ``resume=True`` a released process (no longer running anywhere) is
+        first continued from its checkpoint on a worker."""
+        return await self._run(self._play(pid, timeout, resume))
+
+    async def _play(self, pid: Any, timeout: float | None, resume: bool) -> Any:
+        try:
+            return await self._rpc(pid, MessageBuilder.play(), timeout)
+        except ProcessUnreachable:
+            if not resume:
+                raise
+        try:
+            await self._task(create_continue_body(pid, nowait=True), False, timeout)
+        except (RemoteError, TaskRejected) as exc:
+            raise ProcessUnreachable(f"process {pid} is not running and cannot be continued: {exc}") from None
+        return await self._rpc(pid, MessageBuilder.play(), timeout)  # it was continued paused: play it
 
     async def kill_process(
         self, pid: Any, msg_text: str | None = None, force_kill: bool = False, timeout: float | None = None

@@ -17,6 +17,7 @@ __all__ = [
     "INTENT_KEY",
     "MESSAGE_TEXT_KEY",
     "FORCE_KILL_KEY",
+    "RELEASE_KEY",
     "TASK_KEY",
     "TASK_ARGS",
     "PERSIST_KEY",
@@ -35,6 +36,8 @@ __all__ = [
 INTENT_KEY = "intent"
 MESSAGE_TEXT_KEY = "message"
 FORCE_KILL_KEY = "force_kill"
+#: Extra key of a pause (ignored by plumpy): checkpoint the paused process and stop running it.
+RELEASE_KEY = "release"
 
 TASK_KEY = "task"
 TASK_ARGS = "args"

@@ -30,7 +30,7 @@ from .communicator import AsyncCommunicator
 from .errors import ProcessKilled, RemoteError
 from .futures import run_on
 from .loaders import ObjectLoader, get_object_loader
-from .messages import FORCE_KILL_KEY, INTENT_KEY, MESSAGE_TEXT_KEY, Intent
+from .messages import FORCE_KILL_KEY, INTENT_KEY, MESSAGE_TEXT_KEY, RELEASE_KEY, Intent
 
 __all__ = ["Process", "ProcessState", "KilledError", "Suspended"]
 
@@ -215,12 +215,10 @@ class Process:
             return self.status_info()
         if intent not in (Intent.PLAY, Intent.PAUSE, Intent.KILL):
             raise ValueError(f"Unknown intent {intent!r}")
+        if intent == Intent.PAUSE and msg.get(RELEASE_KEY):
+            assert self.loop is not None
+            return run_on(self.loop, self.release(msg.get(MESSAGE_TEXT_KEY)))
         return self._schedule(intent, msg.get(MESSAGE_TEXT_KEY), bool(msg.get(FORCE_KILL_KEY, False)))
-
-    def _on_broadcast(self, _comm: Any, body: Any, _sender: Any, subject: Any, _cid: Any) -> None:
-        if subject in (Intent.PLAY, Intent.PAUSE, Intent.KILL):
-            text = body.get(MESSAGE_TEXT_KEY) if isinstance(body, dict) else None
-            self._schedule(str(subject), text, False)
 
     def _schedule(self, intent: str, text: Any, force: bool) -> Any:
         assert self.loop is not None
@@ -274,6 +272,17 @@ class Process:
         except Exception:  # noqa: BLE001 - the kill outcome is the state, not the error
             pass
         return self.state is ProcessState.KILLED
+
+    async def release(self, message: str | None = None) -> bool:
+        """Pause, save the checkpoint and stop running here: the process holds no worker until it is
+        continued (``play_process(pid, resume=True)``), on any worker, under the same pid."""
+        if self.state.terminal:
+            return False
+        if self.persister is None:
+            raise ValueError(f"process {self.pid} is not persisted: it can be paused but not released")
+        await self.pause(message)
+        await self.suspend()
+        return True
 
     async def suspend(self) -> None:
         """Stop running here without changing state, saving a checkpoint: another worker continues it."""

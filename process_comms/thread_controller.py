@@ -68,14 +68,14 @@ class RemoteProcessThreadController:
         return self._communicator.submit(self._core.get_status(pid, timeout))
 
     def pause_process(
-        self, pid: Any, msg_text: str | None = None, timeout: float | None = None
+        self, pid: Any, msg_text: str | None = None, timeout: float | None = None, *, release: bool = False
     ) -> ControllerFuture[Any]:
-        """Future of the pause result (True, or False if already ended)."""
-        return self._communicator.submit(self._core.pause_process(pid, msg_text, timeout))
+        """Future of the pause result (True, or False if already ended); ``release=True`` also frees its worker."""
+        return self._communicator.submit(self._core.pause_process(pid, msg_text, timeout, release=release))
 
-    def play_process(self, pid: Any, timeout: float | None = None) -> ControllerFuture[Any]:
-        """Future of the play result (True)."""
-        return self._communicator.submit(self._core.play_process(pid, timeout))
+    def play_process(self, pid: Any, timeout: float | None = None, *, resume: bool = False) -> ControllerFuture[Any]:
+        """Future of the play result (True); ``resume=True`` first continues a released process."""
+        return self._communicator.submit(self._core.play_process(pid, timeout, resume=resume))
 
     def kill_process(
         self, pid: Any, msg_text: str | None = None, force_kill: bool = False, timeout: float | None = None

@@ -1034,3 +1034,32 @@ def test_async_broadcasts_with_answers(env: Env) -> None:
         return await controller.kill_all("bye", answers_within=1.0)
 
     assert asyncio.run(main()) == {pid: True}
+
+
+def test_a_released_process_holds_no_worker_and_resumes_from_its_checkpoint(env: Env) -> None:
+    inputs = {"inputs": {"n": 200, "delay": 0.01}}
+    pid = env.ctl.launch_process(procs.Steps, init_kwargs=inputs, persist=True, nowait=True).result(T)
+    poll_status(env.ctl, pid, lambda status: status["progress"].get("done", 0) >= 3)
+    assert env.ctl.pause_process(pid, "parked", release=True).result(T) is True
+    assert str(pid) not in env.launcher.processes  # no worker runs it now
+    with pytest.raises(process_comms.ProcessUnreachable):
+        env.ctl.get_status(pid).result(T)
+    with pytest.raises(process_comms.ProcessUnreachable):
+        env.ctl.play_process(pid).result(T)  # a plain play does not resurrect anything
+    assert env.ctl.play_process(pid, resume=True).result(T) is True
+    assert env.ctl.wait_for_process(pid, timeout=30, poll_interval=0.2).result(35) == "finished"
+    outputs = env.ctl.continue_process(pid).result(T)  # the final checkpoint answers at once
+    assert outputs["steps"] == 200 and outputs["resumed_from"] >= 3
+
+
+def test_resume_of_a_pid_without_checkpoint_is_unreachable(env: Env) -> None:
+    with pytest.raises(process_comms.ProcessUnreachable, match="cannot be continued"):
+        env.ctl.play_process(uuid.uuid4(), resume=True).result(T)
+
+
+def test_release_of_a_process_without_persister_is_refused(env: Env) -> None:
+    pid = env.ctl.launch_process(procs.Waiter, init_kwargs={"inputs": {}}, nowait=True).result(T)
+    with pytest.raises(process_comms.RemoteError, match="not persisted"):
+        env.ctl.pause_process(pid, release=True).result(T)
+    assert env.ctl.get_status(pid).result(T)["paused"] is False
+    assert env.ctl.kill_process(pid).result(T) is True
