@@ -85,6 +85,20 @@ def comm(comm_factory: Any) -> process_comms.ThreadCommunicator:
     return comm_factory()  # type: ignore[no-any-return]
 
 
+def delete_broker_objects(prefix: str) -> None:
+    """Remove the task queue and the exchanges a test made under ``prefix`` (the durable ones outlive it)."""
+    import pika
+
+    connection = pika.BlockingConnection(pika.URLParameters(BROKER_URL))
+    try:
+        channel = connection.channel()
+        channel.queue_delete(f"{prefix}.process.queue")
+        channel.exchange_delete(f"{prefix}.messages")
+        channel.exchange_delete(f"{prefix}.tasks")
+    finally:
+        connection.close()
+
+
 def rabbitmqctl(*args: str, timeout: float = 60) -> str:
     """Run rabbitmqctl (bounded) and return its output."""
     out = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=timeout, check=True)

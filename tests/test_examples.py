@@ -22,10 +22,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pika
 import pytest
 
 import process_comms
+
+from .conftest import delete_broker_objects
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 120.0
@@ -128,14 +129,7 @@ def prefix(broker_url: str) -> Iterator[str]:
     """Unique exchange/queue names; the durable task queue and the exchanges are deleted afterwards."""
     prefix = f"pc-examples-{uuid.uuid4().hex[:10]}"
     yield prefix
-    connection = pika.BlockingConnection(pika.URLParameters(broker_url))
-    try:
-        channel = connection.channel()
-        channel.queue_delete(f"{prefix}.process.queue")
-        channel.exchange_delete(f"{prefix}.messages")
-        channel.exchange_delete(f"{prefix}.tasks")
-    finally:
-        connection.close()
+    delete_broker_objects(prefix)
 
 
 # -- quickstart -------------------------------------------------------------------------------------

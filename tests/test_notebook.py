@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import nbformat
-import pika
 import pytest
 from ipykernel.kernelspec import write_kernel_spec
 from jupyter_client.kernelspec import KernelSpecManager
@@ -27,6 +26,8 @@ from nbclient import NotebookClient
 
 import process_comms
 from process_comms.display import Progress, status_table
+
+from .conftest import delete_broker_objects
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "examples" / "notebook.ipynb"
@@ -38,14 +39,7 @@ def prefix(broker_url: str) -> Iterator[str]:
     """Unique exchange/queue names; the durable task queue and the exchanges are deleted afterwards."""
     prefix = f"pc-notebook-{uuid.uuid4().hex[:10]}"
     yield prefix
-    connection = pika.BlockingConnection(pika.URLParameters(broker_url))
-    try:
-        channel = connection.channel()
-        channel.queue_delete(f"{prefix}.process.queue")
-        channel.exchange_delete(f"{prefix}.messages")
-        channel.exchange_delete(f"{prefix}.tasks")
-    finally:
-        connection.close()
+    delete_broker_objects(prefix)
 
 
 def kernel_manager(tmp_path: Path) -> KernelManager:

@@ -12,12 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pika
 import pytest
 
 import process_comms
 
-from ..conftest import BROKER_URL
+from ..conftest import BROKER_URL, delete_broker_objects
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -70,18 +69,6 @@ class WorkerProc:
                 self.proc.wait(10)
                 raise
         return self.proc.returncode
-
-
-def delete_broker_objects(prefix: str) -> None:
-    """Remove the task queue and exchanges a test made under ``prefix``."""
-    conn = pika.BlockingConnection(pika.URLParameters(BROKER_URL))
-    try:
-        ch = conn.channel()
-        ch.queue_delete(f"{prefix}.process.queue")
-        ch.exchange_delete(f"{prefix}.messages")
-        ch.exchange_delete(f"{prefix}.tasks")
-    finally:
-        conn.close()
 
 
 class Workers:
