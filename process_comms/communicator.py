@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import contextvars
 import dataclasses
+import functools
 import inspect
 import logging
 import os
@@ -115,9 +116,14 @@ def routing_id(pid: Any) -> str:
     return key
 
 
+@functools.cache
+def _hostname() -> str:
+    return socket.gethostname()
+
+
 def host_info() -> dict[str, Any]:
-    """The ``host`` entry kiwipy puts in task replies: who handled the task."""
-    return {"hostname": socket.gethostname(), "pid": os.getpid()}
+    """The ``host`` entry kiwipy puts in task replies: who handled the task (host name looked up once)."""
+    return {"hostname": _hostname(), "pid": os.getpid()}
 
 
 def exception_reply(exc: BaseException) -> dict[str, Any]:

@@ -20,13 +20,11 @@ import asyncio
 import enum
 import inspect
 import logging
-import os
-import socket
 import time
 import uuid
 from typing import Any
 
-from .communicator import AsyncCommunicator
+from .communicator import AsyncCommunicator, host_info
 from .errors import ProcessKilled, RemoteError
 from .futures import run_on
 from .loaders import ObjectLoader, get_object_loader
@@ -142,7 +140,7 @@ class Process:
             "class": f"{type(self).__module__}:{type(self).__qualname__}",
             "status": self.status,
             "progress": dict(self.progress),
-            "host": {"hostname": socket.gethostname(), "pid": os.getpid()},
+            "host": host_info(),
         }
 
     def __str__(self) -> str:
