@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
@@ -55,6 +56,14 @@ def _copy_outcome(source: asyncio.Future[Any], dest: concurrent.futures.Future[A
         dest.set_result(source.result())
 
 
+def _settle(setter: Callable[[Any], None], value: Any) -> None:
+    """Settle a future unless another thread (a cancel, a close) settled it first."""
+    try:
+        setter(value)
+    except concurrent.futures.InvalidStateError:
+        pass
+
+
 class LoopThread:
     """An asyncio event loop running on a named daemon thread, with an explicit, idempotent stop."""
 
@@ -62,6 +71,10 @@ class LoopThread:
         self.loop = asyncio.new_event_loop()
         self._tasks: set[asyncio.Future[Any]] = set()
         self._futures: set[ControllerFuture[Any]] = set()
+        # calls posted by other threads: one loop wake-up (a self-pipe write) serves a whole burst of them
+        self._inbox: collections.deque[Callable[[], None]] = collections.deque()
+        self._wake_pending = False
+        self._stopping = False
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -79,6 +92,8 @@ class LoopThread:
             self.loop.run_forever()
         finally:
             try:
+                self._stopping = True
+                self._drain()  # calls posted too late: stop() failed their futures, their coroutines are closed
                 pending = [t for t in asyncio.all_tasks(self.loop) if not t.done()]
                 for task in pending:
                     task.cancel()
@@ -102,30 +117,54 @@ class LoopThread:
         """Schedule ``coro`` on the loop and return at once; cancelling the future cancels the task."""
         fut: ControllerFuture[T] = ControllerFuture()
         fut._loop_thread = self._thread
+        started: list[asyncio.Task[Any]] = []
+
+        def on_done(f: concurrent.futures.Future[Any]) -> None:
+            self._futures.discard(f)
+            if f.cancelled() and started:
+                self.call_soon(started[0].cancel)
+
+        # every callback on ``fut`` is added here, by the caller: the loop thread never contends for its lock
         self._futures.add(fut)
-        fut.add_done_callback(self._futures.discard)
+        fut.add_done_callback(on_done)
 
         def start() -> None:
-            if fut.cancelled():
+            if fut.done():  # cancelled, or failed by stop(), before the loop got to it
                 coro.close()
                 return
             task = self.loop.create_task(coro)
+            started.append(task)
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             task.add_done_callback(lambda t: _copy_outcome(t, fut))
+            if fut.cancelled():  # cancelled by another thread while the task was being made
+                task.cancel()
 
-            def on_cancel(f: concurrent.futures.Future[Any]) -> None:
-                if f.cancelled() and not task.done():
-                    self.loop.call_soon_threadsafe(task.cancel)
-
-            fut.add_done_callback(on_cancel)
-
-        try:
-            self.loop.call_soon_threadsafe(start)
-        except RuntimeError:
+        if not self._post(start):
             coro.close()
-            fut.set_exception(CommunicatorClosed("the communicator is closed"))
+            _settle(fut.set_exception, CommunicatorClosed("the communicator is closed"))
         return fut
+
+    def _post(self, fn: Callable[[], None]) -> bool:
+        """Queue ``fn`` for the loop thread, in order; False if the loop is stopping or closed."""
+        if self._stopping or self.loop.is_closed():
+            return False
+        self._inbox.append(fn)
+        if not self._wake_pending:
+            # a race with _drain at worst schedules one drain too many; an item is never left behind, since
+            # _drain clears the flag before it empties the inbox and a post appends before it reads the flag
+            self._wake_pending = True
+            try:
+                self.loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:  # closed meanwhile
+                return False
+        return True
+
+    def _drain(self) -> None:
+        self._wake_pending = False
+        inbox = self._inbox
+        while inbox:
+            inbox.popleft()()
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run ``coro`` on the loop and block for its result, at most ``timeout`` seconds."""
@@ -148,12 +187,11 @@ class LoopThread:
 
     def stop(self, timeout: float = defaults.CLOSE_TIMEOUT) -> None:
         """Fail the calls still in flight with CommunicatorClosed, stop the loop and join the thread; idempotent."""
+        self._stopping = True
+        closed = "closed while the call was in flight; its outcome is unknown"
         for fut in list(self._futures):
             if not fut.done():
-                try:
-                    fut.set_exception(CommunicatorClosed("closed while the call was in flight; its outcome is unknown"))
-                except concurrent.futures.InvalidStateError:
-                    pass
+                _settle(fut.set_exception, CommunicatorClosed(closed))  # one exception per future
         if self._thread.is_alive():
             self.call_soon(self.loop.stop)
             if not self.in_loop_thread():

@@ -103,6 +103,47 @@ def test_cancelling_the_future_cancels_the_task(loop_thread: LoopThread) -> None
     assert loop_thread.submit(value("still working")).result(T) == "still working"
 
 
+def test_calls_from_many_threads_each_run_once_in_their_thread_order(loop_thread: LoopThread) -> None:
+    """Bursts share loop wake-ups: every call still runs, exactly once, in the order its thread issued it."""
+    seen: list[tuple[int, int]] = []
+
+    async def record(thread: int, i: int) -> int:
+        seen.append((thread, i))
+        return i
+
+    def issue(thread: int) -> list[concurrent.futures.Future[int]]:
+        return [loop_thread.submit(record(thread, i)) for i in range(500)]
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        batches = list(pool.map(issue, range(4)))
+    for batch in batches:
+        assert [f.result(T) for f in batch] == list(range(500))
+    assert len(seen) == 2000
+    for thread in range(4):
+        assert [i for t, i in seen if t == thread] == list(range(500))
+
+
+def test_a_call_cancelled_before_it_starts_never_runs(loop_thread: LoopThread) -> None:
+    gate, holding, ran = threading.Event(), threading.Event(), threading.Event()
+
+    async def hold_the_loop() -> None:
+        holding.set()
+        gate.wait(T)  # blocks the loop thread on purpose (bounded), so the next call cannot start yet
+
+    async def must_not_run() -> None:
+        ran.set()
+
+    first = loop_thread.submit(hold_the_loop())
+    assert holding.wait(T)
+    fut = loop_thread.submit(must_not_run())
+    fut.cancel()
+    gate.set()
+    first.result(T)
+    assert loop_thread.submit(value(1)).result(T) == 1  # the loop has drained everything posted before
+    assert fut.cancelled()
+    assert not ran.is_set()
+
+
 def test_run_times_out_with_a_typed_error_and_cancels(loop_thread: LoopThread) -> None:
     finished = threading.Event()
     with pytest.raises(process_comms.TimeoutError):
