@@ -570,6 +570,43 @@ def test_async_controller_typed_errors(env: Env) -> None:
     asyncio.run(main())
 
 
+def test_async_controller_on_a_back_end_in_the_callers_own_loop(broker_url: str, names: dict[str, str]) -> None:
+    """An asyncio application can run the RabbitMQ back end on its own loop: no loop thread, no hop."""
+    worker = process_comms.connect(broker_url, **rmq_options(names))
+    launcher = ProcessLauncher(persister=InMemoryPersister())
+    worker.add_task_subscriber(launcher)
+    worker_threads = set(threading.enumerate())
+
+    async def main() -> None:
+        comm = process_comms.RmqCommunicator(broker_url, **rmq_options(names))
+        await bounded(comm.connect())
+        try:
+            ctl = RemoteProcessController(comm)
+            assert await bounded(ctl.launch_process(procs.Add, init_kwargs=add(1, 2))) == {"sum": 3}
+            pid = await bounded(ctl.launch_process(procs.Waiter, init_kwargs={"inputs": {}}, nowait=True))
+            status = await bounded(ctl.get_status(pid))
+            assert STATUS_KEYS <= set(status) and status["pid"] == pid
+            assert await bounded(ctl.pause_process(pid)) is True
+            assert await bounded(ctl.play_process(pid)) is True
+            started = {t.name for t in set(threading.enumerate()) - worker_threads}
+            assert not any(name.endswith("-loop") for name in started), started  # no loop thread of its own
+            with pytest.raises(process_comms.ProcessUnreachable):
+                await bounded(ctl.get_status(uuid.uuid4()))
+            with pytest.raises(process_comms.TimeoutError):
+                await bounded(ctl.get_status(pid, timeout=0.000_001))
+            assert await bounded(ctl.kill_process(pid)) is True
+        finally:
+            await bounded(comm.close())
+        with pytest.raises(process_comms.CommunicatorClosed):
+            await bounded(ctl.get_status(pid))
+
+    try:
+        asyncio.run(main())
+    finally:
+        launcher.close()
+        worker.close()
+
+
 # == 3. typed errors =======================================================================================
 
 
