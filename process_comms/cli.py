@@ -627,7 +627,9 @@ def _cmd_watch(ctx: _Context) -> int:
     """Print state changes as they happen, one line each, until --count events, --seconds, or Ctrl-C."""
     args = ctx.args
     wanted = {key for key, _ in _unique_pids(args.pids)}
-    events: queue.Queue[tuple[str, str, str]] = queue.Queue()
+    # SimpleQueue: put() never takes a lock that Ctrl-C could leave held in the main thread's get(), so the
+    # loop thread delivering events can never block on it (with queue.Queue, close() then waited in vain)
+    events: queue.SimpleQueue[tuple[str, str, str]] = queue.SimpleQueue()
 
     def on_event(_comm: Any, _body: Any, sender: Any, subject: Any, _cid: Any) -> None:
         parts = str(subject).split(".")

@@ -150,14 +150,20 @@ class LoopThread:
         if self._stopping or self.loop.is_closed():
             return False
         self._inbox.append(fn)
-        if not self._wake_pending:
-            # a race with _drain at worst schedules one drain too many; an item is never left behind, since
-            # _drain clears the flag before it empties the inbox and a post appends before it reads the flag
+        if self._wake_pending:
+            return True
+        # a race with _drain at worst schedules one drain too many; an item is never left behind, since
+        # _drain clears the flag before it empties the inbox and a post appends before it reads the flag
+        try:
             self._wake_pending = True
-            try:
-                self.loop.call_soon_threadsafe(self._drain)
-            except RuntimeError:  # closed meanwhile
-                return False
+            self.loop.call_soon_threadsafe(self._drain)
+        except RuntimeError:  # closed meanwhile
+            return False
+        except BaseException:
+            # e.g. Ctrl-C in the posting thread: a flag left set with no drain scheduled would leave every
+            # later call unstarted; cleared, the next post wakes the loop (and this item runs then)
+            self._wake_pending = False
+            raise
         return True
 
     def _drain(self) -> None:

@@ -144,6 +144,32 @@ def test_a_call_cancelled_before_it_starts_never_runs(loop_thread: LoopThread) -
     assert not ran.is_set()
 
 
+def test_ctrl_c_while_posting_does_not_leave_the_loop_deaf(loop_thread: LoopThread) -> None:
+    """A KeyboardInterrupt in the posting thread, at the wake-up, must not stop later calls from starting."""
+    real = loop_thread.loop.call_soon_threadsafe
+    interrupted: list[bool] = []
+
+    def interrupt_once(*args: Any, **kwargs: Any) -> Any:
+        if not interrupted:
+            interrupted.append(True)
+            raise KeyboardInterrupt  # where a signal handler would raise it
+        return real(*args, **kwargs)
+
+    ran = threading.Event()
+
+    async def first() -> None:
+        ran.set()
+
+    loop_thread.loop.call_soon_threadsafe = interrupt_once  # type: ignore[method-assign]
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            loop_thread.submit(first())
+        assert loop_thread.submit(value("next")).result(T) == "next"
+    finally:
+        loop_thread.loop.call_soon_threadsafe = real  # type: ignore[method-assign]
+    assert ran.wait(T)  # the interrupted call was queued: it ran with the next wake-up
+
+
 def test_run_times_out_with_a_typed_error_and_cancels(loop_thread: LoopThread) -> None:
     finished = threading.Event()
     with pytest.raises(process_comms.TimeoutError):
