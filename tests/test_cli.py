@@ -27,6 +27,14 @@ from process_comms import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "process_comms.cli"]
+#: The CLI as a terminal user runs it: Ctrl-C raises KeyboardInterrupt even when the test suite itself runs
+#: with SIGINT ignored (a background job of a non-interactive shell), which Python would pass on to the child.
+CLI_AT_A_TERMINAL = [
+    sys.executable,
+    "-c",
+    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "from process_comms.cli import main; sys.exit(main())",
+]
 RUN_TIMEOUT = 60
 READY_TIMEOUT = 30
 STOP_TIMEOUT = 15
@@ -316,7 +324,7 @@ def test_watch_sees_state_changes(run: Run, worker: None) -> None:
 def test_kill_all(run: Run, worker: None, broker_url: str, names: dict[str, str]) -> None:
     pids = set(_in_parallel(lambda _: _launch_waiter(run, "tests.procs:Ticker"), [1, 2]))  # state changes flow
     watch = subprocess.Popen(
-        [*CLI, *_global_options(broker_url, names), "--json", "watch", *sorted(pids), "--seconds", "50"],
+        [*CLI_AT_A_TERMINAL, *_global_options(broker_url, names), "--json", "watch", *sorted(pids), "--seconds", "50"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
