@@ -402,10 +402,13 @@ class RawSide:
 
     name = RAW
 
-    def __init__(self, url: str, exchange_name: str, worker_pid: int | None) -> None:
+    def __init__(
+        self, url: str, exchange_name: str, worker_pid: int | None, loop: asyncio.AbstractEventLoop | None = None
+    ) -> None:
         self.worker_pid = worker_pid
         self.body = yaml.dump({"intent": "status", "message": None}).encode()
-        self.loop = getattr(self, "thread_loop", None) or asyncio.new_event_loop()
+        self._owns_loop = loop is None
+        self.loop = loop or asyncio.new_event_loop()
         self.waiters: dict[str, asyncio.Future[bytes]] = {}
         self.connection: Any = None
         try:
@@ -457,7 +460,7 @@ class RawSide:
             except Exception:  # noqa: BLE001 - best effort at the end of a run
                 pass
             self.connection = None
-        if not isinstance(self, RawThreadSide):
+        if self._owns_loop:
             self.loop.close()
 
 
@@ -469,22 +472,22 @@ class RawThreadSide(RawSide):
     name = RAW_T
 
     def __init__(self, url: str, exchange_name: str, worker_pid: int | None) -> None:
-        self.thread_loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.thread_loop.run_forever, name="raw-floor-loop", daemon=True)
+        thread_loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=thread_loop.run_forever, name="raw-floor-loop", daemon=True)
         self.thread.start()
-        super().__init__(url, exchange_name, worker_pid)
+        super().__init__(url, exchange_name, worker_pid, loop=thread_loop)
 
     def _run(self, coro: Any, timeout: float) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.thread_loop).result(timeout)
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def close(self) -> None:
         try:
             super().close()
         finally:
-            self.thread_loop.call_soon_threadsafe(self.thread_loop.stop)
+            self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(10)
             if not self.thread.is_alive():
-                self.thread_loop.close()
+                self.loop.close()
 
 
 class PcLoopSide:

@@ -513,6 +513,16 @@ def _cmd_launch(ctx: _Context) -> int:
     return EXIT_OK
 
 
+def _record(ctx: _Context, records: list[dict[str, Any]], key: str, outcome: Any) -> int:
+    """Add one PID's outcome to the JSON records and report a failure at once; return its exit code."""
+    if isinstance(outcome, BaseException):
+        records.append(_error_record(key, outcome))
+        ctx.error(_describe(outcome))
+        return exit_code_for(outcome)
+    records.append({"pid": key, "ok": True, "result": outcome})
+    return EXIT_OK
+
+
 def _cmd_status(ctx: _Context) -> int:
     """Print the status of each PID: an aligned table, or JSON."""
     pids = _unique_pids(ctx.args.pids)
@@ -524,13 +534,10 @@ def _cmd_status(ctx: _Context) -> int:
     records: list[dict[str, Any]] = []
     rows = [["PID", "STATE", "PAUSED", "STATUS", "CLASS"]]
     for key, outcome in results.items():
-        if isinstance(outcome, BaseException):
-            code = max(code, exit_code_for(outcome))
-            records.append(_error_record(key, outcome))
-            ctx.error(_describe(outcome))
+        status = outcome if isinstance(outcome, dict | BaseException) else {"state": str(outcome)}
+        code = max(code, _record(ctx, records, key, status))
+        if isinstance(status, BaseException):
             continue
-        status = outcome if isinstance(outcome, dict) else {"state": str(outcome)}
-        records.append({"pid": key, "ok": True, "result": status})
         text = status.get("status")
         rows.append(
             [
@@ -597,13 +604,8 @@ def _cmd_control(ctx: _Context) -> int:
     code = EXIT_OK
     records: list[dict[str, Any]] = []
     for key, outcome in results.items():
-        if isinstance(outcome, BaseException):
-            code = max(code, exit_code_for(outcome))
-            records.append(_error_record(key, outcome))
-            ctx.error(_describe(outcome))
-            continue
-        records.append({"pid": key, "ok": True, "result": outcome})
-        if not ctx.json:
+        code = max(code, _record(ctx, records, key, outcome))
+        if not isinstance(outcome, BaseException) and not ctx.json:
             done = _DONE_TEXT.get((intent, bool(outcome)), str(outcome)) if isinstance(outcome, bool) else str(outcome)
             ctx.print(f"{key} {done}")
     if ctx.json:
