@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import process_comms
-from process_comms.display import Progress, status_table
+from process_comms.client.display import Progress, status_table
 
 DEFAULT_BROKER = "amqp://guest:guest@127.0.0.1:5672/"
 ROOT = Path(__file__).resolve().parent.parent

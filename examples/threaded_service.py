@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import process_comms
+import process_comms.urls
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ALLOWED = ("examples.processes",)

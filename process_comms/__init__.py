@@ -5,10 +5,9 @@ one process by pid or all at once. A thread-friendly blocking facade over one as
 messages as plumpy + kiwipy on RabbitMQ, or an embedded in-process communicator with no broker.
 """
 
-from .codec import Codec, JsonCodec, YamlCodec, get_codec
-from .communicator import AsyncCommunicator, BroadcastFilter
-from .controller import TERMINAL_STATES, RemoteProcessController
-from .embedded import EmbeddedCommunicator
+from .client.controller import TERMINAL_STATES, RemoteProcessController
+from .client.futures import as_asyncio, wait_all
+from .client.thread_controller import RemoteProcessThreadController
 from .errors import (
     BrokerUnavailable,
     CommunicatorClosed,
@@ -27,26 +26,69 @@ from .errors import (
     TaskRejected,
     TimeoutError,
 )
-from .futures import ControllerFuture, as_asyncio, wait_all
-from .launcher import ProcessLauncher
-from .loaders import AllowListLoader, DefaultObjectLoader, ObjectLoader, get_object_loader, set_object_loader
-from .messages import (
+from .transports._loop import ControllerFuture
+from .transports.base import AsyncCommunicator, BroadcastFilter
+from .transports.embedded import EmbeddedCommunicator
+from .transports.rmq import RmqCommunicator
+from .transports.threaded import ThreadCommunicator, connect, connect_async
+from .wire.codec import Codec, JsonCodec, YamlCodec, get_codec
+from .wire.loaders import (
+    AllowListLoader,
+    DefaultObjectLoader,
+    ObjectLoader,
+    get_object_loader,
+    set_object_loader,
+)
+from .wire.messages import (
+    ARGS_KEY,
+    CONTINUE_TASK,
+    CREATE_TASK,
+    FORCE_KILL_KEY,
+    INTENT_KEY,
+    KWARGS_KEY,
+    LAUNCH_TASK,
+    MESSAGE_TEXT_KEY,
+    NOWAIT_KEY,
+    PERSIST_KEY,
+    PID_KEY,
+    PID_TYPE,
+    PROCESS_CLASS_KEY,
+    TAG_KEY,
+    TASK_ARGS,
+    TASK_KEY,
     Intent,
     MessageBuilder,
+    Pid,
     create_continue_body,
     create_create_body,
     create_launch_body,
 )
-from .persistence import InMemoryPersister, Persister, SqlPersister, get_persister
-from .process import KilledError, Process, ProcessState
-from .rmq import RmqCommunicator
-from .thread_controller import RemoteProcessThreadController
-from .threadcomms import ThreadCommunicator, connect, connect_async
-from .worker import Worker
+from .worker.launcher import ProcessLauncher
+from .worker.persistence import InMemoryPersister, Persister, SqlPersister, get_persister
+from .worker.process import KilledError, Process, ProcessState
+from .worker.worker import Worker
 
 __version__ = "0.1.0"
 
 __all__ = [
+    # plumpy.process_comms' key constants, under the same names
+    "ARGS_KEY",
+    "CONTINUE_TASK",
+    "CREATE_TASK",
+    "FORCE_KILL_KEY",
+    "INTENT_KEY",
+    "KWARGS_KEY",
+    "LAUNCH_TASK",
+    "MESSAGE_TEXT_KEY",
+    "NOWAIT_KEY",
+    "PERSIST_KEY",
+    "PID_KEY",
+    "PID_TYPE",
+    "PROCESS_CLASS_KEY",
+    "TAG_KEY",
+    "TASK_ARGS",
+    "TASK_KEY",
+    "Pid",
     "AllowListLoader",
     "AsyncCommunicator",
     "BroadcastFilter",

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from process_comms.process import Process
+from process_comms.worker.process import Process
 
 
 class Add(Process):

@@ -23,7 +23,7 @@ import pika
 import pytest
 
 import process_comms
-from process_comms import cli
+from process_comms.cli import main as cli
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "process_comms.cli"]
@@ -33,7 +33,7 @@ CLI_AT_A_TERMINAL = [
     sys.executable,
     "-c",
     "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-    "from process_comms.cli import main; sys.exit(main())",
+    "from process_comms.cli.main import main; sys.exit(main())",
 ]
 RUN_TIMEOUT = 60
 READY_TIMEOUT = 30

@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import process_comms
-from process_comms import codec as codec_module
-from process_comms.codec import DEFAULT_MAX_MESSAGE_BYTES, JsonCodec, YamlCodec, get_codec
+from process_comms.wire import codec as codec_module
+from process_comms.wire.codec import DEFAULT_MAX_MESSAGE_BYTES, JsonCodec, YamlCodec, get_codec
 
 CODECS = [YamlCodec(), JsonCodec()]
 CODEC_IDS = ["yaml", "json"]

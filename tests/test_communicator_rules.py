@@ -14,7 +14,7 @@ import pytest
 
 import process_comms
 from process_comms import defaults
-from process_comms.communicator import (
+from process_comms.transports.base import (
     InvalidTask,
     exception_reply,
     parse_task_envelope,

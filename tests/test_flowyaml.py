@@ -12,7 +12,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from process_comms import YamlCodec, flowyaml
+from process_comms import YamlCodec
+from process_comms.wire import _flowyaml as flowyaml
 
 scalars = (
     st.none()

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 import process_comms
-from process_comms.futures import LoopThread, as_asyncio, with_deadline
+from process_comms.client.futures import as_asyncio
+from process_comms.transports._loop import LoopThread, with_deadline
 
 T = 10.0
 

@@ -23,9 +23,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import process_comms
+import process_comms.client.futures
 from process_comms import InMemoryPersister, LoadError, Process, ProcessLauncher, create_launch_body
-from process_comms.communicator import InvalidTask, ReplyWaiter
-from process_comms.futures import run_on
+from process_comms.transports._loop import run_on
+from process_comms.transports.base import InvalidTask, ReplyWaiter
 
 from . import procs
 
@@ -291,7 +292,9 @@ raw_bodies = st.one_of(
 def test_any_bytes_as_a_task_body_get_a_reply(subscribed: Worker, body: bytes) -> None:
     subscribed.loaded.clear()
     comm = subscribed.comm
-    _check_wire_outcome(comm.submit(process_comms.futures.with_deadline(_send_raw(comm.core, body), T, "raw task")))
+    _check_wire_outcome(
+        comm.submit(process_comms.client.futures.with_deadline(_send_raw(comm.core, body), T, "raw task"))
+    )
     _kill_all_blocking(subscribed.launcher)
     _check_loaded(subscribed)
     assert _valid_launch(subscribed) == {"sum": 3}

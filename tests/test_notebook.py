@@ -25,7 +25,7 @@ from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
 import process_comms
-from process_comms.display import Progress, status_table
+from process_comms.client.display import Progress, status_table
 
 from .conftest import delete_broker_objects
 

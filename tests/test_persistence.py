@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from process_comms.errors import PersistenceError
-from process_comms.persistence import (
+from process_comms.worker.persistence import (
     Bundle,
     InMemoryPersister,
     PersistedCheckpoint,
@@ -269,7 +269,7 @@ def test_any_json_safe_state_round_trips(state: dict[str, Any], tag: str | None)
 CHILD = textwrap.dedent(
     """
     import sys
-    from process_comms.persistence import SqlPersister
+    from process_comms.worker.persistence import SqlPersister
 
     url, worker, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
     sys.stdin.readline()  # start together

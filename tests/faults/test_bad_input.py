@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 import process_comms
+import process_comms.wire.codec
 from tests.procs import Waiter
 
 from ..conftest import BROKER_URL, rabbitmqctl
@@ -155,7 +156,7 @@ def test_code_running_yaml_is_refused_and_never_runs(peer: RawPeer, prefix: str,
 
 
 def test_oversized_task_is_refused_with_a_reply(peer: RawPeer, prefix: str) -> None:
-    blob = b"x" * (process_comms.codec.DEFAULT_MAX_MESSAGE_BYTES + 10)
+    blob = b"x" * (process_comms.wire.codec.DEFAULT_MAX_MESSAGE_BYTES + 10)
     huge = b"!!python/tuple [{task: launch, args: {blob: '" + blob + b"'}}, false]"
     reply = peer.task(huge)
     assert reply["error_type"] == "DecodeError"
@@ -188,7 +189,7 @@ def test_unencodable_arguments_fail_at_the_caller_before_anything_is_sent(peer: 
         with pytest.raises(process_comms.EncodeError):
             ctl.launch_process(Waiter, init_kwargs={"inputs": {"f": object()}}).result(10)
         with pytest.raises(process_comms.EncodeError):
-            ctl.pause_process(uuid.uuid4(), "x" * (process_comms.codec.DEFAULT_MAX_MESSAGE_BYTES + 1)).result(10)
+            ctl.pause_process(uuid.uuid4(), "x" * (process_comms.wire.codec.DEFAULT_MAX_MESSAGE_BYTES + 1)).result(10)
     assert queue_counts(prefix) == (0, 0)
 
 

@@ -32,7 +32,7 @@ import pytest
 import yaml
 
 import process_comms
-from process_comms.messages import create_create_body
+from process_comms.wire.messages import create_create_body
 from tests import procs
 from tests.conftest import BROKER_URL, rabbitmqctl
 from tests.integration.peers import pc_procs, plumpy_procs

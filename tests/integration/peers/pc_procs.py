@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from process_comms.process import Process
+from process_comms.worker.process import Process
 
 
 class Idle(Process):

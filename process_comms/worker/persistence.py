@@ -15,9 +15,10 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, NamedTuple, Protocol, TypeVar
 
-from .codec import JsonCodec
-from .errors import DecodeError, EncodeError, PersistenceError
-from .urls import mask_url
+from ..errors import DecodeError, EncodeError, PersistenceError
+from ..urls import mask_url
+from ..wire.codec import JsonCodec
+from ..wire.messages import Pid
 
 __all__ = [
     "DEFAULT_TABLE",
@@ -42,7 +43,7 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 class PersistedCheckpoint(NamedTuple):
     """Names one stored checkpoint: the process id and the tag (``None`` for the untagged one)."""
 
-    pid: Any
+    pid: Pid
     tag: str | None
 
 
@@ -62,7 +63,7 @@ def _encode(value: Any, what: str) -> str:
     return text
 
 
-def _pid_key(pid: Any) -> str:
+def _pid_key(pid: Pid) -> str:
     """Return the storage key of ``pid``: its JSON text, which keeps ``1``, ``"1"`` and UUIDs apart."""
     key = _encode(pid, f"pid {pid!r}")
     if type(_codec.decode(key)) is not type(pid):
@@ -76,7 +77,7 @@ def _check_tag(tag: str | None) -> str:
     return tag or ""
 
 
-def _missing(pid: Any, tag: str | None) -> PersistenceError:
+def _missing(pid: Pid, tag: str | None) -> PersistenceError:
     return PersistenceError(f"no checkpoint for process {pid} (tag {tag!r})")
 
 
@@ -88,7 +89,7 @@ def _load(text: str | bytes) -> Bundle:
 
 
 class _Process(Protocol):
-    pid: Any
+    pid: Pid
 
     def save(self) -> Any: ...
 
@@ -101,11 +102,11 @@ class Persister(abc.ABC):
         self.save_bundle(process.pid, process.save(), tag)
 
     @abc.abstractmethod
-    def save_bundle(self, pid: Any, bundle: dict[str, Any], tag: str | None = None) -> None:
+    def save_bundle(self, pid: Pid, bundle: dict[str, Any], tag: str | None = None) -> None:
         """Store ``bundle`` as the checkpoint of ``pid`` under ``tag``, replacing any previous one."""
 
     @abc.abstractmethod
-    def load_checkpoint(self, pid: Any, tag: str | None = None) -> Bundle:
+    def load_checkpoint(self, pid: Pid, tag: str | None = None) -> Bundle:
         """Return an independent copy of the stored checkpoint; PersistenceError if there is none."""
 
     @abc.abstractmethod
@@ -113,18 +114,18 @@ class Persister(abc.ABC):
         """Return every stored checkpoint."""
 
     @abc.abstractmethod
-    def get_process_checkpoints(self, pid: Any) -> list[PersistedCheckpoint]:
+    def get_process_checkpoints(self, pid: Pid) -> list[PersistedCheckpoint]:
         """Return the checkpoints stored for ``pid``."""
 
     @abc.abstractmethod
-    def delete_checkpoint(self, pid: Any, tag: str | None = None) -> None:
+    def delete_checkpoint(self, pid: Pid, tag: str | None = None) -> None:
         """Delete one checkpoint; deleting a missing one is not an error."""
 
     @abc.abstractmethod
-    def delete_process_checkpoints(self, pid: Any) -> None:
+    def delete_process_checkpoints(self, pid: Pid) -> None:
         """Delete every checkpoint of ``pid``."""
 
-    def claim(self, pid: Any, owner: str, ttl: float) -> bool:
+    def claim(self, pid: Pid, owner: str, ttl: float) -> bool:
         """Take or renew the right to run ``pid`` for ``ttl`` seconds; False while another owner's claim is live.
 
         Workers sharing a store use it so that a redelivered task never starts a second copy of a process
@@ -132,7 +133,7 @@ class Persister(abc.ABC):
         """
         return True
 
-    def release(self, pid: Any, owner: str) -> None:
+    def release(self, pid: Pid, owner: str) -> None:
         """Give up ``owner``'s claim on ``pid`` (no error if it holds none)."""
 
     def close(self) -> None:
@@ -161,7 +162,7 @@ class InMemoryPersister(Persister):
         self._store: dict[tuple[str, str], str] = {}
         self._claims: dict[str, tuple[str, float]] = {}
 
-    def claim(self, pid: Any, owner: str, ttl: float) -> bool:
+    def claim(self, pid: Pid, owner: str, ttl: float) -> bool:
         """Claims held in memory: they coordinate the workers of one Python process."""
         key, now = _pid_key(pid), time.time()
         with self._lock:
@@ -171,20 +172,20 @@ class InMemoryPersister(Persister):
             self._claims[key] = (owner, now + ttl)
             return True
 
-    def release(self, pid: Any, owner: str) -> None:
+    def release(self, pid: Pid, owner: str) -> None:
         """Drop ``owner``'s claim on ``pid``."""
         key = _pid_key(pid)
         with self._lock:
             if self._claims.get(key, ("", 0.0))[0] == owner:
                 del self._claims[key]
 
-    def save_bundle(self, pid: Any, bundle: dict[str, Any], tag: str | None = None) -> None:
+    def save_bundle(self, pid: Pid, bundle: dict[str, Any], tag: str | None = None) -> None:
         """Store a JSON copy of ``bundle`` for ``pid`` under ``tag``."""
         key, text = (_pid_key(pid), _check_tag(tag)), _bundle_text(bundle)
         with self._lock:
             self._store[key] = text
 
-    def load_checkpoint(self, pid: Any, tag: str | None = None) -> Bundle:
+    def load_checkpoint(self, pid: Pid, tag: str | None = None) -> Bundle:
         """Return a fresh copy of the checkpoint of ``pid`` under ``tag``."""
         key = (_pid_key(pid), _check_tag(tag))
         with self._lock:
@@ -202,17 +203,17 @@ class InMemoryPersister(Persister):
         """Return every stored checkpoint."""
         return self._list(None)
 
-    def get_process_checkpoints(self, pid: Any) -> list[PersistedCheckpoint]:
+    def get_process_checkpoints(self, pid: Pid) -> list[PersistedCheckpoint]:
         """Return the checkpoints stored for ``pid``."""
         return self._list(_pid_key(pid))
 
-    def delete_checkpoint(self, pid: Any, tag: str | None = None) -> None:
+    def delete_checkpoint(self, pid: Pid, tag: str | None = None) -> None:
         """Delete one checkpoint if present."""
         key = (_pid_key(pid), _check_tag(tag))
         with self._lock:
             self._store.pop(key, None)
 
-    def delete_process_checkpoints(self, pid: Any) -> None:
+    def delete_process_checkpoints(self, pid: Pid) -> None:
         """Delete every checkpoint of ``pid``."""
         pid_key = _pid_key(pid)
         with self._lock:
@@ -332,7 +333,7 @@ class SqlPersister(Persister):
                         raise PersistenceError(f"checkpoint store {mask_url(self.url)} failed: {exc}") from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def save_bundle(self, pid: Any, bundle: dict[str, Any], tag: str | None = None) -> None:
+    def save_bundle(self, pid: Pid, bundle: dict[str, Any], tag: str | None = None) -> None:
         """Upsert ``bundle`` as the checkpoint of ``pid`` under ``tag``."""
         key, text = _pid_key(pid), _bundle_text(bundle)
         self._execute(
@@ -342,7 +343,7 @@ class SqlPersister(Persister):
             (key, _check_tag(tag), key, text),
         )
 
-    def load_checkpoint(self, pid: Any, tag: str | None = None) -> Bundle:
+    def load_checkpoint(self, pid: Pid, tag: str | None = None) -> Bundle:
         """Return the checkpoint of ``pid`` under ``tag``, decoded afresh."""
         key = (_pid_key(pid), _check_tag(tag))
         rows = self._execute("SELECT bundle FROM {table} WHERE pid_key = ? AND tag = ?", key)
@@ -355,20 +356,20 @@ class SqlPersister(Persister):
         rows = self._execute("SELECT pid_json, tag FROM {table} ORDER BY pid_key, tag")
         return [PersistedCheckpoint(_codec.decode(p), t or None) for p, t in rows]
 
-    def get_process_checkpoints(self, pid: Any) -> list[PersistedCheckpoint]:
+    def get_process_checkpoints(self, pid: Pid) -> list[PersistedCheckpoint]:
         """Return the checkpoints stored for ``pid``."""
         rows = self._execute("SELECT tag FROM {table} WHERE pid_key = ? ORDER BY tag", (_pid_key(pid),))
         return [PersistedCheckpoint(pid, t or None) for (t,) in rows]
 
-    def delete_checkpoint(self, pid: Any, tag: str | None = None) -> None:
+    def delete_checkpoint(self, pid: Pid, tag: str | None = None) -> None:
         """Delete one checkpoint if present."""
         self._execute("DELETE FROM {table} WHERE pid_key = ? AND tag = ?", (_pid_key(pid), _check_tag(tag)))
 
-    def delete_process_checkpoints(self, pid: Any) -> None:
+    def delete_process_checkpoints(self, pid: Pid) -> None:
         """Delete every checkpoint of ``pid``."""
         self._execute("DELETE FROM {table} WHERE pid_key = ?", (_pid_key(pid),))
 
-    def claim(self, pid: Any, owner: str, ttl: float) -> bool:
+    def claim(self, pid: Pid, owner: str, ttl: float) -> bool:
         """One atomic upsert: take the claim if it is free, expired or already ``owner``'s."""
         key, now = _pid_key(pid), time.time()
         self._execute(
@@ -380,7 +381,7 @@ class SqlPersister(Persister):
         rows = self._execute("SELECT owner FROM {table}_claims WHERE pid_key = ?", (key,))
         return bool(rows) and rows[0][0] == owner
 
-    def release(self, pid: Any, owner: str) -> None:
+    def release(self, pid: Pid, owner: str) -> None:
         """Drop ``owner``'s claim on ``pid``."""
         self._execute("DELETE FROM {table}_claims WHERE pid_key = ? AND owner = ?", (_pid_key(pid), owner))
 

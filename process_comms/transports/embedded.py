@@ -14,8 +14,9 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .codec import Codec
-from .communicator import (
+from ..errors import CommunicatorClosed, DecodeError, EncodeError, ProcessUnreachable, TaskRejected
+from ..wire.codec import Codec
+from .base import (
     CURRENT_DELIVERY,
     AsyncCommunicator,
     Delivery,
@@ -26,7 +27,6 @@ from .communicator import (
     parse_task_envelope,
     routing_id,
 )
-from .errors import CommunicatorClosed, DecodeError, EncodeError, ProcessUnreachable, TaskRejected
 
 __all__ = ["EmbeddedCommunicator"]
 

@@ -24,9 +24,19 @@ import aiormq
 import aiormq.exceptions
 import yarl
 
-from . import defaults
-from .codec import Codec
-from .communicator import (
+from .. import defaults
+from ..errors import (
+    BrokerUnavailable,
+    CommunicatorClosed,
+    ConnectionLost,
+    DecodeError,
+    EncodeError,
+    ProcessUnreachable,
+    TaskRejected,
+)
+from ..urls import mask_url
+from ..wire.codec import Codec
+from .base import (
     CURRENT_DELIVERY,
     AsyncCommunicator,
     Delivery,
@@ -37,16 +47,6 @@ from .communicator import (
     parse_task_envelope,
     routing_id,
 )
-from .errors import (
-    BrokerUnavailable,
-    CommunicatorClosed,
-    ConnectionLost,
-    DecodeError,
-    EncodeError,
-    ProcessUnreachable,
-    TaskRejected,
-)
-from .urls import mask_url
 
 __all__ = ["RmqCommunicator"]
 

@@ -1,4 +1,8 @@
-"""Crossing the thread boundary: a loop on a background thread, and futures that cannot deadlock it."""
+"""Crossing the thread boundary: a loop on a background thread, and futures that cannot deadlock it.
+
+The thread-facing communicator (:mod:`process_comms.transports.threaded`) and the worker run their loop here;
+what a caller does with the futures it gets back lives in :mod:`process_comms.client.futures`.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,14 @@ import asyncio
 import collections
 import concurrent.futures
 import threading
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
-from . import defaults
-from .errors import CommunicatorClosed, DeadlockError
-from .errors import TimeoutError as PCTimeoutError
+from .. import defaults
+from ..errors import CommunicatorClosed, DeadlockError
+from ..errors import TimeoutError as PCTimeoutError
 
-__all__ = ["LoopThread", "ControllerFuture", "wait_all", "as_asyncio", "with_deadline", "run_on", "outcomes"]
+__all__ = ["LoopThread", "ControllerFuture", "with_deadline", "run_on"]
 
 T = TypeVar("T")
 
@@ -224,39 +228,3 @@ async def with_deadline(aw: Awaitable[T], timeout: float, what: str) -> T:
         if isinstance(exc, PCTimeoutError):
             raise
         raise PCTimeoutError(f"{what}: no answer within {timeout} s (the remote action may still happen)") from None
-
-
-def as_asyncio(fut: concurrent.futures.Future[T] | Awaitable[T]) -> Awaitable[T]:
-    """Make a returned future awaitable from any running loop (e.g. Jupyter's)."""
-    if isinstance(fut, concurrent.futures.Future):
-        return asyncio.wrap_future(fut)
-    return fut
-
-
-def wait_all(
-    futures: Mapping[Any, concurrent.futures.Future[Any]] | Iterable[concurrent.futures.Future[Any]],
-    timeout: float | None = None,
-) -> dict[Any, Any]:
-    """Wait for many futures under one deadline; return ``{key: result or exception}``.
-
-    Keys are the mapping's keys, or the futures themselves for an iterable. Futures still pending at the
-    deadline map to a :class:`process_comms.TimeoutError` (they are not cancelled: the caller decides).
-    """
-    items = dict(futures) if isinstance(futures, Mapping) else {f: f for f in futures}
-    deadline = defaults.RPC_TIMEOUT if timeout is None else timeout
-    concurrent.futures.wait(list(items.values()), timeout=deadline)
-    return outcomes(items, deadline)
-
-
-def outcomes(futures: Mapping[Any, concurrent.futures.Future[Any]], deadline: float) -> dict[Any, Any]:
-    """``{key: result or exception}`` of futures now; one still pending maps to a TimeoutError."""
-    out: dict[Any, Any] = {}
-    for key, fut in futures.items():
-        if not fut.done():
-            out[key] = PCTimeoutError(f"no answer within {deadline:g} s")
-        elif fut.cancelled():
-            out[key] = concurrent.futures.CancelledError()
-        else:
-            exc = fut.exception()
-            out[key] = exc if exc is not None else fut.result()
-    return out

@@ -23,9 +23,8 @@ from typing import Any
 
 import kiwipy
 
-from . import defaults
-from .codec import Codec, get_codec
-from .errors import (
+from .. import defaults
+from ..errors import (
     CommunicatorClosed,
     DecodeError,
     DuplicateSubscriber,
@@ -34,6 +33,8 @@ from .errors import (
     RemoteError,
     TaskRejected,
 )
+from ..wire.codec import Codec, get_codec
+from ..wire.messages import Pid
 
 __all__ = [
     "AsyncCommunicator",
@@ -104,7 +105,7 @@ class Delivery:
 CURRENT_DELIVERY: contextvars.ContextVar[Delivery | None] = contextvars.ContextVar("CURRENT_DELIVERY", default=None)
 
 
-def routing_id(pid: Any) -> str:
+def routing_id(pid: Pid) -> str:
     """The routing form of a pid, ``str(pid)``; refuses pids that would be wildcards or too long."""
     if pid is None:
         raise InvalidPid("a pid is required, got None")

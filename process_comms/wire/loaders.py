@@ -7,7 +7,7 @@ import importlib
 from collections.abc import Iterable
 from typing import Any
 
-from .errors import LoadError
+from ..errors import LoadError
 
 __all__ = ["ObjectLoader", "DefaultObjectLoader", "AllowListLoader", "get_object_loader", "set_object_loader"]
 

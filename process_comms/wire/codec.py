@@ -12,8 +12,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import yaml
 
-from . import flowyaml
-from .errors import DecodeError, EncodeError
+from ..errors import DecodeError, EncodeError
+from . import _flowyaml as flowyaml
 
 __all__ = ["Codec", "YamlCodec", "JsonCodec", "get_codec", "DEFAULT_MAX_MESSAGE_BYTES"]
 

@@ -56,10 +56,11 @@ from urllib.parse import unquote, urlsplit
 import pika
 import pika.exceptions
 
-from . import defaults
-from .communicator import BroadcastFilter
-from .controller import RemoteProcessController
-from .errors import (
+from .. import defaults
+from ..client.controller import RemoteProcessController
+from ..client.futures import outcomes
+from ..client.thread_controller import RemoteProcessThreadController
+from ..errors import (
     BrokerUnavailable,
     InvalidPid,
     ProcessCommsError,
@@ -67,13 +68,12 @@ from .errors import (
     RemoteError,
     TaskRejected,
 )
-from .errors import TimeoutError as PCTimeoutError
-from .futures import outcomes
-from .loaders import ObjectLoader
-from .thread_controller import RemoteProcessThreadController
-from .threadcomms import ThreadCommunicator, connect
-from .urls import mask_url
-from .worker import Worker
+from ..errors import TimeoutError as PCTimeoutError
+from ..transports.base import BroadcastFilter
+from ..transports.threaded import ThreadCommunicator, connect
+from ..urls import mask_url
+from ..wire.loaders import ObjectLoader
+from ..worker.worker import Worker
 
 __all__ = [
     "EXIT_BROKER",

@@ -16,14 +16,14 @@ from typing import Any, TypeVar
 
 import kiwipy
 
-from . import defaults
-from .codec import Codec
-from .communicator import AsyncCommunicator
+from .. import defaults
+from ..errors import CommunicatorClosed
+from ..urls import mask_url
+from ..wire.codec import Codec
+from ._loop import ControllerFuture, LoopThread, with_deadline
+from .base import AsyncCommunicator
 from .embedded import EmbeddedCommunicator
-from .errors import CommunicatorClosed
-from .futures import ControllerFuture, LoopThread, with_deadline
 from .rmq import RmqCommunicator
-from .urls import mask_url
 
 __all__ = ["ThreadCommunicator", "connect", "connect_async"]
 

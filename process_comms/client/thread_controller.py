@@ -8,10 +8,11 @@ from __future__ import annotations
 from collections.abc import Coroutine, Iterable, Sequence
 from typing import Any
 
+from ..transports._loop import ControllerFuture
+from ..transports.threaded import ThreadCommunicator
+from ..wire.loaders import ObjectLoader
+from ..wire.messages import Pid
 from .controller import RemoteProcessController
-from .futures import ControllerFuture
-from .loaders import ObjectLoader
-from .threadcomms import ThreadCommunicator
 
 __all__ = ["RemoteProcessThreadController"]
 
@@ -63,22 +64,22 @@ class RemoteProcessThreadController:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def get_status(self, pid: Any, timeout: float | None = None) -> ControllerFuture[Any]:
+    def get_status(self, pid: Pid, timeout: float | None = None) -> ControllerFuture[Any]:
         """Future of the status dict of ``pid``."""
         return self._communicator.submit(self._core.get_status(pid, timeout))
 
     def pause_process(
-        self, pid: Any, msg_text: str | None = None, timeout: float | None = None, *, release: bool = False
+        self, pid: Pid, msg_text: str | None = None, timeout: float | None = None, *, release: bool = False
     ) -> ControllerFuture[Any]:
         """Future of the pause result (True, or False if already ended); ``release=True`` also frees its worker."""
         return self._communicator.submit(self._core.pause_process(pid, msg_text, timeout, release=release))
 
-    def play_process(self, pid: Any, timeout: float | None = None, *, resume: bool = False) -> ControllerFuture[Any]:
+    def play_process(self, pid: Pid, timeout: float | None = None, *, resume: bool = False) -> ControllerFuture[Any]:
         """Future of the play result (True); ``resume=True`` first continues a released process."""
         return self._communicator.submit(self._core.play_process(pid, timeout, resume=resume))
 
     def kill_process(
-        self, pid: Any, msg_text: str | None = None, force_kill: bool = False, timeout: float | None = None
+        self, pid: Pid, msg_text: str | None = None, force_kill: bool = False, timeout: float | None = None
     ) -> ControllerFuture[Any]:
         """Future of the kill result (True if killed, False if it had ended otherwise)."""
         return self._communicator.submit(self._core.kill_process(pid, msg_text, force_kill, timeout))
@@ -127,7 +128,7 @@ class RemoteProcessThreadController:
 
     def continue_process(
         self,
-        pid: Any,
+        pid: Pid,
         tag: str | None = None,
         nowait: bool = False,
         no_reply: bool = False,
@@ -176,7 +177,7 @@ class RemoteProcessThreadController:
         return {pid: self.kill_process(pid, msg_text, force_kill, timeout) for pid in pids}
 
     def wait_for_process(
-        self, pid: Any, timeout: float | None = None, poll_interval: float = 1.0
+        self, pid: Pid, timeout: float | None = None, poll_interval: float = 1.0
     ) -> ControllerFuture[str]:
         """Future of the terminal state of ``pid`` (``finished``, ``excepted`` or ``killed``)."""
         return self._communicator.submit(self._core.wait_for_process(pid, timeout, poll_interval))

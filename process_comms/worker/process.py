@@ -24,11 +24,11 @@ import time
 import uuid
 from typing import Any
 
-from .communicator import AsyncCommunicator, host_info
-from .errors import ProcessKilled, RemoteError
-from .futures import run_on
-from .loaders import ObjectLoader, get_object_loader
-from .messages import FORCE_KILL_KEY, INTENT_KEY, MESSAGE_TEXT_KEY, RELEASE_KEY, Intent
+from ..errors import ProcessKilled, RemoteError
+from ..transports._loop import run_on
+from ..transports.base import AsyncCommunicator, host_info
+from ..wire.loaders import ObjectLoader, get_object_loader
+from ..wire.messages import FORCE_KILL_KEY, INTENT_KEY, MESSAGE_TEXT_KEY, RELEASE_KEY, Intent, Pid
 
 __all__ = ["Process", "ProcessState", "KilledError", "Suspended"]
 
@@ -67,12 +67,12 @@ class Suspended(Exception):
 class Process:
     """Base class of remotely controllable processes; override :meth:`run`."""
 
-    def __init__(self, inputs: dict[str, Any] | None = None, pid: Any = None, **kwargs: Any) -> None:
+    def __init__(self, inputs: dict[str, Any] | None = None, pid: Pid = None, **kwargs: Any) -> None:
         """Create a process with ``inputs`` (available as ``self.inputs``) and an optional ``pid``."""
         if kwargs:
             raise TypeError(f"{type(self).__name__}() got unexpected keyword arguments {sorted(kwargs)}")
         self.inputs: dict[str, Any] = dict(inputs or {})
-        self.pid: Any = pid if pid is not None else uuid.uuid4()
+        self.pid: Pid = pid if pid is not None else uuid.uuid4()
         self.ctime = time.time()
         self.state = ProcessState.CREATED
         self.paused = False

@@ -17,12 +17,12 @@ from typing import Any
 
 import kiwipy
 
-from . import defaults
-from .communicator import CURRENT_DELIVERY, AsyncCommunicator, InvalidTask
-from .errors import LoadError, PersistenceError
-from .futures import LoopThread, run_on
-from .loaders import AllowListLoader, ObjectLoader, get_object_loader
-from .messages import (
+from .. import defaults
+from ..errors import LoadError, PersistenceError
+from ..transports._loop import LoopThread, run_on
+from ..transports.base import CURRENT_DELIVERY, AsyncCommunicator, InvalidTask
+from ..wire.loaders import AllowListLoader, ObjectLoader, get_object_loader
+from ..wire.messages import (
     ARGS_KEY,
     CONTINUE_TASK,
     CREATE_TASK,
@@ -37,6 +37,7 @@ from .messages import (
     TASK_ARGS,
     TASK_KEY,
     Intent,
+    Pid,
 )
 from .process import META_KEY, Process
 
@@ -247,7 +248,7 @@ class ProcessLauncher:
         self,
         core: AsyncCommunicator | None,
         comm_loop: asyncio.AbstractEventLoop | None,
-        pid: Any,
+        pid: Pid,
         tag: str | None,
         nowait: bool,
         hold: concurrent.futures.Future[Any] | None = None,
@@ -271,7 +272,7 @@ class ProcessLauncher:
             return pid
         return await asyncio.shield(done)
 
-    async def _claim(self, pid: Any) -> None:
+    async def _claim(self, pid: Pid) -> None:
         """Own ``pid``'s claim, waiting while another live worker holds it (it runs the process now)."""
         loop = asyncio.get_running_loop()
         while not await loop.run_in_executor(None, self.persister.claim, pid, self.owner, self.claim_ttl):
@@ -353,7 +354,7 @@ class ProcessLauncher:
     def _answer(
         core: AsyncCommunicator,
         comm_loop: asyncio.AbstractEventLoop,
-        pid: Any,
+        pid: Pid,
         subject: str,
         cid: Any,
         fut: concurrent.futures.Future[Any],

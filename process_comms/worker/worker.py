@@ -12,11 +12,11 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-from . import defaults
-from .futures import run_on
+from .. import defaults
+from ..transports._loop import run_on
+from ..transports.threaded import ThreadCommunicator, connect
 from .launcher import ProcessLauncher
 from .persistence import Persister, get_persister
-from .threadcomms import ThreadCommunicator, connect
 
 __all__ = ["Worker"]
 

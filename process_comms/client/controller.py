@@ -12,21 +12,22 @@ import uuid
 from collections.abc import Coroutine, Iterable, Sequence
 from typing import Any, TypeVar
 
-from . import defaults
-from .communicator import AsyncCommunicator, BroadcastFilter
-from .errors import ProcessUnreachable, RemoteError, TaskRejected
-from .errors import TimeoutError as PCTimeoutError
-from .futures import with_deadline
-from .launcher import ANSWER_PREFIX
-from .loaders import ObjectLoader
-from .messages import (
+from .. import defaults
+from ..errors import ProcessUnreachable, RemoteError, TaskRejected
+from ..errors import TimeoutError as PCTimeoutError
+from ..transports._loop import with_deadline
+from ..transports.base import AsyncCommunicator, BroadcastFilter
+from ..wire.loaders import ObjectLoader
+from ..wire.messages import (
     RELEASE_KEY,
     Intent,
     MessageBuilder,
+    Pid,
     create_continue_body,
     create_create_body,
     create_launch_body,
 )
+from ..worker.launcher import ANSWER_PREFIX
 
 __all__ = ["RemoteProcessController", "TERMINAL_STATES"]
 
@@ -74,7 +75,7 @@ class RemoteProcessController:
         return await asyncio.wrap_future(self._communicator.submit(coro))
 
     # -- the core: coroutines that run on the communicator's loop -------------------------------
-    async def _rpc(self, pid: Any, msg: dict[str, Any], timeout: float | None) -> Any:
+    async def _rpc(self, pid: Pid, msg: dict[str, Any], timeout: float | None) -> Any:
         deadline = self.rpc_timeout if timeout is None else timeout
         return await with_deadline(self._core.rpc_send(pid, msg), deadline, f"{msg['intent']} of process {pid}")
 
@@ -125,7 +126,7 @@ class RemoteProcessController:
         results = await asyncio.gather(*(self._rpc(pid, msg, timeout) for pid in pids), return_exceptions=True)
         return dict(zip(pids, results, strict=True))
 
-    async def _wait_for(self, pid: Any, timeout: float | None, poll_interval: float) -> str:
+    async def _wait_for(self, pid: Pid, timeout: float | None, poll_interval: float) -> str:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[str] = loop.create_future()
 
@@ -171,13 +172,13 @@ class RemoteProcessController:
             await self._core.remove_broadcast_subscriber(identifier)
 
     # -- plumpy's API ----------------------------------------------------------------------------
-    async def get_status(self, pid: Any, timeout: float | None = None) -> dict[str, Any]:
+    async def get_status(self, pid: Pid, timeout: float | None = None) -> dict[str, Any]:
         """The status dict of process ``pid`` (``ctime``, ``paused``, ``process_string``, ``state``, ...)."""
         result: dict[str, Any] = await self._run(self._rpc(pid, MessageBuilder.status(), timeout))
         return result
 
     async def pause_process(
-        self, pid: Any, msg_text: str | None = None, timeout: float | None = None, *, release: bool = False
+        self, pid: Pid, msg_text: str | None = None, timeout: float | None = None, *, release: bool = False
     ) -> Any:
         """Pause ``pid`` at its next await point: True if paused, False if it had already ended.
 
@@ -189,12 +190,12 @@ class RemoteProcessController:
             message[RELEASE_KEY] = True
         return await self._run(self._rpc(pid, message, timeout))
 
-    async def play_process(self, pid: Any, timeout: float | None = None, *, resume: bool = False) -> Any:
+    async def play_process(self, pid: Pid, timeout: float | None = None, *, resume: bool = False) -> Any:
         """Resume ``pid`` (True); with ``resume=True`` a released process (no longer running anywhere) is
         first continued from its checkpoint on a worker."""
         return await self._run(self._play(pid, timeout, resume))
 
-    async def _play(self, pid: Any, timeout: float | None, resume: bool) -> Any:
+    async def _play(self, pid: Pid, timeout: float | None, resume: bool) -> Any:
         try:
             return await self._rpc(pid, MessageBuilder.play(), timeout)
         except ProcessUnreachable:
@@ -207,7 +208,7 @@ class RemoteProcessController:
         return await self._rpc(pid, MessageBuilder.play(), timeout)  # it was continued paused: play it
 
     async def kill_process(
-        self, pid: Any, msg_text: str | None = None, force_kill: bool = False, timeout: float | None = None
+        self, pid: Pid, msg_text: str | None = None, force_kill: bool = False, timeout: float | None = None
     ) -> Any:
         """Kill ``pid``: True if killed (now or before), False if it had ended otherwise."""
         return await self._run(self._rpc(pid, MessageBuilder.kill(msg_text, force_kill), timeout))
@@ -245,7 +246,7 @@ class RemoteProcessController:
 
     async def continue_process(
         self,
-        pid: Any,
+        pid: Pid,
         tag: str | None = None,
         nowait: bool = False,
         no_reply: bool = False,
@@ -292,7 +293,7 @@ class RemoteProcessController:
         """Kill many pids: ``{pid: result or exception}``."""
         return await self._run(self._bulk(pids, MessageBuilder.kill(msg_text, force_kill), timeout))
 
-    async def wait_for_process(self, pid: Any, timeout: float | None = None, poll_interval: float = 1.0) -> str:
+    async def wait_for_process(self, pid: Pid, timeout: float | None = None, poll_interval: float = 1.0) -> str:
         """Wait until ``pid`` reaches a terminal state; return it (``finished``, ``excepted`` or ``killed``).
 
         Listens to the process's ``state_changed`` broadcasts and polls its status as a fallback.

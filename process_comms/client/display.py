@@ -1,0 +1,274 @@
+"""Rendering helpers for people watching processes: a status table and a progress display.
+
+* :class:`StatusTable` shows ``{pid: status dict or exception}`` (what
+  :meth:`RemoteProcessController.get_status_many` returns) as an HTML table in a notebook
+  (``_repr_html_``) and as aligned text everywhere else (``str(table)``);
+  :func:`status_table` also accepts the ``{pid: future}`` mapping of the thread controller.
+* :class:`Progress` waits for many futures under one deadline, showing how many are done: a live
+  display in a notebook (when IPython is importable and a kernel runs it), a line on stderr otherwise.
+
+Nothing here requires IPython.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import html
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TextIO, TypeVar, overload
+
+from .. import defaults
+from ..wire.messages import Pid
+from .futures import outcomes, wait_all
+
+__all__ = ["COLUMNS", "TABLE_CSS_CLASS", "Progress", "StatusTable", "status_table"]
+
+K = TypeVar("K")
+
+#: The columns of a :class:`StatusTable`, in order.
+COLUMNS = ("pid", "state", "paused", "status", "class")
+
+#: CSS class of the ``<table>`` a :class:`StatusTable` renders (handy to find it in notebook outputs).
+TABLE_CSS_CLASS = "process-comms-status"
+
+
+def _state_of(status: Mapping[str, Any]) -> str:
+    """The short state name: ``state_name`` if present, else ``ProcessState.RUNNING`` -> ``running``."""
+    name = status.get("state_name")
+    if isinstance(name, str) and name:
+        return name
+    state = status.get("state")
+    if state is None:
+        return ""
+    return str(state).rsplit(".", 1)[-1].lower()
+
+
+def _error_text(exc: BaseException) -> str:
+    """An exception as shown in a table: its message (its type name if it has no message)."""
+    return str(exc) or type(exc).__name__
+
+
+def _row(pid: Pid, status: Mapping[str, Any] | BaseException) -> tuple[str, str, str, str, str]:
+    if isinstance(status, BaseException):
+        return (str(pid), "error", "", _error_text(status), "")
+    paused = status.get("paused")
+    text = status.get("status")
+    cls = status.get("class") or status.get("process_string") or ""
+    return (
+        str(pid),
+        _state_of(status),
+        "" if paused is None else ("yes" if paused else "no"),
+        "" if text is None else str(text),
+        str(cls),
+    )
+
+
+class StatusTable:
+    """A table of process statuses: HTML in a notebook, aligned text in a terminal.
+
+    ``statuses`` maps each pid to its status dict (as ``get_status`` returns it) or to the exception
+    its status call ended with (shown as the exception's message, in state ``error``).
+    """
+
+    def __init__(self, statuses: Mapping[Any, Mapping[str, Any] | BaseException]) -> None:
+        """Keep the rows of ``statuses`` in its order."""
+        self.statuses: dict[Any, Mapping[str, Any] | BaseException] = dict(statuses)
+        self.rows: list[tuple[str, str, str, str, str]] = [_row(pid, s) for pid, s in self.statuses.items()]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __repr__(self) -> str:
+        return f"<StatusTable of {len(self.rows)} process(es)>"
+
+    def __str__(self) -> str:
+        """The table as aligned text, one process per line under a header."""
+        widths = [len(c) for c in COLUMNS]
+        for row in self.rows:
+            widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+
+        def line(cells: Iterable[str]) -> str:
+            return "  ".join(cell.ljust(w) for cell, w in zip(cells, widths, strict=True)).rstrip()
+
+        out = [line(COLUMNS), line("-" * w for w in widths)]
+        out.extend(line(row) for row in self.rows)
+        return "\n".join(out)
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        """IPython's plain-text form: the aligned table."""
+        printer.text(repr(self) if cycle else str(self))
+
+    def _repr_html_(self) -> str:
+        """The table as HTML (every cell escaped); rows of failed status calls have class ``error``."""
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
+        body = []
+        for (pid, status), row in zip(self.statuses.items(), self.rows, strict=True):
+            css = ' class="error"' if isinstance(status, BaseException) else ""
+            cells = "".join(f"<td>{html.escape(cell)}</td>" for cell in row)
+            body.append(f'<tr{css} data-pid="{html.escape(str(pid))}">{cells}</tr>')
+        return f'<table class="{TABLE_CSS_CLASS}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+
+
+def status_table(
+    statuses: Mapping[Any, Mapping[str, Any] | BaseException | concurrent.futures.Future[Any]],
+    timeout: float | None = None,
+) -> StatusTable:
+    """Build a :class:`StatusTable`; futures among the values are waited for under one deadline.
+
+    ``status_table(await controller.get_status_many(pids))`` (asyncio controller) and
+    ``status_table(thread_controller.get_status_many(pids), timeout=5)`` both work. A future still
+    pending at the deadline (``timeout``, default :data:`process_comms.defaults.RPC_TIMEOUT`) is shown
+    as a timeout error.
+    """
+    futures = {pid: v for pid, v in statuses.items() if isinstance(v, concurrent.futures.Future)}
+    resolved = wait_all(futures, timeout) if futures else {}
+    rows: dict[Any, Mapping[str, Any] | BaseException] = {}
+    for pid, value in statuses.items():
+        outcome = resolved[pid] if pid in resolved else value
+        if isinstance(outcome, (Mapping, BaseException)):
+            rows[pid] = outcome
+        else:
+            rows[pid] = TypeError(f"not a status dict: {type(outcome).__name__}")
+    return StatusTable(rows)
+
+
+class _ProgressView:
+    """One state of a progress display, renderable as text and as HTML."""
+
+    def __init__(self, description: str, done: int, failed: int, total: int, elapsed: float, width: int) -> None:
+        self.description, self.done, self.failed, self.total = description, done, failed, total
+        self.elapsed, self.width = elapsed, width
+
+    def __str__(self) -> str:
+        filled = self.width if self.total == 0 else self.width * self.done // self.total
+        bar = "#" * filled + "-" * (self.width - filled)
+        failed = f", {self.failed} failed" if self.failed else ""
+        return f"{self.description}: [{bar}] {self.done}/{self.total} done{failed} ({self.elapsed:.1f} s)"
+
+    __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        failed = f", {self.failed} failed" if self.failed else ""
+        return (
+            '<div class="process-comms-progress">'
+            f"{html.escape(self.description)}: "
+            f'<progress value="{self.done}" max="{max(self.total, 1)}"></progress> '
+            f"{self.done}/{self.total} done{html.escape(failed)} ({self.elapsed:.1f} s)"
+            "</div>"
+        )
+
+
+def _notebook_display() -> Callable[..., Any] | None:
+    """IPython's ``display`` when running in a kernel (a notebook), else None; never requires IPython."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:
+        return None
+    shell = get_ipython()
+    if shell is None or getattr(shell, "kernel", None) is None:
+        return None
+    return display
+
+
+class Progress:
+    """Waits for many futures under one deadline while showing how many are done.
+
+    In a notebook the display updates in place (IPython's ``display(..., display_id=True)``);
+    elsewhere it writes to ``stream`` (stderr by default): one line rewritten in place on a
+    terminal, a new line whenever the count changes otherwise.
+    """
+
+    def __init__(
+        self,
+        description: str = "waiting",
+        *,
+        stream: TextIO | None = None,
+        width: int = 24,
+        interval: float = 0.2,
+        notebook: bool | None = None,
+    ) -> None:
+        """``notebook=None`` detects a running kernel; ``interval`` is the shortest time between updates."""
+        self.description = description
+        self.stream = stream
+        self.width = width
+        self.interval = interval
+        self.notebook = notebook
+
+    @overload
+    def track(
+        self, futures: Mapping[K, concurrent.futures.Future[Any]], timeout: float | None = None
+    ) -> dict[K, Any]: ...
+
+    @overload
+    def track(self, futures: Sequence[concurrent.futures.Future[Any]], timeout: float | None = None) -> list[Any]: ...
+
+    def track(
+        self,
+        futures: Mapping[Any, concurrent.futures.Future[Any]] | Sequence[concurrent.futures.Future[Any]],
+        timeout: float | None = None,
+    ) -> dict[Any, Any] | list[Any]:
+        """Wait for ``futures`` (at most ``timeout`` s, default 300) and return their outcomes.
+
+        A mapping gives ``{key: result or exception}``; a sequence (list, tuple) gives the outcomes in order.
+        As with :func:`process_comms.wait_all`, a future still pending at the deadline yields a
+        :class:`process_comms.TimeoutError` (it is not cancelled) and a cancelled one a ``CancelledError``.
+        """
+        items: dict[Any, concurrent.futures.Future[Any]] = (
+            dict(futures) if isinstance(futures, Mapping) else dict(enumerate(futures))
+        )
+        deadline_s = defaults.TASK_TIMEOUT if timeout is None else timeout
+        results = self._wait(items, deadline_s)
+        if isinstance(futures, Mapping):
+            return results
+        return [results[i] for i in range(len(items))]
+
+    def _wait(self, items: dict[Any, concurrent.futures.Future[Any]], timeout: float) -> dict[Any, Any]:
+        started = time.monotonic()
+        deadline = started + timeout
+        pending = set(items.values())
+        render = self._renderer()
+        last_shown = -1.0
+        while True:
+            now = time.monotonic()
+            finished = not pending or now >= deadline
+            if finished or now - last_shown >= self.interval:
+                done = sum(1 for f in items.values() if f.done())
+                failed = sum(1 for f in items.values() if f.done() and (f.cancelled() or f.exception() is not None))
+                render(_ProgressView(self.description, done, failed, len(items), now - started, self.width), finished)
+                last_shown = now
+            if finished:
+                break
+            wait = min(deadline - now, self.interval)
+            _, still = concurrent.futures.wait(pending, timeout=wait, return_when=concurrent.futures.FIRST_COMPLETED)
+            pending = set(still)
+        return outcomes(items, timeout)
+
+    def _renderer(self) -> Callable[[_ProgressView, bool], None]:
+        display = _notebook_display() if self.notebook in (None, True) else None
+        if display is not None:
+            handle: list[Any] = []
+
+            def show_in_notebook(view: _ProgressView, _final: bool) -> None:
+                if not handle:
+                    handle.append(display(view, display_id=True))
+                elif handle[0] is not None:
+                    handle[0].update(view)
+
+            return show_in_notebook
+
+        stream = self.stream if self.stream is not None else sys.stderr
+        in_place = bool(getattr(stream, "isatty", lambda: False)())
+        shown_done = [-1]
+
+        def show_as_text(view: _ProgressView, final: bool) -> None:
+            if in_place:
+                stream.write(f"\r{view}" + ("\n" if final else ""))
+            elif final or shown_done[0] != view.done:
+                stream.write(f"{view}\n")
+            shown_done[0] = view.done
+            stream.flush()
+
+        return show_as_text

@@ -1,0 +1,56 @@
+"""What a caller does with the futures the controllers return: wait for many under one deadline, await them.
+
+:class:`ControllerFuture` and the deadline helper are defined with the loop thread that completes them
+(:mod:`process_comms.transports._loop`) and re-exported here, the client's one home for futures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Awaitable, Iterable, Mapping
+from typing import Any, TypeVar
+
+from .. import defaults
+from ..errors import TimeoutError as PCTimeoutError
+from ..transports._loop import ControllerFuture, with_deadline
+
+__all__ = ["ControllerFuture", "wait_all", "as_asyncio", "with_deadline", "outcomes"]
+
+T = TypeVar("T")
+
+
+def as_asyncio(fut: concurrent.futures.Future[T] | Awaitable[T]) -> Awaitable[T]:
+    """Make a returned future awaitable from any running loop (e.g. Jupyter's)."""
+    if isinstance(fut, concurrent.futures.Future):
+        return asyncio.wrap_future(fut)
+    return fut
+
+
+def wait_all(
+    futures: Mapping[Any, concurrent.futures.Future[Any]] | Iterable[concurrent.futures.Future[Any]],
+    timeout: float | None = None,
+) -> dict[Any, Any]:
+    """Wait for many futures under one deadline; return ``{key: result or exception}``.
+
+    Keys are the mapping's keys, or the futures themselves for an iterable. Futures still pending at the
+    deadline map to a :class:`process_comms.TimeoutError` (they are not cancelled: the caller decides).
+    """
+    items = dict(futures) if isinstance(futures, Mapping) else {f: f for f in futures}
+    deadline = defaults.RPC_TIMEOUT if timeout is None else timeout
+    concurrent.futures.wait(list(items.values()), timeout=deadline)
+    return outcomes(items, deadline)
+
+
+def outcomes(futures: Mapping[Any, concurrent.futures.Future[Any]], deadline: float) -> dict[Any, Any]:
+    """``{key: result or exception}`` of futures now; one still pending maps to a TimeoutError."""
+    out: dict[Any, Any] = {}
+    for key, fut in futures.items():
+        if not fut.done():
+            out[key] = PCTimeoutError(f"no answer within {deadline:g} s")
+        elif fut.cancelled():
+            out[key] = concurrent.futures.CancelledError()
+        else:
+            exc = fut.exception()
+            out[key] = exc if exc is not None else fut.result()
+    return out

@@ -1,0 +1,146 @@
+"""The wire format: intents, RPC message bodies and task bodies, byte-for-byte as plumpy 0.26 builds them."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from typing import Any, Dict, Optional, TypeAlias
+
+from .loaders import ObjectLoader, get_object_loader
+
+__all__ = [
+    "Pid",
+    "PID_TYPE",
+    "Intent",
+    "MessageBuilder",
+    "MessageType",
+    "create_launch_body",
+    "create_continue_body",
+    "create_create_body",
+    "INTENT_KEY",
+    "MESSAGE_TEXT_KEY",
+    "FORCE_KILL_KEY",
+    "RELEASE_KEY",
+    "TASK_KEY",
+    "TASK_ARGS",
+    "PERSIST_KEY",
+    "PROCESS_CLASS_KEY",
+    "ARGS_KEY",
+    "KWARGS_KEY",
+    "NOWAIT_KEY",
+    "PID_KEY",
+    "TAG_KEY",
+    "LAUNCH_TASK",
+    "CONTINUE_TASK",
+    "CREATE_TASK",
+    "TASK_TYPES",
+]
+
+#: A process id: any hashable value whose ``str()`` is its routing key (plumpy: ``PID_TYPE = Hashable``).
+Pid: TypeAlias = Hashable
+PID_TYPE = Pid
+
+INTENT_KEY = "intent"
+MESSAGE_TEXT_KEY = "message"
+FORCE_KILL_KEY = "force_kill"
+#: Extra key of a pause (ignored by plumpy): checkpoint the paused process and stop running it.
+RELEASE_KEY = "release"
+
+TASK_KEY = "task"
+TASK_ARGS = "args"
+PERSIST_KEY = "persist"
+PROCESS_CLASS_KEY = "process_class"
+ARGS_KEY = "init_args"
+KWARGS_KEY = "init_kwargs"
+NOWAIT_KEY = "nowait"
+PID_KEY = "pid"
+TAG_KEY = "tag"
+LAUNCH_TASK = "launch"
+CONTINUE_TASK = "continue"
+CREATE_TASK = "create"
+TASK_TYPES = (LAUNCH_TASK, CONTINUE_TASK, CREATE_TASK)
+
+MessageType = Dict[str, Any]
+
+
+class Intent:
+    """The intents a process understands over RPC (and, for play/pause/kill, as broadcast subjects)."""
+
+    PLAY: str = "play"
+    PAUSE: str = "pause"
+    KILL: str = "kill"
+    STATUS: str = "status"
+
+    ALL = (PLAY, PAUSE, KILL, STATUS)
+
+
+class MessageBuilder:
+    """Builds the RPC message bodies sent to a process."""
+
+    @classmethod
+    def play(cls, text: Optional[str] = None) -> MessageType:
+        """Resume a paused process."""
+        return {INTENT_KEY: Intent.PLAY, MESSAGE_TEXT_KEY: text}
+
+    @classmethod
+    def pause(cls, text: Optional[str] = None) -> MessageType:
+        """Pause a process at its next await point; ``text`` becomes its status while paused."""
+        return {INTENT_KEY: Intent.PAUSE, MESSAGE_TEXT_KEY: text}
+
+    @classmethod
+    def kill(cls, text: Optional[str] = None, force_kill: bool = False) -> MessageType:
+        """Kill a process; ``force_kill`` terminates it without waiting for the current step."""
+        return {INTENT_KEY: Intent.KILL, MESSAGE_TEXT_KEY: text, FORCE_KILL_KEY: force_kill}
+
+    @classmethod
+    def status(cls, text: Optional[str] = None) -> MessageType:
+        """Ask a process for its status dict."""
+        return {INTENT_KEY: Intent.STATUS, MESSAGE_TEXT_KEY: text}
+
+
+def _identify(process_class: Any, loader: Optional[ObjectLoader]) -> str:
+    return (loader or get_object_loader()).identify_object(process_class)
+
+
+def create_launch_body(
+    process_class: Any,
+    init_args: Optional[Sequence[Any]] = None,
+    init_kwargs: Optional[Dict[str, Any]] = None,
+    persist: bool = False,
+    loader: Optional[ObjectLoader] = None,
+    nowait: bool = True,
+) -> Dict[str, Any]:
+    """Body of a ``launch`` task: instantiate ``process_class`` on a worker and run it."""
+    return {
+        TASK_KEY: LAUNCH_TASK,
+        TASK_ARGS: {
+            PROCESS_CLASS_KEY: _identify(process_class, loader),
+            PERSIST_KEY: persist,
+            NOWAIT_KEY: nowait,
+            ARGS_KEY: init_args,
+            KWARGS_KEY: init_kwargs,
+        },
+    }
+
+
+def create_continue_body(pid: Pid, tag: Optional[str] = None, nowait: bool = False) -> Dict[str, Any]:
+    """Body of a ``continue`` task: load ``pid``'s checkpoint on a worker and run it to the end."""
+    return {TASK_KEY: CONTINUE_TASK, TASK_ARGS: {PID_KEY: pid, NOWAIT_KEY: nowait, TAG_KEY: tag}}
+
+
+def create_create_body(
+    process_class: Any,
+    init_args: Optional[Sequence[Any]] = None,
+    init_kwargs: Optional[Dict[str, Any]] = None,
+    persist: bool = False,
+    loader: Optional[ObjectLoader] = None,
+) -> Dict[str, Any]:
+    """Body of a ``create`` task: instantiate (and optionally checkpoint) a process without running it."""
+    return {
+        TASK_KEY: CREATE_TASK,
+        TASK_ARGS: {
+            PROCESS_CLASS_KEY: _identify(process_class, loader),
+            PERSIST_KEY: persist,
+            ARGS_KEY: init_args,
+            KWARGS_KEY: init_kwargs,
+        },
+    }
