@@ -1,4 +1,4 @@
-"""Tests for process_comms.persistence: in memory, SQLite (file) and PostgreSQL (127.0.0.1:5432/test)."""
+"""Tests for process_comms.worker.persistence: in memory, SQLite (file) and PostgreSQL (127.0.0.1:5432/test)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
 """The worker side of tasks: ``ProcessLauncher`` turns ``launch``/``create``/``continue`` tasks into
-running processes, wires each to the communicator (so it can be controlled: plumpy's are not, B9),
-and refuses what it must not run with one terminal error reply (never a requeue loop: B6, B7).
+running processes and wires each to the communicator, so it can be paused, killed and watched
+(processes started by a bare plumpy launcher cannot be). What it must not run (unknown task type,
+malformed body, a class it may not load) gets one terminal error reply, never a requeue loop or a
+message held forever: see ../shared/pain-points.md and the "Bad input" section of RELIABILITY.md.
 """
 
 from __future__ import annotations
@@ -199,7 +201,7 @@ class ProcessLauncher:
     async def _save(self, proc: Process) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.persister.save_checkpoint, proc)
 
-    async def _create(self, cls: type[Process], init_args: Any, init_kwargs: dict[str, Any], persist: bool) -> Any:
+    async def _create(self, cls: type[Process], init_args: Any, init_kwargs: dict[str, Any], persist: bool) -> Pid:
         proc = self._instantiate(cls, init_args, init_kwargs)
         if persist:
             await self._save(proc)
@@ -364,7 +366,7 @@ class ProcessLauncher:
             comm_loop, core.broadcast_send(result, sender=pid, subject=f"{ANSWER_PREFIX}{subject}", correlation_id=cid)
         )
 
-    async def suspend_all(self) -> list[Any]:
+    async def suspend_all(self) -> list[Pid]:
         """Stop every live process here, saving its checkpoint (graceful shutdown); returns their pids."""
         procs = list(self._processes.values())
         await asyncio.gather(*(proc.suspend() for proc in procs), return_exceptions=True)

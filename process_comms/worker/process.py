@@ -24,7 +24,7 @@ import time
 import uuid
 from typing import Any
 
-from ..errors import ProcessKilled, RemoteError
+from ..errors import ProcessCommsError, ProcessKilled, RemoteError
 from ..transports._loop import run_on
 from ..transports.base import AsyncCommunicator, host_info
 from ..wire.loaders import ObjectLoader, get_object_loader
@@ -60,7 +60,7 @@ class KilledError(ProcessKilled):
         super().__init__(message, "KilledError")
 
 
-class Suspended(Exception):
+class Suspended(ProcessCommsError):
     """The worker stopped running the process (graceful shutdown); its task was handed back."""
 
 

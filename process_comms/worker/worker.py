@@ -15,6 +15,7 @@ from typing import Any
 from .. import defaults
 from ..transports._loop import run_on
 from ..transports.threaded import ThreadCommunicator, connect
+from ..wire.messages import Pid
 from .launcher import ProcessLauncher
 from .persistence import Persister, get_persister
 
@@ -57,9 +58,9 @@ class Worker:
     def __exit__(self, *exc: Any) -> None:
         self.stop()
 
-    async def _release(self) -> list[Any]:
+    async def _release(self) -> list[Pid]:
         """Stop taking tasks, checkpoint and stop the running processes, then requeue their tasks."""
-        suspended: list[Any] = []
+        suspended: list[Pid] = []
 
         async def suspend() -> None:
             coro = self.launcher.suspend_all()
@@ -68,13 +69,13 @@ class Worker:
         await self.communicator.core.release_tasks(suspend())
         return suspended
 
-    def stop(self, graceful: bool = True, timeout: float = defaults.CLOSE_TIMEOUT) -> list[Any]:
+    def stop(self, graceful: bool = True, timeout: float = defaults.CLOSE_TIMEOUT) -> list[Pid]:
         """Stop; gracefully: checkpoint running processes and requeue their tasks. Returns the pids handed back."""
         with self._lock:
             if self._stopped.is_set():
                 return []
             self._stopped.set()
-        handed_back: list[Any] = []
+        handed_back: list[Pid] = []
         if graceful and not self.communicator.is_closed():
             try:
                 handed_back = self.communicator.submit(self._release()).result(timeout)

@@ -1,0 +1,143 @@
+"""The plumpy ``Persister`` interface and the JSON rules every store shares.
+
+State is stored as JSON text written by :class:`~process_comms.wire.codec.JsonCodec` (never pickled), so
+a bundle must be a JSON-safe dict (UUIDs allowed) that survives a round trip unchanged.
+"""
+
+from __future__ import annotations
+
+import abc
+from types import TracebackType
+from typing import Any, NamedTuple, Protocol, TypeVar
+
+from ...errors import DecodeError, EncodeError, PersistenceError
+from ...wire.codec import JsonCodec
+from ...wire.messages import Pid
+
+__all__ = ["MAX_BUNDLE_BYTES", "Bundle", "PersistedCheckpoint", "Persister"]
+
+#: Largest bundle accepted (encoded size); checkpoints are not wire messages, so the limit is generous.
+MAX_BUNDLE_BYTES = 256 * 1024 * 1024
+
+_codec = JsonCodec(max_bytes=MAX_BUNDLE_BYTES)
+_P = TypeVar("_P", bound="Persister")
+
+
+class PersistedCheckpoint(NamedTuple):
+    """Names one stored checkpoint: the process id and the tag (``None`` for the untagged one)."""
+
+    pid: Pid
+    tag: str | None
+
+
+class Bundle(dict):  # type: ignore[type-arg]
+    """The saved state of a process: a plain JSON-safe dict (UUID values allowed)."""
+
+
+def _encode(value: Any, what: str) -> str:
+    """Encode ``value`` to JSON text, refusing anything that would not come back equal."""
+    try:
+        text: str = _codec.encode(value).decode("utf-8")
+        same = _codec.decode(text) == value
+    except (EncodeError, DecodeError) as exc:
+        raise PersistenceError(f"{what} is not JSON-safe: {exc}") from exc
+    if not same:
+        raise PersistenceError(f"{what} is not JSON-safe: it changes in a JSON round trip (tuples, non-str keys?)")
+    return text
+
+
+def _pid_key(pid: Pid) -> str:
+    """Return the storage key of ``pid``: its JSON text, which keeps ``1``, ``"1"`` and UUIDs apart."""
+    key = _encode(pid, f"pid {pid!r}")
+    if type(_codec.decode(key)) is not type(pid):
+        raise PersistenceError(f"pid {pid!r} cannot be stored: use a str, int or uuid.UUID")
+    return key
+
+
+def _decode_pid(key: str) -> Pid:
+    """The pid whose storage key is ``key``."""
+    pid: Pid = _codec.decode(key)
+    return pid
+
+
+def _check_tag(tag: str | None) -> str:
+    if tag is not None and not isinstance(tag, str):
+        raise TypeError(f"tag must be a str or None, not {type(tag).__name__}")
+    return tag or ""
+
+
+def _missing(pid: Pid, tag: str | None) -> PersistenceError:
+    return PersistenceError(f"no checkpoint for process {pid} (tag {tag!r})")
+
+
+def _load(text: str | bytes) -> Bundle:
+    try:
+        return Bundle(_codec.decode(text))
+    except DecodeError as exc:
+        raise PersistenceError(f"stored checkpoint cannot be decoded: {exc}") from exc
+
+
+def _bundle_text(bundle: Any) -> str:
+    if not isinstance(bundle, dict):
+        raise PersistenceError(f"a checkpoint must be a dict, not {type(bundle).__name__}")
+    return _encode(bundle, "checkpoint state")
+
+
+class _Process(Protocol):
+    pid: Pid
+
+    def save(self) -> Any: ...
+
+
+class Persister(abc.ABC):
+    """Saves and loads process checkpoints, keyed by process id and optional tag."""
+
+    def save_checkpoint(self, process: _Process, tag: str | None = None) -> None:
+        """Store ``process.save()`` as the checkpoint of ``process.pid`` under ``tag``."""
+        self.save_bundle(process.pid, process.save(), tag)
+
+    @abc.abstractmethod
+    def save_bundle(self, pid: Pid, bundle: dict[str, Any], tag: str | None = None) -> None:
+        """Store ``bundle`` as the checkpoint of ``pid`` under ``tag``, replacing any previous one."""
+
+    @abc.abstractmethod
+    def load_checkpoint(self, pid: Pid, tag: str | None = None) -> Bundle:
+        """Return an independent copy of the stored checkpoint; PersistenceError if there is none."""
+
+    @abc.abstractmethod
+    def get_checkpoints(self) -> list[PersistedCheckpoint]:
+        """Return every stored checkpoint."""
+
+    @abc.abstractmethod
+    def get_process_checkpoints(self, pid: Pid) -> list[PersistedCheckpoint]:
+        """Return the checkpoints stored for ``pid``."""
+
+    @abc.abstractmethod
+    def delete_checkpoint(self, pid: Pid, tag: str | None = None) -> None:
+        """Delete one checkpoint; deleting a missing one is not an error."""
+
+    @abc.abstractmethod
+    def delete_process_checkpoints(self, pid: Pid) -> None:
+        """Delete every checkpoint of ``pid``."""
+
+    def claim(self, pid: Pid, owner: str, ttl: float) -> bool:
+        """Take or renew the right to run ``pid`` for ``ttl`` seconds; False while another owner's claim is live.
+
+        Workers sharing a store use it so that a redelivered task never starts a second copy of a process
+        that still runs elsewhere (after a connection loss or a consumer timeout); a dead owner's claim expires.
+        """
+        return True
+
+    def release(self, pid: Pid, owner: str) -> None:
+        """Give up ``owner``'s claim on ``pid`` (no error if it holds none)."""
+
+    def close(self) -> None:
+        """Release resources held by the persister."""
+
+    def __enter__(self: _P) -> _P:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

@@ -1,0 +1,261 @@
+"""Checkpoints in one SQL table, in SQLite or PostgreSQL.
+
+The two databases differ only in what :class:`_Dialect` holds (how to connect, the parameter
+placeholder, the timestamp type, which errors mean what); the statements are written once.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ...errors import PersistenceError
+from ...urls import mask_url
+from ...wire.messages import Pid
+from ._base import (
+    Bundle,
+    PersistedCheckpoint,
+    Persister,
+    _bundle_text,
+    _check_tag,
+    _decode_pid,
+    _load,
+    _missing,
+    _pid_key,
+)
+
+__all__ = ["DEFAULT_TABLE", "SqlPersister"]
+
+#: Table used by :class:`SqlPersister` unless another is named.
+DEFAULT_TABLE = "process_comms_checkpoints"
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_URL_HELP = "use sqlite:///path.db, sqlite://, postgresql://user@host:port/db or memory://"
+_SQLITE_HELP = "use sqlite:///relative.db or sqlite:////abs/path.db"
+
+# Statements, with ``{table}`` and ``{p}`` (the dialect's placeholder) filled in per persister.
+_DDL = (
+    "CREATE TABLE IF NOT EXISTS {table} (pid_key TEXT NOT NULL, tag TEXT NOT NULL DEFAULT '', "
+    "pid_json TEXT NOT NULL, bundle TEXT NOT NULL, "
+    "updated_at {timestamp} NOT NULL DEFAULT CURRENT_TIMESTAMP, PRIMARY KEY (pid_key, tag))"
+)
+_CLAIMS_DDL = (
+    "CREATE TABLE IF NOT EXISTS {table}_claims (pid_key TEXT PRIMARY KEY, owner TEXT NOT NULL, "
+    "expires_at DOUBLE PRECISION NOT NULL)"
+)
+_UPSERT = (
+    "INSERT INTO {table} (pid_key, tag, pid_json, bundle, updated_at) VALUES ({p}, {p}, {p}, {p}, CURRENT_TIMESTAMP) "
+    "ON CONFLICT (pid_key, tag) DO UPDATE SET pid_json = excluded.pid_json, bundle = excluded.bundle, "
+    "updated_at = excluded.updated_at"
+)
+_LOAD = "SELECT bundle FROM {table} WHERE pid_key = {p} AND tag = {p}"
+_LIST_ALL = "SELECT pid_json, tag FROM {table} ORDER BY pid_key, tag"
+_LIST_PID = "SELECT tag FROM {table} WHERE pid_key = {p} ORDER BY tag"
+_DELETE = "DELETE FROM {table} WHERE pid_key = {p} AND tag = {p}"
+_DELETE_PID = "DELETE FROM {table} WHERE pid_key = {p}"
+_CLAIM = (
+    "INSERT INTO {table}_claims (pid_key, owner, expires_at) VALUES ({p}, {p}, {p}) "
+    "ON CONFLICT (pid_key) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at "
+    "WHERE {table}_claims.owner = excluded.owner OR {table}_claims.expires_at < {p}"
+)
+_CLAIM_OWNER = "SELECT owner FROM {table}_claims WHERE pid_key = {p}"
+_RELEASE = "DELETE FROM {table}_claims WHERE pid_key = {p} AND owner = {p}"
+
+
+@dataclass(frozen=True)
+class _Dialect:
+    """What one database needs: chosen once from the URL by :func:`_dialect_for`."""
+
+    #: DB-API parameter placeholder.
+    placeholder: str
+    #: Column type of ``updated_at``.
+    timestamp_type: str
+    #: The driver's base error: any of these fails the call with PersistenceError.
+    errors: tuple[type[Exception], ...]
+    #: Errors a ``CREATE TABLE IF NOT EXISTS`` raises when another client creates the table at the same moment.
+    create_races: tuple[type[Exception], ...]
+    #: Open a connection in autocommit mode, waiting at most the given seconds for a lock or the server.
+    connect: Callable[[float], Any]
+    #: True if the connection is unusable after an error (then it is replaced and the statement retried once).
+    is_broken: Callable[[Any], bool]
+
+
+def _sqlite_path(url: str) -> str:
+    if not url.lower().startswith("sqlite://"):
+        raise ValueError(f"invalid SQLite URL {url!r}: {_SQLITE_HELP}")
+    rest = url[len("sqlite://") :]
+    if rest in ("", "/", "/:memory:"):
+        return ":memory:"
+    if not rest.startswith("/"):
+        raise ValueError(f"invalid SQLite URL {url!r}: {_SQLITE_HELP}")
+    return rest[1:]
+
+
+def _enable_wal(conn: sqlite3.Connection, busy_timeout: float) -> None:
+    """Switch to WAL; that switch skips the busy handler, so retry it until the busy timeout."""
+    deadline = time.monotonic() + busy_timeout
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)  # back off while another process initialises the file
+    conn.execute("PRAGMA synchronous = NORMAL")
+
+
+def _connect_sqlite(path: str, busy_timeout: float) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        if path != ":memory:":
+            _enable_wal(conn, busy_timeout)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _connect_postgres(url: str, busy_timeout: float) -> Any:
+    import psycopg
+
+    return psycopg.connect(url, autocommit=True, connect_timeout=int(busy_timeout))
+
+
+def _dialect_for(url: str) -> _Dialect:
+    """The dialect of ``url``'s scheme; ValueError for a scheme (or SQLite URL) it cannot serve."""
+    scheme = url.partition(":")[0].lower()
+    if scheme == "sqlite":
+        return _Dialect(
+            placeholder="?",
+            timestamp_type="TEXT",
+            errors=(sqlite3.Error,),
+            create_races=(),
+            connect=functools.partial(_connect_sqlite, _sqlite_path(url)),
+            is_broken=lambda _conn: False,  # a local file: an error is the statement's, never the connection's
+        )
+    if scheme in ("postgresql", "postgres"):
+        import psycopg
+
+        return _Dialect(
+            placeholder="%s",
+            timestamp_type="TIMESTAMPTZ",
+            errors=(psycopg.Error,),
+            create_races=(psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable),
+            connect=functools.partial(_connect_postgres, url),
+            is_broken=lambda conn: bool(conn.broken or conn.closed),
+        )
+    raise ValueError(f"unknown persister URL scheme {scheme!r} in {mask_url(url)!r}: {_URL_HELP}")
+
+
+class SqlPersister(Persister):
+    """Stores checkpoints in one SQL table: ``sqlite:///file.db``, ``sqlite://`` or ``postgresql://...``."""
+
+    def __init__(self, url: str, table: str = DEFAULT_TABLE, busy_timeout: float = 30.0) -> None:
+        if not _IDENTIFIER.match(table):
+            raise ValueError(f"invalid table name {table!r}: use letters, digits and underscores")
+        self.url, self.table = url, table
+        self._busy_timeout = busy_timeout
+        self._dialect = _dialect_for(url)
+        self._lock = threading.Lock()
+        self._conn: Any = None
+        self._closed = False
+        with self._lock:
+            self._connect()
+
+    def _sql(self, template: str) -> str:
+        return template.format(table=self.table, p=self._dialect.placeholder, timestamp=self._dialect.timestamp_type)
+
+    def _connect(self) -> Any:
+        """Open the connection and create the tables; called with the lock held."""
+        dialect, conn = self._dialect, None
+        try:
+            conn = dialect.connect(self._busy_timeout)
+            for statement in (_DDL, _CLAIMS_DDL):
+                try:
+                    conn.execute(self._sql(statement))
+                except dialect.create_races:
+                    pass  # another client created the table at the same moment
+        except dialect.errors as exc:
+            if conn is not None:
+                conn.close()
+            raise PersistenceError(f"cannot open checkpoint store {mask_url(self.url)}: {exc}") from exc
+        self._conn = conn
+        return conn
+
+    def _execute(self, template: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run one statement (retried once on a fresh connection if the old one broke)."""
+        sql = self._sql(template)
+        with self._lock:
+            if self._closed:
+                raise PersistenceError(f"{self!r} is closed")
+            for attempt in (1, 2):
+                conn = self._conn if self._conn is not None else self._connect()
+                try:
+                    cursor = conn.execute(sql, tuple(params))
+                    return list(cursor.fetchall()) if cursor.description else []
+                except self._dialect.errors as exc:
+                    broken = self._dialect.is_broken(conn)
+                    if broken:
+                        self._conn = None
+                        conn.close()
+                    if not broken or attempt == 2:
+                        raise PersistenceError(f"checkpoint store {mask_url(self.url)} failed: {exc}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def save_bundle(self, pid: Pid, bundle: dict[str, Any], tag: str | None = None) -> None:
+        """Upsert ``bundle`` as the checkpoint of ``pid`` under ``tag``."""
+        key, text = _pid_key(pid), _bundle_text(bundle)
+        self._execute(_UPSERT, (key, _check_tag(tag), key, text))
+
+    def load_checkpoint(self, pid: Pid, tag: str | None = None) -> Bundle:
+        """Return the checkpoint of ``pid`` under ``tag``, decoded afresh."""
+        rows = self._execute(_LOAD, (_pid_key(pid), _check_tag(tag)))
+        if not rows:
+            raise _missing(pid, tag)
+        return _load(rows[0][0])
+
+    def get_checkpoints(self) -> list[PersistedCheckpoint]:
+        """Return every stored checkpoint."""
+        return [PersistedCheckpoint(_decode_pid(p), t or None) for p, t in self._execute(_LIST_ALL)]
+
+    def get_process_checkpoints(self, pid: Pid) -> list[PersistedCheckpoint]:
+        """Return the checkpoints stored for ``pid``."""
+        return [PersistedCheckpoint(pid, t or None) for (t,) in self._execute(_LIST_PID, (_pid_key(pid),))]
+
+    def delete_checkpoint(self, pid: Pid, tag: str | None = None) -> None:
+        """Delete one checkpoint if present."""
+        self._execute(_DELETE, (_pid_key(pid), _check_tag(tag)))
+
+    def delete_process_checkpoints(self, pid: Pid) -> None:
+        """Delete every checkpoint of ``pid``."""
+        self._execute(_DELETE_PID, (_pid_key(pid),))
+
+    def claim(self, pid: Pid, owner: str, ttl: float) -> bool:
+        """One atomic upsert: take the claim if it is free, expired or already ``owner``'s."""
+        key, now = _pid_key(pid), time.time()
+        self._execute(_CLAIM, (key, owner, now + ttl, now))
+        rows = self._execute(_CLAIM_OWNER, (key,))
+        return bool(rows) and rows[0][0] == owner
+
+    def release(self, pid: Pid, owner: str) -> None:
+        """Drop ``owner``'s claim on ``pid``."""
+        self._execute(_RELEASE, (_pid_key(pid), owner))
+
+    def close(self) -> None:
+        """Close the connection; later calls raise PersistenceError."""
+        with self._lock:
+            self._closed = True
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def __repr__(self) -> str:
+        return f"SqlPersister({mask_url(self.url)!r}, table={self.table!r})"
