@@ -70,8 +70,9 @@ class LineReader:
         self._thread.start()
 
     def _read(self, stream: IO[str]) -> None:
-        for line in stream:
-            self.lines.put(line.rstrip("\n"))
+        with stream:  # closed at end of output: no unclosed-file warning
+            for line in stream:
+                self.lines.put(line.rstrip("\n"))
         self.lines.put(None)
 
     def next(self, timeout: float) -> str | None:

@@ -1,0 +1,191 @@
+"""What several commands share: the context built from the global options, the connection, pids, output."""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import sys
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TextIO
+
+from .. import defaults
+from ..client.futures import outcomes, wait_all
+from ..transports.threaded import ThreadCommunicator, connect
+from ..urls import mask_url
+from .main import EXIT_BROKER, EXIT_OK, PROG, CliError, Scrubber, describe, exit_code_for, print_error
+
+if TYPE_CHECKING:
+    SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
+    #: What each command module's ``run`` is: the parsed arguments and the context in, the exit code out.
+    Run = Callable[[argparse.Namespace, "Context"], int]
+
+__all__ = ["GRACE", "Context", "connect_from", "is_tty", "parse_pid", "report", "unique_pids", "wait_many"]
+
+#: Extra seconds the command waits beyond --timeout, so the library's own typed deadline fires first.
+GRACE = 2.0
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    return str(value)
+
+
+@dataclass
+class Context:
+    """What every command needs: the parsed arguments, the broker URL and the output channels."""
+
+    args: argparse.Namespace
+    broker: str
+    scrub: Scrubber
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+    err: TextIO = field(default_factory=lambda: sys.stderr)
+
+    @property
+    def json(self) -> bool:
+        """True with --json."""
+        return bool(self.args.json)
+
+    @property
+    def timeout(self) -> float:
+        """Seconds any wait may last (--timeout)."""
+        return float(self.args.timeout)
+
+    @property
+    def task_queue(self) -> str:
+        """The task queue's name: --task-queue, else the task exchange's name (as the library does)."""
+        return str(self.args.task_queue or self.args.task_exchange)
+
+    def comm_options(self) -> dict[str, Any]:
+        """Exchange and queue names for :func:`process_comms.connect`."""
+        return {
+            "message_exchange": self.args.message_exchange,
+            "task_exchange": self.args.task_exchange,
+            "task_queue": self.task_queue,
+            "connect_timeout": min(self.timeout, defaults.CONNECT_TIMEOUT),
+        }
+
+    def print(self, text: str) -> None:
+        """One line on stdout (flushed: others may be reading it line by line)."""
+        print(text, file=self.out, flush=True)
+
+    def print_json(self, value: Any) -> None:
+        """``value`` as one line of JSON on stdout."""
+        self.print(json.dumps(value, default=_json_default, sort_keys=True))
+
+    def error(self, message: str) -> None:
+        """One error line on stderr, password scrubbed."""
+        print_error(message, self.scrub, self.err)
+
+    def warn(self, message: str) -> None:
+        """One warning line on stderr."""
+        print(f"{PROG}: warning: {self.scrub(message)}", file=self.err, flush=True)
+
+
+def connect_from(ctx: Context) -> ThreadCommunicator:
+    """A connected communicator with the global options' names and deadlines."""
+    try:
+        return connect(ctx.broker, rpc_timeout=ctx.timeout, task_timeout=ctx.timeout, **ctx.comm_options())
+    except (TimeoutError, concurrent.futures.TimeoutError):
+        raise CliError(f"could not connect to {mask_url(ctx.broker)} in time", EXIT_BROKER) from None
+
+
+# -- pids ------------------------------------------------------------------------------------------
+def parse_pid(text: str) -> Any:
+    """A pid from the command line: a UUID if it parses as one, else an int, else the string itself."""
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        pass
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def unique_pids(texts: Sequence[str]) -> list[tuple[str, Any]]:
+    """``[(display form, pid)]`` in order, without duplicates; the display form is what routing uses."""
+    seen: dict[str, Any] = {}
+    for text in texts:
+        pid = parse_pid(text)
+        seen.setdefault(str(pid), pid)
+    return list(seen.items())
+
+
+# -- waiting ---------------------------------------------------------------------------------------
+def is_tty(stream: TextIO) -> bool:
+    """True if ``stream`` is a terminal (False for closed or fake streams)."""
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class _Bar:
+    """A one-line progress bar on a TTY: ``\\r[#####.....] 5/10``."""
+
+    # TODO(lead): replace with process_comms.client.display.Progress once it can draw a bar without the
+    # "<description>: " prefix and the "done (0.1 s)" suffix (tests/test_cli.py asserts "\r[" and "2/3")
+    WIDTH = 20
+
+    def __init__(self, total: int, stream: TextIO) -> None:
+        self.total = total
+        self.stream = stream
+        self.update(0)
+
+    def update(self, done: int) -> None:
+        """Redraw the bar with ``done`` of ``total`` finished."""
+        filled = self.WIDTH * done // self.total if self.total else self.WIDTH
+        self.stream.write(f"\r[{'#' * filled}{'.' * (self.WIDTH - filled)}] {done}/{self.total}")
+        self.stream.flush()
+
+    def finish(self) -> None:
+        """End the bar's line."""
+        self.stream.write("\n")
+        self.stream.flush()
+
+
+def wait_many(
+    futures: Mapping[str, concurrent.futures.Future[Any]], timeout: float, progress_stream: TextIO | None = None
+) -> dict[str, Any]:
+    """Wait for many futures under one deadline; ``{pid: result or exception}``, with a TTY progress bar.
+
+    Outcomes as :func:`process_comms.wait_all` gives them; what did not answer in time is then cancelled.
+    """
+    if progress_stream is None or len(futures) < 2 or not is_tty(progress_stream):
+        results = wait_all(futures, timeout)
+    else:
+        bar = _Bar(len(futures), progress_stream)
+        deadline = time.monotonic() + timeout
+        pending = set(futures.values())
+        while pending and (remaining := deadline - time.monotonic()) > 0:
+            _, pending = concurrent.futures.wait(pending, remaining, concurrent.futures.FIRST_COMPLETED)
+            bar.update(len(futures) - len(pending))
+        bar.finish()
+        results = outcomes(futures, timeout)
+    for fut in futures.values():
+        fut.cancel()  # stop waiting for what did not answer (a no-op for the others)
+    return results
+
+
+# -- output ----------------------------------------------------------------------------------------
+def report(ctx: Context, records: list[dict[str, Any]], key: str, outcome: Any) -> int:
+    """Add one PID's outcome to the JSON records and report a failure at once; return its exit code."""
+    if isinstance(outcome, BaseException):
+        records.append(
+            {
+                "pid": key,
+                "ok": False,
+                "error": describe(outcome),
+                "error_type": type(outcome).__name__,
+                "exit_code": exit_code_for(outcome),
+            }
+        )
+        ctx.error(describe(outcome))
+        return exit_code_for(outcome)
+    records.append({"pid": key, "ok": True, "result": outcome})
+    return EXIT_OK

@@ -1,0 +1,96 @@
+"""``process-comms pause|play|kill``: each PID (one line each), or every process by broadcast with --all."""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+from ..client.controller import RemoteProcessController
+from ..client.thread_controller import RemoteProcessThreadController
+from ._common import GRACE, connect_from, report, unique_pids, wait_many
+from .main import EXIT_OK, EXIT_USAGE, CliError, add_command
+
+if TYPE_CHECKING:
+    from ._common import Context, SubParsers
+
+__all__ = ["register", "run"]
+
+_DONE_TEXT = {
+    ("pause", True): "paused",
+    ("pause", False): "not paused: it had already ended",
+    ("play", True): "playing",
+    ("kill", True): "killed",
+    ("kill", False): "not killed: it had already ended otherwise",
+}
+
+
+def register(subparsers: SubParsers) -> None:
+    """Add ``pause``, ``play`` and ``kill``."""
+    for name, what in (("pause", "pause"), ("play", "resume"), ("kill", "kill")):
+        p = add_command(subparsers, name, f"{what} processes by pid, or every process with --all")
+        p.add_argument("pids", metavar="PID", nargs="*")
+        p.add_argument(
+            "--all",
+            action="store_true",
+            help=f"{what} every process (a broadcast, confirmed by the broker, not by each process)",
+        )
+        if name != "play":
+            p.add_argument("--message", metavar="TEXT", help="the reason, shown as the process's status text")
+        if name == "kill":
+            p.add_argument(
+                "--force", action="store_true", help="mark killed at once, without waiting for the run to end"
+            )
+        p.set_defaults(run=run)
+
+
+def _broadcast(ctx: Context, intent: str, message: str | None, force: bool) -> int:
+    if force:
+        ctx.warn("--force is ignored with --all: a broadcast kill is never forced")
+    with connect_from(ctx) as comm:
+        core = RemoteProcessController(comm, rpc_timeout=ctx.timeout)
+        broadcast: dict[str, Callable[[], Coroutine[Any, Any, dict[Any, Any] | None]]] = {
+            "pause": lambda: core.pause_all(message),
+            "play": core.play_all,
+            "kill": lambda: core.kill_all(message),
+        }
+        comm.submit(broadcast[intent]()).result(ctx.timeout + GRACE)
+    if ctx.json:
+        ctx.print_json({"all": True, "intent": intent, "sent": True})
+    else:
+        ctx.print(f"{intent} sent to every process")
+    return EXIT_OK
+
+
+def run(args: argparse.Namespace, ctx: Context) -> int:
+    """pause / play / kill: each PID (one line each), or every process by broadcast with --all."""
+    intent: str = args.command
+    message: str | None = getattr(args, "message", None)
+    force: bool = bool(getattr(args, "force", False))
+    if args.all and args.pids:
+        raise CliError(f"{intent}: give PIDs or --all, not both", EXIT_USAGE)
+    if not args.all and not args.pids:
+        raise CliError(f"{intent}: give at least one PID, or --all", EXIT_USAGE)
+    if args.all:
+        return _broadcast(ctx, intent, message, force)
+    pids = unique_pids(args.pids)
+    with connect_from(ctx) as comm:
+        controller = RemoteProcessThreadController(comm, rpc_timeout=ctx.timeout)
+        calls: dict[str, Callable[[Any], concurrent.futures.Future[Any]]] = {
+            "pause": lambda pid: controller.pause_process(pid, message, ctx.timeout),
+            "play": lambda pid: controller.play_process(pid, ctx.timeout),
+            "kill": lambda pid: controller.kill_process(pid, message, force, ctx.timeout),
+        }
+        futures = {key: calls[intent](pid) for key, pid in pids}
+        results = wait_many(futures, ctx.timeout + GRACE, ctx.err)
+    code = EXIT_OK
+    records: list[dict[str, Any]] = []
+    for key, outcome in results.items():
+        code = max(code, report(ctx, records, key, outcome))
+        if not isinstance(outcome, BaseException) and not ctx.json:
+            done = _DONE_TEXT.get((intent, bool(outcome)), str(outcome)) if isinstance(outcome, bool) else str(outcome)
+            ctx.print(f"{key} {done}")
+    if ctx.json:
+        ctx.print_json(records)
+    return code

@@ -1,0 +1,85 @@
+"""``process-comms launch``: launch a process on a worker; print its outputs, or its pid with --nowait."""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+from typing import TYPE_CHECKING, Any
+
+from ..client.thread_controller import RemoteProcessThreadController
+from ..errors import TimeoutError as PCTimeoutError
+from ..wire.loaders import ObjectLoader
+from ._common import GRACE, connect_from
+from .main import EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, CliError, add_command, describe
+
+if TYPE_CHECKING:
+    from ._common import Context, SubParsers
+
+__all__ = ["register", "run"]
+
+
+class _NameOnlyLoader(ObjectLoader):
+    """Identifies a class by the ``module:Name`` given, without importing it: only the worker loads code."""
+
+    def load_object(self, identifier: str) -> Any:
+        """Never called on the client: the worker loads (and allow-lists) the class."""
+        raise CliError("the command line does not import process classes")
+
+    def identify_object(self, obj: Any) -> str:
+        """The identifier as given (validated by :func:`_check_class_name`)."""
+        return str(obj)
+
+
+def _check_class_name(name: str) -> str:
+    module, sep, attr = name.partition(":")
+    if not sep or not module or not attr or ":" in attr:
+        raise CliError(f"invalid CLASS {name!r}: expected 'module:Name'", EXIT_USAGE)
+    return name
+
+
+def register(subparsers: SubParsers) -> None:
+    """Add ``launch`` and its options."""
+    p = add_command(subparsers, "launch", "launch a process on a worker; print its outputs, or its pid with --nowait")
+    p.add_argument("process_class", metavar="CLASS", help="the Process subclass, as 'module:Name'")
+    p.add_argument("--inputs", metavar="JSON", help="the process inputs, a JSON object")
+    p.add_argument("--nowait", action="store_true", help="print the pid once the process runs, do not wait for it")
+    p.add_argument("--persist", action="store_true", help="checkpoint the process with the worker's persister")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, ctx: Context) -> int:
+    """Launch CLASS on a worker; print its pid (--nowait) or its outputs."""
+    class_name = _check_class_name(args.process_class)
+    init_kwargs: dict[str, Any] | None = None
+    if args.inputs is not None:
+        try:
+            inputs = json.loads(args.inputs)
+        except json.JSONDecodeError as exc:
+            raise CliError(f"--inputs is not valid JSON: {exc}", EXIT_USAGE) from None
+        if not isinstance(inputs, dict):
+            raise CliError("--inputs must be a JSON object", EXIT_USAGE)
+        init_kwargs = {"inputs": inputs}
+    with connect_from(ctx) as comm:
+        controller = RemoteProcessThreadController(comm, rpc_timeout=ctx.timeout, task_timeout=ctx.timeout)
+        future = controller.launch_process(
+            class_name,
+            init_kwargs=init_kwargs,
+            persist=args.persist,
+            loader=_NameOnlyLoader(),
+            nowait=args.nowait,
+            timeout=ctx.timeout,
+        )
+        try:
+            result = future.result(ctx.timeout + GRACE)
+        except (PCTimeoutError, TimeoutError, concurrent.futures.TimeoutError) as exc:
+            hint = f"; is a worker consuming the task queue {ctx.task_queue!r}?"
+            raise CliError(f"{describe(exc)}{hint}", EXIT_TIMEOUT) from None
+    if args.nowait:
+        if ctx.json:
+            ctx.print_json({"pid": str(result)})
+        else:
+            ctx.print(str(result))
+    else:
+        ctx.print_json(result)
+    return EXIT_OK

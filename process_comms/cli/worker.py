@@ -1,0 +1,109 @@
+"""``process-comms worker``: run a worker that takes tasks until SIGTERM/SIGINT, then stops gracefully."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import TYPE_CHECKING, Any
+
+from ..urls import mask_url
+from ..worker.worker import Worker
+from .main import EXIT_OK, add_command, int_at_least, setup_logging
+
+if TYPE_CHECKING:
+    from ._common import Context, SubParsers
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers: SubParsers) -> None:
+    """Add ``worker`` and its options."""
+    p = add_command(subparsers, "worker", "run a worker that takes tasks until SIGTERM/SIGINT (then stops gracefully)")
+    p.add_argument(
+        "--persister", metavar="URL", required=True, help="sqlite:///file.db, postgresql://user@host/db or memory://"
+    )
+    p.add_argument(
+        "--allow",
+        metavar="MODULE",
+        action="append",
+        required=True,
+        help=(
+            "module whose Process subclasses this worker may run (and its submodules), "
+            "imported from sys.path or the current directory; repeatable"
+        ),
+    )
+    p.add_argument("--prefetch", metavar="N", type=int_at_least(0), default=0, help="tasks taken at once (0: no limit)")
+    p.add_argument(
+        "--claim-ttl",
+        metavar="S",
+        type=float,
+        default=30.0,
+        help="seconds a dead worker's processes stay claimed before another worker continues them (default 30)",
+    )
+    p.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+        help="log level on stderr (default INFO)",
+    )
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, ctx: Context) -> int:
+    """Run a worker until SIGTERM/SIGINT, then stop gracefully (running processes are handed back)."""
+    setup_logging(args.log_level, ctx.scrub, tracebacks=True)
+    if args.log_level != "DEBUG":  # the transport's chatter (reconnect notices...) only when debugging
+        for name in ("aio_pika", "aiormq"):
+            logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLevelName(args.log_level)))
+    if os.getcwd() not in sys.path:  # like `python -m`: allowed modules may live in the current directory
+        sys.path.append(os.getcwd())
+    log = logging.getLogger("process_comms.cli")
+    stop_signals = {signal.SIGTERM, signal.SIGINT}
+    use_sigwait = hasattr(signal, "pthread_sigmask") and hasattr(signal, "sigwait")
+    stop_event = threading.Event()
+    old_handlers: dict[int, Any] = {}
+    if use_sigwait:
+        # block before any thread starts: every thread inherits the mask and only sigwait() sees the signals
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+    else:  # pragma: no cover - platforms without sigwait
+        for sig in stop_signals:
+            old_handlers[sig] = signal.signal(sig, lambda *_: stop_event.set())
+    try:
+        worker = Worker(
+            ctx.broker,
+            persister=args.persister,
+            allowed_modules=args.allow,
+            task_prefetch_count=args.prefetch,
+            claim_ttl=args.claim_ttl,
+            **ctx.comm_options(),
+        )
+        try:
+            worker.start()
+        except BaseException:
+            worker.stop(graceful=False)
+            raise
+        log.info(
+            "worker on %s, task queue %r, allowed modules %s", mask_url(ctx.broker), ctx.task_queue, list(args.allow)
+        )
+        ctx.print("worker ready")
+        if use_sigwait:
+            signum = signal.sigwait(stop_signals)
+        else:  # pragma: no cover
+            while not stop_event.wait(0.5):
+                pass
+            signum = signal.SIGTERM
+        log.info("received %s: stopping gracefully", signal.Signals(signum).name)
+        handed_back = worker.stop(graceful=True)
+        if handed_back:
+            log.info("handed back %d process(es) to the queue: %s", len(handed_back), [str(p) for p in handed_back])
+        return EXIT_OK
+    finally:
+        if use_sigwait:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        for signum_, handler in old_handlers.items():  # pragma: no cover
+            signal.signal(signum_, handler)
