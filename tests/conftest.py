@@ -17,6 +17,28 @@ BROKER_URL = os.environ.get("PROCESS_COMMS_TEST_BROKER", "amqp://guest:guest@127
 POSTGRES_URL = os.environ.get("PROCESS_COMMS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
+# Fixtures and parameters that reach a real service: tests using them get the marker automatically,
+# so `pytest -m "not broker and not postgres"` runs on a machine without RabbitMQ or PostgreSQL (CONTRIBUTING.md).
+_SERVICE_FIXTURES = {"broker_url": "broker", "pg_table": "postgres"}
+_SERVICE_PARAMS = {("backend", "rmq"): "broker", ("persister", "postgresql"): "postgres"}
+#: Seconds a `slow` test may take (the default, `timeout` in pyproject.toml, is 60): the broker-restart
+#: scenarios of tests/faults/test_broker_restart.py wait for RabbitMQ's app to stop and start again.
+SLOW_TIMEOUT = 150
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test whose fixtures (or fixture parameters) need the broker or PostgreSQL."""
+    for item in items:
+        needs = {marker for name, marker in _SERVICE_FIXTURES.items() if name in getattr(item, "fixturenames", ())}
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None:
+            needs |= {marker for (name, value), marker in _SERVICE_PARAMS.items() if callspec.params.get(name) == value}
+        for marker in sorted(needs):
+            item.add_marker(marker)
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT))
+
+
 def _broker_answers() -> bool:
     try:
         socket.create_connection(("127.0.0.1", 5672), 2).close()

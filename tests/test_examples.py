@@ -71,9 +71,10 @@ class Background:
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
-            self._new.put(line)
+        with self.proc.stdout:  # closed at end of output: no unclosed-file warning
+            for line in self.proc.stdout:
+                self.lines.append(line)
+                self._new.put(line)
         self._new.put(None)
 
     @property

@@ -46,9 +46,10 @@ class WorkerProc:
 
         def read() -> None:
             assert self.proc.stdout is not None
-            for line in self.proc.stdout:
-                if "worker ready" in line:
-                    ready.set()
+            with self.proc.stdout:  # closed at end of output: no unclosed-file warning
+                for line in self.proc.stdout:
+                    if "worker ready" in line:
+                        ready.set()
 
         threading.Thread(target=read, daemon=True).start()
         if not ready.wait(30):
@@ -89,6 +90,8 @@ class Workers:
             if worker.proc.poll() is None:
                 worker.proc.kill()
                 worker.proc.wait(10)
+            if worker.proc.stderr is not None:
+                worker.proc.stderr.close()
 
 
 @pytest.fixture

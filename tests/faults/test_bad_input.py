@@ -19,6 +19,8 @@ from tests.procs import Waiter
 from ..conftest import BROKER_URL, rabbitmqctl
 from ._support import Workers, controller, delete_broker_objects, wait_until
 
+pytestmark = pytest.mark.broker  # every test talks to RabbitMQ, some through module-level helpers
+
 
 class RawPeer:
     """A plain pika client speaking kiwipy's wire format, with a reply queue bound as kiwipy binds it."""

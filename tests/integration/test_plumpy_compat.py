@@ -37,6 +37,8 @@ from tests import procs
 from tests.conftest import BROKER_URL, rabbitmqctl
 from tests.integration.peers import pc_procs, plumpy_procs
 
+pytestmark = pytest.mark.broker  # every test talks to RabbitMQ, some through module-level helpers
+
 #: Deadline for one call (seconds); every wait in this file is bounded by it.
 T = 10.0
 WORKDIR = Path(__file__).resolve().parents[2]
@@ -134,6 +136,8 @@ class Peer:
             self.proc.wait(5)
         finally:
             self._log_fh.close()
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
 
 
 @pytest.fixture
