@@ -7,7 +7,6 @@ never blocks the caller's event loop; results are flat values and every call has
 from __future__ import annotations
 
 import asyncio
-import re
 import uuid
 from collections.abc import Coroutine, Iterable, Sequence
 from typing import Any, TypeVar
@@ -19,23 +18,23 @@ from ..transports._loop import with_deadline
 from ..transports.base import AsyncCommunicator, BroadcastFilter
 from ..wire.loaders import ObjectLoader
 from ..wire.messages import (
+    ANSWER_PREFIX,
     RELEASE_KEY,
+    TERMINAL_STATES,
     Intent,
     MessageBuilder,
     Pid,
     create_continue_body,
     create_create_body,
     create_launch_body,
+    is_terminal,
+    state_from_subject,
+    state_name,
 )
-from ..worker.launcher import ANSWER_PREFIX
 
 __all__ = ["RemoteProcessController", "TERMINAL_STATES"]
 
 T = TypeVar("T")
-
-#: Process states after which nothing more happens.
-TERMINAL_STATES = ("finished", "excepted", "killed")
-_TERMINAL_SUBJECT = re.compile(r"^state_changed\.[^.]+\.(finished|excepted|killed)$")
 
 
 class RemoteProcessController:
@@ -131,9 +130,9 @@ class RemoteProcessController:
         done: asyncio.Future[str] = loop.create_future()
 
         def on_state(_comm: Any, _body: Any, _sender: Any, subject: Any, _cid: Any) -> None:
-            match = _TERMINAL_SUBJECT.match(str(subject))
-            if match and not done.done():
-                done.set_result(match.group(1))
+            state = state_from_subject(subject)
+            if state is not None and is_terminal(state) and not done.done():
+                done.set_result(state)
 
         listener = BroadcastFilter(on_state, sender=pid)
         identifier = await self._core.add_broadcast_subscriber(listener)
@@ -153,8 +152,8 @@ class RemoteProcessController:
                         f"process {pid} is not reachable: it has ended (its final state was not seen) "
                         "or no worker holds it"
                     ) from None
-                state = str(status.get("state", "")).rsplit(".", 1)[-1].lower()
-                if state in TERMINAL_STATES:
+                state = state_name(status.get("state", ""))
+                if is_terminal(state):
                     return state
                 await asyncio.sleep(poll_interval)
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TextIO, TypeVar, overload
 
 from .. import defaults
-from ..wire.messages import Pid
+from ..wire.messages import Pid, state_name
 from .futures import outcomes, wait_all
 
 __all__ = ["COLUMNS", "TABLE_CSS_CLASS", "Progress", "StatusTable", "status_table"]
@@ -39,10 +39,7 @@ def _state_of(status: Mapping[str, Any]) -> str:
     name = status.get("state_name")
     if isinstance(name, str) and name:
         return name
-    state = status.get("state")
-    if state is None:
-        return ""
-    return str(state).rsplit(".", 1)[-1].lower()
+    return state_name(status.get("state"))
 
 
 def _error_text(exc: BaseException) -> str:

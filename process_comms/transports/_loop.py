@@ -82,7 +82,12 @@ class LoopThread:
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
-        self._started.wait(defaults.CLOSE_TIMEOUT)
+        if not self._started.wait(defaults.CLOSE_TIMEOUT):
+            self._stopping = True
+            raise CommunicatorClosed(
+                f"the event-loop thread {name!r} did not start within {defaults.CLOSE_TIMEOUT} s; "
+                "the process may be out of threads or memory"
+            )
 
     @property
     def thread(self) -> threading.Thread:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
-from typing import Any, Dict, Optional, TypeAlias
+from typing import Any, Dict, Final, Optional, TypeAlias
 
 from .loaders import ObjectLoader, get_object_loader
 
@@ -33,6 +33,12 @@ __all__ = [
     "CONTINUE_TASK",
     "CREATE_TASK",
     "TASK_TYPES",
+    "ANSWER_PREFIX",
+    "STATE_CHANGED_PREFIX",
+    "TERMINAL_STATES",
+    "is_terminal",
+    "state_name",
+    "state_from_subject",
 ]
 
 #: A process id: any hashable value whose ``str()`` is its routing key (plumpy: ``PID_TYPE = Hashable``).
@@ -60,6 +66,31 @@ CREATE_TASK = "create"
 TASK_TYPES = (LAUNCH_TASK, CONTINUE_TASK, CREATE_TASK)
 
 MessageType = Dict[str, Any]
+
+#: Subject prefix of a process's answer to a broadcast intent that carried a correlation id.
+ANSWER_PREFIX: Final = "intent_result."
+#: Subject prefix of the broadcast a process sends on each transition: ``state_changed.<from>.<to>``.
+STATE_CHANGED_PREFIX: Final = "state_changed."
+#: Process states after which nothing more happens.
+TERMINAL_STATES: Final = ("finished", "excepted", "killed")
+
+
+def is_terminal(state: str | None) -> bool:
+    """True if ``state`` (a short state name such as ``finished``) is one after which nothing happens."""
+    return state in TERMINAL_STATES
+
+
+def state_name(state: Any) -> str:
+    """The short name of a status dict's ``state``: ``ProcessState.RUNNING`` -> ``running``; None -> ``""``."""
+    return "" if state is None else str(state).rsplit(".", 1)[-1].lower()
+
+
+def state_from_subject(subject: Any) -> str | None:
+    """The new state named by a ``state_changed.<from>.<to>`` subject, or None for any other subject."""
+    if not isinstance(subject, str) or not subject.startswith(STATE_CHANGED_PREFIX):
+        return None
+    parts = subject[len(STATE_CHANGED_PREFIX) :].split(".")
+    return parts[1] if len(parts) == 2 and parts[0] and parts[1] else None
 
 
 class Intent:

@@ -25,6 +25,7 @@ from ..transports._loop import LoopThread, run_on
 from ..transports.base import CURRENT_DELIVERY, AsyncCommunicator, InvalidTask
 from ..wire.loaders import AllowListLoader, ObjectLoader, get_object_loader
 from ..wire.messages import (
+    ANSWER_PREFIX,
     ARGS_KEY,
     CONTINUE_TASK,
     CREATE_TASK,
@@ -46,9 +47,6 @@ from .process import META_KEY, Process
 __all__ = ["ProcessLauncher"]
 
 LOGGER = logging.getLogger(__name__)
-
-#: Subject prefix of a process's answer to a broadcast intent that carried a correlation id.
-ANSWER_PREFIX = "intent_result."
 
 #: Namespace of the pids derived from a launch task's correlation id (same task, same pid).
 LAUNCH_PID_NAMESPACE = uuid.UUID("6f1c2a4e-3b5d-4c2a-9e1f-0d7b8a9c6e21")
