@@ -1,4 +1,25 @@
-"""Every error the library raises, under one base class, named for what a caller may handle."""
+"""Every error the library raises, under one base class, named for what a caller may handle.
+
+Our exception hierarchy (a second base in brackets is what kiwipy/plumpy callers catch)::
+
+    ProcessCommsError
+    ├── TimeoutError                 [builtins.TimeoutError]
+    ├── ProcessUnreachable           [kiwipy.UnroutableError]
+    ├── TaskRejected                 [kiwipy.TaskRejected]
+    ├── InvalidTask
+    ├── RemoteError                  [kiwipy.RemoteException]
+    │   └── ProcessKilled
+    ├── DecodeError                  [ValueError]
+    ├── EncodeError                  [ValueError]
+    ├── BrokerUnavailable            [ConnectionError]
+    │   └── ConnectionLost
+    ├── CommunicatorClosed           [kiwipy.CommunicatorClosed]
+    ├── DeadlockError                [RuntimeError]
+    ├── InvalidPid                   [ValueError]
+    ├── PersistenceError
+    ├── LoadError                    [ImportError]
+    └── DuplicateSubscriber          [kiwipy.DuplicateSubscriberIdentifier]
+"""
 
 from __future__ import annotations
 
@@ -11,6 +32,7 @@ __all__ = [
     "TimeoutError",
     "ProcessUnreachable",
     "TaskRejected",
+    "InvalidTask",
     "RemoteError",
     "ProcessKilled",
     "DecodeError",
@@ -40,6 +62,10 @@ class ProcessUnreachable(ProcessCommsError, kiwipy.UnroutableError):
 
 class TaskRejected(ProcessCommsError, kiwipy.TaskRejected):
     """The task was refused: unknown type, malformed body, or a class the worker does not allow."""
+
+
+class InvalidTask(ProcessCommsError):
+    """A task envelope or body that is not what the protocol says (replied as ``InvalidTask``)."""
 
 
 class RemoteError(ProcessCommsError, kiwipy.RemoteException):

@@ -19,7 +19,8 @@ import os
 import socket
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from types import TracebackType
+from typing import Any, Protocol
 
 import kiwipy
 
@@ -29,12 +30,22 @@ from ..errors import (
     DecodeError,
     DuplicateSubscriber,
     InvalidPid,
-    ProcessKilled,
-    RemoteError,
+    InvalidTask,
     TaskRejected,
 )
 from ..wire.codec import Codec, get_codec
 from ..wire.messages import Pid
+from ..wire.replies import (
+    CANCELLED_KEY,
+    ERROR_TYPE_KEY,
+    EXCEPTION_KEY,
+    HOST_KEY,
+    PENDING_KEY,
+    RESULT_KEY,
+    exception_reply,
+    parse_task_envelope,
+    reply_outcome,
+)
 
 __all__ = [
     "AsyncCommunicator",
@@ -50,7 +61,24 @@ __all__ = [
     "ReplyWaiter",
     "Delivery",
     "CURRENT_DELIVERY",
+    "IncomingTask",
+    "InvalidTask",
+    "settle_task",
+    "RpcSubscriber",
+    "TaskSubscriber",
+    "BroadcastSubscriber",
 ]
+
+# names that live in lower layers, re-exported for the modules that import them from here
+_REEXPORTED = (
+    InvalidTask,
+    RESULT_KEY,
+    EXCEPTION_KEY,
+    CANCELLED_KEY,
+    PENDING_KEY,
+    HOST_KEY,
+    ERROR_TYPE_KEY,
+)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -69,22 +97,20 @@ class BroadcastFilter(kiwipy.BroadcastFilter):
         return check
 
 
-RESULT_KEY = "result"
-EXCEPTION_KEY = "exception"
-CANCELLED_KEY = "cancelled"
-PENDING_KEY = "pending"
-HOST_KEY = "host"
-#: Extra reply key (ignored by kiwipy peers) carrying the remote exception's type name.
-ERROR_TYPE_KEY = "error_type"
-
-Subscriber = Callable[..., Any]
+#: An RPC subscriber: ``(communicator, msg)`` -> a value, or a future of one.
+RpcSubscriber = Callable[[Any, Any], Any]
+#: A task subscriber: ``(communicator, task)`` -> a value or a future; raise ``kiwipy.TaskRejected`` to refuse.
+TaskSubscriber = Callable[[Any, Any], Any]
+#: A broadcast subscriber: ``(communicator, body, sender, subject, correlation_id)``; its result is ignored.
+BroadcastSubscriber = Callable[[Any, Any, Any, Any, Any], Any]
+Subscriber = RpcSubscriber | TaskSubscriber | BroadcastSubscriber
 SendReply = Callable[[dict[str, Any]], Awaitable[None]]
 
 #: How many removed RPC subscribers still answer requests that were routed before their removal.
 _RETIRED_RPC_MAX = 1024
 
-_KILLED_TYPES = {"KilledError", "ProcessKilled"}
-_REJECTED_TYPES = {"TaskRejected", "LoadError", "DecodeError", "InvalidTask"}
+#: The one text of the reply to a task that every subscriber refused, on its second delivery.
+TASK_REFUSED_TEXT = "every task subscriber rejected the task"
 
 
 @dataclasses.dataclass
@@ -127,37 +153,77 @@ def host_info() -> dict[str, Any]:
     return {"hostname": _hostname(), "pid": os.getpid()}
 
 
-def exception_reply(exc: BaseException) -> dict[str, Any]:
-    """A reply carrying ``str(exc)`` (what kiwipy peers read) plus its type name (what we read)."""
-    if isinstance(exc, RemoteError) and exc.remote_type:
-        return {EXCEPTION_KEY: exc.message, ERROR_TYPE_KEY: exc.remote_type}
-    return {EXCEPTION_KEY: str(exc) or type(exc).__name__, ERROR_TYPE_KEY: type(exc).__name__}
+class IncomingTask(Protocol):
+    """One delivered task with its own settle verbs; each back end adapts its delivery to this."""
+
+    @property
+    def redelivered(self) -> bool:
+        """True if this task was delivered before (and handed back)."""
+
+    @property
+    def correlation_id(self) -> str | None:
+        """The sender's correlation id (a persisted launch derives its pid from it)."""
+
+    async def ack(self) -> bool:
+        """Settle the task as done; False if it could not be (it will be delivered again)."""
+
+    async def requeue(self) -> None:
+        """Hand the task back to the queue, marked redelivered."""
+
+    async def reject(self) -> None:
+        """Drop the task for good (no requeue)."""
+
+    def wants_reply(self, no_reply: bool) -> bool:
+        """Whether the sender waits for replies, given the envelope's ``no_reply`` flag."""
+
+    async def reply(self, reply: dict[str, Any]) -> None:
+        """Send ``reply`` to the sender, if it asked for replies."""
 
 
-def reply_outcome(reply: Any) -> tuple[bool, Any]:
-    """Interpret one reply: ``(False, None)`` for pending, ``(True, value)`` for a result; raise for errors.
+async def settle_task(
+    incoming: IncomingTask,
+    body: bytes,
+    subscribers: list[TaskSubscriber],
+    facade: Any,
+    codec: Codec,
+    releasing: Callable[[], bool],
+) -> None:
+    """The one task-settlement rule of every back end.
 
-    Precedence follows kiwipy: cancelled > exception > result > pending.
+    A malformed task is rejected with an error reply (never requeued to loop forever). A task every
+    subscriber refused is requeued once, then replied to with one ``TaskRejected``.
+    A held task (:class:`Delivery`) is replied to at once and acked only when its hold completes. While
+    ``releasing()``, a finished task is handed back instead of acked, so the next worker continues it.
     """
-    if not isinstance(reply, dict):
-        raise DecodeError(f"reply is not a mapping but {type(reply).__name__}")
-    if CANCELLED_KEY in reply:
-        raise RemoteError(str(reply[CANCELLED_KEY] or "the remote handler was cancelled"), "CancelledError")
-    if EXCEPTION_KEY in reply:
-        message = str(reply[EXCEPTION_KEY])
-        kind = reply.get(ERROR_TYPE_KEY)
-        kind = kind if isinstance(kind, str) else None
-        if kind in _KILLED_TYPES:
-            raise ProcessKilled(message, kind)
-        if kind in _REJECTED_TYPES:
-            err = TaskRejected(f"{kind}: {message}")
-            raise err
-        raise RemoteError(message, kind)
-    if RESULT_KEY in reply:
-        return True, reply[RESULT_KEY]
-    if PENDING_KEY in reply:
-        return False, None
-    raise DecodeError(f"reply has none of result/exception/cancelled/pending: keys {sorted(map(str, reply))}")
+    try:
+        task, no_reply = parse_task_envelope(codec.decode(body))
+    except Exception as exc:  # noqa: BLE001 - malformed tasks are settled, never redelivered forever
+        LOGGER.warning("refused a malformed task: %s", exc)
+        await incoming.reject()
+        await incoming.reply(exception_reply(exc))
+        return
+    delivery = Delivery(incoming.correlation_id, incoming.redelivered)
+    CURRENT_DELIVERY.set(delivery)
+    no_reply = not incoming.wants_reply(no_reply)
+    reply = await dispatch_task(subscribers, facade, task, None if no_reply else incoming.reply)
+    if delivery.hold is not None and reply is not None and not releasing():
+        if not no_reply:
+            await incoming.reply(reply)  # the caller has its answer now; the task stays ours until the work ends
+        reply, no_reply = None, True
+        await asyncio.wrap_future(delivery.hold)
+        if not releasing():
+            await incoming.ack()
+            return
+    if releasing():  # handed back: the next worker continues from the checkpoint
+        await incoming.requeue()
+        return
+    if reply is None:
+        if not incoming.redelivered:
+            await incoming.requeue()
+            return
+        reply = exception_reply(TaskRejected(TASK_REFUSED_TEXT))
+    if await incoming.ack() and not no_reply:
+        await incoming.reply(reply)
 
 
 class ReplyWaiter:
@@ -202,7 +268,7 @@ async def _await_any(value: Any) -> Any:
 async def respond(value_or_call: Any, send: SendReply | None, *, call: bool = True) -> dict[str, Any]:
     """Run a handler (or take its value) and return the final reply, sending ``pending`` for each future level.
 
-    A cancelled handler yields a ``cancelled`` reply (kiwipy sends nothing: pain-points B4); a failure
+    A cancelled handler yields a ``cancelled`` reply (kiwipy sends nothing, leaving the caller waiting); a failure
     yields an ``exception`` reply. Only cancellation of the calling task itself propagates.
     """
     try:
@@ -221,22 +287,8 @@ async def respond(value_or_call: Any, send: SendReply | None, *, call: bool = Tr
         return exception_reply(exc)
 
 
-class InvalidTask(Exception):
-    """A task envelope or body that is not what the protocol says."""
-
-
-def parse_task_envelope(decoded: Any) -> tuple[Any, bool]:
-    """Split a decoded task body into ``(task, no_reply)``; raise :class:`InvalidTask` if it is not a pair."""
-    if not isinstance(decoded, (list, tuple)) or len(decoded) != 2:
-        raise InvalidTask(f"task envelope must be a pair (task, no_reply), got {type(decoded).__name__}")
-    task, no_reply = decoded
-    if not isinstance(no_reply, bool):
-        raise InvalidTask(f"task envelope's no_reply must be a bool, got {type(no_reply).__name__}")
-    return task, no_reply
-
-
 async def dispatch_task(
-    subscribers: list[Subscriber], comm: Any, task: Any, send: SendReply | None
+    subscribers: list[TaskSubscriber], comm: Any, task: Any, send: SendReply | None
 ) -> dict[str, Any] | None:
     """Offer ``task`` to each subscriber in turn; return the final reply, or None if every one rejected it."""
     for subscriber in subscribers:
@@ -250,7 +302,7 @@ async def dispatch_task(
     return None
 
 
-def dispatch_broadcast(subscribers: list[Subscriber], comm: Any, message: Any) -> None:
+def dispatch_broadcast(subscribers: list[BroadcastSubscriber], comm: Any, message: Any) -> None:
     """Hand a broadcast envelope to every subscriber; failures are logged, never raised (no replies)."""
     if not isinstance(message, dict):
         LOGGER.warning("dropped a broadcast whose body is not a mapping: %s", type(message).__name__)
@@ -275,10 +327,10 @@ class AsyncCommunicator(abc.ABC):
 
     def __init__(self, codec: str | Codec | None = None) -> None:
         self.codec: Codec = get_codec(codec)
-        self._rpc_subscribers: dict[str, Subscriber] = {}
-        self._retired_rpc: dict[str, Subscriber] = {}
-        self._task_subscribers: dict[Any, Subscriber] = {}
-        self._broadcast_subscribers: dict[Any, Subscriber] = {}
+        self._rpc_subscribers: dict[str, RpcSubscriber] = {}
+        self._retired_rpc: dict[str, RpcSubscriber] = {}
+        self._task_subscribers: dict[Any, TaskSubscriber] = {}
+        self._broadcast_subscribers: dict[Any, BroadcastSubscriber] = {}
         self._closed = False
         #: The object handed to subscribers as their ``communicator`` argument.
         self.facade: Any = self
@@ -290,6 +342,15 @@ class AsyncCommunicator(abc.ABC):
     async def close(self) -> None:
         """Close the communicator; idempotent."""
         self._closed = True
+
+    async def __aenter__(self) -> AsyncCommunicator:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
 
     def is_closed(self) -> bool:
         """True once close() has been called."""
@@ -318,7 +379,7 @@ class AsyncCommunicator(abc.ABC):
         """Broadcast to every subscriber on every communicator; True once handed to the broker."""
 
     # -- subscribing -----------------------------------------------------------------------------
-    async def add_rpc_subscriber(self, subscriber: Subscriber, identifier: Any = None) -> str:
+    async def add_rpc_subscriber(self, subscriber: RpcSubscriber, identifier: Any = None) -> str:
         """Receive RPCs addressed to ``identifier`` (a new UUID if None); returns the identifier."""
         self._ensure_open()
         key = routing_id(identifier if identifier is not None else uuid.uuid4())
@@ -349,7 +410,7 @@ class AsyncCommunicator(abc.ABC):
             while len(self._retired_rpc) > _RETIRED_RPC_MAX:
                 self._retired_rpc.pop(next(iter(self._retired_rpc)))
 
-    async def add_task_subscriber(self, subscriber: Subscriber, identifier: Any = None) -> Any:
+    async def add_task_subscriber(self, subscriber: TaskSubscriber, identifier: Any = None) -> Any:
         """Receive tasks from the task queue; returns the identifier."""
         self._ensure_open()
         identifier = identifier if identifier is not None else uuid.uuid4()
@@ -368,7 +429,7 @@ class AsyncCommunicator(abc.ABC):
         if self._task_subscribers.pop(identifier, None) is not None and not self._closed:
             await self._on_task_subscribers_changed()
 
-    async def add_broadcast_subscriber(self, subscriber: Subscriber, identifier: Any = None) -> Any:
+    async def add_broadcast_subscriber(self, subscriber: BroadcastSubscriber, identifier: Any = None) -> Any:
         """Receive every broadcast (filter with :class:`BroadcastFilter`); returns the identifier."""
         self._ensure_open()
         identifier = identifier if identifier is not None else uuid.uuid4()

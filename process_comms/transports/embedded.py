@@ -14,18 +14,15 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ..errors import CommunicatorClosed, DecodeError, EncodeError, ProcessUnreachable, TaskRejected
+from ..errors import CommunicatorClosed, DecodeError, EncodeError, ProcessUnreachable
 from ..wire.codec import Codec
 from .base import (
-    CURRENT_DELIVERY,
     AsyncCommunicator,
-    Delivery,
     ReplyWaiter,
-    dispatch_task,
     exception_reply,
     host_info,
-    parse_task_envelope,
     routing_id,
+    settle_task,
 )
 
 __all__ = ["EmbeddedCommunicator"]
@@ -41,7 +38,7 @@ class EmbeddedCommunicator(AsyncCommunicator):
         self._tasks: collections.deque[tuple[bytes, ReplyWaiter | None, bool, str]] = collections.deque()
         self._running: set[asyncio.Task[Any]] = set()
         self._waiters: set[ReplyWaiter] = set()
-        self._inflight: dict[asyncio.Task[Any], tuple[bytes, ReplyWaiter | None, str]] = {}
+        self._inflight: dict[asyncio.Task[Any], _EmbeddedIncoming] = {}
         self._releasing = False
 
     def __repr__(self) -> str:
@@ -118,8 +115,9 @@ class EmbeddedCommunicator(AsyncCommunicator):
     def _pump(self) -> None:
         while self._tasks and self._task_subscribers and not self._closed:
             body, waiter, redelivered, delivery_id = self._tasks.popleft()
-            task = asyncio.get_running_loop().create_task(self._handle_task(body, waiter, redelivered, delivery_id))
-            self._inflight[task] = (body, waiter, delivery_id)
+            incoming = _EmbeddedIncoming(self, body, waiter, redelivered, delivery_id)
+            task = asyncio.get_running_loop().create_task(self._handle_task(incoming))
+            self._inflight[task] = incoming
             task.add_done_callback(lambda t: self._inflight.pop(t, None))
 
     async def release_tasks(self, suspend: Awaitable[Any] | None = None) -> None:
@@ -129,30 +127,60 @@ class EmbeddedCommunicator(AsyncCommunicator):
         if suspend is not None:
             await suspend
         inflight = list(self._inflight.items())
-        for task, (body, waiter, delivery_id) in inflight:
-            task.cancel()
-            self._tasks.appendleft((body, waiter, True, delivery_id))
+        for task, _incoming in inflight:
+            task.cancel()  # _handle_task hands each one back unless it was settled already
         if inflight:
             await asyncio.wait([t for t, _ in inflight], timeout=10)
         self._releasing = False
 
-    async def _handle_task(self, body: bytes, waiter: ReplyWaiter | None, redelivered: bool, delivery_id: str) -> None:
-        send = self._reply_sender(waiter, True)
+    async def _handle_task(self, incoming: _EmbeddedIncoming) -> None:
         try:
-            task, _no_reply = parse_task_envelope(self.codec.decode(body))
-        except Exception as exc:  # noqa: BLE001 - a malformed task is settled with an error reply
-            if send is not None:
-                await send(exception_reply(exc))
-            return
-        CURRENT_DELIVERY.set(Delivery(delivery_id, redelivered))
-        reply = await dispatch_task(list(self._task_subscribers.values()), self.facade, task, send)
-        if self._releasing:
-            await asyncio.sleep(3600)  # wait to be cancelled and requeued by release_tasks
-        if reply is None:
-            if not redelivered:
-                self._tasks.append((body, waiter, True, delivery_id))
-                self._pump()
-                return
-            reply = exception_reply(TaskRejected("every task subscriber rejected the task"))
-        if send is not None:
-            await send(reply)
+            await settle_task(
+                incoming,
+                incoming.body,
+                list(self._task_subscribers.values()),
+                self.facade,
+                self.codec,
+                lambda: self._releasing,
+            )
+        except asyncio.CancelledError:
+            if self._releasing and not incoming.settled:
+                await incoming.requeue()  # handed back: the next subscriber continues from the checkpoint
+            raise
+
+
+class _EmbeddedIncoming:
+    """A task taken from the embedded queue, with the settle verbs of :class:`~.base.IncomingTask`."""
+
+    __slots__ = ("_comm", "_send", "body", "correlation_id", "redelivered", "settled", "waiter")
+
+    def __init__(
+        self, comm: EmbeddedCommunicator, body: bytes, waiter: ReplyWaiter | None, redelivered: bool, delivery_id: str
+    ) -> None:
+        self._comm, self.body, self.waiter = comm, body, waiter
+        self.redelivered, self.correlation_id = redelivered, delivery_id
+        self._send = comm._reply_sender(waiter, True)
+        self.settled = False
+
+    async def ack(self) -> bool:
+        self.settled = True
+        return True
+
+    async def reject(self) -> None:
+        self.settled = True
+
+    async def requeue(self) -> None:
+        self.settled = True
+        comm, entry = self._comm, (self.body, self.waiter, True, self.correlation_id)
+        if comm._releasing:
+            comm._tasks.appendleft(entry)  # handed back: first in line for the next subscriber
+        else:
+            comm._tasks.append(entry)
+            comm._pump()
+
+    def wants_reply(self, no_reply: bool) -> bool:
+        return self._send is not None  # someone awaits this task's reply, whatever the envelope says
+
+    async def reply(self, reply: dict[str, Any]) -> None:
+        if self._send is not None:
+            await self._send(reply)

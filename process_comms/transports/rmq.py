@@ -32,20 +32,16 @@ from ..errors import (
     DecodeError,
     EncodeError,
     ProcessUnreachable,
-    TaskRejected,
 )
 from ..urls import mask_url
 from ..wire.codec import Codec
 from .base import (
-    CURRENT_DELIVERY,
     AsyncCommunicator,
-    Delivery,
     ReplyWaiter,
-    dispatch_task,
     exception_reply,
     host_info,
-    parse_task_envelope,
     routing_id,
+    settle_task,
 )
 
 __all__ = ["RmqCommunicator"]
@@ -528,52 +524,14 @@ class RmqCommunicator(AsyncCommunicator):
             raise
 
     async def _settle_task(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        reply_to, correlation_id = message.reply_to, message.correlation_id
-
-        async def send(reply: dict[str, Any]) -> None:
-            if reply_to:
-                await self._send_reply(
-                    self._fast_task_exchange, reply_to, correlation_id, {**reply, "host": host_info()}
-                )
-
-        try:
-            task, no_reply = parse_task_envelope(self.codec.decode(message.body))
-        except Exception as exc:  # noqa: BLE001 - malformed tasks are settled, never poison (B7)
-            LOGGER.warning("refused a malformed task: %s", exc)
-            await message.reject(requeue=False)
-            await send(exception_reply(exc))
-            return
-        delivery = Delivery(correlation_id, bool(message.redelivered))
-        CURRENT_DELIVERY.set(delivery)
-        reply = await dispatch_task(
-            list(self._task_subscribers.values()), self.facade, task, None if no_reply else send
+        await settle_task(
+            _RmqIncoming(self, message),
+            message.body,
+            list(self._task_subscribers.values()),
+            self.facade,
+            self.codec,
+            lambda: self._releasing,
         )
-        if delivery.hold is not None and reply is not None and not self._releasing:
-            if not no_reply:
-                await send(reply)  # the caller has its answer now; the task stays ours until the work ends
-            reply, no_reply = None, True
-            await asyncio.wrap_future(delivery.hold)
-            if not self._releasing:
-                try:
-                    await message.ack()
-                except _SETTLE_ERRORS:
-                    LOGGER.warning("could not ack a finished task: the channel closed; it will be redelivered")
-                return
-        if self._releasing:  # handed back: the next worker continues from the checkpoint
-            await message.nack(requeue=True)
-            return
-        if reply is None:
-            if not message.redelivered:
-                await message.nack(requeue=True)
-                return
-            reply = exception_reply(TaskRejected("every worker rejected the task"))
-        try:
-            await message.ack()
-        except _SETTLE_ERRORS:
-            LOGGER.warning("could not ack a task: the channel closed; the broker will redeliver it")
-            return
-        if not no_reply:
-            await send(reply)
 
     async def release_tasks(self, suspend: Awaitable[Any] | None = None) -> None:
         """Stop consuming, await ``suspend`` (checkpoint the work), then nack every task in progress."""
@@ -591,3 +549,47 @@ class RmqCommunicator(AsyncCommunicator):
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=defaults.CLOSE_TIMEOUT)
+
+
+class _RmqIncoming:
+    """An aio-pika task delivery with the settle verbs of :class:`~process_comms.transports.base.IncomingTask`."""
+
+    __slots__ = ("_comm", "_message")
+
+    def __init__(self, comm: RmqCommunicator, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        self._comm, self._message = comm, message
+
+    @property
+    def redelivered(self) -> bool:
+        return bool(self._message.redelivered)
+
+    @property
+    def correlation_id(self) -> str | None:
+        return self._message.correlation_id
+
+    async def ack(self) -> bool:
+        try:
+            await self._message.ack()
+        except _SETTLE_ERRORS:
+            LOGGER.warning("could not ack a task: the channel closed; the broker will redeliver it")
+            return False
+        return True
+
+    async def requeue(self) -> None:
+        await self._message.nack(requeue=True)
+
+    def wants_reply(self, no_reply: bool) -> bool:
+        return bool(self._message.reply_to) and not no_reply
+
+    async def reject(self) -> None:
+        await self._message.reject(requeue=False)
+
+    async def reply(self, reply: dict[str, Any]) -> None:
+        if self._message.reply_to:
+            comm = self._comm
+            await comm._send_reply(
+                comm._fast_task_exchange,
+                self._message.reply_to,
+                self._message.correlation_id,
+                {**reply, "host": host_info()},
+            )
