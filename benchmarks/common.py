@@ -1,0 +1,60 @@
+"""Names shared by the benchmark modules: sizes, implementation labels, exchange names, error text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
+ALL_WORKLOADS = ("a", "b", "c", "d", "e", "f", "g", "h", "codec", "facade", "wakeup")
+#: Full-scale sizes (multiplied by --scale).
+SIZES = {
+    "a": 1000,
+    "b": 2000,
+    "c": 200,
+    "d": 1000,
+    "e": 200,
+    "f": 200,
+    "g.seq": 500,
+    "g.pipe": 2000,
+    "h.a": 500,
+    "h.b": 2000,
+    "h.d": 1000,
+    "h.e": 200,
+    "codec": 5000,
+    "facade": 2000,
+    "wakeup": 40,
+}
+PC = "process_comms"
+PL = "plumpy"
+RAW = "raw aio-pika"
+RAW_T = "raw aio-pika, loop on a thread"
+PC_LOOP = "process_comms asyncio, own loop"
+ECHO_KEY = "[rpc].echo"
+
+
+def names(run_id: str, lib: str) -> dict[str, str]:
+    prefix = f"pcbench-{run_id}-{lib}"
+    return {
+        "message_exchange": f"{prefix}.messages",
+        "task_exchange": f"{prefix}.tasks",
+        "task_queue": f"{prefix}.process.queue",
+    }
+
+
+def flags(exchange_names: dict[str, str]) -> list[str]:
+    return [
+        "--message-exchange",
+        exchange_names["message_exchange"],
+        "--task-exchange",
+        exchange_names["task_exchange"],
+        "--task-queue",
+        exchange_names["task_queue"],
+    ]
+
+
+def short_error(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    text = text[:140]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

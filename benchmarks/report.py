@@ -1,0 +1,367 @@
+"""The report: environment, markdown tables, ratios against plumpy and the floor, verdicts, results.md."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aio_pika
+import kiwipy
+import plumpy
+import yaml
+
+import process_comms
+from benchmarks.common import (
+    PC,
+    PL,
+    RAW,
+    RAW_T,
+    ROOT,
+    short_error,
+)
+from benchmarks.measure import (
+    Result,
+)
+
+
+def environment() -> dict[str, str]:
+    def run(cmd: list[str], timeout: float = 30) -> str:
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+            return (out.stdout or out.stderr).strip()
+        except Exception as exc:  # noqa: BLE001
+            return f"unknown ({short_error(exc)})"
+
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    rabbit = run(["rabbitmqctl", "version"]).splitlines()
+    commit = run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
+    dirty = run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "process_comms"])
+    return {
+        "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "python": platform.python_version(),
+        "process_comms": f"{process_comms.__version__} (git {commit}{', process_comms/ modified' if dirty else ''})",
+        "plumpy": plumpy.__version__,
+        "kiwipy": kiwipy.__version__,
+        "aio-pika": aio_pika.__version__,
+        "PyYAML": f"{yaml.__version__} (libyaml: {yaml.__with_libyaml__})",
+        "RabbitMQ": rabbit[-1] if rabbit else "unknown",
+        "nproc": str(os.cpu_count()),
+        "cpu": cpu,
+        "os": platform.platform(),
+    }
+
+
+def fmt_ms(v: float | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.2f}" if v < 10 else f"{v:.1f}" if v < 100 else f"{v:.0f}"
+
+
+def fmt_ops(v: float | None) -> str:
+    return "-" if v is None else f"{v:,.0f}" if v >= 10 else f"{v:.1f}"
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+DESCRIPTIONS = {
+    "a": "status RPC, one at a time",
+    "a.loop": "status RPC, one at a time, asyncio ctl on its own loop",
+    "b": "status RPC, all issued then awaited",
+    "c": "launch nowait=False (trivial), one at a time",
+    "d": "launch nowait=False (trivial), all issued then awaited",
+    "e": "pause + play round trip, one at a time",
+    "f": "kill N waiting processes (issued then awaited)",
+    "f.launch": "(f) launch N waiting processes nowait=True",
+    "h.a": "asyncio ctl: status, one at a time",
+    "h.b": "asyncio ctl: status, gathered",
+    "h.d": "asyncio ctl: launch nowait=False, gathered",
+    "h.e": "asyncio ctl: pause + play, one at a time",
+    "wakeup": "status to an idle worker, no waker (B1 probe)",
+    "h.idle": "caller loop alone, no calls (lag baseline)",
+}
+#: Which floor result a workload's p50 is compared with, and how many request/replies one op is.
+FLOOR = {
+    "a": ("g.seq+confirms", 1),
+    "a.loop": ("a", 1),
+    "b": ("g.pipe+confirms", 1),
+    "c": ("g.seq+confirms", 1),
+    "d": ("g.pipe+confirms", 1),
+    "e": ("g.seq+confirms", 2),
+    "f": ("g.pipe+confirms", 1),
+    "h.a": ("g.seq+confirms", 1),
+    "h.b": ("g.pipe+confirms", 1),
+    "h.d": ("g.pipe+confirms", 1),
+    "h.e": ("g.seq+confirms", 2),
+}
+TARGETS = {
+    "a": "≥3x plumpy ops/s; p50 ≤ 1.3x raw",
+    "a.loop": "p50 ≤ 1.3x raw",
+    "b": "≥4x plumpy; issue < 50 µs/call",
+    "c": "≥4x plumpy",
+    "d": "≥8x plumpy",
+    "e": "≥3x plumpy",
+    "f": "≥3x plumpy",
+    "h.a": "caller loop lag ≤ 50 ms",
+    "h.b": "caller loop lag ≤ 50 ms",
+    "h.d": "caller loop lag ≤ 50 ms",
+    "h.e": "caller loop lag ≤ 50 ms",
+}
+
+
+def verdict(key: str, pc: Result | None, pl: Result | None, raw_p50: float | None) -> str:
+    if pc is None:
+        return "not run"
+    if pc.error:
+        return "MISS (process_comms failed)"
+    misses: list[str] = []
+    ratio = pc.ops / pl.ops if pl is not None and pl.ops and pc.ops else None
+    need = {"a": 3, "b": 4, "c": 4, "d": 8, "e": 3, "f": 3}.get(key)
+    if need is not None:
+        if pl is not None and pl.error and ratio is None:
+            pass  # plumpy failed: the ratio is unbounded
+        elif ratio is None:
+            misses.append("no plumpy ratio")
+        elif ratio < need:
+            misses.append(f"ratio {ratio:.1f}x < {need}x")
+    if key in ("a", "a.loop") and raw_p50 is not None and pc.p(50) is not None and pc.p(50) > 1.3 * raw_p50:
+        misses.append(f"p50 {pc.p(50) / raw_p50:.2f}x raw > 1.3x")
+    if key == "b" and pc.issue_us is not None and pc.issue_us >= 50:
+        misses.append(f"issue {pc.issue_us:.0f} µs ≥ 50")
+    if key.startswith("h.") and pc.max_lag_ms is not None and pc.max_lag_ms > 50:
+        misses.append(f"lag {pc.max_lag_ms:.0f} ms > 50")
+    if key in ("a", "a.loop") and raw_p50 is None:
+        misses.append("raw floor not measured")
+    if not misses:
+        return "met" + (" (plumpy failed)" if pl is not None and pl.error else "")
+    return "MISS: " + "; ".join(misses)
+
+
+def raw_cell(key: str, raw: Result | None, raw_p50: float | None, floor_key: str, calls: int) -> str:
+    if raw is None or raw_p50 is None:
+        return "-"
+    text = f"{fmt_ms(raw_p50)} ms ({floor_key}{' x2' if calls == 2 else ''})"
+    if key.startswith("h.") and raw.max_lag_ms is not None:
+        text += f", its loop lag max {raw.max_lag_ms:.0f} ms"
+    return text
+
+
+def cpu_per_op(res: Result | None) -> str:
+    if res is None or res.error or not res.ok or res.cpu_worker is None:
+        return "-"
+    return f"{res.cpu_worker / res.ok * 1000:.1f}"
+
+
+def build_tables(results: list[Result]) -> tuple[str, str, dict[str, str]]:
+    """The per-run table, the comparison table, and the verdict per workload."""
+    rows = []
+    for res in results:
+        desc = DESCRIPTIONS.get(res.workload, "raw request/reply" if res.workload.startswith("g.") else "")
+        if res.error:
+            rows.append([res.workload, desc, res.impl, f"{res.ok}/{res.n}", res.error, "", "", "", "", "", ""])
+            continue
+        extra = [f"{k} {v}" for k, v in res.extra.items()] + res.notes
+        cpu = "/".join(
+            "-" if c is None or not res.ok else f"{c / res.ok * 1000:.2f}" for c in (res.cpu_worker, res.cpu_client)
+        )
+        rows.append(
+            [
+                res.workload,
+                desc,
+                res.impl,
+                f"{res.ok}/{res.n}",
+                f"{res.wall:.3f}" if res.wall is not None else "-",
+                fmt_ops(res.ops),
+                fmt_ms(res.p(50)),
+                fmt_ms(res.p(90)),
+                fmt_ms(res.p(99)),
+                cpu,
+                "; ".join(extra),
+            ]
+        )
+    detail = md_table(
+        [
+            "wl",
+            "what",
+            "impl",
+            "ok/n",
+            "wall s",
+            "ops/s",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "CPU ms/op worker/client",
+            "details",
+        ],
+        rows,
+    )
+    by = {(r.workload, r.impl): r for r in results}
+    comp_rows = []
+    verdicts: dict[str, str] = {}
+    for key in FLOOR:
+        pc, pl = by.get((key, PC)), by.get((key, PL))
+        if pc is None and pl is None:
+            continue
+        floor_key, calls = FLOOR[key]
+        raw = by.get((floor_key, RAW))
+        if by.get((floor_key, RAW)) is not None and floor_key == "a":  # a.loop: a's interleaved floor
+            floor_key = "a, interleaved, +confirms"
+        if by.get((key, RAW)) is not None:  # a floor interleaved with the libraries in this workload
+            floor_key, calls, raw = f"{key}, interleaved, +confirms", 1, by[(key, RAW)]
+        raw_p50 = raw.p(50) * calls if raw is not None and raw.p(50) is not None else None
+        ratio = pc.ops / pl.ops if pc is not None and pl is not None and pc.ops and pl.ops else None
+        pc_p50 = pc.p(50) if pc is not None and not pc.error else None
+        verdicts[key] = verdict(key, pc, pl, raw_p50)
+
+        def cell(res: Result | None) -> str:
+            if res is None:
+                return "not run"
+            if res.error:
+                return res.error
+            text = f"{fmt_ops(res.ops)} ops/s, p50 {fmt_ms(res.p(50))} ms"
+            if res.max_lag_ms is not None:
+                text += f", loop lag max {res.max_lag_ms:.0f} ms"
+            return text
+
+        raw_text = raw_cell(key, raw, raw_p50, floor_key, calls)
+        raw_ratio = f"{pc_p50 / raw_p50:.2f}x" if pc_p50 is not None and raw_p50 else "-"
+        threaded = by.get((key, RAW_T))
+        if threaded is not None and threaded.p(50) is not None and pc_p50 is not None:
+            # the floor for a blocking caller: raw aio-pika behind the same kind of thread hop
+            raw_text += f"; loop on a thread {fmt_ms(threaded.p(50))} ms"
+            raw_ratio += f" ({pc_p50 / threaded.p(50):.2f}x the threaded floor)"
+        comp_rows.append(
+            [
+                key,
+                DESCRIPTIONS[key],
+                cell(pc),
+                cell(pl),
+                raw_text,
+                f"{ratio:.1f}x" if ratio is not None else ("∞ (plumpy failed)" if pl is not None and pl.error else "-"),
+                raw_ratio,
+                f"{cpu_per_op(pc)} / {cpu_per_op(pl)}",
+                TARGETS[key],
+                verdicts[key],
+            ]
+        )
+    comparison = md_table(
+        [
+            "wl",
+            "what",
+            "process_comms",
+            "plumpy",
+            "raw floor p50",
+            "pc ÷ plumpy ops/s",
+            "pc p50 ÷ raw p50",
+            "worker CPU ms/op pc / plumpy",
+            "target",
+            "verdict",
+        ],
+        comp_rows,
+    )
+    return detail, comparison, verdicts
+
+
+def render(
+    args: argparse.Namespace,
+    env: dict[str, str],
+    run_id: str,
+    detail: str,
+    comparison: str,
+    codec_rows: list[tuple[str, str, int, float]],
+    facade_rows: list[tuple[str, float]],
+    failures: list[str],
+    load_start: tuple[float, float, float],
+    load_end: tuple[float, float, float],
+    t_begin: float,
+) -> str:
+    out = [
+        "# process_comms vs plumpy 0.26 — benchmark results",
+        "",
+        f"- date: {env['date']} (run `{run_id}`, {time.perf_counter() - t_begin:.0f} s)",
+        f"- command: `python benchmarks/run.py {' '.join(sys.argv[1:])}`".rstrip(),
+        f"- versions: Python {env['python']}, process_comms {env['process_comms']}, plumpy {env['plumpy']}, "
+        f"kiwipy {env['kiwipy']}, aio-pika {env['aio-pika']}, PyYAML {env['PyYAML']}, RabbitMQ {env['RabbitMQ']}",
+        f"- machine: {env['nproc']} CPUs, {env['cpu']}, {env['os']}; load average "
+        f"{load_start[0]:.2f} at start, {load_end[0]:.2f} at end (shared, noisy machine)",
+        f"- scale {args.scale}; per-call timeout {args.call_timeout} s; batch timeout {args.batch_timeout} s; "
+        f"process_comms codec {args.codec}; PcWaiter tick {args.pc_tick} s; "
+        f"kiwipy asyncio debug {'on' if args.plumpy_asyncio_debug else 'off'}; "
+        f"plumpy worker waker {args.plumpy_waker_ms or 'off'}",
+        "",
+        "Setup: one worker per library in its own OS process on the same broker, unique exchanges per run. "
+        "process_comms: `process_comms.connect(url, ..., testing_mode=True)` + `ProcessLauncher(persister="
+        "InMemoryPersister())`. plumpy: `RmqThreadCommunicator.connect(..., testing_mode=True)` wrapped in "
+        "`plumpy.communications.LoopCommunicator` on the worker's loop, `plumpy.ProcessLauncher(loop, persister, "
+        "load_context(loop, communicator))`, each process created with that communicator (as AiiDA's daemon). "
+        "Clients: each library's `RemoteProcessThreadController` (a-f) and `RemoteProcessController` (h); plumpy's "
+        "nested futures unwrapped. One-at-a-time workloads run in ABBA rounds; concurrent ones alternate who goes "
+        "first. Latency = issue → final answer; ops/s = successful ops ÷ wall time.",
+        "",
+        "## Comparison",
+        "",
+        comparison,
+        "",
+        "## All runs",
+        "",
+        detail,
+    ]
+    if codec_rows:
+        out += [
+            "",
+            "## Codec cost (encode + decode, in-process)",
+            "",
+            md_table(
+                ["codec", "message", "bytes", "µs / op"],
+                [[c, w, str(b), f"{us:.1f}"] for c, w, b, us in codec_rows],
+            ),
+        ]
+    if facade_rows:
+        out += [
+            "",
+            "## Thread facade overhead (embedded default: `process_comms.connect()`, in-process launcher)",
+            "",
+            md_table(["measurement", "µs / call"], [[label, f"{us:.1f}"] for label, us in facade_rows]),
+        ]
+    if failures:
+        out += ["", "## Workloads that raised", ""] + [f"- {f}" for f in failures]
+    out += ["", "## Notes", "", *NOTES]
+    if getattr(args, "idle_note", None):
+        out.append(f"- idle worker CPU measured before the run and subtracted from worker CPU/op: {args.idle_note}.")
+    return "\n".join(out)
+
+
+NOTES = [
+    "- plumpy's worker loop gets a 1 ms no-op timer (`--plumpy-waker-ms`, default 1): without it plumpy's "
+    "`LoopCommunicator` loses wake-ups (pain-points B1) and a large share of RPCs to an idle worker never get "
+    "an answer (row `wakeup`); with it plumpy can be measured at all. `--plumpy-waker-ms 0` measures it as wired.",
+    "- kiwipy's `testing_mode=True` also turns on asyncio debug mode on its I/O loop; it is switched off for the "
+    "measurements (`--plumpy-asyncio-debug` keeps it) so that plumpy is not slowed by a test setting.",
+    "- `PcWaiter` sleeps in ticks of `--pc-tick` seconds (60 by default): every tick is two state transitions, "
+    "each broadcast (`state_changed.*`); plumpy's waiting process emits nothing while it waits. With 0.5 s ticks, "
+    "200 waiting processes broadcast 800 messages/s and saturate the worker.",
+    "- CPU ms/op: user+system CPU of the worker process (from /proc) and of this client process (both libraries' "
+    "client threads) over the workload, per successful op; less sensitive to the shared machine's load than "
+    "wall time.",
+    "- raw floor: bare aio-pika request/reply to an echo server in its own OS process (no codec, no dispatch); "
+    "'x2' where one op is two request/replies (pause + play). The h rows compare the caller-loop lag with the "
+    "floor's own lag when it runs in the caller's loop.",
+    "- The broker and the 2 CPUs are shared with other sessions (tests, fault injection); compare the libraries "
+    "within one run (they are interleaved), not across runs.",
+]

@@ -1,0 +1,111 @@
+"""Workload g: the raw aio-pika request/reply floor (echo server in its own OS process)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import aio_pika
+import yaml
+
+from benchmarks.common import (
+    ECHO_KEY,
+    RAW,
+    short_error,
+)
+from benchmarks.measure import (
+    CpuMeter,
+    LagMonitor,
+    Result,
+    stop_monitor,
+)
+
+
+async def raw_floor(
+    url: str, exchange_name: str, n_seq: int, n_pipe: int, T: float, BT: float, worker_pid: int | None
+) -> list[Result]:
+    """Request/reply with bare aio-pika: one at a time and pipelined, with and without publisher confirms."""
+    body = yaml.dump({"intent": "status", "message": None}).encode()
+    results: list[Result] = []
+    connection = await asyncio.wait_for(aio_pika.connect(url), 15)
+    try:
+        for confirms in (True, False):
+            channel = await connection.channel(publisher_confirms=confirms)
+            exchange = await channel.declare_exchange(exchange_name, aio_pika.ExchangeType.TOPIC, auto_delete=True)
+            reply_queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+            await reply_queue.bind(exchange, routing_key=reply_queue.name)
+            waiters: dict[str, asyncio.Future[bytes]] = {}
+
+            async def on_reply(message: aio_pika.abc.AbstractIncomingMessage, w: Any = waiters) -> None:
+                fut = w.pop(message.correlation_id or "", None)
+                if fut is not None and not fut.done():
+                    fut.set_result(message.body)
+
+            await reply_queue.consume(on_reply, no_ack=True)
+
+            async def call(ex: Any = exchange, rq: Any = reply_queue, w: Any = waiters) -> bytes:
+                cid = str(uuid.uuid4())
+                fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+                w[cid] = fut
+                try:
+                    await ex.publish(
+                        aio_pika.Message(body, correlation_id=cid, reply_to=rq.name),
+                        routing_key=ECHO_KEY,
+                        mandatory=True,
+                    )
+                    return await asyncio.wait_for(fut, BT)
+                finally:
+                    w.pop(cid, None)
+
+            for _ in range(20):  # warm-up
+                await asyncio.wait_for(call(), T)
+            label = "+confirms" if confirms else " no confirms"
+            # one at a time
+            res = Result(f"g.seq{label}", RAW, n_seq)
+            monitor = LagMonitor()
+            ticker = asyncio.create_task(monitor.run())
+            await asyncio.sleep(0.02)
+            monitor.reset()
+            meter = CpuMeter(worker_pid)
+            t_start = time.perf_counter()
+            for _ in range(n_seq):
+                t0 = time.perf_counter()
+                try:
+                    await asyncio.wait_for(call(), T)
+                except Exception as exc:  # noqa: BLE001
+                    res.notes.append(short_error(exc))
+                    continue
+                res.latencies.append(time.perf_counter() - t0)
+                res.ok += 1
+            res.wall = time.perf_counter() - t_start
+            await stop_monitor(monitor, ticker, res)
+            results.append(meter.stop(res))
+            # pipelined
+            res = Result(f"g.pipe{label}", RAW, n_pipe)
+
+            async def timed() -> float | None:
+                t0 = time.perf_counter()
+                try:
+                    await call()
+                except Exception:  # noqa: BLE001
+                    return None
+                return time.perf_counter() - t0
+
+            monitor = LagMonitor()
+            ticker = asyncio.create_task(monitor.run())
+            await asyncio.sleep(0.02)
+            monitor.reset()
+            meter = CpuMeter(worker_pid)
+            t_start = time.perf_counter()
+            lats = await asyncio.wait_for(asyncio.gather(*(timed() for _ in range(n_pipe))), BT + 10)
+            res.wall = time.perf_counter() - t_start
+            res.latencies = [x for x in lats if x is not None]
+            res.ok = len(res.latencies)
+            await stop_monitor(monitor, ticker, res)
+            results.append(meter.stop(res))
+            await channel.close()
+    finally:
+        await asyncio.wait_for(connection.close(), 10)
+    return results
