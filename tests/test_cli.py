@@ -355,6 +355,8 @@ def test_kill_all(run: Run, worker: None, broker_url: str, names: dict[str, str]
         if watch.poll() is None:
             watch.kill()
             watch.wait(timeout=STOP_TIMEOUT)
+        if watch.stderr is not None:
+            watch.stderr.close()
 
 
 def test_queue_shows_the_worker(run: Run, worker: None, names: dict[str, str]) -> None:

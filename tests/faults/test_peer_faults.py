@@ -20,24 +20,24 @@ pytestmark = pytest.mark.slow
 
 def test_processes_outlive_their_controller_and_obey_a_new_one(prefix: str, workers: Any) -> None:
     workers()
-    proc = subprocess.Popen(
+    with subprocess.Popen(  # closes its pipes on exit
         [sys.executable, "-m", "tests.faults.controller_main", "--broker", BROKER_URL, "--prefix", prefix],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()  # the controller prints its pids once it has sent the launches
-        assert line.strip(), proc.stderr.read() if proc.stderr else ""
-        pids = [uuid.UUID(text) for text in line.split()]
-        proc.send_signal(signal.SIGKILL)  # the controller dies mid-launch: some replies are still pending
-        proc.wait(15)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()  # the controller prints its pids once it has sent the launches
+            assert line.strip(), proc.stderr.read() if proc.stderr else ""
+            pids = [uuid.UUID(text) for text in line.split()]
+            proc.send_signal(signal.SIGKILL)  # the controller dies mid-launch: some replies are still pending
             proc.wait(15)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(15)
     with controller(prefix) as ctl:
         statuses = {pid: wait_until(lambda pid=pid: _status(ctl, pid), 30, f"process {pid}") for pid in pids}
         assert all(status["state_name"] in ("running", "waiting") for status in statuses.values())
