@@ -147,7 +147,7 @@ class RemoteProcessThreadController:
         no_reply: bool = False,
         timeout: float | None = None,
     ) -> ControllerFuture[Any]:
-        """Future of create-then-continue (works here: plumpy's deadlocks, pain-points B2)."""
+        """Future of create-then-continue (works here; plumpy's deadlocks on its own loop thread)."""
         return self._communicator.submit(
             self._core.execute_process(process_class, init_args, init_kwargs, loader, nowait, no_reply, timeout)
         )

@@ -300,7 +300,9 @@ class RmqCommunicator(AsyncCommunicator):
             return
         try:
             reply: Any = self.codec.decode(message.body)
-        except DecodeError as exc:  # an undecodable reply fails its call instead of hanging it (B5)
+        except (
+            DecodeError
+        ) as exc:  # an undecodable reply fails its call instead of hanging it (kiwipy would wait forever)
             reply = exc
         waiter.feed(reply)
 

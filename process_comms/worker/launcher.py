@@ -2,7 +2,7 @@
 running processes and wires each to the communicator, so it can be paused, killed and watched
 (processes started by a bare plumpy launcher cannot be). What it must not run (unknown task type,
 malformed body, a class it may not load) gets one terminal error reply, never a requeue loop or a
-message held forever: see ../shared/pain-points.md and the "Bad input" section of RELIABILITY.md.
+message held forever: see the "Bad input" section of RELIABILITY.md.
 """
 
 from __future__ import annotations
