@@ -302,7 +302,7 @@ class RmqCommunicator(AsyncCommunicator):
             reply: Any = self.codec.decode(message.body)
         except (
             DecodeError
-        ) as exc:  # an undecodable reply fails its call instead of hanging it (kiwipy would wait forever)
+        ) as exc:  # an undecodable reply fails its call instead of hanging it
             reply = exc
         waiter.feed(reply)
 
