@@ -300,9 +300,7 @@ class RmqCommunicator(AsyncCommunicator):
             return
         try:
             reply: Any = self.codec.decode(message.body)
-        except (
-            DecodeError
-        ) as exc:  # an undecodable reply fails its call instead of hanging it
+        except DecodeError as exc:  # an undecodable reply fails its call instead of hanging it
             reply = exc
         waiter.feed(reply)
 
