@@ -1101,3 +1101,30 @@ def test_release_of_a_process_without_persister_is_refused(env: Env) -> None:
         env.ctl.pause_process(pid, release=True).result(T)
     assert env.ctl.get_status(pid).result(T)["paused"] is False
     assert env.ctl.kill_process(pid).result(T) is True
+
+
+@pytest.mark.parametrize("backend", ["embedded", "rmq"])
+def test_async_with_closes_the_communicator_and_the_controller(backend: str, request: pytest.FixtureRequest) -> None:
+    """``async with`` on both async back ends and on the asyncio controller: leaving the block closes them."""
+
+    def make() -> process_comms.AsyncCommunicator:
+        if backend == "embedded":
+            return process_comms.EmbeddedCommunicator()
+        names = request.getfixturevalue("names")
+        return process_comms.RmqCommunicator(request.getfixturevalue("broker_url"), **rmq_options(names))
+
+    async def main() -> None:
+        async with make() as comm:
+            with ProcessLauncher() as launcher:
+                await bounded(comm.add_task_subscriber(launcher))
+                async with RemoteProcessController(comm) as ctl:
+                    assert await bounded(ctl.launch_process(procs.Add, init_kwargs=add(2, 3))) == {"sum": 5}
+                with pytest.raises(process_comms.CommunicatorClosed):  # the controller closed its communicator
+                    await bounded(ctl.get_status(uuid.uuid4()))
+        await bounded(comm.close())  # idempotent after the block
+        async with make() as other:
+            pass
+        with pytest.raises(process_comms.CommunicatorClosed):
+            await bounded(other.broadcast_send("late"))
+
+    asyncio.run(main())

@@ -61,6 +61,20 @@ class RemoteProcessController:
         """The communicator this controller sends through."""
         return self._communicator
 
+    async def close(self) -> None:
+        """Close the communicator this controller sends through, as the thread facade's ``close`` does; idempotent."""
+        comm = self._communicator
+        if isinstance(comm, AsyncCommunicator):
+            await comm.close()
+        else:  # a thread-facing communicator: its close joins its loop thread, so not from this loop
+            await asyncio.to_thread(comm.close)
+
+    async def __aenter__(self) -> RemoteProcessController:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
     @property
     def _core(self) -> AsyncCommunicator:
         comm = self._communicator
