@@ -11,7 +11,7 @@ from process_comms import RemoteProcessController, RemoteProcessThreadController
 
 #: Facade-only names, each with its reason.
 FACADE_ONLY = {
-    "close": "closes the communicator the facade was given (the asyncio controller's is async: aclose parity below)",
+    "close": "both have it; the asyncio controller's is a coroutine, so it is compared apart",
     "communicator": "property",
     "rpc_timeout": "property (the core's attribute)",
     "task_timeout": "property (the core's attribute)",
