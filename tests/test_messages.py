@@ -454,3 +454,21 @@ def test_json_task_envelope_from_foreign_client() -> None:
         False,
     ]
     assert YamlCodec().decode(b'{"intent": "status", "message": null}') == process_comms.MessageBuilder.status()
+
+
+@pytest.mark.parametrize(
+    ("subject", "transition"),
+    [
+        ("state_changed.None.created", ("None", "created")),
+        ("state_changed.running.finished", ("running", "finished")),
+        ("state_changed.running", None),
+        ("state_changed..finished", None),
+        ("intent_result.pause", None),
+        (None, None),
+    ],
+)
+def test_state_changed_subjects_are_parsed_in_one_place(subject: Any, transition: Any) -> None:
+    assert messages.state_transition(subject) == transition
+    assert messages.state_from_subject(subject) == (None if transition is None else transition[1])
+    if transition is not None:
+        assert messages.is_terminal(transition[1]) is (transition[1] in messages.TERMINAL_STATES)

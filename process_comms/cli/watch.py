@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..transports.base import BroadcastFilter
+from ..wire.messages import state_transition
 from ._common import connect_from, is_tty, unique_pids
 from .main import EXIT_OK, EXIT_TIMEOUT, PROG, CliError, add_command, int_at_least, positive_float
 
@@ -49,12 +50,11 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     events: queue.SimpleQueue[tuple[str, str, str]] = queue.SimpleQueue()
 
     def on_event(_comm: Any, _body: Any, sender: Any, subject: Any, _cid: Any) -> None:
-        # TODO(lead): parse 'state_changed.<from>.<to>' with the state-name parser moving to
-        # process_comms/wire/messages.py (client/controller.py's _TERMINAL_SUBJECT parses the same subject)
-        parts = str(subject).split(".")
-        if len(parts) != 3 or (wanted and str(sender) not in wanted):
+        transition = state_transition(subject)
+        if transition is None or (wanted and str(sender) not in wanted):
             return
-        events.put((str(sender), "-" if parts[1] == "None" else parts[1], parts[2]))
+        before, after = transition
+        events.put((str(sender), "-" if before == "None" else before, after))
 
     count: int | None = args.count
     seconds: float | None = args.seconds

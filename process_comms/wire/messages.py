@@ -39,6 +39,7 @@ __all__ = [
     "is_terminal",
     "state_name",
     "state_from_subject",
+    "state_transition",
 ]
 
 #: A process id: any hashable value whose ``str()`` is its routing key (plumpy: ``PID_TYPE = Hashable``).
@@ -85,12 +86,19 @@ def state_name(state: Any) -> str:
     return "" if state is None else str(state).rsplit(".", 1)[-1].lower()
 
 
-def state_from_subject(subject: Any) -> str | None:
-    """The new state named by a ``state_changed.<from>.<to>`` subject, or None for any other subject."""
+def state_transition(subject: Any) -> tuple[str, str] | None:
+    """``(from, to)`` of a ``state_changed.<from>.<to>`` subject (plumpy sends ``None`` as the first
+    ``from``), or None for any other subject."""
     if not isinstance(subject, str) or not subject.startswith(STATE_CHANGED_PREFIX):
         return None
     parts = subject[len(STATE_CHANGED_PREFIX) :].split(".")
-    return parts[1] if len(parts) == 2 and parts[0] and parts[1] else None
+    return (parts[0], parts[1]) if len(parts) == 2 and parts[0] and parts[1] else None
+
+
+def state_from_subject(subject: Any) -> str | None:
+    """The new state named by a ``state_changed.<from>.<to>`` subject, or None for any other subject."""
+    transition = state_transition(subject)
+    return None if transition is None else transition[1]
 
 
 class Intent:
