@@ -1,9 +1,7 @@
-"""The RabbitMQ back end, on aio-pika, speaking kiwipy 0.9's wire format (see shared/wire-protocol.md).
+"""The RabbitMQ connection: connect and close, channels and exchanges, publishing, request and reply.
 
-Differences from kiwipy that peers cannot see: publishes are pipelined (never serialised behind a
-confirm), a reply that cannot be decoded fails its call instead of hanging it, a connection loss fails
-the calls in flight with :class:`ConnectionLost`, a malformed or rejected task is settled with an error
-reply instead of looping, and all RPC routes of one communicator share one exclusive queue.
+:class:`~process_comms.transports.rmq.RmqCommunicator` builds the kiwipy verbs (send, subscribe, consume
+tasks) on this; what is declared comes from :mod:`._topology`.
 """
 
 from __future__ import annotations
@@ -24,40 +22,33 @@ import aiormq
 import aiormq.exceptions
 import yarl
 
-from .. import defaults
-from ..errors import (
+from ... import defaults
+from ...errors import (
     BrokerUnavailable,
     CommunicatorClosed,
     ConnectionLost,
     DecodeError,
-    EncodeError,
     ProcessUnreachable,
 )
-from ..urls import mask_url
-from ..wire.codec import Codec
-from .base import (
-    AsyncCommunicator,
-    ReplyWaiter,
-    exception_reply,
-    host_info,
-    routing_id,
-    settle_task,
-)
+from ...urls import mask_url
+from ...wire.codec import Codec
+from ..base import AsyncCommunicator, ReplyWaiter
+from . import _topology
 
-__all__ = ["RmqCommunicator"]
+__all__ = ["CONNECTION_ERRORS", "SETTLE_ERRORS", "RmqConnection"]
 
 LOGGER = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_CONNECTION_ERRORS = (
+CONNECTION_ERRORS = (
     aiormq.exceptions.AMQPConnectionError,
     aiormq.exceptions.ChannelInvalidStateError,
     aio_pika.exceptions.ChannelClosed,
     ConnectionError,
     RuntimeError,
 )
-_SETTLE_ERRORS = (*_CONNECTION_ERRORS, aiormq.exceptions.AMQPError)
+SETTLE_ERRORS = (*CONNECTION_ERRORS, aiormq.exceptions.AMQPError)
 
 
 def _describe_connect_error(exc: BaseException) -> str:
@@ -69,8 +60,13 @@ def _describe_connect_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-class RmqCommunicator(AsyncCommunicator):
-    """An asyncio communicator on RabbitMQ with kiwipy's exchanges, queues and messages."""
+class RmqConnection(AsyncCommunicator):
+    """One robust aio-pika connection with kiwipy's exchanges: the base of :class:`RmqCommunicator`.
+
+    Channels: ``_pub_channel`` (publisher confirms: tasks and RPCs), ``_fast_channel`` (no confirms:
+    replies and broadcasts), ``_sub_channel`` (consumers); the task queue gets a channel of its own for
+    its prefetch limit.
+    """
 
     def __init__(
         self,
@@ -115,7 +111,8 @@ class RmqCommunicator(AsyncCommunicator):
 
     def __repr__(self) -> str:
         return (
-            f"<RmqCommunicator {mask_url(self._url)} exchanges={self.message_exchange_name},{self.task_exchange_name}>"
+            f"<{type(self).__name__} {mask_url(self._url)}"
+            f" exchanges={self.message_exchange_name},{self.task_exchange_name}>"
         )
 
     @property
@@ -190,9 +187,8 @@ class RmqCommunicator(AsyncCommunicator):
     async def _declare_exchange(
         self, channel: aio_pika.abc.AbstractChannel, name: str
     ) -> aio_pika.abc.AbstractExchange:
-        return await channel.declare_exchange(
-            name, type=aio_pika.ExchangeType.TOPIC, durable=False, auto_delete=self.testing_mode
-        )
+        spec = _topology.exchange(name, testing_mode=self.testing_mode)
+        return await channel.declare_exchange(**spec.declare_kwargs())
 
     def _on_connection_closed(self, _sender: Any, exc: BaseException | None) -> None:
         error: Exception = (
@@ -239,13 +235,13 @@ class RmqCommunicator(AsyncCommunicator):
         routing_key: str,
         *,
         mandatory: bool,
-        delivery_mode: int = 1,
+        delivery_mode: aio_pika.DeliveryMode = aio_pika.DeliveryMode.NOT_PERSISTENT,
         correlation_id: str | None = None,
         reply_to: str | None = None,
     ) -> None:
         # the properties aio_pika.Message would build, without building a Message (12 µs a publish)
         properties = aiormq.spec.Basic.Properties(
-            correlation_id=correlation_id, reply_to=reply_to, delivery_mode=delivery_mode, headers={}
+            correlation_id=correlation_id, reply_to=reply_to, delivery_mode=delivery_mode.value, headers={}
         )
         owner = cast(aio_pika.Exchange, exchange).channel  # every exchange here is one aio-pika declared
         try:
@@ -257,7 +253,7 @@ class RmqCommunicator(AsyncCommunicator):
             )
         except aio_pika.exceptions.DeliveryError:
             raise ProcessUnreachable(f"no queue is bound to {routing_key!r}") from None
-        except _CONNECTION_ERRORS as exc:
+        except CONNECTION_ERRORS as exc:
             raise ConnectionLost(f"could not publish to {mask_url(self._url)}: {type(exc).__name__}: {exc}") from None
 
     async def _shielded(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -282,13 +278,9 @@ class RmqCommunicator(AsyncCommunicator):
                 return name
             exchange_name = self.message_exchange_name if kind == "rpc" else self.task_exchange_name
             exchange = self._sub_msg_exchange if kind == "rpc" else self._sub_task_exchange
-            name = f"{exchange_name}-reply-{uuid.uuid4()}"
-            queue = await self._sub_channel.declare_queue(
-                name,
-                exclusive=True,
-                auto_delete=self.testing_mode,
-                arguments={"x-expires": defaults.REPLY_QUEUE_EXPIRES_MS},
-            )
+            spec = _topology.reply_queue(exchange_name, testing_mode=self.testing_mode)
+            queue = await self._sub_channel.declare_queue(**spec.declare_kwargs())
+            name = spec.name
             await queue.bind(exchange, routing_key=name)
             await queue.consume(self._on_reply, no_ack=True)
             self._reply_queues[kind] = name
@@ -310,14 +302,16 @@ class RmqCommunicator(AsyncCommunicator):
         exchange: aio_pika.abc.AbstractExchange,
         body: bytes,
         routing_key: str,
-        delivery_mode: int,
-        wait: bool,
+        *,
+        delivery_mode: aio_pika.DeliveryMode,
+        wait_for_reply: bool,
         on_pending: Callable[[], None] | None,
     ) -> Any:
+        """Publish a request (mandatory: unroutable fails) with our reply queue; await the reply if asked."""
         reply_to = self._reply_queues.get(kind) or await self._reply_queue(kind)
         correlation_id = str(uuid.uuid4())
         waiter = ReplyWaiter(asyncio.get_running_loop(), on_pending)
-        if wait:
+        if wait_for_reply:
             self._waiters[correlation_id] = waiter
         try:
             await self._publish(
@@ -329,7 +323,7 @@ class RmqCommunicator(AsyncCommunicator):
                 correlation_id=correlation_id,
                 reply_to=reply_to,
             )
-            if not wait:
+            if not wait_for_reply:
                 return None
             return await waiter.future
         finally:
@@ -348,248 +342,9 @@ class RmqCommunicator(AsyncCommunicator):
             raise ConnectionLost(
                 f"the connection to {mask_url(self._url)} was reset mid-call; outcome unknown"
             ) from None
-        except _SETTLE_ERRORS as exc:
+        except SETTLE_ERRORS as exc:
             if self._closed:
                 raise CommunicatorClosed("the communicator was closed while the call was in flight") from None
             raise ConnectionLost(
                 f"broker error mid-call on {mask_url(self._url)}: {type(exc).__name__}: {exc}"
             ) from None
-
-    async def rpc_send(self, recipient_id: Any, msg: Any, on_pending: Callable[[], None] | None = None) -> Any:
-        key = routing_id(recipient_id)
-        body = self.codec.encode(msg)
-        await self._ready()
-        try:
-            return await self._guarded(
-                self._request("rpc", self._pub_msg_exchange, body, f"{defaults.RPC_PREFIX}.{key}", 1, True, on_pending)
-            )
-        except ProcessUnreachable:
-            raise ProcessUnreachable(
-                f"process {key} is not reachable: no worker holds it (is a worker running? has it ended?)"
-            ) from None
-
-    async def task_send(self, task: Any, no_reply: bool = False, on_pending: Callable[[], None] | None = None) -> Any:
-        body = self.codec.encode((task, no_reply))
-        await self._ready()
-
-        async def send() -> Any:
-            await self._ensure_task_queue()
-            return await self._request(
-                "task", self._pub_task_exchange, body, self.task_queue_name, 2, not no_reply, on_pending
-            )
-
-        return await self._guarded(send())
-
-    async def broadcast_send(
-        self, body: Any, sender: Any = None, subject: Any = None, correlation_id: Any = None
-    ) -> bool:
-        data = self.codec.encode({"body": body, "sender": sender, "subject": subject, "correlation_id": correlation_id})
-        await self._ready()
-        await self._guarded(self._publish(self._fast_msg_exchange, data, defaults.BROADCAST_KEY, mandatory=False))
-        return True
-
-    # -- subscriptions ---------------------------------------------------------------------------
-    async def _ensure_rpc_queue(self) -> aio_pika.abc.AbstractQueue:
-        if self._rpc_queue is None:
-            async with self._declare_lock:
-                if self._rpc_queue is None:
-                    queue = await self._sub_channel.declare_queue(
-                        f"amq_{uuid.uuid4().hex}",
-                        exclusive=True,
-                        auto_delete=self.testing_mode,
-                        arguments={
-                            "x-message-ttl": defaults.RPC_QUEUE_MESSAGE_TTL_MS,
-                            "x-expires": defaults.RPC_QUEUE_EXPIRES_MS,
-                        },
-                    )
-                    await queue.consume(self._on_rpc, no_ack=True)
-                    self._rpc_queue = queue
-        return self._rpc_queue
-
-    async def _on_rpc_added(self, key: str) -> None:
-        await self._ready()
-
-        async def bind() -> None:
-            queue = await self._ensure_rpc_queue()
-            await queue.bind(self._sub_msg_exchange, routing_key=f"{defaults.RPC_PREFIX}.{key}")
-
-        await self._guarded(self._shielded(bind()))
-
-    async def _on_rpc_removed(self, key: str) -> None:
-        if self._rpc_queue is not None and self._connection is not None:
-            try:
-                await self._rpc_queue.unbind(self._sub_msg_exchange, routing_key=f"{defaults.RPC_PREFIX}.{key}")
-            except _SETTLE_ERRORS:
-                LOGGER.debug("could not unbind %s", key, exc_info=True)
-
-    async def _on_rpc(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        key = (message.routing_key or "")[len(defaults.RPC_PREFIX) + 1 :]
-        reply_to, correlation_id = message.reply_to, message.correlation_id
-
-        async def send(reply: dict[str, Any]) -> None:
-            await self._send_reply(self._fast_msg_exchange, reply_to or "", correlation_id, reply)
-
-        # aio-pika already runs this callback as a task of its own: handle the RPC here (no extra task and
-        # loop turn before the reply), tracked so that close() cancels it like any spawned work
-        task = asyncio.current_task()
-        if task is not None:
-            self._running.add(task)
-        try:
-            await self._handle_rpc(key, message.body, send if reply_to else None)
-        finally:
-            if task is not None:
-                self._running.discard(task)
-
-    async def _send_reply(
-        self, exchange: aio_pika.abc.AbstractExchange, reply_to: str, correlation_id: str | None, reply: dict[str, Any]
-    ) -> None:
-        try:
-            data = self.codec.encode(reply)
-        except EncodeError as exc:
-            data = self.codec.encode(exception_reply(exc) | ({"host": reply["host"]} if "host" in reply else {}))
-        try:
-            await self._publish(exchange, data, reply_to, mandatory=False, correlation_id=correlation_id)
-        except (ConnectionLost, ProcessUnreachable):
-            LOGGER.warning("could not send a reply to %s: the connection is down", reply_to)
-
-    async def _on_broadcast_subscribers_changed(self) -> None:
-        if self._broadcast_queue is not None:
-            return
-        await self._ready()
-        await self._guarded(self._shielded(self._declare_broadcast_queue()))
-
-    async def _declare_broadcast_queue(self) -> None:
-        async with self._declare_lock:
-            if self._broadcast_queue is None:
-                queue = await self._sub_channel.declare_queue(
-                    f"broadcast-{uuid.uuid4().hex[:22]}",
-                    exclusive=True,
-                    auto_delete=self.testing_mode,
-                    arguments={"x-message-ttl": defaults.BROADCAST_QUEUE_MESSAGE_TTL_MS},
-                )
-                await queue.bind(self._sub_msg_exchange, routing_key=defaults.BROADCAST_KEY)
-                await queue.consume(self._on_broadcast, no_ack=True)
-                self._broadcast_queue = queue
-
-    async def _on_broadcast(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        self._handle_broadcast(message.body)
-
-    # -- tasks -----------------------------------------------------------------------------------
-    async def _ensure_task_queue(self) -> aio_pika.abc.AbstractQueue:
-        if self._task_queue is None:
-            return await self._shielded(self._declare_task_queue())
-        return self._task_queue
-
-    async def _declare_task_queue(self) -> aio_pika.abc.AbstractQueue:
-        if self._task_queue is None:
-            async with self._declare_lock:
-                if self._task_queue is None:
-                    channel = await self._connection.channel()  # type: ignore[union-attr]
-                    if self.task_prefetch_count:
-                        await channel.set_qos(prefetch_count=self.task_prefetch_count)
-                    arguments: dict[str, Any] = {"x-message-ttl": defaults.TASK_MESSAGE_TTL_MS}
-                    if self.testing_mode:
-                        arguments["x-expires"] = defaults.TESTING_TASK_QUEUE_EXPIRES_MS
-                    queue = await channel.declare_queue(
-                        self.task_queue_name, durable=not self.testing_mode, arguments=arguments
-                    )
-                    exchange = await self._declare_exchange(channel, self.task_exchange_name)
-                    await queue.bind(exchange, routing_key=self.task_queue_name)
-                    self._task_queue = queue
-        return self._task_queue
-
-    async def _on_task_subscribers_changed(self) -> None:
-        await self._ready()
-        queue = await self._ensure_task_queue()
-        if self._task_subscribers and self._task_consumer_tag is None:
-            self._task_consumer_tag = await queue.consume(self._on_task)
-        elif not self._task_subscribers and self._task_consumer_tag is not None:
-            tag, self._task_consumer_tag = self._task_consumer_tag, None
-            await queue.cancel(tag)
-
-    async def _on_task(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        task = asyncio.get_running_loop().create_task(self._handle_task(message))
-        self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
-
-    async def _handle_task(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        try:
-            await self._settle_task(message)
-        except asyncio.CancelledError:
-            if self._releasing:
-                try:
-                    await message.nack(requeue=True)
-                except _SETTLE_ERRORS:
-                    pass
-            raise
-
-    async def _settle_task(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        await settle_task(
-            _RmqIncoming(self, message),
-            message.body,
-            list(self._task_subscribers.values()),
-            self.facade,
-            self.codec,
-            lambda: self._releasing,
-        )
-
-    async def release_tasks(self, suspend: Awaitable[Any] | None = None) -> None:
-        """Stop consuming, await ``suspend`` (checkpoint the work), then nack every task in progress."""
-        self._releasing = True
-        if self._task_queue is not None and self._task_consumer_tag is not None:
-            tag, self._task_consumer_tag = self._task_consumer_tag, None
-            try:
-                await self._task_queue.cancel(tag)
-            except _SETTLE_ERRORS:
-                LOGGER.debug("could not cancel the task consumer", exc_info=True)
-        if suspend is not None:
-            await suspend
-        tasks = list(self._inflight)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=defaults.CLOSE_TIMEOUT)
-
-
-class _RmqIncoming:
-    """An aio-pika task delivery with the settle verbs of :class:`~process_comms.transports.base.IncomingTask`."""
-
-    __slots__ = ("_comm", "_message")
-
-    def __init__(self, comm: RmqCommunicator, message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        self._comm, self._message = comm, message
-
-    @property
-    def redelivered(self) -> bool:
-        return bool(self._message.redelivered)
-
-    @property
-    def correlation_id(self) -> str | None:
-        return self._message.correlation_id
-
-    async def ack(self) -> bool:
-        try:
-            await self._message.ack()
-        except _SETTLE_ERRORS:
-            LOGGER.warning("could not ack a task: the channel closed; the broker will redeliver it")
-            return False
-        return True
-
-    async def requeue(self) -> None:
-        await self._message.nack(requeue=True)
-
-    def wants_reply(self, no_reply: bool) -> bool:
-        return bool(self._message.reply_to) and not no_reply
-
-    async def reject(self) -> None:
-        await self._message.reject(requeue=False)
-
-    async def reply(self, reply: dict[str, Any]) -> None:
-        if self._message.reply_to:
-            comm = self._comm
-            await comm._send_reply(
-                comm._fast_task_exchange,
-                self._message.reply_to,
-                self._message.correlation_id,
-                {**reply, "host": host_info()},
-            )

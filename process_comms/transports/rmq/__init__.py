@@ -1,0 +1,5 @@
+"""The RabbitMQ back end (aio-pika): :class:`RmqCommunicator`."""
+
+from .communicator import RmqCommunicator
+
+__all__ = ["RmqCommunicator"]
