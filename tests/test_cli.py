@@ -404,3 +404,18 @@ def test_progress_bar_only_on_a_tty_and_for_many() -> None:
     single = _Tty()
     cli.wait_many({"a": done(1)}, 1, single)
     assert single.getvalue() == ""
+
+
+def test_progress_bar_frames_on_a_tty() -> None:
+    """The bare bar (process_comms.client.display.Progress, style "bar"): redrawn in place, a newline at the end."""
+    ok: Future[Any] = Future()
+    ok.set_result(1)
+    failed: Future[Any] = Future()
+    failed.set_exception(ValueError("no"))
+    pending: Future[Any] = Future()
+    tty = _Tty()
+    results = cli.wait_many({"a": ok, "b": failed, "c": pending}, 0.2, tty)
+    assert results["a"] == 1 and isinstance(results["b"], ValueError)
+    assert isinstance(results["c"], process_comms.TimeoutError) and pending.cancelled()
+    # a frame before the first wait and one at the deadline (the bar redraws at most every 0.2 s)
+    assert tty.getvalue() == "\r[#############.......] 2/3" + "\r[#############.......] 2/3\n"

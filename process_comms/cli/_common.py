@@ -6,14 +6,14 @@ import argparse
 import concurrent.futures
 import json
 import sys
-import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
 from .. import defaults
-from ..client.futures import outcomes, wait_all
+from ..client.display import Progress
+from ..client.futures import wait_all
 from ..transports.threaded import ThreadCommunicator, connect
 from ..urls import mask_url
 from .main import EXIT_BROKER, EXIT_OK, PROG, CliError, Scrubber, describe, exit_code_for, print_error
@@ -27,6 +27,9 @@ __all__ = ["GRACE", "Context", "connect_from", "is_tty", "parse_pid", "report", 
 
 #: Extra seconds the command waits beyond --timeout, so the library's own typed deadline fires first.
 GRACE = 2.0
+
+#: Characters in the progress bar ``wait_many`` draws on a terminal.
+_BAR_WIDTH = 20
 
 
 def _json_default(value: Any) -> Any:
@@ -125,30 +128,6 @@ def is_tty(stream: TextIO) -> bool:
         return False
 
 
-class _Bar:
-    """A one-line progress bar on a TTY: ``\\r[#####.....] 5/10``."""
-
-    # TODO(lead): replace with process_comms.client.display.Progress once it can draw a bar without the
-    # "<description>: " prefix and the "done (0.1 s)" suffix (tests/test_cli.py asserts "\r[" and "2/3")
-    WIDTH = 20
-
-    def __init__(self, total: int, stream: TextIO) -> None:
-        self.total = total
-        self.stream = stream
-        self.update(0)
-
-    def update(self, done: int) -> None:
-        """Redraw the bar with ``done`` of ``total`` finished."""
-        filled = self.WIDTH * done // self.total if self.total else self.WIDTH
-        self.stream.write(f"\r[{'#' * filled}{'.' * (self.WIDTH - filled)}] {done}/{self.total}")
-        self.stream.flush()
-
-    def finish(self) -> None:
-        """End the bar's line."""
-        self.stream.write("\n")
-        self.stream.flush()
-
-
 def wait_many(
     futures: Mapping[str, concurrent.futures.Future[Any]], timeout: float, progress_stream: TextIO | None = None
 ) -> dict[str, Any]:
@@ -159,14 +138,8 @@ def wait_many(
     if progress_stream is None or len(futures) < 2 or not is_tty(progress_stream):
         results = wait_all(futures, timeout)
     else:
-        bar = _Bar(len(futures), progress_stream)
-        deadline = time.monotonic() + timeout
-        pending = set(futures.values())
-        while pending and (remaining := deadline - time.monotonic()) > 0:
-            _, pending = concurrent.futures.wait(pending, remaining, concurrent.futures.FIRST_COMPLETED)
-            bar.update(len(futures) - len(pending))
-        bar.finish()
-        results = outcomes(futures, timeout)
+        bar = Progress(stream=progress_stream, width=_BAR_WIDTH, notebook=False, style="bar")
+        results = bar.track(futures, timeout)
     for fut in futures.values():
         fut.cancel()  # stop waiting for what did not answer (a no-op for the others)
     return results

@@ -2,10 +2,12 @@
 
 * :class:`StatusTable` shows ``{pid: status dict or exception}`` (what
   :meth:`RemoteProcessController.get_status_many` returns) as an HTML table in a notebook
-  (``_repr_html_``) and as aligned text everywhere else (``str(table)``);
-  :func:`status_table` also accepts the ``{pid: future}`` mapping of the thread controller.
+  (``_repr_html_``) and as aligned text everywhere else (``str(table)``, or ``table.lines("plain")``
+  for the form ``process-comms status`` prints); :func:`status_table` also accepts the
+  ``{pid: future}`` mapping of the thread controller.
 * :class:`Progress` waits for many futures under one deadline, showing how many are done: a live
-  display in a notebook (when IPython is importable and a kernel runs it), a line on stderr otherwise.
+  display in a notebook (when IPython is importable and a kernel runs it), a line on stderr otherwise
+  (``style="bar"`` draws just the bar and the count, as ``process-comms`` does on a terminal).
 
 Nothing here requires IPython.
 """
@@ -17,13 +19,13 @@ import html
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, TextIO, TypeVar, overload
+from typing import Any, Literal, TextIO, TypeVar, overload
 
 from .. import defaults
 from ..wire.messages import Pid, state_name
 from .futures import outcomes, wait_all
 
-__all__ = ["COLUMNS", "TABLE_CSS_CLASS", "Progress", "StatusTable", "status_table"]
+__all__ = ["COLUMNS", "TABLE_CSS_CLASS", "Progress", "ProgressStyle", "StatusTable", "TableStyle", "status_table"]
 
 K = TypeVar("K")
 
@@ -32,6 +34,12 @@ COLUMNS = ("pid", "state", "paused", "status", "class")
 
 #: CSS class of the ``<table>`` a :class:`StatusTable` renders (handy to find it in notebook outputs).
 TABLE_CSS_CLASS = "process-comms-status"
+
+#: The text forms of a :class:`StatusTable` (see :meth:`StatusTable.lines`).
+TableStyle = Literal["aligned", "plain"]
+
+#: The text forms of a :class:`Progress` display (see :class:`Progress`).
+ProgressStyle = Literal["full", "bar"]
 
 
 def _state_of(status: Mapping[str, Any]) -> str:
@@ -62,6 +70,23 @@ def _row(pid: Pid, status: Mapping[str, Any] | BaseException) -> tuple[str, str,
     )
 
 
+def _layout(rows: Sequence[Sequence[str]], rule: bool) -> list[str]:
+    """``rows`` (the header first) as lines of left-aligned columns two spaces apart, trailing blanks cut.
+
+    With ``rule`` a line of dashes as wide as each column goes under the header.
+    """
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+
+    def line(cells: Iterable[str]) -> str:
+        return "  ".join(cell.ljust(w) for cell, w in zip(cells, widths, strict=True)).rstrip()
+
+    out = [line(rows[0])]
+    if rule:
+        out.append(line("-" * w for w in widths))
+    out.extend(line(row) for row in rows[1:])
+    return out
+
+
 class StatusTable:
     """A table of process statuses: HTML in a notebook, aligned text in a terminal.
 
@@ -81,17 +106,22 @@ class StatusTable:
         return f"<StatusTable of {len(self.rows)} process(es)>"
 
     def __str__(self) -> str:
-        """The table as aligned text, one process per line under a header."""
-        widths = [len(c) for c in COLUMNS]
-        for row in self.rows:
-            widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+        """The table as aligned text, one process per line under a header (``lines("aligned")``)."""
+        return "\n".join(self.lines())
 
-        def line(cells: Iterable[str]) -> str:
-            return "  ".join(cell.ljust(w) for cell, w in zip(cells, widths, strict=True)).rstrip()
+    def lines(self, style: TableStyle = "aligned") -> list[str]:
+        """The table as lines of aligned columns: the header, then one line per process.
 
-        out = [line(COLUMNS), line("-" * w for w in widths)]
-        out.extend(line(row) for row in self.rows)
-        return "\n".join(out)
+        ``"aligned"`` (what ``str(table)`` shows): the header as in :data:`COLUMNS`, a dashed rule
+        under it, the cells as they are. ``"plain"`` (what ``process-comms status`` prints, handy for
+        ``grep`` and ``awk``): an upper-case header, no rule, runs of whitespace (newlines included)
+        in a cell collapsed to one space, and ``-`` in an empty cell.
+        """
+        if style == "plain":
+            rows = [[c.upper() for c in COLUMNS]]
+            rows += [[" ".join(cell.split()) or "-" for cell in row] for row in self.rows]
+            return _layout(rows, rule=False)
+        return _layout([COLUMNS, *self.rows], rule=True)
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
         """IPython's plain-text form: the aligned table."""
@@ -134,12 +164,23 @@ def status_table(
 class _ProgressView:
     """One state of a progress display, renderable as text and as HTML."""
 
-    def __init__(self, description: str, done: int, failed: int, total: int, elapsed: float, width: int) -> None:
+    def __init__(
+        self,
+        description: str,
+        done: int,
+        failed: int,
+        total: int,
+        elapsed: float,
+        width: int,
+        style: ProgressStyle = "full",
+    ) -> None:
         self.description, self.done, self.failed, self.total = description, done, failed, total
-        self.elapsed, self.width = elapsed, width
+        self.elapsed, self.width, self.style = elapsed, width, style
 
     def __str__(self) -> str:
         filled = self.width if self.total == 0 else self.width * self.done // self.total
+        if self.style == "bar":
+            return f"[{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{self.total}"
         bar = "#" * filled + "-" * (self.width - filled)
         failed = f", {self.failed} failed" if self.failed else ""
         return f"{self.description}: [{bar}] {self.done}/{self.total} done{failed} ({self.elapsed:.1f} s)"
@@ -147,6 +188,9 @@ class _ProgressView:
     __repr__ = __str__
 
     def _repr_html_(self) -> str:
+        bar = f'<progress value="{self.done}" max="{max(self.total, 1)}"></progress>'
+        if self.style == "bar":
+            return f'<div class="process-comms-progress">{bar} {self.done}/{self.total}</div>'
         failed = f", {self.failed} failed" if self.failed else ""
         return (
             '<div class="process-comms-progress">'
@@ -175,7 +219,10 @@ class Progress:
 
     In a notebook the display updates in place (IPython's ``display(..., display_id=True)``);
     elsewhere it writes to ``stream`` (stderr by default): one line rewritten in place on a
-    terminal, a new line whenever the count changes otherwise.
+    terminal (ended by a newline when the wait is over), a new line whenever the count changes otherwise.
+
+    ``style="full"`` shows ``waiting: [######------] 3/6 done, 1 failed (0.4 s)``; ``style="bar"``
+    only the bar and the count, ``[######......] 3/6`` (failures count as done; no description, no time).
     """
 
     def __init__(
@@ -186,13 +233,18 @@ class Progress:
         width: int = 24,
         interval: float = 0.2,
         notebook: bool | None = None,
+        style: ProgressStyle = "full",
     ) -> None:
-        """``notebook=None`` detects a running kernel; ``interval`` is the shortest time between updates."""
+        """``notebook=None`` detects a running kernel; ``interval`` is the shortest time between updates.
+
+        ``width`` is the bar's length in characters; ``style`` is ``"full"`` or ``"bar"`` (see the class).
+        """
         self.description = description
         self.stream = stream
         self.width = width
         self.interval = interval
         self.notebook = notebook
+        self.style: ProgressStyle = style
 
     @overload
     def track(
@@ -234,7 +286,8 @@ class Progress:
             if finished or now - last_shown >= self.interval:
                 done = sum(1 for f in items.values() if f.done())
                 failed = sum(1 for f in items.values() if f.done() and (f.cancelled() or f.exception() is not None))
-                render(_ProgressView(self.description, done, failed, len(items), now - started, self.width), finished)
+                view = _ProgressView(self.description, done, failed, len(items), now - started, self.width, self.style)
+                render(view, finished)
                 last_shown = now
             if finished:
                 break
