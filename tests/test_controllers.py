@@ -263,7 +263,7 @@ def rpc_tasks_on_loop(comm: ThreadCommunicator) -> int:
             if getattr(task.get_coro(), "__qualname__", "") == "RemoteProcessController._rpc"
         )
 
-    return comm.loop_thread.run(count(), T)
+    return comm.loop_thread.run_sync(count, timeout=T)
 
 
 def assert_error(fut: concurrent.futures.Future[Any], kind: type[BaseException]) -> BaseException:
@@ -967,7 +967,7 @@ def test_first_call_in_flight_at_close_fails_with_communicator_closed(broker_url
             comm = process_comms.connect(broker_url, **rmq_options(names))
             ctl = RemoteProcessThreadController(comm)
             fut = ctl.get_status(uuid.uuid4())
-            comm.loop_thread.run(loop_turn(), T)  # the call has started: it declares its reply queue
+            comm.loop_thread.run_sync(loop_turn, timeout=T)  # the call has started: it declares its reply queue
             ctl.close()
             try:
                 fut.result(T)
@@ -1002,7 +1002,7 @@ def test_request_to_a_process_ending_in_flight_is_answered_or_unreachable(comm: 
             except process_comms.RemoteError as exc:
                 return f"RemoteError({exc.remote_type})"
 
-        outcomes.append(comm.loop_thread.run(race(), T))
+        outcomes.append(comm.loop_thread.run_sync(race, timeout=T))
     assert set(outcomes) <= {"answered", "unreachable"}, outcomes
 
 
@@ -1029,7 +1029,7 @@ def test_call_cancelled_while_declaring_its_reply_queue_does_not_break_the_commu
                     with contextlib.suppress(asyncio.CancelledError):
                         await call
 
-                client.loop_thread.run(cancel_mid_declare(), T)
+                client.loop_thread.run_sync(cancel_mid_declare, timeout=T)
                 calls = {
                     "the client's next call": RemoteProcessThreadController(client).get_status("ping"),
                     "a call to the client's own route": server.rpc_send(route, {}, timeout=3),

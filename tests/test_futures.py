@@ -13,7 +13,7 @@ import pytest
 
 import process_comms
 from process_comms.client.futures import as_asyncio
-from process_comms.transports._loop import LoopThread, with_deadline
+from process_comms.transports._loop import LoopThread, run_on, with_deadline
 
 T = 10.0
 
@@ -44,7 +44,7 @@ async def forever(started: threading.Event | None = None, finished: threading.Ev
 
 
 def test_submit_returns_a_controller_future_with_the_result(loop_thread: LoopThread) -> None:
-    fut = loop_thread.submit(value(42))
+    fut = loop_thread.start_task_soon(value, 42)
     assert isinstance(fut, process_comms.ControllerFuture)
     assert isinstance(fut, concurrent.futures.Future)
     assert fut.result(T) == 42
@@ -52,9 +52,9 @@ def test_submit_returns_a_controller_future_with_the_result(loop_thread: LoopThr
 
 def test_controller_future_is_awaitable_from_another_loop(loop_thread: LoopThread) -> None:
     async def main() -> tuple[Any, Any, Any]:
-        direct = await asyncio.wait_for(_await(loop_thread.submit(value("a"))), T)
-        wrapped = await asyncio.wait_for(asyncio.wrap_future(loop_thread.submit(value("b"))), T)
-        adapted = await asyncio.wait_for(as_asyncio(loop_thread.submit(value("c"))), T)
+        direct = await asyncio.wait_for(_await(loop_thread.start_task_soon(value, "a")), T)
+        wrapped = await asyncio.wait_for(asyncio.wrap_future(loop_thread.start_task_soon(value, "b")), T)
+        adapted = await asyncio.wait_for(as_asyncio(loop_thread.start_task_soon(value, "c")), T)
         return direct, wrapped, adapted
 
     async def _await(fut: process_comms.ControllerFuture[Any]) -> Any:
@@ -66,42 +66,41 @@ def test_controller_future_is_awaitable_from_another_loop(loop_thread: LoopThrea
 def test_blocking_on_the_loop_thread_is_a_deadlock_error(loop_thread: LoopThread) -> None:
     async def block_here() -> list[BaseException]:
         errors: list[BaseException] = []
-        pending = loop_thread.submit(value(1))
+        pending = loop_thread.start_task_soon(value, 1)
         for attempt in (lambda: pending.result(1), lambda: pending.exception(1)):
             try:
                 attempt()
             except process_comms.DeadlockError as exc:
                 errors.append(exc)
-        inner = value(2)
         try:
-            loop_thread.run(inner, 1)
+            loop_thread.run_sync(value, 2, timeout=1)
         except process_comms.DeadlockError as exc:
             errors.append(exc)
         return errors
 
-    errors = loop_thread.submit(block_here()).result(T)
+    errors = loop_thread.start_task_soon(block_here).result(T)
     assert len(errors) == 3
     assert all(isinstance(e, process_comms.ProcessCommsError) for e in errors)
 
 
 def test_a_done_future_can_be_read_on_the_loop_thread(loop_thread: LoopThread) -> None:
-    done = loop_thread.submit(value(7))
+    done = loop_thread.start_task_soon(value, 7)
     assert done.result(T) == 7
 
     async def read() -> Any:
         return done.result(0)
 
-    assert loop_thread.submit(read()).result(T) == 7
+    assert loop_thread.start_task_soon(read).result(T) == 7
 
 
 def test_cancelling_the_future_cancels_the_task(loop_thread: LoopThread) -> None:
     started, finished = threading.Event(), threading.Event()
-    fut = loop_thread.submit(forever(started, finished))
+    fut = loop_thread.start_task_soon(forever, started, finished)
     assert started.wait(T)
     assert fut.cancel()
     assert finished.wait(T)  # the coroutine was cancelled, its finally ran
     assert fut.cancelled()
-    assert loop_thread.submit(value("still working")).result(T) == "still working"
+    assert loop_thread.start_task_soon(value, "still working").result(T) == "still working"
 
 
 def test_calls_from_many_threads_each_run_once_in_their_thread_order(loop_thread: LoopThread) -> None:
@@ -113,7 +112,7 @@ def test_calls_from_many_threads_each_run_once_in_their_thread_order(loop_thread
         return i
 
     def issue(thread: int) -> list[concurrent.futures.Future[int]]:
-        return [loop_thread.submit(record(thread, i)) for i in range(500)]
+        return [loop_thread.start_task_soon(record, thread, i) for i in range(500)]
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         batches = list(pool.map(issue, range(4)))
@@ -134,13 +133,13 @@ def test_a_call_cancelled_before_it_starts_never_runs(loop_thread: LoopThread) -
     async def must_not_run() -> None:
         ran.set()
 
-    first = loop_thread.submit(hold_the_loop())
+    first = loop_thread.start_task_soon(hold_the_loop)
     assert holding.wait(T)
-    fut = loop_thread.submit(must_not_run())
+    fut = loop_thread.start_task_soon(must_not_run)
     fut.cancel()
     gate.set()
     first.result(T)
-    assert loop_thread.submit(value(1)).result(T) == 1  # the loop has drained everything posted before
+    assert loop_thread.start_task_soon(value, 1).result(T) == 1  # the loop has drained everything posted before
     assert fut.cancelled()
     assert not ran.is_set()
 
@@ -164,8 +163,8 @@ def test_ctrl_c_while_posting_does_not_leave_the_loop_deaf(loop_thread: LoopThre
     loop_thread.loop.call_soon_threadsafe = interrupt_once  # type: ignore[method-assign]
     try:
         with pytest.raises(KeyboardInterrupt):
-            loop_thread.submit(first())
-        assert loop_thread.submit(value("next")).result(T) == "next"
+            loop_thread.start_task_soon(first)
+        assert loop_thread.start_task_soon(value, "next").result(T) == "next"
     finally:
         loop_thread.loop.call_soon_threadsafe = real  # type: ignore[method-assign]
     assert ran.wait(T)  # the interrupted call was queued: it ran with the next wake-up
@@ -174,14 +173,14 @@ def test_ctrl_c_while_posting_does_not_leave_the_loop_deaf(loop_thread: LoopThre
 def test_run_times_out_with_a_typed_error_and_cancels(loop_thread: LoopThread) -> None:
     finished = threading.Event()
     with pytest.raises(process_comms.TimeoutError):
-        loop_thread.run(forever(finished=finished), 0.2)
+        loop_thread.run_sync(lambda: forever(finished=finished), timeout=0.2)
     assert finished.wait(T)
 
 
 def test_stop_fails_calls_in_flight_and_is_idempotent() -> None:
     lt = LoopThread("stopping")
     started = threading.Event()
-    fut = lt.submit(forever(started))
+    fut = lt.start_task_soon(forever, started)
     assert started.wait(T)
     lt.stop()
     with pytest.raises(process_comms.CommunicatorClosed):
@@ -189,9 +188,42 @@ def test_stop_fails_calls_in_flight_and_is_idempotent() -> None:
     assert not lt.thread.is_alive()
     assert not lt.running
     lt.stop()
-    late = lt.submit(value(1))
+    late = lt.start_task_soon(value, 1)
     with pytest.raises(process_comms.CommunicatorClosed):
         late.result(T)
+
+
+def test_a_call_posted_after_stop_never_calls_its_function() -> None:
+    """What crosses the boundary is a callable: a stopped loop never makes the coroutine (nothing to leak)."""
+    lt = LoopThread("stopped")
+    lt.stop()
+    called: list[int] = []
+
+    async def record() -> None:
+        called.append(1)
+
+    with pytest.raises(process_comms.CommunicatorClosed):
+        lt.start_task_soon(record).result(T)
+    with pytest.raises(process_comms.CommunicatorClosed):
+        run_on(lt.loop, record).result(T)
+    assert called == []
+
+
+def test_a_coroutine_object_is_refused_with_a_clear_error(loop_thread: LoopThread) -> None:
+    coro = value(1)
+    with pytest.raises(TypeError, match="coroutine function and its arguments"):
+        loop_thread.start_task_soon(coro)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="coroutine function and its arguments"):
+        run_on(loop_thread.loop, value(2))  # type: ignore[arg-type]
+    assert coro.cr_frame is None  # closed, not left to warn "never awaited"
+
+
+def test_run_on_cancels_the_task_when_its_future_is_cancelled(loop_thread: LoopThread) -> None:
+    started, finished = threading.Event(), threading.Event()
+    fut = run_on(loop_thread.loop, forever, started, finished)
+    assert started.wait(T)
+    assert fut.cancel()
+    assert finished.wait(T)
 
 
 def test_with_deadline_raises_the_typed_timeout() -> None:
@@ -226,5 +258,5 @@ def test_wait_all_of_an_iterable_is_keyed_by_the_futures() -> None:
 
 
 def test_wait_all_returns_as_soon_as_everything_is_done(loop_thread: LoopThread) -> None:
-    futures = {i: loop_thread.submit(value(i)) for i in range(100)}
+    futures = {i: loop_thread.start_task_soon(value, i) for i in range(100)}
     assert process_comms.wait_all(futures, T) == {i: i for i in range(100)}

@@ -177,11 +177,11 @@ async def _kill_live(launcher: ProcessLauncher) -> None:
 
 
 async def _kill_all(launcher: ProcessLauncher) -> None:
-    await asyncio.wait({asyncio.wrap_future(run_on(launcher.loop, _kill_live(launcher)))}, timeout=T)
+    await asyncio.wait({asyncio.wrap_future(run_on(launcher.loop, _kill_live, launcher))}, timeout=T)
 
 
 def _kill_all_blocking(launcher: ProcessLauncher) -> None:
-    run_on(launcher.loop, _kill_live(launcher)).result(T)
+    run_on(launcher.loop, _kill_live, launcher).result(T)
 
 
 def _check_loaded(w: Worker) -> None:
@@ -228,7 +228,7 @@ async def _call_launcher(w: Worker, task: Any) -> tuple[str, Any]:
 @given(task=task_bodies)
 def test_any_task_body_is_refused_or_settles(worker: Worker, task: Any) -> None:
     worker.loaded.clear()
-    outcome, detail = worker.comm.loop_thread.run(_call_launcher(worker, task), T + 5)
+    outcome, detail = worker.comm.loop_thread.run_sync(_call_launcher, worker, task, timeout=T + 5)
     kind = task.get("task") if isinstance(task, dict) else None
     event(f"{kind if kind in ('launch', 'create', 'continue') else 'other'} -> {outcome}: {type(detail).__name__}")
     assert outcome in ("rejected", "result", "error"), (outcome, detail)
@@ -293,7 +293,7 @@ def test_any_bytes_as_a_task_body_get_a_reply(subscribed: Worker, body: bytes) -
     subscribed.loaded.clear()
     comm = subscribed.comm
     _check_wire_outcome(
-        comm.submit(process_comms.client.futures.with_deadline(_send_raw(comm.core, body), T, "raw task"))
+        comm.submit(lambda: process_comms.client.futures.with_deadline(_send_raw(comm.core, body), T, "raw task"))
     )
     _kill_all_blocking(subscribed.launcher)
     _check_loaded(subscribed)

@@ -55,7 +55,7 @@ def _broadcast(ctx: Context, intent: str, message: str | None, force: bool) -> i
             "play": core.play_all,
             "kill": lambda: core.kill_all(message),
         }
-        comm.submit(broadcast[intent]()).result(ctx.timeout + GRACE)
+        comm.submit(broadcast[intent]).result(ctx.timeout + GRACE)
     if ctx.json:
         ctx.print_json({"all": True, "intent": intent, "sent": True})
     else:

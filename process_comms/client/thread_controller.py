@@ -1,11 +1,11 @@
-"""The blocking facade: each method schedules the asyncio controller's coroutine of the same name on
-the communicator's loop thread and returns a ``concurrent.futures.Future`` at once (call
-``.result(timeout)`` to block). No control logic lives here.
+"""The blocking facade: each method hands the asyncio controller's coroutine function of the same name,
+with its arguments, to the communicator's loop thread and returns a ``concurrent.futures.Future`` at
+once (call ``.result(timeout)`` to block). No control logic lives here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from ..transports._loop import ControllerFuture
@@ -64,25 +64,25 @@ class RemoteProcessThreadController:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def get_status(self, pid: Pid, timeout: float | None = None) -> ControllerFuture[Any]:
+    def get_status(self, pid: Pid, timeout: float | None = None) -> ControllerFuture[dict[str, Any]]:
         """Future of the status dict of ``pid``."""
-        return self._communicator.submit(self._core.get_status(pid, timeout))
+        return self._communicator.submit(self._core.get_status, pid, timeout)
 
     def pause_process(
         self, pid: Pid, msg_text: str | None = None, timeout: float | None = None, *, release: bool = False
-    ) -> ControllerFuture[Any]:
+    ) -> ControllerFuture[bool]:
         """Future of the pause result (True, or False if already ended); ``release=True`` also frees its worker."""
-        return self._communicator.submit(self._core.pause_process(pid, msg_text, timeout, release=release))
+        return self._communicator.submit(lambda: self._core.pause_process(pid, msg_text, timeout, release=release))
 
-    def play_process(self, pid: Pid, timeout: float | None = None, *, resume: bool = False) -> ControllerFuture[Any]:
+    def play_process(self, pid: Pid, timeout: float | None = None, *, resume: bool = False) -> ControllerFuture[bool]:
         """Future of the play result (True); ``resume=True`` first continues a released process."""
-        return self._communicator.submit(self._core.play_process(pid, timeout, resume=resume))
+        return self._communicator.submit(lambda: self._core.play_process(pid, timeout, resume=resume))
 
     def kill_process(
         self, pid: Pid, msg_text: str | None = None, force_kill: bool = False, timeout: float | None = None
-    ) -> ControllerFuture[Any]:
+    ) -> ControllerFuture[bool]:
         """Future of the kill result (True if killed, False if it had ended otherwise)."""
-        return self._communicator.submit(self._core.kill_process(pid, msg_text, force_kill, timeout))
+        return self._communicator.submit(self._core.kill_process, pid, msg_text, force_kill, timeout)
 
     def pause_all(
         self, msg_text: str | None, *, answers_within: float | None = None
@@ -92,20 +92,20 @@ class RemoteProcessThreadController:
         With ``answers_within`` (seconds): a future of ``{pid: result}`` for the processes that answered
         within that window (process_comms workers answer; plumpy ones do not).
         """
-        return self._all(self._core.pause_all(msg_text, answers_within=answers_within), answers_within)
+        return self._all(lambda: self._core.pause_all(msg_text, answers_within=answers_within), answers_within)
 
     def play_all(self, *, answers_within: float | None = None) -> ControllerFuture[dict[Any, Any] | None] | None:
         """Broadcast a play to every process; with ``answers_within``, a future of ``{pid: result}``."""
-        return self._all(self._core.play_all(answers_within=answers_within), answers_within)
+        return self._all(lambda: self._core.play_all(answers_within=answers_within), answers_within)
 
     def kill_all(
         self, msg_text: str | None, *, answers_within: float | None = None
     ) -> ControllerFuture[dict[Any, Any] | None] | None:
         """Broadcast a kill to every process; with ``answers_within``, a future of ``{pid: result}``."""
-        return self._all(self._core.kill_all(msg_text, answers_within=answers_within), answers_within)
+        return self._all(lambda: self._core.kill_all(msg_text, answers_within=answers_within), answers_within)
 
     def _all(
-        self, broadcast: Coroutine[Any, Any, dict[Any, Any] | None], answers_within: float | None
+        self, broadcast: Callable[[], Awaitable[dict[Any, Any] | None]], answers_within: float | None
     ) -> ControllerFuture[dict[Any, Any] | None] | None:
         fut = self._communicator.submit(broadcast)
         return None if answers_within is None else fut
@@ -123,7 +123,7 @@ class RemoteProcessThreadController:
     ) -> ControllerFuture[Any]:
         """Future of the launch: the pid with ``nowait``, else the outputs (None with ``no_reply``)."""
         return self._communicator.submit(
-            self._core.launch_process(process_class, init_args, init_kwargs, persist, loader, nowait, no_reply, timeout)
+            self._core.launch_process, process_class, init_args, init_kwargs, persist, loader, nowait, no_reply, timeout
         )
 
     def continue_process(
@@ -135,7 +135,7 @@ class RemoteProcessThreadController:
         timeout: float | None = None,
     ) -> ControllerFuture[Any]:
         """Future of the continue: the pid with ``nowait``, else the outputs."""
-        return self._communicator.submit(self._core.continue_process(pid, tag, nowait, no_reply, timeout))
+        return self._communicator.submit(self._core.continue_process, pid, tag, nowait, no_reply, timeout)
 
     def execute_process(
         self,
@@ -149,30 +149,32 @@ class RemoteProcessThreadController:
     ) -> ControllerFuture[Any]:
         """Future of create-then-continue (works here; plumpy's deadlocks on its own loop thread)."""
         return self._communicator.submit(
-            self._core.execute_process(process_class, init_args, init_kwargs, loader, nowait, no_reply, timeout)
+            self._core.execute_process, process_class, init_args, init_kwargs, loader, nowait, no_reply, timeout
         )
 
     def task_send(self, message: Any, no_reply: bool = False, timeout: float | None = None) -> ControllerFuture[Any]:
         """Future of a raw task's result."""
-        return self._communicator.submit(self._core.task_send(message, no_reply, timeout))
+        return self._communicator.submit(self._core.task_send, message, no_reply, timeout)
 
-    def get_status_many(self, pids: Iterable[Any], timeout: float | None = None) -> dict[Any, ControllerFuture[Any]]:
+    def get_status_many(
+        self, pids: Iterable[Any], timeout: float | None = None
+    ) -> dict[Any, ControllerFuture[dict[str, Any]]]:
         """``{pid: future of its status}``; wait for them all with :func:`process_comms.wait_all`."""
         return {pid: self.get_status(pid, timeout) for pid in pids}
 
     def pause_many(
         self, pids: Iterable[Any], msg_text: str | None = None, timeout: float | None = None
-    ) -> dict[Any, ControllerFuture[Any]]:
+    ) -> dict[Any, ControllerFuture[bool]]:
         """``{pid: future of its pause}``."""
         return {pid: self.pause_process(pid, msg_text, timeout) for pid in pids}
 
-    def play_many(self, pids: Iterable[Any], timeout: float | None = None) -> dict[Any, ControllerFuture[Any]]:
+    def play_many(self, pids: Iterable[Any], timeout: float | None = None) -> dict[Any, ControllerFuture[bool]]:
         """``{pid: future of its play}``."""
         return {pid: self.play_process(pid, timeout) for pid in pids}
 
     def kill_many(
         self, pids: Iterable[Any], msg_text: str | None = None, force_kill: bool = False, timeout: float | None = None
-    ) -> dict[Any, ControllerFuture[Any]]:
+    ) -> dict[Any, ControllerFuture[bool]]:
         """``{pid: future of its kill}``."""
         return {pid: self.kill_process(pid, msg_text, force_kill, timeout) for pid in pids}
 
@@ -180,4 +182,4 @@ class RemoteProcessThreadController:
         self, pid: Pid, timeout: float | None = None, poll_interval: float = 1.0
     ) -> ControllerFuture[str]:
         """Future of the terminal state of ``pid`` (``finished``, ``excepted`` or ``killed``)."""
-        return self._communicator.submit(self._core.wait_for_process(pid, timeout, poll_interval))
+        return self._communicator.submit(self._core.wait_for_process, pid, timeout, poll_interval)

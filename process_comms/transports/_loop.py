@@ -1,5 +1,9 @@
 """Crossing the thread boundary: a loop on a background thread, and futures that cannot deadlock it.
 
+What crosses is a callable and its arguments (as anyio's ``BlockingPortal.start_task_soon`` takes them,
+https://anyio.readthedocs.io/en/stable/threads.html), never a coroutine object: the coroutine is made on
+the loop thread when the work starts, so a call posted to a loop that has gone leaves nothing to close.
+
 The thread-facing communicator (:mod:`process_comms.transports.threaded`) and the worker run their loop here;
 what a caller does with the futures it gets back lives in :mod:`process_comms.client.futures`.
 """
@@ -10,16 +14,27 @@ import asyncio
 import collections
 import concurrent.futures
 import threading
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from .. import defaults
 from ..errors import CommunicatorClosed, DeadlockError
 from ..errors import TimeoutError as PCTimeoutError
 
-__all__ = ["LoopThread", "ControllerFuture", "with_deadline", "run_on"]
+__all__ = ["LoopThread", "ControllerFuture", "AsyncFn", "with_deadline", "run_on"]
 
 T = TypeVar("T")
+
+AsyncFn = Callable[..., Awaitable[T]]
+"""What crosses the thread boundary: a coroutine function (or any callable returning an awaitable)."""
+
+
+def _refuse_coroutine(fn: Any) -> None:
+    if asyncio.iscoroutine(fn):
+        fn.close()
+        raise TypeError(
+            "pass the coroutine function and its arguments (start_task_soon(fn, *args)), not a coroutine object"
+        )
 
 
 class ControllerFuture(concurrent.futures.Future[T]):
@@ -55,9 +70,9 @@ def _copy_outcome(source: asyncio.Future[Any], dest: concurrent.futures.Future[A
         return
     exc = source.exception()
     if exc is not None:
-        dest.set_exception(exc)
+        _settle(dest.set_exception, exc)
     else:
-        dest.set_result(source.result())
+        _settle(dest.set_result, source.result())
 
 
 def _settle(setter: Callable[[Any], None], value: Any) -> None:
@@ -102,7 +117,7 @@ class LoopThread:
         finally:
             try:
                 self._stopping = True
-                self._drain()  # calls posted too late: stop() failed their futures, their coroutines are closed
+                self._drain()  # calls posted too late: stop() failed their futures, so they start nothing
                 pending = [t for t in asyncio.all_tasks(self.loop) if not t.done()]
                 for task in pending:
                     task.cancel()
@@ -122,11 +137,16 @@ class LoopThread:
         """True until stop() has been called and the loop has finished."""
         return self._thread.is_alive() and not self.loop.is_closed()
 
-    def submit(self, coro: Coroutine[Any, Any, T]) -> ControllerFuture[T]:
-        """Schedule ``coro`` on the loop and return at once; cancelling the future cancels the task."""
+    def start_task_soon(self, fn: AsyncFn[T], *args: Any) -> ControllerFuture[T]:
+        """Run ``await fn(*args)`` as a task on the loop and return at once; cancelling the future cancels the task.
+
+        ``fn(*args)`` is called on the loop thread; if the loop has stopped, the future fails with
+        :class:`CommunicatorClosed` and ``fn`` is never called.
+        """
+        _refuse_coroutine(fn)
         fut: ControllerFuture[T] = ControllerFuture()
         fut._loop_thread = self._thread
-        started: list[asyncio.Task[Any]] = []
+        started: list[asyncio.Future[Any]] = []
 
         def on_done(f: concurrent.futures.Future[Any]) -> None:
             self._futures.discard(f)
@@ -139,9 +159,12 @@ class LoopThread:
 
         def start() -> None:
             if fut.done():  # cancelled, or failed by stop(), before the loop got to it
-                coro.close()
                 return
-            task = self.loop.create_task(coro)
+            try:
+                task = asyncio.ensure_future(fn(*args), loop=self.loop)
+            except BaseException as exc:  # noqa: BLE001 - fn itself failed: that is the call's outcome
+                _settle(fut.set_exception, exc)
+                return
             started.append(task)
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -150,7 +173,6 @@ class LoopThread:
                 task.cancel()
 
         if not self._post(start):
-            coro.close()
             _settle(fut.set_exception, CommunicatorClosed("the communicator is closed"))
         return fut
 
@@ -181,12 +203,12 @@ class LoopThread:
         while inbox:
             inbox.popleft()()
 
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        """Run ``coro`` on the loop and block for its result, at most ``timeout`` seconds."""
+    def run_sync(self, fn: AsyncFn[T], *args: Any, timeout: float | None = None) -> T:
+        """Run ``await fn(*args)`` on the loop and block for its result, at most ``timeout`` seconds."""
+        _refuse_coroutine(fn)
         if self.in_loop_thread():
-            coro.close()
             raise DeadlockError("cannot block on the event-loop thread for work that must run on it")
-        fut = self.submit(coro)
+        fut = self.start_task_soon(fn, *args)
         try:
             return fut.result(timeout if timeout is not None else defaults.CLOSE_TIMEOUT)
         except concurrent.futures.TimeoutError:
@@ -213,15 +235,31 @@ class LoopThread:
                 self._thread.join(timeout)
 
 
-def run_on(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-    """``run_coroutine_threadsafe`` that never leaks the coroutine: on a closed loop the future fails."""
+def run_on(loop: asyncio.AbstractEventLoop, fn: AsyncFn[T], *args: Any) -> concurrent.futures.Future[T]:
+    """Run ``await fn(*args)`` on another thread's ``loop``; on a closed loop the future fails, ``fn`` uncalled.
+
+    The thread-safe counterpart of :meth:`LoopThread.start_task_soon` for a loop this module does not own
+    (the worker's process loop); cancelling the future cancels the task.
+    """
+    _refuse_coroutine(fn)
+    fut: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+    def start() -> None:
+        if fut.cancelled():
+            return
+        try:
+            task = asyncio.ensure_future(fn(*args), loop=loop)
+        except BaseException as exc:  # noqa: BLE001 - fn itself failed: that is the call's outcome
+            fut.set_exception(exc)
+            return
+        task.add_done_callback(lambda t: _copy_outcome(t, fut))
+        fut.add_done_callback(lambda f: loop.call_soon_threadsafe(task.cancel) if f.cancelled() else None)
+
     try:
-        return asyncio.run_coroutine_threadsafe(coro, loop)
+        loop.call_soon_threadsafe(start)
     except RuntimeError:
-        coro.close()
-        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
         fut.set_exception(CommunicatorClosed("the event loop is closed"))
-        return fut
+    return fut
 
 
 async def with_deadline(aw: Awaitable[T], timeout: float, what: str) -> T:

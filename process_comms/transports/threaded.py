@@ -8,10 +8,11 @@ user subscriber callbacks run on a small thread pool, never on the I/O loop.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import functools
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import kiwipy
@@ -20,7 +21,7 @@ from .. import defaults
 from ..errors import CommunicatorClosed
 from ..urls import mask_url
 from ..wire.codec import Codec
-from ._loop import ControllerFuture, LoopThread, with_deadline
+from ._loop import AsyncFn, ControllerFuture, LoopThread, with_deadline
 from .base import AsyncCommunicator
 from .embedded import EmbeddedCommunicator
 from .rmq import RmqCommunicator
@@ -28,6 +29,19 @@ from .rmq import RmqCommunicator
 __all__ = ["ThreadCommunicator", "connect", "connect_async"]
 
 T = TypeVar("T")
+
+#: Communicators not closed yet: at interpreter exit each is closed, so what was handed over is published.
+_OPEN: set[ThreadCommunicator] = set()
+_OPEN_LOCK = threading.Lock()
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    """A script that ends without ``close()`` still delivers its fire-and-forget sends (issue 13)."""
+    with _OPEN_LOCK:
+        open_now = list(_OPEN)
+    for comm in open_now:
+        comm.close()
 
 
 class ThreadCommunicator(kiwipy.Communicator):
@@ -59,13 +73,15 @@ class ThreadCommunicator(kiwipy.Communicator):
             await core.connect()
             return core
 
-        self._ready: ControllerFuture[AsyncCommunicator] = self._loop_thread.submit(create())
+        self._ready: ControllerFuture[AsyncCommunicator] = self._loop_thread.start_task_soon(create)
         self._core: AsyncCommunicator | None = None
+        with _OPEN_LOCK:
+            _OPEN.add(self)
         if wait_connected:
             try:
                 self._core = self._ready.result(defaults.CONNECT_TIMEOUT + 5)
             except BaseException:
-                self._loop_thread.stop()
+                self.close()
                 raise
 
     # -- plumbing --------------------------------------------------------------------------------
@@ -89,18 +105,29 @@ class ThreadCommunicator(kiwipy.Communicator):
     def __repr__(self) -> str:
         return f"<ThreadCommunicator {self._core!r} closed={self._closed}>"
 
-    def submit(self, coro: Coroutine[Any, Any, T]) -> ControllerFuture[T]:
-        """Run ``coro`` on the loop thread; the returned future resolves with its outcome."""
+    def submit(self, fn: AsyncFn[T], *args: Any) -> ControllerFuture[T]:
+        """Run ``await fn(*args)`` on the loop thread; the returned future resolves with its outcome.
+
+        Pass a coroutine function and its arguments (or a closure: ``submit(lambda: core.call(x, key=y))``),
+        not a coroutine object: the coroutine is made on the loop thread, so a closed communicator has
+        nothing to clean up. A closed communicator gives a future failed with :class:`CommunicatorClosed`.
+        """
         if self._closed:
-            coro.close()
             fut: ControllerFuture[T] = ControllerFuture()
             fut.set_exception(CommunicatorClosed("the communicator is closed"))
             return fut
-        return self._loop_thread.submit(coro)
+        return self._loop_thread.start_task_soon(fn, *args)
 
-    def _blocking(self, coro: Coroutine[Any, Any, T]) -> T:
+    def _blocking(self, fn: AsyncFn[T], *args: Any) -> T:
         self._ensure_open()
-        return self._loop_thread.run(coro, defaults.CONNECT_TIMEOUT + 5)
+        return self._loop_thread.run_sync(fn, *args, timeout=defaults.CONNECT_TIMEOUT + 5)
+
+    async def _on_core(self, fn: Callable[[AsyncCommunicator], Awaitable[T]]) -> T:
+        """On the loop: await the connected core (it may still be connecting), then ``await fn(core)``."""
+        core = self._core
+        if core is None:
+            core = self._core = await asyncio.wrap_future(self._ready)
+        return await fn(core)
 
     def _ensure_open(self) -> None:
         if self._closed:
@@ -139,17 +166,32 @@ class ThreadCommunicator(kiwipy.Communicator):
     def is_closed(self) -> bool:
         return self._closed
 
+    @property
+    def consuming(self) -> bool:
+        """True while this communicator's task subscribers receive tasks (False after the broker cancelled
+        the consumer, until it consumes again; False when closed)."""
+        core = self._core
+        return core is not None and not self._closed and core.consuming
+
     def close(self) -> None:
         """Close the core, fail calls in flight with CommunicatorClosed and stop the loop thread; idempotent."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+        with _OPEN_LOCK:
+            _OPEN.discard(self)
         if not self._loop_thread.in_loop_thread() and self._loop_thread.running:
             core = self._core
+            ready = self._ready
+            if core is None and ready.done() and not ready.cancelled() and ready.exception() is None:
+                core = ready.result()
             if core is not None:
                 try:
-                    self._loop_thread.run(core.close(), defaults.CLOSE_TIMEOUT)
+                    # the core first publishes what was handed over (bounded by CLOSE_FLUSH_TIMEOUT)
+                    self._loop_thread.run_sync(
+                        core.close, timeout=defaults.CLOSE_FLUSH_TIMEOUT + defaults.CLOSE_TIMEOUT
+                    )
                 except Exception:  # noqa: BLE001 - closing is best effort
                     pass
         self._loop_thread.stop()
@@ -165,49 +207,46 @@ class ThreadCommunicator(kiwipy.Communicator):
 
     # -- kiwipy Communicator interface -------------------------------------------------------------
     def add_rpc_subscriber(self, subscriber: Callable[..., Any], identifier: Any = None) -> Any:
-        return self._blocking(self.core.add_rpc_subscriber(self._threaded(subscriber), identifier))
+        return self._blocking(self.core.add_rpc_subscriber, self._threaded(subscriber), identifier)
 
     def remove_rpc_subscriber(self, identifier: Any) -> None:
-        self._blocking(self.core.remove_rpc_subscriber(identifier))
+        self._blocking(self.core.remove_rpc_subscriber, identifier)
 
     def add_task_subscriber(self, subscriber: Callable[..., Any], identifier: Any = None) -> Any:
-        return self._blocking(self.core.add_task_subscriber(self._threaded(subscriber), identifier))
+        return self._blocking(self.core.add_task_subscriber, self._threaded(subscriber), identifier)
 
     def remove_task_subscriber(self, identifier: Any) -> None:
-        self._blocking(self.core.remove_task_subscriber(identifier))
+        self._blocking(self.core.remove_task_subscriber, identifier)
 
     def add_broadcast_subscriber(self, subscriber: Callable[..., Any], identifier: Any = None) -> Any:
-        return self._blocking(self.core.add_broadcast_subscriber(self._threaded(subscriber, ordered=True), identifier))
+        return self._blocking(self.core.add_broadcast_subscriber, self._threaded(subscriber, ordered=True), identifier)
 
     def remove_broadcast_subscriber(self, identifier: Any) -> None:
-        self._blocking(self.core.remove_broadcast_subscriber(identifier))
+        self._blocking(self.core.remove_broadcast_subscriber, identifier)
 
-    def _send(self, make: Callable[[], Coroutine[Any, Any, T]]) -> ControllerFuture[T]:
-        if self._closed:
-            fut: ControllerFuture[T] = ControllerFuture()
-            fut.set_exception(CommunicatorClosed("the communicator is closed"))
-            return fut
-        return self.submit(make())
+    def _send(self, make: Callable[[AsyncCommunicator], Awaitable[T]]) -> ControllerFuture[T]:
+        """Start ``make(core)`` on the loop: the send's coroutine is made there, with the connected core."""
+        return self.submit(self._on_core, make)
 
     def rpc_send(self, recipient_id: Any, msg: Any, timeout: float | None = None) -> ControllerFuture[Any]:
         """Send an RPC; the future resolves to the final reply (flat) or fails with a typed error."""
         deadline = self.rpc_timeout if timeout is None else timeout
         return self._send(
-            lambda: with_deadline(self.core.rpc_send(recipient_id, msg), deadline, f"RPC to {recipient_id}")
+            lambda core: with_deadline(core.rpc_send(recipient_id, msg), deadline, f"RPC to {recipient_id}")
         )
 
     def task_send(self, task: Any, no_reply: bool = False, timeout: float | None = None) -> ControllerFuture[Any]:
         """Queue a task; the future resolves to its result (or None once queued, with ``no_reply``)."""
         deadline = self.task_timeout if timeout is None else timeout
-        return self._send(lambda: with_deadline(self.core.task_send(task, no_reply), deadline, "task"))
+        return self._send(lambda core: with_deadline(core.task_send(task, no_reply), deadline, "task"))
 
     def broadcast_send(
         self, body: Any, sender: Any = None, subject: Any = None, correlation_id: Any = None
     ) -> ControllerFuture[bool]:
         """Broadcast without blocking; the future resolves to True once the broker has it."""
         return self._send(
-            lambda: with_deadline(
-                self.core.broadcast_send(body, sender, subject, correlation_id), self.rpc_timeout, "broadcast"
+            lambda core: with_deadline(
+                core.broadcast_send(body, sender, subject, correlation_id), self.rpc_timeout, "broadcast"
             )
         )
 

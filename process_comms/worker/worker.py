@@ -63,8 +63,7 @@ class Worker:
         suspended: list[Pid] = []
 
         async def suspend() -> None:
-            coro = self.launcher.suspend_all()
-            suspended.extend(await asyncio.wrap_future(run_on(self.launcher.loop, coro)))
+            suspended.extend(await asyncio.wrap_future(run_on(self.launcher.loop, self.launcher.suspend_all)))
 
         await self.communicator.core.release_tasks(suspend())
         return suspended
@@ -78,7 +77,7 @@ class Worker:
         handed_back: list[Pid] = []
         if graceful and not self.communicator.is_closed():
             try:
-                handed_back = self.communicator.submit(self._release()).result(timeout)
+                handed_back = self.communicator.submit(self._release).result(timeout)
             except Exception:
                 LOGGER.exception("graceful stop did not complete; unacked tasks will be redelivered by the broker")
         if self._own_comm:
