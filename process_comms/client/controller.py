@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Coroutine, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
 
 from .. import defaults
-from ..errors import ProcessUnreachable, RemoteError, TaskRejected
+from ..errors import EncodeError, ProcessUnreachable, RemoteError, TaskRejected
 from ..errors import TimeoutError as PCTimeoutError
-from ..transports._loop import with_deadline
+from ..transports._loop import AsyncFn, with_deadline
 from ..transports.base import AsyncCommunicator, BroadcastFilter
 from ..wire.loaders import ObjectLoader
 from ..wire.messages import (
@@ -30,6 +30,7 @@ from ..wire.messages import (
     is_terminal,
     state_from_subject,
     state_name,
+    wire_text,
 )
 
 __all__ = ["RemoteProcessController", "TERMINAL_STATES"]
@@ -80,12 +81,12 @@ class RemoteProcessController:
         comm = self._communicator
         return comm if isinstance(comm, AsyncCommunicator) else comm.core
 
-    async def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run core logic on the communicator's loop without blocking the caller's loop."""
+    async def _run(self, fn: AsyncFn[T], *args: Any) -> T:
+        """Run ``await fn(*args)`` on the communicator's loop without blocking the caller's loop."""
         loop_thread = getattr(self._communicator, "loop_thread", None)
         if loop_thread is None or asyncio.get_running_loop() is loop_thread.loop:
-            return await coro
-        return await asyncio.wrap_future(self._communicator.submit(coro))
+            return await fn(*args)
+        return await asyncio.wrap_future(self._communicator.submit(fn, *args))
 
     # -- the core: coroutines that run on the communicator's loop -------------------------------
     async def _rpc(self, pid: Pid, msg: dict[str, Any], timeout: float | None) -> Any:
@@ -187,30 +188,32 @@ class RemoteProcessController:
     # -- plumpy's API ----------------------------------------------------------------------------
     async def get_status(self, pid: Pid, timeout: float | None = None) -> dict[str, Any]:
         """The status dict of process ``pid`` (``ctime``, ``paused``, ``process_string``, ``state``, ...)."""
-        result: dict[str, Any] = await self._run(self._rpc(pid, MessageBuilder.status(), timeout))
+        result: dict[str, Any] = await self._run(self._rpc, pid, MessageBuilder.status(), timeout)
         return result
 
     async def pause_process(
         self, pid: Pid, msg_text: str | None = None, timeout: float | None = None, *, release: bool = False
-    ) -> Any:
+    ) -> bool:
         """Pause ``pid`` at its next await point: True if paused, False if it had already ended.
 
         ``release=True`` (process_comms workers, persisted processes): also checkpoint it and stop running
         it, so it holds no worker; ``play_process(pid, resume=True)`` continues it on any worker.
         """
+        wire_text(msg_text, "pause text", EncodeError)  # a str or None (plumpy's msg_text): checked before sending
         message = MessageBuilder.pause(msg_text)
         if release:
             message[RELEASE_KEY] = True
-        return await self._run(self._rpc(pid, message, timeout))
+        return await self._run(self._rpc, pid, message, timeout)
 
-    async def play_process(self, pid: Pid, timeout: float | None = None, *, resume: bool = False) -> Any:
+    async def play_process(self, pid: Pid, timeout: float | None = None, *, resume: bool = False) -> bool:
         """Resume ``pid`` (True); with ``resume=True`` a released process (no longer running anywhere) is
         first continued from its checkpoint on a worker."""
-        return await self._run(self._play(pid, timeout, resume))
+        return await self._run(self._play, pid, timeout, resume)
 
-    async def _play(self, pid: Pid, timeout: float | None, resume: bool) -> Any:
+    async def _play(self, pid: Pid, timeout: float | None, resume: bool) -> bool:
         try:
-            return await self._rpc(pid, MessageBuilder.play(), timeout)
+            played: bool = await self._rpc(pid, MessageBuilder.play(), timeout)
+            return played
         except ProcessUnreachable:
             if not resume:
                 raise
@@ -218,13 +221,14 @@ class RemoteProcessController:
             await self._task(create_continue_body(pid, nowait=True), False, timeout)
         except (RemoteError, TaskRejected) as exc:
             raise ProcessUnreachable(f"process {pid} is not running and cannot be continued: {exc}") from None
-        return await self._rpc(pid, MessageBuilder.play(), timeout)  # it was continued paused: play it
+        played = await self._rpc(pid, MessageBuilder.play(), timeout)  # it was continued paused: play it
+        return played
 
     async def kill_process(
         self, pid: Pid, msg_text: str | None = None, force_kill: bool = False, timeout: float | None = None
-    ) -> Any:
+    ) -> bool:
         """Kill ``pid``: True if killed (now or before), False if it had ended otherwise."""
-        return await self._run(self._rpc(pid, MessageBuilder.kill(msg_text, force_kill), timeout))
+        return await self._run(self._rpc, pid, MessageBuilder.kill(msg_text, force_kill), timeout)
 
     async def pause_all(self, msg_text: str | None, *, answers_within: float | None = None) -> dict[Any, Any] | None:
         """Broadcast a pause to every process (fire and forget, as plumpy).
@@ -232,15 +236,16 @@ class RemoteProcessController:
         With ``answers_within`` (seconds), return ``{pid: result}`` of the processes that answered in that
         window (process_comms workers answer; plumpy ones do not).
         """
-        return await self._run(self._broadcast(MessageBuilder.pause(msg_text), Intent.PAUSE, answers_within))
+        wire_text(msg_text, "pause text", EncodeError)  # a str or None (plumpy's msg_text): checked before sending
+        return await self._run(self._broadcast, MessageBuilder.pause(msg_text), Intent.PAUSE, answers_within)
 
     async def play_all(self, *, answers_within: float | None = None) -> dict[Any, Any] | None:
         """Broadcast a play to every process; with ``answers_within``, ``{pid: result}`` of those that answered."""
-        return await self._run(self._broadcast(None, Intent.PLAY, answers_within))
+        return await self._run(self._broadcast, None, Intent.PLAY, answers_within)
 
     async def kill_all(self, msg_text: str | None, *, answers_within: float | None = None) -> dict[Any, Any] | None:
         """Broadcast a kill to every process; with ``answers_within``, ``{pid: result}`` of those that answered."""
-        return await self._run(self._broadcast(MessageBuilder.kill(msg_text), Intent.KILL, answers_within))
+        return await self._run(self._broadcast, MessageBuilder.kill(msg_text), Intent.KILL, answers_within)
 
     async def launch_process(
         self,
@@ -255,7 +260,7 @@ class RemoteProcessController:
     ) -> Any:
         """Launch ``process_class`` on a worker: its pid with ``nowait``, else its outputs."""
         body = create_launch_body(process_class, init_args, init_kwargs, persist, loader, nowait)
-        return await self._run(self._task(body, no_reply, timeout))
+        return await self._run(self._task, body, no_reply, timeout)
 
     async def continue_process(
         self,
@@ -266,7 +271,7 @@ class RemoteProcessController:
         timeout: float | None = None,
     ) -> Any:
         """Continue ``pid`` from its checkpoint on a worker: the pid with ``nowait``, else its outputs."""
-        return await self._run(self._task(create_continue_body(pid, tag, nowait), no_reply, timeout))
+        return await self._run(self._task, create_continue_body(pid, tag, nowait), no_reply, timeout)
 
     async def execute_process(
         self,
@@ -279,32 +284,32 @@ class RemoteProcessController:
         timeout: float | None = None,
     ) -> Any:
         """Create a persisted process, then continue it: survives this interpreter's death."""
-        return await self._run(self._execute(process_class, init_args, init_kwargs, loader, nowait, no_reply, timeout))
+        return await self._run(self._execute, process_class, init_args, init_kwargs, loader, nowait, no_reply, timeout)
 
     async def task_send(self, message: Any, no_reply: bool = False, timeout: float | None = None) -> Any:
         """Send a raw task body; its final result."""
-        return await self._run(self._task(message, no_reply, timeout))
+        return await self._run(self._task, message, no_reply, timeout)
 
     # -- beyond plumpy -----------------------------------------------------------------------------
     async def get_status_many(self, pids: Iterable[Any], timeout: float | None = None) -> dict[Any, Any]:
         """Status of many pids at once: ``{pid: status dict or the exception}``, under one deadline."""
-        return await self._run(self._bulk(pids, MessageBuilder.status(), timeout))
+        return await self._run(self._bulk, pids, MessageBuilder.status(), timeout)
 
     async def pause_many(
         self, pids: Iterable[Any], msg_text: str | None = None, timeout: float | None = None
     ) -> dict[Any, Any]:
         """Pause many pids: ``{pid: result or exception}``."""
-        return await self._run(self._bulk(pids, MessageBuilder.pause(msg_text), timeout))
+        return await self._run(self._bulk, pids, MessageBuilder.pause(msg_text), timeout)
 
     async def play_many(self, pids: Iterable[Any], timeout: float | None = None) -> dict[Any, Any]:
         """Play many pids: ``{pid: result or exception}``."""
-        return await self._run(self._bulk(pids, MessageBuilder.play(), timeout))
+        return await self._run(self._bulk, pids, MessageBuilder.play(), timeout)
 
     async def kill_many(
         self, pids: Iterable[Any], msg_text: str | None = None, force_kill: bool = False, timeout: float | None = None
     ) -> dict[Any, Any]:
         """Kill many pids: ``{pid: result or exception}``."""
-        return await self._run(self._bulk(pids, MessageBuilder.kill(msg_text, force_kill), timeout))
+        return await self._run(self._bulk, pids, MessageBuilder.kill(msg_text, force_kill), timeout)
 
     async def wait_for_process(self, pid: Pid, timeout: float | None = None, poll_interval: float = 1.0) -> str:
         """Wait until ``pid`` reaches a terminal state; return it (``finished``, ``excepted`` or ``killed``).
@@ -312,4 +317,4 @@ class RemoteProcessController:
         Listens to the process's ``state_changed`` broadcasts and polls its status as a fallback.
         Raises :class:`ProcessUnreachable` if the process is gone before its end was seen.
         """
-        return await self._run(self._wait_for(pid, timeout, poll_interval))
+        return await self._run(self._wait_for, pid, timeout, poll_interval)

@@ -6,8 +6,10 @@ only, and refuses every other tag (``!!python/object/apply``, ``!!python/name``,
 
 from __future__ import annotations
 
+import itertools
 import json
 import uuid
+from collections.abc import Iterator
 from typing import Any, Protocol, runtime_checkable
 
 import yaml
@@ -36,18 +38,51 @@ class _SafeLoader(_BaseLoader):  # type: ignore[misc]
 MAX_EXPANDED_VALUES = 100_000
 
 
-def _expanded_size(value: Any, memo: dict[int, int]) -> int:
-    """Number of values in ``value`` counting every alias in full (each shared object is measured once)."""
-    known = memo.get(id(value))
-    if known is not None:
-        return known
-    size = 1
+class _SelfReference(ValueError):
+    """A container holds itself (``a: &a [*a]``): it has no finite expansion and cannot be sent on."""
+
+
+def _children(value: Any) -> Iterator[Any]:
     if isinstance(value, dict):
-        size += sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in value.items())
-    elif isinstance(value, (list, tuple)):
-        size += sum(_expanded_size(item, memo) for item in value)
-    memo[id(value)] = size
-    return size
+        return itertools.chain.from_iterable(value.items())
+    if isinstance(value, (list, tuple)):
+        return iter(value)
+    return iter(())
+
+
+def _expanded_size(value: Any) -> int:
+    """Number of values in ``value`` counting every alias in full (each shared object is measured once).
+
+    Walks with an explicit stack, so neither deep nesting nor a self-reference (an anchor whose alias sits
+    inside it, ``a: &a [*a]``) can raise RecursionError; the latter raises :class:`_SelfReference`.
+    """
+    if not isinstance(value, (dict, list, tuple)):
+        return 1
+    memo: dict[int, int] = {}
+    open_ids = {id(value)}  # containers on the current path: meeting one again is a cycle
+    stack: list[tuple[Any, Iterator[Any], list[int]]] = [(value, _children(value), [1])]
+    while True:
+        node, items, total = stack[-1]
+        for child in items:
+            if not isinstance(child, (dict, list, tuple)):
+                total[0] += 1
+                continue
+            known = memo.get(id(child))
+            if known is not None:
+                total[0] += known
+                continue
+            if id(child) in open_ids:
+                raise _SelfReference
+            open_ids.add(id(child))
+            stack.append((child, _children(child), [1]))
+            break
+        else:
+            stack.pop()
+            open_ids.discard(id(node))
+            memo[id(node)] = total[0]
+            if not stack:
+                return total[0]
+            stack[-1][2][0] += total[0]
 
 
 class _SafeDumper(_BaseDumper):  # type: ignore[misc]
@@ -121,6 +156,11 @@ class YamlCodec(_SizeLimited):
             raise EncodeError(f"cannot encode {type(obj).__name__} value for the wire: {exc}") from None
         except RecursionError:
             raise EncodeError("cannot encode a value nested this deeply") from None
+        if b"&" in data:  # the dumper wrote anchors: refuse a value that holds itself, as decode would
+            try:
+                _expanded_size(obj)
+            except _SelfReference:
+                raise EncodeError("cannot encode a value that contains itself (a list or dict inside itself)") from None
         self._check_size(len(data), "encode")
         return data
 
@@ -142,10 +182,15 @@ class YamlCodec(_SizeLimited):
         except RecursionError:
             raise DecodeError("message nests too deeply") from None
         # anchors are rare in messages: only a document that defines one can expand, so only it is measured
-        if (b"&" in data if isinstance(data, bytes) else "&" in data) and (
-            _expanded_size(value, {}) > MAX_EXPANDED_VALUES
-        ):
-            raise DecodeError(f"refused to decode message: its aliases expand to over {MAX_EXPANDED_VALUES} values")
+        if b"&" in data if isinstance(data, bytes) else "&" in data:
+            try:
+                size = _expanded_size(value)
+            except _SelfReference:
+                raise DecodeError(
+                    "refused to decode message: a YAML alias refers to its own anchor (a value that contains itself)"
+                ) from None
+            if size > MAX_EXPANDED_VALUES:
+                raise DecodeError(f"refused to decode message: its aliases expand to over {MAX_EXPANDED_VALUES} values")
         return value
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any, Dict, Final, Optional, TypeAlias
 
+from ..errors import InvalidTask, ProcessCommsError
 from .loaders import ObjectLoader, get_object_loader
 
 __all__ = [
@@ -40,6 +41,8 @@ __all__ = [
     "state_name",
     "state_from_subject",
     "state_transition",
+    "wire_bool",
+    "wire_text",
 ]
 
 #: A process id: any hashable value whose ``str()`` is its routing key (plumpy: ``PID_TYPE = Hashable``).
@@ -99,6 +102,33 @@ def state_from_subject(subject: Any) -> str | None:
     """The new state named by a ``state_changed.<from>.<to>`` subject, or None for any other subject."""
     transition = state_transition(subject)
     return None if transition is None else transition[1]
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
+
+
+def wire_bool(body: Mapping[Any, Any], key: str, default: bool) -> bool:
+    """``body[key]`` as a wire boolean: ``default`` when missing or null, else it must be a bool.
+
+    Flags are never read by truthiness (``'false'`` would mean true): anything else raises
+    :class:`InvalidTask` naming the key and the type.
+    """
+    value = body.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return value
+    raise InvalidTask(f"{key!r} must be true, false or null, not {type(value).__name__} {_shown(value)}")
+
+
+def wire_text(value: Any, what: str = "message text", error: type[ProcessCommsError] = InvalidTask) -> Optional[str]:
+    """A message text as plumpy documents it (a str or None); anything else (a float, a date, bytes, a
+    tuple) raises ``error``: it would become the process's status and fail its next checkpoint."""
+    if value is None or isinstance(value, str):
+        return value
+    raise error(f"the {what} must be a string or None, not {type(value).__name__} {_shown(value)}")
 
 
 class Intent:

@@ -21,7 +21,7 @@ import kiwipy
 
 from .. import defaults
 from ..errors import LoadError, PersistenceError
-from ..transports._loop import LoopThread, run_on
+from ..transports._loop import AsyncFn, LoopThread, run_on
 from ..transports.base import CURRENT_DELIVERY, AsyncCommunicator, InvalidTask
 from ..wire.loaders import AllowListLoader, ObjectLoader, get_object_loader
 from ..wire.messages import (
@@ -41,6 +41,8 @@ from ..wire.messages import (
     TASK_KEY,
     Intent,
     Pid,
+    wire_bool,
+    wire_text,
 )
 from .process import META_KEY, Process
 
@@ -132,19 +134,22 @@ class ProcessLauncher:
                 raise InvalidTask("a continue task needs a 'pid'")
             if args.get(TAG_KEY) is not None and not isinstance(args.get(TAG_KEY), str):
                 raise InvalidTask("a continue task's 'tag' must be a string or null")
-            hold = self._hold(bool(args.get(NOWAIT_KEY)))
-            coro = self._continue(core, comm_loop, args[PID_KEY], args.get(TAG_KEY), bool(args.get(NOWAIT_KEY)), hold)
+            nowait = wire_bool(args, NOWAIT_KEY, False)
+            hold = self._hold(nowait)
+            work = functools.partial(self._continue, core, comm_loop, args[PID_KEY], args.get(TAG_KEY), nowait, hold)
         else:
-            if args.get(PERSIST_KEY) and self.persister is None:
+            # declined (another worker may take it) when persisted, or malformed: one with a persister judges it
+            if args.get(PERSIST_KEY) not in (None, False) and self.persister is None:
                 raise kiwipy.TaskRejected("cannot persist a process: this worker has no persister")
-            cls = self._load_class(args.get(PROCESS_CLASS_KEY))
+            cls = self._load_class(args.get(PROCESS_CLASS_KEY))  # a class it may not load is a LoadError first
+            persist = wire_bool(args, PERSIST_KEY, False)
+            nowait = wire_bool(args, NOWAIT_KEY, False) if kind == LAUNCH_TASK else False
             init_args = args.get(ARGS_KEY) or ()
             init_kwargs = args.get(KWARGS_KEY) or {}
             if not isinstance(init_args, (list, tuple)) or not isinstance(init_kwargs, dict):
                 raise InvalidTask("init_args must be a list (or null) and init_kwargs a mapping (or null)")
-            persist, nowait = bool(args.get(PERSIST_KEY)), bool(args.get(NOWAIT_KEY))
             if kind == CREATE_TASK:
-                coro = self._create(cls, init_args, init_kwargs, persist)
+                work = functools.partial(self._create, cls, init_args, init_kwargs, persist)
             else:
                 delivery = CURRENT_DELIVERY.get()
                 if persist and delivery is not None and delivery.correlation_id and "pid" not in init_kwargs:
@@ -153,10 +158,12 @@ class ProcessLauncher:
                     init_kwargs = {**init_kwargs, "pid": uuid.uuid5(LAUNCH_PID_NAMESPACE, delivery.correlation_id)}
                 hold = self._hold(nowait and persist)
                 if persist and delivery is not None and delivery.redelivered and "pid" in init_kwargs:
-                    coro = self._relaunch(core, comm_loop, cls, init_args, init_kwargs, nowait, hold)
+                    work = functools.partial(self._relaunch, core, comm_loop, cls, init_args, init_kwargs, nowait, hold)
                 else:
-                    coro = self._launch(core, comm_loop, cls, init_args, init_kwargs, persist, nowait, hold)
-        fut = run_on(self.loop, coro)
+                    work = functools.partial(
+                        self._launch, core, comm_loop, cls, init_args, init_kwargs, persist, nowait, hold
+                    )
+        fut: concurrent.futures.Future[Any] = run_on(self.loop, work)
         fut.add_done_callback(lambda f: _release(hold) if f.cancelled() or f.exception() is not None else None)
         return fut
 
@@ -308,7 +315,7 @@ class ProcessLauncher:
         key = str(proc.pid)
         proc.attach(self.loop, core, comm_loop, self.persister if persist else None)
         if not proc.state.terminal and core is not None and comm_loop is not None:
-            await self._on_comm_loop(core.add_rpc_subscriber(proc._on_rpc, key), comm_loop)
+            await self._on_comm_loop(comm_loop, core.add_rpc_subscriber, proc._on_rpc, key)
             await self._ensure_broadcasts(core, comm_loop)
         self._processes[key] = proc
         done = proc.start()
@@ -316,7 +323,7 @@ class ProcessLauncher:
         def cleanup(_: Any) -> None:
             self._processes.pop(key, None)
             if core is not None and comm_loop is not None:
-                run_on(comm_loop, core.remove_rpc_subscriber(key))
+                run_on(comm_loop, core.remove_rpc_subscriber, key)
             if key in self._claimed:
                 self._claimed.discard(key)
                 self.loop.run_in_executor(None, self.persister.release, proc.pid, self.owner)
@@ -332,7 +339,7 @@ class ProcessLauncher:
         def on_broadcast(_comm: Any, body: Any, _sender: Any, subject: Any, correlation_id: Any) -> None:
             self._on_broadcast(core, comm_loop, body, subject, correlation_id)
 
-        self._broadcast_ids[id(core)] = await self._on_comm_loop(core.add_broadcast_subscriber(on_broadcast), comm_loop)
+        self._broadcast_ids[id(core)] = await self._on_comm_loop(comm_loop, core.add_broadcast_subscriber, on_broadcast)
 
     def _on_broadcast(
         self, core: AsyncCommunicator, comm_loop: asyncio.AbstractEventLoop, body: Any, subject: Any, cid: Any
@@ -344,7 +351,12 @@ class ProcessLauncher:
         """
         if subject not in (Intent.PLAY, Intent.PAUSE, Intent.KILL):
             return
-        text = body.get(MESSAGE_TEXT_KEY) if isinstance(body, dict) else None
+        text = body.get(MESSAGE_TEXT_KEY) if isinstance(body, dict) and subject != Intent.PLAY else None
+        try:  # the text becomes each process's status, saved by every checkpoint: a str or None only
+            text = wire_text(text, f"text of a {subject} broadcast")
+        except InvalidTask as exc:
+            LOGGER.warning("dropped a %s broadcast: %s", subject, exc)
+            return
         for proc in list(self._processes.values()):
             fut = proc._schedule(str(subject), text, False)
             if cid is not None:
@@ -360,9 +372,10 @@ class ProcessLauncher:
         fut: concurrent.futures.Future[Any],
     ) -> None:
         result = False if fut.cancelled() or fut.exception() is not None else fut.result()
-        run_on(
-            comm_loop, core.broadcast_send(result, sender=pid, subject=f"{ANSWER_PREFIX}{subject}", correlation_id=cid)
+        answer = functools.partial(
+            core.broadcast_send, result, sender=pid, subject=f"{ANSWER_PREFIX}{subject}", correlation_id=cid
         )
+        run_on(comm_loop, answer)
 
     async def suspend_all(self) -> list[Pid]:
         """Stop every live process here, saving its checkpoint (graceful shutdown); returns their pids."""
@@ -371,7 +384,8 @@ class ProcessLauncher:
         return [proc.pid for proc in procs]
 
     @staticmethod
-    async def _on_comm_loop(coro: Any, comm_loop: asyncio.AbstractEventLoop) -> Any:
+    async def _on_comm_loop(comm_loop: asyncio.AbstractEventLoop, fn: AsyncFn[Any], *args: Any) -> Any:
+        """``await fn(*args)`` on the communicator's loop (directly when already on it)."""
         if asyncio.get_running_loop() is comm_loop:
-            return await coro
-        return await asyncio.wrap_future(run_on(comm_loop, coro))
+            return await fn(*args)
+        return await asyncio.wrap_future(run_on(comm_loop, fn, *args))

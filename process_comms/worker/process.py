@@ -18,17 +18,18 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import inspect
 import logging
 import time
 import uuid
 from typing import Any
 
-from ..errors import ProcessCommsError, ProcessKilled, RemoteError
+from ..errors import PersistenceError, ProcessCommsError, ProcessKilled, RemoteError
 from ..transports._loop import run_on
 from ..transports.base import AsyncCommunicator, host_info
 from ..wire.loaders import ObjectLoader, get_object_loader
-from ..wire.messages import FORCE_KILL_KEY, INTENT_KEY, MESSAGE_TEXT_KEY, RELEASE_KEY, Intent, Pid
+from ..wire.messages import FORCE_KILL_KEY, INTENT_KEY, MESSAGE_TEXT_KEY, RELEASE_KEY, Intent, Pid, wire_bool, wire_text
 
 __all__ = ["Process", "ProcessState", "KilledError", "Suspended"]
 
@@ -98,16 +99,26 @@ class Process:
         raise NotImplementedError(f"{type(self).__name__} must override run()")
 
     async def checkpoint(self, **progress: Any) -> None:
-        """Record progress (JSON-safe values), save it if a persister is set, and honour pause/kill."""
+        """Record progress (JSON-safe values), save it if a persister is set, and honour pause/kill.
+
+        A save that fails is logged at ERROR and the process keeps running (its stored checkpoint is the
+        last one saved): a failed save must not end a process whose record then says it still runs.
+        """
         self.progress.update(progress)
         if self.persister is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self.persister.save_checkpoint, self)
+            try:
+                await self._save_checkpoint()
+            except Exception:
+                LOGGER.exception(
+                    "could not save a checkpoint of process %s: it keeps running, its stored checkpoint is older",
+                    self.pid,
+                )
         await self.pause_point()
 
     def checkpoint_blocking(self, **progress: Any) -> None:
         """:meth:`checkpoint` for a plain (threaded) ``run``: blocks while paused, raises if killed."""
         assert self.loop is not None, "checkpoint_blocking() is for a run() on a worker thread"
-        run_on(self.loop, self.checkpoint(**progress)).result()
+        run_on(self.loop, functools.partial(self.checkpoint, **progress)).result()
         if self._kill_requested is not None:
             raise asyncio.CancelledError(self._kill_requested)
 
@@ -197,7 +208,7 @@ class Process:
             except Exception as exc:  # noqa: BLE001 - a lost notification must never fail the process
                 LOGGER.warning("could not broadcast %s for %s: %s", subject, self.pid, exc)
 
-        run_on(loop, send())
+        run_on(loop, send)
 
     def _transition(self, new: ProcessState) -> None:
         old, self.state = self.state, new
@@ -213,21 +224,21 @@ class Process:
             return self.status_info()
         if intent not in (Intent.PLAY, Intent.PAUSE, Intent.KILL):
             raise ValueError(f"Unknown intent {intent!r}")
-        if intent == Intent.PAUSE and msg.get(RELEASE_KEY):
+        # refused before anything changes: a text becomes the status that every checkpoint saves, and a
+        # flag read by truthiness would take 'false' for true ("Bad input" in RELIABILITY.md)
+        text = None if intent == Intent.PLAY else wire_text(msg.get(MESSAGE_TEXT_KEY), f"text of a {intent} message")
+        if intent == Intent.PAUSE and wire_bool(msg, RELEASE_KEY, False):
             assert self.loop is not None
-            return run_on(self.loop, self.release(msg.get(MESSAGE_TEXT_KEY)))
-        return self._schedule(intent, msg.get(MESSAGE_TEXT_KEY), bool(msg.get(FORCE_KILL_KEY, False)))
+            return run_on(self.loop, self.release, text)
+        return self._schedule(intent, text, wire_bool(msg, FORCE_KILL_KEY, False))
 
     def _schedule(self, intent: str, text: Any, force: bool) -> Any:
         assert self.loop is not None
-        coro: Any
         if intent == Intent.PLAY:
-            coro = self.play()
-        elif intent == Intent.PAUSE:
-            coro = self.pause(text)
-        else:
-            coro = self.kill(text, force)
-        return run_on(self.loop, coro)
+            return run_on(self.loop, self.play)
+        if intent == Intent.PAUSE:
+            return run_on(self.loop, self.pause, text)
+        return run_on(self.loop, self.kill, text, force)
 
     async def play(self) -> bool:
         """Resume a paused process (True, also when it was not paused)."""
@@ -279,6 +290,14 @@ class Process:
         if self.persister is None:
             raise ValueError(f"process {self.pid} is not persisted: it can be paused but not released")
         await self.pause(message)
+        try:  # saved before it stops: a release whose checkpoint fails leaves the process here, paused
+            await self._save_checkpoint()
+        except Exception as exc:
+            LOGGER.exception("could not release process %s: its checkpoint was not saved", self.pid)
+            raise PersistenceError(
+                f"process {self.pid} is paused but was not released: its checkpoint could not be saved ({exc}); "
+                "it keeps its worker"
+            ) from None
         await self.suspend()
         return True
 
@@ -379,10 +398,13 @@ class Process:
         if not self._done.done():
             self._done.set_result(self.outputs)
 
+    async def _save_checkpoint(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.persister.save_checkpoint, self)
+
     async def _save_final(self) -> None:
         if self.persister is not None:
             try:
-                await asyncio.get_running_loop().run_in_executor(None, self.persister.save_checkpoint, self)
+                await self._save_checkpoint()
             except Exception:
                 LOGGER.exception("could not save the final checkpoint of %s", self.pid)
 
