@@ -25,7 +25,13 @@ TASK_TIMEOUT = 300.0
 CONNECT_TIMEOUT = 10.0
 #: Seconds close() waits for the loop thread to finish its work.
 CLOSE_TIMEOUT = 10.0
+#: Seconds close() (or interpreter exit) waits for the broker to confirm what callers handed over.
+CLOSE_FLUSH_TIMEOUT = 5.0
 #: Longest routing key RabbitMQ accepts, in bytes.
 MAX_ROUTING_KEY_BYTES = 255
+#: Seconds between checks that the broker still delivers to a task consumer (it may cancel it: basic.cancel).
+CONSUMER_CHECK_INTERVAL = 1.0
+#: Longest back-off, in seconds, between attempts to consume a task queue again after such a cancel.
+CONSUMER_RETRY_MAX = 30.0
 #: Seconds a worker's claim on a persisted process lasts unless renewed (renewed every third of it).
 CLAIM_TTL = 30.0

@@ -8,9 +8,11 @@ kiwipy-style callables, called on the loop; one that returns a future gets a ``p
 from __future__ import annotations
 
 import abc
+import asyncio
+import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from types import TracebackType
 from typing import Any
 
@@ -53,6 +55,7 @@ from ._dispatch import (
 
 __all__ = [
     "AsyncCommunicator",
+    "Handovers",
     "BroadcastFilter",
     "routing_id",
     "reply_outcome",
@@ -101,8 +104,57 @@ class BroadcastFilter(kiwipy.BroadcastFilter):
         return check
 
 
-#: An RPC subscriber: ``(communicator, msg)`` -> a value, or a future of one.
 _RETIRED_RPC_MAX = 1024
+
+
+class Handovers:
+    """Messages that callers handed over and the broker has not confirmed yet; ``close()`` waits for them.
+
+    The rule (issue 13, "Lost before it starts"): every message handed over before ``close()`` is
+    published and confirmed before the connection closes, bounded by
+    :data:`process_comms.defaults.CLOSE_FLUSH_TIMEOUT`; what is still unconfirmed then is logged by count
+    and its caller's future fails with :class:`CommunicatorClosed`.
+    """
+
+    def __init__(self) -> None:
+        self._pending = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def pending(self) -> int:
+        """Messages handed over and not yet confirmed (or failed)."""
+        return self._pending
+
+    @contextlib.contextmanager
+    def handed_over(self) -> Iterator[Callable[[], None]]:
+        """Count one message for the block; call the yielded function once the broker confirmed it."""
+        self._pending += 1
+        self._idle.clear()
+        counted = True
+
+        def confirmed() -> None:
+            nonlocal counted
+            if counted:
+                counted = False
+                self._pending -= 1
+                if not self._pending:
+                    self._idle.set()
+
+        try:
+            yield confirmed
+        finally:
+            confirmed()
+
+    async def wait(self, timeout: float) -> int:
+        """Wait until every message is confirmed, at most ``timeout`` seconds; return how many are not."""
+        if self._pending:
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._idle.wait()
+            except TimeoutError:
+                pass
+        return self._pending
 
 
 class AsyncCommunicator(abc.ABC):
@@ -138,6 +190,11 @@ class AsyncCommunicator(abc.ABC):
     def is_closed(self) -> bool:
         """True once close() has been called."""
         return self._closed
+
+    @property
+    def consuming(self) -> bool:
+        """True while task subscribers are registered and tasks are delivered to them (health for supervisors)."""
+        return bool(self._task_subscribers) and not self._closed
 
     def _ensure_open(self) -> None:
         if self._closed:

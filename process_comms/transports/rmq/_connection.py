@@ -32,7 +32,7 @@ from ...errors import (
 )
 from ...urls import mask_url
 from ...wire.codec import Codec
-from ..base import AsyncCommunicator, ReplyWaiter
+from ..base import AsyncCommunicator, Handovers, ReplyWaiter
 from . import _topology
 
 __all__ = ["CONNECTION_ERRORS", "SETTLE_ERRORS", "RmqConnection"]
@@ -105,9 +105,15 @@ class RmqConnection(AsyncCommunicator):
         self._broadcast_queue: aio_pika.abc.AbstractQueue | None = None
         self._task_queue: aio_pika.abc.AbstractQueue | None = None
         self._task_consumer_tag: str | None = None
+        self._task_channel: aio_pika.abc.AbstractChannel | None = None
+        self._consumer_lost = False
+        self._consumer_watch: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[Any]] = set()
         self._inflight: set[asyncio.Task[Any]] = set()
         self._releasing = False
+        #: Sends handed over and not yet confirmed by the broker: close() publishes them first.
+        self._handovers = Handovers()
+        self._closing = False
 
     def __repr__(self) -> str:
         return (
@@ -190,6 +196,11 @@ class RmqConnection(AsyncCommunicator):
         spec = _topology.exchange(name, testing_mode=self.testing_mode)
         return await channel.declare_exchange(**spec.declare_kwargs())
 
+    def _accepting(self) -> None:
+        """Refuse a new send once close() has begun (those handed over before it are still published)."""
+        if self._closing or self._closed:
+            raise CommunicatorClosed("the communicator is closed")
+
     def _on_connection_closed(self, _sender: Any, exc: BaseException | None) -> None:
         error: Exception = (
             CommunicatorClosed("the communicator was closed before the reply came")
@@ -203,8 +214,19 @@ class RmqConnection(AsyncCommunicator):
         self._waiters.clear()
 
     async def close(self) -> None:
-        if self._closed:
+        """Publish what callers handed over (confirmed, bounded in time), then close; idempotent."""
+        if self._closed or self._closing:
             return
+        self._closing = True  # new sends are refused; those in flight go on
+        unconfirmed = await self._handovers.wait(defaults.CLOSE_FLUSH_TIMEOUT)
+        if unconfirmed:
+            LOGGER.warning(
+                "closing %s with %d message(s) the broker had not confirmed within %s s: they may be lost"
+                " (their callers' futures fail with CommunicatorClosed)",
+                mask_url(self._url),
+                unconfirmed,
+                defaults.CLOSE_FLUSH_TIMEOUT,
+            )
         await super().close()
         for task in list(self._running):
             task.cancel()
@@ -306,8 +328,12 @@ class RmqConnection(AsyncCommunicator):
         delivery_mode: aio_pika.DeliveryMode,
         wait_for_reply: bool,
         on_pending: Callable[[], None] | None,
+        on_published: Callable[[], None],
     ) -> Any:
-        """Publish a request (mandatory: unroutable fails) with our reply queue; await the reply if asked."""
+        """Publish a request (mandatory: unroutable fails) with our reply queue; await the reply if asked.
+
+        ``on_published`` is called once the broker has confirmed the request (see :class:`Handovers`).
+        """
         reply_to = self._reply_queues.get(kind) or await self._reply_queue(kind)
         correlation_id = str(uuid.uuid4())
         waiter = ReplyWaiter(asyncio.get_running_loop(), on_pending)
@@ -323,6 +349,7 @@ class RmqConnection(AsyncCommunicator):
                 correlation_id=correlation_id,
                 reply_to=reply_to,
             )
+            on_published()
             if not wait_for_reply:
                 return None
             return await waiter.future

@@ -14,10 +14,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import aio_pika
 import aio_pika.abc
+import aiormq
 
 from ... import defaults
 from ...errors import ConnectionLost, EncodeError, ProcessUnreachable
@@ -38,31 +39,34 @@ class RmqCommunicator(RmqConnection):
     """
 
     async def rpc_send(self, recipient_id: Any, msg: Any, on_pending: Callable[[], None] | None = None) -> Any:
+        self._accepting()
         key = routing_id(recipient_id)
         body = self.codec.encode(msg)
-        await self._ready()
         try:
-            return await self._guarded(
-                self._request(
-                    "rpc",
-                    self._pub_msg_exchange,
-                    body,
-                    f"{defaults.RPC_PREFIX}.{key}",
-                    delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
-                    wait_for_reply=True,
-                    on_pending=on_pending,
+            with self._handovers.handed_over() as published:
+                await self._ready()
+                return await self._guarded(
+                    self._request(
+                        "rpc",
+                        self._pub_msg_exchange,
+                        body,
+                        f"{defaults.RPC_PREFIX}.{key}",
+                        delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
+                        wait_for_reply=True,
+                        on_pending=on_pending,
+                        on_published=published,
+                    )
                 )
-            )
         except ProcessUnreachable:
             raise ProcessUnreachable(
                 f"process {key} is not reachable: no worker holds it (is a worker running? has it ended?)"
             ) from None
 
     async def task_send(self, task: Any, no_reply: bool = False, on_pending: Callable[[], None] | None = None) -> Any:
+        self._accepting()
         body = self.codec.encode((task, no_reply))
-        await self._ready()
 
-        async def send() -> Any:
+        async def send(published: Callable[[], None]) -> Any:
             await self._ensure_task_queue()
             return await self._request(
                 "task",
@@ -72,16 +76,21 @@ class RmqCommunicator(RmqConnection):
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,  # a task outlives a broker restart
                 wait_for_reply=not no_reply,
                 on_pending=on_pending,
+                on_published=published,
             )
 
-        return await self._guarded(send())
+        with self._handovers.handed_over() as published:
+            await self._ready()
+            return await self._guarded(send(published))
 
     async def broadcast_send(
         self, body: Any, sender: Any = None, subject: Any = None, correlation_id: Any = None
     ) -> bool:
+        self._accepting()
         data = self.codec.encode({"body": body, "sender": sender, "subject": subject, "correlation_id": correlation_id})
-        await self._ready()
-        await self._guarded(self._publish(self._fast_msg_exchange, data, defaults.BROADCAST_KEY, mandatory=False))
+        with self._handovers.handed_over():
+            await self._ready()
+            await self._guarded(self._publish(self._fast_msg_exchange, data, defaults.BROADCAST_KEY, mandatory=False))
         return True
 
     # -- subscriptions ---------------------------------------------------------------------------
@@ -169,9 +178,12 @@ class RmqCommunicator(RmqConnection):
         if self._task_queue is None:
             async with self._declare_lock:
                 if self._task_queue is None:
-                    channel = await self._connection.channel()  # type: ignore[union-attr]
-                    if self.task_prefetch_count:
-                        await channel.set_qos(prefetch_count=self.task_prefetch_count)
+                    channel = self._task_channel
+                    if channel is None or channel.is_closed:  # one channel, kept: acks of tasks in progress use it
+                        channel = await self._connection.channel()  # type: ignore[union-attr]
+                        if self.task_prefetch_count:
+                            await channel.set_qos(prefetch_count=self.task_prefetch_count)
+                        self._task_channel = channel
                     spec = _topology.task_queue(self.task_queue_name, testing_mode=self.testing_mode)
                     queue = await channel.declare_queue(**spec.declare_kwargs())
                     exchange = await self._declare_exchange(channel, self.task_exchange_name)
@@ -184,9 +196,85 @@ class RmqCommunicator(RmqConnection):
         queue = await self._ensure_task_queue()
         if self._task_subscribers and self._task_consumer_tag is None:
             self._task_consumer_tag = await queue.consume(self._on_task)
+            self._consumer_lost = False
+            if self._consumer_watch is None or self._consumer_watch.done():
+                self._consumer_watch = asyncio.get_running_loop().create_task(self._watch_task_consumer())
+                self._running.add(self._consumer_watch)
+                self._consumer_watch.add_done_callback(self._running.discard)
         elif not self._task_subscribers and self._task_consumer_tag is not None:
             tag, self._task_consumer_tag = self._task_consumer_tag, None
             await queue.cancel(tag)
+
+    @property
+    def consuming(self) -> bool:
+        """True while this communicator has task subscribers and the broker delivers tasks to them.
+
+        False with no task subscriber, while the connection is down, or after the broker cancelled the
+        consumer until it is consuming again (see :meth:`_watch_task_consumer`). A supervisor can poll it.
+        """
+        connection = self._connection
+        return (
+            self._task_consumer_tag is not None
+            and not self._consumer_lost
+            and connection is not None
+            and connection.connected.is_set()
+        )
+
+    async def _consumer_alive(self) -> bool:
+        queue, tag = self._task_queue, self._task_consumer_tag
+        if queue is None or tag is None:
+            return True  # nothing to watch
+        try:
+            channel = await cast(aio_pika.RobustChannel, queue.channel).get_underlay_channel()
+        except SETTLE_ERRORS:
+            return False
+        return tag in cast(aiormq.Channel, channel).consumers
+
+    async def _watch_task_consumer(self) -> None:
+        """Consume again after the broker cancels our task consumer (``basic.cancel``).
+
+        The broker cancels a consumer when its queue is deleted or the node holding it is lost
+        (https://www.rabbitmq.com/docs/consumer-cancel). aiormq forgets such a consumer without a word
+        (``aiormq.channel.Channel._on_cancel_frame`` only pops it), so the consumer is checked every
+        :data:`~process_comms.defaults.CONSUMER_CHECK_INTERVAL`: when it is gone, log a WARNING,
+        re-declare the queue and consume again, backing off up to ``CONSUMER_RETRY_MAX`` seconds.
+        """
+        delay = defaults.CONSUMER_CHECK_INTERVAL
+        while self._task_subscribers and not self._closed and not self._releasing:
+            await asyncio.sleep(delay)
+            connection = self._connection
+            if connection is None or not connection.connected.is_set() or self._task_consumer_tag is None:
+                continue  # reconnecting: aio-pika restores the consumer with the connection
+            if await self._consumer_alive():
+                delay = defaults.CONSUMER_CHECK_INTERVAL
+                continue
+            if not self._consumer_lost:
+                self._consumer_lost = True
+                LOGGER.warning(
+                    "the broker cancelled the task consumer on queue %r (queue deleted or its node lost): "
+                    "declaring it again and consuming",
+                    self.task_queue_name,
+                )
+            try:
+                await self._shielded(self._consume_again())
+            except (*SETTLE_ERRORS, ConnectionLost) as exc:
+                delay = min(delay * 2, defaults.CONSUMER_RETRY_MAX)
+                LOGGER.warning("could not consume %r again (%s); retrying in %.0f s", self.task_queue_name, exc, delay)
+                continue
+            self._consumer_lost = False
+            delay = defaults.CONSUMER_CHECK_INTERVAL
+            LOGGER.warning("consuming task queue %r again", self.task_queue_name)
+
+    async def _consume_again(self) -> None:
+        old_queue, old_tag = self._task_queue, self._task_consumer_tag
+        if old_queue is not None and old_tag is not None:
+            try:  # forget the dead consumer, so that a reconnection does not restore it beside the new one
+                await old_queue.cancel(old_tag)
+            except SETTLE_ERRORS:
+                LOGGER.debug("could not cancel the lost consumer %s", old_tag, exc_info=True)
+        self._task_queue = None
+        queue = await self._declare_task_queue()
+        self._task_consumer_tag = await queue.consume(self._on_task)
 
     async def _on_task(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
         task = asyncio.get_running_loop().create_task(self._handle_task(message))
