@@ -17,7 +17,6 @@ blocking the process's loop.
 from __future__ import annotations
 
 import asyncio
-import enum
 import functools
 import inspect
 import logging
@@ -25,44 +24,18 @@ import time
 import uuid
 from typing import Any
 
-from ..errors import PersistenceError, ProcessCommsError, ProcessKilled, RemoteError
+from ..errors import PersistenceError, RemoteError
 from ..transports._loop import run_on
 from ..transports.base import AsyncCommunicator, host_info
 from ..wire.loaders import ObjectLoader, get_object_loader
 from ..wire.messages import FORCE_KILL_KEY, INTENT_KEY, MESSAGE_TEXT_KEY, RELEASE_KEY, Intent, Pid, wire_bool, wire_text
+from ._state import KilledError, ProcessState, Suspended
 
-__all__ = ["Process", "ProcessState", "KilledError", "Suspended"]
+__all__ = ["Process", "ProcessState", "KilledError", "Suspended"]  # the last three re-exported from ._state
 
 LOGGER = logging.getLogger(__name__)
 
 META_KEY = "!!meta"
-
-
-class ProcessState(enum.Enum):
-    """A process's state, named as plumpy names them."""
-
-    CREATED = "created"
-    RUNNING = "running"
-    WAITING = "waiting"
-    FINISHED = "finished"
-    EXCEPTED = "excepted"
-    KILLED = "killed"
-
-    @property
-    def terminal(self) -> bool:
-        """True for finished, excepted and killed."""
-        return self in (ProcessState.FINISHED, ProcessState.EXCEPTED, ProcessState.KILLED)
-
-
-class KilledError(ProcessKilled):
-    """Raised to a waiter when the process it waits for was killed (reply type ``KilledError``)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, "KilledError")
-
-
-class Suspended(ProcessCommsError):
-    """The worker stopped running the process (graceful shutdown); its task was handed back."""
 
 
 class Process:
