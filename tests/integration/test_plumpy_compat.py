@@ -3,9 +3,11 @@
 Peers run in separate OS processes (``tests/integration/peers``): a plumpy worker wired like an AiiDA
 daemon, and a process_comms worker. Clients run in this process: ours (thread and asyncio controllers)
 and plumpy's (on kiwipy's ``RmqThreadCommunicator``). Every test uses its own AiiDA-style names
-(``aiida-<uuid>.messages`` / ``.tasks`` / ``.process.queue``) and ``testing_mode=True`` on both sides,
-except the broker-conformance tests, which check the durable (non-testing) declarations and delete
-what they declared.
+(``aiida-<uuid>.messages`` / ``.tasks`` / ``.process.queue``) and the production declarations on both
+sides (no testing mode: a durable task queue, as an AiiDA daemon declares it), deleted after each test.
+kiwipy's testing mode declares a transient shared task queue, which RabbitMQ 4.3 refuses and ours
+never declares (aiida-core #7375; ``process_comms/transports/rmq/_topology.py``), so the two testing
+modes do not share a task queue.
 """
 
 from __future__ import annotations
@@ -72,8 +74,7 @@ def aiida_names() -> dict[str, str]:
 def _delete_declared() -> Iterator[None]:
     """After each test (peers and communicators closed), delete its exchanges and task queue.
 
-    testing_mode makes them auto-delete, but RabbitMQ keeps an auto-delete exchange whose bindings went
-    away with an expiring or exclusive queue; the non-testing tests declare durable ones.
+    The peers declare them durable (production declarations), so nothing else removes them.
     """
     yield
     while _DECLARED:
@@ -143,7 +144,7 @@ class Peer:
 @pytest.fixture
 def plumpy_worker(broker_url: str, tmp_path: Path) -> Iterator[Peer]:
     """plumpy.ProcessLauncher on a kiwipy RmqThreadCommunicator wrapped in a LoopCommunicator (AiiDA-style)."""
-    config = {**aiida_names(), "url": broker_url, "testing_mode": True, "persister_dir": str(tmp_path / "pickles")}
+    config = {**aiida_names(), "url": broker_url, "testing_mode": False, "persister_dir": str(tmp_path / "pickles")}
     peer = Peer("tests.integration.peers.plumpy_worker", config, tmp_path / "plumpy_worker.log")
     yield peer
     peer.stop()
@@ -152,7 +153,7 @@ def plumpy_worker(broker_url: str, tmp_path: Path) -> Iterator[Peer]:
 @pytest.fixture
 def pc_worker(broker_url: str, tmp_path: Path) -> Iterator[Peer]:
     """process_comms.ProcessLauncher with a SQLite SqlPersister, subscribed with process_comms.connect."""
-    config = {**aiida_names(), "url": broker_url, "testing_mode": True, "sqlite": str(tmp_path / "checkpoints.db")}
+    config = {**aiida_names(), "url": broker_url, "testing_mode": False, "sqlite": str(tmp_path / "checkpoints.db")}
     peer = Peer("tests.integration.peers.pc_worker", config, tmp_path / "pc_worker.log")
     yield peer
     peer.stop()
@@ -160,10 +161,10 @@ def pc_worker(broker_url: str, tmp_path: Path) -> Iterator[Peer]:
 
 @pytest.fixture
 def our_comm() -> Iterator[Callable[..., process_comms.ThreadCommunicator]]:
-    """Our communicators (testing mode unless told otherwise), closed at the end of the test."""
+    """Our communicators (production declarations unless told otherwise), closed at the end of the test."""
     made: list[process_comms.ThreadCommunicator] = []
 
-    def make(names: dict[str, str], testing_mode: bool = True, **options: Any) -> process_comms.ThreadCommunicator:
+    def make(names: dict[str, str], testing_mode: bool = False, **options: Any) -> process_comms.ThreadCommunicator:
         comm = process_comms.connect(BROKER_URL, testing_mode=testing_mode, **names, **options)
         made.append(comm)
         return comm
@@ -175,10 +176,10 @@ def our_comm() -> Iterator[Callable[..., process_comms.ThreadCommunicator]]:
 
 @pytest.fixture
 def kiwi_comm() -> Iterator[Callable[..., kiwipy.rmq.RmqThreadCommunicator]]:
-    """kiwipy 0.9 thread communicators (testing mode unless told otherwise), closed at the end of the test."""
+    """kiwipy 0.9 thread communicators (production declarations unless told otherwise), closed at the end."""
     made: list[kiwipy.rmq.RmqThreadCommunicator] = []
 
-    def make(names: dict[str, str], testing_mode: bool = True) -> kiwipy.rmq.RmqThreadCommunicator:
+    def make(names: dict[str, str], testing_mode: bool = False) -> kiwipy.rmq.RmqThreadCommunicator:
         comm = kiwipy.rmq.RmqThreadCommunicator.connect(
             connection_params={"url": BROKER_URL}, testing_mode=testing_mode, **names
         )
@@ -655,10 +656,13 @@ def test_conformance_observed_by_the_broker(broker_url: str, our_comm: Any) -> N
         )
         assert exchange["arguments"] == []
 
-    # the task queue: durable, shared, exactly x-message-ttl = 7 days
+    # the task queue: durable, shared, exactly kiwipy's x-message-ttl = 7 days, plus the queue type named
+    # (issue 15: a vhost whose default type is quorum must not turn it into one); RabbitMQ treats
+    # x-queue-type=classic as equivalent to kiwipy's declaration without it, both ways (the
+    # declaration-order test below declares each first)
     (task_queue,) = [q for q in queues if q["name"] == task_q]
     assert (task_queue["durable"], task_queue["auto_delete"], task_queue["exclusive"]) == (True, False, False)
-    assert _args(task_queue) == {"x-message-ttl": 604_800_000}
+    assert _args(task_queue) == {"x-message-ttl": 604_800_000, "x-queue-type": "classic"}
 
     # reply queues: exclusive, x-expires 60 s, bound to their exchange with their own name
     keys = {(b["source_name"], b["destination_name"], b["routing_key"]) for b in bindings}
@@ -668,7 +672,7 @@ def test_conformance_observed_by_the_broker(broker_url: str, our_comm: Any) -> N
         assert len(found) == 1, f"one reply queue (the client's) on {exchange}: {found}"
         for q in found:
             assert q["exclusive"] is True and q["durable"] is False
-            assert _args(q) == {"x-expires": 60_000}
+            assert _args(q) == {"x-expires": 60_000, "x-queue-type": "classic"}
             assert (exchange, q["name"], q["name"]) in keys
         reply_queues[exchange] = {q["name"] for q in found}
     assert (task_ex, task_q, task_q) in keys

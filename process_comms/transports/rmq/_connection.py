@@ -79,6 +79,7 @@ class RmqConnection(AsyncCommunicator):
         heartbeat: int | None = None,
         codec: str | Codec | None = None,
         testing_mode: bool = False,
+        task_queue_type: _topology.QueueType = "classic",
         connect_timeout: float = defaults.CONNECT_TIMEOUT,
         reconnect_interval: float = 1.0,
         ssl_options: dict[str, Any] | None = None,
@@ -92,6 +93,8 @@ class RmqConnection(AsyncCommunicator):
         self.task_prefetch_count = task_prefetch_count
         self.heartbeat = heartbeat
         self.testing_mode = testing_mode
+        _topology.task_queue(self.task_queue_name, testing_mode=testing_mode, queue_type=task_queue_type)  # validate
+        self.task_queue_type: _topology.QueueType = task_queue_type
         self.connect_timeout = connect_timeout
         self.reconnect_interval = reconnect_interval
         self.ssl_options = ssl_options

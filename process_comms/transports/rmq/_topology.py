@@ -4,19 +4,29 @@ The names and arguments are kiwipy 0.9's, so that plumpy/kiwipy peers share the 
 ``shared/rabbitmq-and-aiida-facts.md`` section 3.1 lists kiwipy's declarations with their sources; the
 wire format is in ``shared/wire-protocol.md``). Nothing here does I/O: the communicator passes these
 specifications to aio-pika.
+
+Two rules for RabbitMQ 3.10 through 4.x (https://www.rabbitmq.com/docs/deprecated-features):
+
+* every queue names its type (``x-queue-type``): on a vhost whose default queue type is quorum, a durable
+  queue declared without it silently becomes a quorum queue. ``classic`` is equivalent to kiwipy's
+  declaration without the argument, both ways, so kiwipy peers share the queue unchanged;
+* no transient non-exclusive queue (refused by default from RabbitMQ 4.3, aiida-core #7375): the testing
+  mode's task queue is durable and expires when unused, instead of kiwipy's transient one.
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import aio_pika
 
 from ... import defaults
 
 __all__ = [
+    "QUEUE_TYPES",
+    "QueueType",
     "ExchangeSpec",
     "QueueSpec",
     "broadcast_queue",
@@ -25,6 +35,16 @@ __all__ = [
     "rpc_queue",
     "task_queue",
 ]
+
+
+QueueType = Literal["classic", "quorum"]
+#: The task queue types: ``classic`` (kiwipy's; the default) or ``quorum`` (replicated, for a cluster).
+QUEUE_TYPES: tuple[QueueType, ...] = ("classic", "quorum")
+
+#: A quorum queue drops (or dead-letters) a message redelivered this often; RabbitMQ 4.0+ defaults to 20
+#: (https://www.rabbitmq.com/docs/quorum-queues#poison-message-handling). A long process whose worker dies
+#: again and again must not be dropped: the limit is set high, explicitly, on every version.
+QUORUM_DELIVERY_LIMIT = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -76,7 +96,7 @@ def reply_queue(exchange_name: str, *, testing_mode: bool) -> QueueSpec:
         f"{exchange_name}-reply-{uuid.uuid4()}",
         exclusive=True,
         auto_delete=testing_mode,
-        arguments={"x-expires": defaults.REPLY_QUEUE_EXPIRES_MS},
+        arguments={"x-queue-type": "classic", "x-expires": defaults.REPLY_QUEUE_EXPIRES_MS},
     )
 
 
@@ -86,7 +106,11 @@ def rpc_queue(*, testing_mode: bool) -> QueueSpec:
         f"amq_{uuid.uuid4().hex}",
         exclusive=True,
         auto_delete=testing_mode,
-        arguments={"x-message-ttl": defaults.RPC_QUEUE_MESSAGE_TTL_MS, "x-expires": defaults.RPC_QUEUE_EXPIRES_MS},
+        arguments={
+            "x-queue-type": "classic",
+            "x-message-ttl": defaults.RPC_QUEUE_MESSAGE_TTL_MS,
+            "x-expires": defaults.RPC_QUEUE_EXPIRES_MS,
+        },
     )
 
 
@@ -96,13 +120,22 @@ def broadcast_queue(*, testing_mode: bool) -> QueueSpec:
         f"broadcast-{uuid.uuid4().hex[:22]}",
         exclusive=True,
         auto_delete=testing_mode,
-        arguments={"x-message-ttl": defaults.BROADCAST_QUEUE_MESSAGE_TTL_MS},
+        arguments={"x-queue-type": "classic", "x-message-ttl": defaults.BROADCAST_QUEUE_MESSAGE_TTL_MS},
     )
 
 
-def task_queue(name: str, *, testing_mode: bool) -> QueueSpec:
-    """The shared task queue: durable, messages kept 7 days; in testing mode it expires 10 s after its last use."""
-    arguments: dict[str, Any] = {"x-message-ttl": defaults.TASK_MESSAGE_TTL_MS}
+def task_queue(name: str, *, testing_mode: bool, queue_type: QueueType = "classic") -> QueueSpec:
+    """A shared task queue: durable, messages kept 7 days; in testing mode it expires 10 s after its last use.
+
+    ``quorum``: replicated over a cluster's nodes, with :data:`QUORUM_DELIVERY_LIMIT`. A quorum queue also
+    applies the broker's ``consumer_timeout`` (30 min by default) to a task held unacknowledged, as a
+    persisted ``nowait`` launch is for its process's life: README, "Running a fleet", says how to set it.
+    """
+    if queue_type not in QUEUE_TYPES:
+        raise ValueError(f"task_queue_type must be one of {', '.join(QUEUE_TYPES)}, not {queue_type!r}")
+    arguments: dict[str, Any] = {"x-queue-type": queue_type, "x-message-ttl": defaults.TASK_MESSAGE_TTL_MS}
+    if queue_type == "quorum":
+        arguments["x-delivery-limit"] = QUORUM_DELIVERY_LIMIT
     if testing_mode:
         arguments["x-expires"] = defaults.TESTING_TASK_QUEUE_EXPIRES_MS
-    return QueueSpec(name, durable=not testing_mode, arguments=arguments)
+    return QueueSpec(name, durable=True, arguments=arguments)

@@ -184,12 +184,38 @@ class RmqCommunicator(RmqConnection):
                         if self.task_prefetch_count:
                             await channel.set_qos(prefetch_count=self.task_prefetch_count)
                         self._task_channel = channel
-                    spec = _topology.task_queue(self.task_queue_name, testing_mode=self.testing_mode)
-                    queue = await channel.declare_queue(**spec.declare_kwargs())
+                    queue, channel = await self._declare_or_use_task_queue(channel)
                     exchange = await self._declare_exchange(channel, self.task_exchange_name)
                     await queue.bind(exchange, routing_key=self.task_queue_name)
                     self._task_queue = queue
         return self._task_queue
+
+    async def _declare_or_use_task_queue(
+        self, channel: aio_pika.abc.AbstractChannel
+    ) -> tuple[aio_pika.abc.AbstractQueue, aio_pika.abc.AbstractChannel]:
+        """Declare the task queue; if it exists with other arguments (another peer's, another type), use it as it is.
+
+        The broker refuses an inequivalent re-declaration with ``406 PRECONDITION_FAILED`` and closes the
+        channel; a passive declare on a fresh channel then finds the queue without changing it.
+        """
+        spec = _topology.task_queue(
+            self.task_queue_name, testing_mode=self.testing_mode, queue_type=self.task_queue_type
+        )
+        try:
+            return await channel.declare_queue(**spec.declare_kwargs()), channel
+        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            LOGGER.warning(
+                "task queue %r exists with other arguments than ours (%s): using it as it is",
+                self.task_queue_name,
+                exc.args[0] if exc.args else exc,
+            )
+        if not channel.is_closed:
+            await channel.close()
+        channel = await self._connection.channel()  # type: ignore[union-attr]
+        if self.task_prefetch_count:
+            await channel.set_qos(prefetch_count=self.task_prefetch_count)
+        self._task_channel = channel
+        return await channel.declare_queue(self.task_queue_name, passive=True), channel
 
     async def _on_task_subscribers_changed(self) -> None:
         await self._ready()
