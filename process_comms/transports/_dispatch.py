@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import kiwipy
 
 from .. import defaults
+from .._compat import cancelling
 from ..errors import (
     InvalidPid,
     TaskRejected,
@@ -218,7 +219,7 @@ async def respond(value_or_call: Any, send: SendReply | None, *, call: bool = Tr
         return {RESULT_KEY: value}
     except (asyncio.CancelledError, concurrent.futures.CancelledError) as exc:
         task = asyncio.current_task()
-        if task is not None and task.cancelling():
+        if task is not None and cancelling(task):
             raise
         return {CANCELLED_KEY: str(exc) or None}
     except Exception as exc:  # noqa: BLE001 - every handler failure becomes a reply

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from .. import defaults
+from .._compat import timeout as _timeout
 from ..errors import CommunicatorClosed, DeadlockError
 from ..errors import TimeoutError as PCTimeoutError
 
@@ -265,7 +266,7 @@ def run_on(loop: asyncio.AbstractEventLoop, fn: AsyncFn[T], *args: Any) -> concu
 async def with_deadline(aw: Awaitable[T], timeout: float, what: str) -> T:
     """Await ``aw`` for at most ``timeout`` seconds, then fail with :class:`process_comms.TimeoutError`."""
     try:
-        async with asyncio.timeout(timeout):  # no extra task per call, unlike wait_for
+        async with _timeout(timeout):  # no extra task per call, unlike wait_for
             return await aw
     except TimeoutError as exc:
         if isinstance(exc, PCTimeoutError):

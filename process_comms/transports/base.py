@@ -18,6 +18,7 @@ from typing import Any
 
 import kiwipy
 
+from .._compat import timeout as _timeout
 from ..errors import (
     CommunicatorClosed,
     DecodeError,
@@ -150,7 +151,7 @@ class Handovers:
         """Wait until every message is confirmed, at most ``timeout`` seconds; return how many are not."""
         if self._pending:
             try:
-                async with asyncio.timeout(timeout):
+                async with _timeout(timeout):
                     await self._idle.wait()
             except TimeoutError:
                 pass

@@ -12,14 +12,14 @@ import atexit
 import concurrent.futures
 import functools
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import kiwipy
 
 from .. import defaults
 from ..errors import CommunicatorClosed
-from ..urls import mask_url
+from ..urls import mask_url, split_urls
 from ..wire.codec import Codec
 from ._loop import AsyncFn, ControllerFuture, LoopThread, with_deadline
 from .base import AsyncCommunicator
@@ -252,19 +252,23 @@ class ThreadCommunicator(kiwipy.Communicator):
 
 
 def _core_factory(
-    url: str | None, codec: str | Codec | None, options: dict[str, Any]
+    url: str | Sequence[str] | None, codec: str | Codec | None, options: dict[str, Any]
 ) -> Callable[[], AsyncCommunicator]:
     if url is None or url in ("", "embedded://", "memory://"):
         if options:
             raise TypeError(f"options {sorted(options)} only apply to a broker URL")
         return lambda: EmbeddedCommunicator(codec)
-    if url.startswith(("amqp://", "amqps://")):
-        return lambda: RmqCommunicator(url, codec=codec, **options)
-    raise ValueError(f"unsupported URL {mask_url(url)!r}: use None for the embedded default, or amqp:// / amqps://")
+    urls = split_urls(url)
+    for one in urls:
+        if not one.startswith(("amqp://", "amqps://")):
+            raise ValueError(
+                f"unsupported URL {mask_url(one)!r}: use None for the embedded default, or amqp:// / amqps://"
+            )
+    return lambda: RmqCommunicator(urls, codec=codec, **options)
 
 
 def connect(
-    url: str | None = None,
+    url: str | Sequence[str] | None = None,
     *,
     codec: str | Codec | None = None,
     rpc_timeout: float = defaults.RPC_TIMEOUT,
@@ -272,6 +276,9 @@ def connect(
     **options: Any,
 ) -> ThreadCommunicator:
     """Connect and return a thread-safe communicator; ``url=None`` gives the embedded, broker-free default.
+
+    ``url`` may name several brokers (a list, or one string with commas, e.g. the nodes of a cluster):
+    the first that answers is used, and a lost connection moves on to the next in turn.
 
     ``options`` for RabbitMQ: ``message_exchange``, ``task_exchange``, ``task_queue``,
     ``task_prefetch_count``, ``heartbeat``, ``testing_mode``, ``connect_timeout``, ``ssl_options``.
@@ -282,7 +289,7 @@ def connect(
 
 
 async def connect_async(
-    url: str | None = None,
+    url: str | Sequence[str] | None = None,
     *,
     codec: str | Codec | None = None,
     rpc_timeout: float = defaults.RPC_TIMEOUT,

@@ -12,7 +12,7 @@ import os
 import socket
 import ssl
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar, cast
 
 import aio_pika
@@ -23,6 +23,7 @@ import aiormq.exceptions
 import yarl
 
 from ... import defaults
+from ..._compat import TIMEOUT_ERRORS, cancelling
 from ...errors import (
     BrokerUnavailable,
     CommunicatorClosed,
@@ -30,34 +31,18 @@ from ...errors import (
     DecodeError,
     ProcessUnreachable,
 )
-from ...urls import mask_url
+from ...urls import mask_url, split_urls
 from ...wire.codec import Codec
 from ..base import AsyncCommunicator, Handovers, ReplyWaiter
 from . import _topology
+from ._errors import CONNECTION_ERRORS, SETTLE_ERRORS, describe_connect_error
+from ._failover import FailoverWatch, connect_first
 
-__all__ = ["CONNECTION_ERRORS", "SETTLE_ERRORS", "RmqConnection"]
+__all__ = ["CONNECTION_ERRORS", "SETTLE_ERRORS", "RmqConnection"]  # the first two from ._errors
 
 LOGGER = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-CONNECTION_ERRORS = (
-    aiormq.exceptions.AMQPConnectionError,
-    aiormq.exceptions.ChannelInvalidStateError,
-    aio_pika.exceptions.ChannelClosed,
-    ConnectionError,
-    RuntimeError,
-)
-SETTLE_ERRORS = (*CONNECTION_ERRORS, aiormq.exceptions.AMQPError)
-
-
-def _describe_connect_error(exc: BaseException) -> str:
-    """The broker's own words for a refused connection (e.g. ``530 NOT_ALLOWED - access to vhost '/'``)."""
-    for arg in getattr(exc, "args", ()):
-        code, text = getattr(arg, "reply_code", None), getattr(arg, "reply_text", None)
-        if code is not None:
-            return f"the broker refused the connection: {code} {text}"
-    return f"{type(exc).__name__}: {exc}"
 
 
 class RmqConnection(AsyncCommunicator):
@@ -70,7 +55,7 @@ class RmqConnection(AsyncCommunicator):
 
     def __init__(
         self,
-        url: str = "amqp://guest:guest@127.0.0.1:5672/",
+        url: str | Sequence[str] = "amqp://guest:guest@127.0.0.1:5672/",
         *,
         message_exchange: str = defaults.MESSAGE_EXCHANGE,
         task_exchange: str = defaults.TASK_EXCHANGE,
@@ -86,7 +71,10 @@ class RmqConnection(AsyncCommunicator):
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         super().__init__(codec)
-        self._url = url
+        #: Every address given (a list, or one string with commas); ``_url`` is the one in use.
+        self._urls = split_urls(url)
+        self._url = self._urls[0]
+        self._failover: FailoverWatch | None = None
         self.message_exchange_name = message_exchange
         self.task_exchange_name = task_exchange
         self.task_queue_name = task_queue if task_queue is not None else task_exchange
@@ -141,13 +129,14 @@ class RmqConnection(AsyncCommunicator):
             }
             if self.ssl_context is not None:
                 kwargs["ssl_context"] = self.ssl_context
+            kwargs.pop("timeout")
             try:
-                connection = await asyncio.wait_for(
-                    aio_pika.connect_robust(self._connection_url(), **kwargs), self.connect_timeout + 1
+                connection, index = await connect_first(
+                    self._urls, self._connection_url, self.connect_timeout, **kwargs
                 )
-            except TimeoutError:
+            except TIMEOUT_ERRORS:  # asyncio.wait_for's, which before 3.11 is not the builtin
                 raise BrokerUnavailable(
-                    f"could not connect to {mask_url(self._url)} within {self.connect_timeout} s; is RabbitMQ running?"
+                    f"could not connect to {self._masked_urls()} within {self.connect_timeout} s; is RabbitMQ running?"
                 ) from None
             except aiormq.exceptions.ProbableAuthenticationError as exc:
                 raise BrokerUnavailable(
@@ -155,9 +144,19 @@ class RmqConnection(AsyncCommunicator):
                 ) from None
             except Exception as exc:  # noqa: BLE001 - every connect failure is BrokerUnavailable, said plainly
                 raise BrokerUnavailable(
-                    f"could not connect to {mask_url(self._url)}: {_describe_connect_error(exc)}"
+                    f"could not connect to {self._masked_urls()}: {describe_connect_error(exc)}"
                 ) from None
+            self._url = self._urls[index]
             self._connection = connection
+            self._failover = FailoverWatch(
+                connection,
+                self._urls,
+                index,
+                self._connection_url,
+                self.reconnect_interval * 1.5,
+                self._on_failover,
+            )
+            self._failover.start()
             connection.close_callbacks.add(self._on_connection_closed)
             try:
                 self._pub_channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
@@ -183,9 +182,15 @@ class RmqConnection(AsyncCommunicator):
                     f"could not declare the exchanges on {mask_url(self._url)}: {type(exc).__name__}: {exc}"
                 ) from None
 
-    def _connection_url(self) -> yarl.URL:
+    def _masked_urls(self) -> str:
+        return ", ".join(mask_url(url) for url in self._urls)
+
+    def _on_failover(self, url: str) -> None:
+        self._url = url
+
+    def _connection_url(self, address: str | None = None) -> yarl.URL:
         """The URL with ``heartbeat`` and the TLS options (``cafile``, ``certfile``, ...) as query parameters."""
-        url = yarl.URL(self._url)
+        url = yarl.URL(self._url if address is None else address)
         # the connection's name shows in `rabbitmqctl list_connections client_properties`: who is it
         extra: dict[str, Any] = {"name": f"process_comms {socket.gethostname()}:{os.getpid()}"}
         extra.update(self.ssl_options or {})
@@ -231,6 +236,8 @@ class RmqConnection(AsyncCommunicator):
                 defaults.CLOSE_FLUSH_TIMEOUT,
             )
         await super().close()
+        if self._failover is not None:
+            self._failover.stop()
         for task in list(self._running):
             task.cancel()
         connection, self._connection = self._connection, None
@@ -249,7 +256,7 @@ class RmqConnection(AsyncCommunicator):
         if not self._connection.connected.is_set():
             try:
                 await asyncio.wait_for(self._connection.connected.wait(), self.connect_timeout)
-            except TimeoutError:
+            except TIMEOUT_ERRORS:  # asyncio.wait_for's, which before 3.11 is not the builtin
                 raise BrokerUnavailable(f"the broker at {mask_url(self._url)} is unreachable (reconnecting)") from None
 
     # -- publishing ------------------------------------------------------------------------------
@@ -365,7 +372,7 @@ class RmqConnection(AsyncCommunicator):
             return await coro
         except asyncio.CancelledError:
             task = asyncio.current_task()
-            if task is not None and task.cancelling():
+            if task is not None and cancelling(task):
                 raise  # the caller cancelled: propagate
             if self._closed:
                 raise CommunicatorClosed("the communicator was closed while the call was in flight") from None

@@ -1,0 +1,27 @@
+"""What the AMQP libraries raise, grouped, and the broker's own words for a refusal: one home for both."""
+
+from __future__ import annotations
+
+import aio_pika.exceptions
+import aiormq.exceptions
+
+__all__ = ["CONNECTION_ERRORS", "SETTLE_ERRORS", "describe_connect_error"]
+
+#: What a lost or closing connection or channel raises from aio-pika/aiormq.
+CONNECTION_ERRORS = (
+    aiormq.exceptions.AMQPConnectionError,
+    aiormq.exceptions.ChannelInvalidStateError,
+    aio_pika.exceptions.ChannelClosed,
+    ConnectionError,
+    RuntimeError,
+)
+SETTLE_ERRORS = (*CONNECTION_ERRORS, aiormq.exceptions.AMQPError)
+
+
+def describe_connect_error(exc: BaseException) -> str:
+    """The broker's own words for a refused connection (e.g. ``530 NOT_ALLOWED - access to vhost '/'``)."""
+    for arg in getattr(exc, "args", ()):
+        code, text = getattr(arg, "reply_code", None), getattr(arg, "reply_text", None)
+        if code is not None:
+            return f"the broker refused the connection: {code} {text}"
+    return f"{type(exc).__name__}: {exc}"
