@@ -34,7 +34,7 @@ from ...errors import (
 from ...urls import mask_url, split_urls
 from ...wire.codec import Codec
 from ..base import AsyncCommunicator, Handovers, ReplyWaiter
-from . import _topology
+from . import _frames, _topology
 from ._errors import CONNECTION_ERRORS, SETTLE_ERRORS, describe_connect_error
 from ._failover import FailoverWatch, connect_first
 
@@ -123,6 +123,7 @@ class RmqConnection(AsyncCommunicator):
             if self._connection is not None:
                 return
             self._ensure_open()
+            _frames.install()  # a peer's malformed property must not drop our connection
             kwargs: dict[str, Any] = {
                 "timeout": self.connect_timeout,
                 "reconnect_interval": self.reconnect_interval,
@@ -319,6 +320,8 @@ class RmqConnection(AsyncCommunicator):
             return name
 
     async def _on_reply(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        if _frames.refused(message, "reply"):
+            return  # it cannot be matched to a call: that call gets its own typed error (a deadline)
         waiter = self._waiters.get(message.correlation_id or "")
         if waiter is None:
             return

@@ -23,7 +23,7 @@ import aiormq
 from ... import defaults
 from ...errors import ConnectionLost, EncodeError, ProcessUnreachable
 from ..base import exception_reply, host_info, routing_id, settle_task
-from . import _topology
+from . import _frames, _topology
 from ._connection import SETTLE_ERRORS, RmqConnection
 from ._incoming import RmqIncoming
 
@@ -121,6 +121,8 @@ class RmqCommunicator(RmqConnection):
                 LOGGER.debug("could not unbind %s", key, exc_info=True)
 
     async def _on_rpc(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        if _frames.refused(message, "RPC"):
+            return  # consumed without ack (the RPC queue's mode): dropped once, nothing to reply to
         key = (message.routing_key or "")[len(defaults.RPC_PREFIX) + 1 :]
         reply_to, correlation_id = message.reply_to, message.correlation_id
 
@@ -166,7 +168,8 @@ class RmqCommunicator(RmqConnection):
                 self._broadcast_queue = queue
 
     async def _on_broadcast(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        self._handle_broadcast(message.body)
+        if not _frames.refused(message, "broadcast"):
+            self._handle_broadcast(message.body)
 
     # -- tasks -----------------------------------------------------------------------------------
     async def _ensure_task_queue(self) -> aio_pika.abc.AbstractQueue:
@@ -303,6 +306,12 @@ class RmqCommunicator(RmqConnection):
         self._task_consumer_tag = await queue.consume(self._on_task)
 
     async def _on_task(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        if _frames.refused(message, "task"):
+            try:  # settled once: never requeued (it would come back for ever), no reply (nowhere valid)
+                await message.reject(requeue=False)
+            except SETTLE_ERRORS:
+                LOGGER.debug("could not reject a malformed task", exc_info=True)
+            return
         task = asyncio.get_running_loop().create_task(self._handle_task(message))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
