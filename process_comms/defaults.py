@@ -17,6 +17,9 @@ RPC_QUEUE_EXPIRES_MS = 60_000
 BROADCAST_QUEUE_MESSAGE_TTL_MS = 66_000
 TESTING_TASK_QUEUE_EXPIRES_MS = 10_000
 
+#: Message bodies up to this size are decoded on the I/O loop; larger ones on a decoding thread.
+DECODE_INLINE_BYTES = 64 * 1024
+
 #: Seconds a controller waits for an RPC answer (status, pause, play, kill) unless told otherwise.
 RPC_TIMEOUT = 30.0
 #: Seconds a controller waits for a task answer (launch, continue, create) unless told otherwise.

@@ -46,6 +46,7 @@ from ._dispatch import (
     RpcSubscriber,
     SendReply,
     TaskSubscriber,
+    decode,
     dispatch_broadcast,
     dispatch_task,
     host_info,
@@ -72,6 +73,7 @@ __all__ = [
     "IncomingTask",
     "InvalidTask",
     "settle_task",
+    "decode",
     "RpcSubscriber",
     "TaskSubscriber",
     "BroadcastSubscriber",
@@ -306,7 +308,7 @@ class AsyncCommunicator(abc.ABC):
         """Decode an RPC, run its subscriber and send the replies (a decode failure is replied, not dropped)."""
         subscriber = self._rpc_subscribers.get(key) or self._retired_rpc.get(key)
         try:
-            msg = self.codec.decode(body)
+            msg = await decode(self.codec, body)
         except DecodeError as exc:
             if send is not None:
                 await send(exception_reply(exc))
@@ -319,9 +321,9 @@ class AsyncCommunicator(abc.ABC):
         if send is not None:
             await send(reply)
 
-    def _handle_broadcast(self, body: bytes) -> None:
+    async def _handle_broadcast(self, body: bytes) -> None:
         try:
-            message = self.codec.decode(body)
+            message = await decode(self.codec, body)
         except DecodeError as exc:
             LOGGER.warning("dropped an undecodable broadcast: %s", exc)
             return

@@ -96,7 +96,7 @@ class EmbeddedCommunicator(AsyncCommunicator):
     ) -> bool:
         self._ensure_open()
         data = self.codec.encode({"body": body, "sender": sender, "subject": subject, "correlation_id": correlation_id})
-        asyncio.get_running_loop().call_soon(self._handle_broadcast, data)
+        self._spawn(self._handle_broadcast(data))
         return True
 
     async def task_send(self, task: Any, no_reply: bool = False, on_pending: Callable[[], None] | None = None) -> Any:

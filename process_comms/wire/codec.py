@@ -17,10 +17,15 @@ import yaml
 from ..errors import DecodeError, EncodeError
 from . import _flowyaml as flowyaml
 
-__all__ = ["Codec", "YamlCodec", "JsonCodec", "get_codec", "DEFAULT_MAX_MESSAGE_BYTES"]
+__all__ = ["Codec", "YamlCodec", "JsonCodec", "get_codec", "DEFAULT_MAX_MESSAGE_BYTES", "DEFAULT_MAX_YAML_BYTES"]
 
 #: Bodies larger than this are refused before encoding is sent or decoding is attempted.
 DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+#: Largest message the full YAML loader decodes (1 MiB). Messages in flow YAML that is also JSON (what we
+#: send) take a JSON parser, at about 10 ms per MiB, up to DEFAULT_MAX_MESSAGE_BYTES; block YAML (what
+#: kiwipy peers send) costs PyYAML about 2 s and 40 MB per MiB, so 8 MiB of it held a worker for 10-20 s
+#: and grew it by hundreds of MB (issue 13, "Decoding cost is not bounded").
+DEFAULT_MAX_YAML_BYTES = 1024 * 1024
 
 UUID_TAG = "!uuid"
 TUPLE_TAG = "tag:yaml.org,2002:python/tuple"
@@ -141,9 +146,19 @@ class _SizeLimited:
 
 
 class YamlCodec(_SizeLimited):
-    """The YAML dialect of plumpy + kiwipy, decoded with a safe loader (C-accelerated when present)."""
+    """The YAML dialect of plumpy + kiwipy, decoded with a safe loader (C-accelerated when present).
+
+    ``max_bytes`` bounds every message; ``max_yaml_bytes`` bounds those that need the full YAML loader
+    (see :data:`DEFAULT_MAX_YAML_BYTES`).
+    """
 
     name = "yaml"
+
+    def __init__(
+        self, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, max_yaml_bytes: int = DEFAULT_MAX_YAML_BYTES
+    ) -> None:
+        super().__init__(max_bytes)
+        self.max_yaml_bytes = min(max_yaml_bytes, max_bytes)
 
     def encode(self, obj: Any) -> bytes:
         fast = flowyaml.dump(obj)  # one-line flow YAML: read alike by every YAML peer, and by us as JSON
@@ -169,10 +184,16 @@ class YamlCodec(_SizeLimited):
             raise DecodeError(f"message body must be bytes or str, not {type(data).__name__}")
         if isinstance(data, bytearray):
             data = bytes(data)
-        self._check_size(len(data.encode() if isinstance(data, str) else data), "decode")
+        size = len(data.encode() if isinstance(data, str) else data)
+        self._check_size(size, "decode")
         value = flowyaml.load(data)
         if value is not flowyaml.NOT_FLOW:
             return value
+        if size > self.max_yaml_bytes:
+            raise DecodeError(
+                f"refused to decode message: {size} bytes of block YAML exceed the limit of {self.max_yaml_bytes}"
+                " bytes for the full YAML loader (larger messages must be flow YAML that is also JSON, as ours are)"
+            )
         try:
             value = yaml.load(data, Loader=_SafeLoader)
         except yaml.constructor.ConstructorError as exc:

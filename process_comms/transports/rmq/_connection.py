@@ -33,7 +33,7 @@ from ...errors import (
 )
 from ...urls import mask_url, split_urls
 from ...wire.codec import Codec
-from ..base import AsyncCommunicator, Handovers, ReplyWaiter
+from ..base import AsyncCommunicator, Handovers, ReplyWaiter, decode
 from . import _frames, _topology
 from ._errors import CONNECTION_ERRORS, SETTLE_ERRORS, describe_connect_error
 from ._failover import FailoverWatch, connect_first
@@ -326,7 +326,7 @@ class RmqConnection(AsyncCommunicator):
         if waiter is None:
             return
         try:
-            reply: Any = self.codec.decode(message.body)
+            reply: Any = await decode(self.codec, message.body)
         except DecodeError as exc:  # an undecodable reply fails its call instead of hanging it
             reply = exc
         waiter.feed(reply)

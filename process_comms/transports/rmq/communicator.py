@@ -169,7 +169,7 @@ class RmqCommunicator(RmqConnection):
 
     async def _on_broadcast(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
         if not _frames.refused(message, "broadcast"):
-            self._handle_broadcast(message.body)
+            await self._handle_broadcast(message.body)
 
     # -- tasks -----------------------------------------------------------------------------------
     async def _ensure_task_queue(self) -> aio_pika.abc.AbstractQueue:
