@@ -13,17 +13,26 @@ import pytest
 
 import process_comms
 
+from .brokers import rabbit_cluster, spare_broker  # noqa: F401 (fixtures: extra RabbitMQ nodes, tests/brokers.py)
+
 BROKER_URL = os.environ.get("PROCESS_COMMS_TEST_BROKER", "amqp://guest:guest@127.0.0.1:5672/")
 POSTGRES_URL = os.environ.get("PROCESS_COMMS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 # Fixtures and parameters that reach a real service: tests using them get the marker automatically,
 # so `pytest -m "not broker and not postgres"` runs on a machine without RabbitMQ or PostgreSQL (CONTRIBUTING.md).
-_SERVICE_FIXTURES = {"broker_url": "broker", "pg_table": "postgres"}
+_SERVICE_FIXTURES = {
+    "broker_url": "broker",
+    "pg_table": "postgres",
+    "spare_broker": "broker",
+    "rabbit_cluster": "cluster",
+}
 _SERVICE_PARAMS = {("backend", "rmq"): "broker", ("persister", "postgresql"): "postgres"}
 #: Seconds a `slow` test may take (the default, `timeout` in pyproject.toml, is 60): the broker-restart
 #: scenarios of tests/faults/test_broker_restart.py wait for RabbitMQ's app to stop and start again.
 SLOW_TIMEOUT = 150
+#: Seconds a `cluster` test may take: the first one also boots the three nodes of `rabbit_cluster` (about 25 s).
+CLUSTER_TIMEOUT = 180
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -33,9 +42,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         callspec = getattr(item, "callspec", None)
         if callspec is not None:
             needs |= {marker for (name, value), marker in _SERVICE_PARAMS.items() if callspec.params.get(name) == value}
+        if "cluster" in needs:  # the cluster's nodes are RabbitMQ too: `-m "not broker"` must leave them out
+            needs.add("broker")
         for marker in sorted(needs):
             item.add_marker(marker)
-        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+        if item.get_closest_marker("timeout"):
+            continue
+        if item.get_closest_marker("cluster"):
+            item.add_marker(pytest.mark.timeout(CLUSTER_TIMEOUT))
+        elif item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT))
 
 

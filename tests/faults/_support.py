@@ -24,14 +24,14 @@ ROOT = Path(__file__).resolve().parents[2]
 class WorkerProc:
     """A worker subprocess; ready once it printed "worker ready"."""
 
-    def __init__(self, prefix: str, persister: str) -> None:
+    def __init__(self, prefix: str, persister: str, broker_url: str = BROKER_URL) -> None:
         self.proc = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
                 "tests.faults.worker_main",
                 "--broker",
-                BROKER_URL,
+                broker_url,
                 "--persister",
                 persister,
                 "--prefix",
@@ -75,13 +75,14 @@ class WorkerProc:
 class Workers:
     """Starts worker subprocesses sharing one SQLite checkpoint file; kills leftovers on close."""
 
-    def __init__(self, prefix: str, tmp_path: Path) -> None:
+    def __init__(self, prefix: str, tmp_path: Path, broker_url: str = BROKER_URL) -> None:
         self.prefix = prefix
+        self.broker_url = broker_url
         self.persister = f"sqlite:///{tmp_path}/checkpoints.db"
         self.started: list[WorkerProc] = []
 
     def __call__(self) -> WorkerProc:
-        worker = WorkerProc(self.prefix, self.persister)
+        worker = WorkerProc(self.prefix, self.persister, self.broker_url)
         self.started.append(worker)
         return worker
 
@@ -110,9 +111,9 @@ def workers(prefix: str, tmp_path: Path) -> Iterator[Workers]:
     made.close()
 
 
-def controller(prefix: str) -> process_comms.RemoteProcessThreadController:
+def controller(prefix: str, broker_url: str = BROKER_URL) -> process_comms.RemoteProcessThreadController:
     comm = process_comms.connect(
-        BROKER_URL,
+        broker_url,
         message_exchange=f"{prefix}.messages",
         task_exchange=f"{prefix}.tasks",
         task_queue=f"{prefix}.process.queue",

@@ -2,6 +2,8 @@
 
 Clients and workers reconnect by themselves; calls in flight fail with a typed connection error or
 complete, never hang; workers keep their processes and their RPC routes; queued tasks survive.
+The broker broken here is a spare node of this module (`spare_broker`, tests/brokers.py), never the
+suite's RabbitMQ on 5672.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import concurrent.futures
 import time
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,15 +20,24 @@ import pytest
 import process_comms
 from tests.procs import Add, Waiter
 
-from ..conftest import rabbitmqctl
-from ._support import controller, wait_until
+from ..brokers import RabbitNode
+from ._support import Workers, controller, wait_until
 
 pytestmark = pytest.mark.slow
 
 
-def _broker_back() -> None:
-    rabbitmqctl("start_app", timeout=120)
-    rabbitmqctl("await_startup", timeout=120)
+@pytest.fixture
+def prefix(spare_broker: RabbitNode) -> str:
+    """Unique names on the spare node (they go with the node at the end of the module)."""
+    return f"pc-fault-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def workers(prefix: str, tmp_path: Path, spare_broker: RabbitNode) -> Iterator[Workers]:
+    """Call it to start a worker subprocess connected to the spare node."""
+    made = Workers(prefix, tmp_path, broker_url=spare_broker.url)
+    yield made
+    made.close()
 
 
 def _eventually(ctl: process_comms.RemoteProcessThreadController, call: Any, timeout: float = 60) -> Any:
@@ -40,12 +53,12 @@ def _eventually(ctl: process_comms.RemoteProcessThreadController, call: Any, tim
     raise AssertionError(f"no recovery within {timeout} s: {last!r}")
 
 
-def test_forced_close_of_all_connections(prefix: str, workers: Any) -> None:
+def test_forced_close_of_all_connections(prefix: str, workers: Any, spare_broker: RabbitNode) -> None:
     workers()
-    with controller(prefix) as ctl:
+    with controller(prefix, spare_broker.url) as ctl:
         pid = ctl.launch_process(Waiter, init_kwargs={"inputs": {}}, nowait=True).result(15)
         in_flight = [ctl.get_status(pid, timeout=20) for _ in range(50)]
-        rabbitmqctl("close_all_connections", "fault test")
+        spare_broker.ctl("close_all_connections", "fault test")
         outcomes = process_comms.wait_all(in_flight, timeout=30)
         for outcome in outcomes.values():  # completed, or failed with a typed error: never pending
             assert isinstance(outcome, dict) or isinstance(outcome, process_comms.ProcessCommsError), outcome
@@ -55,34 +68,36 @@ def test_forced_close_of_all_connections(prefix: str, workers: Any) -> None:
         assert ctl.kill_process(pid).result(15) is True
 
 
-def test_broker_app_restart_keeps_processes_and_queued_tasks(prefix: str, workers: Any) -> None:
+def test_broker_app_restart_keeps_processes_and_queued_tasks(
+    prefix: str, workers: Any, spare_broker: RabbitNode
+) -> None:
     worker = workers()
-    with controller(prefix) as ctl:
+    with controller(prefix, spare_broker.url) as ctl:
         # nowait=False: the worker holds the task until the process ends (a nowait launch is acked at once)
         pid = uuid.uuid4()
         ctl.launch_process(Waiter, init_kwargs={"inputs": {}, "pid": pid}, persist=True)
         _eventually(ctl, lambda: ctl.get_status(pid))
-        rabbitmqctl("stop_app", timeout=120)
+        spare_broker.stop_app()
         try:
             with pytest.raises((process_comms.ProcessCommsError, concurrent.futures.TimeoutError)):
                 ctl.get_status(pid, timeout=5).result(15)
         finally:
-            _broker_back()
+            spare_broker.start_app()  # then await_startup (bounded)
         # clients and the worker reconnect by themselves; the worker still holds the process and its route
         assert _eventually(ctl, lambda: ctl.get_status(pid))["pid"] == pid
         # a graceful stop hands the task back; it must survive another restart while nobody consumes it
         assert worker.terminate() == 0
-        wait_until(lambda: _ready_count(prefix) == 1, 20, "the task to be handed back")
-        rabbitmqctl("stop_app", timeout=120)
-        _broker_back()
-        assert _ready_count(prefix) == 1
+        wait_until(lambda: _ready_count(spare_broker, prefix) == 1, 20, "the task to be handed back")
+        spare_broker.stop_app()
+        spare_broker.start_app()
+        assert _ready_count(spare_broker, prefix) == 1
         workers()
         assert _eventually(ctl, lambda: ctl.get_status(pid))["pid"] == pid  # same pid, continued
         assert ctl.kill_process(pid).result(15) is True
 
 
-def _ready_count(prefix: str) -> int:
-    for line in rabbitmqctl("list_queues", "name", "messages_ready").splitlines():
+def _ready_count(node: RabbitNode, prefix: str) -> int:
+    for line in node.ctl("list_queues", "name", "messages_ready").splitlines():
         parts = line.split()
         if parts and parts[0] == f"{prefix}.process.queue":
             return int(parts[1])
