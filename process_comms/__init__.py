@@ -9,6 +9,7 @@ from .client.controller import TERMINAL_STATES, RemoteProcessController
 from .client.futures import as_asyncio, wait_all
 from .client.thread_controller import RemoteProcessThreadController
 from .errors import (
+    AccessRefused,
     BrokerUnavailable,
     CommunicatorClosed,
     ConnectionLost,
@@ -92,6 +93,7 @@ __all__ = [
     "AllowListLoader",
     "AsyncCommunicator",
     "BroadcastFilter",
+    "AccessRefused",
     "BrokerUnavailable",
     "Codec",
     "CommunicatorClosed",

@@ -13,6 +13,7 @@ Our exception hierarchy (a second base in brackets is what kiwipy/plumpy callers
     ├── EncodeError                  [ValueError]
     ├── BrokerUnavailable            [ConnectionError]
     │   └── ConnectionLost
+    ├── AccessRefused                [PermissionError]
     ├── CommunicatorClosed           [kiwipy.CommunicatorClosed]
     ├── DeadlockError                [RuntimeError]
     ├── InvalidPid                   [ValueError]
@@ -39,6 +40,7 @@ __all__ = [
     "EncodeError",
     "BrokerUnavailable",
     "ConnectionLost",
+    "AccessRefused",
     "CommunicatorClosed",
     "DeadlockError",
     "InvalidPid",
@@ -69,12 +71,14 @@ class InvalidTask(ProcessCommsError):
 
 
 class RemoteError(ProcessCommsError, kiwipy.RemoteException):
-    """The remote handler failed; keeps the remote exception's type name and message."""
+    """The remote handler failed; keeps the remote exception's type name, message and (when the worker sent
+    it) its formatted traceback as ``remote_traceback``."""
 
-    def __init__(self, message: str, remote_type: str | None = None) -> None:
+    def __init__(self, message: str, remote_type: str | None = None, remote_traceback: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.remote_type = remote_type
+        self.remote_traceback = remote_traceback
 
     def __str__(self) -> str:
         if self.remote_type:
@@ -100,6 +104,10 @@ class BrokerUnavailable(ProcessCommsError, ConnectionError):
 
 class ConnectionLost(BrokerUnavailable):
     """The broker connection dropped while the call was in flight; its outcome is unknown."""
+
+
+class AccessRefused(ProcessCommsError, PermissionError):
+    """The broker refused an operation to this user: its text names the user, the operation and the resource."""
 
 
 class CommunicatorClosed(ProcessCommsError, kiwipy.CommunicatorClosed):

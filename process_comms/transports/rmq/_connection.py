@@ -35,7 +35,7 @@ from ...urls import mask_url, split_urls
 from ...wire.codec import Codec
 from ..base import AsyncCommunicator, Handovers, ReplyWaiter, decode
 from . import _frames, _topology
-from ._errors import CONNECTION_ERRORS, SETTLE_ERRORS, describe_connect_error
+from ._errors import CONNECTION_ERRORS, SETTLE_ERRORS, access_refused, describe_connect_error
 from ._failover import FailoverWatch, connect_first
 
 __all__ = ["CONNECTION_ERRORS", "SETTLE_ERRORS", "RmqConnection"]  # the first two from ._errors
@@ -75,6 +75,8 @@ class RmqConnection(AsyncCommunicator):
         self._urls = split_urls(url)
         self._url = self._urls[0]
         self._failover: FailoverWatch | None = None
+        #: True for a user without configure permission on the exchanges: they are declared passively.
+        self._passive_exchanges = False
         self.message_exchange_name = message_exchange
         self.task_exchange_name = task_exchange
         self.task_queue_name = task_queue if task_queue is not None else task_exchange
@@ -160,6 +162,7 @@ class RmqConnection(AsyncCommunicator):
             self._failover.start()
             connection.close_callbacks.add(self._on_connection_closed)
             try:
+                await self._probe_exchanges(connection)
                 self._pub_channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
                 self._sub_channel = await connection.channel()
                 self._pub_msg_exchange = await self._declare_exchange(self._pub_channel, self.message_exchange_name)
@@ -179,8 +182,14 @@ class RmqConnection(AsyncCommunicator):
             except aiormq.exceptions.AMQPError as exc:
                 await connection.close()
                 self._connection = None
+                if self._passive_exchanges and isinstance(exc, aiormq.exceptions.ChannelNotFoundEntity):
+                    raise BrokerUnavailable(
+                        f"the exchanges {self.message_exchange_name!r} and {self.task_exchange_name!r} do not exist on"
+                        f" {mask_url(self._url)} and this user may not declare them (no configure permission):"
+                        " start a worker first, or use a user that may"
+                    ) from None
                 raise BrokerUnavailable(
-                    f"could not declare the exchanges on {mask_url(self._url)}: {type(exc).__name__}: {exc}"
+                    f"could not declare the exchanges on {mask_url(self._url)}: {describe_connect_error(exc)}"
                 ) from None
 
     def _masked_urls(self) -> str:
@@ -199,9 +208,31 @@ class RmqConnection(AsyncCommunicator):
             extra["heartbeat"] = self.heartbeat
         return url.update_query({key: str(value) for key, value in extra.items()})
 
+    async def _probe_exchanges(self, connection: aio_pika.abc.AbstractRobustConnection) -> None:
+        """Declare the exchanges on a channel of their own; without configure permission, use them passively.
+
+        A least-privilege client (:mod:`process_comms.transports.rmq.permissions`) may not declare the
+        exchanges; the broker refuses with ``403 ACCESS_REFUSED`` and closes the channel, which is why the
+        attempt has a channel of its own.
+        """
+        channel = await connection.channel()
+        try:
+            for name in (self.message_exchange_name, self.task_exchange_name):
+                await channel.declare_exchange(
+                    **_topology.exchange(name, testing_mode=self.testing_mode).declare_kwargs()
+                )
+        except aiormq.exceptions.ChannelAccessRefused:
+            self._passive_exchanges = True
+            LOGGER.info("no configure permission on the exchanges: using them as they are")
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+
     async def _declare_exchange(
         self, channel: aio_pika.abc.AbstractChannel, name: str
     ) -> aio_pika.abc.AbstractExchange:
+        if self._passive_exchanges:
+            return await channel.declare_exchange(name, passive=True)
         spec = _topology.exchange(name, testing_mode=self.testing_mode)
         return await channel.declare_exchange(**spec.declare_kwargs())
 
@@ -286,6 +317,8 @@ class RmqConnection(AsyncCommunicator):
             )
         except aio_pika.exceptions.DeliveryError:
             raise ProcessUnreachable(f"no queue is bound to {routing_key!r}") from None
+        except aiormq.exceptions.ChannelAccessRefused as exc:
+            raise access_refused(exc, self._url) from None
         except CONNECTION_ERRORS as exc:
             raise ConnectionLost(f"could not publish to {mask_url(self._url)}: {type(exc).__name__}: {exc}") from None
 
@@ -382,6 +415,8 @@ class RmqConnection(AsyncCommunicator):
             raise ConnectionLost(
                 f"the connection to {mask_url(self._url)} was reset mid-call; outcome unknown"
             ) from None
+        except aiormq.exceptions.ChannelAccessRefused as exc:
+            raise access_refused(exc, self._url) from None
         except SETTLE_ERRORS as exc:
             if self._closed:
                 raise CommunicatorClosed("the communicator was closed while the call was in flight") from None

@@ -5,7 +5,10 @@ from __future__ import annotations
 import aio_pika.exceptions
 import aiormq.exceptions
 
-__all__ = ["CONNECTION_ERRORS", "SETTLE_ERRORS", "describe_connect_error"]
+from ...errors import AccessRefused
+from ...urls import mask_url
+
+__all__ = ["CONNECTION_ERRORS", "SETTLE_ERRORS", "access_refused", "describe_connect_error"]
 
 #: What a lost or closing connection or channel raises from aio-pika/aiormq.
 CONNECTION_ERRORS = (
@@ -25,3 +28,10 @@ def describe_connect_error(exc: BaseException) -> str:
         if code is not None:
             return f"the broker refused the connection: {code} {text}"
     return f"{type(exc).__name__}: {exc}"
+
+
+def access_refused(exc: aiormq.exceptions.ChannelAccessRefused, url: str) -> AccessRefused:
+    """Our error for a ``403 ACCESS_REFUSED``, in the broker's words (they name the user and the resource)."""
+    frame = exc.args[0] if exc.args else None
+    text = getattr(frame, "reply_text", None) or str(exc)
+    return AccessRefused(f"the broker at {mask_url(url)} refused: {text}")

@@ -187,41 +187,55 @@ class RmqCommunicator(RmqConnection):
                         if self.task_prefetch_count:
                             await channel.set_qos(prefetch_count=self.task_prefetch_count)
                         self._task_channel = channel
-                    queue, channel = await self._declare_or_use_task_queue(channel)
-                    exchange = await self._declare_exchange(channel, self.task_exchange_name)
-                    await queue.bind(exchange, routing_key=self.task_queue_name)
+                    queue, channel, owned = await self._declare_or_use_task_queue(channel)
+                    if owned:  # a queue used as it is was bound by whoever declared it
+                        exchange = await self._declare_exchange(channel, self.task_exchange_name)
+                        await queue.bind(exchange, routing_key=self.task_queue_name)
                     self._task_queue = queue
         return self._task_queue
 
     async def _declare_or_use_task_queue(
         self, channel: aio_pika.abc.AbstractChannel
-    ) -> tuple[aio_pika.abc.AbstractQueue, aio_pika.abc.AbstractChannel]:
-        """Declare the task queue; if it exists with other arguments (another peer's, another type), use it as it is.
+    ) -> tuple[aio_pika.abc.AbstractQueue, aio_pika.abc.AbstractChannel, bool]:
+        """Declare the task queue, or use it as it is: ``(queue, channel, declared by us)``.
 
-        The broker refuses an inequivalent re-declaration with ``406 PRECONDITION_FAILED`` and closes the
-        channel; a passive declare on a fresh channel then finds the queue without changing it.
+        The broker refuses an inequivalent re-declaration (another peer's arguments, another type) with
+        ``406 PRECONDITION_FAILED``, and a user without configure permission on the queue (a least-privilege
+        client) with ``403 ACCESS_REFUSED``; either closes the channel, and a passive declare on a fresh
+        channel then finds the queue without changing it.
         """
         spec = _topology.task_queue(
             self.task_queue_name, testing_mode=self.testing_mode, queue_type=self.task_queue_type
         )
         try:
-            return await channel.declare_queue(**spec.declare_kwargs()), channel
+            return await channel.declare_queue(**spec.declare_kwargs()), channel, True
         except aiormq.exceptions.ChannelPreconditionFailed as exc:
             LOGGER.warning(
                 "task queue %r exists with other arguments than ours (%s): using it as it is",
                 self.task_queue_name,
                 exc.args[0] if exc.args else exc,
             )
+        except aiormq.exceptions.ChannelAccessRefused:
+            LOGGER.info("no configure permission on task queue %r: using it as it is", self.task_queue_name)
         if not channel.is_closed:
             await channel.close()
         channel = await self._connection.channel()  # type: ignore[union-attr]
         if self.task_prefetch_count:
             await channel.set_qos(prefetch_count=self.task_prefetch_count)
         self._task_channel = channel
-        return await channel.declare_queue(self.task_queue_name, passive=True), channel
+        try:
+            return await channel.declare_queue(self.task_queue_name, passive=True), channel, False
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            raise ProcessUnreachable(
+                f"task queue {self.task_queue_name!r} does not exist and this user may not declare it:"
+                " start a worker first (it declares the queue)"
+            ) from None
 
     async def _on_task_subscribers_changed(self) -> None:
         await self._ready()
+        await self._guarded(self._update_task_consumer())  # e.g. a user who may not consume: AccessRefused
+
+    async def _update_task_consumer(self) -> None:
         queue = await self._ensure_task_queue()
         if self._task_subscribers and self._task_consumer_tag is None:
             self._task_consumer_tag = await queue.consume(self._on_task)
