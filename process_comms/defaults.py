@@ -36,5 +36,7 @@ MAX_ROUTING_KEY_BYTES = 255
 CONSUMER_CHECK_INTERVAL = 1.0
 #: Longest back-off, in seconds, between attempts to consume a task queue again after such a cancel.
 CONSUMER_RETRY_MAX = 30.0
+#: Seconds after a reconnection in which an unroutable send says that the broker was recovering.
+RECOVERY_WINDOW = 30.0
 #: Seconds a worker's claim on a persisted process lasts unless renewed (renewed every third of it).
 CLAIM_TTL = 30.0

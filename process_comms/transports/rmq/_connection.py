@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import ssl
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar, cast
@@ -23,7 +24,7 @@ import aiormq.exceptions
 import yarl
 
 from ... import defaults
-from ..._compat import TIMEOUT_ERRORS, cancelling
+from ..._compat import TIMEOUT_ERRORS, cancelling, counts_cancellations
 from ...errors import (
     BrokerUnavailable,
     CommunicatorClosed,
@@ -77,6 +78,7 @@ class RmqConnection(AsyncCommunicator):
         self._failover: FailoverWatch | None = None
         #: True for a user without configure permission on the exchanges: they are declared passively.
         self._passive_exchanges = False
+        self._reconnected_at: float | None = None
         self.message_exchange_name = message_exchange
         self.task_exchange_name = task_exchange
         self.task_queue_name = task_queue if task_queue is not None else task_exchange
@@ -161,6 +163,7 @@ class RmqConnection(AsyncCommunicator):
             )
             self._failover.start()
             connection.close_callbacks.add(self._on_connection_closed)
+            connection.reconnect_callbacks.add(self._on_reconnected)
             try:
                 await self._probe_exchanges(connection)
                 self._pub_channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
@@ -191,6 +194,19 @@ class RmqConnection(AsyncCommunicator):
                 raise BrokerUnavailable(
                     f"could not declare the exchanges on {mask_url(self._url)}: {describe_connect_error(exc)}"
                 ) from None
+
+    def _on_reconnected(self, *_args: Any) -> None:
+        self._reconnected_at = time.monotonic()
+
+    def _recovery_note(self) -> str:
+        """For an unroutable send soon after our connection came back: say that the broker was recovering."""
+        since = self._reconnected_at
+        if since is None or time.monotonic() - since > defaults.RECOVERY_WINDOW:
+            return ""
+        return (
+            f"; the broker connection came back {time.monotonic() - since:.0f} s ago, so workers may still be"
+            " re-declaring their queues and routes: retry shortly"
+        )
 
     def _masked_urls(self) -> str:
         return ", ".join(mask_url(url) for url in self._urls)
@@ -402,6 +418,7 @@ class RmqConnection(AsyncCommunicator):
         finally:
             self._waiters.pop(correlation_id, None)
 
+    @counts_cancellations  # cancelling() below, on Python 3.10 too
     async def _guarded(self, coro: Awaitable[Any]) -> Any:
         """Await broker work, turning what a closing or lost connection does to it into typed errors."""
         try:

@@ -60,13 +60,14 @@ class RmqCommunicator(RmqConnection):
         except ProcessUnreachable:
             raise ProcessUnreachable(
                 f"process {key} is not reachable: no worker holds it (is a worker running? has it ended?)"
+                + self._recovery_note()
             ) from None
 
     async def task_send(self, task: Any, no_reply: bool = False, on_pending: Callable[[], None] | None = None) -> Any:
         self._accepting()
         body = self.codec.encode((task, no_reply))
 
-        async def send(published: Callable[[], None]) -> Any:
+        async def publish(published: Callable[[], None]) -> Any:
             await self._ensure_task_queue()
             return await self._request(
                 "task",
@@ -78,6 +79,21 @@ class RmqCommunicator(RmqConnection):
                 on_pending=on_pending,
                 on_published=published,
             )
+
+        async def send(published: Callable[[], None]) -> Any:
+            try:
+                return await publish(published)
+            except ProcessUnreachable:
+                pass  # unroutable: no queue took it, so sending it again cannot duplicate it
+            if self._task_consumer_tag is None:  # (a consuming communicator's watchdog re-declares the queue)
+                self._task_queue = None  # deleted under us? declare it again
+            try:
+                return await publish(published)
+            except ProcessUnreachable:
+                raise ProcessUnreachable(
+                    f"task queue {self.task_queue_name!r} did not take the task: it was deleted or the node that"
+                    " holds it is down" + self._recovery_note()
+                ) from None
 
         with self._handovers.handed_over() as published:
             await self._ready()
