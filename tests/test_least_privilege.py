@@ -9,6 +9,7 @@ queue; the other user cannot observe, forge, consume or delete anything of the i
 from __future__ import annotations
 
 import secrets
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -141,3 +142,60 @@ def test_another_user_cannot_observe_forge_consume_or_delete(users: Users) -> No
         with process_comms.connect(url, **names) as intruder:  # the library says what was refused, and to whom
             with pytest.raises(process_comms.AccessRefused, match=users.other):
                 intruder.task_send("x").result(T)
+
+
+def _answer_one_rpc(users: Users, route: str, replies: list[tuple[str, bytes]]) -> None:
+    """Act as a worker with raw pika: take one request on ``route``, then send ``replies`` as (user, body)."""
+    names = users.names
+    as_worker = pika.BlockingConnection(pika.URLParameters(users.url(users.worker)))
+    forger = pika.BlockingConnection(pika.URLParameters("amqp://guest:guest@127.0.0.1:5672/"))  # full permissions
+    try:
+        channel = as_worker.channel()
+        queue = channel.queue_declare(f"amq_{uuid.uuid4().hex}", exclusive=True).method.queue
+        channel.queue_bind(queue, names["message_exchange"], f"[rpc].{route}")
+        yield_request = channel.consume(queue, auto_ack=True, inactivity_timeout=T)
+        ready.set()
+        method, props, _body = next(yield_request)
+        assert method is not None, "no request arrived"
+        for user, body in replies:
+            sender = (forger if user == "guest" else as_worker).channel()
+            sender.basic_publish(
+                names["message_exchange"],
+                props.reply_to,
+                body,
+                pika.BasicProperties(correlation_id=props.correlation_id, user_id=user),
+            )
+        channel.cancel()
+    finally:
+        as_worker.close()
+        forger.close()
+
+
+ready = threading.Event()
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+def test_a_forged_reply_is_dropped_when_replies_must_come_from_the_worker_user(users: Users, trusted: bool) -> None:
+    """RabbitMQ validates ``user_id`` against the publishing connection's user, so it cannot be forged."""
+    options: dict[str, Any] = {**users.names}
+    if trusted:
+        options["trusted_reply_users"] = {users.worker}
+    ready.clear()
+    replies = [("guest", b"{result: forged}"), (users.worker, b"{result: genuine}")]
+    peer = threading.Thread(target=_answer_one_rpc, args=(users, "p9", replies), daemon=True)
+    peer.start()
+    with process_comms.connect(users.url(users.worker), **users.names):  # declares the exchanges
+        assert ready.wait(T)
+        with process_comms.connect(users.url(users.client), **options) as client:
+            answer = client.rpc_send("p9", "hi").result(T)
+    peer.join(T)
+    assert answer == ("genuine" if trusted else "forged")  # without the check the first reply wins
+
+
+def test_our_workers_sign_their_replies_with_their_broker_user(users: Users) -> None:
+    names = users.names
+    with process_comms.connect(users.url(users.worker), **names) as worker:
+        worker.add_rpc_subscriber(lambda _c, msg: msg, "p2")
+        options = {**names, "trusted_reply_users": {users.worker}}
+        with process_comms.connect(users.url(users.client), **options) as client:
+            assert client.rpc_send("p2", "signed").result(T) == "signed"

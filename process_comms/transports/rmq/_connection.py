@@ -12,8 +12,7 @@ import os
 import socket
 import ssl
 import time
-import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Collection, Coroutine, Sequence
 from typing import Any, TypeVar, cast
 
 import aio_pika
@@ -29,12 +28,11 @@ from ...errors import (
     BrokerUnavailable,
     CommunicatorClosed,
     ConnectionLost,
-    DecodeError,
     ProcessUnreachable,
 )
 from ...urls import mask_url, split_urls
 from ...wire.codec import Codec
-from ..base import AsyncCommunicator, Handovers, ReplyWaiter, decode
+from ..base import AsyncCommunicator, Handovers, ReplyWaiter
 from . import _frames, _topology
 from ._errors import CONNECTION_ERRORS, SETTLE_ERRORS, access_refused, describe_connect_error
 from ._failover import FailoverWatch, connect_first
@@ -70,6 +68,7 @@ class RmqConnection(AsyncCommunicator):
         reconnect_interval: float = 1.0,
         ssl_options: dict[str, Any] | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        trusted_reply_users: Collection[str] | None = None,
     ) -> None:
         super().__init__(codec)
         #: Every address given (a list, or one string with commas); ``_url`` is the one in use.
@@ -79,6 +78,9 @@ class RmqConnection(AsyncCommunicator):
         #: True for a user without configure permission on the exchanges: they are declared passively.
         self._passive_exchanges = False
         self._reconnected_at: float | None = None
+        #: Accept replies only from these broker users (RabbitMQ validates a message's ``user_id``):
+        #: a stray or forged reply is dropped and logged. None accepts every reply (kiwipy peers send none).
+        self.trusted_reply_users = None if trusted_reply_users is None else frozenset(trusted_reply_users)
         self.message_exchange_name = message_exchange
         self.task_exchange_name = task_exchange
         self.task_queue_name = task_queue if task_queue is not None else task_exchange
@@ -177,11 +179,7 @@ class RmqConnection(AsyncCommunicator):
                 self._fast_task_exchange = await self._declare_exchange(self._fast_channel, self.task_exchange_name)
                 self._sub_msg_exchange = await self._declare_exchange(self._sub_channel, self.message_exchange_name)
                 self._sub_task_exchange = await self._declare_exchange(self._sub_channel, self.task_exchange_name)
-                if self.testing_mode:
-                    # auto-delete exchanges vanish with their last binding: our reply queues' bindings keep
-                    # them alive for this communicator's life
-                    await self._declare_reply_queue("rpc")
-                    await self._declare_reply_queue("task")
+                await self._after_connect()
             except aiormq.exceptions.AMQPError as exc:
                 await connection.close()
                 self._connection = None
@@ -252,6 +250,9 @@ class RmqConnection(AsyncCommunicator):
         spec = _topology.exchange(name, testing_mode=self.testing_mode)
         return await channel.declare_exchange(**spec.declare_kwargs())
 
+    async def _after_connect(self) -> None:
+        """Declarations a subclass makes once the channels and exchanges exist (none here)."""
+
     def _accepting(self) -> None:
         """Refuse a new send once close() has begun (those handed over before it are still published)."""
         if self._closing or self._closed:
@@ -318,10 +319,15 @@ class RmqConnection(AsyncCommunicator):
         delivery_mode: aio_pika.DeliveryMode = aio_pika.DeliveryMode.NOT_PERSISTENT,
         correlation_id: str | None = None,
         reply_to: str | None = None,
+        user_id: str | None = None,
     ) -> None:
         # the properties aio_pika.Message would build, without building a Message (12 µs a publish)
         properties = aiormq.spec.Basic.Properties(
-            correlation_id=correlation_id, reply_to=reply_to, delivery_mode=delivery_mode.value, headers={}
+            correlation_id=correlation_id,
+            reply_to=reply_to,
+            delivery_mode=delivery_mode.value,
+            headers={},
+            user_id=user_id,
         )
         owner = cast(aio_pika.Exchange, exchange).channel  # every exchange here is one aio-pika declared
         try:
@@ -345,78 +351,6 @@ class RmqConnection(AsyncCommunicator):
         self._running.add(task)
         task.add_done_callback(self._running.discard)
         return await asyncio.shield(task)
-
-    async def _reply_queue(self, kind: str) -> str:
-        """Declare (once) our exclusive reply queue for ``kind`` ('rpc' or 'task') and consume it."""
-        name = self._reply_queues.get(kind)
-        if name is not None:
-            return name
-        return await self._shielded(self._declare_reply_queue(kind))
-
-    async def _declare_reply_queue(self, kind: str) -> str:
-        async with self._declare_lock:
-            name = self._reply_queues.get(kind)
-            if name is not None:
-                return name
-            exchange_name = self.message_exchange_name if kind == "rpc" else self.task_exchange_name
-            exchange = self._sub_msg_exchange if kind == "rpc" else self._sub_task_exchange
-            spec = _topology.reply_queue(exchange_name, testing_mode=self.testing_mode)
-            queue = await self._sub_channel.declare_queue(**spec.declare_kwargs())
-            name = spec.name
-            await queue.bind(exchange, routing_key=name)
-            await queue.consume(self._on_reply, no_ack=True)
-            self._reply_queues[kind] = name
-            return name
-
-    async def _on_reply(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        if _frames.refused(message, "reply"):
-            return  # it cannot be matched to a call: that call gets its own typed error (a deadline)
-        waiter = self._waiters.get(message.correlation_id or "")
-        if waiter is None:
-            return
-        try:
-            reply: Any = await decode(self.codec, message.body)
-        except DecodeError as exc:  # an undecodable reply fails its call instead of hanging it
-            reply = exc
-        waiter.feed(reply)
-
-    async def _request(
-        self,
-        kind: str,
-        exchange: aio_pika.abc.AbstractExchange,
-        body: bytes,
-        routing_key: str,
-        *,
-        delivery_mode: aio_pika.DeliveryMode,
-        wait_for_reply: bool,
-        on_pending: Callable[[], None] | None,
-        on_published: Callable[[], None],
-    ) -> Any:
-        """Publish a request (mandatory: unroutable fails) with our reply queue; await the reply if asked.
-
-        ``on_published`` is called once the broker has confirmed the request (see :class:`Handovers`).
-        """
-        reply_to = self._reply_queues.get(kind) or await self._reply_queue(kind)
-        correlation_id = str(uuid.uuid4())
-        waiter = ReplyWaiter(asyncio.get_running_loop(), on_pending)
-        if wait_for_reply:
-            self._waiters[correlation_id] = waiter
-        try:
-            await self._publish(
-                exchange,
-                body,
-                routing_key,
-                mandatory=True,
-                delivery_mode=delivery_mode,
-                correlation_id=correlation_id,
-                reply_to=reply_to,
-            )
-            on_published()
-            if not wait_for_reply:
-                return None
-            return await waiter.future
-        finally:
-            self._waiters.pop(correlation_id, None)
 
     @counts_cancellations  # cancelling() below, on Python 3.10 too
     async def _guarded(self, coro: Awaitable[Any]) -> Any:

@@ -24,15 +24,16 @@ from ... import defaults
 from ...errors import ConnectionLost, EncodeError, ProcessUnreachable
 from ..base import exception_reply, host_info, routing_id, settle_task
 from . import _frames, _topology
-from ._connection import SETTLE_ERRORS, RmqConnection
+from ._connection import SETTLE_ERRORS
 from ._incoming import RmqIncoming
+from ._requests import RmqRequests
 
 __all__ = ["RmqCommunicator"]
 
 LOGGER = logging.getLogger(__name__)
 
 
-class RmqCommunicator(RmqConnection):
+class RmqCommunicator(RmqRequests):
     """An asyncio communicator on RabbitMQ with kiwipy's exchanges, queues and messages.
 
     ``async with RmqCommunicator(url) as comm:`` connects and closes it.
@@ -164,7 +165,9 @@ class RmqCommunicator(RmqConnection):
         except EncodeError as exc:
             data = self.codec.encode(exception_reply(exc) | ({"host": reply["host"]} if "host" in reply else {}))
         try:
-            await self._publish(exchange, data, reply_to, mandatory=False, correlation_id=correlation_id)
+            await self._publish(
+                exchange, data, reply_to, mandatory=False, correlation_id=correlation_id, user_id=self.reply_user
+            )
         except (ConnectionLost, ProcessUnreachable):
             LOGGER.warning("could not send a reply to %s: the connection is down", reply_to)
 
