@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import kiwipy
 
 from .. import defaults
-from .._compat import cancelling
+from .._compat import cancelling, counts_cancellations
 from ..errors import (
     InvalidPid,
     TaskRejected,
@@ -225,6 +225,7 @@ async def _await_any(value: Any) -> Any:
     return await value
 
 
+@counts_cancellations  # cancelling() below, on Python 3.10 too
 async def respond(value_or_call: Any, send: SendReply | None, *, call: bool = True) -> dict[str, Any]:
     """Run a handler (or take its value) and return the final reply, sending ``pending`` for each future level.
 
