@@ -273,7 +273,7 @@ def test_launch_nowait_then_status(run: Run, worker: None) -> None:
     table, as_json = _in_parallel(lambda args: run(*args), [["status", pid], ["--json", "status", pid]])
     assert table.returncode == 0, table.stderr
     header, row = table.stdout.splitlines()
-    assert header.split() == ["PID", "STATE", "PAUSED", "STATUS", "CLASS"]
+    assert header.split() == ["PID", "STATE", "PAUSED", "PROGRESS", "STATUS", "CLASS"]
     assert row.split()[0] == pid and row.split()[-1] == "tests.procs:Waiter"
     assert row.split()[1] in ("running", "waiting") and row.split()[2] == "no"
     assert header.index("STATE") == row.index(row.split()[1])  # aligned columns

@@ -87,3 +87,47 @@ def test_progress_full_style_is_the_default() -> None:
     stream = io.StringIO()
     Progress("jobs", stream=stream, width=4, notebook=False).track([_done(1)], timeout=1)
     assert stream.getvalue().startswith("jobs: [####] 1/1 done (")
+
+
+# -- ended processes (issue 14): finished is a success, excepted/killed failures with their reason ---------
+def _ended() -> StatusTable:
+    from process_comms.client.display import PROGRESS_COLUMNS
+
+    return StatusTable(
+        {
+            "ok": {"state_name": "finished", "paused": False, "progress": {"done": 3}, "class": "m:A", "record": True},
+            "bad": {
+                "state_name": "excepted",
+                "paused": False,
+                "exception": {"type": "ValueError", "message": "no", "traceback": "..."},
+                "class": "m:B",
+            },
+            "cut": {"state_name": "killed", "paused": False, "status": "not needed", "class": "m:C"},
+        },
+        PROGRESS_COLUMNS,
+    )
+
+
+def test_ended_rows_say_how_they_ended() -> None:
+    header, ok, bad, cut = _ended().lines("plain")
+    assert header.split() == ["PID", "STATE", "PAUSED", "PROGRESS", "STATUS", "CLASS"]
+    assert ok.split() == ["ok", "finished", "no", "done=3", "-", "m:A"]
+    assert bad.split() == ["bad", "excepted", "no", "-", "ValueError:", "no", "m:B"]
+    assert cut.split() == ["cut", "killed", "no", "-", "not", "needed", "m:C"]
+    rows = {row[0]: row for row in _ended().rows}
+    assert rows["ok"][1:4] == ("finished", "no", "done=3")
+    assert rows["bad"][4] == "ValueError: no" and rows["cut"][4] == "not needed"
+
+
+def test_finished_rows_are_never_red() -> None:
+    html = _ended()._repr_html_()
+    assert '<tr class="finished" data-pid="ok">' in html
+    assert '<tr class="failed" data-pid="bad">' in html and '<tr class="failed" data-pid="cut">' in html
+    assert 'class="error"' not in html
+
+
+def test_progress_counts_excepted_and_killed_as_failed_and_finished_as_done() -> None:
+    stream = io.StringIO()
+    futures = [_done("finished"), _done("excepted"), _done({"state_name": "killed"}), _done({"sum": 3})]
+    Progress("ends", stream=stream, width=4, notebook=False).track(futures, timeout=1)
+    assert stream.getvalue().splitlines()[-1].startswith("ends: [####] 4/4 done, 2 failed")

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 
 #: The rank of each layer; a module may import only modules of a rank at most its own.
 RANKS = {"base": 0, "wire": 1, "transports": 2, "client": 3, "worker": 3, "cli": 4, "top": 5}
-BASE_MODULES = {"errors", "defaults", "urls"}
+BASE_MODULES = {"errors", "defaults", "urls", "_compat"}
 #: Re-exporting modules: importing them from inside a layer would pull in everything above it.
 EXEMPT = {PACKAGE, f"{PACKAGE}.messages", f"{PACKAGE}.display"}
 

@@ -95,12 +95,16 @@ def check_outputs(text: str, html: list[str]) -> None:
     assert text.rstrip().endswith("NOTEBOOK DONE")
 
     tables = [h for h in html if 'class="process-comms-status"' in h]
-    assert len(tables) == 4, html
+    assert len(tables) == 5, html
     assert tables[0].count("<tr data-pid=") == 3 and "examples.processes:LongWaiter" in tables[0]
     assert "coffee break" in tables[1]
-    # the killed process has ended: its status call failed (or, asked just before its route went, says killed)
-    assert '<tr class="error"' in tables[1] or "<td>killed</td>" in tables[1]
-    assert '<tr class="error"' not in tables[2] and '<tr class="error"' not in tables[3]
+    # the killed process has ended: its status comes from its record, a failure with its reason, not an error
+    assert "<td>killed</td>" in tables[1] and "not needed" in tables[1]
+    assert '<tr class="failed"' in tables[1]
+    assert all('<tr class="error"' not in table for table in tables)
+    # ended processes stay findable: the finished countdowns are successes, never red rows
+    assert re.search(r"listed: \[.*'finished'.*'killed'.*\]", text)
+    assert tables[4].count('<tr class="finished"') == 7 and tables[4].count('<tr class="failed"') == 1
     progress = [h for h in html if "process-comms-progress" in h]
     assert any("3/3 done" in h for h in progress) and any("5/5 done" in h for h in progress)
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from ..client.thread_controller import RemoteProcessThreadController
 from ..errors import TimeoutError as PCTimeoutError
 from ..wire.loaders import ObjectLoader
-from ._common import GRACE, connect_from
-from .main import EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, CliError, add_command, describe
+from ._common import GRACE, connect_from, is_tty
+from .main import EXIT_INTERRUPTED, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, CliError, add_command, describe
 
 if TYPE_CHECKING:
     from ._common import Context, SubParsers
@@ -60,6 +61,13 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         if not isinstance(inputs, dict):
             raise CliError("--inputs must be a JSON object", EXIT_USAGE)
         init_kwargs = {"inputs": inputs}
+    pid = None
+    if not args.nowait:  # our workers take the pid we choose: printed first, so Ctrl-C leaves a pid to kill
+        pid = uuid.uuid4()
+        init_kwargs = {**(init_kwargs or {}), "pid": pid}
+        if is_tty(ctx.err):  # off a terminal the error line is the only one (Ctrl-C still prints the pid)
+            ctx.err.write(f"process-comms: launching process {pid}\n")
+            ctx.err.flush()
     with connect_from(ctx) as comm:
         controller = RemoteProcessThreadController(comm, rpc_timeout=ctx.timeout, task_timeout=ctx.timeout)
         future = controller.launch_process(
@@ -72,6 +80,13 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         )
         try:
             result = future.result(ctx.timeout + GRACE)
+        except KeyboardInterrupt:
+            if pid is None:
+                raise
+            ctx.error(
+                f"interrupted: process {pid} may still run or wait in the queue; end it: process-comms kill {pid}"
+            )
+            return EXIT_INTERRUPTED
         except (PCTimeoutError, TimeoutError, concurrent.futures.TimeoutError) as exc:
             hint = f"; is a worker consuming the task queue {ctx.task_queue!r}?"
             raise CliError(f"{describe(exc)}{hint}", EXIT_TIMEOUT) from None

@@ -9,6 +9,9 @@ Synopsis::
                          [--log-level LEVEL]
     process-comms launch CLASS [--inputs JSON] [--nowait] [--persist]
     process-comms status PID...
+    process-comms list [--state S] [--limit N] [--since D] [--class CLASS]
+    process-comms show PID...
+    process-comms report PID
     process-comms pause (PID... | --all) [--message TEXT]
     process-comms play  (PID... | --all)
     process-comms kill  (PID... | --all) [--force] [--message TEXT]
@@ -56,7 +59,7 @@ from ..errors import (
     TaskRejected,
 )
 from ..errors import TimeoutError as PCTimeoutError
-from ..urls import mask_url
+from ..urls import mask_url, split_urls
 
 if TYPE_CHECKING:
     # the command modules import the exit codes from here, so this module imports them only when it runs
@@ -282,7 +285,8 @@ def add_command(subparsers: SubParsers, name: str, help_text: str) -> argparse.A
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``process-comms`` (usage errors exit with code 2 in one line)."""
-    from . import control, launch, queue, status, watch, worker  # see the TYPE_CHECKING note above
+    from . import control, launch, permissions, queue, report, show, status, watch, worker  # see TYPE_CHECKING
+    from . import list as list_command
 
     parser = _Parser(
         prog=PROG,
@@ -292,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_global_options(parser, suppress=False)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
-    for command in (worker, launch, status, control, watch, queue):  # the order of `--help`
+    for command in (worker, launch, status, list_command, show, report, control, watch, queue, permissions):
         command.register(subparsers)
     return parser
 
@@ -302,12 +306,13 @@ def _broker_url(args: argparse.Namespace) -> str:
     url: str | None = args.broker or os.environ.get(ENV_BROKER) or None
     if not url:
         raise CliError(f"no broker URL: give --broker URL or set {ENV_BROKER}", EXIT_USAGE)
-    try:
-        scheme = urlsplit(url).scheme
-    except ValueError:
-        scheme = ""
-    if scheme not in ("amqp", "amqps"):
-        raise CliError(f"unsupported broker URL {mask_url(url)!r}: expected amqp:// or amqps://", EXIT_USAGE)
+    for one in split_urls(url):  # several brokers: comma-separated (a cluster's nodes)
+        try:
+            scheme = urlsplit(one).scheme
+        except ValueError:
+            scheme = ""
+        if scheme not in ("amqp", "amqps"):
+            raise CliError(f"unsupported broker URL {mask_url(one)!r}: expected amqp:// or amqps://", EXIT_USAGE)
     return url
 
 
@@ -318,7 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     scrub = Scrubber(args.broker or os.environ.get(ENV_BROKER))
     try:
-        ctx = Context(args=args, broker=_broker_url(args), scrub=scrub)
+        needs_broker = getattr(args, "needs_broker", True)  # False for commands that only print (permissions)
+        ctx = Context(args=args, broker=_broker_url(args) if needs_broker else "", scrub=scrub)
         if args.command != "worker":
             # a client reports its errors itself, in one line: library logs would only repeat them
             setup_logging("ERROR", scrub, tracebacks=False)

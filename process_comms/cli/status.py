@@ -1,4 +1,7 @@
-"""``process-comms status``: print the status of processes (pid, state, paused, status text, class)."""
+"""``process-comms status``: print the status of processes (pid, state, paused, progress, status text, class).
+
+A process no worker holds (ended, parked) is answered from the fleet's record; a pid with none exits 3.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import argparse
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..client.display import StatusTable
+from ..client.display import PROGRESS_COLUMNS, StatusTable
 from ..client.thread_controller import RemoteProcessThreadController
 from ._common import GRACE, connect_from, report, unique_pids, wait_many
 from .main import EXIT_OK, add_command
@@ -42,6 +45,6 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     if ctx.json:
         ctx.print_json(records)
     elif statuses:
-        for line in StatusTable(statuses).lines("plain"):
+        for line in StatusTable(statuses, PROGRESS_COLUMNS).lines("plain"):
             ctx.print(line)
     return code

@@ -7,6 +7,7 @@ never blocks the caller's event loop; results are flat values and every call has
 from __future__ import annotations
 
 import asyncio
+import datetime
 import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
@@ -32,13 +33,14 @@ from ..wire.messages import (
     state_name,
     wire_text,
 )
+from .records import RecordQueries, epoch
 
 __all__ = ["RemoteProcessController", "TERMINAL_STATES"]
 
 T = TypeVar("T")
 
 
-class RemoteProcessController:
+class RemoteProcessController(RecordQueries):
     """Control remote processes from asyncio code: every method is a coroutine returning a flat value."""
 
     def __init__(
@@ -137,7 +139,8 @@ class RemoteProcessController:
 
     async def _bulk(self, pids: Iterable[Any], msg: dict[str, Any], timeout: float | None) -> dict[Any, Any]:
         pids = list(pids)
-        results = await asyncio.gather(*(self._rpc(pid, msg, timeout) for pid in pids), return_exceptions=True)
+        send = self._status if msg["intent"] == Intent.STATUS else lambda pid, t: self._rpc(pid, msg, t)
+        results = await asyncio.gather(*(send(pid, timeout) for pid in pids), return_exceptions=True)
         return dict(zip(pids, results, strict=True))
 
     async def _wait_for(self, pid: Pid, timeout: float | None, poll_interval: float) -> str:
@@ -158,15 +161,9 @@ class RemoteProcessController:
                     status = await self._rpc(pid, MessageBuilder.status(), poll_interval * 4)
                 except PCTimeoutError:
                     continue  # one unanswered poll is not the end: only the overall deadline is
-                except ProcessUnreachable:
-                    # the route goes when the process ends: give its final broadcast a moment to arrive
-                    await asyncio.wait({done}, timeout=poll_interval)
-                    if done.done():
-                        return done.result()
-                    raise ProcessUnreachable(
-                        f"process {pid} is not reachable: it has ended (its final state was not seen) "
-                        "or no worker holds it"
-                    ) from None
+                except ProcessUnreachable as exc:
+                    # the route goes when the process ends, after its record says how it ended
+                    return await self._ended_state(pid, exc, done, poll_interval)
                 state = state_name(status.get("state", ""))
                 if is_terminal(state):
                     return state
@@ -187,9 +184,12 @@ class RemoteProcessController:
 
     # -- plumpy's API ----------------------------------------------------------------------------
     async def get_status(self, pid: Pid, timeout: float | None = None) -> dict[str, Any]:
-        """The status dict of process ``pid`` (``ctime``, ``paused``, ``process_string``, ``state``, ...)."""
-        result: dict[str, Any] = await self._run(self._rpc, pid, MessageBuilder.status(), timeout)
-        return result
+        """The status dict of process ``pid`` (``ctime``, ``paused``, ``process_string``, ``state``, ...).
+
+        For a process no worker holds (ended or parked) it comes from the fleet's record, with ``record``
+        True and its ``outputs`` or ``exception``; ``ProcessUnreachable`` only for a pid with no record.
+        """
+        return await self._run(self._status, pid, timeout)
 
     async def pause_process(
         self, pid: Pid, msg_text: str | None = None, timeout: float | None = None, *, release: bool = False
@@ -227,8 +227,13 @@ class RemoteProcessController:
     async def kill_process(
         self, pid: Pid, msg_text: str | None = None, force_kill: bool = False, timeout: float | None = None
     ) -> bool:
-        """Kill ``pid``: True if killed (now or before), False if it had ended otherwise."""
-        return await self._run(self._rpc, pid, MessageBuilder.kill(msg_text, force_kill), timeout)
+        """Kill ``pid``: True if killed (now or before), False if it had ended otherwise.
+
+        A process no worker runs (parked, or orphaned by a dead worker) is marked killed in its record, and
+        no worker runs it again; a pid the fleet does not know raises ``ProcessUnreachable``, but a task of
+        that pid still queued is dropped by the worker that takes it.
+        """
+        return await self._run(self._kill, pid, MessageBuilder.kill(msg_text, force_kill), timeout)
 
     async def pause_all(self, msg_text: str | None, *, answers_within: float | None = None) -> dict[Any, Any] | None:
         """Broadcast a pause to every process (fire and forget, as plumpy).
@@ -318,3 +323,26 @@ class RemoteProcessController:
         Raises :class:`ProcessUnreachable` if the process is gone before its end was seen.
         """
         return await self._run(self._wait_for, pid, timeout, poll_interval)
+
+    # -- process records (issue 14) ----------------------------------------------------------------
+    async def get_process(self, pid: Pid, timeout: float | None = None) -> dict[str, Any]:
+        """The whole record of ``pid`` (a JSON-safe dict: class, inputs, state history, host, progress, outputs,
+        exception with traceback, log lines), from the fleet; ``ProcessUnreachable`` if it has none."""
+        return await self._run(self._get_record, pid, timeout)
+
+    async def get_outputs(self, pid: Pid, timeout: float | None = None) -> dict[str, Any] | None:
+        """The outputs of ``pid`` (also of a ``nowait`` launch): None while it runs; raises ``RemoteError``
+        (with ``remote_traceback``) if it excepted and ``ProcessKilled`` if it was killed."""
+        return await self._run(self._outputs, pid, timeout)
+
+    async def list_processes(
+        self,
+        state: str | None = None,
+        limit: int = 100,
+        since: float | datetime.datetime | None = None,
+        class_name: str | None = None,
+        timeout: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """Summaries of the fleet's processes, newest first, live and ended (pid, class, state_name, paused,
+        status, progress, host, ctime, mtime, live); filter by state name, creation time and ``module:Name``."""
+        return await self._run(self._list, state, limit, epoch(since), class_name, timeout)

@@ -25,12 +25,31 @@ from .. import defaults
 from ..wire.messages import Pid, state_name
 from .futures import outcomes, wait_all
 
-__all__ = ["COLUMNS", "TABLE_CSS_CLASS", "Progress", "ProgressStyle", "StatusTable", "TableStyle", "status_table"]
+__all__ = [
+    "COLUMNS",
+    "FAILED_STATES",
+    "PROGRESS_COLUMNS",
+    "TABLE_CSS_CLASS",
+    "Progress",
+    "ProgressStyle",
+    "StatusTable",
+    "TableStyle",
+    "is_failure",
+    "layout_columns",
+    "progress_text",
+    "status_table",
+]
 
 K = TypeVar("K")
 
 #: The columns of a :class:`StatusTable`, in order.
 COLUMNS = ("pid", "state", "paused", "status", "class")
+#: The columns with the process's progress too (what ``process-comms status`` prints).
+PROGRESS_COLUMNS = ("pid", "state", "paused", "progress", "status", "class")
+#: End states that are failures (shown with their reason); ``finished`` is a success.
+FAILED_STATES = ("excepted", "killed")
+#: Longest progress cell, in characters.
+_MAX_PROGRESS = 40
 
 #: CSS class of the ``<table>`` a :class:`StatusTable` renders (handy to find it in notebook outputs).
 TABLE_CSS_CLASS = "process-comms-status"
@@ -55,22 +74,56 @@ def _error_text(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _row(pid: Pid, status: Mapping[str, Any] | BaseException) -> tuple[str, str, str, str, str]:
+def is_failure(outcome: Any) -> bool:
+    """True for an exception, an end state that is a failure (``excepted``, ``killed``), or a status dict in one."""
+    if isinstance(outcome, BaseException):
+        return True
+    if isinstance(outcome, str):
+        return outcome in FAILED_STATES
+    return isinstance(outcome, Mapping) and _state_of(outcome) in FAILED_STATES
+
+
+def _reason(status: Mapping[str, Any]) -> str | None:
+    """Why a process failed: its exception (from its record) or its status text (the kill message)."""
+    exception = status.get("exception")
+    if isinstance(exception, Mapping):
+        return f"{exception.get('type') or 'error'}: {exception.get('message') or ''}".rstrip(": ")
+    if isinstance(exception, str) and exception:
+        return exception
+    return None
+
+
+def progress_text(progress: Any) -> str:
+    if not isinstance(progress, Mapping) or not progress:
+        return ""
+    text = " ".join(f"{key}={value}" for key, value in progress.items())
+    return text if len(text) <= _MAX_PROGRESS else f"{text[: _MAX_PROGRESS - 3]}..."
+
+
+def _cells(pid: Pid, status: Mapping[str, Any] | BaseException) -> dict[str, str]:
     if isinstance(status, BaseException):
-        return (str(pid), "error", "", _error_text(status), "")
+        return {"pid": str(pid), "state": "error", "status": _error_text(status)}
     paused = status.get("paused")
     text = status.get("status")
+    if _state_of(status) in FAILED_STATES:
+        text = _reason(status) or text
     cls = status.get("class") or status.get("process_string") or ""
-    return (
-        str(pid),
-        _state_of(status),
-        "" if paused is None else ("yes" if paused else "no"),
-        "" if text is None else str(text),
-        str(cls),
-    )
+    return {
+        "pid": str(pid),
+        "state": _state_of(status),
+        "paused": "" if paused is None else ("yes" if paused else "no"),
+        "progress": progress_text(status.get("progress")),
+        "status": "" if text is None else str(text),
+        "class": str(cls),
+    }
 
 
-def _layout(rows: Sequence[Sequence[str]], rule: bool) -> list[str]:
+def _row(pid: Pid, status: Mapping[str, Any] | BaseException, columns: Sequence[str] = COLUMNS) -> tuple[str, ...]:
+    cells = _cells(pid, status)
+    return tuple(cells.get(column, "") for column in columns)
+
+
+def layout_columns(rows: Sequence[Sequence[str]], rule: bool) -> list[str]:
     """``rows`` (the header first) as lines of left-aligned columns two spaces apart, trailing blanks cut.
 
     With ``rule`` a line of dashes as wide as each column goes under the header.
@@ -90,14 +143,19 @@ def _layout(rows: Sequence[Sequence[str]], rule: bool) -> list[str]:
 class StatusTable:
     """A table of process statuses: HTML in a notebook, aligned text in a terminal.
 
-    ``statuses`` maps each pid to its status dict (as ``get_status`` returns it) or to the exception
-    its status call ended with (shown as the exception's message, in state ``error``).
+    ``statuses`` maps each pid to its status dict (as ``get_status`` returns it, or a summary of
+    ``list_processes``) or to the exception its status call ended with (shown as the exception's
+    message, in state ``error``). A finished process is a success; an excepted or killed one shows its
+    reason (HTML class ``failed``); only a failed status call is an ``error`` row.
     """
 
-    def __init__(self, statuses: Mapping[Any, Mapping[str, Any] | BaseException]) -> None:
-        """Keep the rows of ``statuses`` in its order."""
+    def __init__(
+        self, statuses: Mapping[Any, Mapping[str, Any] | BaseException], columns: Sequence[str] = COLUMNS
+    ) -> None:
+        """Keep the rows of ``statuses`` in order, with ``columns`` (:data:`COLUMNS` or :data:`PROGRESS_COLUMNS`)."""
         self.statuses: dict[Any, Mapping[str, Any] | BaseException] = dict(statuses)
-        self.rows: list[tuple[str, str, str, str, str]] = [_row(pid, s) for pid, s in self.statuses.items()]
+        self.columns: tuple[str, ...] = tuple(columns)
+        self.rows: list[tuple[str, ...]] = [_row(pid, s, self.columns) for pid, s in self.statuses.items()]
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -118,21 +176,27 @@ class StatusTable:
         in a cell collapsed to one space, and ``-`` in an empty cell.
         """
         if style == "plain":
-            rows = [[c.upper() for c in COLUMNS]]
+            rows = [[c.upper() for c in self.columns]]
             rows += [[" ".join(cell.split()) or "-" for cell in row] for row in self.rows]
-            return _layout(rows, rule=False)
-        return _layout([COLUMNS, *self.rows], rule=True)
+            return layout_columns(rows, rule=False)
+        return layout_columns([self.columns, *self.rows], rule=True)
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
         """IPython's plain-text form: the aligned table."""
         printer.text(repr(self) if cycle else str(self))
 
     def _repr_html_(self) -> str:
-        """The table as HTML (every cell escaped); rows of failed status calls have class ``error``."""
-        head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
+        """The table as HTML (every cell escaped); rows of failed status calls have class ``error``, those of
+        excepted or killed processes class ``failed``, finished ones class ``finished``."""
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
         body = []
         for (pid, status), row in zip(self.statuses.items(), self.rows, strict=True):
-            css = ' class="error"' if isinstance(status, BaseException) else ""
+            if isinstance(status, BaseException):
+                css = ' class="error"'
+            elif is_failure(status):
+                css = ' class="failed"'
+            else:
+                css = ' class="finished"' if _state_of(status) == "finished" else ""
             cells = "".join(f"<td>{html.escape(cell)}</td>" for cell in row)
             body.append(f'<tr{css} data-pid="{html.escape(str(pid))}">{cells}</tr>')
         return f'<table class="{TABLE_CSS_CLASS}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
@@ -159,6 +223,11 @@ def status_table(
         else:
             rows[pid] = TypeError(f"not a status dict: {type(outcome).__name__}")
     return StatusTable(rows)
+
+
+def _failed(fut: concurrent.futures.Future[Any]) -> bool:
+    """A done future that failed: cancelled, raised, or resolved to a failed end (``excepted``/``killed``)."""
+    return fut.cancelled() or fut.exception() is not None or is_failure(fut.result())
 
 
 class _ProgressView:
@@ -285,7 +354,7 @@ class Progress:
             finished = not pending or now >= deadline
             if finished or now - last_shown >= self.interval:
                 done = sum(1 for f in items.values() if f.done())
-                failed = sum(1 for f in items.values() if f.done() and (f.cancelled() or f.exception() is not None))
+                failed = sum(1 for f in items.values() if f.done() and _failed(f))
                 view = _ProgressView(self.description, done, failed, len(items), now - started, self.width, self.style)
                 render(view, finished)
                 last_shown = now

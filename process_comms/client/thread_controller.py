@@ -5,6 +5,7 @@ once (call ``.result(timeout)`` to block). No control logic lives here.
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
@@ -183,3 +184,22 @@ class RemoteProcessThreadController:
     ) -> ControllerFuture[str]:
         """Future of the terminal state of ``pid`` (``finished``, ``excepted`` or ``killed``)."""
         return self._communicator.submit(self._core.wait_for_process, pid, timeout, poll_interval)
+
+    def get_process(self, pid: Pid, timeout: float | None = None) -> ControllerFuture[dict[str, Any]]:
+        """Future of the whole record of ``pid`` (a JSON-safe dict), from the fleet."""
+        return self._communicator.submit(self._core.get_process, pid, timeout)
+
+    def get_outputs(self, pid: Pid, timeout: float | None = None) -> ControllerFuture[dict[str, Any] | None]:
+        """Future of the outputs of ``pid`` (None while it runs; fails if it excepted or was killed)."""
+        return self._communicator.submit(self._core.get_outputs, pid, timeout)
+
+    def list_processes(
+        self,
+        state: str | None = None,
+        limit: int = 100,
+        since: float | datetime.datetime | None = None,
+        class_name: str | None = None,
+        timeout: float | None = None,
+    ) -> ControllerFuture[list[dict[str, Any]]]:
+        """Future of the summaries of the fleet's processes, newest first, live and ended."""
+        return self._communicator.submit(self._core.list_processes, state, limit, since, class_name, timeout)

@@ -43,6 +43,14 @@ __all__ = [
     "state_transition",
     "wire_bool",
     "wire_text",
+    "RECORDS_INTENT",
+    "RECORDS_ROUTE_PREFIX",
+    "RECORD_OP_KEY",
+    "RECORD_OP_GET",
+    "RECORD_OP_LIST",
+    "RECORD_OP_KILL",
+    "records_route",
+    "records_request",
 ]
 
 #: A process id: any hashable value whose ``str()`` is its routing key (plumpy: ``PID_TYPE = Hashable``).
@@ -213,3 +221,24 @@ def create_create_body(
             KWARGS_KEY: init_kwargs,
         },
     }
+
+
+# -- process records (issue 14): a route every worker of one installation subscribes --------------------
+#: Intent of a request to the records route (not a process intent: plumpy peers never see it).
+RECORDS_INTENT: Final = "records"
+#: The records route is ``__records__.<task queue name>``: the workers of one installation share it.
+RECORDS_ROUTE_PREFIX: Final = "__records__"
+RECORD_OP_KEY: Final = "op"
+RECORD_OP_GET: Final = "get"
+RECORD_OP_LIST: Final = "list"
+RECORD_OP_KILL: Final = "kill"
+
+
+def records_route(task_queue: str) -> str:
+    """The RPC identifier that every worker consuming ``task_queue`` answers record queries on."""
+    return f"{RECORDS_ROUTE_PREFIX}.{task_queue}"
+
+
+def records_request(op: str, **fields: Any) -> MessageType:
+    """A request to the records route: ``{"intent": "records", "op": op, ...fields}``."""
+    return {INTENT_KEY: RECORDS_INTENT, RECORD_OP_KEY: op, **fields}

@@ -1,7 +1,8 @@
 """The reply rules that travel: reply keys, error replies, how a reply is read, the task envelope (no I/O).
 
 Keys and precedence follow kiwipy 0.9 (cancelled > exception > result > pending); ``error_type`` is
-our extra key, ignored by kiwipy peers, carrying the remote exception's type name.
+our extra key, ignored by kiwipy peers, carrying the remote exception's type name; ``traceback`` (also
+ignored by them) carries the formatted traceback of a process that excepted.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ __all__ = [
     "PENDING_KEY",
     "HOST_KEY",
     "ERROR_TYPE_KEY",
+    "TRACEBACK_KEY",
+    "MAX_TRACEBACK_CHARS",
+    "bounded_traceback",
     "KILLED_TYPES",
     "REJECTED_TYPES",
     "exception_reply",
@@ -31,6 +35,10 @@ PENDING_KEY = "pending"
 HOST_KEY = "host"
 #: Extra reply key (ignored by kiwipy peers) carrying the remote exception's type name.
 ERROR_TYPE_KEY = "error_type"
+#: Extra reply key (ignored by kiwipy peers) carrying the remote exception's formatted traceback.
+TRACEBACK_KEY = "traceback"
+#: Longest traceback text sent in a reply (its last characters are kept: the innermost frames).
+MAX_TRACEBACK_CHARS = 16_000
 
 #: Remote error type names read as :class:`ProcessKilled`.
 KILLED_TYPES = frozenset({"KilledError", "ProcessKilled"})
@@ -38,11 +46,29 @@ KILLED_TYPES = frozenset({"KilledError", "ProcessKilled"})
 REJECTED_TYPES = frozenset({"TaskRejected", "LoadError", "DecodeError", "InvalidTask"})
 
 
+def bounded_traceback(text: str) -> str:
+    """``text`` cut to its last :data:`MAX_TRACEBACK_CHARS` characters (the innermost frames)."""
+    return text if len(text) <= MAX_TRACEBACK_CHARS else "...\n" + text[-MAX_TRACEBACK_CHARS:]
+
+
+def _traceback_of(exc: BaseException) -> str | None:
+    """The traceback a reply carries: a failed process's (``RemoteError.remote_traceback``), nothing else
+    (a handler's own failure or a refusal says what went wrong in its message)."""
+    remote = getattr(exc, "remote_traceback", None)
+    return bounded_traceback(remote) if isinstance(remote, str) and remote else None
+
+
 def exception_reply(exc: BaseException) -> dict[str, Any]:
-    """A reply carrying ``str(exc)`` (what kiwipy peers read) plus its type name (what we read)."""
+    """A reply carrying ``str(exc)`` (what kiwipy peers read) plus its type name and, for a process that
+    excepted, its traceback (what we read)."""
     if isinstance(exc, RemoteError) and exc.remote_type:
-        return {EXCEPTION_KEY: exc.message, ERROR_TYPE_KEY: exc.remote_type}
-    return {EXCEPTION_KEY: str(exc) or type(exc).__name__, ERROR_TYPE_KEY: type(exc).__name__}
+        reply = {EXCEPTION_KEY: exc.message, ERROR_TYPE_KEY: exc.remote_type}
+    else:
+        reply = {EXCEPTION_KEY: str(exc) or type(exc).__name__, ERROR_TYPE_KEY: type(exc).__name__}
+    text = _traceback_of(exc)
+    if text is not None:
+        reply[TRACEBACK_KEY] = text
+    return reply
 
 
 def reply_outcome(reply: Any) -> tuple[bool, Any]:
@@ -58,11 +84,13 @@ def reply_outcome(reply: Any) -> tuple[bool, Any]:
         message = str(reply[EXCEPTION_KEY])
         kind = reply.get(ERROR_TYPE_KEY)
         kind = kind if isinstance(kind, str) else None
+        remote_tb = reply.get(TRACEBACK_KEY)
+        remote_tb = remote_tb if isinstance(remote_tb, str) else None
         if kind in KILLED_TYPES:
-            raise ProcessKilled(message, kind)
+            raise ProcessKilled(message, kind, remote_tb)
         if kind in REJECTED_TYPES:
             raise TaskRejected(f"{kind}: {message}")
-        raise RemoteError(message, kind)
+        raise RemoteError(message, kind, remote_tb)
     if RESULT_KEY in reply:
         return True, reply[RESULT_KEY]
     if PENDING_KEY in reply:

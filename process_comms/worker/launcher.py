@@ -13,6 +13,7 @@ import functools
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Iterable
 from typing import Any
@@ -21,17 +22,15 @@ import kiwipy
 
 from .. import defaults
 from ..errors import LoadError, PersistenceError
-from ..transports._loop import AsyncFn, LoopThread, run_on
+from ..transports._loop import LoopThread, run_on
 from ..transports.base import CURRENT_DELIVERY, AsyncCommunicator, InvalidTask
 from ..wire.loaders import AllowListLoader, ObjectLoader, get_object_loader
 from ..wire.messages import (
-    ANSWER_PREFIX,
     ARGS_KEY,
     CONTINUE_TASK,
     CREATE_TASK,
     KWARGS_KEY,
     LAUNCH_TASK,
-    MESSAGE_TEXT_KEY,
     NOWAIT_KEY,
     PERSIST_KEY,
     PID_KEY,
@@ -39,12 +38,15 @@ from ..wire.messages import (
     TAG_KEY,
     TASK_ARGS,
     TASK_KEY,
-    Intent,
     Pid,
     wire_bool,
-    wire_text,
 )
-from .process import META_KEY, Process
+from ._broadcasts import BroadcastsMixin
+from ._bundle import META_KEY
+from ._claims import ClaimsMixin
+from ._state import KilledError
+from .process import Process
+from .records import RecordWriter
 
 __all__ = ["ProcessLauncher"]
 
@@ -59,11 +61,12 @@ def _release(hold: concurrent.futures.Future[Any] | None) -> None:
         hold.set_result(None)
 
 
-class ProcessLauncher:
+class ProcessLauncher(ClaimsMixin, BroadcastsMixin):
     """A task subscriber that launches, creates and continues processes on its own event loop.
 
     ``communicator.add_task_subscriber(launcher)`` starts it. Only :class:`Process` subclasses are
-    instantiated, and with ``allowed_modules`` only from those modules (and their submodules).
+    instantiated, and with ``allowed_modules`` only from those modules (and their submodules). With
+    ``records`` (the default) and a persister that keeps them, every process it runs gets a record.
     """
 
     #: Called on the communicator's loop directly: validation is quick and the work runs on our loop.
@@ -78,6 +81,7 @@ class ProcessLauncher:
         *,
         allowed_modules: Iterable[str] | None = None,
         claim_ttl: float = defaults.CLAIM_TTL,
+        records: bool = True,
     ) -> None:
         """``loop=None`` gives the launcher a loop thread of its own (stopped by :meth:`close`)."""
         self._own_loop: LoopThread | None = None
@@ -97,6 +101,9 @@ class ProcessLauncher:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._claimed: set[str] = set()
         self._renewer: asyncio.Task[None] | None = None
+        keeps = records and persister is not None and bool(getattr(persister, "keeps_records", False))
+        #: Writes the records of the processes run here (None: records are off).
+        self.records: RecordWriter | None = RecordWriter(persister, loop) if keeps else None
 
     @property
     def processes(self) -> dict[str, Process]:
@@ -117,6 +124,13 @@ class ProcessLauncher:
     # -- task entry point (called on the communicator's loop) ------------------------------------
     def __call__(self, communicator: Any, task: Any) -> concurrent.futures.Future[Any]:
         """Validate ``task`` at once (errors are terminal replies) and handle it on the launcher's loop."""
+        try:
+            return self._accept(communicator, task)
+        except (kiwipy.TaskRejected, InvalidTask, LoadError) as exc:
+            LOGGER.info("task rejected: %s", exc)
+            raise
+
+    def _accept(self, communicator: Any, task: Any) -> concurrent.futures.Future[Any]:
         if not isinstance(task, dict) or not isinstance(task.get(TASK_KEY), str):
             raise InvalidTask("a task body must be a mapping with a 'task' name and its 'args'")
         kind = task[TASK_KEY]
@@ -223,6 +237,8 @@ class ProcessLauncher:
         nowait: bool,
         hold: concurrent.futures.Future[Any] | None = None,
     ) -> Any:
+        if "pid" in init_kwargs:  # a pid the client chose: it may have been killed while its task was queued
+            await self._killed_record(init_kwargs["pid"])
         proc = self._instantiate(cls, init_args, init_kwargs)
         if persist:
             await self._claim(proc.pid)
@@ -268,41 +284,18 @@ class ProcessLauncher:
             existing = self._processes.get(str(pid))
             if existing is not None:
                 return await self._continue(core, comm_loop, pid, tag, nowait, hold)
+            old = await self._killed_record(pid)
             bundle = await asyncio.get_running_loop().run_in_executor(None, self.persister.load_checkpoint, pid, tag)
             if not isinstance(bundle, dict) or not isinstance(bundle.get(META_KEY), dict):
                 raise PersistenceError(f"the checkpoint of process {pid} is not a process_comms checkpoint")
             cls = self._load_class(bundle[META_KEY].get("class_name"))
             proc = cls.recreate_from(bundle)
+            proc._restore_record(old)
             done = await self.start_process(proc, core, comm_loop, True)
         if nowait:
             done.add_done_callback(lambda _: _release(hold))
             return pid
         return await asyncio.shield(done)
-
-    async def _claim(self, pid: Pid) -> None:
-        """Own ``pid``'s claim, waiting while another live worker holds it (it runs the process now)."""
-        loop = asyncio.get_running_loop()
-        while not await loop.run_in_executor(None, self.persister.claim, pid, self.owner, self.claim_ttl):
-            LOGGER.info("process %s runs on another worker: waiting for it to end or for its claim to lapse", pid)
-            await asyncio.sleep(self.claim_ttl / 3)  # polling the shared store: the other worker renews at ttl/3
-        self._claimed.add(str(pid))
-        if self._renewer is None or self._renewer.done():
-            self._renewer = loop.create_task(self._renew_claims(), name="process-comms-claims")
-
-    async def _renew_claims(self) -> None:
-        """Renew the claims of the persisted processes running here, until there are none."""
-        loop = asyncio.get_running_loop()
-        while self._claimed:
-            await asyncio.sleep(self.claim_ttl / 3)
-            for key in list(self._claimed):
-                proc = self._processes.get(key)
-                if proc is None:
-                    continue
-                try:
-                    if not await loop.run_in_executor(None, self.persister.claim, proc.pid, self.owner, self.claim_ttl):
-                        LOGGER.error("lost the claim on process %s to another worker", proc.pid)
-                except Exception:
-                    LOGGER.warning("could not renew the claim on process %s", proc.pid, exc_info=True)
 
     async def start_process(
         self,
@@ -314,14 +307,19 @@ class ProcessLauncher:
         """Wire ``proc`` to the communicator (RPC route, broadcasts) and start it on this loop."""
         key = str(proc.pid)
         proc.attach(self.loop, core, comm_loop, self.persister if persist else None)
+        proc._recorder = self.records
+        started = time.monotonic()
         if not proc.state.terminal and core is not None and comm_loop is not None:
             await self._on_comm_loop(comm_loop, core.add_rpc_subscriber, proc._on_rpc, key)
             await self._ensure_broadcasts(core, comm_loop)
         self._processes[key] = proc
         done = proc.start()
+        LOGGER.info("process %s (%s) started", key, type(proc).__qualname__)
+        proc._touch_record()
 
         def cleanup(_: Any) -> None:
             self._processes.pop(key, None)
+            _log_end(proc, time.monotonic() - started)
             if core is not None and comm_loop is not None:
                 run_on(comm_loop, core.remove_rpc_subscriber, key)
             if key in self._claimed:
@@ -331,51 +329,18 @@ class ProcessLauncher:
         done.add_done_callback(cleanup)
         return done
 
-    async def _ensure_broadcasts(self, core: AsyncCommunicator, comm_loop: asyncio.AbstractEventLoop) -> None:
-        if id(core) in self._broadcast_ids:
-            return
-        self._broadcast_ids[id(core)] = None
-
-        def on_broadcast(_comm: Any, body: Any, _sender: Any, subject: Any, correlation_id: Any) -> None:
-            self._on_broadcast(core, comm_loop, body, subject, correlation_id)
-
-        self._broadcast_ids[id(core)] = await self._on_comm_loop(comm_loop, core.add_broadcast_subscriber, on_broadcast)
-
-    def _on_broadcast(
-        self, core: AsyncCommunicator, comm_loop: asyncio.AbstractEventLoop, body: Any, subject: Any, cid: Any
-    ) -> None:
-        """``play``/``pause``/``kill`` broadcasts reach every live process (``force_kill`` is ignored, as in plumpy).
-
-        With a correlation id, each process answers with an ``intent_result.<intent>`` broadcast (sender = its
-        pid, body = its result), so a controller can tell which processes acted (plumpy processes do not).
-        """
-        if subject not in (Intent.PLAY, Intent.PAUSE, Intent.KILL):
-            return
-        text = body.get(MESSAGE_TEXT_KEY) if isinstance(body, dict) and subject != Intent.PLAY else None
-        try:  # the text becomes each process's status, saved by every checkpoint: a str or None only
-            text = wire_text(text, f"text of a {subject} broadcast")
-        except InvalidTask as exc:
-            LOGGER.warning("dropped a %s broadcast: %s", subject, exc)
-            return
-        for proc in list(self._processes.values()):
-            fut = proc._schedule(str(subject), text, False)
-            if cid is not None:
-                fut.add_done_callback(functools.partial(self._answer, core, comm_loop, proc.pid, subject, cid))
-
-    @staticmethod
-    def _answer(
-        core: AsyncCommunicator,
-        comm_loop: asyncio.AbstractEventLoop,
-        pid: Pid,
-        subject: str,
-        cid: Any,
-        fut: concurrent.futures.Future[Any],
-    ) -> None:
-        result = False if fut.cancelled() or fut.exception() is not None else fut.result()
-        answer = functools.partial(
-            core.broadcast_send, result, sender=pid, subject=f"{ANSWER_PREFIX}{subject}", correlation_id=cid
+    async def _killed_record(self, pid: Pid) -> dict[str, Any] | None:
+        """The record of ``pid`` (None without records); KilledError if it says killed: a killed process is
+        never run again (a queued task killed before it started, an orphan killed after its worker died)."""
+        if self.records is None:
+            return None
+        record: dict[str, Any] | None = await asyncio.get_running_loop().run_in_executor(
+            None, self.persister.load_record, pid
         )
-        run_on(comm_loop, answer)
+        if isinstance(record, dict) and record.get("state_name") == "killed":
+            LOGGER.info("task of process %s dropped: its record says it was killed", pid)
+            raise KilledError(str(record.get("status") or "killed before it ran"))
+        return record
 
     async def suspend_all(self) -> list[Pid]:
         """Stop every live process here, saving its checkpoint (graceful shutdown); returns their pids."""
@@ -383,9 +348,14 @@ class ProcessLauncher:
         await asyncio.gather(*(proc.suspend() for proc in procs), return_exceptions=True)
         return [proc.pid for proc in procs]
 
-    @staticmethod
-    async def _on_comm_loop(comm_loop: asyncio.AbstractEventLoop, fn: AsyncFn[Any], *args: Any) -> Any:
-        """``await fn(*args)`` on the communicator's loop (directly when already on it)."""
-        if asyncio.get_running_loop() is comm_loop:
-            return await fn(*args)
-        return await asyncio.wrap_future(run_on(comm_loop, fn, *args))
+
+def _log_end(proc: Process, seconds: float) -> None:
+    """The worker's INFO line for a process that ended here (an exception with its traceback)."""
+    state = proc.state.value if proc.state.terminal else f"{proc.state.value}, handed back"
+    info = proc._exception_info if proc.state.value == "excepted" else None
+    if info is not None:  # the frames under the one-line error (no "Traceback" header: that marks a worker crash)
+        frames = str(info.get("traceback") or "").rstrip().splitlines()[1:-1]
+        error = f"{info.get('type')}: {info.get('message')}"
+        LOGGER.info("process %s ended: excepted after %.3f s: %s\n%s", proc.pid, seconds, error, "\n".join(frames))
+    else:
+        LOGGER.info("process %s ended: %s after %.3f s", proc.pid, state, seconds)

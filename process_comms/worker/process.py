@@ -21,25 +21,30 @@ import functools
 import inspect
 import logging
 import time
+import traceback
 import uuid
 from typing import Any
 
 from ..errors import PersistenceError, RemoteError
 from ..transports._loop import run_on
 from ..transports.base import AsyncCommunicator, host_info
-from ..wire.loaders import ObjectLoader, get_object_loader
+from ..wire.loaders import ObjectLoader
 from ..wire.messages import FORCE_KILL_KEY, INTENT_KEY, MESSAGE_TEXT_KEY, RELEASE_KEY, Intent, Pid, wire_bool, wire_text
+from ._bundle import bundle_of, restore
 from ._state import KilledError, ProcessState, Suspended
+from .records import Recorded
 
 __all__ = ["Process", "ProcessState", "KilledError", "Suspended"]  # the last three re-exported from ._state
 
 LOGGER = logging.getLogger(__name__)
 
-META_KEY = "!!meta"
 
+class Process(Recorded):
+    """Base class of remotely controllable processes; override :meth:`run`.
 
-class Process:
-    """Base class of remotely controllable processes; override :meth:`run`."""
+    Every process has a record (:meth:`record`), written by its worker; :meth:`report` and :attr:`logger`
+    add lines to its log there.
+    """
 
     def __init__(self, inputs: dict[str, Any] | None = None, pid: Pid = None, **kwargs: Any) -> None:
         """Create a process with ``inputs`` (available as ``self.inputs``) and an optional ``pid``."""
@@ -65,6 +70,8 @@ class Process:
         self._suspending = False
         self._done: asyncio.Future[dict[str, Any]] | None = None
         self._broadcast_id: Any = None
+        self._final_broadcast: tuple[ProcessState, ProcessState] | None = None
+        self._init_record()
 
     # -- what authors override and call -----------------------------------------------------------
     def run(self) -> Any:
@@ -78,6 +85,7 @@ class Process:
         last one saved): a failed save must not end a process whose record then says it still runs.
         """
         self.progress.update(progress)
+        self._touch_record()
         if self.persister is not None:
             try:
                 await self._save_checkpoint()
@@ -134,34 +142,15 @@ class Process:
         return f"<{type(self).__name__} pid={self.pid} state={self.state.value} paused={self.paused}>"
 
     def save(self, loader: ObjectLoader | None = None) -> dict[str, Any]:
-        """The checkpoint: plain, JSON-safe data, never pickle."""
-        return {
-            META_KEY: {"class_name": (loader or get_object_loader()).identify_object(type(self))},
-            "pid": self.pid,
-            "ctime": self.ctime,
-            "inputs": self.inputs,
-            "state": self.state.value,
-            "paused": self.paused,
-            "status": self.status,
-            "progress": self.progress,
-            "outputs": self.outputs,
-            "exception": self.exception,
-        }
+        """The checkpoint: plain, JSON-safe data, never pickle (:func:`._bundle.bundle_of`)."""
+        return bundle_of(self, loader)
 
     @classmethod
     def recreate_from(cls, bundle: dict[str, Any]) -> Process:
         """Rebuild a process from its checkpoint; it runs again from ``self.progress``."""
         proc = cls.__new__(cls)
         Process.__init__(proc, inputs=bundle.get("inputs"), pid=bundle["pid"])
-        proc.ctime = float(bundle.get("ctime", proc.ctime))
-        proc.progress = dict(bundle.get("progress") or {})
-        proc.paused = bool(bundle.get("paused", False))
-        proc.status = bundle.get("status")
-        proc.state = ProcessState(bundle.get("state", "created"))
-        proc.outputs = bundle.get("outputs")
-        proc.exception = bundle.get("exception")
-        if not proc.state.terminal:
-            proc.state = ProcessState.CREATED
+        restore(proc, bundle)
         proc.on_recreated()
         return proc
 
@@ -186,7 +175,11 @@ class Process:
     def _transition(self, new: ProcessState) -> None:
         old, self.state = self.state, new
         if old is not new:
-            self._broadcast_state(old, new)
+            self._note(new.value, self.killed_message if new is ProcessState.KILLED else None, new.terminal)
+            if new.terminal and self._task is not None and asyncio.current_task() is self._task:
+                self._final_broadcast = (old, new)  # sent by _save_final once the record says how it ended
+            else:
+                self._broadcast_state(old, new)
 
     def _on_rpc(self, _comm: Any, msg: Any) -> Any:
         """RPC entry, called on the communicator's loop: status at once, the rest on the process's loop."""
@@ -217,6 +210,8 @@ class Process:
         """Resume a paused process (True, also when it was not paused)."""
         if self.state.terminal:
             return True
+        if self.paused:
+            self._note("played")
         self.paused = False
         self.status = None
         if self._play is not None:
@@ -229,6 +224,7 @@ class Process:
             return False
         self.paused = True
         self.status = message
+        self._note("paused", message)
         if self._play is not None:
             self._play.clear()
         return True
@@ -271,6 +267,7 @@ class Process:
                 f"process {self.pid} is paused but was not released: its checkpoint could not be saved ({exc}); "
                 "it keeps its worker"
             ) from None
+        self._note("released", message)
         await self.suspend()
         return True
 
@@ -280,6 +277,7 @@ class Process:
         if self.state.terminal or task is None or task.done():
             return
         self._suspending = True
+        self._note("suspended")
         task.cancel("suspended")
         await asyncio.wait({task}, timeout=10)
 
@@ -357,10 +355,12 @@ class Process:
             return
         except Exception as exc:  # noqa: BLE001 - an excepted process is a state, reported to waiters
             self.exception = f"{type(exc).__name__}: {exc}"
+            text = traceback.format_exc()
+            self._exception_info = {"type": type(exc).__name__, "message": str(exc), "traceback": text}
             self._transition(ProcessState.EXCEPTED)
             await self._save_final()
             if not self._done.done():
-                self._done.set_exception(RemoteError(str(exc), type(exc).__name__))
+                self._done.set_exception(RemoteError(str(exc), type(exc).__name__, text))
                 self._done.exception()  # mark retrieved: nobody may be waiting (nowait launches)
             return
         if self.state.terminal:  # force-killed meanwhile
@@ -375,6 +375,10 @@ class Process:
         await asyncio.get_running_loop().run_in_executor(None, self.persister.save_checkpoint, self)
 
     async def _save_final(self) -> None:
+        await self._flush_record()  # before the process's route goes: who asks then finds the record
+        if self._final_broadcast is not None:
+            self._broadcast_state(*self._final_broadcast)
+            self._final_broadcast = None
         if self.persister is not None:
             try:
                 await self._save_checkpoint()

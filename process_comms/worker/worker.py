@@ -13,11 +13,14 @@ from collections.abc import Iterable
 from typing import Any
 
 from .. import defaults
+from ..errors import DuplicateSubscriber
 from ..transports._loop import run_on
 from ..transports.threaded import ThreadCommunicator, connect
-from ..wire.messages import Pid
+from ..wire.messages import Pid, records_route
 from .launcher import ProcessLauncher
 from .persistence import Persister, get_persister
+from .records import RECORD_MAX_AGE, RECORD_MAX_COUNT, RECORD_PRUNE_INTERVAL
+from .records_service import RecordsService
 
 __all__ = ["Worker"]
 
@@ -35,22 +38,56 @@ class Worker:
         allowed_modules: Iterable[str] | None = None,
         communicator: ThreadCommunicator | None = None,
         claim_ttl: float = defaults.CLAIM_TTL,
+        records: bool = True,
+        record_max_age: float = RECORD_MAX_AGE,
+        record_max_count: int = RECORD_MAX_COUNT,
+        record_prune_interval: float = RECORD_PRUNE_INTERVAL,
         **options: Any,
     ) -> None:
-        """``persister`` is a Persister or a URL (``sqlite:///file.db``, ``postgresql://...``)."""
+        """``persister`` is a Persister or a URL (``sqlite:///file.db``, ``postgresql://...``).
+
+        With ``records`` (the default) every process run here gets a record in the persister, kept
+        ``record_max_age`` seconds after it ended and at most ``record_max_count`` of them; the worker
+        answers record queries of the fleet (``list_processes``, ``get_process``...).
+        """
         self.persister: Persister = persister if isinstance(persister, Persister) else get_persister(persister)
         self._own_comm = communicator is None
         self.communicator = communicator if communicator is not None else connect(broker, **options)
-        self.launcher = ProcessLauncher(persister=self.persister, allowed_modules=allowed_modules, claim_ttl=claim_ttl)
+        self.launcher = ProcessLauncher(
+            persister=self.persister, allowed_modules=allowed_modules, claim_ttl=claim_ttl, records=records
+        )
+        self._retention = (record_max_age, record_max_count, record_prune_interval)
+        self.records: RecordsService | None = None
         self._subscription: Any = None
         self._stopped = threading.Event()
         self._lock = threading.Lock()
 
     def start(self) -> Worker:
         """Start taking tasks."""
+        if self.launcher.records is not None:
+            self._answer_records()
         self._subscription = self.communicator.add_task_subscriber(self.launcher)
         LOGGER.info("worker taking tasks on %r", self.communicator)
         return self
+
+    def _answer_records(self) -> None:
+        """Subscribe the fleet's records route and start pruning the store."""
+        core = self.communicator.core
+        max_age, max_count, interval = self._retention
+        service = RecordsService(
+            self.launcher, core, self.communicator.loop, max_age=max_age, max_count=max_count, prune_interval=interval
+        )
+        route = records_route(str(getattr(core, "task_queue_name", "embedded")))
+
+        async def subscribe() -> None:
+            try:
+                await core.add_rpc_subscriber(service, route)
+            except DuplicateSubscriber:  # another worker on this (embedded) communicator answers already
+                LOGGER.debug("records route %s is answered by another worker on this communicator", route)
+
+        self.communicator.submit(subscribe).result(defaults.CONNECT_TIMEOUT + 5)
+        service.start_pruning()
+        self.records = service
 
     def __enter__(self) -> Worker:
         return self.start()
@@ -82,6 +119,8 @@ class Worker:
                 LOGGER.exception("graceful stop did not complete; unacked tasks will be redelivered by the broker")
         if self._own_comm:
             self.communicator.close()
+        if self.records is not None:
+            self.records.stop_pruning()
         self.launcher.close()
         self.persister.close()
         LOGGER.info("worker stopped; handed back %d process(es)", len(handed_back))

@@ -7,6 +7,7 @@ a bundle must be a JSON-safe dict (UUIDs allowed) that survives a round trip unc
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, NamedTuple, Protocol, TypeVar
 
@@ -130,6 +131,29 @@ class Persister(abc.ABC):
 
     def release(self, pid: Pid, owner: str) -> None:
         """Give up ``owner``'s claim on ``pid`` (no error if it holds none)."""
+
+    # -- process records (issue 14); a store without them keeps none, and says so ------------------------
+    #: True for stores that keep process records (the memory and SQL stores do).
+    keeps_records: bool = False
+
+    def save_records(self, records: Sequence[dict[str, Any]]) -> None:
+        """Store (insert or replace) the process records given, in one batch; the inputs of a pid are kept
+        from its first write."""
+
+    def load_record(self, pid: Pid) -> dict[str, Any] | None:
+        """The record of ``pid`` (a JSON-safe dict), or None if there is none."""
+        return None
+
+    def list_records(
+        self, state: str | None = None, limit: int = 100, since: float | None = None, class_name: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Record summaries, newest first (by ``ctime``): at most ``limit``, filtered by state name, creation
+        time (``since``, epoch seconds) and class (``module:Name``)."""
+        return []
+
+    def prune_records(self, max_age: float, max_count: int) -> None:
+        """Delete the records of ended processes not changed for ``max_age`` seconds, and those beyond the
+        newest ``max_count`` records."""
 
     def close(self) -> None:
         """Release resources held by the persister."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from ...wire.messages import Pid
@@ -18,6 +19,7 @@ from ._base import (
     _missing,
     _pid_key,
 )
+from ._records import TERMINAL_STATE_NAMES, decode_record, decode_summary, record_texts
 
 __all__ = ["InMemoryPersister"]
 
@@ -29,6 +31,54 @@ class InMemoryPersister(Persister):
         self._lock = threading.Lock()
         self._store: dict[tuple[str, str], str] = {}
         self._claims: dict[str, tuple[str, float]] = {}
+        #: pid key -> (summary, decoded summary, body, inputs)
+        self._records: dict[str, tuple[str, dict[str, Any], str, str]] = {}
+
+    keeps_records = True
+
+    def save_records(self, records: Sequence[dict[str, Any]]) -> None:
+        """Keep each record as JSON text (its inputs from the first write of its pid)."""
+        encoded = [(_pid_key(r.get("pid")), record_texts(r)) for r in records]
+        with self._lock:
+            for key, (summary, body, inputs) in encoded:
+                old = self._records.get(key)
+                if old is not None:
+                    inputs = old[3]
+                self._records[key] = (summary, decode_summary(summary), body, inputs)
+
+    def load_record(self, pid: Pid) -> dict[str, Any] | None:
+        """A fresh copy of the record of ``pid``, or None."""
+        with self._lock:
+            entry = self._records.get(_pid_key(pid))
+        return None if entry is None else decode_record(entry[2], entry[3])
+
+    def list_records(
+        self, state: str | None = None, limit: int = 100, since: float | None = None, class_name: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Record summaries, newest first."""
+        with self._lock:
+            rows = [(s[1], s[0]) for s in self._records.values()]
+        chosen = [
+            (summary["ctime"], text)
+            for summary, text in rows
+            if (state is None or summary["state_name"] == state)
+            and (since is None or summary["ctime"] >= since)
+            and (class_name is None or summary["class"] == class_name)
+        ]
+        chosen.sort(key=lambda row: row[0], reverse=True)
+        return [decode_summary(text) for _, text in chosen[: max(limit, 0)]]
+
+    def prune_records(self, max_age: float, max_count: int) -> None:
+        """Drop ended records older than ``max_age`` s and those beyond the newest ``max_count``."""
+        cutoff = time.time() - max_age
+        with self._lock:
+            newest = sorted(self._records.items(), key=lambda kv: kv[1][1]["ctime"], reverse=True)
+            for index, (key, entry) in enumerate(newest):
+                summary = entry[1]
+                if summary["state_name"] in TERMINAL_STATE_NAMES and (
+                    (summary["mtime"] or 0) < cutoff or index >= max_count
+                ):
+                    del self._records[key]
 
     def claim(self, pid: Pid, owner: str, ttl: float) -> bool:
         """Claims held in memory: they coordinate the workers of one Python process."""

@@ -29,6 +29,7 @@ from ._base import (
     _missing,
     _pid_key,
 )
+from ._records import decode_record, decode_summary, record_texts
 
 __all__ = ["DEFAULT_TABLE", "SqlPersister"]
 
@@ -63,6 +64,26 @@ _CLAIM = (
     "INSERT INTO {table}_claims (pid_key, owner, expires_at) VALUES ({p}, {p}, {p}) "
     "ON CONFLICT (pid_key) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at "
     "WHERE {table}_claims.owner = excluded.owner OR {table}_claims.expires_at < {p}"
+)
+# process records (issue 14): inputs are written once (the upsert leaves them), the summary is what lists read
+_RECORDS_DDL = (
+    "CREATE TABLE IF NOT EXISTS {table}_records (pid_key TEXT PRIMARY KEY, class_name TEXT NOT NULL, "
+    "state TEXT NOT NULL, ctime DOUBLE PRECISION NOT NULL, mtime DOUBLE PRECISION NOT NULL, "
+    "summary TEXT NOT NULL, record TEXT NOT NULL, inputs TEXT NOT NULL)"
+)
+_RECORDS_INDEX = "CREATE INDEX IF NOT EXISTS {table}_records_ctime ON {table}_records (ctime)"
+_RECORD_UPSERT = (
+    "INSERT INTO {table}_records (pid_key, class_name, state, ctime, mtime, summary, record, inputs) "
+    "VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}) ON CONFLICT (pid_key) DO UPDATE SET "
+    "class_name = excluded.class_name, state = excluded.state, mtime = excluded.mtime, "
+    "summary = excluded.summary, record = excluded.record"
+)
+_RECORD_LOAD = "SELECT record, inputs FROM {table}_records WHERE pid_key = {p}"
+_ENDED = "state IN ('finished', 'excepted', 'killed')"
+_RECORD_PRUNE_AGE = "DELETE FROM {table}_records WHERE mtime < {p} AND " + _ENDED
+_RECORD_PRUNE_COUNT = (
+    "DELETE FROM {table}_records WHERE " + _ENDED + " AND ctime <= "
+    "(SELECT ctime FROM {table}_records ORDER BY ctime DESC LIMIT 1 OFFSET {p})"
 )
 _CLAIM_OWNER = "SELECT owner FROM {table}_claims WHERE pid_key = {p}"
 _RELEASE = "DELETE FROM {table}_claims WHERE pid_key = {p} AND owner = {p}"
@@ -178,7 +199,7 @@ class SqlPersister(Persister):
         dialect, conn = self._dialect, None
         try:
             conn = dialect.connect(self._busy_timeout)
-            for statement in (_DDL, _CLAIMS_DDL):
+            for statement in (_DDL, _CLAIMS_DDL, _RECORDS_DDL, _RECORDS_INDEX):
                 try:
                     conn.execute(self._sql(statement))
                 except dialect.create_races:
@@ -190,8 +211,10 @@ class SqlPersister(Persister):
         self._conn = conn
         return conn
 
-    def _execute(self, template: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """Run one statement (retried once on a fresh connection if the old one broke)."""
+    def _execute(
+        self, template: str, params: Sequence[Any] = (), many: Sequence[Sequence[Any]] | None = None
+    ) -> list[tuple[Any, ...]]:
+        """Run one statement, or one per row of ``many`` (retried once on a fresh connection if the old one broke)."""
         sql = self._sql(template)
         with self._lock:
             if self._closed:
@@ -199,6 +222,9 @@ class SqlPersister(Persister):
             for attempt in (1, 2):
                 conn = self._conn if self._conn is not None else self._connect()
                 try:
+                    if many is not None:
+                        conn.cursor().executemany(sql, [tuple(row) for row in many])
+                        return []
                     cursor = conn.execute(sql, tuple(params))
                     return list(cursor.fetchall()) if cursor.description else []
                 except self._dialect.errors as exc:
@@ -248,6 +274,52 @@ class SqlPersister(Persister):
     def release(self, pid: Pid, owner: str) -> None:
         """Drop ``owner``'s claim on ``pid``."""
         self._execute(_RELEASE, (_pid_key(pid), owner))
+
+    keeps_records = True
+
+    def save_records(self, records: Sequence[dict[str, Any]]) -> None:
+        """Upsert the records in one batch (the inputs column keeps its first value)."""
+        rows = []
+        for record in records:
+            summary, body, inputs = record_texts(record)
+            rows.append(
+                (
+                    _pid_key(record["pid"]),
+                    str(record.get("class") or ""),
+                    str(record.get("state_name") or ""),
+                    float(record.get("ctime") or time.time()),
+                    float(record.get("mtime") or time.time()),
+                    summary,
+                    body,
+                    inputs,
+                )
+            )
+        if rows:
+            self._execute(_RECORD_UPSERT, many=rows)
+
+    def load_record(self, pid: Pid) -> dict[str, Any] | None:
+        """The record of ``pid``, decoded afresh, or None."""
+        rows = self._execute(_RECORD_LOAD, (_pid_key(pid),))
+        return decode_record(rows[0][0], rows[0][1]) if rows else None
+
+    def list_records(
+        self, state: str | None = None, limit: int = 100, since: float | None = None, class_name: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Record summaries, newest first (the ``ctime`` index serves the order)."""
+        where: list[str] = []
+        params: list[Any] = []
+        for column, value in (("state = {p}", state), ("ctime >= {p}", since), ("class_name = {p}", class_name)):
+            if value is not None:
+                where.append(column)
+                params.append(value)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        template = "SELECT summary FROM {table}_records" + clause + " ORDER BY ctime DESC LIMIT {p}"
+        return [decode_summary(text) for (text,) in self._execute(template, (*params, max(int(limit), 0)))]
+
+    def prune_records(self, max_age: float, max_count: int) -> None:
+        """Delete ended records older than ``max_age`` s, then those beyond the newest ``max_count``."""
+        self._execute(_RECORD_PRUNE_AGE, (time.time() - max_age,))
+        self._execute(_RECORD_PRUNE_COUNT, (max(int(max_count), 0),))
 
     def close(self) -> None:
         """Close the connection; later calls raise PersistenceError."""

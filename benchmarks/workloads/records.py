@@ -1,0 +1,138 @@
+"""Process records (issue 14): ``list_processes`` over 10,000 records, and launch throughput with records on/off.
+
+Workers run in this interpreter on their own broker connections (a client connection of its own sends the
+calls); the store is a SQLite file, as a worker's default. Usage::
+
+    python -m benchmarks.workloads.records [--url amqp://...] [--records 10000] [--launches 300] [--rounds 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import process_comms
+from process_comms.worker.persistence import SqlPersister
+from tests.procs import Add
+
+DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+def _names() -> dict[str, Any]:
+    prefix = f"pc-bench-records-{uuid.uuid4().hex[:8]}"
+    return {
+        "message_exchange": f"{prefix}.messages",
+        "task_exchange": f"{prefix}.tasks",
+        "task_queue": f"{prefix}.queue",
+        "testing_mode": True,
+    }
+
+
+def _fill(store: SqlPersister, count: int) -> None:
+    now = time.time()
+    batch = []
+    for i in range(count):
+        ctime = now - count + i
+        batch.append(
+            {
+                "pid": uuid.uuid4(),
+                "class": "tests.procs:Add",
+                "inputs": {"a": i, "b": 1},
+                "state_name": "finished" if i % 10 else "excepted",
+                "paused": False,
+                "status": None,
+                "progress": {"done": i},
+                "outputs": {"sum": i + 1},
+                "history": [{"event": "created", "time": ctime}, {"event": "finished", "time": ctime}],
+                "host": {"hostname": "bench", "pid": 1},
+                "ctime": ctime,
+                "mtime": ctime,
+            }
+        )
+        if len(batch) == 1000:
+            store.save_records(batch)
+            batch = []
+    store.save_records(batch)
+
+
+def bench_list(url: str, records: int, calls: int) -> dict[str, float]:
+    """p50/p90 seconds of ``list_processes()`` (limit 100) and of ``list_processes(state='excepted')``."""
+    names = _names()
+    with tempfile.TemporaryDirectory() as tmp:
+        db = f"sqlite:///{Path(tmp) / 'records.db'}"
+        store = SqlPersister(db)
+        _fill(store, records)
+        store.close()
+        worker = process_comms.Worker(url, persister=db, **names).start()
+        comm = process_comms.connect(url, **names)
+        try:
+            ctl = process_comms.RemoteProcessThreadController(comm)
+            assert len(ctl.list_processes().result(30)) == 100
+            out: dict[str, float] = {}
+            for label, kwargs in (("list", {}), ("list state=excepted", {"state": "excepted"})):
+                times = []
+                for _ in range(calls):
+                    started = time.perf_counter()
+                    ctl.list_processes(**kwargs).result(30)
+                    times.append(time.perf_counter() - started)
+                times.sort()
+                out[f"{label} p50"] = statistics.median(times)
+                out[f"{label} p90"] = times[int(len(times) * 0.9)]
+            return out
+        finally:
+            comm.close()
+            worker.stop()
+
+
+def _throughput(url: str, records: bool, launches: int, db: str) -> float:
+    names = _names()
+    worker = process_comms.Worker(url, persister=db, records=records, **names).start()
+    comm = process_comms.connect(url, **names)
+    try:
+        ctl = process_comms.RemoteProcessThreadController(comm)
+        ctl.launch_process(Add, init_kwargs={"inputs": {"a": 0, "b": 0}}).result(30)  # warm up
+        started = time.perf_counter()
+        futures = [ctl.launch_process(Add, init_kwargs={"inputs": {"a": i, "b": 1}}) for i in range(launches)]
+        for fut in futures:
+            fut.result(120)
+        return launches / (time.perf_counter() - started)
+    finally:
+        comm.close()
+        worker.stop()
+
+
+def bench_launch(url: str, launches: int, rounds: int) -> dict[str, float]:
+    """Launches per second (issued at once, each waiting for its outputs), records on vs off, ABBA rounds."""
+    on: list[float] = []
+    off: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        db = f"sqlite:///{Path(tmp) / 'launch.db'}"
+        for round_ in range(rounds):
+            order = (True, False) if round_ % 2 == 0 else (False, True)
+            for records in order:
+                (on if records else off).append(_throughput(url, records, launches, db))
+    m_on, m_off = statistics.median(on), statistics.median(off)
+    return {"records on /s": m_on, "records off /s": m_off, "overhead %": 100 * (m_off - m_on) / m_off}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--url", default=DEFAULT_URL)
+    parser.add_argument("--records", type=int, default=10_000)
+    parser.add_argument("--calls", type=int, default=30)
+    parser.add_argument("--launches", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=4)
+    args = parser.parse_args(argv)
+    for name, value in bench_list(args.url, args.records, args.calls).items():
+        print(f"{name:28s} {value * 1000:8.1f} ms")
+    for name, value in bench_launch(args.url, args.launches, args.rounds).items():
+        print(f"{name:28s} {value:8.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""``process-comms list``: the fleet's processes, newest first, live and ended (like ``verdi process list``)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+from ..client.display import layout_columns, progress_text
+from ..client.thread_controller import RemoteProcessThreadController
+from ..wire.messages import TERMINAL_STATES
+from ._common import GRACE, connect_from
+from ._records import age, host_text, parse_since
+from .main import EXIT_OK, add_command, int_at_least
+
+if TYPE_CHECKING:
+    from ._common import Context, SubParsers
+
+__all__ = ["COLUMNS", "register", "run"]
+
+#: The columns ``list`` prints.
+COLUMNS = ("PID", "CLASS", "STATE", "PAUSED", "PROGRESS", "WORKER", "AGE")
+_STATES = ("created", "running", "waiting", *TERMINAL_STATES)
+
+
+def register(subparsers: SubParsers) -> None:
+    """Add ``list``."""
+    p = add_command(subparsers, "list", "list the fleet's processes, newest first, live and ended")
+    p.add_argument("--state", metavar="S", choices=_STATES, help=f"only processes in state S ({', '.join(_STATES)})")
+    p.add_argument("--limit", metavar="N", type=int_at_least(1), default=100, help="at most N processes (default 100)")
+    p.add_argument("--since", metavar="D", type=parse_since, help="created since D: 30m, 2h, 7d or an ISO date/time")
+    p.add_argument("--class", dest="class_name", metavar="CLASS", help="only processes of CLASS ('module:Name')")
+    p.set_defaults(run=run)
+
+
+def _row(summary: dict[str, Any]) -> list[str]:
+    paused = summary.get("paused")
+    return [
+        str(summary.get("pid")),
+        str(summary.get("class") or "-"),
+        str(summary.get("state_name") or "-"),
+        "yes" if paused else "no",
+        " ".join(progress_text(summary.get("progress")).split()) or "-",
+        host_text(summary.get("host")) or "-",
+        age(summary.get("ctime")) or "-",
+    ]
+
+
+def run(args: argparse.Namespace, ctx: Context) -> int:
+    """Print the processes as a table (or JSON); no worker up is an unreachable error (exit 3)."""
+    with connect_from(ctx) as comm:
+        controller = RemoteProcessThreadController(comm, rpc_timeout=ctx.timeout)
+        future = controller.list_processes(args.state, args.limit, args.since, args.class_name, ctx.timeout)
+        rows = future.result(ctx.timeout + GRACE)
+    if ctx.json:
+        ctx.print_json(rows)
+        return EXIT_OK
+    for line in layout_columns([list(COLUMNS), *(_row(summary) for summary in rows)], rule=False):
+        ctx.print(line)
+    return EXIT_OK

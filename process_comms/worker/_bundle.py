@@ -1,0 +1,48 @@
+"""A process's checkpoint bundle: what :meth:`Process.save` writes and :meth:`Process.recreate_from` reads.
+
+Plain, JSON-safe data (the persisters store it as JSON; never pickle). ``!!meta`` names the class with
+the object loader's identifier, as plumpy's bundles do.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..wire.loaders import ObjectLoader, get_object_loader
+from ._state import ProcessState
+
+if TYPE_CHECKING:
+    from .process import Process
+
+__all__ = ["META_KEY", "bundle_of", "restore"]
+
+META_KEY = "!!meta"
+
+
+def bundle_of(proc: Process, loader: ObjectLoader | None = None) -> dict[str, Any]:
+    """The checkpoint of ``proc``."""
+    return {
+        META_KEY: {"class_name": (loader or get_object_loader()).identify_object(type(proc))},
+        "pid": proc.pid,
+        "ctime": proc.ctime,
+        "inputs": proc.inputs,
+        "state": proc.state.value,
+        "paused": proc.paused,
+        "status": proc.status,
+        "progress": proc.progress,
+        "outputs": proc.outputs,
+        "exception": proc.exception,
+    }
+
+
+def restore(proc: Process, bundle: dict[str, Any]) -> None:
+    """Set the saved attributes of ``proc`` (made with ``inputs`` and ``pid`` already) from ``bundle``."""
+    proc.ctime = float(bundle.get("ctime", proc.ctime))
+    proc.progress = dict(bundle.get("progress") or {})
+    proc.paused = bool(bundle.get("paused", False))
+    proc.status = bundle.get("status")
+    proc.state = ProcessState(bundle.get("state", "created"))
+    proc.outputs = bundle.get("outputs")
+    proc.exception = bundle.get("exception")
+    if not proc.state.terminal:
+        proc.state = ProcessState.CREATED  # it runs again from its progress

@@ -1,0 +1,232 @@
+"""Process records (issue 14): what a worker writes about every process it runs, persisted or not.
+
+A record is a JSON-safe dict: pid, class, inputs, state history with timestamps, worker host and OS pid,
+progress, outputs, exception (type, message, traceback) and the process's own log lines
+(:meth:`Recorded.report` and :attr:`Recorded.logger`). :class:`RecordWriter` writes them through the
+worker's persister on the executor (never on the process loop), coalescing the changes of a short
+window into one batch; a write that fails is logged and never ends a process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..transports.base import host_info
+
+if TYPE_CHECKING:
+    from .process import Process
+
+__all__ = [
+    "MAX_LOG_CHARS",
+    "MAX_LOG_LINES",
+    "RECORD_FLUSH_DELAY",
+    "RECORD_MAX_AGE",
+    "RECORD_MAX_COUNT",
+    "RECORD_PRUNE_INTERVAL",
+    "Recorded",
+    "RecordWriter",
+]
+
+LOGGER = logging.getLogger(__name__)
+
+#: Seconds the changes of a running process are gathered before they are written in one batch.
+RECORD_FLUSH_DELAY = 0.2
+#: Log lines a record keeps (the newest; the count of dropped ones is kept too).
+MAX_LOG_LINES = 1000
+#: Longest log line kept, in characters.
+MAX_LOG_CHARS = 2000
+#: Seconds the records of ended processes are kept (30 days).
+RECORD_MAX_AGE = 30 * 24 * 3600.0
+#: Records kept at most (the oldest ended ones go first).
+RECORD_MAX_COUNT = 100_000
+#: Seconds between two prunes of the store by a worker.
+RECORD_PRUNE_INTERVAL = 600.0
+
+
+class _RecordingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """The process's ``logger``: logs as usual and keeps lines of INFO and above in the process's record."""
+
+    def __init__(self, logger: logging.Logger, owner: Recorded) -> None:
+        super().__init__(logger, {})
+        self._owner = owner
+
+    def log(self, level: int, msg: Any, *args: Any, **kwargs: Any) -> None:
+        if level >= logging.INFO:
+            try:
+                text = str(msg) % args if args else str(msg)
+            except (TypeError, ValueError):
+                text = f"{msg} {args}"
+            self._owner._add_log_line(logging.getLevelName(level), text)
+        super().log(level, msg, *args, **kwargs)
+
+
+class Recorded:
+    """What a :class:`~process_comms.worker.process.Process` keeps for its record (a mixin)."""
+
+    pid: Any
+    ctime: float
+    inputs: dict[str, Any]
+    paused: bool
+    status: str | None
+    progress: dict[str, Any]
+    outputs: dict[str, Any] | None
+    persister: Any
+
+    def _init_record(self) -> None:
+        self._history: list[dict[str, Any]] = [{"event": "created", "time": self.ctime}]
+        self._log_lines: collections.deque[dict[str, Any]] = collections.deque(maxlen=MAX_LOG_LINES)
+        self._log_dropped = 0
+        self._log_lock = threading.Lock()
+        self._exception_info: dict[str, Any] | None = None
+        self._recorder: RecordWriter | None = None
+        self._logger: _RecordingLogger | None = None
+
+    # -- what authors call ------------------------------------------------------------------------------
+    def report(self, text: str) -> None:
+        """Add a line to this process's log (``process-comms report PID`` shows it); safe from any thread."""
+        self._add_log_line("REPORT", str(text))
+
+    @property
+    def logger(self) -> logging.LoggerAdapter:  # type: ignore[type-arg]
+        """A logger for this process: its INFO-and-above lines also go to the process's record."""
+        if self._logger is None:
+            name = f"process_comms.processes.{type(self).__module__}.{type(self).__qualname__}"
+            self._logger = _RecordingLogger(logging.getLogger(name), self)
+        return self._logger
+
+    # -- what the runtime calls ----------------------------------------------------------------------------
+    def _add_log_line(self, level: str, text: str) -> None:
+        line = {"time": time.time(), "level": level, "text": text[:MAX_LOG_CHARS]}
+        with self._log_lock:
+            if len(self._log_lines) == self._log_lines.maxlen:
+                self._log_dropped += 1
+            self._log_lines.append(line)
+        self._touch_record()
+
+    def _note(self, event: str, message: str | None = None, urgent: bool = False) -> None:
+        """Add ``event`` (a state name, ``paused``, ``played``...) to the history, with its time and message."""
+        entry: dict[str, Any] = {"event": event, "time": time.time()}
+        if message is not None:
+            entry["message"] = message
+        self._history.append(entry)
+        self._touch_record(urgent)
+
+    def _touch_record(self, urgent: bool = False) -> None:
+        if self._recorder is not None:
+            self._recorder.touch(self, urgent)
+
+    async def _flush_record(self) -> None:
+        if self._recorder is not None:
+            await self._recorder.flush()
+
+    def _restore_record(self, old: dict[str, Any] | None) -> None:
+        """Continue the history and log of an earlier record of this pid (a continued process)."""
+        if not isinstance(old, dict):
+            return
+        history = [h for h in old.get("history") or () if isinstance(h, dict)]
+        if history:
+            self._history = [*history, {"event": "continued", "time": time.time()}]
+        lines = old.get("log")
+        if isinstance(lines, list):
+            with self._log_lock:
+                for line in reversed(lines[-MAX_LOG_LINES:]):
+                    if len(self._log_lines) < MAX_LOG_LINES:
+                        self._log_lines.appendleft(line)
+                self._log_dropped += int(old.get("log_dropped") or 0)
+        exception = old.get("exception")
+        if isinstance(exception, dict) and self._exception_info is None:
+            self._exception_info = exception
+
+    def record(self) -> dict[str, Any]:
+        """This process's record now: a JSON-safe dict (values JSON cannot hold are stored as their repr)."""
+        proc: Process = self  # type: ignore[assignment]
+        with self._log_lock:
+            lines, dropped = list(self._log_lines), self._log_dropped
+        return {
+            "pid": proc.pid,
+            "class": f"{type(proc).__module__}:{type(proc).__qualname__}",
+            "inputs": proc.inputs,
+            "state_name": proc.state.value,
+            "paused": proc.paused,
+            "status": proc.status,
+            "progress": dict(proc.progress),
+            "outputs": proc.outputs,
+            "exception": self._exception_info,
+            "history": list(self._history),
+            "log": lines,
+            "log_dropped": dropped,
+            "host": host_info(),
+            "persisted": proc.persister is not None,
+            "ctime": proc.ctime,
+            "mtime": time.time(),
+        }
+
+
+class RecordWriter:
+    """Writes the records of one launcher's processes through its persister, off the process loop.
+
+    :meth:`touch` (from any thread) marks a process changed; its record is written within
+    :data:`RECORD_FLUSH_DELAY` seconds, or at once when ``urgent`` (an end). Writes are serialised, so a
+    newer record is never overwritten by an older one.
+    """
+
+    def __init__(self, persister: Any, loop: asyncio.AbstractEventLoop, delay: float = RECORD_FLUSH_DELAY) -> None:
+        self.persister = persister
+        self.loop = loop
+        self.delay = delay
+        self._dirty: dict[str, Recorded] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._lock: asyncio.Lock | None = None
+        self._failures = 0
+
+    def touch(self, proc: Recorded, urgent: bool = False) -> None:
+        """Mark ``proc``'s record changed (thread-safe)."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self.loop:
+            self._mark(proc, urgent)
+        else:
+            try:
+                self.loop.call_soon_threadsafe(self._mark, proc, urgent)
+            except RuntimeError:
+                pass  # the loop is gone: the worker is stopping
+
+    def _mark(self, proc: Recorded, urgent: bool) -> None:
+        self._dirty[str(proc.pid)] = proc
+        if urgent:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self.loop.create_task(self.flush())
+        elif self._timer is None:
+            self._timer = self.loop.call_later(self.delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.loop.create_task(self.flush())
+
+    async def flush(self) -> None:
+        """Write every changed record now (on the executor) and wait for it; failures are logged."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if not self._dirty:
+                return
+            procs, self._dirty = list(self._dirty.values()), {}
+            records = [proc.record() for proc in procs]
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, self.persister.save_records, records)
+                self._failures = 0
+            except Exception as exc:  # noqa: BLE001 - a lost record write must never end a process
+                self._failures += 1
+                if self._failures == 1 or self._failures % 100 == 0:
+                    LOGGER.warning(
+                        "could not write %d process record(s) (failure %d): %s", len(records), self._failures, exc
+                    )

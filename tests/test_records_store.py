@@ -1,0 +1,92 @@
+"""Process records in every store (issue 14): memory, SQLite and PostgreSQL keep, list and prune them alike."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from process_comms.worker.persistence import InMemoryPersister, Persister, SqlPersister
+
+from .test_persistence import PG_URL, pg_table  # noqa: F401 (fixture)
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+def persister(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Persister]:
+    if request.param == "memory":
+        store: Persister = InMemoryPersister()
+    elif request.param == "sqlite":
+        store = SqlPersister(f"sqlite:///{tmp_path}/records.db")
+    else:
+        store = SqlPersister(PG_URL, table=request.getfixturevalue("pg_table"))
+    yield store
+    store.close()
+
+
+def record(state: str = "finished", ctime: float | None = None, **extra: Any) -> dict[str, Any]:
+    now = time.time() if ctime is None else ctime
+    return {
+        "pid": uuid.uuid4(),
+        "class": "tests.procs:Add",
+        "inputs": {"a": 1, "b": 2},
+        "state_name": state,
+        "paused": False,
+        "status": None,
+        "progress": {},
+        "outputs": {"sum": 3} if state == "finished" else None,
+        "history": [{"event": "created", "time": now}, {"event": state, "time": now}],
+        "host": {"hostname": "h", "pid": 1},
+        "ctime": now,
+        "mtime": now,
+        **extra,
+    }
+
+
+def test_a_record_round_trips_and_keeps_its_first_inputs(persister: Persister) -> None:
+    assert persister.keeps_records
+    first = record("running")
+    persister.save_records([first])
+    later = {**first, "state_name": "finished", "inputs": {"changed": True}, "outputs": {"sum": 3}}
+    persister.save_records([later])
+    got = persister.load_record(first["pid"])
+    assert got is not None
+    assert got["state_name"] == "finished" and got["outputs"] == {"sum": 3}
+    assert got["inputs"] == {"a": 1, "b": 2} and got["pid"] == first["pid"]
+    assert persister.load_record(uuid.uuid4()) is None
+
+
+def test_a_value_json_cannot_hold_is_kept_as_its_repr(persister: Persister) -> None:
+    odd = record(outputs={"when": object()})
+    persister.save_records([odd])
+    got = persister.load_record(odd["pid"])
+    assert got is not None and "!!unencodable" in got["outputs"]
+
+
+def test_list_is_newest_first_and_filters(persister: Persister) -> None:
+    base = time.time() - 100
+    rows = [record("finished", base + i) for i in range(5)]
+    rows.append(record("excepted", base + 10, **{"class": "tests.procs:Fails"}))
+    persister.save_records(rows)
+    listed = persister.list_records()
+    assert [r["ctime"] for r in listed] == sorted((r["ctime"] for r in rows), reverse=True)
+    assert set(listed[0]) == {"pid", "class", "state_name", "paused", "status", "progress", "host", "ctime", "mtime"}
+    assert [r["state_name"] for r in persister.list_records(state="excepted")] == ["excepted"]
+    assert len(persister.list_records(limit=2)) == 2
+    assert len(persister.list_records(since=base + 3)) == 3  # ctimes base+3, base+4, base+10
+    assert [r["class"] for r in persister.list_records(class_name="tests.procs:Fails")] == ["tests.procs:Fails"]
+
+
+def test_prune_by_age_and_count_keeps_live_records(persister: Persister) -> None:
+    old = time.time() - 1000
+    persister.save_records([record("finished", old), record("running", old)])
+    persister.save_records([record("finished", time.time() - i) for i in range(5)])
+    persister.prune_records(max_age=500, max_count=100)
+    states = sorted(r["state_name"] for r in persister.list_records())
+    assert states == ["finished"] * 5 + ["running"]  # the old ended one went; the old live one stays
+    persister.prune_records(max_age=500, max_count=3)
+    assert len([r for r in persister.list_records() if r["state_name"] == "finished"]) <= 3
+    assert any(r["state_name"] == "running" for r in persister.list_records())
