@@ -95,9 +95,12 @@ class RemoteProcessController(RecordQueries):
         deadline = self.rpc_timeout if timeout is None else timeout
         return await with_deadline(self._core.rpc_send(pid, msg), deadline, f"{msg['intent']} of process {pid}")
 
-    async def _task(self, body: dict[str, Any], no_reply: bool, timeout: float | None) -> Any:
+    async def _task(self, body: dict[str, Any], no_reply: bool, timeout: float | None, queue: str | None = None) -> Any:
         deadline = self.task_timeout if timeout is None else timeout
-        return await with_deadline(self._core.task_send(body, no_reply), deadline, f"{body['task']} task")
+        send = (
+            self._core.task_send(body, no_reply) if queue is None else self._core.task_send(body, no_reply, queue=queue)
+        )
+        return await with_deadline(send, deadline, f"{body['task']} task")
 
     async def _broadcast(self, body: Any, subject: str, answers_within: float | None = None) -> dict[Any, Any] | None:
         if answers_within is None:
@@ -262,10 +265,15 @@ class RemoteProcessController(RecordQueries):
         nowait: bool = False,
         no_reply: bool = False,
         timeout: float | None = None,
+        *,
+        queue: str | None = None,
     ) -> Any:
-        """Launch ``process_class`` on a worker: its pid with ``nowait``, else its outputs."""
+        """Launch ``process_class`` on a worker: its pid with ``nowait``, else its outputs.
+
+        ``queue``: a named task queue (``"gpu"``), consumed by the workers started with ``--queue gpu``.
+        """
         body = create_launch_body(process_class, init_args, init_kwargs, persist, loader, nowait)
-        return await self._run(self._task, body, no_reply, timeout)
+        return await self._run(self._task, body, no_reply, timeout, queue)
 
     async def continue_process(
         self,
@@ -274,9 +282,14 @@ class RemoteProcessController(RecordQueries):
         nowait: bool = False,
         no_reply: bool = False,
         timeout: float | None = None,
+        *,
+        queue: str | None = None,
     ) -> Any:
-        """Continue ``pid`` from its checkpoint on a worker: the pid with ``nowait``, else its outputs."""
-        return await self._run(self._task, create_continue_body(pid, tag, nowait), no_reply, timeout)
+        """Continue ``pid`` from its checkpoint on a worker: the pid with ``nowait``, else its outputs.
+
+        ``queue``: a named task queue, as for :meth:`launch_process`.
+        """
+        return await self._run(self._task, create_continue_body(pid, tag, nowait), no_reply, timeout, queue)
 
     async def execute_process(
         self,

@@ -121,10 +121,15 @@ class RemoteProcessThreadController:
         nowait: bool = False,
         no_reply: bool = False,
         timeout: float | None = None,
+        *,
+        queue: str | None = None,
     ) -> ControllerFuture[Any]:
-        """Future of the launch: the pid with ``nowait``, else the outputs (None with ``no_reply``)."""
+        """Future of the launch: the pid with ``nowait``, else the outputs (None with ``no_reply``); ``queue``
+        names a task queue."""
         return self._communicator.submit(
-            self._core.launch_process, process_class, init_args, init_kwargs, persist, loader, nowait, no_reply, timeout
+            lambda: self._core.launch_process(
+                process_class, init_args, init_kwargs, persist, loader, nowait, no_reply, timeout, queue=queue
+            )
         )
 
     def continue_process(
@@ -134,9 +139,13 @@ class RemoteProcessThreadController:
         nowait: bool = False,
         no_reply: bool = False,
         timeout: float | None = None,
+        *,
+        queue: str | None = None,
     ) -> ControllerFuture[Any]:
-        """Future of the continue: the pid with ``nowait``, else the outputs."""
-        return self._communicator.submit(self._core.continue_process, pid, tag, nowait, no_reply, timeout)
+        """Future of the continue: the pid with ``nowait``, else the outputs; ``queue`` names a task queue."""
+        return self._communicator.submit(
+            lambda: self._core.continue_process(pid, tag, nowait, no_reply, timeout, queue=queue)
+        )
 
     def execute_process(
         self,

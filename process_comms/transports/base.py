@@ -168,6 +168,7 @@ class AsyncCommunicator(abc.ABC):
         self._rpc_subscribers: dict[str, RpcSubscriber] = {}
         self._retired_rpc: dict[str, RpcSubscriber] = {}
         self._task_subscribers: dict[Any, TaskSubscriber] = {}
+        self._named_task_subscribers: dict[str, dict[Any, TaskSubscriber]] = {}
         self._broadcast_subscribers: dict[Any, BroadcastSubscriber] = {}
         self._closed = False
         #: The object handed to subscribers as their ``communicator`` argument.
@@ -197,7 +198,7 @@ class AsyncCommunicator(abc.ABC):
     @property
     def consuming(self) -> bool:
         """True while task subscribers are registered and tasks are delivered to them (health for supervisors)."""
-        return bool(self._task_subscribers) and not self._closed
+        return (bool(self._task_subscribers) or any(self._named_task_subscribers.values())) and not self._closed
 
     def _ensure_open(self) -> None:
         if self._closed:
@@ -209,8 +210,16 @@ class AsyncCommunicator(abc.ABC):
         """Send an RPC to ``recipient_id``; return the final result (raises ProcessUnreachable if no route)."""
 
     @abc.abstractmethod
-    async def task_send(self, task: Any, no_reply: bool = False, on_pending: Callable[[], None] | None = None) -> Any:
-        """Queue a task; return its final result, or None once confirmed when ``no_reply``."""
+    async def task_send(
+        self,
+        task: Any,
+        no_reply: bool = False,
+        on_pending: Callable[[], None] | None = None,
+        *,
+        queue: str | None = None,
+    ) -> Any:
+        """Queue a task (on the named task ``queue``, default the default one); return its final result, or
+        None once confirmed when ``no_reply``."""
 
     async def release_tasks(self, suspend: Awaitable[Any] | None = None) -> None:
         """Stop taking tasks, await ``suspend`` (checkpoint the work), then hand the tasks in progress back."""
@@ -253,24 +262,44 @@ class AsyncCommunicator(abc.ABC):
             while len(self._retired_rpc) > _RETIRED_RPC_MAX:
                 self._retired_rpc.pop(next(iter(self._retired_rpc)))
 
-    async def add_task_subscriber(self, subscriber: TaskSubscriber, identifier: Any = None) -> Any:
-        """Receive tasks from the task queue; returns the identifier."""
+    def _subscribers_of(self, queue: str | None) -> dict[Any, TaskSubscriber]:
+        """The task subscribers of ``queue`` (None or ``"default"``: the default task queue)."""
+        if queue is None or queue == "default":
+            return self._task_subscribers
+        return self._named_task_subscribers.setdefault(queue, {})
+
+    async def add_task_subscriber(
+        self,
+        subscriber: TaskSubscriber,
+        identifier: Any = None,
+        *,
+        queue: str | None = None,
+        prefetch_count: int | None = None,
+    ) -> Any:
+        """Receive tasks from the task queue (or the named task ``queue``); returns the identifier.
+
+        ``prefetch_count``: at most this many of the queue's tasks in progress here at once (a worker's
+        slots for that queue; 0 is no limit); set by the queue's first subscriber.
+        """
         self._ensure_open()
         identifier = identifier if identifier is not None else uuid.uuid4()
-        if identifier in self._task_subscribers:
+        subscribers = self._subscribers_of(queue)
+        if identifier in subscribers:
             raise DuplicateSubscriber(f"a task subscriber {identifier!r} already exists")
-        self._task_subscribers[identifier] = subscriber
+        if prefetch_count is not None and not subscribers:
+            self._set_prefetch(queue, prefetch_count)
+        subscribers[identifier] = subscriber
         try:
-            await self._on_task_subscribers_changed()
+            await self._on_task_subscribers_changed(queue)
         except BaseException:
-            self._task_subscribers.pop(identifier, None)
+            subscribers.pop(identifier, None)
             raise
         return identifier
 
-    async def remove_task_subscriber(self, identifier: Any) -> None:
+    async def remove_task_subscriber(self, identifier: Any, *, queue: str | None = None) -> None:
         """Stop receiving tasks through ``identifier``; no error if unknown."""
-        if self._task_subscribers.pop(identifier, None) is not None and not self._closed:
-            await self._on_task_subscribers_changed()
+        if self._subscribers_of(queue).pop(identifier, None) is not None and not self._closed:
+            await self._on_task_subscribers_changed(queue)
 
     async def add_broadcast_subscriber(self, subscriber: BroadcastSubscriber, identifier: Any = None) -> Any:
         """Receive every broadcast (filter with :class:`BroadcastFilter`); returns the identifier."""
@@ -297,8 +326,11 @@ class AsyncCommunicator(abc.ABC):
     async def _on_rpc_removed(self, key: str) -> None:
         """Stop routing ``[rpc].<key>`` here."""
 
-    async def _on_task_subscribers_changed(self) -> None:
-        """Start or stop consuming the task queue."""
+    async def _on_task_subscribers_changed(self, queue: str | None = None) -> None:
+        """Start or stop consuming the task queue (or the named ``queue``)."""
+
+    def _set_prefetch(self, queue: str | None, prefetch_count: int) -> None:
+        """Limit the tasks of ``queue`` in progress here (back ends with a prefetch limit)."""
 
     async def _on_broadcast_subscribers_changed(self) -> None:
         """Start consuming broadcasts."""

@@ -36,6 +36,8 @@ class EmbeddedCommunicator(AsyncCommunicator):
     def __init__(self, codec: str | Codec | None = None) -> None:
         super().__init__(codec)
         self._tasks: collections.deque[tuple[bytes, ReplyWaiter | None, bool, str]] = collections.deque()
+        #: Named task queues (``launch_process(..., queue="gpu")``); the default one is ``_tasks``.
+        self._named_tasks: dict[str, collections.deque[tuple[bytes, ReplyWaiter | None, bool, str]]] = {}
         self._running: set[asyncio.Task[Any]] = set()
         self._waiters: set[ReplyWaiter] = set()
         self._inflight: dict[asyncio.Task[Any], _EmbeddedIncoming] = {}
@@ -99,23 +101,36 @@ class EmbeddedCommunicator(AsyncCommunicator):
         self._spawn(self._handle_broadcast(data))
         return True
 
-    async def task_send(self, task: Any, no_reply: bool = False, on_pending: Callable[[], None] | None = None) -> Any:
+    async def task_send(
+        self,
+        task: Any,
+        no_reply: bool = False,
+        on_pending: Callable[[], None] | None = None,
+        *,
+        queue: str | None = None,
+    ) -> Any:
         self._ensure_open()
         body = self.codec.encode((task, no_reply))
         waiter = None if no_reply else ReplyWaiter(asyncio.get_running_loop(), on_pending)
-        self._tasks.append((body, waiter, False, str(uuid.uuid4())))
-        self._pump()
+        self._queue_of(queue).append((body, waiter, False, str(uuid.uuid4())))
+        self._pump(queue)
         if waiter is None:
             return None
         return await self._await_waiter(waiter)
 
-    async def _on_task_subscribers_changed(self) -> None:
-        self._pump()
+    def _queue_of(self, queue: str | None) -> collections.deque[tuple[bytes, ReplyWaiter | None, bool, str]]:
+        if queue is None or queue == "default":
+            return self._tasks
+        return self._named_tasks.setdefault(queue, collections.deque())
 
-    def _pump(self) -> None:
-        while self._tasks and self._task_subscribers and not self._closed:
-            body, waiter, redelivered, delivery_id = self._tasks.popleft()
-            incoming = _EmbeddedIncoming(self, body, waiter, redelivered, delivery_id)
+    async def _on_task_subscribers_changed(self, queue: str | None = None) -> None:
+        self._pump(queue)
+
+    def _pump(self, queue: str | None = None) -> None:
+        tasks, subscribers = self._queue_of(queue), self._subscribers_of(queue)
+        while tasks and subscribers and not self._closed:
+            body, waiter, redelivered, delivery_id = tasks.popleft()
+            incoming = _EmbeddedIncoming(self, body, waiter, redelivered, delivery_id, queue)
             task = asyncio.get_running_loop().create_task(self._handle_task(incoming))
             self._inflight[task] = incoming
             task.add_done_callback(lambda t: self._inflight.pop(t, None))
@@ -123,6 +138,8 @@ class EmbeddedCommunicator(AsyncCommunicator):
     async def release_tasks(self, suspend: Awaitable[Any] | None = None) -> None:
         """Stop taking tasks, await ``suspend``, then put the tasks in progress back at the head of the queue."""
         self._task_subscribers.clear()
+        for subscribers in self._named_task_subscribers.values():
+            subscribers.clear()
         self._releasing = True
         if suspend is not None:
             await suspend
@@ -138,7 +155,7 @@ class EmbeddedCommunicator(AsyncCommunicator):
             await settle_task(
                 incoming,
                 incoming.body,
-                list(self._task_subscribers.values()),
+                list(self._subscribers_of(incoming.queue).values()),
                 self.facade,
                 self.codec,
                 lambda: self._releasing,
@@ -152,12 +169,18 @@ class EmbeddedCommunicator(AsyncCommunicator):
 class _EmbeddedIncoming:
     """A task taken from the embedded queue, with the settle verbs of :class:`~.base.IncomingTask`."""
 
-    __slots__ = ("_comm", "_send", "body", "correlation_id", "redelivered", "settled", "waiter")
+    __slots__ = ("_comm", "_send", "body", "correlation_id", "queue", "redelivered", "settled", "waiter")
 
     def __init__(
-        self, comm: EmbeddedCommunicator, body: bytes, waiter: ReplyWaiter | None, redelivered: bool, delivery_id: str
+        self,
+        comm: EmbeddedCommunicator,
+        body: bytes,
+        waiter: ReplyWaiter | None,
+        redelivered: bool,
+        delivery_id: str,
+        queue: str | None = None,
     ) -> None:
-        self._comm, self.body, self.waiter = comm, body, waiter
+        self._comm, self.body, self.waiter, self.queue = comm, body, waiter, queue
         self.redelivered, self.correlation_id = redelivered, delivery_id
         self._send = comm._reply_sender(waiter, True)
         self.settled = False
@@ -172,11 +195,12 @@ class _EmbeddedIncoming:
     async def requeue(self) -> None:
         self.settled = True
         comm, entry = self._comm, (self.body, self.waiter, True, self.correlation_id)
+        tasks = comm._queue_of(self.queue)
         if comm._releasing:
-            comm._tasks.appendleft(entry)  # handed back: first in line for the next subscriber
+            tasks.appendleft(entry)  # handed back: first in line for the next subscriber
         else:
-            comm._tasks.append(entry)
-            comm._pump()
+            tasks.append(entry)
+            comm._pump(self.queue)
 
     def wants_reply(self, no_reply: bool) -> bool:
         return self._send is not None  # someone awaits this task's reply, whatever the envelope says

@@ -11,6 +11,7 @@ import asyncio
 import atexit
 import concurrent.futures
 import functools
+import os
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -42,6 +43,32 @@ def _close_at_exit() -> None:
         open_now = list(_OPEN)
     for comm in open_now:
         comm.close()
+
+
+def _disown_in_forked_child() -> None:
+    """In a child of ``os.fork()``: fail the communicators open at the fork at once, never wait on them.
+
+    Only the forking thread lives on in the child (https://docs.python.org/3/library/os.html#os.fork), so
+    their loop threads are gone and their broker connections are the parent's. Each is marked closed, its
+    calls in flight fail with CommunicatorClosed, and interpreter exit in the child leaves it alone.
+    """
+    global _OPEN_LOCK
+    _OPEN_LOCK = threading.Lock()  # a thread of the parent may have held it at the fork
+    orphans = list(_OPEN)
+    _OPEN.clear()
+    reason = "this communicator belongs to the parent process: call connect() again after os.fork()"
+    for comm in orphans:
+        comm._lock = threading.Lock()
+        comm._closed = True
+        comm._loop_thread._stopping = True
+        for fut in list(comm._loop_thread._futures):
+            if not fut.done():
+                fut._condition = threading.Condition()  # as for the lock above
+                fut.set_exception(CommunicatorClosed(reason))
+
+
+if hasattr(os, "register_at_fork"):  # POSIX only
+    os.register_at_fork(after_in_child=_disown_in_forked_child)
 
 
 class ThreadCommunicator(kiwipy.Communicator):
@@ -212,11 +239,22 @@ class ThreadCommunicator(kiwipy.Communicator):
     def remove_rpc_subscriber(self, identifier: Any) -> None:
         self._blocking(self.core.remove_rpc_subscriber, identifier)
 
-    def add_task_subscriber(self, subscriber: Callable[..., Any], identifier: Any = None) -> Any:
-        return self._blocking(self.core.add_task_subscriber, self._threaded(subscriber), identifier)
+    def add_task_subscriber(
+        self,
+        subscriber: Callable[..., Any],
+        identifier: Any = None,
+        *,
+        queue: str | None = None,
+        prefetch_count: int | None = None,
+    ) -> Any:
+        """Receive tasks (from the named task ``queue``, with at most ``prefetch_count`` in progress)."""
+        wrapped = self._threaded(subscriber)
+        return self._blocking(
+            lambda: self.core.add_task_subscriber(wrapped, identifier, queue=queue, prefetch_count=prefetch_count)
+        )
 
-    def remove_task_subscriber(self, identifier: Any) -> None:
-        self._blocking(self.core.remove_task_subscriber, identifier)
+    def remove_task_subscriber(self, identifier: Any, *, queue: str | None = None) -> None:
+        self._blocking(lambda: self.core.remove_task_subscriber(identifier, queue=queue))
 
     def add_broadcast_subscriber(self, subscriber: Callable[..., Any], identifier: Any = None) -> Any:
         return self._blocking(self.core.add_broadcast_subscriber, self._threaded(subscriber, ordered=True), identifier)
@@ -235,10 +273,13 @@ class ThreadCommunicator(kiwipy.Communicator):
             lambda core: with_deadline(core.rpc_send(recipient_id, msg), deadline, f"RPC to {recipient_id}")
         )
 
-    def task_send(self, task: Any, no_reply: bool = False, timeout: float | None = None) -> ControllerFuture[Any]:
-        """Queue a task; the future resolves to its result (or None once queued, with ``no_reply``)."""
+    def task_send(
+        self, task: Any, no_reply: bool = False, timeout: float | None = None, *, queue: str | None = None
+    ) -> ControllerFuture[Any]:
+        """Queue a task (on the named task ``queue``); the future resolves to its result (or None once
+        queued, with ``no_reply``)."""
         deadline = self.task_timeout if timeout is None else timeout
-        return self._send(lambda core: with_deadline(core.task_send(task, no_reply), deadline, "task"))
+        return self._send(lambda core: with_deadline(core.task_send(task, no_reply, queue=queue), deadline, "task"))
 
     def broadcast_send(
         self, body: Any, sender: Any = None, subject: Any = None, correlation_id: Any = None

@@ -100,11 +100,8 @@ class RmqConnection(AsyncCommunicator):
         self._reply_queues: dict[str, str] = {}
         self._rpc_queue: aio_pika.abc.AbstractQueue | None = None
         self._broadcast_queue: aio_pika.abc.AbstractQueue | None = None
-        self._task_queue: aio_pika.abc.AbstractQueue | None = None
-        self._task_consumer_tag: str | None = None
-        self._task_channel: aio_pika.abc.AbstractChannel | None = None
-        self._consumer_lost = False
-        self._consumer_watch: asyncio.Task[None] | None = None
+        #: Task queues by broker name (rmq/_tasks.py: TaskQueue), made on first use.
+        self._task_queues: dict[str, Any] = {}
         self._running: set[asyncio.Task[Any]] = set()
         self._inflight: set[asyncio.Task[Any]] = set()
         self._releasing = False

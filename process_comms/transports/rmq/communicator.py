@@ -14,19 +14,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any
 
 import aio_pika
 import aio_pika.abc
-import aiormq
 
 from ... import defaults
 from ...errors import ConnectionLost, EncodeError, ProcessUnreachable
-from ..base import exception_reply, host_info, routing_id, settle_task
+from ..base import exception_reply, host_info, routing_id
 from . import _frames, _topology
 from ._connection import SETTLE_ERRORS
-from ._incoming import RmqIncoming
 from ._requests import RmqRequests
+from ._tasks import TaskQueue, queue_name
 
 __all__ = ["RmqCommunicator"]
 
@@ -64,17 +63,25 @@ class RmqCommunicator(RmqRequests):
                 + self._recovery_note()
             ) from None
 
-    async def task_send(self, task: Any, no_reply: bool = False, on_pending: Callable[[], None] | None = None) -> Any:
+    async def task_send(
+        self,
+        task: Any,
+        no_reply: bool = False,
+        on_pending: Callable[[], None] | None = None,
+        *,
+        queue: str | None = None,
+    ) -> Any:
         self._accepting()
         body = self.codec.encode((task, no_reply))
+        target = self._queue(queue)
 
         async def publish(published: Callable[[], None]) -> Any:
-            await self._ensure_task_queue()
+            await target.ensure()
             return await self._request(
                 "task",
                 self._pub_task_exchange,
                 body,
-                self.task_queue_name,
+                target.name,
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,  # a task outlives a broker restart
                 wait_for_reply=not no_reply,
                 on_pending=on_pending,
@@ -86,13 +93,12 @@ class RmqCommunicator(RmqRequests):
                 return await publish(published)
             except ProcessUnreachable:
                 pass  # unroutable: no queue took it, so sending it again cannot duplicate it
-            if self._task_consumer_tag is None:  # (a consuming communicator's watchdog re-declares the queue)
-                self._task_queue = None  # deleted under us? declare it again
+            target.forget()  # deleted under us? declare it again
             try:
                 return await publish(published)
             except ProcessUnreachable:
                 raise ProcessUnreachable(
-                    f"task queue {self.task_queue_name!r} did not take the task: it was deleted or the node that"
+                    f"task queue {target.name!r} did not take the task: it was deleted or the node that"
                     " holds it is down" + self._recovery_note()
                 ) from None
 
@@ -190,195 +196,43 @@ class RmqCommunicator(RmqRequests):
         if not _frames.refused(message, "broadcast"):
             await self._handle_broadcast(message.body)
 
-    # -- tasks -----------------------------------------------------------------------------------
-    async def _ensure_task_queue(self) -> aio_pika.abc.AbstractQueue:
-        if self._task_queue is None:
-            return await self._shielded(self._declare_task_queue())
-        return self._task_queue
+    # -- tasks (one TaskQueue per queue name: rmq/_tasks.py) ---------------------------------------
+    def _queue(self, queue: str | None = None, prefetch_count: int | None = None) -> TaskQueue:
+        name = queue_name(self.task_queue_name, queue)
+        found = self._task_queues.get(name)
+        if found is None:
+            prefetch = self.task_prefetch_count if prefetch_count is None else prefetch_count
+            found = self._task_queues[name] = TaskQueue(self, name, prefetch)
+        return found
 
-    async def _declare_task_queue(self) -> aio_pika.abc.AbstractQueue:
-        if self._task_queue is None:
-            async with self._declare_lock:
-                if self._task_queue is None:
-                    channel = self._task_channel
-                    if channel is None or channel.is_closed:  # one channel, kept: acks of tasks in progress use it
-                        channel = await self._connection.channel()  # type: ignore[union-attr]
-                        if self.task_prefetch_count:
-                            await channel.set_qos(prefetch_count=self.task_prefetch_count)
-                        self._task_channel = channel
-                    queue, channel, owned = await self._declare_or_use_task_queue(channel)
-                    if owned:  # a queue used as it is was bound by whoever declared it
-                        exchange = await self._declare_exchange(channel, self.task_exchange_name)
-                        await queue.bind(exchange, routing_key=self.task_queue_name)
-                    self._task_queue = queue
-        return self._task_queue
-
-    async def _declare_or_use_task_queue(
-        self, channel: aio_pika.abc.AbstractChannel
-    ) -> tuple[aio_pika.abc.AbstractQueue, aio_pika.abc.AbstractChannel, bool]:
-        """Declare the task queue, or use it as it is: ``(queue, channel, declared by us)``.
-
-        The broker refuses an inequivalent re-declaration (another peer's arguments, another type) with
-        ``406 PRECONDITION_FAILED``, and a user without configure permission on the queue (a least-privilege
-        client) with ``403 ACCESS_REFUSED``; either closes the channel, and a passive declare on a fresh
-        channel then finds the queue without changing it.
-        """
-        spec = _topology.task_queue(
-            self.task_queue_name, testing_mode=self.testing_mode, queue_type=self.task_queue_type
-        )
-        try:
-            return await channel.declare_queue(**spec.declare_kwargs()), channel, True
-        except aiormq.exceptions.ChannelPreconditionFailed as exc:
-            LOGGER.warning(
-                "task queue %r exists with other arguments than ours (%s): using it as it is",
-                self.task_queue_name,
-                exc.args[0] if exc.args else exc,
-            )
-        except aiormq.exceptions.ChannelAccessRefused:
-            LOGGER.info("no configure permission on task queue %r: using it as it is", self.task_queue_name)
-        if not channel.is_closed:
-            await channel.close()
-        channel = await self._connection.channel()  # type: ignore[union-attr]
-        if self.task_prefetch_count:
-            await channel.set_qos(prefetch_count=self.task_prefetch_count)
-        self._task_channel = channel
-        try:
-            return await channel.declare_queue(self.task_queue_name, passive=True), channel, False
-        except aiormq.exceptions.ChannelNotFoundEntity:
-            raise ProcessUnreachable(
-                f"task queue {self.task_queue_name!r} does not exist and this user may not declare it:"
-                " start a worker first (it declares the queue)"
-            ) from None
-
-    async def _on_task_subscribers_changed(self) -> None:
+    async def _on_task_subscribers_changed(self, queue: str | None = None) -> None:
         await self._ready()
-        await self._guarded(self._update_task_consumer())  # e.g. a user who may not consume: AccessRefused
+        target = self._queue(queue)
+        target.subscribers = self._subscribers_of(queue)
+        await self._guarded(target.update_consumer())  # e.g. a user who may not consume: AccessRefused
 
-    async def _update_task_consumer(self) -> None:
-        queue = await self._ensure_task_queue()
-        if self._task_subscribers and self._task_consumer_tag is None:
-            self._task_consumer_tag = await queue.consume(self._on_task)
-            self._consumer_lost = False
-            if self._consumer_watch is None or self._consumer_watch.done():
-                self._consumer_watch = asyncio.get_running_loop().create_task(self._watch_task_consumer())
-                self._running.add(self._consumer_watch)
-                self._consumer_watch.add_done_callback(self._running.discard)
-        elif not self._task_subscribers and self._task_consumer_tag is not None:
-            tag, self._task_consumer_tag = self._task_consumer_tag, None
-            await queue.cancel(tag)
+    def _set_prefetch(self, queue: str | None, prefetch_count: int) -> None:
+        self._queue(queue, prefetch_count).prefetch_count = prefetch_count
 
     @property
     def consuming(self) -> bool:
-        """True while this communicator has task subscribers and the broker delivers tasks to them.
+        """True while every queue with subscribers here has its tasks delivered to them.
 
-        False with no task subscriber, while the connection is down, or after the broker cancelled the
-        consumer until it is consuming again (see :meth:`_watch_task_consumer`). A supervisor can poll it.
+        False with no task subscriber, while the connection is down, or after the broker cancelled a
+        consumer until it is consuming again (the queue's watchdog, rmq/_tasks.py). A supervisor can poll it.
         """
-        connection = self._connection
-        return (
-            self._task_consumer_tag is not None
-            and not self._consumer_lost
-            and connection is not None
-            and connection.connected.is_set()
-        )
+        active = [tq for tq in self._task_queues.values() if tq.subscribers]
+        return bool(active) and all(tq.consuming for tq in active)
 
-    async def _consumer_alive(self) -> bool:
-        queue, tag = self._task_queue, self._task_consumer_tag
-        if queue is None or tag is None:
-            return True  # nothing to watch
-        try:
-            channel = await cast(aio_pika.RobustChannel, queue.channel).get_underlay_channel()
-        except SETTLE_ERRORS:
-            return False
-        return tag in cast(aiormq.Channel, channel).consumers
-
-    async def _watch_task_consumer(self) -> None:
-        """Consume again after the broker cancels our task consumer (``basic.cancel``).
-
-        The broker cancels a consumer when its queue is deleted or the node holding it is lost
-        (https://www.rabbitmq.com/docs/consumer-cancel). aiormq forgets such a consumer without a word
-        (``aiormq.channel.Channel._on_cancel_frame`` only pops it), so the consumer is checked every
-        :data:`~process_comms.defaults.CONSUMER_CHECK_INTERVAL`: when it is gone, log a WARNING,
-        re-declare the queue and consume again, backing off up to ``CONSUMER_RETRY_MAX`` seconds.
-        """
-        delay = defaults.CONSUMER_CHECK_INTERVAL
-        while self._task_subscribers and not self._closed and not self._releasing:
-            await asyncio.sleep(delay)
-            connection = self._connection
-            if connection is None or not connection.connected.is_set() or self._task_consumer_tag is None:
-                continue  # reconnecting: aio-pika restores the consumer with the connection
-            if await self._consumer_alive():
-                delay = defaults.CONSUMER_CHECK_INTERVAL
-                continue
-            if not self._consumer_lost:
-                self._consumer_lost = True
-                LOGGER.warning(
-                    "the broker cancelled the task consumer on queue %r (queue deleted or its node lost): "
-                    "declaring it again and consuming",
-                    self.task_queue_name,
-                )
-            try:
-                await self._shielded(self._consume_again())
-            except (*SETTLE_ERRORS, ConnectionLost) as exc:
-                delay = min(delay * 2, defaults.CONSUMER_RETRY_MAX)
-                LOGGER.warning("could not consume %r again (%s); retrying in %.0f s", self.task_queue_name, exc, delay)
-                continue
-            self._consumer_lost = False
-            delay = defaults.CONSUMER_CHECK_INTERVAL
-            LOGGER.warning("consuming task queue %r again", self.task_queue_name)
-
-    async def _consume_again(self) -> None:
-        old_queue, old_tag = self._task_queue, self._task_consumer_tag
-        if old_queue is not None and old_tag is not None:
-            try:  # forget the dead consumer, so that a reconnection does not restore it beside the new one
-                await old_queue.cancel(old_tag)
-            except SETTLE_ERRORS:
-                LOGGER.debug("could not cancel the lost consumer %s", old_tag, exc_info=True)
-        self._task_queue = None
-        queue = await self._declare_task_queue()
-        self._task_consumer_tag = await queue.consume(self._on_task)
-
-    async def _on_task(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        if _frames.refused(message, "task"):
-            try:  # settled once: never requeued (it would come back for ever), no reply (nowhere valid)
-                await message.reject(requeue=False)
-            except SETTLE_ERRORS:
-                LOGGER.debug("could not reject a malformed task", exc_info=True)
-            return
-        task = asyncio.get_running_loop().create_task(self._handle_task(message))
-        self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
-
-    async def _handle_task(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        try:
-            await self._settle_task(message)
-        except asyncio.CancelledError:
-            if self._releasing:
-                try:
-                    await message.nack(requeue=True)
-                except SETTLE_ERRORS:
-                    pass
-            raise
-
-    async def _settle_task(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        await settle_task(
-            RmqIncoming(message, self._send_task_reply),
-            message.body,
-            list(self._task_subscribers.values()),
-            self.facade,
-            self.codec,
-            lambda: self._releasing,
-        )
+    def consuming_queues(self) -> dict[str, bool]:
+        """``{queue name: consuming}`` for each task queue this communicator has subscribers for."""
+        return {tq.name: tq.consuming for tq in self._task_queues.values() if tq.subscribers}
 
     async def release_tasks(self, suspend: Awaitable[Any] | None = None) -> None:
         """Stop consuming, await ``suspend`` (checkpoint the work), then nack every task in progress."""
         self._releasing = True
-        if self._task_queue is not None and self._task_consumer_tag is not None:
-            tag, self._task_consumer_tag = self._task_consumer_tag, None
-            try:
-                await self._task_queue.cancel(tag)
-            except SETTLE_ERRORS:
-                LOGGER.debug("could not cancel the task consumer", exc_info=True)
+        for tq in list(self._task_queues.values()):
+            await tq.stop_consuming()
         if suspend is not None:
             await suspend
         tasks = list(self._inflight)

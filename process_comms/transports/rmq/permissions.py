@@ -62,7 +62,8 @@ def least_privilege(
 ) -> tuple[UserPermissions, UserPermissions]:
     """The worker's and the client's permissions for the installation with these exchange and queue names."""
     msg, tasks = re.escape(message_exchange), re.escape(task_exchange)
-    queue = re.escape(task_queue if task_queue is not None else task_exchange)
+    # the default task queue and the named ones (``<task queue>.<name>``, rmq/_tasks.py)
+    queue = re.escape(task_queue if task_queue is not None else task_exchange) + r"(\..+)?"
     own_queues = _alt(r"amq_[0-9a-f]+", r"broadcast-[0-9a-f]+", rf"{msg}-reply-.+", rf"{tasks}-reply-.+")
     rpc, broadcast = re.escape(defaults.RPC_PREFIX) + r"\..+", re.escape(defaults.BROADCAST_KEY)
     worker = UserPermissions(
