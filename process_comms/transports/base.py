@@ -109,6 +109,9 @@ class BroadcastFilter(kiwipy.BroadcastFilter):
 
 _RETIRED_RPC_MAX = 1024
 
+#: Liveness tokens of the open in-process communicators (the embedded back end: one interpreter).
+_LIVE_TOKENS: set[str] = set()
+
 
 class Handovers:
     """Messages that callers handed over and the broker has not confirmed yet; ``close()`` waits for them.
@@ -169,6 +172,7 @@ class AsyncCommunicator(abc.ABC):
         self._retired_rpc: dict[str, RpcSubscriber] = {}
         self._task_subscribers: dict[Any, TaskSubscriber] = {}
         self._named_task_subscribers: dict[str, dict[Any, TaskSubscriber]] = {}
+        self._liveness: str | None = None
         self._broadcast_subscribers: dict[Any, BroadcastSubscriber] = {}
         self._closed = False
         #: The object handed to subscribers as their ``communicator`` argument.
@@ -181,6 +185,7 @@ class AsyncCommunicator(abc.ABC):
     async def close(self) -> None:
         """Close the communicator; idempotent."""
         self._closed = True
+        _LIVE_TOKENS.discard(self._liveness or "")
 
     async def __aenter__(self) -> AsyncCommunicator:
         await self.connect()
@@ -203,6 +208,20 @@ class AsyncCommunicator(abc.ABC):
     def _ensure_open(self) -> None:
         if self._closed:
             raise CommunicatorClosed("the communicator is closed")
+
+    # -- liveness (a worker sees at once that another worker's connection is gone) --------------------
+    async def liveness_token(self) -> str:
+        """A name that lives exactly as long as this communicator (its connection); see :meth:`is_alive`."""
+        token = self._liveness
+        if token is None:
+            token = f"embedded.worker.{uuid.uuid4().hex}"
+            self._liveness = token
+            _LIVE_TOKENS.add(token)
+        return token
+
+    async def is_alive(self, token: str) -> bool | None:
+        """Whether the communicator holding ``token`` is alive: True, False, or None if unknown now."""
+        return token in _LIVE_TOKENS
 
     # -- sending ---------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aio_pika
 import aio_pika.abc
+import aiormq.exceptions
 
 from ... import defaults
 from ...errors import ConnectionLost, EncodeError, ProcessUnreachable
@@ -195,6 +197,46 @@ class RmqCommunicator(RmqRequests):
     async def _on_broadcast(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
         if not _frames.refused(message, "broadcast"):
             await self._handle_broadcast(message.body)
+
+    # -- liveness ------------------------------------------------------------------------------------
+    async def liveness_token(self) -> str:
+        """A name that exists on the broker exactly as long as this communicator's connection: an exclusive
+        queue, which RabbitMQ deletes when the connection closes or dies (the socket closes with the process)."""
+        if self._liveness is None:
+            await self._ready()
+            name = f"{self.task_queue_name}.worker.{uuid.uuid4().hex}"
+
+            async def declare() -> None:
+                spec = _topology.QueueSpec(name, exclusive=True, arguments={"x-queue-type": "classic"})
+                await self._sub_channel.declare_queue(**spec.declare_kwargs())
+
+            await self._guarded(self._shielded(declare()))
+            self._liveness = name
+        return self._liveness
+
+    async def is_alive(self, token: str) -> bool | None:
+        """Whether the communicator that holds ``token`` (:meth:`liveness_token`) is still connected.
+
+        A passive declare of another connection's exclusive queue is refused with ``405 RESOURCE_LOCKED``
+        while it lives and ``404 NOT_FOUND`` once it is gone; None if the broker cannot tell us now.
+        """
+        if token == self._liveness:
+            return True
+        await self._ready()
+        assert self._connection is not None
+        channel = await self._connection.channel()
+        try:
+            await channel.declare_queue(token, passive=True)
+            return True  # ours, or not exclusive: it exists
+        except aiormq.exceptions.ChannelLockedResource:
+            return True
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return False
+        except SETTLE_ERRORS:
+            return None
+        finally:
+            if not channel.is_closed:
+                await channel.close()
 
     # -- tasks (one TaskQueue per queue name: rmq/_tasks.py) ---------------------------------------
     def _queue(self, queue: str | None = None, prefetch_count: int | None = None) -> TaskQueue:
