@@ -12,6 +12,7 @@ import datetime
 from typing import Any
 
 from ..errors import ProcessKilled, ProcessUnreachable, RemoteError
+from ..errors import TimeoutError as PCTimeoutError
 from ..transports._loop import with_deadline
 from ..transports.base import AsyncCommunicator
 from ..wire.messages import (
@@ -113,6 +114,8 @@ class RecordQueries:
             record = await self._records(RECORD_OP_GET, timeout, pid=pid)
         except ProcessUnreachable as exc:
             raise ProcessUnreachable(f"{unreachable}; {exc}") from None
+        except PCTimeoutError as exc:  # workers are up but none answered in time (stopped, overloaded)
+            raise ProcessUnreachable(f"{unreachable}; and no worker answered for its record in time ({exc})") from None
         if not isinstance(record, dict):
             raise ProcessUnreachable(
                 f"process {pid} is not reachable: no worker holds it and the fleet has no record of it"
