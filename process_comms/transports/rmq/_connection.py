@@ -7,18 +7,20 @@ tasks) on this; what is declared comes from :mod:`._topology`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Collection, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Collection, Coroutine, Sequence
 from typing import Any, TypeVar, cast
 
 import aio_pika
 import aio_pika.abc
 import aio_pika.exceptions
 import aiormq
+import aiormq.abc
 import aiormq.exceptions
 import yarl
 
@@ -219,25 +221,39 @@ class RmqConnection(AsyncCommunicator):
             extra["heartbeat"] = self.heartbeat
         return url.update_query({key: str(value) for key, value in extra.items()})
 
-    async def _probe_exchanges(self, connection: aio_pika.abc.AbstractRobustConnection) -> None:
-        """Declare the exchanges on a channel of their own; without configure permission, use them passively.
+    @contextlib.asynccontextmanager
+    async def _probe_channel(self) -> AsyncIterator[aiormq.abc.AbstractChannel]:
+        """A plain aiormq channel for one operation the broker may refuse, which closes the channel.
 
-        A least-privilege client (:mod:`process_comms.transports.rmq.permissions`) may not declare the
-        exchanges; the broker refuses with ``403 ACCESS_REFUSED`` and closes the channel, which is why the
-        attempt has a channel of its own.
+        Not an aio-pika robust channel: a robust channel that the broker closes reopens itself, and a
+        ``close()`` racing that reopen can send a frame on a channel number the broker considers closed,
+        which fails the whole connection (``504 CHANNEL_ERROR - expected 'channel.open'``). This one is
+        closed by us only if the broker did not close it.
         """
-        channel = await connection.channel()
+        assert self._connection is not None and self._connection.transport is not None
+        channel = await self._connection.transport.connection.channel()
         try:
-            for name in (self.message_exchange_name, self.task_exchange_name):
-                await channel.declare_exchange(
-                    **_topology.exchange(name, testing_mode=self.testing_mode).declare_kwargs()
-                )
-        except aiormq.exceptions.ChannelAccessRefused:
-            self._passive_exchanges = True
-            LOGGER.info("no configure permission on the exchanges: using them as they are")
+            yield channel
         finally:
             if not channel.is_closed:
                 await channel.close()
+
+    async def _probe_exchanges(self, connection: aio_pika.abc.AbstractRobustConnection) -> None:
+        """Declare the exchanges on a probe channel; without configure permission, use them passively.
+
+        A least-privilege client (:mod:`process_comms.transports.rmq.permissions`) may not declare the
+        exchanges; the broker refuses with ``403 ACCESS_REFUSED`` and closes the channel it happened on.
+        """
+        try:
+            async with self._probe_channel() as channel:
+                for name in (self.message_exchange_name, self.task_exchange_name):
+                    spec = _topology.exchange(name, testing_mode=self.testing_mode)
+                    await channel.exchange_declare(
+                        exchange=name, exchange_type="topic", durable=False, auto_delete=spec.auto_delete
+                    )
+        except aiormq.exceptions.ChannelAccessRefused:
+            self._passive_exchanges = True
+            LOGGER.info("no configure permission on the exchanges: using them as they are")
 
     async def _declare_exchange(
         self, channel: aio_pika.abc.AbstractChannel, name: str

@@ -96,19 +96,14 @@ class TaskQueue:
         return self.queue
 
     async def _bind_if_allowed(self) -> None:
-        """Bind a queue we did not declare to the task exchange, if this user may (on a channel of its own:
-        a refusal closes the channel it happens on)."""
+        """Bind a queue we did not declare to the task exchange, if this user may (on a probe channel: a
+        refusal closes the channel it happens on)."""
         comm = self.comm
-        channel = await comm._connection.channel()  # type: ignore[union-attr]
         try:
-            exchange = await comm._declare_exchange(channel, comm.task_exchange_name)
-            await channel.declare_queue(self.name, passive=True)
-            await (await channel.get_queue(self.name, ensure=False)).bind(exchange, routing_key=self.name)
+            async with comm._probe_channel() as channel:
+                await channel.queue_bind(queue=self.name, exchange=comm.task_exchange_name, routing_key=self.name)
         except aiormq.exceptions.ChannelAccessRefused:
             LOGGER.debug("may not bind task queue %r: whoever declared it binds it", self.name)
-        finally:
-            if not channel.is_closed:
-                await channel.close()
 
     async def _declare_or_use(
         self, channel: aio_pika.abc.AbstractChannel
@@ -117,13 +112,22 @@ class TaskQueue:
 
         The broker refuses an inequivalent re-declaration (another peer's arguments, another type) with
         ``406 PRECONDITION_FAILED``, and a user without configure permission on the queue (a least-privilege
-        client) with ``403 ACCESS_REFUSED``; either closes the channel, and a passive declare on a fresh
-        channel then finds the queue without changing it.
+        client) with ``403 ACCESS_REFUSED``; either closes the channel it happened on, so the attempt is
+        made on a probe channel first, and the robust task channel then declares (or passively finds) the
+        queue without a refusal.
         """
         comm = self.comm
         spec = _topology.task_queue(self.name, testing_mode=comm.testing_mode, queue_type=comm.task_queue_type)
+        kwargs = spec.declare_kwargs()
         try:
-            return await channel.declare_queue(**spec.declare_kwargs()), channel, True
+            async with comm._probe_channel() as probe:
+                await probe.queue_declare(
+                    queue=self.name,
+                    durable=kwargs["durable"],
+                    exclusive=kwargs["exclusive"],
+                    auto_delete=kwargs["auto_delete"],
+                    arguments=kwargs["arguments"],
+                )
         except aiormq.exceptions.ChannelPreconditionFailed as exc:
             LOGGER.warning(
                 "task queue %r exists with other arguments than ours (%s): using it as it is",
@@ -132,9 +136,8 @@ class TaskQueue:
             )
         except aiormq.exceptions.ChannelAccessRefused:
             LOGGER.info("no configure permission on task queue %r: using it as it is", self.name)
-        if not channel.is_closed:
-            await channel.close()
-        channel = await self._new_channel()
+        else:
+            return await channel.declare_queue(**kwargs), channel, True
         try:
             return await channel.declare_queue(self.name, passive=True), channel, False
         except aiormq.exceptions.ChannelNotFoundEntity:
