@@ -8,16 +8,49 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..urls import mask_url
 from ..worker.worker import Worker
-from .main import EXIT_OK, add_command, int_at_least, setup_logging
+from .main import EXIT_OK, EXIT_USAGE, CliError, add_command, int_at_least, setup_logging
 
 if TYPE_CHECKING:
     from ._common import Context, SubParsers
 
-__all__ = ["register", "run"]
+__all__ = ["parse_queue", "queues_of", "register", "run"]
+
+
+def parse_queue(text: str) -> tuple[str, int | None]:
+    """An argparse type for ``--queue``: ``NAME`` or ``NAME=SLOTS`` (slots: an integer of 0 or more)."""
+    name, sep, slots = text.partition("=")
+    name = name.strip()
+    if not name or any(ch in name for ch in "#* ,"):
+        raise argparse.ArgumentTypeError(f"not a queue name: {text!r} (use NAME or NAME=SLOTS, e.g. gpu=4)")
+    if not sep:
+        return name, None
+    try:
+        value = int(slots)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"slots must be an integer: {text!r} (e.g. gpu=4)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"slots must be 0 or more: {text!r}")
+    return name, value
+
+
+def queues_of(
+    queues: Sequence[tuple[str, int | None]] | None, slots: int | None, prefetch: int
+) -> dict[str, int] | None:
+    """``{queue: slots}`` from ``--queue``/``--slots``/``--prefetch`` (None: today's single default queue)."""
+    default_slots = prefetch if slots is None else slots
+    if not queues:
+        return None if slots is None else {"default": slots}
+    chosen: dict[str, int] = {}
+    for name, own in queues:
+        if name in chosen:
+            raise CliError(f"--queue {name} is given twice", EXIT_USAGE)
+        chosen[name] = default_slots if own is None else own
+    return chosen
 
 
 def register(subparsers: SubParsers) -> None:
@@ -38,11 +71,33 @@ def register(subparsers: SubParsers) -> None:
     )
     p.add_argument("--prefetch", metavar="N", type=int_at_least(0), default=0, help="tasks taken at once (0: no limit)")
     p.add_argument(
+        "--queue",
+        metavar="NAME[=SLOTS]",
+        dest="queues",
+        type=parse_queue,
+        action="append",
+        help=(
+            "consume the task queue NAME ('default': the installation's task queue), with at most SLOTS of its "
+            "tasks in progress here (without =SLOTS: --slots); repeatable, e.g. --queue gpu=4 --queue default. "
+            "Without --queue: the default queue only"
+        ),
+    )
+    p.add_argument(
+        "--slots",
+        metavar="N",
+        type=int_at_least(0),
+        help="slots of each --queue given without =SLOTS (default: --prefetch; 0: no limit)",
+    )
+    p.add_argument(
         "--claim-ttl",
         metavar="S",
         type=float,
         default=30.0,
-        help="seconds a dead worker's processes stay claimed before another worker continues them (default 30)",
+        help=(
+            "seconds after its last renewal that this worker takes over a process claimed by a worker whose "
+            "liveness the broker cannot tell (default 30); one whose broker connection is gone is taken over "
+            "within seconds, one whose connection lives is waited for"
+        ),
     )
     p.add_argument(
         "--log-level",
@@ -56,6 +111,7 @@ def register(subparsers: SubParsers) -> None:
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
     """Run a worker until SIGTERM/SIGINT, then stop gracefully (running processes are handed back)."""
+    queues = queues_of(args.queues, args.slots, args.prefetch)  # a usage error before anything starts
     setup_logging(args.log_level, ctx.scrub, tracebacks=True)
     if args.log_level != "DEBUG":  # the transport's chatter (reconnect notices...) only when debugging
         for name in ("aio_pika", "aiormq"):
@@ -76,6 +132,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     try:
         worker = Worker(
             ctx.broker,
+            queues=queues,
             persister=args.persister,
             allowed_modules=args.allow,
             task_prefetch_count=args.prefetch,
@@ -88,7 +145,11 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             worker.stop(graceful=False)
             raise
         log.info(
-            "worker on %s, task queue %r, allowed modules %s", mask_url(ctx.broker), ctx.task_queue, list(args.allow)
+            "worker on %s, task queue %r, queues and slots %s, allowed modules %s",
+            mask_url(ctx.broker),
+            ctx.task_queue,
+            worker.slots(),
+            list(args.allow),
         )
         ctx.print("worker ready")
         if use_sigwait:

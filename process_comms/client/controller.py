@@ -33,11 +33,15 @@ from ..wire.messages import (
     state_name,
     wire_text,
 )
+from ._kiwipy import KiwipyAdapter, is_foreign, unwrap_ours
 from .records import RecordQueries, epoch
 
 __all__ = ["RemoteProcessController", "TERMINAL_STATES"]
 
 T = TypeVar("T")
+
+#: The subject of the ``workers`` broadcast request; worker/_fleet.py answers the same (a test checks both).
+WORKERS_SUBJECT = "workers"
 
 
 class RemoteProcessController(RecordQueries):
@@ -50,13 +54,19 @@ class RemoteProcessController(RecordQueries):
         rpc_timeout: float | None = None,
         task_timeout: float | None = None,
     ) -> None:
-        """``communicator`` is what :func:`process_comms.connect` returns (or an :class:`AsyncCommunicator`)."""
+        """``communicator`` is what :func:`process_comms.connect` returns (or an :class:`AsyncCommunicator`), or
+        any kiwipy ``Communicator`` (kiwipy's thread or asyncio RabbitMQ ones, ``plumpy.LoopCommunicator``,
+        aiida-core's ZeroMQ one), driven through an adapter that keeps flat results, deadlines and typed
+        errors (client/_kiwipy.py; README, "Compatibility with plumpy and kiwipy")."""
         self._communicator = communicator
+        #: What the calls go through: ours (also from inside a plumpy LoopCommunicator) or the adapter.
+        self._comm: Any = unwrap_ours(communicator)
+        self._adapter = KiwipyAdapter(self._comm) if is_foreign(self._comm) else None
         self.rpc_timeout = (
-            rpc_timeout if rpc_timeout is not None else getattr(communicator, "rpc_timeout", defaults.RPC_TIMEOUT)
+            rpc_timeout if rpc_timeout is not None else getattr(self._comm, "rpc_timeout", defaults.RPC_TIMEOUT)
         )
         self.task_timeout = (
-            task_timeout if task_timeout is not None else getattr(communicator, "task_timeout", defaults.TASK_TIMEOUT)
+            task_timeout if task_timeout is not None else getattr(self._comm, "task_timeout", defaults.TASK_TIMEOUT)
         )
 
     @property
@@ -66,7 +76,7 @@ class RemoteProcessController(RecordQueries):
 
     async def close(self) -> None:
         """Close the communicator this controller sends through, as the thread facade's ``close`` does; idempotent."""
-        comm = self._communicator
+        comm = self._adapter or self._comm
         if isinstance(comm, AsyncCommunicator):
             await comm.close()
         else:  # a thread-facing communicator: its close joins its loop thread, so not from this loop
@@ -80,15 +90,16 @@ class RemoteProcessController(RecordQueries):
 
     @property
     def _core(self) -> AsyncCommunicator:
-        comm = self._communicator
+        comm = self._adapter or self._comm
         return comm if isinstance(comm, AsyncCommunicator) else comm.core
 
     async def _run(self, fn: AsyncFn[T], *args: Any) -> T:
-        """Run ``await fn(*args)`` on the communicator's loop without blocking the caller's loop."""
-        loop_thread = getattr(self._communicator, "loop_thread", None)
+        """Run ``await fn(*args)`` on the communicator's loop without blocking the caller's loop (over a
+        kiwipy communicator: on the caller's loop, the adapter keeps the communicator's calls off it)."""
+        loop_thread = None if self._adapter is not None else getattr(self._comm, "loop_thread", None)
         if loop_thread is None or asyncio.get_running_loop() is loop_thread.loop:
             return await fn(*args)
-        return await asyncio.wrap_future(self._communicator.submit(fn, *args))
+        return await asyncio.wrap_future(self._comm.submit(fn, *args))
 
     # -- the core: coroutines that run on the communicator's loop -------------------------------
     async def _rpc(self, pid: Pid, msg: dict[str, Any], timeout: float | None) -> Any:
@@ -336,6 +347,14 @@ class RemoteProcessController(RecordQueries):
         Raises :class:`ProcessUnreachable` if the process is gone before its end was seen.
         """
         return await self._run(self._wait_for, pid, timeout, poll_interval)
+
+    async def list_workers(self, within: float = 1.0) -> list[dict[str, Any]]:
+        """The process_comms workers that answer within ``within`` seconds, sorted by host and OS pid: each
+        ``worker`` (its id), ``host``, ``pid``, ``uptime`` (s), ``processes``, ``consuming``, ``queues``
+        ({queue: consuming}) and ``slots`` ({queue: {"used": n, "total": n or None for no limit}})."""
+        answers = await self._run(self._broadcast, None, WORKERS_SUBJECT, within) or {}
+        found = [info for info in answers.values() if isinstance(info, dict)]
+        return sorted(found, key=lambda info: (str(info.get("host")), str(info.get("pid")), str(info.get("worker"))))
 
     # -- process records (issue 14) ----------------------------------------------------------------
     async def get_process(self, pid: Pid, timeout: float | None = None) -> dict[str, Any]:

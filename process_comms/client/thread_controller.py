@@ -13,6 +13,7 @@ from ..transports._loop import ControllerFuture
 from ..transports.threaded import ThreadCommunicator
 from ..wire.loaders import ObjectLoader
 from ..wire.messages import Pid
+from ._kiwipy import KiwipyPortal, is_foreign, unwrap_ours
 from .controller import RemoteProcessController
 
 __all__ = ["RemoteProcessThreadController"]
@@ -23,19 +24,24 @@ class RemoteProcessThreadController:
 
     def __init__(
         self,
-        communicator: ThreadCommunicator,
+        communicator: ThreadCommunicator | Any,
         *,
         rpc_timeout: float | None = None,
         task_timeout: float | None = None,
     ) -> None:
-        """``communicator`` is what :func:`process_comms.connect` returns; timeouts default to its own."""
-        self._communicator = communicator
-        self._core = RemoteProcessController(communicator, rpc_timeout=rpc_timeout, task_timeout=task_timeout)
+        """``communicator`` is what :func:`process_comms.connect` returns (timeouts default to its own), or any
+        kiwipy ``Communicator``: then the controller runs its coroutines on a loop thread of its own and
+        drives the communicator through an adapter (client/_kiwipy.py); :meth:`close` closes both."""
+        self._given = communicator
+        inner = unwrap_ours(communicator)
+        #: What the calls are submitted to: ours, or a loop thread of our own over a foreign communicator.
+        self._communicator: ThreadCommunicator | KiwipyPortal = KiwipyPortal(inner) if is_foreign(inner) else inner
+        self._core = RemoteProcessController(self._communicator, rpc_timeout=rpc_timeout, task_timeout=task_timeout)
 
     @property
-    def communicator(self) -> ThreadCommunicator:
-        """The communicator this controller sends through."""
-        return self._communicator
+    def communicator(self) -> Any:
+        """The communicator this controller sends through (the one it was given)."""
+        return self._given
 
     @property
     def rpc_timeout(self) -> float:
@@ -201,6 +207,10 @@ class RemoteProcessThreadController:
     def get_outputs(self, pid: Pid, timeout: float | None = None) -> ControllerFuture[dict[str, Any] | None]:
         """Future of the outputs of ``pid`` (None while it runs; fails if it excepted or was killed)."""
         return self._communicator.submit(self._core.get_outputs, pid, timeout)
+
+    def list_workers(self, within: float = 1.0) -> ControllerFuture[list[dict[str, Any]]]:
+        """Future of the workers that answer within ``within`` seconds (host, pid, queues, slots, uptime, health)."""
+        return self._communicator.submit(self._core.list_workers, within)
 
     def list_processes(
         self,

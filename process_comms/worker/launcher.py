@@ -15,7 +15,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import kiwipy
@@ -45,20 +45,13 @@ from ._broadcasts import BroadcastsMixin
 from ._bundle import META_KEY
 from ._claims import ClaimsMixin
 from ._state import KilledError
+from ._tasking import _EXTRAS, LAUNCH_PID_NAMESPACE, _log_end, _release, _TaskExtras, hold_for
 from .process import Process
 from .records import RecordWriter
 
 __all__ = ["ProcessLauncher"]
 
 LOGGER = logging.getLogger(__name__)
-
-#: Namespace of the pids derived from a launch task's correlation id (same task, same pid).
-LAUNCH_PID_NAMESPACE = uuid.UUID("6f1c2a4e-3b5d-4c2a-9e1f-0d7b8a9c6e21")
-
-
-def _release(hold: concurrent.futures.Future[Any] | None) -> None:
-    if hold is not None and not hold.done():
-        hold.set_result(None)
 
 
 class ProcessLauncher(ClaimsMixin, BroadcastsMixin):
@@ -101,6 +94,8 @@ class ProcessLauncher(ClaimsMixin, BroadcastsMixin):
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._claimed: set[str] = set()
         self._renewer: asyncio.Task[None] | None = None
+        self._tokens: dict[int, str | None] = {}  # liveness token by communicator (_claims.py)
+        self._alive: dict[str, tuple[bool | None, float]] = {}
         keeps = records and persister is not None and bool(getattr(persister, "keeps_records", False))
         #: Writes the records of the processes run here (None: records are off).
         self.records: RecordWriter | None = RecordWriter(persister, loop) if keeps else None
@@ -150,20 +145,29 @@ class ProcessLauncher(ClaimsMixin, BroadcastsMixin):
                 raise InvalidTask("a continue task's 'tag' must be a string or null")
             nowait = wire_bool(args, NOWAIT_KEY, False)
             hold = self._hold(nowait)
-            work = functools.partial(self._continue, core, comm_loop, args[PID_KEY], args.get(TAG_KEY), nowait, hold)
+            extras = _TaskExtras(core, comm_loop, hold)
+            work = functools.partial(
+                self._hook, extras, self._continue, communicator, args[PID_KEY], nowait, args.get(TAG_KEY)
+            )
         else:
             # declined (another worker may take it) when persisted, or malformed: one with a persister judges it
             if args.get(PERSIST_KEY) not in (None, False) and self.persister is None:
                 raise kiwipy.TaskRejected("cannot persist a process: this worker has no persister")
-            cls = self._load_class(args.get(PROCESS_CLASS_KEY))  # a class it may not load is a LoadError first
+            identifier = args.get(PROCESS_CLASS_KEY)
+            self._load_class(identifier)  # a class it may not load is a LoadError first
             persist = wire_bool(args, PERSIST_KEY, False)
             nowait = wire_bool(args, NOWAIT_KEY, False) if kind == LAUNCH_TASK else False
             init_args = args.get(ARGS_KEY) or ()
             init_kwargs = args.get(KWARGS_KEY) or {}
             if not isinstance(init_args, (list, tuple)) or not isinstance(init_kwargs, dict):
                 raise InvalidTask("init_args must be a list (or null) and init_kwargs a mapping (or null)")
+            # the hooks get the task's own values, as plumpy passes them (None when the task says null)
+            hook_args = args.get(ARGS_KEY)
             if kind == CREATE_TASK:
-                work = functools.partial(self._create, cls, init_args, init_kwargs, persist)
+                extras = _TaskExtras(core, comm_loop, None)
+                work = functools.partial(
+                    self._hook, extras, self._create, communicator, identifier, persist, hook_args, args.get(KWARGS_KEY)
+                )
             else:
                 delivery = CURRENT_DELIVERY.get()
                 if persist and delivery is not None and delivery.correlation_id and "pid" not in init_kwargs:
@@ -171,24 +175,19 @@ class ProcessLauncher(ClaimsMixin, BroadcastsMixin):
                     # hand-back) finds the checkpoint its first delivery left and continues from it
                     init_kwargs = {**init_kwargs, "pid": uuid.uuid5(LAUNCH_PID_NAMESPACE, delivery.correlation_id)}
                 hold = self._hold(nowait and persist)
+                extras = _TaskExtras(core, comm_loop, hold)
+                hook = self._launch
                 if persist and delivery is not None and delivery.redelivered and "pid" in init_kwargs:
-                    work = functools.partial(self._relaunch, core, comm_loop, cls, init_args, init_kwargs, nowait, hold)
-                else:
-                    work = functools.partial(
-                        self._launch, core, comm_loop, cls, init_args, init_kwargs, persist, nowait, hold
-                    )
+                    hook = self._relaunch
+                hook_kwargs = init_kwargs if args.get(KWARGS_KEY) is not None or init_kwargs else None
+                work = functools.partial(
+                    self._hook, extras, hook, communicator, identifier, persist, nowait, hook_args, hook_kwargs
+                )
         fut: concurrent.futures.Future[Any] = run_on(self.loop, work)
         fut.add_done_callback(lambda f: _release(hold) if f.cancelled() or f.exception() is not None else None)
         return fut
 
-    @staticmethod
-    def _hold(wanted: bool) -> concurrent.futures.Future[Any] | None:
-        """For a persisted process answered at once (nowait): keep its task until the process ends."""
-        delivery = CURRENT_DELIVERY.get()
-        if not wanted or delivery is None:
-            return None
-        delivery.hold = concurrent.futures.Future()
-        return delivery.hold
+    _hold = staticmethod(hold_for)
 
     @staticmethod
     def _core_of(communicator: Any) -> tuple[AsyncCommunicator | None, asyncio.AbstractEventLoop | None]:
@@ -217,32 +216,71 @@ class ProcessLauncher(ClaimsMixin, BroadcastsMixin):
             raise InvalidTask(f"the constructor arguments do not fit {cls.__name__}: {exc}") from None
 
     # -- handlers (run on the launcher's loop) ---------------------------------------------------
+    # The hooks have plumpy's signatures (``src/plumpy/process_comms.py``, ProcessLauncher), so a subclass
+    # overrides them the way AiiDA does; what only we need (the async core, its loop, the task's hold) is
+    # in a context variable set for the task that runs the hook.
+    async def _hook(self, extras: _TaskExtras, hook: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        _EXTRAS.set(extras)  # the task running this has its own context: no other task sees it
+        return await hook(*args)
+
+    def _extras(self, communicator: Any) -> _TaskExtras:
+        extras = _EXTRAS.get()
+        if extras is not None:
+            return extras
+        if isinstance(communicator, AsyncCommunicator) or not isinstance(
+            getattr(communicator, "core", None), AsyncCommunicator
+        ):
+            return _TaskExtras(None, None, None)  # called directly, off a task: not wired to a communicator
+        return _TaskExtras(communicator.core, communicator.loop, None)
+
+    def _class_of(self, process_class: Any) -> type[Process]:
+        """A loader identifier (plumpy's ``process_class``) as a class; a class passed by a subclass is checked."""
+        if isinstance(process_class, type):
+            if not issubclass(process_class, Process):
+                raise LoadError(f"{process_class!r} is not a process_comms.Process subclass; refusing it")
+            return process_class
+        return self._load_class(process_class)
+
     async def _save(self, proc: Process) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.persister.save_checkpoint, proc)
 
-    async def _create(self, cls: type[Process], init_args: Any, init_kwargs: dict[str, Any], persist: bool) -> Pid:
-        proc = self._instantiate(cls, init_args, init_kwargs)
+    async def _create(
+        self,
+        _communicator: Any,
+        process_class: Any,
+        persist: bool,
+        init_args: Any = None,
+        init_kwargs: dict[str, Any] | None = None,
+    ) -> Pid:
+        """Create (and with ``persist`` checkpoint) a process of ``process_class`` (a loader identifier); its pid."""
+        proc = self._instantiate(self._class_of(process_class), init_args or (), init_kwargs or {})
         if persist:
             await self._save(proc)
         return proc.pid
 
     async def _launch(
         self,
-        core: AsyncCommunicator | None,
-        comm_loop: asyncio.AbstractEventLoop | None,
-        cls: type[Process],
-        init_args: Any,
-        init_kwargs: dict[str, Any],
+        _communicator: Any,
+        process_class: Any,
         persist: bool,
         nowait: bool,
-        hold: concurrent.futures.Future[Any] | None = None,
+        init_args: Any = None,
+        init_kwargs: dict[str, Any] | None = None,
     ) -> Any:
+        """Run a new process of ``process_class`` (a loader identifier): its pid with ``nowait``, else its outputs."""
+        core, comm_loop, hold = self._extras(_communicator)
+        cls = self._class_of(process_class)
+        init_args, init_kwargs = init_args or (), init_kwargs or {}
         if "pid" in init_kwargs:  # a pid the client chose: it may have been killed while its task was queued
             await self._killed_record(init_kwargs["pid"])
         proc = self._instantiate(cls, init_args, init_kwargs)
         if persist:
-            await self._claim(proc.pid)
-            await self._save(proc)
+            await self._claim(proc.pid, core, comm_loop)
+            try:
+                await self._save(proc)
+            except BaseException:
+                await self._unclaim(proc.pid)
+                raise
         done = await self.start_process(proc, core, comm_loop, persist)
         if nowait:
             done.add_done_callback(lambda _: _release(hold))
@@ -251,51 +289,53 @@ class ProcessLauncher(ClaimsMixin, BroadcastsMixin):
 
     async def _relaunch(
         self,
-        core: AsyncCommunicator | None,
-        comm_loop: asyncio.AbstractEventLoop | None,
-        cls: type[Process],
-        init_args: Any,
-        init_kwargs: dict[str, Any],
+        _communicator: Any,
+        process_class: Any,
+        persist: bool,
         nowait: bool,
-        hold: concurrent.futures.Future[Any] | None = None,
+        init_args: Any = None,
+        init_kwargs: dict[str, Any] | None = None,
     ) -> Any:
         """A redelivered persisted launch: continue from its checkpoint if the first delivery left one."""
-        pid = init_kwargs["pid"]
+        pid = (init_kwargs or {})["pid"]
         try:
             await asyncio.get_running_loop().run_in_executor(None, self.persister.load_checkpoint, pid, None)
         except PersistenceError:
-            return await self._launch(core, comm_loop, cls, init_args, init_kwargs, True, nowait, hold)
-        return await self._continue(core, comm_loop, pid, None, nowait, hold)
+            return await self._launch(_communicator, process_class, True, nowait, init_args, init_kwargs)
+        return await self._continue(_communicator, pid, nowait, None)
 
-    async def _continue(
-        self,
-        core: AsyncCommunicator | None,
-        comm_loop: asyncio.AbstractEventLoop | None,
-        pid: Pid,
-        tag: str | None,
-        nowait: bool,
-        hold: concurrent.futures.Future[Any] | None = None,
-    ) -> Any:
+    async def _continue(self, _communicator: Any, pid: Pid, nowait: bool, tag: str | None = None) -> Any:
+        """Continue ``pid`` from its checkpoint (``tag``): the pid with ``nowait``, else its outputs."""
+        core, comm_loop, hold = self._extras(_communicator)
         existing = self._processes.get(str(pid))
         if existing is not None:  # never a second copy of a process this worker runs
             done = existing.wait_done()
         else:
-            await self._claim(pid)  # nor a copy of one that still runs on another worker
+            await self._claim(pid, core, comm_loop)  # nor a copy of one that still runs on another worker
             existing = self._processes.get(str(pid))
             if existing is not None:
-                return await self._continue(core, comm_loop, pid, tag, nowait, hold)
-            old = await self._killed_record(pid)
-            bundle = await asyncio.get_running_loop().run_in_executor(None, self.persister.load_checkpoint, pid, tag)
-            if not isinstance(bundle, dict) or not isinstance(bundle.get(META_KEY), dict):
-                raise PersistenceError(f"the checkpoint of process {pid} is not a process_comms checkpoint")
-            cls = self._load_class(bundle[META_KEY].get("class_name"))
-            proc = cls.recreate_from(bundle)
-            proc._restore_record(old)
+                return await self._continue(_communicator, pid, nowait, tag)
+            try:
+                proc = await self._recreate(pid, tag)
+            except BaseException:  # it does not run here: another worker may take it at once
+                await self._unclaim(pid)
+                raise
             done = await self.start_process(proc, core, comm_loop, True)
         if nowait:
             done.add_done_callback(lambda _: _release(hold))
             return pid
         return await asyncio.shield(done)
+
+    async def _recreate(self, pid: Pid, tag: str | None) -> Process:
+        """The process of ``pid`` from its checkpoint (KilledError if its record says it was killed)."""
+        old = await self._killed_record(pid)
+        bundle = await asyncio.get_running_loop().run_in_executor(None, self.persister.load_checkpoint, pid, tag)
+        if not isinstance(bundle, dict) or not isinstance(bundle.get(META_KEY), dict):
+            raise PersistenceError(f"the checkpoint of process {pid} is not a process_comms checkpoint")
+        cls = self._load_class(bundle[META_KEY].get("class_name"))
+        proc = cls.recreate_from(bundle)
+        proc._restore_record(old)
+        return proc
 
     async def start_process(
         self,
@@ -310,8 +350,13 @@ class ProcessLauncher(ClaimsMixin, BroadcastsMixin):
         proc._recorder = self.records
         started = time.monotonic()
         if not proc.state.terminal and core is not None and comm_loop is not None:
-            await self._on_comm_loop(comm_loop, core.add_rpc_subscriber, proc._on_rpc, key)
-            await self._ensure_broadcasts(core, comm_loop)
+            try:
+                await self._on_comm_loop(comm_loop, core.add_rpc_subscriber, proc._on_rpc, key)
+                await self._ensure_broadcasts(core, comm_loop)
+            except BaseException:
+                if key in self._claimed:  # it does not run here: another worker may take it at once
+                    await self._unclaim(proc.pid)
+                raise
         self._processes[key] = proc
         done = proc.start()
         LOGGER.info("process %s (%s) started", key, type(proc).__qualname__)
@@ -347,15 +392,3 @@ class ProcessLauncher(ClaimsMixin, BroadcastsMixin):
         procs = list(self._processes.values())
         await asyncio.gather(*(proc.suspend() for proc in procs), return_exceptions=True)
         return [proc.pid for proc in procs]
-
-
-def _log_end(proc: Process, seconds: float) -> None:
-    """The worker's INFO line for a process that ended here (an exception with its traceback)."""
-    state = proc.state.value if proc.state.terminal else f"{proc.state.value}, handed back"
-    info = proc._exception_info if proc.state.value == "excepted" else None
-    if info is not None:  # the frames under the one-line error (no "Traceback" header: that marks a worker crash)
-        frames = str(info.get("traceback") or "").rstrip().splitlines()[1:-1]
-        error = f"{info.get('type')}: {info.get('message')}"
-        LOGGER.info("process %s ended: excepted after %.3f s: %s\n%s", proc.pid, seconds, error, "\n".join(frames))
-    else:
-        LOGGER.info("process %s ended: %s after %.3f s", proc.pid, state, seconds)

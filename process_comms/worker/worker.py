@@ -8,15 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .. import defaults
 from ..errors import DuplicateSubscriber
 from ..transports._loop import run_on
-from ..transports.threaded import ThreadCommunicator, connect
+from ..transports.connect import connect
+from ..transports.rmq._tasks import queue_name
+from ..transports.threaded import ThreadCommunicator
 from ..wire.messages import Pid, records_route
+from ._fleet import DEFAULT_QUEUE, SlotCounter, WorkersAnswer, check_queues
 from .launcher import ProcessLauncher
 from .persistence import Persister, get_persister
 from .records import RECORD_MAX_AGE, RECORD_MAX_COUNT, RECORD_PRUNE_INTERVAL
@@ -42,9 +48,14 @@ class Worker:
         record_max_age: float = RECORD_MAX_AGE,
         record_max_count: int = RECORD_MAX_COUNT,
         record_prune_interval: float = RECORD_PRUNE_INTERVAL,
+        queues: Mapping[str, int] | None = None,
         **options: Any,
     ) -> None:
         """``persister`` is a Persister or a URL (``sqlite:///file.db``, ``postgresql://...``).
+
+        ``queues``: ``{task queue name: slots}`` to consume, e.g. ``{"default": 200, "gpu": 4}``: at most
+        that many of the queue's tasks in progress here (0: no limit); ``"default"`` is the installation's
+        task queue. None (the default): the default task queue only, with ``task_prefetch_count`` slots.
 
         With ``records`` (the default) every process run here gets a record in the persister, kept
         ``record_max_age`` seconds after it ended and at most ``record_max_count`` of them; the worker
@@ -58,17 +69,70 @@ class Worker:
         )
         self._retention = (record_max_age, record_max_count, record_prune_interval)
         self.records: RecordsService | None = None
-        self._subscription: Any = None
+        self._queues = check_queues(queues) if queues is not None else None
+        self._slots: dict[str, SlotCounter] = {}
+        self._answer_id: Any = None
+        self._started_at: float | None = None
         self._stopped = threading.Event()
         self._lock = threading.Lock()
 
     def start(self) -> Worker:
-        """Start taking tasks."""
+        """Start taking tasks (from every queue of ``queues``) and answering ``workers`` requests."""
         if self.launcher.records is not None:
             self._answer_records()
-        self._subscription = self.communicator.add_task_subscriber(self.launcher)
-        LOGGER.info("worker taking tasks on %r", self.communicator)
+        self._started_at = time.monotonic()
+        if self._queues is None:  # the default queue, with the communicator's prefetch count (as before issue 15)
+            slots = int(getattr(self.communicator.core, "task_prefetch_count", 0) or 0)
+            self._slots[DEFAULT_QUEUE] = SlotCounter(self.launcher, DEFAULT_QUEUE, slots)
+            self.communicator.add_task_subscriber(self._slots[DEFAULT_QUEUE])
+        else:
+            for name, slots in self._queues.items():
+                self._slots[name] = SlotCounter(self.launcher, name, slots)
+                self.communicator.add_task_subscriber(self._slots[name], queue=name, prefetch_count=slots)
+        core = self.communicator.core
+        answer = WorkersAnswer(self.launcher.owner, self.info, core, self.communicator.loop)
+        self._answer_id = self.communicator.add_broadcast_subscriber(answer)
+        LOGGER.info("worker %s taking tasks from %s on %r", self.launcher.owner, dict(self.slots()), self.communicator)
         return self
+
+    @property
+    def worker_id(self) -> str:
+        """This worker's name in the store's claims, its logs and ``workers``: ``host:os-pid:random``."""
+        return self.launcher.owner
+
+    def slots(self) -> dict[str, int]:
+        """``{queue: slots}`` this worker consumes (0: no limit)."""
+        return {name: counter.slots for name, counter in self._slots.items()}
+
+    def health(self) -> dict[str, Any]:
+        """For supervisors: ``consuming`` (every queue delivers tasks here), ``queues`` ({name: consuming})
+        and ``slots`` ({name: {"used": n, "total": n or None for no limit}})."""
+        core = self.communicator.core
+        running = self._started_at is not None and not self._stopped.is_set() and not self.communicator.is_closed()
+        by_broker_name = getattr(core, "consuming_queues", None)
+        broker_names = by_broker_name() if callable(by_broker_name) else None
+        task_queue = str(getattr(core, "task_queue_name", ""))
+        queues: dict[str, bool] = {}
+        for name in self._slots:
+            if broker_names is None:  # the embedded back end: one answer for all
+                queues[name] = bool(core.consuming)
+            else:
+                queues[name] = bool(broker_names.get(queue_name(task_queue, name), False))
+            queues[name] = queues[name] and running
+        slots = {name: {"used": c.used, "total": c.slots or None} for name, c in self._slots.items()}
+        return {"consuming": bool(queues) and all(queues.values()), "queues": queues, "slots": slots}
+
+    def info(self) -> dict[str, Any]:
+        """What ``process-comms workers`` lists: :meth:`health` with the host, OS pid, uptime and processes."""
+        uptime = 0.0 if self._started_at is None else time.monotonic() - self._started_at
+        return {
+            "worker": self.worker_id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "uptime": round(uptime, 3),
+            "processes": len(self.launcher.processes),
+            **self.health(),
+        }
 
     def _answer_records(self) -> None:
         """Subscribe the fleet's records route and start pruning the store."""
@@ -119,6 +183,11 @@ class Worker:
                 LOGGER.exception("graceful stop did not complete; unacked tasks will be redelivered by the broker")
         if self._own_comm:
             self.communicator.close()
+        elif self._answer_id is not None and not self.communicator.is_closed():
+            try:
+                self.communicator.remove_broadcast_subscriber(self._answer_id)
+            except Exception:  # the communicator is someone else's: it may be closing
+                LOGGER.debug("could not remove the workers answer", exc_info=True)
         if self.records is not None:
             self.records.stop_pruning()
         self.launcher.close()

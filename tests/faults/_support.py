@@ -8,7 +8,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,18 @@ ROOT = Path(__file__).resolve().parents[2]
 class WorkerProc:
     """A worker subprocess; ready once it printed "worker ready"."""
 
-    def __init__(self, prefix: str, persister: str, broker_url: str = BROKER_URL) -> None:
+    def __init__(
+        self,
+        prefix: str,
+        persister: str,
+        broker_url: str = BROKER_URL,
+        *,
+        extra_args: Sequence[str] = (),
+        log_path: Path | None = None,
+    ) -> None:
+        """``extra_args`` go to tests/faults/worker_main.py (``--queue gpu=2``, ``--heartbeat 2``...); with
+        ``log_path`` the worker's stderr (its log) goes to that file instead of a pipe."""
+        self.log_file = open(log_path, "w") if log_path is not None else None  # closed by close()
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -36,10 +47,11 @@ class WorkerProc:
                 persister,
                 "--prefix",
                 prefix,
+                *extra_args,
             ],
             cwd=ROOT,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=self.log_file if self.log_file is not None else subprocess.PIPE,
             text=True,
         )
         ready = threading.Event()
@@ -54,7 +66,17 @@ class WorkerProc:
         threading.Thread(target=read, daemon=True).start()
         if not ready.wait(30):
             self.proc.kill()
-            raise AssertionError(f"worker did not start: {self.proc.stderr.read() if self.proc.stderr else ''}")
+            self.proc.wait(10)
+            said = self.proc.stderr.read() if self.proc.stderr else (log_path.read_text() if log_path else "")
+            self.close()
+            raise AssertionError(f"worker did not start: {said}")
+
+    def close(self) -> None:
+        """Close the worker's stderr pipe or log file (after it ended)."""
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+        if self.log_file is not None:
+            self.log_file.close()
 
     def sigkill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
@@ -81,8 +103,8 @@ class Workers:
         self.persister = f"sqlite:///{tmp_path}/checkpoints.db"
         self.started: list[WorkerProc] = []
 
-    def __call__(self) -> WorkerProc:
-        worker = WorkerProc(self.prefix, self.persister, self.broker_url)
+    def __call__(self, *extra_args: str, log_path: Path | None = None) -> WorkerProc:
+        worker = WorkerProc(self.prefix, self.persister, self.broker_url, extra_args=extra_args, log_path=log_path)
         self.started.append(worker)
         return worker
 
@@ -91,8 +113,7 @@ class Workers:
             if worker.proc.poll() is None:
                 worker.proc.kill()
                 worker.proc.wait(10)
-            if worker.proc.stderr is not None:
-                worker.proc.stderr.close()
+            worker.close()
 
 
 @pytest.fixture

@@ -18,8 +18,15 @@ def main() -> int:
     parser.add_argument("--prefix", required=True)
     parser.add_argument("--prefetch", type=int, default=0)
     parser.add_argument("--claim-ttl", type=float, default=2.0)
+    parser.add_argument("--heartbeat", type=int, default=None, help="AMQP heartbeat (s); default: the broker's")
+    parser.add_argument("--queue", action="append", default=None, help="NAME=SLOTS, repeatable (Worker queues=)")
+    parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr)
+    options: dict[str, Any] = {} if args.heartbeat is None else {"heartbeat": args.heartbeat}
+    queues = None
+    if args.queue:
+        queues = {name: int(slots) for name, _, slots in (spec.partition("=") for spec in args.queue)}
     worker = process_comms.Worker(
         args.broker,
         persister=args.persister,
@@ -29,6 +36,8 @@ def main() -> int:
         task_queue=f"{args.prefix}.process.queue",
         task_prefetch_count=args.prefetch,
         claim_ttl=args.claim_ttl,
+        queues=queues,
+        **options,
     )
 
     def on_signal(_signum: int, _frame: Any) -> None:

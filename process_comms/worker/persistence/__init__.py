@@ -6,7 +6,7 @@ that survives a round trip unchanged. :func:`get_persister` picks the store from
 
 from __future__ import annotations
 
-from ._base import MAX_BUNDLE_BYTES, Bundle, PersistedCheckpoint, Persister
+from ._base import MAX_BUNDLE_BYTES, Bundle, ClaimHolder, PersistedCheckpoint, Persister
 from .memory import InMemoryPersister
 from .sql import DEFAULT_TABLE, SqlPersister
 
@@ -14,6 +14,7 @@ __all__ = [
     "DEFAULT_TABLE",
     "MAX_BUNDLE_BYTES",
     "Bundle",
+    "ClaimHolder",
     "InMemoryPersister",
     "PersistedCheckpoint",
     "Persister",

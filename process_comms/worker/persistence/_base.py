@@ -7,7 +7,8 @@ a bundle must be a JSON-safe dict (UUIDs allowed) that survives a round trip unc
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+import math
+from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any, NamedTuple, Protocol, TypeVar
 
@@ -15,7 +16,7 @@ from ...errors import DecodeError, EncodeError, PersistenceError
 from ...wire.codec import JsonCodec
 from ...wire.messages import Pid
 
-__all__ = ["MAX_BUNDLE_BYTES", "Bundle", "PersistedCheckpoint", "Persister"]
+__all__ = ["MAX_BUNDLE_BYTES", "Bundle", "ClaimHolder", "PersistedCheckpoint", "Persister"]
 
 #: Largest bundle accepted (encoded size); checkpoints are not wire messages, so the limit is generous.
 MAX_BUNDLE_BYTES = 256 * 1024 * 1024
@@ -29,6 +30,16 @@ class PersistedCheckpoint(NamedTuple):
 
     pid: Pid
     tag: str | None
+
+
+class ClaimHolder(NamedTuple):
+    """Who holds the claim on a pid: the owner, its liveness token (None: unknown), when the claim lapses by
+    the owner's TTL and when it was last renewed (epoch seconds; None in rows written before issue 15)."""
+
+    owner: str
+    token: str | None
+    expires_at: float
+    renewed_at: float | None
 
 
 class Bundle(dict):  # type: ignore[type-arg]
@@ -131,6 +142,23 @@ class Persister(abc.ABC):
 
     def release(self, pid: Pid, owner: str) -> None:
         """Give up ``owner``'s claim on ``pid`` (no error if it holds none)."""
+
+    # -- claims with liveness (issue 15, "Takeover in seconds"); the defaults fall back on claim() ------------
+    def try_claim(self, pid: Pid, owner: str, ttl: float, token: str | None = None) -> ClaimHolder | None:
+        """Take or renew the claim on ``pid`` if it is free or ``owner``'s (None: ``owner`` holds it now, with
+        ``token``, its liveness token); else leave it and return its holder. A lapsed claim is not taken here:
+        the launcher decides that (:meth:`take_over`)."""
+        return None if self.claim(pid, owner, ttl) else ClaimHolder("", None, math.inf, None)
+
+    def take_over(self, pid: Pid, owner: str, ttl: float, token: str | None, holder: ClaimHolder) -> bool:
+        """Take the claim on ``pid`` from ``holder`` as it was read: a compare-and-swap, False if the claim
+        changed meanwhile (renewed, released, or taken by another worker first)."""
+        return self.claim(pid, owner, ttl)
+
+    def renew_claims(self, owner: str, ttl: float, pids: Iterable[Pid]) -> list[Pid]:
+        """Renew every claim ``owner`` holds (in one statement where the store can); return those of ``pids``
+        that ``owner`` no longer holds."""
+        return [pid for pid in pids if not self.claim(pid, owner, ttl)]
 
     # -- process records (issue 14); a store without them keeps none, and says so ------------------------
     #: True for stores that keep process records (the memory and SQL stores do).

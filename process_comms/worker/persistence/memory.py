@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
+from ...wire.loaders import ObjectLoader
 from ...wire.messages import Pid
 from ._base import (
     Bundle,
+    ClaimHolder,
     PersistedCheckpoint,
     Persister,
     _bundle_text,
@@ -18,6 +20,7 @@ from ._base import (
     _load,
     _missing,
     _pid_key,
+    _Process,
 )
 from ._records import TERMINAL_STATE_NAMES, decode_record, decode_summary, record_texts
 
@@ -27,14 +30,23 @@ __all__ = ["InMemoryPersister"]
 class InMemoryPersister(Persister):
     """Keeps checkpoints as JSON text in a dict; thread-safe, lost when the object goes."""
 
-    def __init__(self) -> None:
+    def __init__(self, loader: ObjectLoader | None = None) -> None:
+        """``loader`` (plumpy's ``InMemoryPersister(loader=...)``): names the class in each checkpoint it saves,
+        so a launcher with the same loader continues it; None is the global loader."""
+        #: The loader that identifies the class of each checkpointed process.
+        self.loader = loader
         self._lock = threading.Lock()
         self._store: dict[tuple[str, str], str] = {}
-        self._claims: dict[str, tuple[str, float]] = {}
+        self._claims: dict[str, ClaimHolder] = {}
         #: pid key -> (summary, decoded summary, body, inputs)
         self._records: dict[str, tuple[str, dict[str, Any], str, str]] = {}
 
     keeps_records = True
+
+    def save_checkpoint(self, process: _Process, tag: str | None = None) -> None:
+        """Store the checkpoint of ``process``, its class identified by :attr:`loader`."""
+        bundle = process.save() if self.loader is None else process.save(self.loader)  # type: ignore[call-arg]
+        self.save_bundle(process.pid, bundle, tag)
 
     def save_records(self, records: Sequence[dict[str, Any]]) -> None:
         """Keep each record as JSON text (its inputs from the first write of its pid)."""
@@ -85,16 +97,46 @@ class InMemoryPersister(Persister):
         key, now = _pid_key(pid), time.time()
         with self._lock:
             holder = self._claims.get(key)
-            if holder is not None and holder[0] != owner and holder[1] > now:
+            if holder is not None and holder.owner != owner and holder.expires_at > now:
                 return False
-            self._claims[key] = (owner, now + ttl)
+            self._claims[key] = ClaimHolder(owner, None, now + ttl, now)
             return True
+
+    def try_claim(self, pid: Pid, owner: str, ttl: float, token: str | None = None) -> ClaimHolder | None:
+        """Take the claim if it is free or ``owner``'s; else return its holder."""
+        key, now = _pid_key(pid), time.time()
+        with self._lock:
+            holder = self._claims.get(key)
+            if holder is not None and holder.owner != owner:
+                return holder
+            self._claims[key] = ClaimHolder(owner, token, now + ttl, now)
+            return None
+
+    def take_over(self, pid: Pid, owner: str, ttl: float, token: str | None, holder: ClaimHolder) -> bool:
+        """Take the claim from ``holder`` if it is still exactly as read."""
+        key, now = _pid_key(pid), time.time()
+        with self._lock:
+            if self._claims.get(key) != holder:
+                return False
+            self._claims[key] = ClaimHolder(owner, token, now + ttl, now)
+            return True
+
+    def renew_claims(self, owner: str, ttl: float, pids: Iterable[Pid]) -> list[Pid]:
+        """Renew ``owner``'s claims; the pids among ``pids`` it no longer holds."""
+        now = time.time()
+        with self._lock:
+            for key, holder in self._claims.items():
+                if holder.owner == owner:
+                    self._claims[key] = holder._replace(expires_at=now + ttl, renewed_at=now)
+            held = {key for key, holder in self._claims.items() if holder.owner == owner}
+        return [pid for pid in pids if _pid_key(pid) not in held]
 
     def release(self, pid: Pid, owner: str) -> None:
         """Drop ``owner``'s claim on ``pid``."""
         key = _pid_key(pid)
         with self._lock:
-            if self._claims.get(key, ("", 0.0))[0] == owner:
+            holder = self._claims.get(key)
+            if holder is not None and holder.owner == owner:
                 del self._claims[key]
 
     def save_bundle(self, pid: Pid, bundle: dict[str, Any], tag: str | None = None) -> None:
@@ -139,4 +181,4 @@ class InMemoryPersister(Persister):
                 del self._store[key]
 
     def __repr__(self) -> str:
-        return "InMemoryPersister()"
+        return "InMemoryPersister()" if self.loader is None else f"InMemoryPersister(loader={self.loader!r})"

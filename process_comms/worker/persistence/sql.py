@@ -11,7 +11,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,7 @@ from ...urls import mask_url
 from ...wire.messages import Pid
 from ._base import (
     Bundle,
+    ClaimHolder,
     PersistedCheckpoint,
     Persister,
     _bundle_text,
@@ -48,8 +49,10 @@ _DDL = (
 )
 _CLAIMS_DDL = (
     "CREATE TABLE IF NOT EXISTS {table}_claims (pid_key TEXT PRIMARY KEY, owner TEXT NOT NULL, "
-    "expires_at DOUBLE PRECISION NOT NULL)"
+    "expires_at DOUBLE PRECISION NOT NULL, token TEXT, renewed_at DOUBLE PRECISION)"
 )
+#: Columns of the claims table added after its first release (issue 15): added to older tables on open.
+_CLAIMS_ADDED = (("token", "TEXT"), ("renewed_at", "DOUBLE PRECISION"))
 _UPSERT = (
     "INSERT INTO {table} (pid_key, tag, pid_json, bundle, updated_at) VALUES ({p}, {p}, {p}, {p}, CURRENT_TIMESTAMP) "
     "ON CONFLICT (pid_key, tag) DO UPDATE SET pid_json = excluded.pid_json, bundle = excluded.bundle, "
@@ -61,10 +64,25 @@ _LIST_PID = "SELECT tag FROM {table} WHERE pid_key = {p} ORDER BY tag"
 _DELETE = "DELETE FROM {table} WHERE pid_key = {p} AND tag = {p}"
 _DELETE_PID = "DELETE FROM {table} WHERE pid_key = {p}"
 _CLAIM = (
-    "INSERT INTO {table}_claims (pid_key, owner, expires_at) VALUES ({p}, {p}, {p}) "
-    "ON CONFLICT (pid_key) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at "
+    "INSERT INTO {table}_claims (pid_key, owner, expires_at, renewed_at) VALUES ({p}, {p}, {p}, {p}) "
+    "ON CONFLICT (pid_key) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at, "
+    "renewed_at = excluded.renewed_at, token = CASE WHEN {table}_claims.owner = excluded.owner "
+    "THEN {table}_claims.token END "
     "WHERE {table}_claims.owner = excluded.owner OR {table}_claims.expires_at < {p}"
 )
+_TRY_CLAIM = (
+    "INSERT INTO {table}_claims (pid_key, owner, expires_at, renewed_at, token) VALUES ({p}, {p}, {p}, {p}, {p}) "
+    "ON CONFLICT (pid_key) DO UPDATE SET expires_at = excluded.expires_at, renewed_at = excluded.renewed_at, "
+    "token = excluded.token WHERE {table}_claims.owner = excluded.owner"
+)
+_CLAIM_HOLDER = "SELECT owner, token, expires_at, renewed_at FROM {table}_claims WHERE pid_key = {p}"
+# compare-and-swap: only the holder as it was read (owner and expiry: every renewal moves the expiry)
+_TAKE_OVER = (
+    "UPDATE {table}_claims SET owner = {p}, token = {p}, expires_at = {p}, renewed_at = {p} "
+    "WHERE pid_key = {p} AND owner = {p} AND expires_at = {p}"
+)
+_RENEW = "UPDATE {table}_claims SET expires_at = {p}, renewed_at = {p} WHERE owner = {p}"
+_OWNED = "SELECT pid_key FROM {table}_claims WHERE owner = {p}"
 # process records (issue 14): inputs are written once (the upsert leaves them), the summary is what lists read
 _RECORDS_DDL = (
     "CREATE TABLE IF NOT EXISTS {table}_records (pid_key TEXT PRIMARY KEY, class_name TEXT NOT NULL, "
@@ -204,12 +222,29 @@ class SqlPersister(Persister):
                     conn.execute(self._sql(statement))
                 except dialect.create_races:
                     pass  # another client created the table at the same moment
+            self._add_claim_columns(conn)
         except dialect.errors as exc:
             if conn is not None:
                 conn.close()
             raise PersistenceError(f"cannot open checkpoint store {mask_url(self.url)}: {exc}") from exc
         self._conn = conn
         return conn
+
+    def _add_claim_columns(self, conn: Any) -> None:
+        """Add the claim columns a table made by an older release lacks (``ALTER TABLE ... ADD COLUMN``)."""
+
+        def columns() -> set[str]:
+            cursor = conn.execute(self._sql("SELECT * FROM {table}_claims WHERE 1 = 0"))
+            return {str(column[0]).lower() for column in cursor.description}
+
+        for name, kind in _CLAIMS_ADDED:
+            if name in columns():
+                continue
+            try:
+                conn.execute(self._sql(f"ALTER TABLE {{table}}_claims ADD COLUMN {name} {kind}"))
+            except self._dialect.errors:
+                if name not in columns():  # not another client adding it at the same moment: a real error
+                    raise
 
     def _execute(
         self, template: str, params: Sequence[Any] = (), many: Sequence[Sequence[Any]] | None = None
@@ -267,9 +302,37 @@ class SqlPersister(Persister):
     def claim(self, pid: Pid, owner: str, ttl: float) -> bool:
         """One atomic upsert: take the claim if it is free, expired or already ``owner``'s."""
         key, now = _pid_key(pid), time.time()
-        self._execute(_CLAIM, (key, owner, now + ttl, now))
+        self._execute(_CLAIM, (key, owner, now + ttl, now, now))
         rows = self._execute(_CLAIM_OWNER, (key,))
         return bool(rows) and rows[0][0] == owner
+
+    def _holder(self, key: str) -> ClaimHolder | None:
+        rows = self._execute(_CLAIM_HOLDER, (key,))
+        if not rows:
+            return None
+        owner, token, expires_at, renewed_at = rows[0]
+        return ClaimHolder(owner, token, float(expires_at), None if renewed_at is None else float(renewed_at))
+
+    def try_claim(self, pid: Pid, owner: str, ttl: float, token: str | None = None) -> ClaimHolder | None:
+        """One atomic upsert that takes a free claim or renews ``owner``'s; else the holder."""
+        key, now = _pid_key(pid), time.time()
+        self._execute(_TRY_CLAIM, (key, owner, now + ttl, now, token))
+        holder = self._holder(key)
+        return None if holder is not None and holder.owner == owner else holder
+
+    def take_over(self, pid: Pid, owner: str, ttl: float, token: str | None, holder: ClaimHolder) -> bool:
+        """One conditional update on the holder as read: of two workers taking over, one wins."""
+        key, now = _pid_key(pid), time.time()
+        self._execute(_TAKE_OVER, (owner, token, now + ttl, now, key, holder.owner, holder.expires_at))
+        found = self._holder(key)
+        return found is not None and found.owner == owner
+
+    def renew_claims(self, owner: str, ttl: float, pids: Iterable[Pid]) -> list[Pid]:
+        """One update renews all of ``owner``'s claims; one select tells which of ``pids`` it lost."""
+        now = time.time()
+        self._execute(_RENEW, (now + ttl, now, owner))
+        held = {key for (key,) in self._execute(_OWNED, (owner,))}
+        return [pid for pid in pids if _pid_key(pid) not in held]
 
     def release(self, pid: Pid, owner: str) -> None:
         """Drop ``owner``'s claim on ``pid``."""
