@@ -29,9 +29,10 @@ from .errors import (
 )
 from .transports._loop import ControllerFuture
 from .transports.base import AsyncCommunicator, BroadcastFilter
+from .transports.connect import connect, connect_async
 from .transports.embedded import EmbeddedCommunicator
 from .transports.rmq import RmqCommunicator
-from .transports.threaded import ThreadCommunicator, connect, connect_async
+from .transports.threaded import ThreadCommunicator
 from .wire.codec import Codec, JsonCodec, YamlCodec, get_codec
 from .wire.loaders import (
     AllowListLoader,

@@ -71,7 +71,7 @@ def test_a_lost_broker_fails_over_to_the_next(two_nodes: tuple[RabbitNode, Rabbi
 
             def answered() -> bool:
                 try:
-                    return bool(client.task_send(2).result(T) == 3)
+                    return bool(client.task_send(2, timeout=5).result(T) == 3)  # its own deadline first
                 except process_comms.ProcessCommsError:  # typed while failing over (or unroutable, briefly)
                     return False
 

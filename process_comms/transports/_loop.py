@@ -64,12 +64,13 @@ class ControllerFuture(concurrent.futures.Future[T]):
 
 
 def _copy_outcome(source: asyncio.Future[Any], dest: concurrent.futures.Future[Any]) -> None:
+    if source.cancelled():
+        if not dest.done():
+            dest.cancel()
+        return
+    exc = source.exception()  # read even when ``dest`` was settled first (stop()): no "never retrieved"
     if dest.done():
         return
-    if source.cancelled():
-        dest.cancel()
-        return
-    exc = source.exception()
     if exc is not None:
         _settle(dest.set_exception, exc)
     else:

@@ -24,6 +24,7 @@ from ..errors import (
     DecodeError,
     DuplicateSubscriber,
     InvalidTask,
+    ProcessCommsError,
 )
 from ..wire.codec import Codec, get_codec
 from ..wire.replies import (
@@ -58,6 +59,7 @@ from ._dispatch import (
 __all__ = [
     "AsyncCommunicator",
     "Handovers",
+    "UnknownSubscriber",
     "BroadcastFilter",
     "routing_id",
     "reply_outcome",
@@ -91,6 +93,10 @@ _REEXPORTED = (
 )
 
 LOGGER = logging.getLogger(__name__)
+
+
+class UnknownSubscriber(ProcessCommsError, ValueError):
+    """No subscriber with this identifier is registered here (kiwipy raises ``ValueError``)."""
 
 
 class BroadcastFilter(kiwipy.BroadcastFilter):
@@ -316,8 +322,13 @@ class AsyncCommunicator(abc.ABC):
         return identifier
 
     async def remove_task_subscriber(self, identifier: Any, *, queue: str | None = None) -> None:
-        """Stop receiving tasks through ``identifier``; no error if unknown."""
-        if self._subscribers_of(queue).pop(identifier, None) is not None and not self._closed:
+        """Stop receiving tasks through ``identifier``; :class:`UnknownSubscriber` (a ``ValueError``, as
+        kiwipy's ``Communicator.remove_task_subscriber`` documents) if it is not subscribed here."""
+        if self._subscribers_of(queue).pop(identifier, None) is None:
+            if self._closed:
+                return  # close() let every subscription go
+            raise UnknownSubscriber(f"no task subscriber {identifier!r} on this communicator")
+        if not self._closed:
             await self._on_task_subscribers_changed(queue)
 
     async def add_broadcast_subscriber(self, subscriber: BroadcastSubscriber, identifier: Any = None) -> Any:

@@ -1,5 +1,8 @@
 """The thread-safe communicator: an async core on its own loop thread, behind kiwipy's interface.
 
+:func:`process_comms.connect` (:mod:`.connect`) makes one; kiwipy's blocking semantics are
+:class:`~.connect.KiwipyThreadCommunicator`.
+
 Sending never blocks the caller: ``rpc_send``, ``task_send`` and ``broadcast_send`` return futures at
 once, each bounded by a deadline. Subscribing blocks briefly (the route exists when it returns), and
 user subscriber callbacks run on a small thread pool, never on the I/O loop.
@@ -13,21 +16,17 @@ import concurrent.futures
 import functools
 import os
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import kiwipy
 
 from .. import defaults
 from ..errors import CommunicatorClosed
-from ..urls import mask_url, split_urls
-from ..wire.codec import Codec
 from ._loop import AsyncFn, ControllerFuture, LoopThread, with_deadline
 from .base import AsyncCommunicator
-from .embedded import EmbeddedCommunicator
-from .rmq import RmqCommunicator
 
-__all__ = ["ThreadCommunicator", "connect", "connect_async"]
+__all__ = ["ThreadCommunicator", "ThreadTaskQueue"]
 
 T = TypeVar("T")
 
@@ -169,6 +168,9 @@ class ThreadCommunicator(kiwipy.Communicator):
         """
         if getattr(subscriber, "loop_safe", False):
             return subscriber
+        plumpy_loop = _plumpy_loop(subscriber)
+        if plumpy_loop is not None:
+            return self._on_plumpy_loop(subscriber, plumpy_loop)
         with self._lock:
             if ordered:
                 if self._ordered_executor is None:
@@ -188,6 +190,35 @@ class ThreadCommunicator(kiwipy.Communicator):
             return executor.submit(subscriber, self, *args)
 
         return run_in_pool
+
+    def _on_plumpy_loop(self, subscriber: Callable[..., Any], loop: asyncio.AbstractEventLoop) -> Callable[..., Any]:
+        """Call a ``plumpy.LoopCommunicator`` subscriber on its own loop's thread, not on a callback thread.
+
+        plumpy's ``convert_to_comm`` (``src/plumpy/communications.py``) adds a done callback to an asyncio
+        future of that loop from the calling thread; when the future is already done, asyncio queues the
+        callback with the non-thread-safe ``call_soon``, the idle loop never wakes, and the reply waits for
+        the next unrelated wake-up (shared/pain-points.md B1; the launch stall of issue 17). Called on its
+        own loop, the callback is added before the future can finish, so every step runs on that loop.
+        """
+
+        @functools.wraps(subscriber)
+        def on_its_loop(_comm: Any, *args: Any) -> concurrent.futures.Future[Any]:
+            outcome: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+            def call() -> None:
+                try:
+                    outcome.set_result(subscriber(self, *args))
+                except BaseException as exc:  # noqa: BLE001 - the subscriber's failure is its reply
+                    outcome.set_exception(exc)
+
+            try:
+                loop.call_soon_threadsafe(call)
+            except RuntimeError:
+                raise CommunicatorClosed("the subscriber's event loop is closed") from None
+            return outcome
+
+        on_its_loop.loop_safe = True  # type: ignore[attr-defined]
+        return on_its_loop
 
     # -- lifecycle -------------------------------------------------------------------------------
     def is_closed(self) -> bool:
@@ -262,6 +293,31 @@ class ThreadCommunicator(kiwipy.Communicator):
     def remove_broadcast_subscriber(self, identifier: Any) -> None:
         self._blocking(self.core.remove_broadcast_subscriber, identifier)
 
+    # -- kiwipy's RmqThreadCommunicator extras (kiwipy/rmq/threadcomms.py) ------------------------
+    @property
+    def server_properties(self) -> dict[str, Any]:
+        """The broker's connection properties (product, version, ...); empty on the embedded back end."""
+        props = getattr(self.core, "server_properties", None)
+        return dict(props) if isinstance(props, dict) else {}
+
+    def add_close_callback(self, callback: Callable[..., Any], weak: bool = False) -> None:
+        """Call ``callback(connection, exc)`` (on the loop thread) each time the broker connection closes."""
+        self._ensure_open()
+        add = getattr(self.core, "add_close_callback", None)
+        if add is None:
+            raise TypeError("the embedded back end has no broker connection to watch")
+        self._loop_thread.run_sync(_call_async, add, callback, weak)
+
+    def disconnect(self) -> None:
+        """kiwipy's name for :meth:`close`."""
+        self.close()
+
+    def task_queue(self, name: str, prefetch_count: int | None = None) -> ThreadTaskQueue:
+        """kiwipy's ``task_queue(name, prefetch_count=...)``: our named task queue ``name`` (broker name
+        ``<task_queue>.<name>``), with kiwipy's verbs; see :class:`ThreadTaskQueue`."""
+        self._ensure_open()
+        return ThreadTaskQueue(self, name, prefetch_count)
+
     def _send(self, make: Callable[[AsyncCommunicator], Awaitable[T]]) -> ControllerFuture[T]:
         """Start ``make(core)`` on the loop: the send's coroutine is made there, with the connected core."""
         return self.submit(self._on_core, make)
@@ -292,57 +348,37 @@ class ThreadCommunicator(kiwipy.Communicator):
         )
 
 
-def _core_factory(
-    url: str | Sequence[str] | None, codec: str | Codec | None, options: dict[str, Any]
-) -> Callable[[], AsyncCommunicator]:
-    if url is None or url in ("", "embedded://", "memory://"):
-        if options:
-            raise TypeError(f"options {sorted(options)} only apply to a broker URL")
-        return lambda: EmbeddedCommunicator(codec)
-    urls = split_urls(url)
-    for one in urls:
-        if not one.startswith(("amqp://", "amqps://")):
-            raise ValueError(
-                f"unsupported URL {mask_url(one)!r}: use None for the embedded default, or amqp:// / amqps://"
-            )
-    return lambda: RmqCommunicator(urls, codec=codec, **options)
+async def _call_async(fn: Callable[..., Any], *args: Any) -> Any:
+    return fn(*args)
 
 
-def connect(
-    url: str | Sequence[str] | None = None,
-    *,
-    codec: str | Codec | None = None,
-    rpc_timeout: float = defaults.RPC_TIMEOUT,
-    task_timeout: float = defaults.TASK_TIMEOUT,
-    **options: Any,
-) -> ThreadCommunicator:
-    """Connect and return a thread-safe communicator; ``url=None`` gives the embedded, broker-free default.
+class ThreadTaskQueue:
+    """kiwipy's ``RmqThreadTaskQueue`` verbs over one named task queue of a :class:`ThreadCommunicator`."""
 
-    ``url`` may name several brokers (a list, or one string with commas, e.g. the nodes of a cluster):
-    the first that answers is used, and a lost connection moves on to the next in turn.
+    def __init__(self, comm: ThreadCommunicator, name: str, prefetch_count: int | None = None) -> None:
+        self.comm, self.name, self.prefetch_count = comm, name, prefetch_count
 
-    ``options`` for RabbitMQ: ``message_exchange``, ``task_exchange``, ``task_queue``,
-    ``task_prefetch_count``, ``heartbeat``, ``testing_mode``, ``connect_timeout``, ``ssl_options``.
-    Raises :class:`BrokerUnavailable` if the broker cannot be reached or refuses the credentials.
-    """
-    factory = _core_factory(url, codec, options)
-    return ThreadCommunicator(factory, rpc_timeout=rpc_timeout, task_timeout=task_timeout)
+    def task_send(self, task: Any, no_reply: bool = False, timeout: float | None = None) -> Any:
+        """Queue ``task`` on this queue (the communicator's send semantics)."""
+        return self.comm.task_send(task, no_reply, timeout, queue=self.name)
+
+    def add_task_subscriber(self, subscriber: Callable[..., Any], identifier: Any = None) -> Any:
+        """Receive this queue's tasks (at most ``prefetch_count`` in progress here); returns the identifier."""
+        return self.comm.add_task_subscriber(
+            subscriber, identifier, queue=self.name, prefetch_count=self.prefetch_count
+        )
+
+    def remove_task_subscriber(self, identifier: Any) -> None:
+        """Stop receiving this queue's tasks through ``identifier`` (ValueError if unknown, as kiwipy)."""
+        self.comm.remove_task_subscriber(identifier, queue=self.name)
 
 
-async def connect_async(
-    url: str | Sequence[str] | None = None,
-    *,
-    codec: str | Codec | None = None,
-    rpc_timeout: float = defaults.RPC_TIMEOUT,
-    task_timeout: float = defaults.TASK_TIMEOUT,
-    **options: Any,
-) -> ThreadCommunicator:
-    """Like :func:`connect`, but awaits the connection instead of blocking the caller's event loop."""
-    factory = _core_factory(url, codec, options)
-    comm = ThreadCommunicator(factory, rpc_timeout=rpc_timeout, task_timeout=task_timeout, wait_connected=False)
-    try:
-        comm._core = await asyncio.wrap_future(comm._ready)
-    except BaseException:
-        comm.close()
-        raise
-    return comm
+def _plumpy_loop(subscriber: Any) -> asyncio.AbstractEventLoop | None:
+    """The event loop of a subscriber made by plumpy's ``convert_to_comm``, else None."""
+    if getattr(subscriber, "__module__", None) != "plumpy.communications":
+        return None
+    code, cells = getattr(subscriber, "__code__", None), getattr(subscriber, "__closure__", None) or ()
+    for name, cell in zip(getattr(code, "co_freevars", ()), cells, strict=False):
+        if name == "loop" and isinstance(cell.cell_contents, asyncio.AbstractEventLoop):
+            return cell.cell_contents
+    return None

@@ -239,7 +239,8 @@ class RmqConnection(AsyncCommunicator):
                 await channel.close()
 
     async def _probe_exchanges(self, connection: aio_pika.abc.AbstractRobustConnection) -> None:
-        """Declare the exchanges on a probe channel; without configure permission, use them passively.
+        """Declare the exchanges on a probe channel; if refused (no configure permission, or they exist with
+        other properties), use them as they are, passively.
 
         A least-privilege client (:mod:`process_comms.transports.rmq.permissions`) may not declare the
         exchanges; the broker refuses with ``403 ACCESS_REFUSED`` and closes the channel it happened on.
@@ -254,6 +255,9 @@ class RmqConnection(AsyncCommunicator):
         except aiormq.exceptions.ChannelAccessRefused:
             self._passive_exchanges = True
             LOGGER.info("no configure permission on the exchanges: using them as they are")
+        except aiormq.exceptions.ChannelPreconditionFailed as exc:  # e.g. a peer's testing mode (auto-delete)
+            self._passive_exchanges = True
+            LOGGER.warning("the exchanges exist with other properties (%s): using them as they are", exc)
 
     async def _declare_exchange(
         self, channel: aio_pika.abc.AbstractChannel, name: str

@@ -18,6 +18,7 @@ import aio_pika
 import aio_pika.abc
 import yarl
 
+from ..._compat import TIMEOUT_ERRORS
 from ...urls import mask_url
 
 __all__ = ["FailoverWatch", "connect_first"]
@@ -95,7 +96,7 @@ class FailoverWatch:
                 self._on_change(url)
                 try:
                     await asyncio.wait_for(connected.wait(), self._interval)
-                except TimeoutError:
+                except TIMEOUT_ERRORS:  # asyncio.wait_for's, which before 3.11 is not the builtin
                     continue
 
     async def _wait_for(self, condition: Callable[[], bool]) -> None:

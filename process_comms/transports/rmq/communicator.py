@@ -12,6 +12,7 @@ request/reply are in :mod:`._connection`, the declarations in :mod:`._topology`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -22,14 +23,14 @@ import aio_pika.abc
 import aiormq.exceptions
 
 from ... import defaults
-from ...errors import ConnectionLost, EncodeError, ProcessUnreachable
+from ...errors import CommunicatorClosed, ConnectionLost, EncodeError, ProcessUnreachable
 from ..base import exception_reply, host_info, routing_id
 from . import _frames, _topology
 from ._connection import SETTLE_ERRORS
 from ._requests import RmqRequests
 from ._tasks import TaskQueue, queue_name
 
-__all__ = ["RmqCommunicator"]
+__all__ = ["NamedTaskQueue", "RmqCommunicator"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -37,8 +38,40 @@ LOGGER = logging.getLogger(__name__)
 class RmqCommunicator(RmqRequests):
     """An asyncio communicator on RabbitMQ with kiwipy's exchanges, queues and messages.
 
-    ``async with RmqCommunicator(url) as comm:`` connects and closes it.
+    ``async with RmqCommunicator(url) as comm:`` connects and closes it. ``queue_expires`` (ms, kiwipy's
+    option): how long the RPC queue outlives its last consumer.
     """
+
+    def __init__(self, *args: Any, queue_expires: int = defaults.RPC_QUEUE_EXPIRES_MS, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not isinstance(queue_expires, int) or isinstance(queue_expires, bool) or queue_expires <= 0:
+            raise ValueError(f"queue_expires must be a positive number of milliseconds, not {queue_expires!r}")
+        self.queue_expires = queue_expires
+
+    # -- kiwipy's RmqCommunicator API (kiwipy/rmq/communicator.py) --------------------------------
+    @property
+    def server_properties(self) -> dict[str, Any]:
+        """The properties the broker sent when the connection opened (product, version, capabilities)."""
+        connection = self._connection
+        if connection is None or connection.transport is None:
+            return {}
+        return dict(connection.transport.connection.server_properties or {})
+
+    def add_close_callback(self, callback: Callable[..., Any], weak: bool = False) -> None:
+        """Call ``callback(connection, exc)`` each time the broker connection closes (kiwipy's hook)."""
+        if self._connection is None:
+            raise CommunicatorClosed("not connected: connect() first")
+        self._connection.close_callbacks.add(callback, weak=weak)
+
+    async def disconnect(self) -> None:
+        """kiwipy's name for :meth:`close`."""
+        await self.close()
+
+    async def task_queue(self, name: str, prefetch_count: int | None = None) -> NamedTaskQueue:
+        """kiwipy's ``task_queue(name, prefetch_count=...)``: our named task queue ``name`` (broker name
+        ``<task_queue>.<name>``, rmq/_tasks.py ``queue_name``), as an object with kiwipy's verbs."""
+        await self._ready()
+        return NamedTaskQueue(self, name, prefetch_count)
 
     async def rpc_send(self, recipient_id: Any, msg: Any, on_pending: Callable[[], None] | None = None) -> Any:
         self._accepting()
@@ -124,6 +157,7 @@ class RmqCommunicator(RmqRequests):
             async with self._declare_lock:
                 if self._rpc_queue is None:
                     spec = _topology.rpc_queue(testing_mode=self.testing_mode)
+                    spec = dataclasses.replace(spec, arguments={**spec.arguments, "x-expires": self.queue_expires})
                     queue = await self._sub_channel.declare_queue(**spec.declare_kwargs())
                     await queue.consume(self._on_rpc, no_ack=True)
                     self._rpc_queue = queue
@@ -223,10 +257,9 @@ class RmqCommunicator(RmqRequests):
         if token == self._liveness:
             return True
         await self._ready()
-        assert self._connection is not None
-        channel = await self._connection.channel()
         try:
-            await channel.declare_queue(token, passive=True)
+            async with self._probe_channel() as channel:
+                await channel.queue_declare(queue=token, passive=True)
             return True  # ours, or not exclusive: it exists
         except aiormq.exceptions.ChannelLockedResource:
             return True
@@ -234,9 +267,6 @@ class RmqCommunicator(RmqRequests):
             return False
         except SETTLE_ERRORS:
             return None
-        finally:
-            if not channel.is_closed:
-                await channel.close()
 
     # -- tasks (one TaskQueue per queue name: rmq/_tasks.py) ---------------------------------------
     def _queue(self, queue: str | None = None, prefetch_count: int | None = None) -> TaskQueue:
@@ -288,3 +318,24 @@ class RmqCommunicator(RmqRequests):
             await self._send_reply(
                 self._fast_task_exchange, message.reply_to, message.correlation_id, {**reply, "host": host_info()}
             )
+
+
+class NamedTaskQueue:
+    """kiwipy's ``RmqTaskQueue`` verbs over one of our named task queues (``task_send``, subscribers)."""
+
+    def __init__(self, comm: RmqCommunicator, name: str, prefetch_count: int | None = None) -> None:
+        self.comm, self.name, self.prefetch_count = comm, name, prefetch_count
+
+    async def task_send(self, task: Any, no_reply: bool = False) -> Any:
+        """Queue ``task`` on this queue; its final result (None with ``no_reply``, once the broker has it)."""
+        return await self.comm.task_send(task, no_reply, queue=self.name)
+
+    async def add_task_subscriber(self, subscriber: Callable[..., Any], identifier: Any = None) -> Any:
+        """Receive this queue's tasks; returns the identifier."""
+        return await self.comm.add_task_subscriber(
+            subscriber, identifier, queue=self.name, prefetch_count=self.prefetch_count
+        )
+
+    async def remove_task_subscriber(self, identifier: Any) -> None:
+        """Stop receiving this queue's tasks through ``identifier`` (ValueError if unknown, as kiwipy)."""
+        await self.comm.remove_task_subscriber(identifier, queue=self.name)
