@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import datetime
 import io
 import json
 import os
@@ -317,7 +318,8 @@ def test_watch_sees_state_changes(run: Run, worker: None) -> None:
     lines = watched.stdout.splitlines()
     assert len(lines) == 2
     for line in lines:
-        who, old, arrow, new = line.split()
+        stamp, who, cls, old, arrow, new = line.split()  # '<time> <pid> <class> <from> -> <to>'
+        assert datetime.datetime.fromisoformat(stamp) and cls == "tests.procs:Ticker"
         assert who == pid and arrow == "->" and {old, new} <= {"running", "waiting"}
     assert run("kill", pid, "--force").stdout.strip() == f"{pid} killed"
 

@@ -1,7 +1,8 @@
 """The layer rule of CONTRIBUTING.md: no module of process_comms imports against the layer order.
 
-errors/defaults/urls <- wire <- transports <- client, worker (siblings) <- cli. A module may import from its
-own layer or a lower one; client and worker never import each other. Relative and absolute imports both
+errors/defaults/urls <- wire <- transports <- client, worker (siblings) <- dashboard <- cli. A module may import
+from its own layer or a lower one; client and worker never import each other; the dashboard (a client of the
+fleet, under the command that serves it) never imports the worker. Relative and absolute imports both
 count, and so do imports under ``if TYPE_CHECKING:``. The top-level ``__init__`` and the shims that keep
 the README's module paths working (``process_comms.messages``, ``process_comms.display``) are exempt.
 """
@@ -15,7 +16,9 @@ PACKAGE = "process_comms"
 ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 
 #: The rank of each layer; a module may import only modules of a rank at most its own.
-RANKS = {"base": 0, "wire": 1, "transports": 2, "client": 3, "worker": 3, "cli": 4, "top": 5}
+RANKS = {"base": 0, "wire": 1, "transports": 2, "client": 3, "worker": 3, "dashboard": 4, "cli": 5, "top": 6}
+#: Lower layers a layer may still not import.
+FORBIDDEN = {"dashboard": {"worker"}}
 BASE_MODULES = {"errors", "defaults", "urls", "_compat"}
 #: Re-exporting modules: importing them from inside a layer would pull in everything above it.
 EXEMPT = {PACKAGE, f"{PACKAGE}.messages", f"{PACKAGE}.display"}
@@ -78,7 +81,11 @@ def violations() -> list[str]:
         layer = layer_of(importer)
         for imported in sorted(imported_modules(path, known)):
             other = layer_of(imported)
-            if RANKS[other] > RANKS[layer] or (RANKS[other] == RANKS[layer] and other != layer):
+            if (
+                RANKS[other] > RANKS[layer]
+                or (RANKS[other] == RANKS[layer] and other != layer)
+                or other in FORBIDDEN.get(layer, ())
+            ):
                 found.append(f"{importer} -> {imported}")
     return found
 

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 from .. import defaults
 from ..client.display import Progress
 from ..client.futures import wait_all
-from ..transports.threaded import ThreadCommunicator, connect
+from ..transports.connect import connect
+from ..transports.threaded import ThreadCommunicator
 from ..urls import mask_url
 from .main import EXIT_BROKER, EXIT_OK, PROG, CliError, Scrubber, describe, exit_code_for, print_error
 
@@ -57,6 +58,11 @@ class Context:
     def timeout(self) -> float:
         """Seconds any wait may last (--timeout)."""
         return float(self.args.timeout)
+
+    @property
+    def store(self) -> str | None:
+        """The store URL of the profile (``store = ...``), if it names one."""
+        return getattr(self.args, "store", None) or None
 
     @property
     def task_queue(self) -> str:

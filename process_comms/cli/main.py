@@ -2,8 +2,9 @@
 
 Synopsis::
 
-    process-comms [--broker URL] [--json] [--timeout S]
+    process-comms [--profile P] [--broker URL] [--json] [--timeout S] [--prefix NAME]
                   [--message-exchange N] [--task-exchange N] [--task-queue N] COMMAND ...
+    process-comms --version
 
     process-comms worker --persister URL --allow MODULE [--allow MODULE ...] [--prefetch N] [--claim-ttl S]
                          [--log-level LEVEL]
@@ -17,10 +18,14 @@ Synopsis::
     process-comms kill  (PID... | --all) [--force] [--message TEXT]
     process-comms watch [PID...] [--count N] [--seconds S]
     process-comms queue
+    process-comms completion bash|zsh|fish
 
-The broker URL comes from ``--broker`` or the environment variable ``PROCESS_COMMS_BROKER``; its
-password is never printed. The global options may also follow the command. Every wait is bounded by
-``--timeout`` (default 30 s), except ``worker`` (runs until SIGTERM/SIGINT) and ``watch`` without
+The broker URL comes from ``--broker``, the profile or the environment variable ``PROCESS_COMMS_BROKER``;
+its password is never printed. A profile (``--profile P`` or ``PROCESS_COMMS_PROFILE``) is a named set of
+global options in ``$XDG_CONFIG_HOME/process-comms/config.toml`` (see :mod:`.config`); an option given on
+the command line beats it. ``--prefix NAME`` names the exchanges and the task queue ``NAME.messages``,
+``NAME.tasks`` and ``NAME.process.queue``. The global options may also follow the command. Every wait is
+bounded by ``--timeout`` (default 30 s), except ``worker`` (runs until SIGTERM/SIGINT) and ``watch`` without
 ``--count``/``--seconds`` (runs until Ctrl-C). Output is for humans by default; ``--json`` prints JSON
 (pids as strings). Errors are one line on stderr: ``process-comms: error: ...``.
 
@@ -41,13 +46,13 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import importlib.metadata
 import logging
 import os
-import re
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn, TextIO
-from urllib.parse import unquote, urlsplit
+from typing import TYPE_CHECKING, Any, NoReturn
+from urllib.parse import urlsplit
 
 from .. import defaults
 from ..errors import (
@@ -60,6 +65,7 @@ from ..errors import (
 )
 from ..errors import TimeoutError as PCTimeoutError
 from ..urls import mask_url, split_urls
+from ._output import PROG, Scrubber, mask_urls, print_error, setup_logging
 
 if TYPE_CHECKING:
     # the command modules import the exit codes from here, so this module imports them only when it runs
@@ -81,9 +87,13 @@ __all__ = [
     "build_parser",
     "exit_code_for",
     "main",
+    "PROG",
+    "Scrubber",
+    "mask_urls",
+    "print_error",
+    "setup_logging",
 ]
 
-PROG = "process-comms"
 ENV_BROKER = "PROCESS_COMMS_BROKER"
 DEFAULT_TIMEOUT = 30.0
 
@@ -140,68 +150,6 @@ def describe(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
-# -- the broker password never reaches the terminal ---------------------------------------------------
-_URL_PASSWORD = re.compile(r"(amqps?://[^:/@\s]*:)[^@\s]*@")
-
-
-def mask_urls(text: str) -> str:
-    """``text`` with the password of every amqp(s):// URL in it replaced by ``***``."""
-    return _URL_PASSWORD.sub(r"\1***@", text)
-
-
-class Scrubber:
-    """Removes the broker password from any text before it is printed or logged."""
-
-    def __init__(self, url: str | None) -> None:
-        self.url = url
-        self.secrets: list[str] = []
-        if url:
-            try:
-                parts = urlsplit(url)
-                user, password = parts.username, parts.password
-            except ValueError:
-                user = password = None
-            # a password equal to the user name is no secret: scrubbing it would mangle every masked URL
-            if password and password != user:
-                self.secrets = sorted({password, unquote(password)}, key=len, reverse=True)
-
-    def __call__(self, text: str) -> str:
-        if self.url:
-            text = text.replace(self.url, mask_url(self.url))
-        for secret in self.secrets:
-            text = text.replace(secret, "***")
-        return mask_urls(text)
-
-
-def print_error(message: str, scrub: Scrubber, stream: TextIO) -> None:
-    """``process-comms: error: ...`` in one line on ``stream``, password scrubbed."""
-    print(f"{PROG}: error: {scrub(' '.join(message.split()))}", file=stream, flush=True)
-
-
-class _OneLineFormatter(logging.Formatter):
-    """Log records as single lines with the password scrubbed (tracebacks only if ``tracebacks``)."""
-
-    def __init__(self, fmt: str, scrub: Scrubber, tracebacks: bool) -> None:
-        super().__init__(fmt)
-        self._scrub = scrub
-        self._tracebacks = tracebacks
-
-    def format(self, record: logging.LogRecord) -> str:
-        if not self._tracebacks:
-            record = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None, "stack_info": None})
-        return self._scrub(super().format(record))
-
-
-def setup_logging(level: str, scrub: Scrubber, tracebacks: bool) -> None:
-    """Log to stderr at ``level``, one line a record, password scrubbed."""
-    handler = logging.StreamHandler(sys.stderr)
-    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s" if tracebacks else f"{PROG}: log: %(name)s: %(message)s"
-    handler.setFormatter(_OneLineFormatter(fmt, scrub, tracebacks))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-
-
 # -- parser ----------------------------------------------------------------------------------------
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose usage errors are one line (exit code 2), like every other error."""
@@ -238,31 +186,51 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
 
 
 def _add_global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
-    """The options every command takes (after the command too: there they only override what was given)."""
+    """The options every command takes (after the command too: there they only override what was given).
+
+    Unset options stay None here; :func:`.config.apply_profile` fills them from the profile or the defaults.
+    """
 
     def default(value: Any) -> Any:
         return argparse.SUPPRESS if suppress else value
 
     group = parser.add_argument_group("global options")
-    group.add_argument("--broker", metavar="URL", default=default(None), help=f"amqp:// URL (default: ${ENV_BROKER})")
+    group.add_argument(
+        "--profile",
+        metavar="P",
+        default=default(None),
+        help="a profile of the config file (default: $PROCESS_COMMS_PROFILE)",
+    )
+    group.add_argument(
+        "--broker",
+        metavar="URL",
+        default=default(None),
+        help=f"amqp:// URL(s), comma-separated (default: ${ENV_BROKER})",
+    )
     group.add_argument("--json", action="store_true", default=default(False), help="print JSON")
     group.add_argument(
         "--timeout",
         metavar="S",
         type=positive_float,
-        default=default(DEFAULT_TIMEOUT),
+        default=default(None),
         help=f"seconds to wait for any answer (default {DEFAULT_TIMEOUT:g})",
+    )
+    group.add_argument(
+        "--prefix",
+        metavar="NAME",
+        default=default(None),
+        help="name the exchanges and the task queue NAME.messages, NAME.tasks, NAME.process.queue",
     )
     group.add_argument(
         "--message-exchange",
         metavar="N",
-        default=default(defaults.MESSAGE_EXCHANGE),
+        default=default(None),
         help=f"exchange of RPCs and broadcasts (default {defaults.MESSAGE_EXCHANGE})",
     )
     group.add_argument(
         "--task-exchange",
         metavar="N",
-        default=default(defaults.TASK_EXCHANGE),
+        default=default(None),
         help=f"exchange of tasks (default {defaults.TASK_EXCHANGE})",
     )
     group.add_argument(
@@ -283,10 +251,20 @@ def add_command(subparsers: SubParsers, name: str, help_text: str) -> argparse.A
     return parser
 
 
+def version() -> str:
+    """The installed distribution's version, from its metadata (``pip install`` puts it there)."""
+    try:
+        return importlib.metadata.version("process_comms")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - not installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``process-comms`` (usage errors exit with code 2 in one line)."""
-    from . import control, launch, permissions, queue, report, show, status, watch, worker  # see TYPE_CHECKING
+    # imported here, not at module level: see TYPE_CHECKING above
+    from . import completion, control, dashboard, launch, permissions, queue, report, show, status, watch, worker
     from . import list as list_command
+    from . import workers as workers_command
 
     parser = _Parser(
         prog=PROG,
@@ -294,9 +272,24 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"{PROG} {version()}")
     _add_global_options(parser, suppress=False)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
-    for command in (worker, launch, status, list_command, show, report, control, watch, queue, permissions):
+    for command in (
+        worker,
+        launch,
+        status,
+        list_command,
+        show,
+        report,
+        control,
+        watch,
+        queue,
+        permissions,
+        completion,
+        dashboard,
+        workers_command,
+    ):
         command.register(subparsers)
     return parser
 
@@ -305,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _broker_url(args: argparse.Namespace) -> str:
     url: str | None = args.broker or os.environ.get(ENV_BROKER) or None
     if not url:
-        raise CliError(f"no broker URL: give --broker URL or set {ENV_BROKER}", EXIT_USAGE)
+        raise CliError(f"no broker URL: give --broker URL, set {ENV_BROKER} or use a --profile with one", EXIT_USAGE)
     for one in split_urls(url):  # several brokers: comma-separated (a cluster's nodes)
         try:
             scheme = urlsplit(one).scheme
@@ -319,16 +312,21 @@ def _broker_url(args: argparse.Namespace) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``process-comms`` with ``argv`` (default: the command line) and return its exit code."""
     from ._common import Context
+    from .config import apply_profile
 
     args = build_parser().parse_args(argv)
     scrub = Scrubber(args.broker or os.environ.get(ENV_BROKER))
     try:
+        apply_profile(args)  # a missing profile or a bad config file: one line, exit 2
+        scrub = Scrubber(args.broker or os.environ.get(ENV_BROKER))
         needs_broker = getattr(args, "needs_broker", True)  # False for commands that only print (permissions)
         ctx = Context(args=args, broker=_broker_url(args) if needs_broker else "", scrub=scrub)
         if args.command != "worker":
             # a client reports its errors itself, in one line: library logs would only repeat them
             setup_logging("ERROR", scrub, tracebacks=False)
-            logging.getLogger("pika").setLevel(logging.CRITICAL + 1)
+            # the AMQP libraries log a failed connection before raising it: the error line already says it
+            for name in ("pika", "aiormq", "aio_pika"):
+                logging.getLogger(name).setLevel(logging.CRITICAL + 1)
         code: int = args.run(args, ctx)  # set by each command's register()
         return code
     except KeyboardInterrupt:

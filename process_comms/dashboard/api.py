@@ -1,0 +1,326 @@
+"""The dashboard's state (one communicator and one asyncio controller on the server's loop) and its JSON API.
+
+Every read and action goes through :class:`~process_comms.client.controller.RemoteProcessController` with the
+dashboard's deadline; a library error becomes ``{"error", "error_type"}`` with the status it means
+(the table is in :mod:`process_comms.dashboard`'s docstring). Messages are scrubbed of broker passwords.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+import uuid
+from typing import Any
+from urllib.parse import urlsplit
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from .. import defaults
+from ..client.controller import RemoteProcessController
+from ..errors import (
+    BrokerUnavailable,
+    CommunicatorClosed,
+    EncodeError,
+    InvalidPid,
+    InvalidTask,
+    ProcessCommsError,
+    ProcessUnreachable,
+    RemoteError,
+    TaskRejected,
+)
+from ..errors import TimeoutError as PCTimeoutError
+from ..transports.rmq import RmqCommunicator
+from ..wire.messages import Pid
+from ._settings import DashboardSettings
+from .events import EventHub
+from .metrics import CONTENT_TYPE_LATEST, DashboardMetrics
+from .queues import NO_WORKERS_API, inspect_queue
+
+__all__ = ["ACTIONS", "MAX_LIMIT", "MAX_ROWS", "WORKERS_WITHIN", "Dashboard", "JSON", "error_response"]
+
+#: What ``POST /api/processes/{pid}/{action}`` may ask.
+ACTIONS = ("pause", "play", "kill")
+#: Seconds the workers have to answer ``GET /api/queues`` (a broadcast: every worker answers).
+WORKERS_WITHIN = 1.0
+#: Largest page of ``GET /api/processes``.
+MAX_LIMIT = 1000
+#: Rows the fleet lists at most (the records service's cap): offset + limit may not pass it.
+MAX_ROWS = 10_000
+
+
+class BadRequest(ProcessCommsError, ValueError):
+    """A request the API cannot take (a bad query parameter, a malformed body)."""
+
+
+#: HTTP status of each library error, most specific first.
+_STATUS: tuple[tuple[type[BaseException], int], ...] = (
+    (BadRequest, 400),
+    (InvalidPid, 400),
+    (EncodeError, 400),
+    (InvalidTask, 400),
+    (ProcessUnreachable, 404),
+    (TaskRejected, 422),
+    (RemoteError, 502),
+    (BrokerUnavailable, 503),
+    (CommunicatorClosed, 503),
+    (PCTimeoutError, 504),
+    (TimeoutError, 504),
+)
+
+
+class JSON(JSONResponse):
+    """A JSON response that writes UUIDs, tuples and other non-JSON values as strings."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=False, default=str, separators=(",", ":")).encode("utf-8")
+
+
+def error_response(message: str, error_type: str, status: int, headers: dict[str, str] | None = None) -> JSON:
+    """The API's error: ``{"error", "error_type"}`` with ``status``."""
+    return JSON({"error": " ".join(message.split()), "error_type": error_type}, status, headers)
+
+
+def parse_pid(text: str) -> Pid:
+    """A pid from a URL: a UUID if it parses as one, else an int, else the text (as the CLI takes it)."""
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        pass
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    text = request.query_params.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise BadRequest(f"{name!r} must be an integer, got {text!r}") from None
+    if not low <= value <= high:
+        raise BadRequest(f"{name!r} must be between {low} and {high}, got {value}")
+    return value
+
+
+class Dashboard:
+    """What one dashboard holds: its settings, communicator, controller, live events and metrics."""
+
+    def __init__(self, settings: DashboardSettings) -> None:
+        self.settings = settings.check()
+        self.metrics = DashboardMetrics()
+        self.hub = EventHub(on_state=self.metrics.saw_transition)
+        self._comm: RmqCommunicator | None = None
+        self._controller: RemoteProcessController | None = None
+
+    @property
+    def controller(self) -> RemoteProcessController:
+        """The asyncio controller (on the server's loop)."""
+        if self._controller is None:
+            raise CommunicatorClosed("the dashboard is not connected to the broker")
+        return self._controller
+
+    async def open(self) -> Dashboard:
+        """Connect to the broker on the running loop and subscribe to the state broadcasts."""
+        s = self.settings
+        comm = RmqCommunicator(
+            s.urls,
+            message_exchange=s.message_exchange,
+            task_exchange=s.task_exchange,
+            task_queue=s.task_queue_name,
+            testing_mode=s.testing_mode,
+            connect_timeout=min(s.timeout, defaults.CONNECT_TIMEOUT),
+        )
+        await comm.connect()
+        self._comm = comm
+        self._controller = RemoteProcessController(comm, rpc_timeout=s.timeout, task_timeout=s.timeout)
+        try:
+            await self.hub.start(comm)
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def close(self) -> None:
+        """End the event streams and close the communicator; idempotent."""
+        await self.hub.close()
+        comm, self._comm, self._controller = self._comm, None, None
+        if comm is not None:
+            await comm.close()
+
+    # -- guards -------------------------------------------------------------------------------------
+    def refuse_action(self, request: Request) -> JSON | None:
+        """The error response if ``request`` may not act (cross-site, or without the token), else None."""
+        origin = request.headers.get("origin")
+        if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
+            # a page of another site may POST here (a form needs no CORS preflight): refuse it
+            return error_response(f"cross-site request from {origin!r} refused", "Forbidden", 403)
+        token = self.settings.token
+        if token:
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                return error_response(
+                    "this action needs the dashboard's token: 'Authorization: Bearer <token>'",
+                    "Unauthorized",
+                    401,
+                    {"WWW-Authenticate": 'Bearer realm="process-comms"'},
+                )
+        return None
+
+    def failure(self, exc: BaseException) -> JSON:
+        """The API's answer to an error raised by a call (scrubbed of broker passwords)."""
+        status = next((code for kind, code in _STATUS if isinstance(exc, kind)), 500)
+        text = str(exc) or type(exc).__name__
+        return error_response(self.settings.scrub(text), type(exc).__name__, status)
+
+    # -- the endpoints ------------------------------------------------------------------------------
+    async def info(self, _request: Request) -> Response:
+        """``GET /api/info``."""
+        s = self.settings
+        return JSON(
+            {
+                "broker": s.masked_broker,
+                "message_exchange": s.message_exchange,
+                "task_exchange": s.task_exchange,
+                "task_queue": s.task_queue_name,
+                "timeout": s.timeout,
+                "actions_need_token": s.actions_need_token,
+                "max_rows": MAX_ROWS,
+            }
+        )
+
+    async def processes(self, request: Request) -> Response:
+        """``GET /api/processes``: one page of summaries, newest first."""
+        try:
+            limit = _int_param(request, "limit", 100, 1, MAX_LIMIT)
+            offset = _int_param(request, "offset", 0, 0, MAX_ROWS - limit)
+            since_text = request.query_params.get("since") or None
+            try:
+                since = None if since_text is None else float(since_text)
+            except ValueError:
+                raise BadRequest(f"'since' must be epoch seconds, got {since_text!r}") from None
+            state = request.query_params.get("state") or None
+            class_name = request.query_params.get("class") or None
+            wanted = min(offset + limit + 1, MAX_ROWS)  # one more than the page: is there a next page?
+            with self.metrics.timed(self.metrics.queries, query="list"):
+                rows = await self.controller.list_processes(state, wanted, since, class_name, self.settings.timeout)
+        except ProcessCommsError as exc:
+            return self.failure(exc)
+        page = rows[offset : offset + limit]
+        for row in page:
+            row["pid"] = str(row.get("pid"))
+        return JSON({"processes": page, "offset": offset, "limit": limit, "has_more": len(rows) > offset + limit})
+
+    async def process(self, request: Request) -> Response:
+        """``GET /api/processes/{pid}``: the whole record."""
+        pid = parse_pid(request.path_params["pid"])
+        try:
+            with self.metrics.timed(self.metrics.queries, query="get"):
+                record = await self.controller.get_process(pid, self.settings.timeout)
+        except ProcessCommsError as exc:
+            return self.failure(exc)
+        record["pid"] = str(record.get("pid", pid))
+        return JSON(record)
+
+    async def act(self, request: Request) -> Response:
+        """``POST /api/processes/{pid}/{action}``: pause, play or kill, with the dashboard's deadline."""
+        refused = self.refuse_action(request)
+        if refused is not None:
+            return refused
+        action = str(request.path_params["action"])
+        if action not in ACTIONS:
+            return error_response(f"unknown action {action!r}: expected pause, play or kill", "NotFound", 404)
+        pid = parse_pid(request.path_params["pid"])
+        try:
+            body = await self._body(request)
+            message = body.get("message")
+            if message is not None and not isinstance(message, str):
+                raise BadRequest("'message' must be a string")
+            timeout = self.settings.timeout
+            with self.metrics.timed(self.metrics.control, action=action):
+                if action == "pause":
+                    result = await self.controller.pause_process(pid, message, timeout)
+                elif action == "play":
+                    result = await self.controller.play_process(pid, timeout)
+                else:
+                    force = body.get("force", False)
+                    if not isinstance(force, bool):
+                        raise BadRequest("'force' must be true or false")
+                    result = await self.controller.kill_process(pid, message, force, timeout)
+        except ProcessCommsError as exc:
+            return self.failure(exc)
+        answer = {"pid": str(pid), "action": action, "result": bool(result)}
+        self.hub.publish({"type": "action", **answer, "time": time.time()})
+        return JSON(answer)
+
+    @staticmethod
+    async def _body(request: Request) -> dict[str, Any]:
+        raw = await request.body()
+        if not raw.strip():
+            return {}
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            raise BadRequest("the body must be a JSON object") from None
+        if not isinstance(body, dict):
+            raise BadRequest("the body must be a JSON object")
+        return body
+
+    async def queues(self, _request: Request) -> Response:
+        """``GET /api/queues``: the task queue's depth and consumers, and the workers that answer."""
+        try:
+            queue, workers = await asyncio.gather(self._inspect(), self._workers())
+        except ProcessCommsError as exc:
+            return self.failure(exc)
+        return JSON({"queues": [queue], "workers": workers})
+
+    async def _workers(self) -> dict[str, Any]:
+        """The workers that answer within :data:`WORKERS_WITHIN` (host, queues, slots used/total, uptime)."""
+        list_workers = getattr(self.controller, "list_workers", None)
+        if list_workers is None:  # a client without the call: say so instead of an empty list
+            return {"available": False, "reason": NO_WORKERS_API, "rows": []}
+        rows: list[dict[str, Any]] = await list_workers(WORKERS_WITHIN)
+        self.metrics.set_worker_slots(rows)
+        return {"available": True, "within": WORKERS_WITHIN, "rows": rows}
+
+    async def _inspect(self) -> dict[str, Any]:
+        s = self.settings
+        queue = await inspect_queue(s.urls, s.task_queue_name, s.timeout)
+        self.metrics.queue_messages.labels(queue=queue["queue"]).set(queue["messages"])
+        self.metrics.queue_consumers.labels(queue=queue["queue"]).set(queue["consumers"])
+        return queue
+
+    async def events(self, request: Request) -> Response:
+        """``GET /api/events``: the server-sent-events stream."""
+        return StreamingResponse(
+            self.hub.stream(request.is_disconnected),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    async def prometheus(self, _request: Request) -> Response:
+        """``GET /metrics``: refresh the gauges (a listing and a queue declare, each bounded), then render."""
+        m = self.metrics
+        try:
+            with m.timed(m.queries, query="list"):
+                rows = await self.controller.list_processes(None, MAX_ROWS, None, None, self.settings.timeout)
+            m.set_processes([str(row.get("state_name") or "") for row in rows])
+            m.scrape_ok.labels(source="records").set(1)
+        except ProcessCommsError:
+            m.scrape_ok.labels(source="records").set(0)  # e.g. no worker up: the last counts stay
+        try:
+            await self._inspect()
+            m.scrape_ok.labels(source="queue").set(1)
+        except ProcessCommsError:
+            m.scrape_ok.labels(source="queue").set(0)
+        try:
+            await self._workers()
+        except ProcessCommsError:
+            pass  # the slots gauges keep their last values
+        m.streams.set(self.hub.streams)
+        return Response(m.render(), media_type=CONTENT_TYPE_LATEST)
