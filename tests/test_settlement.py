@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from process_comms import EmbeddedCommunicator, InMemoryPersister, ProcessLauncher, RemoteProcessController
+from process_comms._compat import timeout
 from process_comms.transports.base import settle_task
 from process_comms.wire.codec import get_codec
 from tests import procs
@@ -21,7 +22,7 @@ T = 10.0
 
 
 async def _until(predicate: Any, what: str) -> None:
-    async with asyncio.timeout(T):
+    async with timeout(T):
         while not predicate():
             await asyncio.sleep(0.005)  # polling a condition under a deadline, not sleeping to synchronise
     assert predicate(), what
