@@ -6,7 +6,6 @@ import argparse
 import concurrent.futures
 import json
 import sys
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
@@ -17,6 +16,7 @@ from ..client.futures import wait_all
 from ..transports.connect import connect
 from ..transports.threaded import ThreadCommunicator
 from ..urls import mask_url
+from ..wire.messages import parse_pid
 from .main import EXIT_BROKER, EXIT_OK, PROG, CliError, Scrubber, describe, exit_code_for, print_error
 
 if TYPE_CHECKING:
@@ -104,16 +104,6 @@ def connect_from(ctx: Context) -> ThreadCommunicator:
 
 
 # -- pids ------------------------------------------------------------------------------------------
-def parse_pid(text: str) -> Any:
-    """A pid from the command line: a UUID if it parses as one, else an int, else the string itself."""
-    try:
-        return uuid.UUID(text)
-    except ValueError:
-        pass
-    try:
-        return int(text)
-    except ValueError:
-        return text
 
 
 def unique_pids(texts: Sequence[str]) -> list[tuple[str, Any]]:

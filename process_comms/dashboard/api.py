@@ -11,7 +11,6 @@ import asyncio
 import hmac
 import json
 import time
-import uuid
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -33,7 +32,7 @@ from ..errors import (
 )
 from ..errors import TimeoutError as PCTimeoutError
 from ..transports.rmq import RmqCommunicator
-from ..wire.messages import Pid
+from ..wire.messages import parse_pid
 from ._settings import DashboardSettings
 from .events import EventHub
 from .metrics import CONTENT_TYPE_LATEST, DashboardMetrics
@@ -81,18 +80,6 @@ class JSON(JSONResponse):
 def error_response(message: str, error_type: str, status: int, headers: dict[str, str] | None = None) -> JSON:
     """The API's error: ``{"error", "error_type"}`` with ``status``."""
     return JSON({"error": " ".join(message.split()), "error_type": error_type}, status, headers)
-
-
-def parse_pid(text: str) -> Pid:
-    """A pid from a URL: a UUID if it parses as one, else an int, else the text (as the CLI takes it)."""
-    try:
-        return uuid.UUID(text)
-    except ValueError:
-        pass
-    try:
-        return int(text)
-    except ValueError:
-        return text
 
 
 def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:

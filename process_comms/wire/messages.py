@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any, Dict, Final, Optional, TypeAlias
 
@@ -9,6 +10,7 @@ from ..errors import InvalidTask, ProcessCommsError
 from .loaders import ObjectLoader, get_object_loader
 
 __all__ = [
+    "parse_pid",
     "Pid",
     "PID_TYPE",
     "Intent",
@@ -242,3 +244,15 @@ def records_route(task_queue: str) -> str:
 def records_request(op: str, **fields: Any) -> MessageType:
     """A request to the records route: ``{"intent": "records", "op": op, ...fields}``."""
     return {INTENT_KEY: RECORDS_INTENT, RECORD_OP_KEY: op, **fields}
+
+
+def parse_pid(text: str) -> Pid:
+    """A pid typed by a person (command line, URL): a UUID if it parses as one, else an int, else the text."""
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        pass
+    try:
+        return int(text)
+    except ValueError:
+        return text
