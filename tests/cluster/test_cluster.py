@@ -21,7 +21,7 @@ import pytest
 
 import process_comms
 from tests.brokers import RabbitCluster
-from tests.procs import Steps, Waiter
+from tests.procs import Add, Steps, Waiter
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -101,6 +101,8 @@ def test_a_quorum_task_queue_end_to_end(fleet: dict[str, Any], rabbit_cluster: R
     assert ctl.kill_process(pid, "done").result(T) is True
     assert ctl.wait_for_process(pid, timeout=T).result(T + 5) == "killed"
     assert ctl.get_process(pid).result(T)["state_name"] == "killed"  # the record, from the fleet
+    # create-then-continue: the continue task goes through the quorum queue to a worker with the store
+    assert ctl.execute_process(Add, init_kwargs={"inputs": {"a": 1, "b": 2}}).result(T) == {"sum": 3}
     queues = rabbit_cluster.nodes[1].ctl("list_queues", "--no-table-headers", "name", "type")
     assert f"{fleet['prefix']}.process.queue\tquorum" in queues
 
