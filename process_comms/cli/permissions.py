@@ -1,6 +1,6 @@
 """``process-comms permissions``: print the rabbitmqctl lines for a least-privilege worker user and client user.
 
-The rules are :mod:`process_comms.transports.rmq.permissions` (README, "Security"); this command only prints
+The rules are :mod:`process_comms.transports.rmq.permissions` (docs/security.md); this command only prints
 them for the exchange and queue names of the global options.
 """
 

@@ -12,8 +12,7 @@ has coroutine methods returning asyncio futures of its own loop. The adapter kee
 - deadlines: the controller bounds every call, as over our own communicator.
 
 Promises that only our own communicator can keep (close() publishing what was handed over, ``consuming``,
-a ``cancelled`` reply type, typed remote errors beyond the message text) are listed in the README,
-"Compatibility with plumpy and kiwipy".
+a ``cancelled`` reply type, typed remote errors beyond the message text) are listed in docs/migrating.md.
 """
 
 from __future__ import annotations

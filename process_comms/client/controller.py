@@ -57,7 +57,7 @@ class RemoteProcessController(RecordQueries):
         """``communicator`` is what :func:`process_comms.connect` returns (or an :class:`AsyncCommunicator`), or
         any kiwipy ``Communicator`` (kiwipy's thread or asyncio RabbitMQ ones, ``plumpy.LoopCommunicator``,
         aiida-core's ZeroMQ one), driven through an adapter that keeps flat results, deadlines and typed
-        errors (client/_kiwipy.py; README, "Compatibility with plumpy and kiwipy")."""
+        errors (client/_kiwipy.py; docs/migrating.md)."""
         self._communicator = communicator
         #: What the calls go through: ours (also from inside a plumpy LoopCommunicator) or the adapter.
         self._comm: Any = unwrap_ours(communicator)

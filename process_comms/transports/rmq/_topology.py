@@ -129,7 +129,7 @@ def task_queue(name: str, *, testing_mode: bool, queue_type: QueueType = "classi
 
     ``quorum``: replicated over a cluster's nodes, with :data:`QUORUM_DELIVERY_LIMIT`. A quorum queue also
     applies the broker's ``consumer_timeout`` (30 min by default) to a task held unacknowledged, as a
-    persisted ``nowait`` launch is for its process's life: README, "Running a fleet", says how to set it.
+    persisted ``nowait`` launch is for its process's life: docs/fleet.md says how to set it.
     """
     if queue_type not in QUEUE_TYPES:
         raise ValueError(f"task_queue_type must be one of {', '.join(QUEUE_TYPES)}, not {queue_type!r}")
