@@ -62,9 +62,10 @@ def test_forced_close_of_all_connections(prefix: str, workers: Any, spare_broker
         outcomes = process_comms.wait_all(in_flight, timeout=30)
         for outcome in outcomes.values():  # completed, or failed with a typed error: never pending
             assert isinstance(outcome, dict) or isinstance(outcome, process_comms.ProcessCommsError), outcome
-        status = _eventually(ctl, lambda: ctl.get_status(pid))
+        status = _eventually(ctl, lambda: ctl.get_status(pid, timeout=4))  # each try's own deadline first
         assert status["pid"] == pid  # the worker kept the process and re-subscribed its route
-        assert _eventually(ctl, lambda: ctl.launch_process(Add, init_kwargs={"inputs": {"a": 1, "b": 2}})) == {"sum": 3}
+        launch = lambda: ctl.launch_process(Add, init_kwargs={"inputs": {"a": 1, "b": 2}}, timeout=4)  # noqa: E731
+        assert _eventually(ctl, launch) == {"sum": 3}
         assert ctl.kill_process(pid).result(15) is True
 
 
@@ -76,7 +77,7 @@ def test_broker_app_restart_keeps_processes_and_queued_tasks(
         # nowait=False: the worker holds the task until the process ends (a nowait launch is acked at once)
         pid = uuid.uuid4()
         ctl.launch_process(Waiter, init_kwargs={"inputs": {}, "pid": pid}, persist=True)
-        _eventually(ctl, lambda: ctl.get_status(pid))
+        _eventually(ctl, lambda: ctl.get_status(pid, timeout=4))
         spare_broker.stop_app()
         try:
             with pytest.raises((process_comms.ProcessCommsError, concurrent.futures.TimeoutError)):
@@ -84,7 +85,7 @@ def test_broker_app_restart_keeps_processes_and_queued_tasks(
         finally:
             spare_broker.start_app()  # then await_startup (bounded)
         # clients and the worker reconnect by themselves; the worker still holds the process and its route
-        assert _eventually(ctl, lambda: ctl.get_status(pid))["pid"] == pid
+        assert _eventually(ctl, lambda: ctl.get_status(pid, timeout=4))["pid"] == pid
         # a graceful stop hands the task back; it must survive another restart while nobody consumes it
         assert worker.terminate() == 0
         wait_until(lambda: _ready_count(spare_broker, prefix) == 1, 20, "the task to be handed back")
@@ -92,7 +93,7 @@ def test_broker_app_restart_keeps_processes_and_queued_tasks(
         spare_broker.start_app()
         assert _ready_count(spare_broker, prefix) == 1
         workers()
-        assert _eventually(ctl, lambda: ctl.get_status(pid))["pid"] == pid  # same pid, continued
+        assert _eventually(ctl, lambda: ctl.get_status(pid, timeout=4))["pid"] == pid  # same pid, continued
         assert ctl.kill_process(pid).result(15) is True
 
 

@@ -190,13 +190,20 @@ class TaskQueue:
         """
         comm = self.comm
         delay = defaults.CONSUMER_CHECK_INTERVAL
+        misses = 0
         while self.subscribers and not comm._closed and not comm._releasing:
             await asyncio.sleep(delay)
             connection = comm._connection
             if connection is None or not connection.connected.is_set() or self.consumer_tag is None:
+                misses = 0
                 continue  # reconnecting: aio-pika restores the consumer with the connection
             if await self._consumer_alive():
-                delay = defaults.CONSUMER_CHECK_INTERVAL
+                delay, misses = defaults.CONSUMER_CHECK_INTERVAL, 0
+                continue
+            # aio-pika sets ``connected`` before it restores the channels and their consumers
+            # (RobustConnection._on_connected): a consumer missing at one look may be on its way back
+            misses += 1
+            if misses < 2:
                 continue
             if not self.lost:
                 self.lost = True
