@@ -351,9 +351,13 @@ class RmqConnection(AsyncCommunicator):
             if owner.is_closed:
                 raise aiormq.exceptions.ChannelInvalidStateError(f"{owner!r} is closed")
             channel = await owner.get_underlay_channel()
-            await channel.basic_publish(
+            publish = channel.basic_publish(
                 body, exchange=exchange.name, routing_key=routing_key, properties=properties, mandatory=mandatory
             )
+            if mandatory and owner.publisher_confirms:
+                await _beyond_cancel(publish)
+            else:
+                await publish
         except aio_pika.exceptions.DeliveryError:
             raise ProcessUnreachable(f"no queue is bound to {routing_key!r}") from None
         except aiormq.exceptions.ChannelAccessRefused as exc:
@@ -391,3 +395,23 @@ class RmqConnection(AsyncCommunicator):
             raise ConnectionLost(
                 f"broker error mid-call on {mask_url(self._url)}: {type(exc).__name__}: {exc}"
             ) from None
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: an abandoned publish's error is its caller's, who has gone
+
+
+async def _beyond_cancel(publish: Coroutine[Any, Any, Any]) -> Any:
+    """Await a mandatory, confirmed publish where a caller's cancel cannot reach aiormq's confirmation future.
+
+    aiormq 6.9 (``Channel._on_return_frame`` in aiormq/channel.py) sets a ``Basic.Return``'s error on that
+    future without checking whether it is still pending. A caller that stops waiting between the publish and
+    the return (a deadline, ``wait_for_process`` cancelling its status poll as the process ends and its route
+    goes) cancels the future, and the return then raises ``InvalidStateError`` inside the channel's reader:
+    the channel wedges, and its close times out into ``504 CHANNEL_ERROR``, which closes the connection.
+    Run as a task of its own, the publish completes whatever the caller does (tests/test_rmq_cancel.py).
+    """
+    task = asyncio.get_running_loop().create_task(publish)
+    task.add_done_callback(_retrieve)
+    return await asyncio.shield(task)
