@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 import uuid
 from collections.abc import Iterator
@@ -90,3 +91,53 @@ def test_prune_by_age_and_count_keeps_live_records(persister: Persister) -> None
     persister.prune_records(max_age=500, max_count=3)
     assert len([r for r in persister.list_records() if r["state_name"] == "finished"]) <= 3
     assert any(r["state_name"] == "running" for r in persister.list_records())
+
+
+def test_a_large_batch_with_a_pid_twice_keeps_the_last_of_each(persister: Persister) -> None:
+    # over 100 rows is more than one multi-row upsert: they go in one transaction; a pid given twice in one
+    # multi-row upsert fails on PostgreSQL ("ON CONFLICT DO UPDATE command cannot affect row a second time")
+    rows = [record("running", time.time() - 300 + i) for i in range(250)]
+    twice = {**rows[7], "state_name": "finished", "outputs": {"sum": 3}}
+    persister.save_records([*rows, twice])
+    assert len(persister.list_records(limit=1000)) == 250
+    got = persister.load_record(rows[7]["pid"])
+    assert got is not None and got["state_name"] == "finished"
+    assert all(persister.load_record(r["pid"]) is not None for r in rows[::50])
+
+
+def test_save_records_nowait_writes_a_local_store_and_declines_a_server(persister: Persister) -> None:
+    row = record()
+    done = persister.save_records_nowait([row])
+    is_server = isinstance(persister, SqlPersister) and persister.url.startswith("postgresql")
+    assert done is (not is_server)
+    assert (persister.load_record(row["pid"]) is None) is is_server
+
+
+def test_save_records_nowait_never_waits_for_another_writer_of_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "records.db"
+    store = SqlPersister(f"sqlite:///{path}", busy_timeout=20.0)
+    other = sqlite3.connect(str(path), isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        row = record()
+        assert store.save_records_nowait([row]) is False  # at once: a 20 s busy wait would block the loop
+        other.execute("COMMIT")
+        store.save_records([row])  # the thread path waits as it should, with its busy timeout restored
+        assert store.load_record(row["pid"]) is not None
+        assert store._execute("PRAGMA busy_timeout") == [(20000,)]
+    finally:
+        other.close()
+        store.close()
+
+
+def test_the_wal_is_checkpointed_on_the_thread_path_never_by_a_commit_on_the_loop(tmp_path: Path) -> None:
+    store = SqlPersister(f"sqlite:///{tmp_path}/records.db")
+    try:
+        assert store._execute("PRAGMA wal_autocheckpoint") == [(0,)]
+        answers = [store.save_records_nowait([record()]) for _ in range(250)]
+        assert False in answers  # past the checkpoint interval it hands the write to a thread
+        store.save_records([record()])  # the thread path checkpoints the WAL...
+        assert store.save_records_nowait([record()]) is True  # ...so the loop may write again
+        assert len(store.list_records(limit=1000)) == answers.count(True) + 2
+    finally:
+        store.close()

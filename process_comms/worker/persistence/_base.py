@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import math
+import uuid
 from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any, NamedTuple, Protocol, TypeVar
@@ -60,6 +61,8 @@ def _encode(value: Any, what: str) -> str:
 
 def _pid_key(pid: Pid) -> str:
     """Return the storage key of ``pid``: its JSON text, which keeps ``1``, ``"1"`` and UUIDs apart."""
+    if type(pid) is uuid.UUID:  # the common pid: its text is known without a JSON round trip
+        return f'{{"__uuid__":"{pid}"}}'
     key = _encode(pid, f"pid {pid!r}")
     if type(_codec.decode(key)) is not type(pid):
         raise PersistenceError(f"pid {pid!r} cannot be stored: use a str, int or uuid.UUID")
@@ -167,6 +170,14 @@ class Persister(abc.ABC):
     def save_records(self, records: Sequence[dict[str, Any]]) -> None:
         """Store (insert or replace) the process records given, in one batch; the inputs of a pid are kept
         from its first write."""
+
+    def save_records_nowait(self, records: Sequence[dict[str, Any]]) -> bool:
+        """Store the records now if that cannot wait (on a lock, the server or the disk); False if it would.
+
+        A writer on an event loop calls this first and hands the records to a thread only when it says False:
+        a thread hop costs a busy worker as much as the write itself (docs/performance.md, "Process records").
+        """
+        return False
 
     def load_record(self, pid: Pid) -> dict[str, Any] | None:
         """The record of ``pid`` (a JSON-safe dict), or None if there is none."""

@@ -49,7 +49,12 @@ def record_texts(record: dict[str, Any]) -> RecordTexts:
         body = {k: _safe(v) for k, v in body.items()}
         body_text = _text(body)
     summary = {k: body.get(k) for k in SUMMARY_KEYS}
-    return _text(summary), body_text, _text(_safe(record.get("inputs") or {}))
+    inputs = record.get("inputs") or {}
+    try:
+        inputs_text = _text(inputs)
+    except (EncodeError, TypeError, ValueError):
+        inputs_text = _text(_safe(inputs))
+    return _text(summary), body_text, inputs_text
 
 
 def decode_summary(text: str | bytes) -> dict[str, Any]:

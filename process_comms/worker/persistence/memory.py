@@ -22,7 +22,7 @@ from ._base import (
     _pid_key,
     _Process,
 )
-from ._records import TERMINAL_STATE_NAMES, decode_record, decode_summary, record_texts
+from ._records import TERMINAL_STATE_NAMES, RecordTexts, decode_record, decode_summary, record_texts
 
 __all__ = ["InMemoryPersister"]
 
@@ -50,13 +50,32 @@ class InMemoryPersister(Persister):
 
     def save_records(self, records: Sequence[dict[str, Any]]) -> None:
         """Keep each record as JSON text (its inputs from the first write of its pid)."""
-        encoded = [(_pid_key(r.get("pid")), record_texts(r)) for r in records]
+        encoded = self._encode_records(records)
         with self._lock:
-            for key, (summary, body, inputs) in encoded:
-                old = self._records.get(key)
-                if old is not None:
-                    inputs = old[3]
-                self._records[key] = (summary, decode_summary(summary), body, inputs)
+            self._keep_records(encoded)
+
+    def save_records_nowait(self, records: Sequence[dict[str, Any]]) -> bool:
+        """Keep the records now unless another thread holds the store (then False)."""
+        encoded = self._encode_records(records)
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            self._keep_records(encoded)
+        finally:
+            self._lock.release()
+        return True
+
+    @staticmethod
+    def _encode_records(records: Sequence[dict[str, Any]]) -> list[tuple[str, RecordTexts]]:
+        return [(_pid_key(r.get("pid")), record_texts(r)) for r in records]
+
+    def _keep_records(self, encoded: list[tuple[str, RecordTexts]]) -> None:
+        """Called with the lock held."""
+        for key, (summary, body, inputs) in encoded:
+            old = self._records.get(key)
+            if old is not None:
+                inputs = old[3]
+            self._records[key] = (summary, decode_summary(summary), body, inputs)
 
     def load_record(self, pid: Pid) -> dict[str, Any] | None:
         """A fresh copy of the record of ``pid``, or None."""

@@ -6,12 +6,14 @@ placeholder, the timestamp type, which errors mean what); the statements are wri
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,12 +92,24 @@ _RECORDS_DDL = (
     "summary TEXT NOT NULL, record TEXT NOT NULL, inputs TEXT NOT NULL)"
 )
 _RECORDS_INDEX = "CREATE INDEX IF NOT EXISTS {table}_records_ctime ON {table}_records (ctime)"
-_RECORD_UPSERT = (
-    "INSERT INTO {table}_records (pid_key, class_name, state, ctime, mtime, summary, record, inputs) "
-    "VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}) ON CONFLICT (pid_key) DO UPDATE SET "
-    "class_name = excluded.class_name, state = excluded.state, mtime = excluded.mtime, "
-    "summary = excluded.summary, record = excluded.record"
-)
+#: Statements after which the SQLite write-ahead log is checkpointed (the file's own auto-checkpoint is off).
+_WAL_CHECKPOINT_EVERY = 200
+#: Rows per multi-row upsert: 8 parameters each stays far below SQLite's oldest limit of 999 parameters.
+_RECORD_ROWS_PER_STATEMENT = 100
+_RECORD_ROW = "({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})"
+
+
+@functools.lru_cache(maxsize=_RECORD_ROWS_PER_STATEMENT)
+def _record_upsert(rows: int) -> str:
+    """The upsert of ``rows`` records in one statement."""
+    return (
+        "INSERT INTO {table}_records (pid_key, class_name, state, ctime, mtime, summary, record, inputs) VALUES "
+        + ", ".join([_RECORD_ROW] * rows)
+        + " ON CONFLICT (pid_key) DO UPDATE SET class_name = excluded.class_name, state = excluded.state, "
+        "mtime = excluded.mtime, summary = excluded.summary, record = excluded.record"
+    )
+
+
 _RECORD_LOAD = "SELECT record, inputs FROM {table}_records WHERE pid_key = {p}"
 _ENDED = "state IN ('finished', 'excepted', 'killed')"
 _RECORD_PRUNE_AGE = "DELETE FROM {table}_records WHERE mtime < {p} AND " + _ENDED
@@ -123,6 +137,10 @@ class _Dialect:
     connect: Callable[[float], Any]
     #: True if the connection is unusable after an error (then it is replaced and the statement retried once).
     is_broken: Callable[[Any], bool]
+    #: A context manager running its block as one transaction (the connection is in autocommit mode).
+    transaction: Callable[[Any], AbstractContextManager[Any]]
+    #: A file on this machine (SQLite): a write needs no server and can be tried without waiting.
+    local: bool = False
 
 
 def _sqlite_path(url: str) -> str:
@@ -148,6 +166,9 @@ def _enable_wal(conn: sqlite3.Connection, busy_timeout: float) -> None:
                 raise
             time.sleep(0.01)  # back off while another process initialises the file
     conn.execute("PRAGMA synchronous = NORMAL")
+    # the persister checkpoints the WAL itself, from a thread (SqlPersister._run): a commit made on an event
+    # loop (save_records_nowait) must never be the one that copies the log into the file and syncs it
+    conn.execute("PRAGMA wal_autocheckpoint = 0")
 
 
 def _connect_sqlite(path: str, busy_timeout: float) -> sqlite3.Connection:
@@ -160,6 +181,18 @@ def _connect_sqlite(path: str, busy_timeout: float) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+@contextlib.contextmanager
+def _sqlite_transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """One transaction on an autocommit (``isolation_level=None``) SQLite connection."""
+    conn.execute("BEGIN")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 def _connect_postgres(url: str, busy_timeout: float) -> Any:
@@ -179,6 +212,8 @@ def _dialect_for(url: str) -> _Dialect:
             create_races=(),
             connect=functools.partial(_connect_sqlite, _sqlite_path(url)),
             is_broken=lambda _conn: False,  # a local file: an error is the statement's, never the connection's
+            transaction=_sqlite_transaction,
+            local=True,
         )
     if scheme in ("postgresql", "postgres"):
         import psycopg
@@ -190,6 +225,7 @@ def _dialect_for(url: str) -> _Dialect:
             create_races=(psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable),
             connect=functools.partial(_connect_postgres, url),
             is_broken=lambda conn: bool(conn.broken or conn.closed),
+            transaction=lambda conn: conn.transaction(),
         )
     raise ValueError(f"unknown persister URL scheme {scheme!r} in {mask_url(url)!r}: {_URL_HELP}")
 
@@ -206,6 +242,8 @@ class SqlPersister(Persister):
         self._lock = threading.Lock()
         self._conn: Any = None
         self._closed = False
+        #: Statements since the WAL was last checkpointed (SQLite).
+        self._writes = 0
         with self._lock:
             self._connect()
 
@@ -246,22 +284,24 @@ class SqlPersister(Persister):
                 if name not in columns():  # not another client adding it at the same moment: a real error
                     raise
 
-    def _execute(
-        self, template: str, params: Sequence[Any] = (), many: Sequence[Sequence[Any]] | None = None
-    ) -> list[tuple[Any, ...]]:
-        """Run one statement, or one per row of ``many`` (retried once on a fresh connection if the old one broke)."""
-        sql = self._sql(template)
+    def _execute(self, template: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run one statement (retried once on a fresh connection if the old one broke); its rows."""
+        return self._run([(template, params)])
+
+    def _run(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[tuple[Any, ...]]:
+        """Run ``statements`` (several in one transaction), retried once on a fresh connection if the old one
+        broke; the rows of the last."""
         with self._lock:
             if self._closed:
                 raise PersistenceError(f"{self!r} is closed")
             for attempt in (1, 2):
                 conn = self._conn if self._conn is not None else self._connect()
                 try:
-                    if many is not None:
-                        conn.cursor().executemany(sql, [tuple(row) for row in many])
-                        return []
-                    cursor = conn.execute(sql, tuple(params))
-                    return list(cursor.fetchall()) if cursor.description else []
+                    rows = self._statements(conn, statements)
+                    if self._dialect.local and self._writes >= _WAL_CHECKPOINT_EVERY:
+                        self._writes = 0
+                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")  # never waits for readers or writers
+                    return rows
                 except self._dialect.errors as exc:
                     broken = self._dialect.is_broken(conn)
                     if broken:
@@ -270,6 +310,21 @@ class SqlPersister(Persister):
                     if not broken or attempt == 2:
                         raise PersistenceError(f"checkpoint store {mask_url(self.url)} failed: {exc}") from exc
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _statements(self, conn: Any, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[tuple[Any, ...]]:
+        """Run ``statements`` on ``conn`` (several in one transaction); the rows of the last. Lock held."""
+        self._writes += len(statements)
+        if len(statements) == 1:
+            return self._one(conn, *statements[0])
+        with self._dialect.transaction(conn):
+            rows: list[tuple[Any, ...]] = []
+            for template, params in statements:
+                rows = self._one(conn, template, params)
+            return rows
+
+    def _one(self, conn: Any, template: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        cursor = conn.execute(self._sql(template), tuple(params))
+        return list(cursor.fetchall()) if cursor.description else []
 
     def save_bundle(self, pid: Pid, bundle: dict[str, Any], tag: str | None = None) -> None:
         """Upsert ``bundle`` as the checkpoint of ``pid`` under ``tag``."""
@@ -341,24 +396,63 @@ class SqlPersister(Persister):
     keeps_records = True
 
     def save_records(self, records: Sequence[dict[str, Any]]) -> None:
-        """Upsert the records in one batch (the inputs column keeps its first value)."""
-        rows = []
+        """Upsert the records in one transaction (the inputs column keeps its first value)."""
+        statements = self._record_statements(records)
+        if statements:
+            self._run(statements)
+
+    def save_records_nowait(self, records: Sequence[dict[str, Any]]) -> bool:
+        """Upsert the records now if that cannot wait: a SQLite file that no thread or process is writing, and
+        a WAL that needs no checkpoint (that is left to :meth:`save_records`, on a thread). False otherwise."""
+        if not self._dialect.local:
+            return False  # a server: every statement is a round trip
+        statements = self._record_statements(records)
+        if not statements:
+            return True
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            conn = self._conn
+            if self._closed or conn is None or self._writes + len(statements) >= _WAL_CHECKPOINT_EVERY:
+                return False
+            conn.execute("PRAGMA busy_timeout = 0")
+            try:
+                self._statements(conn, statements)
+            except sqlite3.OperationalError as exc:
+                if "locked" in str(exc) or "busy" in str(exc):
+                    return False  # another process writes the file: wait for it on a thread
+                raise PersistenceError(f"checkpoint store {mask_url(self.url)} failed: {exc}") from exc
+            except sqlite3.Error as exc:
+                raise PersistenceError(f"checkpoint store {mask_url(self.url)} failed: {exc}") from exc
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+            return True
+        finally:
+            self._lock.release()
+
+    def _record_statements(self, records: Sequence[dict[str, Any]]) -> list[tuple[str, list[Any]]]:
+        """The upserts of ``records``: multi-row statements of :data:`_RECORD_ROWS_PER_STATEMENT`, so the driver
+        crosses into the database (and gives up the GIL) once per statement, not once per row."""
+        rows: dict[str, tuple[Any, ...]] = {}
         for record in records:
             summary, body, inputs = record_texts(record)
-            rows.append(
-                (
-                    _pid_key(record["pid"]),
-                    str(record.get("class") or ""),
-                    str(record.get("state_name") or ""),
-                    float(record.get("ctime") or time.time()),
-                    float(record.get("mtime") or time.time()),
-                    summary,
-                    body,
-                    inputs,
-                )
-            )
-        if rows:
-            self._execute(_RECORD_UPSERT, many=rows)
+            key = _pid_key(record["pid"])
+            rows[key] = (
+                key,
+                str(record.get("class") or ""),
+                str(record.get("state_name") or ""),
+                float(record.get("ctime") or time.time()),
+                float(record.get("mtime") or time.time()),
+                summary,
+                body,
+                inputs,
+            )  # the last record of a pid wins: one statement may not upsert a row twice (PostgreSQL)
+        values = list(rows.values())
+        step = _RECORD_ROWS_PER_STATEMENT
+        return [
+            (_record_upsert(len(chunk)), [field for row in chunk for field in row])
+            for chunk in (values[i : i + step] for i in range(0, len(values), step))
+        ]
 
     def load_record(self, pid: Pid) -> dict[str, Any] | None:
         """The record of ``pid``, decoded afresh, or None."""
