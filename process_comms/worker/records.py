@@ -171,8 +171,10 @@ class RecordWriter:
     """Writes the records of one launcher's processes through its persister, off the process loop.
 
     :meth:`touch` (from any thread) marks a process changed; its record is written within
-    :data:`RECORD_FLUSH_DELAY` seconds, or at once when ``urgent`` (an end). Writes are serialised, so a
-    newer record is never overwritten by an older one.
+    :data:`RECORD_FLUSH_DELAY` seconds, or at once when ``urgent`` (an end). One write is in flight at a
+    time and the next takes every record changed meanwhile (a group commit), so a newer record is never
+    overwritten by an older one, and :meth:`flush` waits only for the write that holds what was changed
+    when it was called: never for a later batch of other processes' records.
     """
 
     def __init__(self, persister: Any, loop: asyncio.AbstractEventLoop, delay: float = RECORD_FLUSH_DELAY) -> None:
@@ -180,8 +182,12 @@ class RecordWriter:
         self.loop = loop
         self.delay = delay
         self._dirty: dict[str, Recorded] = {}
+        #: Resolved once the records now in ``_dirty`` are written (made when someone waits for them).
+        self._next: asyncio.Future[None] | None = None
+        #: Resolved once the write in flight is done.
+        self._inflight: asyncio.Future[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._lock: asyncio.Lock | None = None
         self._failures = 0
 
     def touch(self, proc: Recorded, urgent: bool = False) -> None:
@@ -201,32 +207,53 @@ class RecordWriter:
     def _mark(self, proc: Recorded, urgent: bool) -> None:
         self._dirty[str(proc.pid)] = proc
         if urgent:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            self.loop.create_task(self.flush())
-        elif self._timer is None:
-            self._timer = self.loop.call_later(self.delay, self._on_timer)
+            self._start()
+        elif self._timer is None and self._writer is None:  # a running writer takes it in its next batch
+            self._timer = self.loop.call_later(self.delay, self._start)
 
-    def _on_timer(self) -> None:
-        self._timer = None
-        self.loop.create_task(self.flush())
+    def _start(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._writer is None:
+            self._writer = self.loop.create_task(self._write_batches())
 
     async def flush(self) -> None:
-        """Write every changed record now (on the executor) and wait for it; failures are logged."""
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:
-            if not self._dirty:
-                return
-            procs, self._dirty = list(self._dirty.values()), {}
+        """Wait until every record changed before this call is written (failures are logged, not raised)."""
+        if self._dirty:
+            if self._next is None:
+                self._next = self.loop.create_future()
+            done = self._next
+            self._start()
+        elif self._inflight is not None:
+            done = self._inflight
+        else:
+            return
+        await asyncio.shield(done)
+
+    async def _write_batches(self) -> None:
+        try:
+            while self._dirty:
+                procs, self._dirty = list(self._dirty.values()), {}
+                done, self._next = self._next or self.loop.create_future(), None
+                self._inflight = done
+                try:
+                    await self._write(procs)
+                finally:
+                    self._inflight = None
+                    if not done.done():
+                        done.set_result(None)
+        finally:
+            self._writer = None
+
+    async def _write(self, procs: list[Recorded]) -> None:
+        try:
             records = [proc.record() for proc in procs]
-            try:
-                await asyncio.get_running_loop().run_in_executor(None, self.persister.save_records, records)
-                self._failures = 0
-            except Exception as exc:  # noqa: BLE001 - a lost record write must never end a process
-                self._failures += 1
-                if self._failures == 1 or self._failures % 100 == 0:
-                    LOGGER.warning(
-                        "could not write %d process record(s) (failure %d): %s", len(records), self._failures, exc
-                    )
+            nowait = getattr(self.persister, "save_records_nowait", None)  # a duck-typed store may lack it
+            if nowait is None or not nowait(records):  # else written here: no thread hop
+                await self.loop.run_in_executor(None, self.persister.save_records, records)
+            self._failures = 0
+        except Exception as exc:  # noqa: BLE001 - a lost record write must never end a process
+            self._failures += 1
+            if self._failures == 1 or self._failures % 100 == 0:
+                LOGGER.warning("could not write %d process record(s) (failure %d): %s", len(procs), self._failures, exc)
