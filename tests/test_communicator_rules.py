@@ -462,3 +462,43 @@ def test_handler_base_exception_is_not_swallowed() -> None:
 
     with pytest.raises(Fatal):
         run(lambda: respond(handler, Recorder()))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# retired RPC subscribers
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_a_removed_rpc_subscriber_answers_late_requests_then_is_let_go(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a worker kept the last 1,024 removed subscribers for good, and with each its ended process (found
+    # measuring a worker's memory after 10,000 processes ended: benchmarks/workloads/scale.py)
+    import weakref
+
+    from process_comms.transports import base
+    from process_comms.transports.embedded import EmbeddedCommunicator
+
+    class Subscriber:
+        def __call__(self, _comm: Any, msg: Any) -> Any:
+            return {"answered": msg}
+
+    async def main() -> tuple[list[dict[str, Any]], bool, bool]:
+        comm = EmbeddedCommunicator()
+        await comm.connect()
+        subscriber = Subscriber()
+        alive = weakref.ref(subscriber)
+        key = await comm.add_rpc_subscriber(subscriber, "late")
+        await comm.remove_rpc_subscriber(key)
+        del subscriber
+        send = Recorder()
+        await comm._handle_rpc(key, comm.codec.encode("routed before the unbind"), send)
+        kept = alive() is not None
+        for _ in range(3):  # the let-go timer is due at once (RETIRED_RPC_SECONDS = 0): a few loop turns
+            await asyncio.sleep(0)
+        let_go = alive() is None
+        await comm.close()
+        return send.sent, kept, let_go
+
+    monkeypatch.setattr(base, "RETIRED_RPC_SECONDS", 0.0)
+    sent, kept, let_go = run(main)
+    assert sent == [{"result": {"answered": "routed before the unbind"}}]
+    assert kept and let_go

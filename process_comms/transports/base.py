@@ -11,6 +11,7 @@ import abc
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from types import TracebackType
@@ -18,6 +19,7 @@ from typing import Any
 
 import kiwipy
 
+from .. import defaults
 from .._compat import timeout as _timeout
 from ..errors import (
     CommunicatorClosed,
@@ -114,6 +116,10 @@ class BroadcastFilter(kiwipy.BroadcastFilter):
 
 
 _RETIRED_RPC_MAX = 1024
+#: Seconds a removed RPC subscriber still answers requests routed to it before its unbind: as long as such a
+#: request can wait in an RPC queue (its message TTL). After that it is let go, and with it the process it
+#: belongs to (a worker used to keep the last 1,024 ended processes, tracebacks and all, for good).
+RETIRED_RPC_SECONDS = defaults.RPC_QUEUE_MESSAGE_TTL_MS / 1000
 
 #: Liveness tokens of the open in-process communicators (the embedded back end: one interpreter).
 _LIVE_TOKENS: set[str] = set()
@@ -175,7 +181,9 @@ class AsyncCommunicator(abc.ABC):
     def __init__(self, codec: str | Codec | None = None) -> None:
         self.codec: Codec = get_codec(codec)
         self._rpc_subscribers: dict[str, RpcSubscriber] = {}
-        self._retired_rpc: dict[str, RpcSubscriber] = {}
+        #: key -> (subscriber, monotonic time it was removed), oldest first
+        self._retired_rpc: dict[str, tuple[RpcSubscriber, float]] = {}
+        self._retire_timer: asyncio.TimerHandle | None = None
         self._task_subscribers: dict[Any, TaskSubscriber] = {}
         self._named_task_subscribers: dict[str, dict[Any, TaskSubscriber]] = {}
         self._liveness: str | None = None
@@ -192,6 +200,10 @@ class AsyncCommunicator(abc.ABC):
         """Close the communicator; idempotent."""
         self._closed = True
         _LIVE_TOKENS.discard(self._liveness or "")
+        if self._retire_timer is not None:
+            self._retire_timer.cancel()
+            self._retire_timer = None
+        self._retired_rpc.clear()
 
     async def __aenter__(self) -> AsyncCommunicator:
         await self.connect()
@@ -283,9 +295,23 @@ class AsyncCommunicator(abc.ABC):
         finally:
             self._rpc_subscribers.pop(key, None)
             # requests already routed to us before the unbind still get an answer from the subscriber
-            self._retired_rpc[key] = subscriber
+            self._retired_rpc.pop(key, None)
+            self._retired_rpc[key] = (subscriber, time.monotonic())
             while len(self._retired_rpc) > _RETIRED_RPC_MAX:
                 self._retired_rpc.pop(next(iter(self._retired_rpc)))
+            if self._retire_timer is None:
+                self._retire_timer = asyncio.get_running_loop().call_later(RETIRED_RPC_SECONDS, self._let_go_retired)
+
+    def _let_go_retired(self) -> None:
+        """Drop the retired RPC subscribers older than :data:`RETIRED_RPC_SECONDS`; again when the next is due."""
+        self._retire_timer = None
+        cutoff = time.monotonic() - RETIRED_RPC_SECONDS
+        while self._retired_rpc:
+            key, (_subscriber, since) = next(iter(self._retired_rpc.items()))
+            if since > cutoff:
+                self._retire_timer = asyncio.get_running_loop().call_later(since - cutoff, self._let_go_retired)
+                return
+            del self._retired_rpc[key]
 
     def _subscribers_of(self, queue: str | None) -> dict[Any, TaskSubscriber]:
         """The task subscribers of ``queue`` (None or ``"default"``: the default task queue)."""
@@ -368,7 +394,8 @@ class AsyncCommunicator(abc.ABC):
     # -- incoming ----------------------------------------------------------------------------------
     async def _handle_rpc(self, key: str, body: bytes, send: SendReply | None) -> None:
         """Decode an RPC, run its subscriber and send the replies (a decode failure is replied, not dropped)."""
-        subscriber = self._rpc_subscribers.get(key) or self._retired_rpc.get(key)
+        retired = self._retired_rpc.get(key)
+        subscriber = self._rpc_subscribers.get(key) or (retired[0] if retired is not None else None)
         try:
             msg = await decode(self.codec, body)
         except DecodeError as exc:
