@@ -26,6 +26,13 @@ def main() -> int:
     parser.add_argument("--task-exchange", required=True)
     parser.add_argument("--task-queue", required=True)
     parser.add_argument("--codec", default="yaml")
+    parser.add_argument("--persister", default="memory://", help="the store of checkpoints and records (a URL)")
+    parser.add_argument("--no-records", action="store_true", help="write no process records")
+    parser.add_argument(
+        "--fleet-worker",
+        action="store_true",
+        help="run a process_comms.Worker (records service, workers answer) instead of a bare ProcessLauncher",
+    )
     args = parser.parse_args()
 
     stop = threading.Event()
@@ -48,14 +55,29 @@ def main() -> int:
         testing_mode=True,
         codec=args.codec,
     )
-    launcher = process_comms.ProcessLauncher(persister=process_comms.InMemoryPersister())
-    try:
+    persister = process_comms.get_persister(args.persister)
+    worker: process_comms.Worker | None = None
+    if args.fleet_worker:
+        worker = process_comms.Worker(persister=persister, communicator=comm, records=not args.no_records)
+        launcher = worker.launcher
+        worker.start()
+    else:
+        launcher = process_comms.ProcessLauncher(persister=persister, records=not args.no_records)
         comm.add_task_subscriber(launcher)
+    try:
         print(f"READY {os.getpid()}", flush=True)
         while not stop.wait(0.5):
             pass
     finally:
-        closer = threading.Thread(target=lambda: (comm.close(), launcher.close()), daemon=True)
+
+        def close() -> None:
+            if worker is not None:
+                worker.stop(graceful=False)  # it closes the launcher and the store
+            comm.close()
+            if worker is None:
+                launcher.close()
+
+        closer = threading.Thread(target=close, daemon=True)
         closer.start()
         closer.join(10)
     return 0

@@ -1,7 +1,8 @@
 """Process records (issue 14): ``list_processes`` over 10,000 records, and launch throughput with records on/off.
 
-Workers run in this interpreter on their own broker connections (a client connection of its own sends the
-calls); the store is a SQLite file, as a worker's default. Usage::
+The listing worker runs in this interpreter; for launch throughput the worker runs in its own OS process
+(``benchmarks/worker_pc.py``, as in ``benchmarks/run.py``), so the client and the worker do not share a GIL.
+The store is a SQLite file, as a worker's default. Usage::
 
     python -m benchmarks.workloads.records [--url amqp://...] [--records 10000] [--launches 300] [--rounds 4]
 """
@@ -17,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import process_comms
+from benchmarks.bench_procs import PcTrivial
+from benchmarks.common import flags
+from benchmarks.workers import Worker
 from process_comms.worker.persistence import SqlPersister
-from tests.procs import Add
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
@@ -89,15 +92,17 @@ def bench_list(url: str, records: int, calls: int) -> dict[str, float]:
             worker.stop()
 
 
-def _throughput(url: str, records: bool, launches: int, db: str) -> float:
+def _throughput(url: str, records: bool, launches: int, db: str, log_dir: Path) -> float:
     names = _names()
-    worker = process_comms.Worker(url, persister=db, records=records, **names).start()
+    argv = ["--url", url, *flags(names), "--persister", db, *(() if records else ("--no-records",))]
+    worker = Worker(f"records-{'on' if records else 'off'}-{names['task_queue']}", "worker_pc.py", argv, log_dir)
     comm = process_comms.connect(url, **names)
     try:
+        worker.wait_ready(30)
         ctl = process_comms.RemoteProcessThreadController(comm)
-        ctl.launch_process(Add, init_kwargs={"inputs": {"a": 0, "b": 0}}).result(30)  # warm up
+        ctl.launch_process(PcTrivial, init_kwargs={"inputs": {"a": 0, "b": 0}}).result(30)  # warm up
         started = time.perf_counter()
-        futures = [ctl.launch_process(Add, init_kwargs={"inputs": {"a": i, "b": 1}}) for i in range(launches)]
+        futures = [ctl.launch_process(PcTrivial, init_kwargs={"inputs": {"a": i, "b": 1}}) for i in range(launches)]
         for fut in futures:
             fut.result(120)
         return launches / (time.perf_counter() - started)
@@ -115,7 +120,7 @@ def bench_launch(url: str, launches: int, rounds: int) -> dict[str, float]:
         for round_ in range(rounds):
             order = (True, False) if round_ % 2 == 0 else (False, True)
             for records in order:
-                (on if records else off).append(_throughput(url, records, launches, db))
+                (on if records else off).append(_throughput(url, records, launches, db, Path(tmp)))
     m_on, m_off = statistics.median(on), statistics.median(off)
     return {"records on /s": m_on, "records off /s": m_off, "overhead %": 100 * (m_off - m_on) / m_off}
 

@@ -1,0 +1,187 @@
+"""Many live processes on one worker (issue 16): launch, status under load, kill_all, bindings and memory.
+
+The worker runs in its own OS process (``benchmarks/worker_pc.py --fleet-worker``, a ``process_comms.Worker``
+with an in-memory store); this interpreter is the client. Each process is a ``PcWaiter`` sleeping in long
+ticks, so it stays alive and quiet until killed. Measured, for ``--processes N`` (default 10,000):
+
+* launch: ``N`` nowait launches issued at once, seconds until every pid is back;
+* status p50 on one pid with all ``N`` alive, against the same with one process alive (idle);
+* worker memory (VmRSS) idle, with all alive (kB per process) and once all have ended;
+* ``kill_all``: seconds from the broadcast until the worker reports no live process;
+* bindings on the message exchange (``rabbitmqctl list_bindings``): idle, loaded, and seconds until back;
+* the broker's own floor for that: bind and unbind operations per second from a bare aio-pika client, on one
+  channel and spread over four (every live process has one binding, kiwipy's ``[rpc].<pid>`` route).
+
+The worker's store is a SQLite file (a worker's default), so its memory is the processes', not their records'.
+
+Usage::
+
+    python -m benchmarks.workloads.scale [--url amqp://...] [--processes 10000] [--status-calls 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import statistics
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import process_comms
+from benchmarks.bench_procs import PcWaiter
+from benchmarks.common import flags
+from benchmarks.workers import Worker
+
+DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
+#: Seconds any one phase may take before the benchmark gives up on it.
+PHASE_DEADLINE = 600.0
+
+
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def _bindings(exchange: str) -> int:
+    """Bindings whose source is ``exchange`` (each live process binds its RPC route there)."""
+    out = subprocess.run(
+        ["rabbitmqctl", "-q", "list_bindings", "source_name"], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    return sum(1 for line in out.splitlines() if line.strip() == exchange)
+
+
+def _live(ctl: process_comms.RemoteProcessThreadController) -> int:
+    workers = ctl.list_workers(within=0.2).result(30)
+    return sum(int(w.get("processes", 0)) for w in workers)
+
+
+def _until(what: str, check: Any, deadline: float = PHASE_DEADLINE, every: float = 0.05) -> float:
+    """Seconds until ``check()`` is true, polling every ``every`` s; RuntimeError past ``deadline``."""
+    print(f"  waiting: {what}", flush=True)
+    started = time.perf_counter()
+    while not check():
+        if time.perf_counter() - started > deadline:
+            raise RuntimeError(f"{what}: not done within {deadline:.0f} s")
+        time.sleep(every)
+    return time.perf_counter() - started
+
+
+async def _binding_rates(url: str, count: int = 2000) -> dict[str, float]:
+    """Binds and unbinds per second of a bare aio-pika client: the broker's floor for per-process routes."""
+    import aio_pika
+
+    conn = await aio_pika.connect(url)
+    try:
+        channels = [await conn.channel() for _ in range(4)]
+        exchange = await channels[0].declare_exchange(f"pc-bench-bind-{uuid.uuid4().hex[:8]}", "topic")
+        name = f"pc-bench-bind-{uuid.uuid4().hex[:8]}"
+        queues = [await ch.declare_queue(name, exclusive=True) for ch in channels]
+        out: dict[str, float] = {}
+        for lanes in (1, 4):
+            keys = [f"rpc.{uuid.uuid4()}" for _ in range(count)]
+            for op in ("bind", "unbind"):
+                started = time.perf_counter()
+                await asyncio.gather(
+                    *(getattr(queues[i % lanes], op)(exchange.name, routing_key=k) for i, k in enumerate(keys))
+                )
+                out[f"raw {op} /s, {lanes} channel(s)"] = count / (time.perf_counter() - started)
+        await exchange.delete()
+        return out
+    finally:
+        await conn.close()
+
+
+def _status_p50(ctl: process_comms.RemoteProcessThreadController, pid: Any, calls: int) -> float:
+    times = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        ctl.get_status(pid, timeout=10).result(15)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def run(url: str, processes: int, status_calls: int, log_dir: Path) -> dict[str, float]:
+    prefix = f"pc-bench-scale-{uuid.uuid4().hex[:8]}"
+    names = {
+        "message_exchange": f"{prefix}.messages",
+        "task_exchange": f"{prefix}.tasks",
+        "task_queue": f"{prefix}.queue",
+    }
+    store = f"sqlite:///{log_dir / 'scale.db'}"
+    argv = ["--url", url, *flags(names), "--fleet-worker", "--persister", store]
+    worker = Worker("scale", "worker_pc.py", argv, log_dir)
+    comm = process_comms.connect(url, testing_mode=True, **names)
+    out: dict[str, float] = {}
+    try:
+        worker.wait_ready(60)
+        ctl = process_comms.RemoteProcessThreadController(comm)
+        waiter = {"inputs": {"tick": 3600.0}}
+        first = ctl.launch_process(PcWaiter, init_kwargs=waiter, nowait=True).result(30)
+        _status_p50(ctl, first, 50)  # warm up
+        gc.collect()
+        out["worker RSS idle MB"] = _rss_kb(worker.proc.pid) / 1024
+        out["bindings idle"] = _bindings(names["message_exchange"])
+        out["status p50 idle ms"] = _status_p50(ctl, first, status_calls) * 1000
+
+        started = time.perf_counter()
+        futures = [ctl.launch_process(PcWaiter, init_kwargs=waiter, nowait=True) for _ in range(processes - 1)]
+        for fut in futures:
+            fut.result(PHASE_DEADLINE)
+        out["launch s"] = time.perf_counter() - started
+        out["launch /s"] = (processes - 1) / out["launch s"]
+        _until("all processes live", lambda: _live(ctl) >= processes, every=0.5)
+
+        out["status p50 loaded ms"] = _status_p50(ctl, first, status_calls) * 1000
+        out["status loaded / idle"] = out["status p50 loaded ms"] / out["status p50 idle ms"]
+        loaded = _rss_kb(worker.proc.pid)
+        out["worker RSS loaded MB"] = loaded / 1024
+        out["kB per process"] = (loaded - out["worker RSS idle MB"] * 1024) / processes
+        out["bindings loaded"] = _bindings(names["message_exchange"])
+
+        started = time.perf_counter()
+        ctl.kill_all("scale benchmark")  # a broadcast: it answers nothing (plumpy's API)
+        _until("kill_all", lambda: _live(ctl) == 0, every=0.1)
+        out["kill_all s"] = time.perf_counter() - started
+        idle_bindings = out["bindings idle"]  # measured with one process (and its route) alive
+        seen: list[int] = []
+
+        def bindings_back() -> bool:
+            seen.append(_bindings(names["message_exchange"]))
+            return seen[-1] <= idle_bindings
+
+        try:
+            out["bindings back s"] = (
+                _until("bindings back", bindings_back, deadline=120.0, every=0.5) + out["kill_all s"]
+            )
+        except RuntimeError:
+            print(f"  bindings not back to {idle_bindings} within 120 s: last counts {seen[-5:]}")
+            out["bindings back s"] = float("nan")
+        out["worker RSS after MB"] = _rss_kb(worker.proc.pid) / 1024
+        out["RSS after / idle"] = out["worker RSS after MB"] / out["worker RSS idle MB"]
+        out.update(asyncio.run(_binding_rates(url)))
+        return out
+    finally:
+        comm.close()
+        worker.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--url", default=DEFAULT_URL)
+    parser.add_argument("--processes", type=int, default=10_000)
+    parser.add_argument("--status-calls", type=int, default=300)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, value in run(args.url, args.processes, args.status_calls, Path(tmp)).items():
+            print(f"{name:28s} {value:10.2f}")
+
+
+if __name__ == "__main__":
+    main()
