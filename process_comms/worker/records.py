@@ -3,8 +3,9 @@
 A record is a JSON-safe dict: pid, class, inputs, state history with timestamps, worker host and OS pid,
 progress, outputs, exception (type, message, traceback) and the process's own log lines
 (:meth:`Recorded.report` and :attr:`Recorded.logger`). :class:`RecordWriter` writes them through the
-worker's persister on the executor (never on the process loop), coalescing the changes of a short
-window into one batch; a write that fails is logged and never ends a process.
+worker's persister, coalescing the changes of a short window into one batch: on the loop when the store
+can write at once (memory, a local SQLite file nobody else holds), else on the executor; a write that
+fails is logged and never ends a process.
 """
 
 from __future__ import annotations
@@ -168,13 +169,15 @@ class Recorded:
 
 
 class RecordWriter:
-    """Writes the records of one launcher's processes through its persister, off the process loop.
+    """Writes the records of one launcher's processes through its persister.
 
     :meth:`touch` (from any thread) marks a process changed; its record is written within
     :data:`RECORD_FLUSH_DELAY` seconds, or at once when ``urgent`` (an end). One write is in flight at a
     time and the next takes every record changed meanwhile (a group commit), so a newer record is never
     overwritten by an older one, and :meth:`flush` waits only for the write that holds what was changed
-    when it was called: never for a later batch of other processes' records.
+    when it was called: never for a later batch of other processes' records. A batch goes to
+    ``persister.save_records_nowait`` first, and to the executor only when that declines (a server, a
+    file another writer holds, or a WAL checkpoint due).
     """
 
     def __init__(self, persister: Any, loop: asyncio.AbstractEventLoop, delay: float = RECORD_FLUSH_DELAY) -> None:

@@ -190,7 +190,8 @@ def _sqlite_transaction(conn: sqlite3.Connection) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # some errors (a full disk, an I/O error) have rolled it back already
+            conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
 
