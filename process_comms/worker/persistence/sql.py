@@ -1,20 +1,17 @@
 """Checkpoints in one SQL table, in SQLite or PostgreSQL.
 
-The two databases differ only in what :class:`_Dialect` holds (how to connect, the parameter
+The two databases differ only in what their dialect (``_dialects.py``) holds (how to connect, the parameter
 placeholder, the timestamp type, which errors mean what); the statements are written once.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ...errors import PersistenceError
@@ -32,6 +29,7 @@ from ._base import (
     _missing,
     _pid_key,
 )
+from ._dialects import _dialect_for
 from ._records import decode_record, decode_summary, record_texts
 
 __all__ = ["DEFAULT_TABLE", "SqlPersister"]
@@ -40,8 +38,6 @@ __all__ = ["DEFAULT_TABLE", "SqlPersister"]
 DEFAULT_TABLE = "process_comms_checkpoints"
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-_URL_HELP = "use sqlite:///path.db, sqlite://, postgresql://user@host:port/db or memory://"
-_SQLITE_HELP = "use sqlite:///relative.db or sqlite:////abs/path.db"
 
 # Statements, with ``{table}`` and ``{p}`` (the dialect's placeholder) filled in per persister.
 _DDL = (
@@ -119,116 +115,6 @@ _RECORD_PRUNE_COUNT = (
 )
 _CLAIM_OWNER = "SELECT owner FROM {table}_claims WHERE pid_key = {p}"
 _RELEASE = "DELETE FROM {table}_claims WHERE pid_key = {p} AND owner = {p}"
-
-
-@dataclass(frozen=True)
-class _Dialect:
-    """What one database needs: chosen once from the URL by :func:`_dialect_for`."""
-
-    #: DB-API parameter placeholder.
-    placeholder: str
-    #: Column type of ``updated_at``.
-    timestamp_type: str
-    #: The driver's base error: any of these fails the call with PersistenceError.
-    errors: tuple[type[Exception], ...]
-    #: Errors a ``CREATE TABLE IF NOT EXISTS`` raises when another client creates the table at the same moment.
-    create_races: tuple[type[Exception], ...]
-    #: Open a connection in autocommit mode, waiting at most the given seconds for a lock or the server.
-    connect: Callable[[float], Any]
-    #: True if the connection is unusable after an error (then it is replaced and the statement retried once).
-    is_broken: Callable[[Any], bool]
-    #: A context manager running its block as one transaction (the connection is in autocommit mode).
-    transaction: Callable[[Any], AbstractContextManager[Any]]
-    #: A file on this machine (SQLite): a write needs no server and can be tried without waiting.
-    local: bool = False
-
-
-def _sqlite_path(url: str) -> str:
-    if not url.lower().startswith("sqlite://"):
-        raise ValueError(f"invalid SQLite URL {url!r}: {_SQLITE_HELP}")
-    rest = url[len("sqlite://") :]
-    if rest in ("", "/", "/:memory:"):
-        return ":memory:"
-    if not rest.startswith("/"):
-        raise ValueError(f"invalid SQLite URL {url!r}: {_SQLITE_HELP}")
-    return rest[1:]
-
-
-def _enable_wal(conn: sqlite3.Connection, busy_timeout: float) -> None:
-    """Switch to WAL; that switch skips the busy handler, so retry it until the busy timeout."""
-    deadline = time.monotonic() + busy_timeout
-    while True:
-        try:
-            conn.execute("PRAGMA journal_mode = WAL")
-            break
-        except sqlite3.OperationalError as exc:
-            if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.01)  # back off while another process initialises the file
-    conn.execute("PRAGMA synchronous = NORMAL")
-    # the persister checkpoints the WAL itself, from a thread (SqlPersister._run): a commit made on an event
-    # loop (save_records_nowait) must never be the one that copies the log into the file and syncs it
-    conn.execute("PRAGMA wal_autocheckpoint = 0")
-
-
-def _connect_sqlite(path: str, busy_timeout: float) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
-    try:
-        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-        if path != ":memory:":
-            _enable_wal(conn, busy_timeout)
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
-@contextlib.contextmanager
-def _sqlite_transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """One transaction on an autocommit (``isolation_level=None``) SQLite connection."""
-    conn.execute("BEGIN")
-    try:
-        yield
-    except BaseException:
-        if conn.in_transaction:  # some errors (a full disk, an I/O error) have rolled it back already
-            conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-
-
-def _connect_postgres(url: str, busy_timeout: float) -> Any:
-    import psycopg
-
-    return psycopg.connect(url, autocommit=True, connect_timeout=int(busy_timeout))
-
-
-def _dialect_for(url: str) -> _Dialect:
-    """The dialect of ``url``'s scheme; ValueError for a scheme (or SQLite URL) it cannot serve."""
-    scheme = url.partition(":")[0].lower()
-    if scheme == "sqlite":
-        return _Dialect(
-            placeholder="?",
-            timestamp_type="TEXT",
-            errors=(sqlite3.Error,),
-            create_races=(),
-            connect=functools.partial(_connect_sqlite, _sqlite_path(url)),
-            is_broken=lambda _conn: False,  # a local file: an error is the statement's, never the connection's
-            transaction=_sqlite_transaction,
-            local=True,
-        )
-    if scheme in ("postgresql", "postgres"):
-        import psycopg
-
-        return _Dialect(
-            placeholder="%s",
-            timestamp_type="TIMESTAMPTZ",
-            errors=(psycopg.Error,),
-            create_races=(psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable),
-            connect=functools.partial(_connect_postgres, url),
-            is_broken=lambda conn: bool(conn.broken or conn.closed),
-            transaction=lambda conn: conn.transaction(),
-        )
-    raise ValueError(f"unknown persister URL scheme {scheme!r} in {mask_url(url)!r}: {_URL_HELP}")
 
 
 class SqlPersister(Persister):
