@@ -231,16 +231,23 @@ def test_watch_lines_carry_the_time_and_the_class(home: Path, worker: None) -> N
     try:
         assert watch.stdout is not None
         reader = LineReader(watch.stdout)
-        # the watcher subscribes before it prints anything: launch until its first line arrives
+        # the watcher subscribes before it prints anything, possibly in the middle of a launch (it then sees
+        # only that launch's last state changes): launch until it has printed its three lines or ended
         events: list[dict[str, Any]] = []
+        ended = False
         for _ in range(10):
             assert (
                 _run(home, "--profile", "t", "launch", "tests.procs:Add", "--inputs", '{"a": 1, "b": 1}').returncode
                 == 0
             )
-            if not reader.lines.empty():
+            while not ended and not reader.lines.empty():
+                line = reader.next(RUN_TIMEOUT)
+                ended = line is None
+                if line is not None:
+                    events.append(json.loads(line))
+            if ended or len(events) >= 3:
                 break
-        while (line := reader.next(RUN_TIMEOUT)) is not None:
+        while not ended and (line := reader.next(RUN_TIMEOUT)) is not None:
             events.append(json.loads(line))
         assert watch.wait(timeout=STOP_TIMEOUT) == 0
     finally:
