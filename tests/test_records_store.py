@@ -122,7 +122,7 @@ def test_save_records_nowait_never_waits_for_another_writer_of_the_file(tmp_path
         row = record()
         assert store.save_records_nowait([row]) is False  # at once: a 20 s busy wait would block the loop
         other.execute("COMMIT")
-        store.save_records([row])  # the thread path waits as it should, with its busy timeout restored
+        store.save_records([row])  # the thread path, with the store's own busy timeout back in force
         assert store.load_record(row["pid"]) is not None
         assert store._execute("PRAGMA busy_timeout") == [(20000,)]
     finally:

@@ -1,7 +1,7 @@
 """Many live processes on one worker (issue 16): launch, status under load, kill_all, bindings and memory.
 
 The worker runs in its own OS process (``benchmarks/worker_pc.py --fleet-worker``, a ``process_comms.Worker``
-with an in-memory store); this interpreter is the client. Each process is a ``PcWaiter`` sleeping in long
+with a SQLite store); this interpreter is the client. Each process is a ``PcWaiter`` sleeping in long
 ticks, so it stays alive and quiet until killed. Measured, for ``--processes N`` (default 10,000):
 
 * launch: ``N`` nowait launches issued at once, seconds until every pid is back;
@@ -82,18 +82,20 @@ async def _binding_rates(url: str, count: int = 2000) -> dict[str, float]:
         channels = [await conn.channel() for _ in range(4)]
         exchange = await channels[0].declare_exchange(f"pc-bench-bind-{uuid.uuid4().hex[:8]}", "topic")
         name = f"pc-bench-bind-{uuid.uuid4().hex[:8]}"
-        queues = [await ch.declare_queue(name, exclusive=True) for ch in channels]
-        out: dict[str, float] = {}
-        for lanes in (1, 4):
-            keys = [f"rpc.{uuid.uuid4()}" for _ in range(count)]
-            for op in ("bind", "unbind"):
-                started = time.perf_counter()
-                await asyncio.gather(
-                    *(getattr(queues[i % lanes], op)(exchange.name, routing_key=k) for i, k in enumerate(keys))
-                )
-                out[f"raw {op} /s, {lanes} channel(s)"] = count / (time.perf_counter() - started)
-        await exchange.delete()
-        return out
+        try:
+            queues = [await ch.declare_queue(name, exclusive=True) for ch in channels]
+            out: dict[str, float] = {}
+            for lanes in (1, 4):
+                keys = [f"rpc.{uuid.uuid4()}" for _ in range(count)]
+                for op in ("bind", "unbind"):
+                    started = time.perf_counter()
+                    await asyncio.gather(
+                        *(getattr(queues[i % lanes], op)(exchange.name, routing_key=k) for i, k in enumerate(keys))
+                    )
+                    out[f"raw {op} /s, {lanes} channel(s)"] = count / (time.perf_counter() - started)
+            return out
+        finally:
+            await exchange.delete()  # not auto-delete (the unbinds would remove it): never left behind
     finally:
         await conn.close()
 
