@@ -131,6 +131,10 @@ class SqlPersister(Persister):
         self._closed = False
         #: Statements since the WAL was last checkpointed (SQLite).
         self._writes = 0
+        #: Whether the connection waits ``busy_timeout`` for another writer (the thread path) or not at all
+        #: (:meth:`save_records_nowait`). Switched only when the path changes: each PRAGMA is a statement,
+        #: and so a GIL hand-over, that cost as much as the write it guarded (py-spy of a loaded worker).
+        self._patient = True
         with self._lock:
             self._connect()
 
@@ -142,6 +146,7 @@ class SqlPersister(Persister):
         dialect, conn = self._dialect, None
         try:
             conn = dialect.connect(self._busy_timeout)
+            self._patient = True
             for statement in (_DDL, _CLAIMS_DDL, _RECORDS_DDL, _RECORDS_INDEX):
                 try:
                     conn.execute(self._sql(statement))
@@ -184,6 +189,9 @@ class SqlPersister(Persister):
             for attempt in (1, 2):
                 conn = self._conn if self._conn is not None else self._connect()
                 try:
+                    if not self._patient:
+                        conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+                        self._patient = True
                     rows = self._statements(conn, statements)
                     if self._dialect.local and self._writes >= _WAL_CHECKPOINT_EVERY:
                         self._writes = 0
@@ -302,8 +310,10 @@ class SqlPersister(Persister):
             conn = self._conn
             if self._closed or conn is None or self._writes + len(statements) >= _WAL_CHECKPOINT_EVERY:
                 return False
-            conn.execute("PRAGMA busy_timeout = 0")
             try:
+                if self._patient:
+                    conn.execute("PRAGMA busy_timeout = 0")
+                    self._patient = False
                 self._statements(conn, statements)
             except sqlite3.OperationalError as exc:
                 if "locked" in str(exc) or "busy" in str(exc):
@@ -311,8 +321,6 @@ class SqlPersister(Persister):
                 raise PersistenceError(f"checkpoint store {mask_url(self.url)} failed: {exc}") from exc
             except sqlite3.Error as exc:
                 raise PersistenceError(f"checkpoint store {mask_url(self.url)} failed: {exc}") from exc
-            finally:
-                conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
             return True
         finally:
             self._lock.release()
