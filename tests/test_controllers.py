@@ -38,6 +38,7 @@ from process_comms import (
 
 from . import procs
 from .conftest import BROKER_URL, rmq_options
+from .faults._support import wait_until
 
 R = TypeVar("R")
 
@@ -309,7 +310,9 @@ def test_pause_play_and_kill_resolve_to_true(env: Env, states: StateWatcher) -> 
     assert isinstance(kill, ControllerFuture)
     assert kill.result(T) is True
     assert "killed" in states.wait(pid, {"killed"})
-    # once killed the process has left the worker: a second kill finds no route
+    # once its record is written the process leaves the worker: then a second kill finds no route (this
+    # bare launcher has no records service to answer from the record instead)
+    wait_until(lambda: env.launcher.held(pid) is None, T, "the killed process to leave the worker")
     assert_error(env.ctl.kill_process(pid), process_comms.ProcessUnreachable)
 
 
@@ -324,6 +327,8 @@ def test_force_kill_resolves_to_true_and_fails_the_launch(env: Env, states: Stat
 def test_control_of_a_finished_process_is_unreachable(env: Env) -> None:
     pid = uuid.uuid4()
     assert env.ctl.launch_process(procs.Add, init_kwargs={**add(1, 2), "pid": pid}).result(T) == {"sum": 3}
+    # held until its record is written; then gone (this bare launcher has no records service to answer)
+    wait_until(lambda: env.launcher.held(pid) is None, T, "the finished process to leave the worker")
     assert_error(env.ctl.pause_process(pid), process_comms.ProcessUnreachable)
     assert_error(env.ctl.get_status(pid), process_comms.ProcessUnreachable)
     assert_error(env.ctl.play_process(pid), process_comms.ProcessUnreachable)

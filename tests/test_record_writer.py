@@ -92,3 +92,48 @@ def test_changes_made_during_a_write_go_together_in_the_next_one() -> None:
 def _wait_writes(store: GatedStore, count: int) -> None:
     with store.changed:
         assert store.changed.wait_for(lambda: len(store.started) >= count, BOUND)
+
+
+def test_a_record_not_urgent_waits_its_delay_even_while_other_ends_are_written() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        store = GatedStore()
+        writer = RecordWriter(store, loop, delay=60.0)
+        short = Proc("running")
+        writer.touch(short)  # started: not urgent
+        writer.touch(Proc("other ended"), urgent=True)
+        await asyncio.wait_for(loop.run_in_executor(None, _wait_writes, store, 1), BOUND)
+        store.gates[0].set()
+        short.name = "finished"
+        writer.touch(short, urgent=True)  # it ended within the delay: one write of it, not two
+        await asyncio.wait_for(loop.run_in_executor(None, _wait_writes, store, 2), BOUND)
+        store.gates[1].set()
+        await asyncio.wait_for(writer.flush(), BOUND)
+        assert store.started == [["other ended"], ["finished"]]  # before: [["running", "other ended"], ...]
+
+    asyncio.run(main())
+
+
+def test_when_written_calls_back_after_the_write_holding_what_changed_before_it() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        store = GatedStore()
+        writer = RecordWriter(store, loop, delay=60.0)
+        called: list[str] = []
+        proc, other = Proc("waiting"), Proc("other")
+        writer.when_written(proc, lambda: called.append("nothing waited"))
+        assert called == ["nothing waited"]
+        writer.touch(proc)  # not urgent: when_written makes it due now, and only it
+        writer.touch(other)
+        writer.when_written(proc, lambda: called.append(str(store.load_record(proc.pid))))
+        await asyncio.wait_for(loop.run_in_executor(None, _wait_writes, store, 1), BOUND)
+        assert len(called) == 1  # the write is held: no call yet
+        store.gates[0].set()
+        flushing = asyncio.ensure_future(writer.flush())  # writes `other`, still waiting its delay, now
+        await asyncio.wait_for(loop.run_in_executor(None, _wait_writes, store, 2), BOUND)
+        store.gates[1].set()
+        await asyncio.wait_for(flushing, BOUND)
+        assert len(called) == 2 and "waiting" in called[1]  # called once the record was in the store
+        assert store.started == [["waiting"], ["other"]]  # the flush wrote the one still waiting its delay
+
+    asyncio.run(main())

@@ -88,6 +88,8 @@ class ProcessLauncher(ClaimsMixin, BroadcastsMixin):
             loader = AllowListLoader(allowed_modules)
         self.loader = loader or get_object_loader()
         self._processes: dict[str, Process] = {}
+        #: Ended processes whose last record write is in flight: their route stays bound until it is done.
+        self._ending: dict[str, Process] = {}
         self._broadcast_ids: dict[int, Any] = {}
         #: Seconds a claim on a persisted process lasts unless renewed (a dead worker's claims lapse after it).
         self.claim_ttl = claim_ttl
@@ -104,6 +106,22 @@ class ProcessLauncher(ClaimsMixin, BroadcastsMixin):
     def processes(self) -> dict[str, Process]:
         """The live processes of this launcher, by ``str(pid)``."""
         return dict(self._processes)
+
+    def held(self, pid: Pid) -> Process | None:
+        """The process of ``pid`` if this launcher holds it: live, or ended with its last record write in
+        flight (its route is still bound, so who asks about it is answered by the process itself)."""
+        key = str(pid)
+        return self._processes.get(key) or self._ending.get(key)
+
+    @property
+    def ending(self) -> dict[str, Process]:
+        """The ended processes whose last record write is in flight, by ``str(pid)``."""
+        return dict(self._ending)
+
+    async def drain(self) -> None:
+        """Wait until every record changed so far is written (so the ended processes have let go)."""
+        if self.records is not None:
+            await self.records.flush()
 
     def close(self) -> None:
         """Stop the launcher's own loop thread (if it made one); running processes stop with it."""
@@ -362,14 +380,24 @@ class ProcessLauncher(ClaimsMixin, BroadcastsMixin):
         LOGGER.info("process %s (%s) started", key, type(proc).__qualname__)
         proc._touch_record()
 
-        def cleanup(_: Any) -> None:
-            self._processes.pop(key, None)
-            _log_end(proc, time.monotonic() - started)
+        def let_go() -> None:
+            self._ending.pop(key, None)
             if core is not None and comm_loop is not None:
                 run_on(comm_loop, core.remove_rpc_subscriber, key)
             if key in self._claimed:
                 self._claimed.discard(key)
                 self.loop.run_in_executor(None, self.persister.release, proc.pid, self.owner)
+
+        def cleanup(_: Any) -> None:
+            self._processes.pop(key, None)
+            _log_end(proc, time.monotonic() - started)
+            if self.records is None:
+                let_go()
+                return
+            # The reply goes now; the route goes once the record says how the process ended, so who asks
+            # meanwhile is answered by the process (docs/performance.md, "What records cost").
+            self._ending[key] = proc
+            self.records.when_written(proc, let_go)
 
         done.add_done_callback(cleanup)
         return done
@@ -391,4 +419,5 @@ class ProcessLauncher(ClaimsMixin, BroadcastsMixin):
         """Stop every live process here, saving its checkpoint (graceful shutdown); returns their pids."""
         procs = list(self._processes.values())
         await asyncio.gather(*(proc.suspend() for proc in procs), return_exceptions=True)
+        await self.drain()  # their records say they were suspended before the worker lets go of them
         return [proc.pid for proc in procs]

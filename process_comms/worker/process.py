@@ -177,7 +177,7 @@ class Process(Recorded):
         if old is not new:
             self._note(new.value, self.killed_message if new is ProcessState.KILLED else None, new.terminal)
             if new.terminal and self._task is not None and asyncio.current_task() is self._task:
-                self._final_broadcast = (old, new)  # sent by _save_final once the record says how it ended
+                self._final_broadcast = (old, new)  # sent by _save_final, before the final checkpoint
             else:
                 self._broadcast_state(old, new)
 
@@ -375,7 +375,8 @@ class Process(Recorded):
         await asyncio.get_running_loop().run_in_executor(None, self.persister.save_checkpoint, self)
 
     async def _save_final(self) -> None:
-        await self._flush_record()  # before the process's route goes: who asks then finds the record
+        # The record's write is not waited for: its launcher keeps this process's route bound until it is
+        # written (ProcessLauncher.start_process), so who asks meanwhile is answered by the process.
         if self._final_broadcast is not None:
             self._broadcast_state(*self._final_broadcast)
             self._final_broadcast = None

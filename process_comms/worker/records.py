@@ -15,6 +15,7 @@ import collections
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..transports.base import host_info
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_LOG_CHARS",
     "MAX_LOG_LINES",
+    "RECORD_END_DELAY",
     "RECORD_FLUSH_DELAY",
     "RECORD_MAX_AGE",
     "RECORD_MAX_COUNT",
@@ -37,6 +39,9 @@ LOGGER = logging.getLogger(__name__)
 
 #: Seconds the changes of a running process are gathered before they are written in one batch.
 RECORD_FLUSH_DELAY = 0.2
+#: Seconds the end of a process waits for other ends to share its write (its reply does not wait: the
+#: launcher keeps the process's route bound until its record is written).
+RECORD_END_DELAY = 0.05
 #: Log lines a record keeps (the newest; the count of dropped ones is kept too).
 MAX_LOG_LINES = 1000
 #: Longest log line kept, in characters.
@@ -121,10 +126,6 @@ class Recorded:
         if self._recorder is not None:
             self._recorder.touch(self, urgent)
 
-    async def _flush_record(self) -> None:
-        if self._recorder is not None:
-            await self._recorder.flush()
-
     def _restore_record(self, old: dict[str, Any] | None) -> None:
         """Continue the history and log of an earlier record of this pid (a continued process)."""
         if not isinstance(old, dict):
@@ -171,26 +172,40 @@ class Recorded:
 class RecordWriter:
     """Writes the records of one launcher's processes through its persister.
 
-    :meth:`touch` (from any thread) marks a process changed; its record is written within
-    :data:`RECORD_FLUSH_DELAY` seconds, or at once when ``urgent`` (an end). One write is in flight at a
-    time and the next takes every record changed meanwhile (a group commit), so a newer record is never
-    overwritten by an older one, and :meth:`flush` waits only for the write that holds what was changed
-    when it was called: never for a later batch of other processes' records. A batch goes to
-    ``persister.save_records_nowait`` first, and to the executor only when that declines (a server, a
-    file another writer holds, or a WAL checkpoint due).
+    :meth:`touch` (from any thread) marks a process changed; its record is written once it has waited
+    :data:`RECORD_FLUSH_DELAY` seconds, or within :data:`RECORD_END_DELAY` when ``urgent`` (an end), so a
+    process that starts and ends within the delay is written once, not twice, and the ends of a busy
+    worker share their writes. One write is in flight at a time and the next
+    takes every record due meanwhile (a group commit), so a newer record is never overwritten by an older
+    one, and :meth:`flush` waits only for the write that holds what was changed when it was called: never
+    for a later batch of other processes' records. A batch goes to ``persister.save_records_nowait``
+    first, and to the executor only when that declines (a server, a file another writer holds, or a WAL
+    checkpoint due).
     """
 
-    def __init__(self, persister: Any, loop: asyncio.AbstractEventLoop, delay: float = RECORD_FLUSH_DELAY) -> None:
+    def __init__(
+        self,
+        persister: Any,
+        loop: asyncio.AbstractEventLoop,
+        delay: float = RECORD_FLUSH_DELAY,
+        end_delay: float = RECORD_END_DELAY,
+    ) -> None:
         self.persister = persister
         self.loop = loop
         self.delay = delay
-        self._dirty: dict[str, Recorded] = {}
-        #: Resolved once the records now in ``_dirty`` are written (made when someone waits for them).
+        self.end_delay = end_delay
+        #: Written by the next batch.
+        self._due: dict[str, Recorded] = {}
+        #: Changed, not urgent: due once ``delay`` has passed since the first change (loop time), oldest first.
+        self._waiting: dict[str, tuple[Recorded, float]] = {}
+        #: Resolved once the records now in ``_due`` are written (made when someone waits for them).
         self._next: asyncio.Future[None] | None = None
         #: Resolved once the write in flight is done.
         self._inflight: asyncio.Future[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        #: Starts the write of the ends due (``end_delay`` after the first of them).
+        self._soon: asyncio.TimerHandle | None = None
         self._failures = 0
 
     def touch(self, proc: Recorded, urgent: bool = False) -> None:
@@ -208,22 +223,61 @@ class RecordWriter:
                 pass  # the loop is gone: the worker is stopping
 
     def _mark(self, proc: Recorded, urgent: bool) -> None:
-        self._dirty[str(proc.pid)] = proc
+        key = str(proc.pid)
         if urgent:
+            self._waiting.pop(key, None)
+            self._due[key] = proc
+            if self._writer is None and self._soon is None:  # a running writer takes it in its next batch
+                self._soon = self.loop.call_later(self.end_delay, self._start)
+        elif key not in self._due and key not in self._waiting:
+            self._waiting[key] = (proc, self.loop.time())
+            if self._timer is None:
+                self._timer = self.loop.call_later(self.delay, self._promote)
+
+    def _promote(self, everything: bool = False) -> None:
+        """Make the waiting records that have waited ``delay`` (or all of them) due, and start a write."""
+        self._timer = None
+        now = self.loop.time()
+        while self._waiting:
+            key, (proc, since) = next(iter(self._waiting.items()))
+            if not everything and now - since < self.delay:
+                self._timer = self.loop.call_at(since + self.delay, self._promote)
+                break
+            del self._waiting[key]
+            self._due.setdefault(key, proc)
+        if self._due:
             self._start()
-        elif self._timer is None and self._writer is None:  # a running writer takes it in its next batch
-            self._timer = self.loop.call_later(self.delay, self._start)
 
     def _start(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._soon is not None:
+            self._soon.cancel()
+            self._soon = None
         if self._writer is None:
             self._writer = self.loop.create_task(self._write_batches())
 
+    def when_written(self, proc: Recorded, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (on the loop) once what changed in ``proc``'s record before this call is written
+        (at once if nothing waits): no task of its own, so a launcher can wait for each ended process."""
+        key = str(proc.pid)
+        if key in self._waiting:
+            self._due[key] = self._waiting.pop(key)[0]
+            self._start()
+        if key in self._due:
+            if self._next is None:
+                self._next = self.loop.create_future()
+            self._next.add_done_callback(lambda _: callback())
+        elif self._inflight is not None:
+            self._inflight.add_done_callback(lambda _: callback())
+        else:
+            callback()
+
     async def flush(self) -> None:
-        """Wait until every record changed before this call is written (failures are logged, not raised)."""
-        if self._dirty:
+        """Write every record changed before this call now, and wait for it (failures are logged, not raised)."""
+        if self._waiting:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._promote(everything=True)
+        if self._due:
             if self._next is None:
                 self._next = self.loop.create_future()
             done = self._next
@@ -236,8 +290,8 @@ class RecordWriter:
 
     async def _write_batches(self) -> None:
         try:
-            while self._dirty:
-                procs, self._dirty = list(self._dirty.values()), {}
+            while self._due:
+                procs, self._due = list(self._due.values()), {}
                 done, self._next = self._next or self.loop.create_future(), None
                 self._inflight = done
                 try:

@@ -128,16 +128,24 @@ class RecordsService:
 
     async def get(self, pid: Pid) -> dict[str, Any] | None:
         """The whole record of ``pid`` (``live`` says whether a worker runs it now), or None."""
-        proc = self.launcher.processes.get(str(pid))
+        proc = self.launcher.held(pid)
         if proc is not None:
-            return {**proc.record(), "live": True}
+            return {**proc.record(), "live": not proc.state.terminal}
         record = await self._store(self.persister.load_record, pid)
         if record is None:
             await asyncio.sleep(NOT_FOUND_GRACE)
             return None
         if record.get("state_name") in TERMINAL_STATES:
             return {**record, "live": False}
-        return self._with_live(record, await self._live_status(pid))
+        status = await self._live_status(pid)
+        if status is not None and state_name(status.get("state")) in TERMINAL_STATES:
+            # it has just ended on another worker, which answers from the process itself; this copy is
+            # stale (no outputs yet), so it answers second and reads the store again first
+            await asyncio.sleep(NOT_FOUND_GRACE)
+            again = await self._store(self.persister.load_record, pid)
+            if isinstance(again, dict) and again.get("state_name") in TERMINAL_STATES:
+                return {**again, "live": False}
+        return self._with_live(record, status)
 
     async def list(
         self, state: str | None, limit: int, since: float | None, class_name: str | None
@@ -145,14 +153,18 @@ class RecordsService:
         """Record summaries, newest first, live and ended; live state from the live processes."""
         rows: list[dict[str, Any]] = await self._store(self.persister.list_records, state, limit, since, class_name)
         by_pid = {str(row.get("pid")): row for row in rows}
-        for key, proc in self.launcher.processes.items():  # newer than the store's copy, or not written yet
+        held = [(proc, True) for proc in self.launcher.processes.values()]
+        held += [(proc, False) for proc in self.launcher.ending.values()]  # ended, record write in flight
+        for proc, live in held:  # newer than the store's copy, or not written yet
             summary = _summary(proc.record())
             if (since is None or proc.ctime >= since) and class_name in (None, summary["class"]):
-                by_pid[key] = {**summary, "live": True}
-        ended = [row for row in by_pid.values() if row.get("live") or row.get("state_name") in TERMINAL_STATES]
-        others = [row for row in by_pid.values() if row not in ended]
+                by_pid[str(proc.pid)] = {**summary, "live": live}
+        settled: list[dict[str, Any]] = []  # held here, or ended: no need to ask their routes
+        others: list[dict[str, Any]] = []
+        for row in by_pid.values():
+            (settled if "live" in row or row.get("state_name") in TERMINAL_STATES else others).append(row)
         statuses = await asyncio.gather(*(self._live_status(row.get("pid")) for row in others))
-        merged = [{**row, "live": row.get("live", False)} for row in ended]
+        merged = [{**row, "live": row.get("live", False)} for row in settled]
         merged += [self._with_live(row, status) for row, status in zip(others, statuses, strict=True)]
         if state is not None:
             merged = [row for row in merged if row.get("state_name") == state]
@@ -162,7 +174,7 @@ class RecordsService:
     async def kill(self, pid: Pid, message: str | None) -> dict[str, Any]:
         """Kill ``pid`` where no worker runs it: a task still queued, a parked process, or an orphan whose
         worker died. Its record says ``killed`` and no worker runs it again (the launcher checks)."""
-        proc = self.launcher.processes.get(str(pid))
+        proc = self.launcher.held(pid)
         if proc is not None:
             killed = await proc.kill(message)
             return {"killed": killed, "state_name": proc.state.value}

@@ -1,0 +1,94 @@
+"""A reply does not wait for its process's record (issue 16's launch rate), and nothing is lost by it:
+until the record is written, the worker keeps the ended process's route bound and answers for it from
+memory (ProcessLauncher.start_process, docs/performance.md "What records cost")."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import process_comms
+from process_comms.worker.persistence import InMemoryPersister
+from tests.procs import Add, Waiter
+
+from .conftest import BROKER_URL
+from .faults._support import wait_until
+
+T = 20.0
+
+
+class HeldEnds(InMemoryPersister):
+    """A store that holds every write of an ended process's record until the test lets it through."""
+
+    def __init__(self, held: str = "finished") -> None:
+        super().__init__()
+        self.held = held
+        self.let_through = threading.Event()
+
+    def save_records_nowait(self, records: Sequence[dict[str, Any]]) -> bool:
+        return False  # every write on the thread path, where it can be held
+
+    def save_records(self, records: Sequence[dict[str, Any]]) -> None:
+        if any(r.get("state_name") == self.held for r in records):
+            assert self.let_through.wait(T), "the test never let the final record through"
+        super().save_records(records)
+
+
+def test_the_reply_comes_before_the_record_and_the_process_answers_until_it_is_written(
+    names: dict[str, str],
+) -> None:
+    store = HeldEnds()
+    worker = process_comms.Worker(
+        BROKER_URL, persister=store, allowed_modules=["tests.procs"], testing_mode=True, **names
+    ).start()
+    try:
+        with process_comms.connect(BROKER_URL, testing_mode=True, **names) as comm:
+            ctl = process_comms.RemoteProcessThreadController(comm)
+            pid = ctl.launch_process(Add, init_kwargs={"inputs": {"a": 2, "b": 3}}, nowait=True).result(T)
+            # before: the launch's reply waited for the record, so this waited for the test's gate (and timed out)
+            assert ctl.launch_process(Add, init_kwargs={"inputs": {"a": 1, "b": 1}}).result(T) == {"sum": 2}
+            assert ctl.wait_for_process(pid, timeout=T, poll_interval=0.1).result(T) == "finished"
+            assert store.load_record(pid) is None or store.load_record(pid)["state_name"] != "finished"
+            assert worker.launcher.held(pid) is not None  # ended, its route still bound
+            status = ctl.get_status(pid).result(T)
+            assert "record" not in status and status["state"] == "ProcessState.FINISHED"  # the process answered
+            record = ctl.get_process(pid).result(T)
+            assert record["state_name"] == "finished" and record["outputs"] == {"sum": 5} and record["live"] is False
+            assert ctl.get_outputs(pid).result(T) == {"sum": 5}
+            rows = {str(row["pid"]): row for row in ctl.list_processes().result(T)}
+            assert rows[str(pid)]["state_name"] == "finished" and rows[str(pid)]["live"] is False
+
+            store.let_through.set()
+            wait_until(lambda: worker.launcher.held(pid) is None, T, "the ended process to let go after its record")
+            assert store.load_record(pid)["outputs"] == {"sum": 5}
+            status = ctl.get_status(pid).result(T)
+            assert status["record"] is True and status["outputs"] == {"sum": 5}
+    finally:
+        store.let_through.set()
+        worker.stop()
+
+
+
+def test_a_killed_process_answers_killed_until_its_record_says_so(names: dict[str, str]) -> None:
+    """Before: a kill settled the process before its last save, so its route went at once and a status
+    asked right after the kill's reply came from the record still being written: ``waiting``."""
+    store = HeldEnds("killed")
+    worker = process_comms.Worker(
+        BROKER_URL, persister=store, allowed_modules=["tests.procs"], testing_mode=True, **names
+    ).start()
+    try:
+        with process_comms.connect(BROKER_URL, testing_mode=True, **names) as comm:
+            ctl = process_comms.RemoteProcessThreadController(comm)
+            pid = ctl.launch_process(Waiter, init_kwargs={"inputs": {}}, nowait=True).result(T)
+            wait_until(lambda: ctl.get_status(pid).result(T)["state"] == "ProcessState.WAITING", T, "waiting")
+            assert ctl.kill_process(pid, "not needed").result(T) is True
+            assert ctl.get_status(pid).result(T)["state"] == "ProcessState.KILLED"
+            record = ctl.get_process(pid).result(T)
+            assert record["state_name"] == "killed" and record["status"] == "not needed"
+            store.let_through.set()
+            wait_until(lambda: worker.launcher.held(pid) is None, T, "the killed process to let go after its record")
+            assert ctl.get_status(pid).result(T)["state_name"] == "killed"
+    finally:
+        store.let_through.set()
+        worker.stop()
