@@ -73,6 +73,11 @@ def test_each_kind_of_pid_gets_its_own_answer(pids: dict[str, Any], fleet: Worke
             ctl.wait_for_process(pids["parked"], timeout=T).result(T)
         with pytest.raises(process_comms.ProcessUnreachable, match="no record"):
             ctl.wait_for_process(never, timeout=T).result(T)
+        # a pause or play of an ended pid gets what the process answered while it was held: not "unreachable"
+        assert ctl.pause_process(pids["finished"]).result(T) is False
+        assert ctl.play_process(pids["excepted"]).result(T) is True
+        with pytest.raises(process_comms.ProcessUnreachable):
+            ctl.pause_process(never).result(T)
 
         record = ctl.get_process(pids["excepted"]).result(T)
         assert record["class"] == "tests.procs:Fails" and record["persisted"] is False

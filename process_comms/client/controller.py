@@ -208,7 +208,8 @@ class RemoteProcessController(RecordQueries):
     async def pause_process(
         self, pid: Pid, msg_text: str | None = None, timeout: float | None = None, *, release: bool = False
     ) -> bool:
-        """Pause ``pid`` at its next await point: True if paused, False if it had already ended.
+        """Pause ``pid`` at its next await point: True if paused, False if it had already ended (also when
+        no worker holds it any more and its record says so; ``ProcessUnreachable`` for a pid with no record).
 
         ``release=True`` (process_comms workers, persisted processes): also checkpoint it and stop running
         it, so it holds no worker; ``play_process(pid, resume=True)`` continues it on any worker.
@@ -217,20 +218,21 @@ class RemoteProcessController(RecordQueries):
         message = MessageBuilder.pause(msg_text)
         if release:
             message[RELEASE_KEY] = True
-        return await self._run(self._rpc, pid, message, timeout)
+        return await self._run(self._control, pid, message, timeout)
 
     async def play_process(self, pid: Pid, timeout: float | None = None, *, resume: bool = False) -> bool:
-        """Resume ``pid`` (True); with ``resume=True`` a released process (no longer running anywhere) is
-        first continued from its checkpoint on a worker."""
+        """Resume ``pid`` (True, also when it has ended: as plumpy, an ended process is not paused); with
+        ``resume=True`` a released process (no longer running anywhere) is first continued from its
+        checkpoint on a worker."""
         return await self._run(self._play, pid, timeout, resume)
 
     async def _play(self, pid: Pid, timeout: float | None, resume: bool) -> bool:
         try:
             played: bool = await self._rpc(pid, MessageBuilder.play(), timeout)
             return played
-        except ProcessUnreachable:
+        except ProcessUnreachable as exc:
             if not resume:
-                raise
+                return await self._ended(pid, exc, timeout, True)
         try:
             await self._task(create_continue_body(pid, nowait=True), False, timeout)
         except (RemoteError, TaskRejected) as exc:

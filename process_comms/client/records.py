@@ -122,6 +122,26 @@ class RecordQueries:
             )
         return record
 
+    async def _control(self, pid: Pid, message: dict[str, Any], timeout: float | None) -> bool:
+        """Send a pause: the process's answer, or False from the record of one that has ended."""
+        try:
+            answer: bool = await self._rpc(pid, message, timeout)
+            return answer
+        except ProcessUnreachable as exc:
+            return await self._ended(pid, exc, timeout, False)
+
+    async def _ended(self, pid: Pid, unreachable: ProcessUnreachable, timeout: float | None, answer: bool) -> bool:
+        """``answer`` if the record of ``pid`` (which no worker holds) says it ended: what the process itself
+        answers a pause (False) or a play (True) once it has ended, so the answer does not depend on whether
+        its worker has let go of it yet; else ``unreachable`` (parked, no record, no worker up)."""
+        try:
+            record = await self._records(RECORD_OP_GET, timeout, pid=pid)
+        except (ProcessUnreachable, PCTimeoutError):
+            raise unreachable from None
+        if isinstance(record, dict) and is_terminal(str(record.get("state_name"))):
+            return answer
+        raise unreachable
+
     async def _status(self, pid: Pid, timeout: float | None) -> dict[str, Any]:
         try:
             status: dict[str, Any] = await self._rpc(pid, MessageBuilder.status(), timeout)

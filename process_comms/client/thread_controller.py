@@ -82,7 +82,8 @@ class RemoteProcessThreadController:
         return self._communicator.submit(lambda: self._core.pause_process(pid, msg_text, timeout, release=release))
 
     def play_process(self, pid: Pid, timeout: float | None = None, *, resume: bool = False) -> ControllerFuture[bool]:
-        """Future of the play result (True); ``resume=True`` first continues a released process."""
+        """Future of the play result (True, also for an ended process); ``resume=True`` first continues a
+        released process."""
         return self._communicator.submit(lambda: self._core.play_process(pid, timeout, resume=resume))
 
     def kill_process(
