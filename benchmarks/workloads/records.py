@@ -20,6 +20,7 @@ from typing import Any
 import process_comms
 from benchmarks.bench_procs import PcTrivial
 from benchmarks.common import flags
+from benchmarks.measure import process_cpu
 from benchmarks.workers import Worker
 from process_comms.worker.persistence import SqlPersister
 
@@ -92,7 +93,8 @@ def bench_list(url: str, records: int, calls: int) -> dict[str, float]:
             worker.stop()
 
 
-def _throughput(url: str, records: bool, launches: int, db: str, log_dir: Path) -> float:
+def _throughput(url: str, records: bool, launches: int, db: str, log_dir: Path) -> tuple[float, float]:
+    """Launches per second, and the worker's CPU seconds per launch (steadier than the rate on a busy machine)."""
     names = _names()
     argv = ["--url", url, *flags(names), "--persister", db, *(() if records else ("--no-records",))]
     worker = Worker(f"records-{'on' if records else 'off'}-{names['task_queue']}", "worker_pc.py", argv, log_dir)
@@ -101,11 +103,12 @@ def _throughput(url: str, records: bool, launches: int, db: str, log_dir: Path) 
         worker.wait_ready(30)
         ctl = process_comms.RemoteProcessThreadController(comm)
         ctl.launch_process(PcTrivial, init_kwargs={"inputs": {"a": 0, "b": 0}}).result(30)  # warm up
-        started = time.perf_counter()
+        cpu, started = process_cpu(worker.proc.pid) or 0.0, time.perf_counter()
         futures = [ctl.launch_process(PcTrivial, init_kwargs={"inputs": {"a": i, "b": 1}}) for i in range(launches)]
         for fut in futures:
             fut.result(120)
-        return launches / (time.perf_counter() - started)
+        elapsed, cpu = time.perf_counter() - started, (process_cpu(worker.proc.pid) or 0.0) - cpu
+        return launches / elapsed, cpu / launches
     finally:
         comm.close()
         worker.stop()
@@ -113,16 +116,24 @@ def _throughput(url: str, records: bool, launches: int, db: str, log_dir: Path) 
 
 def bench_launch(url: str, launches: int, rounds: int) -> dict[str, float]:
     """Launches per second (issued at once, each waiting for its outputs), records on vs off, ABBA rounds."""
-    on: list[float] = []
-    off: list[float] = []
+    on: list[tuple[float, float]] = []
+    off: list[tuple[float, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
         db = f"sqlite:///{Path(tmp) / 'launch.db'}"
         for round_ in range(rounds):
             order = (True, False) if round_ % 2 == 0 else (False, True)
             for records in order:
                 (on if records else off).append(_throughput(url, records, launches, db, Path(tmp)))
-    m_on, m_off = statistics.median(on), statistics.median(off)
-    return {"records on /s": m_on, "records off /s": m_off, "overhead %": 100 * (m_off - m_on) / m_off}
+    m_on, m_off = statistics.median(r for r, _ in on), statistics.median(r for r, _ in off)
+    cpu_on, cpu_off = statistics.median(c for _, c in on), statistics.median(c for _, c in off)
+    return {
+        "records on /s": m_on,
+        "records off /s": m_off,
+        "overhead %": 100 * (m_off - m_on) / m_off,
+        "worker CPU/launch on, ms": cpu_on * 1000,
+        "worker CPU/launch off, ms": cpu_off * 1000,
+        "worker CPU overhead %": 100 * (cpu_on - cpu_off) / cpu_off,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -136,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, value in bench_list(args.url, args.records, args.calls).items():
         print(f"{name:28s} {value * 1000:8.1f} ms")
     for name, value in bench_launch(args.url, args.launches, args.rounds).items():
-        print(f"{name:28s} {value:8.1f}")
+        print(f"{name:28s} {value:8.2f}")
 
 
 if __name__ == "__main__":
