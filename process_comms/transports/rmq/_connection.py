@@ -45,6 +45,13 @@ LOGGER = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: Connects tried when an auto-delete exchange vanishes between its declare and a bind (testing mode).
+_DECLARE_ATTEMPTS = 3
+
+
+class _ExchangeVanished(Exception):
+    """An exchange we had just declared was gone when we bound to it (``connect`` declares again)."""
+
 
 class RmqConnection(AsyncCommunicator):
     """One robust aio-pika connection with kiwipy's exchanges: the base of :class:`RmqCommunicator`.
@@ -125,8 +132,17 @@ class RmqConnection(AsyncCommunicator):
     # -- lifecycle -------------------------------------------------------------------------------
     async def connect(self) -> None:
         async with self._connect_lock:
-            if self._connection is not None:
-                return
+            for attempt in range(1, _DECLARE_ATTEMPTS + 1):
+                try:
+                    return await self._connect_once()
+                except _ExchangeVanished as vanished:
+                    if attempt == _DECLARE_ATTEMPTS:
+                        raise BrokerUnavailable(
+                            f"could not declare the exchanges on {mask_url(self._url)}: {vanished}"
+                        ) from None
+
+    async def _connect_once(self) -> None:
+        if self._connection is None:
             self._ensure_open()
             _frames.install()  # a peer's malformed property must not drop our connection
             kwargs: dict[str, Any] = {
@@ -182,6 +198,13 @@ class RmqConnection(AsyncCommunicator):
             except aiormq.exceptions.AMQPError as exc:
                 await connection.close()
                 self._connection = None
+                if self._failover is not None:
+                    self._failover.stop()
+                    self._failover = None
+                if not self._passive_exchanges and isinstance(exc, aiormq.exceptions.ChannelNotFoundEntity):
+                    # an auto-delete exchange (testing mode) went with its last binding, another connection
+                    # closing, between our declare and our bind: declare it again (connect() retries)
+                    raise _ExchangeVanished(describe_connect_error(exc)) from None
                 if self._passive_exchanges and isinstance(exc, aiormq.exceptions.ChannelNotFoundEntity):
                     raise BrokerUnavailable(
                         f"the exchanges {self.message_exchange_name!r} and {self.task_exchange_name!r} do not exist on"

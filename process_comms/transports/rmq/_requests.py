@@ -32,6 +32,7 @@ class RmqRequests(RmqConnection):
     """:class:`RmqConnection` plus requests that wait for their reply (the base of :class:`RmqCommunicator`)."""
 
     async def _after_connect(self) -> None:
+        self._reply_queues.clear()  # a fresh connection (also a retried connect): nothing declared on it yet
         if self.testing_mode:
             # auto-delete exchanges vanish with their last binding: our reply queues' bindings keep them
             # alive for this communicator's life
