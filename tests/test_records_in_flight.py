@@ -5,6 +5,7 @@ memory (ProcessLauncher.start_process, docs/performance.md "What records cost").
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -69,7 +70,6 @@ def test_the_reply_comes_before_the_record_and_the_process_answers_until_it_is_w
         worker.stop()
 
 
-
 def test_a_killed_process_answers_killed_until_its_record_says_so(names: dict[str, str]) -> None:
     """Before: a kill settled the process before its last save, so its route went at once and a status
     asked right after the kill's reply came from the record still being written: ``waiting``."""
@@ -89,6 +89,31 @@ def test_a_killed_process_answers_killed_until_its_record_says_so(names: dict[st
             store.let_through.set()
             wait_until(lambda: worker.launcher.held(pid) is None, T, "the killed process to let go after its record")
             assert ctl.get_status(pid).result(T)["state_name"] == "killed"
+    finally:
+        store.let_through.set()
+        worker.stop()
+
+
+def test_a_new_run_of_a_held_pid_takes_its_route_over(names: dict[str, str]) -> None:
+    """A launch that reuses the pid of an ended process still held (its record not yet written) runs and
+    answers; a route per process would have refused it (``DuplicateSubscriber``)."""
+    store = HeldEnds()
+    worker = process_comms.Worker(
+        BROKER_URL, persister=store, allowed_modules=["tests.procs"], testing_mode=True, **names
+    ).start()
+    try:
+        with process_comms.connect(BROKER_URL, testing_mode=True, **names) as comm:
+            ctl = process_comms.RemoteProcessThreadController(comm)
+            pid = uuid.uuid4()
+            assert ctl.launch_process(Add, init_kwargs={"inputs": {"a": 1, "b": 2}, "pid": pid}).result(T) == {"sum": 3}
+            assert worker.launcher.held(pid) is not None  # ended, its record held back by the store
+            again = ctl.launch_process(Waiter, init_kwargs={"inputs": {}, "pid": pid}, nowait=True).result(T)
+            assert again == pid
+            wait_until(lambda: ctl.get_status(pid).result(T)["state"] == "ProcessState.WAITING", T, "the new run")
+            store.let_through.set()  # the first run's record is written: the new run keeps the route
+            wait_until(lambda: not worker.launcher.ending, T, "the first run to let go")
+            assert ctl.get_status(pid).result(T)["state"] == "ProcessState.WAITING"
+            assert ctl.kill_process(pid).result(T) is True
     finally:
         store.let_through.set()
         worker.stop()

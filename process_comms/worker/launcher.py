@@ -44,6 +44,7 @@ from ..wire.messages import (
 from ._broadcasts import BroadcastsMixin
 from ._bundle import META_KEY
 from ._claims import ClaimsMixin
+from ._routes import RoutesMixin
 from ._state import KilledError
 from ._tasking import _EXTRAS, LAUNCH_PID_NAMESPACE, _log_end, _release, _TaskExtras, hold_for
 from .process import Process
@@ -54,7 +55,7 @@ __all__ = ["ProcessLauncher"]
 LOGGER = logging.getLogger(__name__)
 
 
-class ProcessLauncher(ClaimsMixin, BroadcastsMixin):
+class ProcessLauncher(ClaimsMixin, BroadcastsMixin, RoutesMixin):
     """A task subscriber that launches, creates and continues processes on its own event loop.
 
     ``communicator.add_task_subscriber(launcher)`` starts it. Only :class:`Process` subclasses are
@@ -88,8 +89,7 @@ class ProcessLauncher(ClaimsMixin, BroadcastsMixin):
             loader = AllowListLoader(allowed_modules)
         self.loader = loader or get_object_loader()
         self._processes: dict[str, Process] = {}
-        #: Ended processes whose last record write is in flight: their route stays bound until it is done.
-        self._ending: dict[str, Process] = {}
+        self._init_routes()
         self._broadcast_ids: dict[int, Any] = {}
         #: Seconds a claim on a persisted process lasts unless renewed (a dead worker's claims lapse after it).
         self.claim_ttl = claim_ttl
@@ -106,17 +106,6 @@ class ProcessLauncher(ClaimsMixin, BroadcastsMixin):
     def processes(self) -> dict[str, Process]:
         """The live processes of this launcher, by ``str(pid)``."""
         return dict(self._processes)
-
-    def held(self, pid: Pid) -> Process | None:
-        """The process of ``pid`` if this launcher holds it: live, or ended with its last record write in
-        flight (its route is still bound, so who asks about it is answered by the process itself)."""
-        key = str(pid)
-        return self._processes.get(key) or self._ending.get(key)
-
-    @property
-    def ending(self) -> dict[str, Process]:
-        """The ended processes whose last record write is in flight, by ``str(pid)``."""
-        return dict(self._ending)
 
     async def drain(self) -> None:
         """Wait until every record changed so far is written (so the ended processes have let go)."""
@@ -367,11 +356,16 @@ class ProcessLauncher(ClaimsMixin, BroadcastsMixin):
         proc.attach(self.loop, core, comm_loop, self.persister if persist else None)
         proc._recorder = self.records
         started = time.monotonic()
-        if not proc.state.terminal and core is not None and comm_loop is not None:
+        routed = not proc.state.terminal and core is not None and comm_loop is not None
+        if routed:
+            assert core is not None and comm_loop is not None
             try:
-                await self._on_comm_loop(comm_loop, core.add_rpc_subscriber, proc._on_rpc, key)
+                await self._bind_route(key, core, comm_loop)
+                self._processes[key] = proc  # before the next await: a held run of the pid sees it (_routes.py)
                 await self._ensure_broadcasts(core, comm_loop)
             except BaseException:
+                if self._processes.get(key) is proc:
+                    del self._processes[key]
                 if key in self._claimed:  # it does not run here: another worker may take it at once
                     await self._unclaim(proc.pid)
                 raise
@@ -380,24 +374,15 @@ class ProcessLauncher(ClaimsMixin, BroadcastsMixin):
         LOGGER.info("process %s (%s) started", key, type(proc).__qualname__)
         proc._touch_record()
 
-        def let_go() -> None:
-            self._ending.pop(key, None)
-            if core is not None and comm_loop is not None:
-                run_on(comm_loop, core.remove_rpc_subscriber, key)
+        def cleanup(_: Any) -> None:
+            if self._processes.get(key) is proc:
+                del self._processes[key]
+            _log_end(proc, time.monotonic() - started)
             if key in self._claimed:
                 self._claimed.discard(key)
                 self.loop.run_in_executor(None, self.persister.release, proc.pid, self.owner)
-
-        def cleanup(_: Any) -> None:
-            self._processes.pop(key, None)
-            _log_end(proc, time.monotonic() - started)
-            if self.records is None:
-                let_go()
-                return
-            # The reply goes now; the route goes once the record says how the process ended, so who asks
-            # meanwhile is answered by the process (docs/performance.md, "What records cost").
-            self._ending[key] = proc
-            self.records.when_written(proc, let_go)
+            if routed:  # the reply goes now; an ended process keeps its route until its record is written
+                self._let_go_route(proc, core, comm_loop)
 
         done.add_done_callback(cleanup)
         return done

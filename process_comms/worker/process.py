@@ -346,6 +346,7 @@ class Process(Recorded):
         except asyncio.CancelledError:
             if self._suspending and self._kill_requested is None:
                 await self._save_final()  # state stays running: the next worker continues from here
+                await self._flush_record()  # only an ended process is held after its run (worker/_routes.py)
                 if not self._done.done():
                     self._done.set_exception(Suspended(f"process {self.pid} was suspended by its worker"))
                     self._done.exception()
@@ -375,8 +376,8 @@ class Process(Recorded):
         await asyncio.get_running_loop().run_in_executor(None, self.persister.save_checkpoint, self)
 
     async def _save_final(self) -> None:
-        # The record's write is not waited for: its launcher keeps this process's route bound until it is
-        # written (ProcessLauncher.start_process), so who asks meanwhile is answered by the process.
+        # The record's write is not waited for: its launcher keeps an ended process's route bound until it
+        # is written (worker/_routes.py), so who asks meanwhile is answered by the process.
         if self._final_broadcast is not None:
             self._broadcast_state(*self._final_broadcast)
             self._final_broadcast = None

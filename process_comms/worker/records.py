@@ -126,6 +126,10 @@ class Recorded:
         if self._recorder is not None:
             self._recorder.touch(self, urgent)
 
+    async def _flush_record(self) -> None:
+        if self._recorder is not None:
+            await self._recorder.flush()
+
     def _restore_record(self, old: dict[str, Any] | None) -> None:
         """Continue the history and log of an earlier record of this pid (a continued process)."""
         if not isinstance(old, dict):
@@ -253,7 +257,11 @@ class RecordWriter:
             self._soon.cancel()
             self._soon = None
         if self._writer is None:
-            self._writer = self.loop.create_task(self._write_batches())
+            batches = self._write_batches()
+            try:
+                self._writer = self.loop.create_task(batches)
+            except RuntimeError:  # the loop is closed: the launcher has stopped
+                batches.close()
 
     def when_written(self, proc: Recorded, callback: Callable[[], None]) -> None:
         """Call ``callback`` (on the loop) once what changed in ``proc``'s record before this call is written
