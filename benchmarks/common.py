@@ -7,7 +7,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
-ALL_WORKLOADS = ("a", "b", "c", "d", "e", "f", "g", "h", "codec", "facade", "wakeup")
+ALL_WORKLOADS = ("a", "b", "c", "d", "e", "f", "g", "h", "costs", "codec", "facade", "wakeup")
 #: Full-scale sizes (multiplied by --scale).
 SIZES = {
     "a": 1000,
@@ -22,6 +22,7 @@ SIZES = {
     "h.b": 2000,
     "h.d": 1000,
     "h.e": 200,
+    "costs": 600,
     "codec": 5000,
     "facade": 2000,
     "wakeup": 40,

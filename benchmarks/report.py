@@ -290,6 +290,7 @@ def render(
     load_start: tuple[float, float, float],
     load_end: tuple[float, float, float],
     t_begin: float,
+    cost_rows: list[tuple[str, str, float, str, float]] | None = None,
 ) -> str:
     out = [
         "# process_comms vs plumpy 0.26 — benchmark results",
@@ -330,6 +331,19 @@ def render(
             md_table(
                 ["codec", "message", "bytes", "µs / op"],
                 [[c, w, str(b), f"{us:.1f}"] for c, w, b, us in codec_rows],
+            ),
+        ]
+    if cost_rows:
+        out += [
+            "",
+            "## What records and a quorum task queue cost (process_comms; launch and wait, issued then awaited)",
+            "",
+            md_table(
+                ["row", "with", "launches/s", "against", "launches/s", "cost"],
+                [
+                    [label, a, f"{rate_a:.0f}", b, f"{rate_b:.0f}", f"{100 * (rate_b - rate_a) / rate_b:.1f} %"]
+                    for label, a, rate_a, b, rate_b in cost_rows
+                ],
             ),
         ]
     if facade_rows:

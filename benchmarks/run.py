@@ -11,7 +11,7 @@ Usage::
 
     /tmp/venv/bin/python benchmarks/run.py                     # full scale, writes benchmarks/results.md
     /tmp/venv/bin/python benchmarks/run.py --scale 0.1         # quick smoke run
-    /tmp/venv/bin/python benchmarks/run.py --only a,b,g        # some workloads (a-h, codec, facade)
+    /tmp/venv/bin/python benchmarks/run.py --only a,b,g        # some workloads (a-h, costs, codec, facade)
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from benchmarks.report import build_tables, environment, render
 from benchmarks.sides import PcSide, PlumpySide, Side
 from benchmarks.workers import Worker
 from benchmarks.workloads.in_process import bench_codec, bench_facade
+from benchmarks.workloads.records import bench_costs
 from benchmarks.workloads.thread_controllers import Bench
 
 
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Result] = []
     codec_rows: list[tuple[str, str, int, float]] = []
     facade_rows: list[tuple[str, float]] = []
+    cost_rows: list[tuple[str, str, float, str, float]] = []
     failures: list[str] = []
     raw_exchange = f"pcbench-{run_id}-raw.messages" if {"a", "g"} & set(args.selected) else None
     t_begin = time.perf_counter()
@@ -135,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
                 elif workload == "facade":
                     bench.log("facade: thread facade overhead on the embedded default (no broker)")
                     facade_rows = bench_facade(bench.n("facade"))
+                elif workload == "costs":
+                    bench.log("costs: launch rate with records on/off and a quorum/classic task queue")
+                    cost_rows = bench_costs(args.url, bench.n("costs"), max(2, args.rounds * 2))
                 else:
                     getattr(bench, f"w_{workload}")()
             except Exception as exc:  # noqa: BLE001 - one workload failing must not stop the others
@@ -152,7 +157,18 @@ def main(argv: list[str] | None = None) -> int:
 
     detail, comparison, _verdicts = build_tables(results)
     doc = render(
-        args, env, run_id, detail, comparison, codec_rows, facade_rows, failures, load_start, load_end, t_begin
+        args,
+        env,
+        run_id,
+        detail,
+        comparison,
+        codec_rows,
+        facade_rows,
+        failures,
+        load_start,
+        load_end,
+        t_begin,
+        cost_rows,
     )
     print()
     print(doc)

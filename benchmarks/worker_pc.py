@@ -28,6 +28,7 @@ def main() -> int:
     parser.add_argument("--codec", default="yaml")
     parser.add_argument("--persister", default="memory://", help="the store of checkpoints and records (a URL)")
     parser.add_argument("--no-records", action="store_true", help="write no process records")
+    parser.add_argument("--task-queue-type", default="classic", choices=("classic", "quorum"))
     parser.add_argument(
         "--fleet-worker",
         action="store_true",
@@ -54,6 +55,7 @@ def main() -> int:
         task_queue=args.task_queue,
         testing_mode=True,
         codec=args.codec,
+        task_queue_type=args.task_queue_type,
     )
     persister = process_comms.get_persister(args.persister)
     worker: process_comms.Worker | None = None

@@ -93,12 +93,16 @@ def bench_list(url: str, records: int, calls: int) -> dict[str, float]:
             worker.stop()
 
 
-def _throughput(url: str, records: bool, launches: int, db: str, log_dir: Path) -> tuple[float, float]:
+def _throughput(
+    url: str, records: bool, launches: int, db: str, log_dir: Path, queue_type: str = "classic"
+) -> tuple[float, float]:
     """Launches per second, and the worker's CPU seconds per launch (steadier than the rate on a busy machine)."""
     names = _names()
-    argv = ["--url", url, *flags(names), "--persister", db, *(() if records else ("--no-records",))]
+    argv = ["--url", url, *flags(names), "--persister", db, "--task-queue-type", queue_type]
+    if not records:
+        argv.append("--no-records")
     worker = Worker(f"records-{'on' if records else 'off'}-{names['task_queue']}", "worker_pc.py", argv, log_dir)
-    comm = process_comms.connect(url, **names)
+    comm = process_comms.connect(url, task_queue_type=queue_type, **names)
     try:
         worker.wait_ready(30)
         ctl = process_comms.RemoteProcessThreadController(comm)
@@ -134,6 +138,26 @@ def bench_launch(url: str, launches: int, rounds: int) -> dict[str, float]:
         "worker CPU/launch off, ms": cpu_off * 1000,
         "worker CPU overhead %": 100 * (cpu_on - cpu_off) / cpu_off,
     }
+
+
+def bench_costs(url: str, launches: int, rounds: int) -> list[tuple[str, str, float, str, float]]:
+    """What records and a quorum task queue cost the launch rate (issue 16: no regression from issues 14
+    and 15): ``(row, with, launches/s, without, launches/s)``, medians of ABBA rounds of ``launches``
+    issued at once, each awaited for its outputs; the worker in its own OS process, a SQLite store."""
+    kinds = {"records off": (False, "classic"), "records on": (True, "classic"), "quorum": (True, "quorum")}
+    rates: dict[str, list[float]] = {kind: [] for kind in kinds}
+    with tempfile.TemporaryDirectory() as tmp:
+        db = f"sqlite:///{Path(tmp) / 'costs.db'}"
+        for round_ in range(rounds):
+            order = list(kinds) if round_ % 2 == 0 else list(reversed(kinds))
+            for kind in order:
+                records, queue_type = kinds[kind]
+                rates[kind].append(_throughput(url, records, launches, db, Path(tmp), queue_type)[0])
+    median = {kind: statistics.median(values) for kind, values in rates.items()}
+    return [
+        ("records (SQLite store), classic task queue", "on", median["records on"], "off", median["records off"]),
+        ("task queue type, records on", "quorum", median["quorum"], "classic", median["records on"]),
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:
