@@ -7,9 +7,11 @@ by the process itself, and the fleet's record queries find it in memory (docs/pe
 records cost"). Only ended processes are held: a suspended one (released, or its worker stopping) is
 written before it lets go, since a held one would answer a ``play`` it can no longer act on.
 
-The route's subscriber is the launcher's, not the process's: it answers for whichever run of the pid
-this launcher holds, so a new run of a pid (a launch that reuses it) takes the route over from a held
-one instead of failing with ``DuplicateSubscriber``, and a route being removed is waited for first.
+A route's subscriber is a :class:`_Route`, not the process itself: it answers for the run of the pid
+that holds the route, so a new run of a pid (a launch that reuses it) takes the route over from a held,
+ended one instead of failing with ``DuplicateSubscriber``, and a route being removed is waited for
+first. Once removed, the communicator keeps the subscriber a while for requests routed before the
+unbind (``transports/base.py``, ``RETIRED_RPC_SECONDS``): they get the last run's answer.
 """
 
 from __future__ import annotations
@@ -33,6 +35,18 @@ __all__ = ["RoutesMixin"]
 LOGGER = logging.getLogger("process_comms.worker.launcher")
 
 
+class _Route:
+    """The subscriber of one pid's route (on the communicator's loop): its run answers."""
+
+    __slots__ = ("proc",)
+
+    def __init__(self, proc: Process) -> None:
+        self.proc = proc
+
+    def __call__(self, comm: Any, msg: Any) -> Any:
+        return self.proc._on_rpc(comm, msg)
+
+
 class RoutesMixin:
     """Binds, holds and removes the RPC routes of a launcher's processes (all on the launcher's loop)."""
 
@@ -46,6 +60,8 @@ class RoutesMixin:
         self._ending: dict[str, Process] = {}
         #: Routes being removed, by key: resolved once unroutable (a new run of the pid waits for it).
         self._unbinding: dict[str, asyncio.Future[None]] = {}
+        #: The bound routes, by key.
+        self._routes: dict[str, _Route] = {}
 
     def held(self, pid: Pid) -> Process | None:
         """The process of ``pid`` if this launcher holds it: live, or ended with its last record write (or
@@ -58,21 +74,19 @@ class RoutesMixin:
         """The ended processes still held (their record or their route's removal in flight), by ``str(pid)``."""
         return dict(self._ending)
 
-    def _route_rpc(self, key: str, comm: Any, msg: Any) -> Any:
-        """The route's subscriber (on the communicator's loop): the held run of the pid answers."""
-        proc = self._processes.get(key) or self._ending.get(key)
-        if proc is None:
-            raise LookupError(f"process {key} is no longer held by this worker")
-        return proc._on_rpc(comm, msg)
-
-    async def _bind_route(self, key: str, core: AsyncCommunicator, comm_loop: asyncio.AbstractEventLoop) -> None:
-        """Bind the route of ``key``, unless a held run of it still has one (taken over as it is). The caller
-        puts the new run in ``_processes`` before its next await, so the held run does not remove it."""
+    async def _bind_route(self, proc: Process, core: AsyncCommunicator, comm_loop: asyncio.AbstractEventLoop) -> None:
+        """Bind the route of ``proc``'s pid, or take it over from an ended run still held. The caller puts
+        ``proc`` in ``_processes`` before its next await, so the held run does not remove the route."""
+        key = str(proc.pid)
         while (unbinding := self._unbinding.get(key)) is not None:
             await unbinding
-        if key in self._ending:
+        route = self._routes.get(key)
+        if route is not None and key in self._ending and key not in self._processes:
+            route.proc = proc
             return
-        await self._on_comm_loop(comm_loop, core.add_rpc_subscriber, functools.partial(self._route_rpc, key), key)
+        route = _Route(proc)
+        await self._on_comm_loop(comm_loop, core.add_rpc_subscriber, route, key)  # DuplicateSubscriber if live
+        self._routes[key] = route
 
     def _let_go_route(
         self, proc: Process, core: AsyncCommunicator | None, comm_loop: asyncio.AbstractEventLoop | None
@@ -99,12 +113,15 @@ class RoutesMixin:
         key = str(proc.pid)
         unbound = self.loop.create_future()
         self._unbinding[key] = unbound
+        route = self._routes.get(key)
 
         def done() -> None:
             if self._unbinding.get(key) is unbound:
                 del self._unbinding[key]
             if self._ending.get(key) is proc:
                 del self._ending[key]
+            if route is not None and self._routes.get(key) is route:
+                del self._routes[key]
             unbound.set_result(None)
 
         def settled(_: Any) -> None:

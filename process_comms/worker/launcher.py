@@ -360,7 +360,7 @@ class ProcessLauncher(ClaimsMixin, BroadcastsMixin, RoutesMixin):
         if routed:
             assert core is not None and comm_loop is not None
             try:
-                await self._bind_route(key, core, comm_loop)
+                await self._bind_route(proc, core, comm_loop)
                 self._processes[key] = proc  # before the next await: a held run of the pid sees it (_routes.py)
                 await self._ensure_broadcasts(core, comm_loop)
             except BaseException:
