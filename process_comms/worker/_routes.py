@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -31,8 +30,6 @@ if TYPE_CHECKING:
     from .records import RecordWriter
 
 __all__ = ["RoutesMixin"]
-
-LOGGER = logging.getLogger("process_comms.worker.launcher")
 
 
 class _Route:
