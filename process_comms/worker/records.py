@@ -179,12 +179,11 @@ class RecordWriter:
     :meth:`touch` (from any thread) marks a process changed; its record is written once it has waited
     :data:`RECORD_FLUSH_DELAY` seconds, or within :data:`RECORD_END_DELAY` when ``urgent`` (an end), so a
     process that starts and ends within the delay is written once, not twice, and the ends of a busy
-    worker share their writes. One write is in flight at a time and the next
-    takes every record due meanwhile (a group commit), so a newer record is never overwritten by an older
-    one, and :meth:`flush` waits only for the write that holds what was changed when it was called: never
-    for a later batch of other processes' records. A batch goes to ``persister.save_records_nowait``
-    first, and to the executor only when that declines (a server, a file another writer holds, or a WAL
-    checkpoint due).
+    worker share their writes. One write is in flight at a time and the next takes every record due
+    meanwhile (a group commit), so a newer record is never overwritten by an older one, and :meth:`flush`
+    waits only for the write that holds what was changed when it was called: never for a later batch of
+    other processes' records. A batch goes to ``persister.save_records_nowait`` first, and to the
+    executor only when that declines (a server, a file another writer holds, or a WAL checkpoint due).
     """
 
     def __init__(
