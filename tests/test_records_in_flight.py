@@ -1,12 +1,13 @@
 """A reply does not wait for its process's record (issue 16's launch rate), and nothing is lost by it:
 until the record is written, the worker keeps the ended process's route bound and answers for it from
-memory (ProcessLauncher.start_process, docs/performance.md "What records cost")."""
+memory (process_comms/worker/_routes.py, docs/performance.md "What records cost")."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import process_comms
@@ -36,84 +37,75 @@ class HeldEnds(InMemoryPersister):
         super().save_records(records)
 
 
-def test_the_reply_comes_before_the_record_and_the_process_answers_until_it_is_written(
-    names: dict[str, str],
-) -> None:
-    store = HeldEnds()
+@contextlib.contextmanager
+def held_worker(
+    names: dict[str, str], held: str = "finished"
+) -> Iterator[tuple[HeldEnds, process_comms.Worker, process_comms.RemoteProcessThreadController]]:
+    """A worker in this interpreter whose store holds back the records of processes that end ``held``,
+    and a controller on a connection of its own; the store lets everything through at the end."""
+    store = HeldEnds(held)
     worker = process_comms.Worker(
         BROKER_URL, persister=store, allowed_modules=["tests.procs"], testing_mode=True, **names
     ).start()
     try:
         with process_comms.connect(BROKER_URL, testing_mode=True, **names) as comm:
-            ctl = process_comms.RemoteProcessThreadController(comm)
-            pid = ctl.launch_process(Add, init_kwargs={"inputs": {"a": 2, "b": 3}}, nowait=True).result(T)
-            # before: the launch's reply waited for the record, so this waited for the test's gate (and timed out)
-            assert ctl.launch_process(Add, init_kwargs={"inputs": {"a": 1, "b": 1}}).result(T) == {"sum": 2}
-            assert ctl.wait_for_process(pid, timeout=T, poll_interval=0.1).result(T) == "finished"
-            assert store.load_record(pid) is None or store.load_record(pid)["state_name"] != "finished"
-            assert worker.launcher.held(pid) is not None  # ended, its route still bound
-            status = ctl.get_status(pid).result(T)
-            assert "record" not in status and status["state"] == "ProcessState.FINISHED"  # the process answered
-            record = ctl.get_process(pid).result(T)
-            assert record["state_name"] == "finished" and record["outputs"] == {"sum": 5} and record["live"] is False
-            assert ctl.get_outputs(pid).result(T) == {"sum": 5}
-            rows = {str(row["pid"]): row for row in ctl.list_processes().result(T)}
-            assert rows[str(pid)]["state_name"] == "finished" and rows[str(pid)]["live"] is False
-
-            store.let_through.set()
-            wait_until(lambda: worker.launcher.held(pid) is None, T, "the ended process to let go after its record")
-            assert store.load_record(pid)["outputs"] == {"sum": 5}
-            status = ctl.get_status(pid).result(T)
-            assert status["record"] is True and status["outputs"] == {"sum": 5}
+            yield store, worker, process_comms.RemoteProcessThreadController(comm)
     finally:
         store.let_through.set()
         worker.stop()
+
+
+def test_the_reply_comes_before_the_record_and_the_process_answers_until_it_is_written(
+    names: dict[str, str],
+) -> None:
+    with held_worker(names) as (store, worker, ctl):
+        pid = ctl.launch_process(Add, init_kwargs={"inputs": {"a": 2, "b": 3}}, nowait=True).result(T)
+        # before: the launch's reply waited for the record, so this waited for the test's gate (and timed out)
+        assert ctl.launch_process(Add, init_kwargs={"inputs": {"a": 1, "b": 1}}).result(T) == {"sum": 2}
+        assert ctl.wait_for_process(pid, timeout=T, poll_interval=0.1).result(T) == "finished"
+        assert store.load_record(pid) is None or store.load_record(pid)["state_name"] != "finished"
+        assert worker.launcher.held(pid) is not None  # ended, its route still bound
+        status = ctl.get_status(pid).result(T)
+        assert "record" not in status and status["state"] == "ProcessState.FINISHED"  # the process answered
+        record = ctl.get_process(pid).result(T)
+        assert record["state_name"] == "finished" and record["outputs"] == {"sum": 5} and record["live"] is False
+        assert ctl.get_outputs(pid).result(T) == {"sum": 5}
+        rows = {str(row["pid"]): row for row in ctl.list_processes().result(T)}
+        assert rows[str(pid)]["state_name"] == "finished" and rows[str(pid)]["live"] is False
+
+        store.let_through.set()
+        wait_until(lambda: worker.launcher.held(pid) is None, T, "the ended process to let go after its record")
+        assert store.load_record(pid)["outputs"] == {"sum": 5}
+        status = ctl.get_status(pid).result(T)
+        assert status["record"] is True and status["outputs"] == {"sum": 5}
 
 
 def test_a_killed_process_answers_killed_until_its_record_says_so(names: dict[str, str]) -> None:
     """Before: a kill settled the process before its last save, so its route went at once and a status
     asked right after the kill's reply came from the record still being written: ``waiting``."""
-    store = HeldEnds("killed")
-    worker = process_comms.Worker(
-        BROKER_URL, persister=store, allowed_modules=["tests.procs"], testing_mode=True, **names
-    ).start()
-    try:
-        with process_comms.connect(BROKER_URL, testing_mode=True, **names) as comm:
-            ctl = process_comms.RemoteProcessThreadController(comm)
-            pid = ctl.launch_process(Waiter, init_kwargs={"inputs": {}}, nowait=True).result(T)
-            wait_until(lambda: ctl.get_status(pid).result(T)["state"] == "ProcessState.WAITING", T, "waiting")
-            assert ctl.kill_process(pid, "not needed").result(T) is True
-            assert ctl.get_status(pid).result(T)["state"] == "ProcessState.KILLED"
-            record = ctl.get_process(pid).result(T)
-            assert record["state_name"] == "killed" and record["status"] == "not needed"
-            store.let_through.set()
-            wait_until(lambda: worker.launcher.held(pid) is None, T, "the killed process to let go after its record")
-            assert ctl.get_status(pid).result(T)["state_name"] == "killed"
-    finally:
+    with held_worker(names, "killed") as (store, worker, ctl):
+        pid = ctl.launch_process(Waiter, init_kwargs={"inputs": {}}, nowait=True).result(T)
+        wait_until(lambda: ctl.get_status(pid).result(T)["state"] == "ProcessState.WAITING", T, "waiting")
+        assert ctl.kill_process(pid, "not needed").result(T) is True
+        assert ctl.get_status(pid).result(T)["state"] == "ProcessState.KILLED"
+        record = ctl.get_process(pid).result(T)
+        assert record["state_name"] == "killed" and record["status"] == "not needed"
         store.let_through.set()
-        worker.stop()
+        wait_until(lambda: worker.launcher.held(pid) is None, T, "the killed process to let go after its record")
+        assert ctl.get_status(pid).result(T)["state_name"] == "killed"
 
 
 def test_a_new_run_of_a_held_pid_takes_its_route_over(names: dict[str, str]) -> None:
     """A launch that reuses the pid of an ended process still held (its record not yet written) runs and
     answers; a route per process would have refused it (``DuplicateSubscriber``)."""
-    store = HeldEnds()
-    worker = process_comms.Worker(
-        BROKER_URL, persister=store, allowed_modules=["tests.procs"], testing_mode=True, **names
-    ).start()
-    try:
-        with process_comms.connect(BROKER_URL, testing_mode=True, **names) as comm:
-            ctl = process_comms.RemoteProcessThreadController(comm)
-            pid = uuid.uuid4()
-            assert ctl.launch_process(Add, init_kwargs={"inputs": {"a": 1, "b": 2}, "pid": pid}).result(T) == {"sum": 3}
-            assert worker.launcher.held(pid) is not None  # ended, its record held back by the store
-            again = ctl.launch_process(Waiter, init_kwargs={"inputs": {}, "pid": pid}, nowait=True).result(T)
-            assert again == pid
-            wait_until(lambda: ctl.get_status(pid).result(T)["state"] == "ProcessState.WAITING", T, "the new run")
-            store.let_through.set()  # the first run's record is written: the new run keeps the route
-            wait_until(lambda: not worker.launcher.ending, T, "the first run to let go")
-            assert ctl.get_status(pid).result(T)["state"] == "ProcessState.WAITING"
-            assert ctl.kill_process(pid).result(T) is True
-    finally:
-        store.let_through.set()
-        worker.stop()
+    with held_worker(names) as (store, worker, ctl):
+        pid = uuid.uuid4()
+        assert ctl.launch_process(Add, init_kwargs={"inputs": {"a": 1, "b": 2}, "pid": pid}).result(T) == {"sum": 3}
+        assert worker.launcher.held(pid) is not None  # ended, its record held back by the store
+        again = ctl.launch_process(Waiter, init_kwargs={"inputs": {}, "pid": pid}, nowait=True).result(T)
+        assert again == pid
+        wait_until(lambda: ctl.get_status(pid).result(T)["state"] == "ProcessState.WAITING", T, "the new run")
+        store.let_through.set()  # the first run's record is written: the new run keeps the route
+        wait_until(lambda: not worker.launcher.ending, T, "the first run to let go")
+        assert ctl.get_status(pid).result(T)["state"] == "ProcessState.WAITING"
+        assert ctl.kill_process(pid).result(T) is True
