@@ -21,6 +21,7 @@ import functools
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from .. import defaults
 from ..transports._loop import run_on
 from ..transports.base import AsyncCommunicator
 from ..wire.messages import Pid
@@ -76,7 +77,10 @@ class RoutesMixin:
         ``proc`` in ``_processes`` before its next await, so the held run does not remove the route."""
         key = str(proc.pid)
         while (unbinding := self._unbinding.get(key)) is not None:
-            await unbinding
+            # bounded: an unbind stuck on a lost connection leaves the old subscriber, and the add below
+            # then fails with DuplicateSubscriber instead of this run waiting for ever
+            if not (await asyncio.wait({unbinding}, timeout=defaults.RPC_TIMEOUT))[0]:
+                break
         route = self._routes.get(key)
         if route is not None and key in self._ending and key not in self._processes:
             route.proc = proc
