@@ -82,6 +82,7 @@ class RoutesMixin:
             if not (await asyncio.wait({unbinding}, timeout=defaults.RPC_TIMEOUT))[0]:
                 break
         route = self._routes.get(key)
+        proc._route_gone = self.loop.create_future()
         if route is not None and key in self._ending and key not in self._processes:
             route.proc = proc
             return
@@ -124,6 +125,8 @@ class RoutesMixin:
             if route is not None and self._routes.get(key) is route:
                 del self._routes[key]
             unbound.set_result(None)
+            if proc._route_gone is not None and not proc._route_gone.done():
+                proc._route_gone.set_result(None)
 
         def settled(_: Any) -> None:
             try:

@@ -25,6 +25,7 @@ import traceback
 import uuid
 from typing import Any
 
+from .. import defaults
 from ..errors import PersistenceError, RemoteError
 from ..transports._loop import run_on
 from ..transports.base import AsyncCommunicator, host_info
@@ -71,6 +72,8 @@ class Process(Recorded):
         self._done: asyncio.Future[dict[str, Any]] | None = None
         self._broadcast_id: Any = None
         self._final_broadcast: tuple[ProcessState, ProcessState] | None = None
+        #: Resolved by the launcher once this process's route is gone (worker/_routes.py).
+        self._route_gone: asyncio.Future[None] | None = None
         self._init_record()
 
     # -- what authors override and call -----------------------------------------------------------
@@ -269,6 +272,8 @@ class Process(Recorded):
             ) from None
         self._note("released", message)
         await self.suspend()
+        if self._route_gone is not None:  # answered once its route is gone: who asks next finds no worker
+            await asyncio.wait({self._route_gone}, timeout=defaults.RPC_TIMEOUT)
         return True
 
     async def suspend(self) -> None:
