@@ -13,7 +13,7 @@ import pytest
 
 import process_comms
 from process_comms.client.futures import as_asyncio
-from process_comms.transports._loop import LoopThread, run_on, with_deadline
+from process_comms.transports._loop import LoopThread, post, run_on, spawn_on, with_deadline
 
 T = 10.0
 
@@ -224,6 +224,69 @@ def test_run_on_cancels_the_task_when_its_future_is_cancelled(loop_thread: LoopT
     assert started.wait(T)
     assert fut.cancel()
     assert finished.wait(T)
+
+
+def test_run_on_post_and_spawn_on_share_one_wake_up_per_burst_and_keep_their_order(loop_thread: LoopThread) -> None:
+    """A worker's process loop posts thousands of calls a second to its communicator's loop (issue 16): a
+    burst of them, whichever function posted them, is one self-pipe write, and they run in posting order."""
+    real = loop_thread.loop.call_soon_threadsafe
+    wakes: list[int] = []
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        wakes.append(1)
+        return real(*args, **kwargs)
+
+    gate, holding = threading.Event(), threading.Event()
+
+    async def hold_the_loop() -> None:
+        holding.set()
+        gate.wait(T)  # blocks the loop thread on purpose (bounded): the burst below queues up behind it
+
+    seen: list[int] = []
+
+    async def note(i: int) -> int:
+        seen.append(i)
+        return i
+
+    first = loop_thread.start_task_soon(hold_the_loop)
+    assert holding.wait(T)
+    loop_thread.loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+    try:
+        futures = []
+        for i in range(0, 300, 3):
+            futures.append(run_on(loop_thread.loop, note, i))
+            assert post(loop_thread.loop, seen.append, i + 1)
+            spawn_on(loop_thread.loop, note, i + 2)
+        gate.set()
+        first.result(T)
+        assert [f.result(T) for f in futures] == list(range(0, 300, 3))
+        assert loop_thread.start_task_soon(value, "after").result(T) == "after"
+    finally:
+        loop_thread.loop.call_soon_threadsafe = real  # type: ignore[method-assign]
+    # run_on and spawn_on start tasks (each runs a loop turn later than its start): within each kind, in order
+    assert [i for i in seen if i % 3 == 1] == list(range(1, 300, 3))
+    assert [i for i in seen if i % 3 != 1] == sorted(i for i in seen if i % 3 != 1)
+    assert len(seen) == 300
+    assert len(wakes) <= 2, f"{len(wakes)} wake-ups for a burst of 300 posts"
+
+
+def test_posting_to_a_closed_loop_is_refused() -> None:
+    loop = asyncio.new_event_loop()
+    loop.close()
+    assert post(loop, print) is False
+    with pytest.raises(process_comms.CommunicatorClosed):
+        run_on(loop, value, 1).result(T)
+    spawn_on(loop, value, 1)  # logged, not raised: no one awaits it
+
+
+def test_a_failure_of_spawned_work_is_logged(loop_thread: LoopThread, caplog: pytest.LogCaptureFixture) -> None:
+    async def fails() -> None:
+        raise ValueError("spawned and failed")
+
+    spawn_on(loop_thread.loop, fails)
+    assert loop_thread.start_task_soon(value, 1).result(T) == 1
+    assert loop_thread.start_task_soon(asyncio.sleep, 0).result(T) is None  # the task's done callback ran
+    assert "spawned and failed" in caplog.text
 
 
 def test_with_deadline_raises_the_typed_timeout() -> None:

@@ -13,7 +13,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import functools
+import logging
 import threading
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -22,9 +25,10 @@ from .._compat import timeout as _timeout
 from ..errors import CommunicatorClosed, DeadlockError
 from ..errors import TimeoutError as PCTimeoutError
 
-__all__ = ["LoopThread", "ControllerFuture", "AsyncFn", "with_deadline", "run_on"]
+__all__ = ["LoopThread", "ControllerFuture", "AsyncFn", "with_deadline", "run_on", "spawn_on", "post"]
 
 T = TypeVar("T")
+LOGGER = logging.getLogger(__name__)
 
 AsyncFn = Callable[..., Awaitable[T]]
 """What crosses the thread boundary: a coroutine function (or any callable returning an awaitable)."""
@@ -85,6 +89,85 @@ def _settle(setter: Callable[[Any], None], value: Any) -> None:
         pass
 
 
+class _Inbox:
+    """Calls posted to one loop, in order: one loop wake-up (a self-pipe write) serves a whole burst.
+
+    ``loop.call_soon_threadsafe`` writes to the loop's self-pipe on every call; under load (a worker's
+    processes broadcasting their state changes to the communicator's loop, thousands a second) those writes
+    and the wake-ups they cause were a fifth of a worker's interpreter time (py-spy ``--gil``,
+    docs/performance.md). Every post to a loop from this module goes through its one inbox, so calls
+    posted by one thread keep their order whichever function posted them. A call posted from the loop's
+    own thread skips the pipe (``call_soon``) and still runs after the calls already waiting.
+    """
+
+    __slots__ = ("__weakref__", "_calls", "_loop", "_wake_pending")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._calls: collections.deque[Callable[[], None]] = collections.deque()
+        self._wake_pending = False
+
+    def post(self, fn: Callable[[], None]) -> bool:
+        """Queue ``fn`` for the loop's thread; False if the loop is closed (``fn`` will not run)."""
+        loop = self._loop
+        if loop.is_closed():
+            return False
+        self._calls.append(fn)
+        if self._wake_pending:
+            return True
+        if asyncio._get_running_loop() is loop:  # the loop's own thread: no pipe to write, no race
+            self._wake_pending = True
+            loop.call_soon(self._drain)
+            return True
+        # a race with _drain at worst schedules one drain too many; a call is never left behind, since
+        # _drain clears the flag before it empties the inbox and a post appends before it reads the flag
+        try:
+            self._wake_pending = True
+            loop.call_soon_threadsafe(self._drain)
+        except RuntimeError:  # closed meanwhile
+            self._wake_pending = False
+            return False
+        except BaseException:
+            # e.g. Ctrl-C in the posting thread: a flag left set with no drain scheduled would leave every
+            # later call unstarted; cleared, the next post wakes the loop (and this call runs then)
+            self._wake_pending = False
+            raise
+        return True
+
+    def _drain(self) -> None:
+        self._wake_pending = False
+        calls = self._calls
+        while calls:
+            calls.popleft()()
+
+
+_INBOXES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Inbox] = weakref.WeakKeyDictionary()
+_INBOXES_LOCK = threading.Lock()
+
+
+def _inbox(loop: asyncio.AbstractEventLoop) -> _Inbox:
+    # an attribute of the loop where it takes one (asyncio's own loops): a WeakKeyDictionary lookup makes
+    # a weak reference per call, and a busy worker posts thousands of calls a second
+    inbox: _Inbox | None = getattr(loop, "_process_comms_inbox", None)
+    if inbox is not None:
+        return inbox
+    with _INBOXES_LOCK:
+        inbox = getattr(loop, "_process_comms_inbox", None) or _INBOXES.get(loop)
+        if inbox is None:
+            inbox = _Inbox(loop)
+            try:
+                loop._process_comms_inbox = inbox  # type: ignore[attr-defined]
+            except AttributeError:  # a loop with slots (uvloop): the weak mapping holds it
+                _INBOXES[loop] = inbox
+    return inbox
+
+
+def post(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> bool:
+    """``loop.call_soon_threadsafe(fn, *args)`` through the loop's inbox (one wake-up per burst, in order
+    with :func:`run_on`); False, ``fn`` uncalled, if the loop is closed."""
+    return _inbox(loop).post(functools.partial(fn, *args) if args else fn)
+
+
 class LoopThread:
     """An asyncio event loop running on a named daemon thread, with an explicit, idempotent stop."""
 
@@ -92,9 +175,7 @@ class LoopThread:
         self.loop = asyncio.new_event_loop()
         self._tasks: set[asyncio.Future[Any]] = set()
         self._futures: set[ControllerFuture[Any]] = set()
-        # calls posted by other threads: one loop wake-up (a self-pipe write) serves a whole burst of them
-        self._inbox: collections.deque[Callable[[], None]] = collections.deque()
-        self._wake_pending = False
+        self._inbox = _inbox(self.loop)  # calls posted by other threads: one wake-up per burst
         self._stopping = False
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -119,7 +200,7 @@ class LoopThread:
         finally:
             try:
                 self._stopping = True
-                self._drain()  # calls posted too late: stop() failed their futures, so they start nothing
+                self._inbox._drain()  # calls posted too late: stop() failed their futures, so they start nothing
                 pending = [t for t in asyncio.all_tasks(self.loop) if not t.done()]
                 for task in pending:
                     task.cancel()
@@ -180,30 +261,9 @@ class LoopThread:
 
     def _post(self, fn: Callable[[], None]) -> bool:
         """Queue ``fn`` for the loop thread, in order; False if the loop is stopping or closed."""
-        if self._stopping or self.loop.is_closed():
+        if self._stopping:
             return False
-        self._inbox.append(fn)
-        if self._wake_pending:
-            return True
-        # a race with _drain at worst schedules one drain too many; an item is never left behind, since
-        # _drain clears the flag before it empties the inbox and a post appends before it reads the flag
-        try:
-            self._wake_pending = True
-            self.loop.call_soon_threadsafe(self._drain)
-        except RuntimeError:  # closed meanwhile
-            return False
-        except BaseException:
-            # e.g. Ctrl-C in the posting thread: a flag left set with no drain scheduled would leave every
-            # later call unstarted; cleared, the next post wakes the loop (and this item runs then)
-            self._wake_pending = False
-            raise
-        return True
-
-    def _drain(self) -> None:
-        self._wake_pending = False
-        inbox = self._inbox
-        while inbox:
-            inbox.popleft()()
+        return self._inbox.post(fn)
 
     def run_sync(self, fn: AsyncFn[T], *args: Any, timeout: float | None = None) -> T:
         """Run ``await fn(*args)`` on the loop and block for its result, at most ``timeout`` seconds."""
@@ -219,10 +279,7 @@ class LoopThread:
 
     def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` on the loop thread soon (thread-safe); ignored once the loop is closed."""
-        try:
-            self.loop.call_soon_threadsafe(fn, *args)
-        except RuntimeError:
-            pass
+        post(self.loop, fn, *args)
 
     def stop(self, timeout: float = defaults.CLOSE_TIMEOUT) -> None:
         """Fail the calls still in flight with CommunicatorClosed, stop the loop and join the thread; idempotent."""
@@ -255,13 +312,34 @@ def run_on(loop: asyncio.AbstractEventLoop, fn: AsyncFn[T], *args: Any) -> concu
             fut.set_exception(exc)
             return
         task.add_done_callback(lambda t: _copy_outcome(t, fut))
-        fut.add_done_callback(lambda f: loop.call_soon_threadsafe(task.cancel) if f.cancelled() else None)
+        fut.add_done_callback(lambda f: post(loop, task.cancel) if f.cancelled() else None)
 
-    try:
-        loop.call_soon_threadsafe(start)
-    except RuntimeError:
+    if not _inbox(loop).post(start):
         fut.set_exception(CommunicatorClosed("the event loop is closed"))
     return fut
+
+
+def spawn_on(loop: asyncio.AbstractEventLoop, fn: AsyncFn[Any], *args: Any) -> None:
+    """Start ``await fn(*args)`` on ``loop`` (any thread) and forget it: :func:`run_on` without its
+    ``concurrent.futures.Future`` (a lock and a condition each), for work whose outcome no one awaits, such
+    as a process's state broadcast. A failure is logged; on a closed loop ``fn`` is not called."""
+    _refuse_coroutine(fn)
+
+    def start() -> None:
+        try:
+            task = asyncio.ensure_future(fn(*args), loop=loop)
+        except Exception:
+            LOGGER.exception("could not start %r", fn)
+            return
+        task.add_done_callback(_log_failure)
+
+    if not _inbox(loop).post(start):
+        LOGGER.debug("not started, the event loop is closed: %r", fn)
+
+
+def _log_failure(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        LOGGER.error("work started with spawn_on failed", exc_info=task.exception())
 
 
 async def with_deadline(aw: Awaitable[T], timeout: float, what: str) -> T:

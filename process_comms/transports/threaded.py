@@ -23,7 +23,7 @@ import kiwipy
 
 from .. import defaults
 from ..errors import CommunicatorClosed
-from ._loop import AsyncFn, ControllerFuture, LoopThread, with_deadline
+from ._loop import AsyncFn, ControllerFuture, LoopThread, post, with_deadline
 from .base import AsyncCommunicator
 
 __all__ = ["ThreadCommunicator", "ThreadTaskQueue"]
@@ -211,10 +211,8 @@ class ThreadCommunicator(kiwipy.Communicator):
                 except BaseException as exc:  # noqa: BLE001 - the subscriber's failure is its reply
                     outcome.set_exception(exc)
 
-            try:
-                loop.call_soon_threadsafe(call)
-            except RuntimeError:
-                raise CommunicatorClosed("the subscriber's event loop is closed") from None
+            if not post(loop, call):
+                raise CommunicatorClosed("the subscriber's event loop is closed")
             return outcome
 
         on_its_loop.loop_safe = True  # type: ignore[attr-defined]

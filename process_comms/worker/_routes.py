@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import defaults
-from ..transports._loop import run_on
+from ..transports._loop import post, run_on
 from ..transports.base import AsyncCommunicator
 from ..wire.messages import Pid
 
@@ -129,9 +129,6 @@ class RoutesMixin:
                 proc._route_gone.set_result(None)
 
         def settled(_: Any) -> None:
-            try:
-                self.loop.call_soon_threadsafe(done)
-            except RuntimeError:
-                pass  # the loop is gone: the launcher is closed
+            post(self.loop, done)  # not posted once the loop is gone: the launcher is closed
 
         run_on(comm_loop, core.remove_rpc_subscriber, key).add_done_callback(settled)

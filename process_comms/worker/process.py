@@ -27,7 +27,7 @@ from typing import Any
 
 from .. import defaults
 from ..errors import PersistenceError, RemoteError
-from ..transports._loop import run_on
+from ..transports._loop import run_on, spawn_on
 from ..transports.base import AsyncCommunicator, host_info
 from ..wire.loaders import ObjectLoader
 from ..wire.messages import FORCE_KILL_KEY, INTENT_KEY, MESSAGE_TEXT_KEY, RELEASE_KEY, Intent, Pid, wire_bool, wire_text
@@ -173,7 +173,7 @@ class Process(Recorded):
             except Exception as exc:  # noqa: BLE001 - a lost notification must never fail the process
                 LOGGER.warning("could not broadcast %s for %s: %s", subject, self.pid, exc)
 
-        run_on(loop, send)
+        spawn_on(loop, send)
 
     def _transition(self, new: ProcessState) -> None:
         old, self.state = self.state, new

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..transports._loop import post
 from ..transports.base import host_info
 
 if TYPE_CHECKING:
@@ -220,10 +221,7 @@ class RecordWriter:
         if running is self.loop:
             self._mark(proc, urgent)
         else:
-            try:
-                self.loop.call_soon_threadsafe(self._mark, proc, urgent)
-            except RuntimeError:
-                pass  # the loop is gone: the worker is stopping
+            post(self.loop, self._mark, proc, urgent)  # not posted once the loop is gone: the worker is stopping
 
     def _mark(self, proc: Recorded, urgent: bool) -> None:
         key = str(proc.pid)
