@@ -6,10 +6,11 @@ with a SQLite store of its own: the benchmark lists no records, so the store nee
 interpreter is the client. Each process is a ``PcWaiter`` sleeping in long ticks, so it stays alive and
 quiet until killed. Measured, for ``--processes N`` (default 10,000) on ``--workers W`` (default 1):
 
-* launch: ``N`` nowait launches issued at once, seconds until every pid is back;
+* launch: ``N`` nowait launches issued at once, seconds until every pid is back, and the workers' CPU per launch;
 * status p50 on one pid with all ``N`` alive, against the same with one process alive (idle);
 * the workers' memory (VmRSS, summed) idle, with all alive (kB per process) and once all have ended;
-* ``kill_all``: seconds from the broadcast until the workers report no live process;
+* ``kill_all``: seconds from the broadcast until the workers report no live process, and their CPU per end
+  (the kill, the record and the unbind, until the bindings are back);
 * bindings on the message exchange (``rabbitmqctl list_bindings``): idle, loaded, and seconds until back;
 * the broker's own memory (``rabbitmqctl status``: the Erlang VM's total) idle and loaded;
 * the broker's own floor for that: bind and unbind operations per second from a bare aio-pika client, on one
@@ -26,6 +27,7 @@ import argparse
 import asyncio
 import gc
 import json
+import os
 import statistics
 import subprocess
 import tempfile
@@ -49,6 +51,12 @@ def _rss_kb(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _bindings(exchange: str) -> int:
@@ -135,6 +143,9 @@ def run(url: str, processes: int, status_calls: int, log_dir: Path, workers: int
     def rss_kb() -> int:
         return sum(_rss_kb(worker.proc.pid) for worker in fleet)
 
+    def cpu_s() -> float:
+        return sum(_cpu_s(worker.proc.pid) for worker in fleet)
+
     comm = process_comms.connect(url, testing_mode=True, **names)
     out: dict[str, float] = {"workers": workers}
     try:
@@ -151,7 +162,8 @@ def run(url: str, processes: int, status_calls: int, log_dir: Path, workers: int
         out["bindings idle"] = _bindings(names["message_exchange"])
         out["status p50 idle ms"] = _status_p50(ctl, first, status_calls) * 1000
 
-        started = time.perf_counter()
+        print(f"  launching {processes - 1:,} processes", flush=True)
+        started, cpu = time.perf_counter(), cpu_s()
         futures = [  # issued at once: the last ones wait for all before them (past the default 300 s at 100,000)
             ctl.launch_process(PcWaiter, init_kwargs=waiter, nowait=True, timeout=PHASE_DEADLINE)
             for _ in range(processes - 1)
@@ -160,6 +172,7 @@ def run(url: str, processes: int, status_calls: int, log_dir: Path, workers: int
             fut.result(PHASE_DEADLINE)
         out["launch s"] = time.perf_counter() - started
         out["launch /s"] = (processes - 1) / out["launch s"]
+        out["worker CPU ms per launch"] = (cpu_s() - cpu) * 1000 / (processes - 1)
         _until("all processes live", lambda: _live(ctl) >= processes, every=0.5)
 
         out["status p50 loaded ms"] = _status_p50(ctl, first, status_calls) * 1000
@@ -170,7 +183,7 @@ def run(url: str, processes: int, status_calls: int, log_dir: Path, workers: int
         out["broker memory loaded MB"] = _broker_memory_mb()
         out["bindings loaded"] = _bindings(names["message_exchange"])
 
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), cpu_s()
         ctl.kill_all("scale benchmark")  # a broadcast: it answers nothing (plumpy's API)
         _until("kill_all", lambda: _live(ctl) == 0, every=0.1)
         out["kill_all s"] = time.perf_counter() - started
@@ -189,6 +202,7 @@ def run(url: str, processes: int, status_calls: int, log_dir: Path, workers: int
         except RuntimeError:
             print(f"  bindings not back to {idle_bindings} within {limit:.0f} s: last counts {seen[-5:]}")
             out["bindings back s"] = float("nan")
+        out["worker CPU ms per end"] = (cpu_s() - cpu) * 1000 / processes  # kill, record, unbind: all ended
         out["worker RSS after MB"] = rss_kb() / 1024
         out["RSS after / idle"] = out["worker RSS after MB"] / out["worker RSS idle MB"]
         out.update(asyncio.run(_binding_rates(url)))
