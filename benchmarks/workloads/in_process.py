@@ -83,7 +83,7 @@ def bench_facade(n: int) -> list[tuple[str, float]]:
                 await core.rpc_send(pid, msg)
             return (time.perf_counter() - start) / n * 1e6
 
-        core_us = comm.submit(core_loop()).result(120)
+        core_us = comm.submit(core_loop).result(120)  # the function, not a coroutine object
         rows.append(("core: await core.rpc_send() on the communicator's own loop", core_us))
         rows.append(("=> thread facade overhead per call (facade - core)", facade - core_us))
 
