@@ -4,6 +4,8 @@ memory (process_comms/worker/_routes.py, docs/performance.md "What records cost"
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import threading
 import uuid
@@ -109,3 +111,61 @@ def test_a_new_run_of_a_held_pid_takes_its_route_over(names: dict[str, str]) -> 
         wait_until(lambda: not worker.launcher.ending, T, "the first run to let go")
         assert ctl.get_status(pid).result(T)["state"] == "ProcessState.WAITING"
         assert ctl.kill_process(pid).result(T) is True
+
+
+def test_a_gone_route_answers_as_its_ended_process_did_without_holding_it(names: dict[str, str]) -> None:
+    """Requests routed to an ended process before its unbind are answered by the communicator's retired
+    subscriber. It used to hold the whole process (up to 1,024 of them per worker, with their tasks, inputs,
+    outputs and tracebacks, for a minute); now it holds the final answers only, and they are the same."""
+    import gc
+    import weakref
+
+    messages = [
+        {"intent": "status"},
+        {"intent": "play"},
+        {"intent": "pause", "message": "later"},
+        {"intent": "pause", "message": None, "release": True},
+        {"intent": "kill", "message": "stop"},
+    ]
+    with held_worker(names, held="killed") as (store, worker, ctl):
+        finished = ctl.launch_process(Add, init_kwargs={"inputs": {"a": 2, "b": 3}}, nowait=True).result(T)
+        wait_until(lambda: worker.launcher.held(finished) is None, T, "the finished process to let go")
+        killed = ctl.launch_process(Waiter, nowait=True).result(T)
+        wait_until(lambda: worker.launcher.held(killed) is not None, T, "the waiter to run")
+        assert ctl.kill_process(killed, "stopped by the test").result(T) is True
+        proc = worker.launcher.held(killed)
+        assert proc is not None and proc.state.terminal  # ended; its record (and so its unbind) held back
+        core = worker.communicator.core
+
+        async def answers_of(subscriber: Any) -> list[Any]:
+            out: list[Any] = []
+            for msg in [*messages, {"intent": "jump"}, {"no": "intent"}, {"intent": "kill", "message": 1.5}]:
+                try:
+                    answer = subscriber(core, msg)
+                    if isinstance(answer, concurrent.futures.Future):
+                        answer = await asyncio.wrap_future(answer)
+                    if isinstance(answer, dict):
+                        answer = {k: v for k, v in answer.items() if k != "host"}
+                    out.append(answer)
+                except Exception as exc:  # noqa: BLE001 - the error is the answer compared
+                    out.append((type(exc).__name__, str(exc)))
+            return out
+
+        live = worker.communicator.submit(answers_of, proc._on_rpc).result(T)
+        ref = weakref.ref(proc)
+        del proc
+        store.let_through.set()
+        wait_until(lambda: worker.launcher.held(killed) is None, T, "the killed process to let go")
+        for pid, expected in ((killed, live), (finished, None)):
+            retired = core._retired_rpc.get(str(pid))
+            assert retired is not None, f"no retired route for {pid}"
+            gone = worker.communicator.submit(answers_of, retired[0]).result(T)
+            if expected is not None:
+                assert gone == expected
+            else:  # finished, not killed: play True, pauses False, kill False
+                assert gone[0]["state"] == "ProcessState.FINISHED" and gone[1:5] == [True, False, False, False]
+        assert live[4] is True and live[0]["state"] == "ProcessState.KILLED"
+        gc.collect()
+        assert ref() is None, (
+            f"the ended process is still held by {[type(r).__name__ for r in gc.get_referrers(ref())]}"
+        )

@@ -25,6 +25,7 @@ from .. import defaults
 from ..transports._loop import post, run_on
 from ..transports.base import AsyncCommunicator
 from ..wire.messages import Pid
+from .process import EndedRun
 
 if TYPE_CHECKING:
     from .process import Process
@@ -34,12 +35,13 @@ __all__ = ["RoutesMixin"]
 
 
 class _Route:
-    """The subscriber of one pid's route (on the communicator's loop): its run answers."""
+    """The subscriber of one pid's route (on the communicator's loop): its run answers, and once the route
+    is gone and the run has ended, an :class:`EndedRun` of it (the process itself is let go)."""
 
     __slots__ = ("proc",)
 
     def __init__(self, proc: Process) -> None:
-        self.proc = proc
+        self.proc: Process | EndedRun = proc
 
     def __call__(self, comm: Any, msg: Any) -> Any:
         return self.proc._on_rpc(comm, msg)
@@ -124,6 +126,8 @@ class RoutesMixin:
                 del self._ending[key]
             if route is not None and self._routes.get(key) is route:
                 del self._routes[key]
+            if route is not None and route.proc is proc and proc.state.terminal:
+                route.proc = EndedRun(proc)  # what a request routed before the unbind is answered with
             unbound.set_result(None)
             if proc._route_gone is not None and not proc._route_gone.done():
                 proc._route_gone.set_result(None)

@@ -40,6 +40,53 @@ __all__ = ["Process", "ProcessState", "KilledError", "Suspended"]  # the last th
 LOGGER = logging.getLogger(__name__)
 
 
+def rpc_intent(msg: Any) -> str:
+    """The intent of a process RPC, after every check of it: the one home of the rules for a process's
+    messages (a live process and an ended run's :class:`EndedRun` answer the same messages alike).
+
+    Refused before anything changes: a text becomes the status that every checkpoint saves, and a flag
+    read by truthiness would take 'false' for true ("Bad input" in RELIABILITY.md)."""
+    if not isinstance(msg, dict) or INTENT_KEY not in msg:
+        raise ValueError("malformed process message: expected a mapping with an 'intent'")
+    intent = msg[INTENT_KEY]
+    if intent == Intent.STATUS:
+        return Intent.STATUS
+    if intent not in (Intent.PLAY, Intent.PAUSE, Intent.KILL):
+        raise ValueError(f"Unknown intent {intent!r}")
+    if intent != Intent.PLAY:
+        wire_text(msg.get(MESSAGE_TEXT_KEY), f"text of a {intent} message")
+    if intent == Intent.PAUSE:
+        wire_bool(msg, RELEASE_KEY, False)
+    wire_bool(msg, FORCE_KILL_KEY, False)  # read for every intent but status, as a live process reads it
+    return str(intent)
+
+
+class EndedRun:
+    """What a process's route answers once the process has ended and its route is gone: the requests
+    routed before the unbind (``transports/base.py``, ``RETIRED_RPC_SECONDS``) get the answers the
+    process gave, from its final status, without the process itself. A communicator keeps up to 1,024
+    of these for a minute; holding the processes, with their tasks, inputs, outputs and tracebacks, kept
+    1,024 ended processes' memory in every busy worker (issue 16)."""
+
+    __slots__ = ("_killed", "_status")
+
+    def __init__(self, proc: Process) -> None:
+        assert proc.state.terminal
+        self._status = proc.status_info()
+        self._killed = proc.state is ProcessState.KILLED
+
+    def _on_rpc(self, _comm: Any, msg: Any) -> Any:
+        # as Process: status as it ended; play True, pause (and release) False, kill True if it was killed
+        intent = rpc_intent(msg)
+        if intent == Intent.STATUS:
+            return dict(self._status)
+        if intent == Intent.PLAY:
+            return True
+        if intent == Intent.PAUSE:
+            return False
+        return self._killed
+
+
 class Process(Recorded):
     """Base class of remotely controllable processes; override :meth:`run`.
 
@@ -186,16 +233,10 @@ class Process(Recorded):
 
     def _on_rpc(self, _comm: Any, msg: Any) -> Any:
         """RPC entry, called on the communicator's loop: status at once, the rest on the process's loop."""
-        if not isinstance(msg, dict) or INTENT_KEY not in msg:
-            raise ValueError("malformed process message: expected a mapping with an 'intent'")
-        intent = msg[INTENT_KEY]
+        intent = rpc_intent(msg)
         if intent == Intent.STATUS:
             return self.status_info()
-        if intent not in (Intent.PLAY, Intent.PAUSE, Intent.KILL):
-            raise ValueError(f"Unknown intent {intent!r}")
-        # refused before anything changes: a text becomes the status that every checkpoint saves, and a
-        # flag read by truthiness would take 'false' for true ("Bad input" in RELIABILITY.md)
-        text = None if intent == Intent.PLAY else wire_text(msg.get(MESSAGE_TEXT_KEY), f"text of a {intent} message")
+        text = None if intent == Intent.PLAY else msg.get(MESSAGE_TEXT_KEY)
         if intent == Intent.PAUSE and wire_bool(msg, RELEASE_KEY, False):
             assert self.loop is not None
             return run_on(self.loop, self.release, text)
