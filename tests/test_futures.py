@@ -270,6 +270,30 @@ def test_run_on_post_and_spawn_on_share_one_wake_up_per_burst_and_keep_their_ord
     assert len(wakes) <= 2, f"{len(wakes)} wake-ups for a burst of 300 posts"
 
 
+def test_a_posted_call_that_raises_does_not_strand_the_calls_after_it(loop_thread: LoopThread) -> None:
+    """Calls posted in one burst share a wake-up: one that raises is reported, and the rest still run."""
+    reported: list[dict[str, Any]] = []
+    loop_thread.loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    gate, holding = threading.Event(), threading.Event()
+
+    async def hold_the_loop() -> None:
+        holding.set()
+        gate.wait(T)  # blocks the loop thread on purpose (bounded): the burst below queues up behind it
+
+    def fails() -> None:
+        raise ValueError("a posted call failed")
+
+    ran = threading.Event()
+    first = loop_thread.start_task_soon(hold_the_loop)
+    assert holding.wait(T)
+    assert post(loop_thread.loop, fails)
+    assert post(loop_thread.loop, ran.set)
+    gate.set()
+    first.result(T)
+    assert ran.wait(T)
+    assert [type(c.get("exception")) for c in reported] == [ValueError]
+
+
 def test_posting_to_a_closed_loop_is_refused() -> None:
     loop = asyncio.new_event_loop()
     loop.close()

@@ -138,7 +138,15 @@ class _Inbox:
         self._wake_pending = False
         calls = self._calls
         while calls:
-            calls.popleft()()
+            fn = calls.popleft()
+            try:
+                fn()
+            except Exception as exc:  # noqa: BLE001 - one failing call must not strand the calls after it
+                # as the loop reports a failing callback of its own (call_soon_threadsafe gave each call
+                # a handle of its own, so a failure stopped nothing else)
+                self._loop.call_exception_handler(
+                    {"message": f"exception in a call posted to the loop: {fn!r}", "exception": exc}
+                )
 
 
 _INBOXES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Inbox] = weakref.WeakKeyDictionary()
