@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import gc
 import json
-import os
 import statistics
 import subprocess
 import tempfile
@@ -39,6 +38,7 @@ from typing import Any
 import process_comms
 from benchmarks.bench_procs import PcWaiter
 from benchmarks.common import flags
+from benchmarks.measure import process_cpu
 from benchmarks.workers import Worker
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -51,12 +51,6 @@ def _rss_kb(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
-def _cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) the process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _bindings(exchange: str) -> int:
@@ -144,7 +138,7 @@ def run(url: str, processes: int, status_calls: int, log_dir: Path, workers: int
         return sum(_rss_kb(worker.proc.pid) for worker in fleet)
 
     def cpu_s() -> float:
-        return sum(_cpu_s(worker.proc.pid) for worker in fleet)
+        return sum(process_cpu(worker.proc.pid) or 0.0 for worker in fleet)
 
     comm = process_comms.connect(url, testing_mode=True, **names)
     out: dict[str, float] = {"workers": workers}
