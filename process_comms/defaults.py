@@ -17,6 +17,19 @@ RPC_QUEUE_EXPIRES_MS = 60_000
 BROADCAST_QUEUE_MESSAGE_TTL_MS = 66_000
 TESTING_TASK_QUEUE_EXPIRES_MS = 10_000
 
+#: Largest message body, encoded, that a codec writes or reads: the one size limit of the wire. Whatever the
+#: codec encodes under it, it decodes; over it, encoding raises EncodeError (nothing is sent) and a received
+#: body raises DecodeError. 8 MiB is 300,000 ints three times over (2.6 MB) and decodes in ~0.1 s; RabbitMQ
+#: itself accepts up to 128 MiB (max_message_size). docs/security.md, "Message limits".
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+#: Deepest nesting of lists, tuples and dicts in a message (the top-level container is level 1): deeper
+#: values raise EncodeError when encoded.
+MAX_NESTING_DEPTH = 100
+#: Largest body in block YAML (what kiwipy peers write) that is decoded: PyYAML spends ~1 s and ~40 MB per
+#: MiB on it (tests/test_decode_cost.py). Our own encoder writes block YAML only for bytes, sets and dates,
+#: and refuses it over this size, so that what it writes is always decoded.
+MAX_BLOCK_YAML_BYTES = 1024 * 1024
+
 #: Message bodies up to this size are decoded on the I/O loop; larger ones on a decoding thread.
 DECODE_INLINE_BYTES = 64 * 1024
 

@@ -74,3 +74,10 @@ class Ticker(Process):
     async def run(self) -> dict[str, Any]:
         while True:
             await self.sleep(0.05)
+
+
+class ManyInts(Process):
+    """Finishes with ``n`` ints as its outputs (tests/test_large_outputs.py: as large as a workflow's may be)."""
+
+    async def run(self) -> dict[str, Any]:
+        return {"values": list(range(int(self.inputs["n"])))}

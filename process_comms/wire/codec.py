@@ -2,6 +2,10 @@
 
 Messages are data, never code: the YAML decoder knows plain types, ``!!python/tuple`` and ``!uuid``
 only, and refuses every other tag (``!!python/object/apply``, ``!!python/name``, AiiDA tags, ...).
+
+The codecs are symmetric: whatever they encode under :data:`DEFAULT_MAX_MESSAGE_BYTES`, they decode back
+(tests/test_codec_symmetry.py); a value over it, nested deeper than :data:`MAX_NESTING_DEPTH` or that no
+receiver could read back as it was raises :class:`~process_comms.errors.EncodeError` before anything is sent.
 """
 
 from __future__ import annotations
@@ -14,18 +18,29 @@ from typing import Any, Protocol, runtime_checkable
 
 import yaml
 
+from .. import defaults
 from ..errors import DecodeError, EncodeError
 from . import _flowyaml as flowyaml
 
-__all__ = ["Codec", "YamlCodec", "JsonCodec", "get_codec", "DEFAULT_MAX_MESSAGE_BYTES", "DEFAULT_MAX_YAML_BYTES"]
+__all__ = [
+    "Codec",
+    "YamlCodec",
+    "JsonCodec",
+    "get_codec",
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "DEFAULT_MAX_YAML_BYTES",
+    "MAX_NESTING_DEPTH",
+]
 
-#: Bodies larger than this are refused before encoding is sent or decoding is attempted.
-DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
-#: Largest message the full YAML loader decodes (1 MiB). Messages in flow YAML that is also JSON (what we
-#: send) take a JSON parser, at about 10 ms per MiB, up to DEFAULT_MAX_MESSAGE_BYTES; block YAML (what
-#: kiwipy peers send) costs PyYAML about 2 s and 40 MB per MiB, so 8 MiB of it held a worker for 10-20 s
-#: and grew it by hundreds of MB (issue 13, "Decoding cost is not bounded").
-DEFAULT_MAX_YAML_BYTES = 1024 * 1024
+#: The one size limit of a message body: :data:`process_comms.defaults.MAX_MESSAGE_BYTES` (8 MiB).
+DEFAULT_MAX_MESSAGE_BYTES = defaults.MAX_MESSAGE_BYTES
+#: Largest block-YAML body decoded (1 MiB): :data:`process_comms.defaults.MAX_BLOCK_YAML_BYTES`. Our
+#: messages are flow YAML that is also JSON plus a few tags, read by a JSON parser at about 10-40 ms per
+#: MiB up to DEFAULT_MAX_MESSAGE_BYTES; block YAML (what kiwipy peers send) costs PyYAML about 1 s and
+#: 40 MB per MiB, so 8 MiB of it held a worker for 10-20 s (tests/test_decode_cost.py).
+DEFAULT_MAX_YAML_BYTES = defaults.MAX_BLOCK_YAML_BYTES
+#: Deepest nesting of containers a message may hold: :data:`process_comms.defaults.MAX_NESTING_DEPTH`.
+MAX_NESTING_DEPTH = defaults.MAX_NESTING_DEPTH
 
 UUID_TAG = "!uuid"
 TUPLE_TAG = "tag:yaml.org,2002:python/tuple"
@@ -114,10 +129,16 @@ def _represent_tuple(dumper: Any, data: tuple[Any, ...]) -> Any:
     return dumper.represent_sequence(TUPLE_TAG, data)
 
 
+def _represent_int(dumper: Any, data: int) -> Any:
+    # hex past 600 digits, as the flow writer does: decimal text that long may pass Python's int/str limit
+    return dumper.represent_scalar("tag:yaml.org,2002:int", str(data) if abs(data) < 10**600 else hex(data))
+
+
 _SafeLoader.add_constructor(UUID_TAG, _construct_uuid)
 _SafeLoader.add_constructor(TUPLE_TAG, _construct_tuple)
 _SafeDumper.add_representer(uuid.UUID, _represent_uuid)
 _SafeDumper.add_representer(tuple, _represent_tuple)
+_SafeDumper.add_representer(int, _represent_int)
 # Subclasses of plain containers and scalars (str enums, dict subclasses) travel as their base type.
 _SafeDumper.add_multi_representer(dict, lambda d, v: d.represent_dict(dict(v)))
 _SafeDumper.add_multi_representer(str, lambda d, v: d.represent_str(str.__str__(v)))
@@ -161,21 +182,50 @@ class YamlCodec(_SizeLimited):
         self.max_yaml_bytes = min(max_yaml_bytes, max_bytes)
 
     def encode(self, obj: Any) -> bytes:
-        fast = flowyaml.dump(obj)  # one-line flow YAML: read alike by every YAML peer, and by us as JSON
+        try:
+            fast = flowyaml.dump(obj, self.max_bytes)  # one line of flow YAML: JSON plus a few tags
+        except flowyaml.TooLarge:
+            raise EncodeError(
+                f"message of over {self.max_bytes} bytes exceeds the limit of {self.max_bytes} bytes"
+                " (process_comms.defaults.MAX_MESSAGE_BYTES): nothing was sent"
+            ) from None
+        except flowyaml.TooDeep:
+            try:
+                _expanded_size(obj)
+            except _SelfReference:
+                raise EncodeError("cannot encode a value that contains itself (a list or dict inside itself)") from None
+            raise EncodeError(
+                f"cannot encode a value nested more than {MAX_NESTING_DEPTH} levels deep"
+                " (process_comms.defaults.MAX_NESTING_DEPTH)"
+            ) from None
+        except flowyaml.Refused as exc:
+            raise EncodeError(f"cannot encode {exc}") from None
         if fast is not None:
             self._check_size(len(fast), "encode")
             return fast
+        return self._encode_block(obj)
+
+    def _encode_block(self, obj: Any) -> bytes:
+        """Block YAML for a value holding bytes, sets or dates: refused where the decoder would refuse it."""
         try:
             data: bytes = yaml.dump(obj, Dumper=_SafeDumper, encoding="utf-8", default_flow_style=False)
         except (yaml.YAMLError, ValueError, TypeError) as exc:
             raise EncodeError(f"cannot encode {type(obj).__name__} value for the wire: {exc}") from None
         except RecursionError:
             raise EncodeError("cannot encode a value nested this deeply") from None
-        if b"&" in data:  # the dumper wrote anchors: refuse a value that holds itself, as decode would
+        if b"&" in data:  # the dumper wrote anchors: measure them as the decoder will
             try:
-                _expanded_size(obj)
+                expanded = _expanded_size(obj)
             except _SelfReference:
                 raise EncodeError("cannot encode a value that contains itself (a list or dict inside itself)") from None
+            if expanded > MAX_EXPANDED_VALUES:
+                raise EncodeError(f"cannot encode a value whose shared parts expand to over {MAX_EXPANDED_VALUES}")
+        if len(data) > self.max_yaml_bytes:
+            raise EncodeError(
+                f"message of {len(data)} bytes exceeds the limit of {self.max_yaml_bytes} bytes for block YAML"
+                " (process_comms.defaults.MAX_BLOCK_YAML_BYTES): values holding bytes, sets or dates travel as"
+                " block YAML; send them as str, list or float instead"
+            )
         self._check_size(len(data), "encode")
         return data
 
@@ -221,23 +271,56 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
+#: Ints at least this large in magnitude travel in JSON as ``{"__int__": "0x…"}``: their decimal text may pass
+#: Python's int/str digit limit (4300 digits by default; 640 at the least), which json refuses both ways.
+_JSON_HEX_FROM = 10**600
+
+
+def _hex_big_ints(value: Any, depth: int = 0) -> Any:
+    """``value`` with every int over :data:`_JSON_HEX_FROM` replaced by its ``{"__int__": hex}`` form."""
+    if type(value) is int or (isinstance(value, int) and not isinstance(value, bool)):
+        return {"__int__": hex(value)} if not -_JSON_HEX_FROM < value < _JSON_HEX_FROM else value
+    if depth > 1000:
+        raise RecursionError
+    if isinstance(value, dict):
+        return {k: _hex_big_ints(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_hex_big_ints(v, depth + 1) for v in value]
+    return value
+
+
 def _json_object_hook(obj: dict[str, Any]) -> Any:
     if len(obj) == 1 and "__uuid__" in obj:
         try:
             return uuid.UUID(obj["__uuid__"])
         except (ValueError, TypeError, AttributeError) as exc:
             raise DecodeError(f"invalid uuid value {obj['__uuid__']!r}") from exc
+    if len(obj) == 1 and "__int__" in obj:
+        text = obj["__int__"]
+        digits = text[1:] if isinstance(text, str) and text.startswith("-") else text
+        if not isinstance(digits, str) or not digits.startswith("0x") or not digits[2:].isalnum():
+            raise DecodeError(f"invalid int value {str(text)[:40]!r}")
+        try:
+            number = int(digits[2:], 16)
+        except ValueError as exc:
+            raise DecodeError(f"invalid int value {text[:40]!r}") from exc
+        return -number if text.startswith("-") else number
     return obj
 
 
 class JsonCodec(_SizeLimited):
-    """JSON bodies (tuples become lists, UUIDs become ``{"__uuid__": ...}``); faster, not plumpy-compatible."""
+    """JSON bodies (tuples become lists, UUIDs become ``{"__uuid__": ...}``, ints over 600 digits
+    ``{"__int__": "0x…"}``; NaN and infinities are refused); faster, not plumpy-compatible."""
 
     name = "json"
 
     def encode(self, obj: Any) -> bytes:
         try:
-            data = json.dumps(obj, default=_json_default, separators=(",", ":"), allow_nan=False).encode("utf-8")
+            try:
+                text = json.dumps(obj, default=_json_default, separators=(",", ":"), allow_nan=False)
+            except ValueError:  # NaN, or an int past the digit limit: the latter travels in hex
+                text = json.dumps(_hex_big_ints(obj), default=_json_default, separators=(",", ":"), allow_nan=False)
+            data = text.encode("utf-8")
         except (TypeError, ValueError) as exc:
             raise EncodeError(f"cannot encode value for the wire: {exc}") from None
         except RecursionError:

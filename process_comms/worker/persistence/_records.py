@@ -35,7 +35,12 @@ def _safe(value: Any) -> Any:
         _text(value)
         return value
     except (EncodeError, TypeError, ValueError):
-        return {"!!unencodable": repr(value)[:_MAX_REPR]}
+        pass
+    try:
+        text = repr(value)
+    except Exception as exc:  # noqa: BLE001 - a repr that raises (a set of ints over the digit limit) loses no record
+        text = f"<{type(value).__name__} whose repr raised {type(exc).__name__}>"
+    return {"!!unencodable": text[:_MAX_REPR]}
 
 
 def record_texts(record: dict[str, Any]) -> RecordTexts:
