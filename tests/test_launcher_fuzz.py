@@ -19,6 +19,7 @@ from typing import Any
 
 import kiwipy
 import pytest
+import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -27,6 +28,7 @@ import process_comms.client.futures
 from process_comms import InMemoryPersister, LoadError, Process, ProcessLauncher, create_launch_body
 from process_comms.transports._loop import run_on
 from process_comms.transports.base import InvalidTask, ReplyWaiter
+from process_comms.wire import codec as codec_module
 
 from . import procs
 
@@ -366,19 +368,34 @@ def test_fifty_malformed_tasks_do_not_poison_the_launcher(subscribed: Worker) ->
 
 
 # -- 4. known bug: a tiny aliased YAML task stalls the worker -------------------------------------------
-def test_a_small_aliased_task_does_not_stall_the_worker(subscribed: Worker) -> None:
+class _AnchoringPeerCodec(process_comms.YamlCodec):
+    """Writes block YAML with anchors and aliases, as a kiwipy peer's ``yaml.dump`` does; reads as ours."""
+
+    def encode(self, obj: Any) -> bytes:
+        data: bytes = yaml.dump(obj, Dumper=codec_module._SafeDumper, encoding="utf-8")
+        return data
+
+
+def test_a_small_aliased_task_does_not_stall_the_worker() -> None:
     pid: Any = ["x"]
     for _ in range(7):
-        pid = [pid] * 10  # shared references: the YAML dumper writes anchors and aliases
+        pid = [pid] * 10  # shared references: a peer's YAML dumper writes anchors and aliases
     bomb = create_launch_body(procs.Add, init_kwargs={"inputs": {"a": 1, "b": 2}, "pid": pid}, nowait=True)
-    assert len(process_comms.YamlCodec().encode((bomb, False))) < 4096
-    started = time.monotonic()
-    bomb_reply = subscribed.comm.task_send(bomb, timeout=60)
-    valid = create_launch_body(procs.Add, init_kwargs={"inputs": {"a": 1, "b": 2}}, nowait=False)
-    assert subscribed.comm.task_send(valid, timeout=60).result(62) == {"sum": 3}
-    elapsed = time.monotonic() - started
-    with pytest.raises(process_comms.ProcessCommsError):
-        bomb_reply.result(62)  # a pid that long is no routing key
+    with pytest.raises(process_comms.EncodeError, match="exceeds the limit"):
+        process_comms.YamlCodec().encode((bomb, False))  # ours writes it out in full: refused when sent
+    peer = _AnchoringPeerCodec()
+    assert len(peer.encode((bomb, False))) < 4096
+    launcher = ProcessLauncher(persister=InMemoryPersister(), allowed_modules=[ALLOWED])
+    with process_comms.connect(codec=peer) as comm:
+        comm.add_task_subscriber(launcher)
+        started = time.monotonic()
+        bomb_reply = comm.task_send(bomb, timeout=60)
+        valid = create_launch_body(procs.Add, init_kwargs={"inputs": {"a": 1, "b": 2}}, nowait=False)
+        assert comm.task_send(valid, timeout=60).result(62) == {"sum": 3}
+        elapsed = time.monotonic() - started
+        with pytest.raises(process_comms.ProcessCommsError):
+            bomb_reply.result(62)  # its aliases expand past the decoder's limit
+    launcher.close()
     assert elapsed < 1.0, f"a valid launch queued behind the aliased task took {elapsed:.1f} s"
 
 
