@@ -30,6 +30,7 @@ import json
 import re
 import secrets
 import uuid
+from json.encoder import encode_basestring_ascii as _quote  # json.dumps(str) without its Python layers
 from typing import Any
 
 from .. import defaults
@@ -84,7 +85,7 @@ class Refused(Exception):
 
 
 def _ascii_json(text: str) -> str:
-    out = json.dumps(text)  # ASCII with \uXXXX escapes: identical in JSON and YAML double quotes
+    out = _quote(text)  # ASCII with \uXXXX escapes: identical in JSON and YAML double quotes
     if "!" in out or "\x7f" in out:  # every "!" we write starts a tag; DEL is not printable in YAML
         out = out.replace("!", "\\u0021").replace("\x7f", "\\u007f")
     return out
@@ -92,7 +93,10 @@ def _ascii_json(text: str) -> str:
 
 def _string(text: str) -> str:
     if text.isascii():
-        return _ascii_json(text)
+        out = _quote(text)
+        if "!" in out or "\x7f" in out:  # every "!" we write starts a tag; DEL is not printable in YAML
+            out = out.replace("!", "\\u0021").replace("\x7f", "\\u007f")
+        return out
     if _SURROGATE.search(text) is not None and _SURROGATE_PAIR.search(text) is not None:
         raise Refused(
             "a str holding a high surrogate followed by a low one (a UTF-16 pair left undecoded): JSON readers"
@@ -176,7 +180,7 @@ class _Writer:
             self.check_size()  # shared references are written out in full: a value may expand a lot
         kind = type(value)
         if kind is str:
-            out.append(self.text(value))
+            out.append(_string(value) if len(value) <= _CHECK_EVERY else self.text(value))
         elif kind is int:
             out.append(str(value) if -_HEX_FROM < value < _HEX_FROM else _int(value))
         elif value is None:
@@ -233,7 +237,7 @@ class _Writer:
                 out.append(", ")
             first = False
             if type(key) is str:
-                out.append(self.text(key))
+                out.append(_string(key) if len(key) <= _CHECK_EVERY else self.text(key))
             else:
                 try:
                     out.append(_key(key))
@@ -241,7 +245,17 @@ class _Writer:
                     self.unsupported = True
                     out.append("?")
             out.append(": ")
-            self.emit(item, depth + 1)
+            kind = type(item)  # the common scalars inline, as in sequence()
+            if kind is str and len(item) <= _CHECK_EVERY:
+                out.append(_string(item))
+            elif kind is bool:
+                out.append("true" if item else "false")
+            elif item is None:
+                out.append("null")
+            elif kind is int and -_HEX_FROM < item < _HEX_FROM:
+                out.append(str(item))
+            else:
+                self.emit(item, depth + 1)
         out.append("}")
 
 
