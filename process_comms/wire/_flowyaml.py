@@ -53,6 +53,9 @@ _YAML_FLOAT = re.compile(
 #: Ints at least this large in magnitude are written in hex: their decimal text may exceed the digit
 #: limit of Python's int/str conversion (4300 by default, 640 at the least: sys.set_int_max_str_digits).
 _HEX_FROM = 10**600
+#: Longest key text written in flow: YAML readers (PyYAML, libyaml) take a simple key of 1024 characters at
+#: most, tag included; a mapping with a longer key is written as block YAML, with an explicit "? key".
+_MAX_KEY_CHARS = 1000
 _CHECK_EVERY = 1 << 16  # output pieces between two checks of the output's size
 _OUTSIDE_BMP = re.compile("([\U00010000-\U0010ffff])")
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -236,14 +239,17 @@ class _Writer:
             if not first:
                 out.append(", ")
             first = False
-            if type(key) is str:
-                out.append(_string(key) if len(key) <= _CHECK_EVERY else self.text(key))
+            if type(key) is str and len(key) < _MAX_KEY_CHARS:
+                out.append(_string(key))
             else:
                 try:
-                    out.append(_key(key))
+                    text = _key(key)
                 except _Unsupported:
+                    text = "?"
                     self.unsupported = True
-                    out.append("?")
+                if len(text) > _MAX_KEY_CHARS:  # too long for a YAML simple key: block YAML writes "? key"
+                    self.unsupported = True
+                out.append(text)
             out.append(": ")
             kind = type(item)  # the common scalars inline, as in sequence()
             if kind is str and len(item) <= _CHECK_EVERY:
