@@ -9,12 +9,15 @@ an error that names the limit, not a message it cannot read.
 
 from __future__ import annotations
 
+import time
+import uuid
 from pathlib import Path
 
 import pytest
 
 import process_comms
 from process_comms import defaults
+from process_comms.worker.persistence import get_persister
 
 from .faults._support import Workers, controller, prefix, workers  # noqa: F401 (fixtures)
 from .procs import ManyInts
@@ -46,3 +49,30 @@ def test_outputs_over_the_message_limit_give_the_caller_an_error_naming_it(
             ctl.launch_process(ManyInts, init_kwargs={"inputs": {"n": n}}).result(T)
         # the worker goes on
         assert ctl.launch_process(ManyInts, init_kwargs={"inputs": {"n": 3}}).result(T) == {"values": [0, 1, 2]}
+
+
+def test_list_processes_of_5000_records_reaches_its_caller(workers: Workers, prefix: str) -> None:  # noqa: F811
+    now = time.time()
+    records = [
+        {
+            "pid": uuid.uuid4(),
+            "class": "tests.procs:Add",
+            "inputs": {"a": n, "b": 1},
+            "state_name": "finished",
+            "paused": False,
+            "status": None,
+            "progress": {},
+            "outputs": {"sum": n + 1},
+            "host": {"hostname": "elsewhere", "pid": 1},
+            "ctime": now - n,
+            "mtime": now - n,
+        }
+        for n in range(5000)
+    ]
+    with get_persister(workers.persister) as store:  # what a fleet wrote before: the worker lists it
+        store.save_records(records)
+    workers()
+    with controller(prefix) as ctl:
+        listed = ctl.list_processes(limit=5000).result(T)
+    assert len(listed) == 5000  # before: ~940 kB of block YAML, refused by the client (DecodeError)
+    assert [row["pid"] for row in listed] == [r["pid"] for r in records]
