@@ -214,6 +214,11 @@ def test_a_value_over_the_message_limit_is_an_encode_error_naming_it() -> None:
         YamlCodec().encode([shared] * 100)  # 10 MB once its shared parts are written out
 
 
+def test_a_long_string_counts_once_against_the_limit() -> None:
+    value = {"s": "x" * (5 * 1024 * 1024), "v": [[i] for i in range(100_000)]}  # 5.9 MB in all
+    assert YamlCodec().decode(YamlCodec().encode(value)) == value
+
+
 def test_nesting_up_to_the_stated_depth_round_trips_and_beyond_is_an_encode_error() -> None:
     assert MAX_NESTING_DEPTH == defaults.MAX_NESTING_DEPTH
     deepest: Any = 1

@@ -170,12 +170,10 @@ class _Writer:
         if self.chars > self.max_chars:
             raise TooLarge(self.chars)
 
-    def text(self, value: str) -> str:
-        if len(value) > _CHECK_EVERY:  # long strings count at once: a shared one may be written many times
-            self.out.append("")
-            self.chars += len(value)
-            self.check_size()
-        return _string(value)
+    def text(self, value: str) -> None:
+        """Append a long string and count it at once: a shared one may be written many times."""
+        self.out.append(_string(value))
+        self.check_size()
 
     def emit(self, value: Any, depth: int) -> None:
         out = self.out
@@ -183,7 +181,10 @@ class _Writer:
             self.check_size()  # shared references are written out in full: a value may expand a lot
         kind = type(value)
         if kind is str:
-            out.append(_string(value) if len(value) <= _CHECK_EVERY else self.text(value))
+            if len(value) <= _CHECK_EVERY:
+                out.append(_string(value))
+            else:
+                self.text(value)
         elif kind is int:
             out.append(str(value) if -_HEX_FROM < value < _HEX_FROM else _int(value))
         elif value is None:
@@ -201,7 +202,7 @@ class _Writer:
         elif kind is list or kind is tuple:
             self.sequence(value, depth, kind is tuple)
         elif isinstance(value, str):
-            out.append(self.text(str.__str__(value)))  # a str enum travels as its value
+            self.emit(str.__str__(value), depth)  # a str enum travels as its value
         elif isinstance(value, dict):
             self.mapping(value, depth)
         elif isinstance(value, list):
