@@ -135,6 +135,7 @@ def test_large_messages_round_trip_through_the_json_codec(value: Any) -> None:
 @example({"k": 10**5000, 10**5000: [-(10**4301)]})
 @example(["\ud800", "a\udfffb", "😀", "\x7f!!python/tuple [", '!uuid "0"', '!!float ".nan"'])
 @example({"!pc": 1, "__process_comms_uuid__": "x", None: (), 1.5: [math.nan]})
+@example(["\\ud83d\udc00", "\\\\ud83d\\ude00"])  # escape-like text next to a lone surrogate
 def test_yaml_encode_decode_is_identity(value: Any) -> None:
     codec = YamlCodec()
     if has_surrogate_pair(value):

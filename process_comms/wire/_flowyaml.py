@@ -19,9 +19,11 @@ non-str dict key        ``!!int "5": …``, ``!uuid …``   JSON keys are string
 
 Strings are JSON-escaped ASCII except characters outside the BMP (written raw, as UTF-8: YAML has no
 surrogate-pair escapes), with ``!`` and DEL escaped so that every ``!`` in our output starts a tag.
-A marker is a JSON object with the key :data:`_MARK` twice: no dict we encode can hold a key twice, so
-no user value is ever read as a marker; and :func:`load` checks that it converted exactly as many markers
-as it substituted tags, or leaves the document to the YAML loader.
+A value marker is a JSON object with the key :data:`_MARK` twice: no dict we encode can hold a key twice,
+so no user value is ever read as one; a typed key becomes a str key behind a random nonce absent from the
+document. :func:`load` checks that it converted exactly as many markers as it substituted tags, or leaves
+the document to the YAML loader. A mapping with a key over 1000 characters (YAML's simple keys stop at
+1024), and values of other types (bytes, sets, dates), are left to the block-YAML dumper.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ _OUTSIDE_BMP = re.compile("([\U00010000-\U0010ffff])")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _SURROGATE_PAIR = re.compile("[\ud800-\udbff][\udc00-\udfff]")
 # a JSON escaped surrogate pair: JSON joins it into one character, YAML reads two; such text is YAML's
-_PAIR_ESCAPE = re.compile(r"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}")
+_PAIR_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}")
 _SCALAR_TAG = re.compile(r'(!uuid|!!int|!!float|!!null|!!bool) "([^"\\]*)"(\s*:)?')
 _EMPTY_TUPLE = re.compile(r"!!python/tuple \[\s*\]")
 _TUPLE_OPEN = "!!python/tuple ["
