@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from .process import Process
 
 __all__ = [
+    "CYCLE_EVENT",
+    "MAX_HISTORY",
     "MAX_LOG_CHARS",
     "MAX_LOG_LINES",
     "RECORD_END_DELAY",
@@ -32,6 +34,9 @@ __all__ = [
     "RECORD_MAX_AGE",
     "RECORD_MAX_COUNT",
     "RECORD_PRUNE_INTERVAL",
+    "RECORD_RETRY_DELAY",
+    "RECORD_RETRY_MAX_DELAY",
+    "RECORD_WRITE_ATTEMPTS",
     "Recorded",
     "RecordWriter",
 ]
@@ -53,6 +58,18 @@ RECORD_MAX_AGE = 30 * 24 * 3600.0
 RECORD_MAX_COUNT = 100_000
 #: Seconds between two prunes of the store by a worker.
 RECORD_PRUNE_INTERVAL = 600.0
+#: Tries of a record write before it is given up (logged as an error with the pids it loses).
+RECORD_WRITE_ATTEMPTS = 6
+#: Seconds before the first retry of a failed record write; doubled for each next one.
+RECORD_RETRY_DELAY = 0.5
+#: Longest wait between two tries of a record write (0.5 + 1 + 2 + 4 + 8 s: given up about 15 s after the first).
+RECORD_RETRY_MAX_DELAY = 8.0
+#: History entries a record keeps: the first (``created``) and the newest; the count of dropped ones is kept.
+MAX_HISTORY = 200
+#: Events whose back-and-forth (every ``sleep``) is folded into one entry with a count, first and last times.
+_CYCLE_EVENTS = ("running", "waiting")
+#: The event of that folded entry.
+CYCLE_EVENT = "running/waiting"
 
 
 class _RecordingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -128,7 +145,7 @@ class Recorded:
         entry: dict[str, Any] = {"event": event, "time": time.time()}
         if message is not None:
             entry["message"] = message
-        self._history.append(entry)
+        self._history = add_history(self._history, entry)
         self._touch_record(urgent)
 
     def _touch_record(self, urgent: bool = False) -> None:
@@ -145,7 +162,7 @@ class Recorded:
             return
         history = [h for h in old.get("history") or () if isinstance(h, dict)]
         if history:
-            self._history = [*history, {"event": "continued", "time": time.time()}]
+            self._history = add_history(history, {"event": "continued", "time": time.time()})
         lines = old.get("log")
         if isinstance(lines, list):
             with self._log_lock:
@@ -181,6 +198,38 @@ class Recorded:
             "ctime": proc.ctime,
             "mtime": time.time(),
         }
+
+
+def add_history(history: list[dict[str, Any]], entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """``history`` with ``entry`` added, bounded: a running/waiting back-and-forth (every ``sleep`` adds a pair)
+    is folded into one :data:`CYCLE_EVENT` entry (``count`` transitions, first ``time``, ``last`` time) before
+    the newest entry, and past :data:`MAX_HISTORY` entries the oldest after the first are dropped (counted in
+    the first entry's ``dropped``). Mutates and returns ``history``."""
+    event, last = entry.get("event"), history[-1] if history else None
+    if (
+        event in _CYCLE_EVENTS
+        and "message" not in entry
+        and last is not None
+        and last.get("event") in _CYCLE_EVENTS
+        and last.get("event") != event
+        and "message" not in last
+        and len(history) >= 2
+    ):
+        before = history[-2]
+        if before.get("event") == CYCLE_EVENT:  # one more turn of the cycle: fold ``last`` into it
+            before["count"] = int(before.get("count") or 0) + 1
+            before["last"] = last.get("time")
+            history[-1] = entry
+            return history
+        if before.get("event") == event and "message" not in before:  # event, other, event: a cycle starts
+            history[-1] = {"event": CYCLE_EVENT, "count": 1, "time": last.get("time"), "last": last.get("time")}
+    history.append(entry)
+    if len(history) > MAX_HISTORY:
+        drop = len(history) - MAX_HISTORY
+        first = dict(history[0])
+        first["dropped"] = int(first.get("dropped") or 0) + drop
+        history[:] = [first, *history[1 + drop :]]
+    return history
 
 
 class RecordWriter:
@@ -219,7 +268,8 @@ class RecordWriter:
         self._timer: asyncio.TimerHandle | None = None
         #: Starts the write of the ends due (``end_delay`` after the first of them).
         self._soon: asyncio.TimerHandle | None = None
-        self._failures = 0
+        #: Records whose write failed: pid -> (process, tries so far, the timer of the next try).
+        self._retries: dict[str, tuple[Recorded, int, asyncio.TimerHandle]] = {}
 
     def touch(self, proc: Recorded, urgent: bool = False) -> None:
         """Mark ``proc``'s record changed (thread-safe)."""
@@ -286,7 +336,11 @@ class RecordWriter:
             callback()
 
     async def flush(self) -> None:
-        """Write every record changed before this call now, and wait for it (failures are logged, not raised)."""
+        """Write every record changed before this call now, and those waiting to be tried again, and wait for it
+        (failures are logged, not raised)."""
+        for key in list(self._retries):
+            self._retries[key][2].cancel()
+            self._retry_due(key)
         if self._waiting:
             if self._timer is not None:
                 self._timer.cancel()
@@ -318,13 +372,86 @@ class RecordWriter:
             self._writer = None
 
     async def _write(self, procs: list[Recorded]) -> None:
+        """Write ``procs``' records in one batch; if the batch fails, each on its own, so one record that cannot
+        be stored never takes its neighbours with it; each that still fails is retried (:meth:`_retry_later`)."""
+        records = [_record_of(proc) for proc in procs]
         try:
-            records = [proc.record() for proc in procs]
-            nowait = getattr(self.persister, "save_records_nowait", None)  # a duck-typed store may lack it
-            if nowait is None or not nowait(records):  # else written here: no thread hop
-                await self.loop.run_in_executor(None, self.persister.save_records, records)
-            self._failures = 0
-        except Exception as exc:  # noqa: BLE001 - a lost record write must never end a process
-            self._failures += 1
-            if self._failures == 1 or self._failures % 100 == 0:
-                LOGGER.warning("could not write %d process record(s) (failure %d): %s", len(procs), self._failures, exc)
+            await self._save(records)
+            failed: list[tuple[Recorded, BaseException]] = []
+        except Exception as whole:  # noqa: BLE001 - a lost record write must never end a process
+            if len(records) == 1:
+                failed = [(procs[0], whole)]
+            else:
+                failed = []
+                for proc, record in zip(procs, records, strict=True):
+                    try:
+                        await self._save([record])
+                    except Exception as one:  # noqa: BLE001 - this record alone: retried below
+                        failed.append((proc, one))
+        lost = {str(proc.pid) for proc, _ in failed}
+        for proc in procs:
+            key = str(proc.pid)
+            if key not in lost and key in self._retries:
+                self._retries.pop(key)[2].cancel()
+        for proc, exc in failed:
+            self._retry_later(proc, exc)
+
+    async def _save(self, records: list[dict[str, Any]]) -> None:
+        nowait = getattr(self.persister, "save_records_nowait", None)  # a duck-typed store may lack it
+        if nowait is None or not nowait(records):  # else written here: no thread hop
+            await self.loop.run_in_executor(None, self.persister.save_records, records)
+
+    def _retry_later(self, proc: Recorded, exc: BaseException) -> None:
+        """Write ``proc``'s record again after a back-off (its record as it is then, never an older one); after
+        :data:`RECORD_WRITE_ATTEMPTS` tries it is given up, logged as an error naming the pid."""
+        key = str(proc.pid)
+        _, tries, handle = self._retries.pop(key, (proc, 0, None))
+        if handle is not None:
+            handle.cancel()
+        tries += 1
+        if tries >= RECORD_WRITE_ATTEMPTS:
+            LOGGER.error(
+                "the record of process %s is lost: its write failed %d times (%s: %s); it stays as last written",
+                proc.pid,
+                tries,
+                type(exc).__name__,
+                exc,
+            )
+            return
+        delay = min(RECORD_RETRY_DELAY * 2 ** (tries - 1), RECORD_RETRY_MAX_DELAY)
+        LOGGER.warning(
+            "could not write the record of process %s (try %d of %d, again in %.1f s): %s: %s",
+            proc.pid,
+            tries,
+            RECORD_WRITE_ATTEMPTS,
+            delay,
+            type(exc).__name__,
+            exc,
+        )
+        self._retries[key] = (proc, tries, self.loop.call_later(delay, self._retry_due, key))
+
+    def _retry_due(self, key: str) -> None:
+        entry = self._retries.get(key)
+        if entry is not None and key not in self._due:
+            self._waiting.pop(key, None)
+            self._due[key] = entry[0]
+            self._start()
+
+
+def _record_of(proc: Recorded) -> dict[str, Any]:
+    """``proc``'s record; if building it raises, a stand-in with what is known, so the write still says where the
+    process is (its state) rather than nothing."""
+    try:
+        return proc.record()
+    except Exception as exc:  # noqa: BLE001 - a record that cannot be built must not take its batch with it
+        state = getattr(getattr(proc, "state", None), "value", None)
+        now = time.time()
+        return {
+            "pid": proc.pid,
+            "class": f"{type(proc).__module__}:{type(proc).__qualname__}",
+            "state_name": state,
+            "status": f"its record could not be built: {type(exc).__name__}",
+            "ctime": getattr(proc, "ctime", now),
+            "mtime": now,
+            "progress": {},
+        }
