@@ -8,11 +8,13 @@ import contextlib
 import logging
 import threading
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import process_comms
+from process_comms.client.records import NO_RECORDS_WORKER
 from process_comms.errors import PersistenceError
 from process_comms.worker import records as records_module
 from process_comms.worker.persistence import InMemoryPersister
@@ -21,6 +23,8 @@ from tests.procs import Add, Waiter
 
 from .conftest import BROKER_URL
 from .faults._support import wait_until
+from .test_cli import Run, _global_options, rmq_cleanup, run  # noqa: F401 (fixtures)
+from .test_dashboard import Served
 from .test_records_bounds_procs import HugeOutput, Napper
 
 pytestmark = pytest.mark.broker
@@ -200,3 +204,22 @@ def test_a_memory_url_with_an_unknown_option_is_refused() -> None:
         process_comms.get_persister("memory://?max_records=5")
     with pytest.raises(PersistenceError, match="positive integer"):
         process_comms.get_persister("memory://?max_record_bytes=lots")
+
+
+def test_a_worker_with_records_off_keeps_none_and_says_so(
+    broker_url: str,
+    names: dict[str, str],
+    run: Run,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    args = [*_global_options(broker_url, names), "worker", "--persister", "memory://", "--records", "off"]
+    worker = Served([*args, "--allow", "tests.procs"], tmp_path / "worker.err", "worker ready")  # before: usage error
+    try:
+        with process_comms.connect(broker_url, **names) as comm:
+            ctl = process_comms.RemoteProcessThreadController(comm)
+            assert ctl.launch_process(Add, init_kwargs={"inputs": {"a": 1, "b": 2}}).result(T) == {"sum": 3}
+        listed = run("list")
+        assert listed.returncode == 3 and NO_RECORDS_WORKER in listed.stderr, listed.stderr
+        assert worker.stop() == 0, worker.err_path.read_text()
+    finally:
+        worker.close()

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from process_comms.worker.persistence import InMemoryPersister, Persister, SqlPersister
+from process_comms.worker.persistence._records import CUT_KEY
 
 from .test_persistence import PG_URL, pg_table  # noqa: F401 (fixture)
 
@@ -80,6 +81,17 @@ def test_list_is_newest_first_and_filters(persister: Persister) -> None:
     assert len(persister.list_records(limit=2)) == 2
     assert len(persister.list_records(since=base + 3)) == 3  # ctimes base+3, base+4, base+10
     assert [r["class"] for r in persister.list_records(class_name="tests.procs:Fails")] == ["tests.procs:Fails"]
+
+
+def test_list_before_gives_the_next_page_and_a_summary_carries_bounded_progress(persister: Persister) -> None:
+    base = time.time() - 100
+    rows = [record("finished", base + i, progress={"blob": "x" * 50_000, "done": i}) for i in range(5)]
+    persister.save_records(rows)
+    assert [r["ctime"] for r in persister.list_records(before=base + 2)] == [base + 2, base + 1, base]
+    listed = persister.list_records()
+    assert [r["progress"]["done"] for r in listed] == [4, 3, 2, 1, 0]
+    assert all("blob" not in r["progress"] and r["progress"][CUT_KEY] > 50_000 for r in listed)
+    assert len(persister.load_record(rows[0]["pid"])["progress"]["blob"]) == 50_000  # the record has the whole
 
 
 def test_prune_by_age_and_count_keeps_live_records(persister: Persister) -> None:

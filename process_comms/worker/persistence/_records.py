@@ -33,7 +33,7 @@ TERMINAL_STATE_NAMES = ("finished", "excepted", "killed")
 #: Longest ``repr`` kept for a value that JSON cannot hold.
 _MAX_REPR = 2000
 #: Largest progress a summary carries, as JSON bytes: a listing holds many summaries (the whole progress is in
-#: the record, ``process-comms show``); a larger one is cut to its first keys that fit, plus :data:`CUT_KEY`.
+#: the record, ``process-comms show``); a larger one is cut to its keys that fit, plus :data:`CUT_KEY`.
 SUMMARY_PROGRESS_BYTES = 1024
 #: Longest status text a summary carries, in characters.
 SUMMARY_STATUS_CHARS = 500
@@ -79,8 +79,8 @@ def safe_value(value: Any, depth: int = 0) -> Any:
 
 
 def bounded_progress(progress: Any) -> Any:
-    """``progress`` as a summary carries it: whole if its JSON has at most :data:`SUMMARY_PROGRESS_BYTES`, else its
-    first keys that fit and ``{CUT_KEY: bytes of the whole}``."""
+    """``progress`` as a summary carries it: whole if its JSON has at most :data:`SUMMARY_PROGRESS_BYTES`, else the
+    keys that fit (in order) and ``{CUT_KEY: bytes of the whole}``."""
     if not isinstance(progress, dict) or not progress:
         return progress
     try:
@@ -95,7 +95,7 @@ def bounded_progress(progress: Any) -> Any:
     for key, value in progress.items():
         cost = len(_text({key: value}).encode("utf-8"))
         if cost > room:
-            break
+            continue  # a big value: the smaller ones after it may still fit
         kept[key] = value
         room -= cost
     kept[CUT_KEY] = size

@@ -111,7 +111,12 @@ class InMemoryPersister(Persister):
         return None if entry is None else decode_record(entry[2], entry[3])
 
     def list_records(
-        self, state: str | None = None, limit: int = 100, since: float | None = None, class_name: str | None = None
+        self,
+        state: str | None = None,
+        limit: int = 100,
+        since: float | None = None,
+        class_name: str | None = None,
+        before: float | None = None,
     ) -> list[dict[str, Any]]:
         """Record summaries, newest first."""
         with self._lock:
@@ -121,6 +126,7 @@ class InMemoryPersister(Persister):
             for summary, text in rows
             if (state is None or summary["state_name"] == state)
             and (since is None or summary["ctime"] >= since)
+            and (before is None or summary["ctime"] <= before)
             and (class_name is None or summary["class"] == class_name)
         ]
         chosen.sort(key=lambda row: row[0], reverse=True)
