@@ -82,6 +82,8 @@ def test_a_record_whose_output_cannot_be_shown_takes_no_neighbour_with_it(names:
             huge = ctl.launch_process(HugeOutput, init_kwargs={"inputs": {}}, nowait=True).result(T)
             for pid in (*adds, huge):
                 assert ctl.wait_for_process(pid, timeout=T, poll_interval=0.1).result(T) == "finished"
+            held = ctl.get_process(huge).result(T)  # from the process itself: before, the answer could not be sent
+            assert held["state_name"] == "finished" and "cannot be shown" in held["outputs"]["huge"]["!!unencodable"]
             store.let_through.set()  # the four ends now go in one batch
             # before: repr() of the huge int raised in the store, the batch was dropped, the adds stayed running
             for i, pid in enumerate(adds):

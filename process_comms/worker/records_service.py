@@ -35,7 +35,7 @@ from ..wire.messages import (
     state_name,
     wire_text,
 )
-from .persistence._records import bounded_progress, summary_of
+from .persistence._records import bounded_progress, safe_value, summary_of
 from .records import RECORD_MAX_AGE, RECORD_MAX_COUNT, RECORD_PRUNE_INTERVAL
 
 if TYPE_CHECKING:
@@ -177,7 +177,7 @@ class RecordsService:
         """The whole record of ``pid`` (``live`` says whether a worker runs it now), or None."""
         proc = self.launcher.held(pid)
         if proc is not None:
-            return {**proc.record(), "live": not proc.state.terminal}
+            return {**safe_value(proc.record()), "live": not proc.state.terminal}  # as the store would keep it
         record = await self._store(self.persister.load_record, pid)
         if record is None:
             await asyncio.sleep(NOT_FOUND_GRACE)
