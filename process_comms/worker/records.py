@@ -4,8 +4,10 @@ A record is a JSON-safe dict: pid, class, inputs, state history with timestamps,
 progress, outputs, exception (type, message, traceback) and the process's own log lines
 (:meth:`Recorded.report` and :attr:`Recorded.logger`). :class:`RecordWriter` writes them through the
 worker's persister, coalescing the changes of a short window into one batch: on the loop when the store
-can write at once (memory, a local SQLite file nobody else holds), else on the executor; a write that
-fails is logged and never ends a process.
+can write at once (memory, a local SQLite file nobody else holds), else on the executor. A write never ends a
+process, and one record never takes its batch with it: a failed batch is written record by record, and a
+record whose write fails is tried again with back-off, then given up with an error naming its pid. The
+history is bounded (:mod:`._history`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..transports._loop import post
 from ..transports.base import host_info
+from ._history import CYCLE_EVENT, MAX_HISTORY, add_history
 
 if TYPE_CHECKING:
     from .process import Process
@@ -64,12 +67,6 @@ RECORD_WRITE_ATTEMPTS = 6
 RECORD_RETRY_DELAY = 0.5
 #: Longest wait between two tries of a record write (0.5 + 1 + 2 + 4 + 8 s: given up about 15 s after the first).
 RECORD_RETRY_MAX_DELAY = 8.0
-#: History entries a record keeps: the first (``created``) and the newest; the count of dropped ones is kept.
-MAX_HISTORY = 200
-#: Events whose back-and-forth (every ``sleep``) is folded into one entry with a count, first and last times.
-_CYCLE_EVENTS = ("running", "waiting")
-#: The event of that folded entry.
-CYCLE_EVENT = "running/waiting"
 
 
 class _RecordingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -198,38 +195,6 @@ class Recorded:
             "ctime": proc.ctime,
             "mtime": time.time(),
         }
-
-
-def add_history(history: list[dict[str, Any]], entry: dict[str, Any]) -> list[dict[str, Any]]:
-    """``history`` with ``entry`` added, bounded: a running/waiting back-and-forth (every ``sleep`` adds a pair)
-    is folded into one :data:`CYCLE_EVENT` entry (``count`` transitions, first ``time``, ``last`` time) before
-    the newest entry, and past :data:`MAX_HISTORY` entries the oldest after the first are dropped (counted in
-    the first entry's ``dropped``). Mutates and returns ``history``."""
-    event, last = entry.get("event"), history[-1] if history else None
-    if (
-        event in _CYCLE_EVENTS
-        and "message" not in entry
-        and last is not None
-        and last.get("event") in _CYCLE_EVENTS
-        and last.get("event") != event
-        and "message" not in last
-        and len(history) >= 2
-    ):
-        before = history[-2]
-        if before.get("event") == CYCLE_EVENT:  # one more turn of the cycle: fold ``last`` into it
-            before["count"] = int(before.get("count") or 0) + 1
-            before["last"] = last.get("time")
-            history[-1] = entry
-            return history
-        if before.get("event") == event and "message" not in before:  # event, other, event: a cycle starts
-            history[-1] = {"event": CYCLE_EVENT, "count": 1, "time": last.get("time"), "last": last.get("time")}
-    history.append(entry)
-    if len(history) > MAX_HISTORY:
-        drop = len(history) - MAX_HISTORY
-        first = dict(history[0])
-        first["dropped"] = int(first.get("dropped") or 0) + drop
-        history[:] = [first, *history[1 + drop :]]
-    return history
 
 
 class RecordWriter:
