@@ -29,6 +29,8 @@ pytestmark = pytest.mark.broker
 T = 30.0
 #: What an independent tester ran: 80 processes with 110 kB of progress each (8.8 MB of summaries).
 BLOATS, SIZE = 80, 110_000
+#: Their module (the store keeps every record: 8.8 MB is past a memory store's default budget).
+BOUNDS_PROCS = "tests.test_records_bounds_procs"
 
 
 @contextlib.contextmanager
@@ -37,7 +39,7 @@ def bloated_fleet(
 ) -> Iterator[tuple[process_comms.RemoteProcessThreadController, list[Any]]]:
     """A worker (durable names, as the CLI declares them) running :data:`BLOATS` processes with big progress."""
     worker = process_comms.Worker(
-        broker_url, persister=InMemoryPersister(), allowed_modules=["tests.test_records_bounds_procs"], **names
+        broker_url, persister=InMemoryPersister(max_record_bytes=None), allowed_modules=[BOUNDS_PROCS], **names
     ).start()
     try:
         with process_comms.connect(broker_url, **names) as comm:
