@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from process_comms.worker.persistence import InMemoryPersister, Persister, SqlPersister
+from process_comms.worker.persistence._records import CUT_KEY
 
 from .test_persistence import PG_URL, pg_table  # noqa: F401 (fixture)
 
@@ -61,10 +62,11 @@ def test_a_record_round_trips_and_keeps_its_first_inputs(persister: Persister) -
 
 
 def test_a_value_json_cannot_hold_is_kept_as_its_repr(persister: Persister) -> None:
-    odd = record(outputs={"when": object()})
+    odd = record(outputs={"when": object(), "n": 1})
     persister.save_records([odd])
     got = persister.load_record(odd["pid"])
-    assert got is not None and "!!unencodable" in got["outputs"]
+    # only the value JSON cannot hold is replaced: the values beside it are kept
+    assert got is not None and "!!unencodable" in got["outputs"]["when"] and got["outputs"]["n"] == 1
 
 
 def test_list_is_newest_first_and_filters(persister: Persister) -> None:
@@ -79,6 +81,17 @@ def test_list_is_newest_first_and_filters(persister: Persister) -> None:
     assert len(persister.list_records(limit=2)) == 2
     assert len(persister.list_records(since=base + 3)) == 3  # ctimes base+3, base+4, base+10
     assert [r["class"] for r in persister.list_records(class_name="tests.procs:Fails")] == ["tests.procs:Fails"]
+
+
+def test_list_before_gives_the_next_page_and_a_summary_carries_bounded_progress(persister: Persister) -> None:
+    base = time.time() - 100
+    rows = [record("finished", base + i, progress={"blob": "x" * 50_000, "done": i}) for i in range(5)]
+    persister.save_records(rows)
+    assert [r["ctime"] for r in persister.list_records(before=base + 2)] == [base + 2, base + 1, base]
+    listed = persister.list_records()
+    assert [r["progress"]["done"] for r in listed] == [4, 3, 2, 1, 0]
+    assert all("blob" not in r["progress"] and r["progress"][CUT_KEY] > 50_000 for r in listed)
+    assert len(persister.load_record(rows[0]["pid"])["progress"]["blob"]) == 50_000  # the record has the whole
 
 
 def test_prune_by_age_and_count_keeps_live_records(persister: Persister) -> None:

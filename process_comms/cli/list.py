@@ -29,6 +29,11 @@ def register(subparsers: SubParsers) -> None:
     p.add_argument("--limit", metavar="N", type=int_at_least(1), default=100, help="at most N processes (default 100)")
     p.add_argument("--since", metavar="D", type=parse_since, help="created since D: 30m, 2h, 7d or an ISO date/time")
     p.add_argument("--class", dest="class_name", metavar="CLASS", help="only processes of CLASS ('module:Name')")
+    p.add_argument(
+        "--cursor",
+        metavar="C",
+        help="the next page: the C a listing printed last (a page holds at most --limit rows and 1 MiB)",
+    )
     p.set_defaults(run=run)
 
 
@@ -46,14 +51,20 @@ def _row(summary: dict[str, Any]) -> list[str]:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    """Print the processes as a table (or JSON); no worker up is an unreachable error (exit 3)."""
+    """Print one page of processes as a table (or JSON); if more are left, say on stderr how to get them. No
+    worker up is an unreachable error (exit 3)."""
     with connect_from(ctx) as comm:
         controller = RemoteProcessThreadController(comm, rpc_timeout=ctx.timeout)
-        future = controller.list_processes(args.state, args.limit, args.since, args.class_name, ctx.timeout)
-        rows = future.result(ctx.timeout + GRACE)
+        future = controller.list_processes_page(
+            args.state, args.limit, args.since, args.class_name, args.cursor, ctx.timeout
+        )
+        page = future.result(ctx.timeout + GRACE)
+    rows = page["processes"]
     if ctx.json:
         ctx.print_json(rows)
-        return EXIT_OK
-    for line in layout_columns([list(COLUMNS), *(_row(summary) for summary in rows)], rule=False):
-        ctx.print(line)
+    else:
+        for line in layout_columns([list(COLUMNS), *(_row(summary) for summary in rows)], rule=False):
+            ctx.print(line)
+    if page["more"] is not None:
+        ctx.warn(f"more processes: add --cursor {page['more']}")
     return EXIT_OK

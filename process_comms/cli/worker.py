@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..urls import mask_url
+from ..worker.persistence import MEMORY_RECORD_BYTES
 from ..worker.worker import Worker
 from .main import EXIT_OK, EXIT_USAGE, CliError, add_command, int_at_least, setup_logging
 
@@ -100,6 +101,16 @@ def register(subparsers: SubParsers) -> None:
         ),
     )
     p.add_argument(
+        "--records",
+        choices=("on", "off"),
+        default="on",
+        help=(
+            "keep a record of every process run here (default on): 'off' keeps none and this worker answers no "
+            f"record query (list, show, report); a memory:// store keeps at most {MEMORY_RECORD_BYTES >> 20} MiB "
+            "of them (memory://?max_record_bytes=N to change it)"
+        ),
+    )
+    p.add_argument(
         "--log-level",
         default="INFO",
         type=str.upper,
@@ -137,6 +148,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             allowed_modules=args.allow,
             task_prefetch_count=args.prefetch,
             claim_ttl=args.claim_ttl,
+            records=args.records == "on",
             **ctx.comm_options(),
         )
         try:

@@ -378,5 +378,19 @@ class RemoteProcessController(RecordQueries):
         timeout: float | None = None,
     ) -> list[dict[str, Any]]:
         """Summaries of the fleet's processes, newest first, live and ended (pid, class, state_name, paused,
-        status, progress, host, ctime, mtime, live); filter by state name, creation time and ``module:Name``."""
+        status, progress, host, ctime, mtime, live); filter by state name, creation time and ``module:Name``.
+        Gathered page by page (:meth:`list_processes_page`): each answer is bounded in bytes, the list by ``limit``."""
         return await self._run(self._list, state, limit, epoch(since), class_name, timeout)
+
+    async def list_processes_page(
+        self,
+        state: str | None = None,
+        limit: int = 100,
+        since: float | datetime.datetime | None = None,
+        class_name: str | None = None,
+        cursor: str | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """One page of :meth:`list_processes`: ``{"processes": [...], "more": str or None}``, at most ``limit`` rows
+        and the worker's byte budget (1 MiB); pass ``more`` as ``cursor`` for the next page (None: no more)."""
+        return await self._run(self._list_page, state, limit, epoch(since), class_name, cursor, timeout)

@@ -155,12 +155,39 @@ class RecordQueries:
     async def _outputs(self, pid: Pid, timeout: float | None) -> dict[str, Any] | None:
         return outputs_of(pid, await self._get_record(pid, timeout))
 
+    async def _list_page(
+        self,
+        state: str | None,
+        limit: int,
+        since: float | None,
+        class_name: str | None,
+        cursor: str | None,
+        timeout: float | None,
+    ) -> dict[str, Any]:
+        """One page of a listing: ``{"processes": [...], "more": cursor of the next page or None}``."""
+        fields = {"state": state, "limit": limit, "since": since, "class_name": class_name}
+        answer = await self._records(RECORD_OP_LIST, timeout, **fields, cursor=cursor, page=True)
+        if isinstance(answer, list):  # a worker older than pages: its one answer is the whole listing
+            return {"processes": [row for row in answer if isinstance(row, dict)], "more": None}
+        rows = answer.get("processes") if isinstance(answer, dict) else None
+        more = answer.get("more") if isinstance(answer, dict) else None
+        found = [row for row in rows if isinstance(row, dict)] if isinstance(rows, list) else []
+        return {"processes": found, "more": more if isinstance(more, str) and found else None}
+
     async def _list(
         self, state: str | None, limit: int, since: float | None, class_name: str | None, timeout: float | None
     ) -> list[dict[str, Any]]:
-        fields = {"state": state, "limit": limit, "since": since, "class_name": class_name}
-        rows = await self._records(RECORD_OP_LIST, timeout, **fields)
-        return [row for row in rows if isinstance(row, dict)] if isinstance(rows, list) else []
+        """Up to ``limit`` rows, page after page (each answer is bounded in bytes by the worker; each waits at
+        most ``timeout``)."""
+        rows: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while len(rows) < limit:
+            page = await self._list_page(state, limit - len(rows), since, class_name, cursor, timeout)
+            rows += page["processes"]
+            cursor = page["more"]
+            if cursor is None:
+                break
+        return rows[:limit]
 
     async def _kill(self, pid: Pid, message: dict[str, Any], timeout: float | None) -> bool:
         try:

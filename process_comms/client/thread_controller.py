@@ -223,3 +223,17 @@ class RemoteProcessThreadController:
     ) -> ControllerFuture[list[dict[str, Any]]]:
         """Future of the summaries of the fleet's processes, newest first, live and ended."""
         return self._communicator.submit(self._core.list_processes, state, limit, since, class_name, timeout)
+
+    def list_processes_page(
+        self,
+        state: str | None = None,
+        limit: int = 100,
+        since: float | datetime.datetime | None = None,
+        class_name: str | None = None,
+        cursor: str | None = None,
+        timeout: float | None = None,
+    ) -> ControllerFuture[dict[str, Any]]:
+        """Future of one page of the listing: ``{"processes": [...], "more": cursor of the next page or None}``."""
+        return self._communicator.submit(
+            self._core.list_processes_page, state, limit, since, class_name, cursor, timeout
+        )

@@ -182,10 +182,15 @@ class Dashboard:
         )
 
     async def processes(self, request: Request) -> Response:
-        """``GET /api/processes``: one page of summaries, newest first."""
+        """``GET /api/processes``: one page of summaries, newest first: at most ``limit`` rows and the workers' byte
+        budget, ``next`` the ``cursor`` of the next page (None: no more); with ``offset`` (> 0) the rows from there,
+        gathered page by page (``next`` is then None)."""
         try:
             limit = _int_param(request, "limit", 100, 1, MAX_LIMIT)
             offset = _int_param(request, "offset", 0, 0, MAX_ROWS - limit)
+            cursor = request.query_params.get("cursor") or None
+            if cursor is not None and offset:
+                raise BadRequest("give 'cursor' or 'offset', not both")
             since_text = request.query_params.get("since") or None
             try:
                 since = None if since_text is None else float(since_text)
@@ -193,15 +198,23 @@ class Dashboard:
                 raise BadRequest(f"'since' must be epoch seconds, got {since_text!r}") from None
             state = request.query_params.get("state") or None
             class_name = request.query_params.get("class") or None
-            wanted = min(offset + limit + 1, MAX_ROWS)  # one more than the page: is there a next page?
+            timeout = self.settings.timeout
             with self.metrics.timed(self.metrics.queries, query="list"):
-                rows = await self.controller.list_processes(state, wanted, since, class_name, self.settings.timeout)
+                if offset == 0:
+                    one = await self.controller.list_processes_page(state, limit, since, class_name, cursor, timeout)
+                    page, more = one["processes"], one["more"]
+                else:
+                    wanted = min(offset + limit + 1, MAX_ROWS)  # one more than the page: is there a next page?
+                    rows = await self.controller.list_processes(state, wanted, since, class_name, timeout)
+                    page, more = rows[offset : offset + limit], None
+                    has_more = len(rows) > offset + limit
         except ProcessCommsError as exc:
             return self.failure(exc)
-        page = rows[offset : offset + limit]
         for row in page:
             row["pid"] = str(row.get("pid"))
-        return JSON({"processes": page, "offset": offset, "limit": limit, "has_more": len(rows) > offset + limit})
+        if offset == 0:
+            has_more = more is not None
+        return JSON({"processes": page, "offset": offset, "limit": limit, "has_more": has_more, "next": more})
 
     async def process(self, request: Request) -> Response:
         """``GET /api/processes/{pid}``: the whole record."""

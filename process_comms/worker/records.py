@@ -4,8 +4,10 @@ A record is a JSON-safe dict: pid, class, inputs, state history with timestamps,
 progress, outputs, exception (type, message, traceback) and the process's own log lines
 (:meth:`Recorded.report` and :attr:`Recorded.logger`). :class:`RecordWriter` writes them through the
 worker's persister, coalescing the changes of a short window into one batch: on the loop when the store
-can write at once (memory, a local SQLite file nobody else holds), else on the executor; a write that
-fails is logged and never ends a process.
+can write at once (memory, a local SQLite file nobody else holds), else on the executor. A write never ends a
+process, and one record never takes its batch with it: a failed batch is written record by record, and a
+record whose write fails is tried again with back-off, then given up with an error naming its pid. The
+history is bounded (:mod:`._history`).
 """
 
 from __future__ import annotations
@@ -20,11 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 from ..transports._loop import post
 from ..transports.base import host_info
+from ._history import CYCLE_EVENT, MAX_HISTORY, add_history
 
 if TYPE_CHECKING:
     from .process import Process
 
 __all__ = [
+    "CYCLE_EVENT",
+    "MAX_HISTORY",
     "MAX_LOG_CHARS",
     "MAX_LOG_LINES",
     "RECORD_END_DELAY",
@@ -32,6 +37,9 @@ __all__ = [
     "RECORD_MAX_AGE",
     "RECORD_MAX_COUNT",
     "RECORD_PRUNE_INTERVAL",
+    "RECORD_RETRY_DELAY",
+    "RECORD_RETRY_MAX_DELAY",
+    "RECORD_WRITE_ATTEMPTS",
     "Recorded",
     "RecordWriter",
 ]
@@ -53,6 +61,12 @@ RECORD_MAX_AGE = 30 * 24 * 3600.0
 RECORD_MAX_COUNT = 100_000
 #: Seconds between two prunes of the store by a worker.
 RECORD_PRUNE_INTERVAL = 600.0
+#: Tries of a record write before it is given up (logged as an error with the pids it loses).
+RECORD_WRITE_ATTEMPTS = 6
+#: Seconds before the first retry of a failed record write; doubled for each next one.
+RECORD_RETRY_DELAY = 0.5
+#: Longest wait between two tries of a record write (0.5 + 1 + 2 + 4 + 8 s: given up about 15 s after the first).
+RECORD_RETRY_MAX_DELAY = 8.0
 
 
 class _RecordingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -128,7 +142,7 @@ class Recorded:
         entry: dict[str, Any] = {"event": event, "time": time.time()}
         if message is not None:
             entry["message"] = message
-        self._history.append(entry)
+        self._history = add_history(self._history, entry)
         self._touch_record(urgent)
 
     def _touch_record(self, urgent: bool = False) -> None:
@@ -145,7 +159,7 @@ class Recorded:
             return
         history = [h for h in old.get("history") or () if isinstance(h, dict)]
         if history:
-            self._history = [*history, {"event": "continued", "time": time.time()}]
+            self._history = add_history(history, {"event": "continued", "time": time.time()})
         lines = old.get("log")
         if isinstance(lines, list):
             with self._log_lock:
@@ -219,7 +233,8 @@ class RecordWriter:
         self._timer: asyncio.TimerHandle | None = None
         #: Starts the write of the ends due (``end_delay`` after the first of them).
         self._soon: asyncio.TimerHandle | None = None
-        self._failures = 0
+        #: Records whose write failed: pid -> (process, tries so far, the timer of the next try).
+        self._retries: dict[str, tuple[Recorded, int, asyncio.TimerHandle]] = {}
 
     def touch(self, proc: Recorded, urgent: bool = False) -> None:
         """Mark ``proc``'s record changed (thread-safe)."""
@@ -286,7 +301,11 @@ class RecordWriter:
             callback()
 
     async def flush(self) -> None:
-        """Write every record changed before this call now, and wait for it (failures are logged, not raised)."""
+        """Write every record changed before this call now, and those waiting to be tried again, and wait for it
+        (failures are logged, not raised)."""
+        for key in list(self._retries):
+            self._retries[key][2].cancel()
+            self._retry_due(key)
         if self._waiting:
             if self._timer is not None:
                 self._timer.cancel()
@@ -318,13 +337,86 @@ class RecordWriter:
             self._writer = None
 
     async def _write(self, procs: list[Recorded]) -> None:
+        """Write ``procs``' records in one batch; if the batch fails, each on its own, so one record that cannot
+        be stored never takes its neighbours with it; each that still fails is retried (:meth:`_retry_later`)."""
+        records = [_record_of(proc) for proc in procs]
         try:
-            records = [proc.record() for proc in procs]
-            nowait = getattr(self.persister, "save_records_nowait", None)  # a duck-typed store may lack it
-            if nowait is None or not nowait(records):  # else written here: no thread hop
-                await self.loop.run_in_executor(None, self.persister.save_records, records)
-            self._failures = 0
-        except Exception as exc:  # noqa: BLE001 - a lost record write must never end a process
-            self._failures += 1
-            if self._failures == 1 or self._failures % 100 == 0:
-                LOGGER.warning("could not write %d process record(s) (failure %d): %s", len(procs), self._failures, exc)
+            await self._save(records)
+            failed: list[tuple[Recorded, BaseException]] = []
+        except Exception as whole:  # noqa: BLE001 - a lost record write must never end a process
+            if len(records) == 1:
+                failed = [(procs[0], whole)]
+            else:
+                failed = []
+                for proc, record in zip(procs, records, strict=True):
+                    try:
+                        await self._save([record])
+                    except Exception as one:  # noqa: BLE001 - this record alone: retried below
+                        failed.append((proc, one))
+        lost = {str(proc.pid) for proc, _ in failed}
+        for proc in procs:
+            key = str(proc.pid)
+            if key not in lost and key in self._retries:
+                self._retries.pop(key)[2].cancel()
+        for proc, exc in failed:
+            self._retry_later(proc, exc)
+
+    async def _save(self, records: list[dict[str, Any]]) -> None:
+        nowait = getattr(self.persister, "save_records_nowait", None)  # a duck-typed store may lack it
+        if nowait is None or not nowait(records):  # else written here: no thread hop
+            await self.loop.run_in_executor(None, self.persister.save_records, records)
+
+    def _retry_later(self, proc: Recorded, exc: BaseException) -> None:
+        """Write ``proc``'s record again after a back-off (its record as it is then, never an older one); after
+        :data:`RECORD_WRITE_ATTEMPTS` tries it is given up, logged as an error naming the pid."""
+        key = str(proc.pid)
+        _, tries, handle = self._retries.pop(key, (proc, 0, None))
+        if handle is not None:
+            handle.cancel()
+        tries += 1
+        if tries >= RECORD_WRITE_ATTEMPTS:
+            LOGGER.error(
+                "the record of process %s is lost: its write failed %d times (%s: %s); it stays as last written",
+                proc.pid,
+                tries,
+                type(exc).__name__,
+                exc,
+            )
+            return
+        delay = min(RECORD_RETRY_DELAY * 2 ** (tries - 1), RECORD_RETRY_MAX_DELAY)
+        LOGGER.warning(
+            "could not write the record of process %s (try %d of %d, again in %.1f s): %s: %s",
+            proc.pid,
+            tries,
+            RECORD_WRITE_ATTEMPTS,
+            delay,
+            type(exc).__name__,
+            exc,
+        )
+        self._retries[key] = (proc, tries, self.loop.call_later(delay, self._retry_due, key))
+
+    def _retry_due(self, key: str) -> None:
+        entry = self._retries.get(key)
+        if entry is not None and key not in self._due:
+            self._waiting.pop(key, None)
+            self._due[key] = entry[0]
+            self._start()
+
+
+def _record_of(proc: Recorded) -> dict[str, Any]:
+    """``proc``'s record; if building it raises, a stand-in with what is known, so the write still says where the
+    process is (its state) rather than nothing."""
+    try:
+        return proc.record()
+    except Exception as exc:  # noqa: BLE001 - a record that cannot be built must not take its batch with it
+        state = getattr(getattr(proc, "state", None), "value", None)
+        now = time.time()
+        return {
+            "pid": proc.pid,
+            "class": f"{type(proc).__module__}:{type(proc).__qualname__}",
+            "state_name": state,
+            "status": f"its record could not be built: {type(exc).__name__}",
+            "ctime": getattr(proc, "ctime", now),
+            "mtime": now,
+            "progress": {},
+        }

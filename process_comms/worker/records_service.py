@@ -10,7 +10,9 @@ It also prunes the store: at start and every :data:`~.records.RECORD_PRUNE_INTER
 from __future__ import annotations
 
 import asyncio
+import base64
 import concurrent.futures
+import json
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -33,12 +35,13 @@ from ..wire.messages import (
     state_name,
     wire_text,
 )
+from .persistence._records import bounded_progress, safe_value, summary_of
 from .records import RECORD_MAX_AGE, RECORD_MAX_COUNT, RECORD_PRUNE_INTERVAL
 
 if TYPE_CHECKING:
     from .launcher import ProcessLauncher
 
-__all__ = ["LIVE_CHECK_TIMEOUT", "NOT_FOUND_GRACE", "RecordsService"]
+__all__ = ["LIST_PAGE_BYTES", "LIVE_CHECK_TIMEOUT", "NOT_FOUND_GRACE", "RecordsService", "parse_cursor"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -50,9 +53,48 @@ NOT_FOUND_GRACE = 0.25
 MAX_LIST_LIMIT = 10_000
 
 
-def _summary(record: dict[str, Any]) -> dict[str, Any]:
-    keys = ("pid", "class", "state_name", "paused", "status", "progress", "host", "ctime", "mtime")
-    return {key: record.get(key) for key in keys}
+#: Bytes of summaries one listing answer carries at most (JSON; the wire's limit is 8 MiB): the rest of a
+#: listing is a next page, asked for with the answer's ``more`` cursor. Each summary is bounded
+#: (:func:`~.persistence._records.summary_of`), so a page of the default 100 rows is never cut by it.
+LIST_PAGE_BYTES = 1024 * 1024
+
+
+def _cursor(rows: list[dict[str, Any]], skip: frozenset[str], before: float | None) -> str:
+    """The cursor of the page after ``rows`` (newest first): created at or before the last row's ``ctime``,
+    less the pids already given at that very time (they may share it)."""
+    last = float(rows[-1].get("ctime") or 0.0)
+    same = {str(row.get("pid")) for row in rows if float(row.get("ctime") or 0.0) == last}
+    if before == last:
+        same |= skip
+    text = json.dumps([last, sorted(same)], separators=(",", ":"))
+    return base64.urlsafe_b64encode(text.encode("utf-8")).decode("ascii")
+
+
+def parse_cursor(cursor: Any) -> tuple[float | None, frozenset[str]]:
+    """``(before, pids to skip)`` of a listing cursor (None: the first page); InvalidTask if it is not one."""
+    if cursor is None:
+        return None, frozenset()
+    try:
+        before, skip = json.loads(base64.urlsafe_b64decode(str(cursor).encode("ascii")))
+        if isinstance(before, (int, float)) and isinstance(skip, list) and all(isinstance(p, str) for p in skip):
+            return float(before), frozenset(skip)
+    except (ValueError, TypeError, UnicodeError):
+        pass
+    raise InvalidTask(f"not a listing cursor: {str(cursor)[:80]!r} (pass the 'more' of a listing's answer)")
+
+
+def _page(rows: list[dict[str, Any]], limit: int) -> tuple[list[dict[str, Any]], bool]:
+    """The first of ``rows`` up to ``limit`` rows and :data:`LIST_PAGE_BYTES` (at least one); and whether rows
+    are left."""
+    page: list[dict[str, Any]] = []
+    used = 0
+    for row in rows[:limit]:
+        size = len(json.dumps(row, default=str, separators=(",", ":"))) + 1
+        if page and used + size > LIST_PAGE_BYTES:
+            return page, True
+        page.append(row)
+        used += size
+    return page, len(rows) > len(page)
 
 
 class RecordsService:
@@ -92,14 +134,19 @@ class RecordsService:
             return run_on(self.launcher.loop, self.kill, msg[PID_KEY], text)
         if op == RECORD_OP_LIST:
             state, cls = msg.get("state"), msg.get("class_name")
-            limit, since = msg.get("limit", 100), msg.get("since")
+            limit, since, cursor = msg.get("limit", 100), msg.get("since"), msg.get("cursor")
             if (state is not None and not isinstance(state, str)) or (cls is not None and not isinstance(cls, str)):
                 raise InvalidTask("'state' and 'class_name' must be strings or null")
             if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
                 raise InvalidTask("'limit' must be an integer of 0 or more")
             if since is not None and (not isinstance(since, (int, float)) or isinstance(since, bool)):
                 raise InvalidTask("'since' must be a number (epoch seconds) or null")
-            return run_on(self.launcher.loop, self.list, state, min(limit, MAX_LIST_LIMIT), since, cls)
+            if cursor is not None and not isinstance(cursor, str):
+                raise InvalidTask("'cursor' must be a string (a listing answer's 'more') or null")
+            limit = min(limit, MAX_LIST_LIMIT)
+            if msg.get("page") is True:  # a client that reads pages: {"processes": [...], "more": cursor or null}
+                return run_on(self.launcher.loop, self.list_page, state, limit, since, cls, parse_cursor(cursor))
+            return run_on(self.launcher.loop, self.list, state, limit, since, cls)  # an older client: one list
         raise InvalidTask(f"unknown records op {op!r}: expected get, list or kill")
 
     # -- the answers (on the launcher's loop) ---------------------------------------------------------
@@ -130,7 +177,7 @@ class RecordsService:
         """The whole record of ``pid`` (``live`` says whether a worker runs it now), or None."""
         proc = self.launcher.held(pid)
         if proc is not None:
-            return {**proc.record(), "live": not proc.state.terminal}
+            return {**safe_value(proc.record()), "live": not proc.state.terminal}  # as the store would keep it
         record = await self._store(self.persister.load_record, pid)
         if record is None:
             await asyncio.sleep(NOT_FOUND_GRACE)
@@ -147,16 +194,36 @@ class RecordsService:
                 return {**again, "live": False}
         return self._with_live(record, status)
 
-    async def list(
-        self, state: str | None, limit: int, since: float | None, class_name: str | None
+    async def list_page(
+        self,
+        state: str | None,
+        limit: int,
+        since: float | None,
+        class_name: str | None,
+        cursor: tuple[float | None, frozenset[str]],
+    ) -> dict[str, Any]:
+        """One page of record summaries, newest first, live and ended (live state from the live processes): at
+        most ``limit`` rows and :data:`LIST_PAGE_BYTES`; ``more`` is the cursor of the next page, or None."""
+        before, skip = cursor
+        rows = await self._rows(state, limit + len(skip) + 1, since, class_name, before)
+        rows = [row for row in rows if str(row.get("pid")) not in skip]
+        page, more = _page(rows, limit)
+        return {"processes": page, "more": _cursor(page, skip, before) if more and page else None}
+
+    async def _rows(
+        self, state: str | None, limit: int, since: float | None, class_name: str | None, before: float | None
     ) -> list[dict[str, Any]]:
-        """Record summaries, newest first, live and ended; live state from the live processes."""
-        rows: list[dict[str, Any]] = await self._store(self.persister.list_records, state, limit, since, class_name)
-        by_pid = {str(row.get("pid")): row for row in rows}
+        """Up to ``limit`` summaries created at or before ``before``, newest first, live ones merged in."""
+        rows: list[dict[str, Any]] = await self._store(
+            self.persister.list_records, state, limit, since, class_name, before
+        )
+        by_pid = {str(row.get("pid")): {**row, "progress": bounded_progress(row.get("progress"))} for row in rows}
         held = [(proc, True) for proc in self.launcher.processes.values()]
         held += [(proc, False) for proc in self.launcher.ending.values()]  # ended, record write in flight
         for proc, live in held:  # newer than the store's copy, or not written yet
-            summary = _summary(proc.record())
+            if before is not None and proc.ctime > before:
+                continue
+            summary = summary_of(proc.record())
             if (since is None or proc.ctime >= since) and class_name in (None, summary["class"]):
                 by_pid[str(proc.pid)] = {**summary, "live": live}
         settled: list[dict[str, Any]] = []  # held here, or ended: no need to ask their routes
@@ -169,7 +236,16 @@ class RecordsService:
         if state is not None:
             merged = [row for row in merged if row.get("state_name") == state]
         merged.sort(key=lambda row: float(row.get("ctime") or 0.0), reverse=True)
-        return merged[:limit]
+        return merged
+
+    async def list(
+        self, state: str | None, limit: int, since: float | None, class_name: str | None
+    ) -> list[dict[str, Any]]:
+        """The first page of a listing as a plain list (what a client older than pages asks for)."""
+        rows: list[dict[str, Any]] = (await self.list_page(state, limit, since, class_name, (None, frozenset())))[
+            "processes"
+        ]
+        return rows
 
     async def kill(self, pid: Pid, message: str | None) -> dict[str, Any]:
         """Kill ``pid`` where no worker runs it: a task still queued, a parked process, or an orphan whose

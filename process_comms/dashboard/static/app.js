@@ -3,7 +3,10 @@
 "use strict";
 
 const TERMINAL = ["finished", "excepted", "killed"];
-const view = { offset: 0, limit: 100, state: "", cls: "", rows: new Map(), pid: null, info: null };
+// a page is at most `limit` rows and the workers' byte budget: `next` is the cursor of the next page, `back`
+// the cursors (and first rows) of the pages before this one
+const view = { offset: 0, limit: 100, state: "", cls: "", rows: new Map(), pid: null, info: null,
+  cursor: null, next: null, shown: 0, back: [] };
 const $ = (id) => document.getElementById(id);
 
 function el(tag, attrs = {}, ...children) {
@@ -112,7 +115,8 @@ function renderRow(p) {
 }
 
 async function loadList() {
-  const query = new URLSearchParams({ limit: view.limit, offset: view.offset });
+  const query = new URLSearchParams({ limit: view.limit });
+  if (view.cursor) query.set("cursor", view.cursor);
   if (view.state) query.set("state", view.state);
   if (view.cls) query.set("class", view.cls);
   try {
@@ -124,7 +128,8 @@ async function loadList() {
     $("empty").hidden = rows.length > 0 || view.offset > 0;
     $("page-info").textContent = rows.length ? `rows ${view.offset + 1}–${view.offset + rows.length}` : "no rows";
     $("prev").disabled = view.offset === 0;
-    $("next").disabled = !page.has_more;
+    view.next = page.next; view.shown = rows.length;
+    $("next").disabled = !page.next;
     showError($("list-error"), null);
   } catch (error) {
     showError($("list-error"), error);
@@ -297,11 +302,18 @@ async function start() {
   $("filters").addEventListener("submit", (e) => {
     e.preventDefault();
     view.state = $("filter-state").value; view.cls = $("filter-class").value.trim();
-    view.limit = Number($("page-size").value); view.offset = 0;
+    view.limit = Number($("page-size").value); view.offset = 0; view.cursor = null; view.back = [];
     loadList();
   });
-  $("prev").addEventListener("click", () => { view.offset = Math.max(0, view.offset - view.limit); loadList(); });
-  $("next").addEventListener("click", () => { view.offset += view.limit; loadList(); });
+  $("prev").addEventListener("click", () => {
+    const before = view.back.pop() || { cursor: null, offset: 0 };
+    view.cursor = before.cursor; view.offset = before.offset; loadList();
+  });
+  $("next").addEventListener("click", () => {
+    if (!view.next) return;
+    view.back.push({ cursor: view.cursor, offset: view.offset });
+    view.cursor = view.next; view.offset += view.shown; loadList();
+  });
   for (const id of ["do-pause", "do-play", "do-kill"]) {
     $(id).addEventListener("click", (e) => act(e.target.dataset.action));
   }

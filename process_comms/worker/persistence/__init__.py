@@ -6,13 +6,17 @@ that survives a round trip unchanged. :func:`get_persister` picks the store from
 
 from __future__ import annotations
 
+import urllib.parse
+
+from ...errors import PersistenceError
 from ._base import MAX_BUNDLE_BYTES, Bundle, ClaimHolder, PersistedCheckpoint, Persister
-from .memory import InMemoryPersister
+from .memory import MEMORY_RECORD_BYTES, InMemoryPersister
 from .sql import DEFAULT_TABLE, SqlPersister
 
 __all__ = [
     "DEFAULT_TABLE",
     "MAX_BUNDLE_BYTES",
+    "MEMORY_RECORD_BYTES",
     "Bundle",
     "ClaimHolder",
     "InMemoryPersister",
@@ -24,7 +28,20 @@ __all__ = [
 
 
 def get_persister(url: str | None = None) -> Persister:
-    """Return a persister for ``url``: ``None`` or ``memory://`` in memory, otherwise :class:`SqlPersister`."""
-    if url is None or url.lower() in ("memory://", "memory:"):
+    """Return a persister for ``url``: ``None`` or ``memory://`` in memory (``memory://?max_record_bytes=N`` bounds
+    its process records to N bytes, default :data:`MEMORY_RECORD_BYTES`), otherwise :class:`SqlPersister`."""
+    if url is None:
         return InMemoryPersister()
+    base, _, query = url.partition("?")
+    if base.lower() in ("memory://", "memory:"):
+        options = urllib.parse.parse_qs(query, keep_blank_values=True)
+        unknown = set(options) - {"max_record_bytes"}
+        if unknown:
+            raise PersistenceError(f"unknown memory:// option(s) {sorted(unknown)}: only max_record_bytes")
+        if not options:
+            return InMemoryPersister()
+        text = options["max_record_bytes"][-1]
+        if not text.isdigit() or int(text) < 1:
+            raise PersistenceError(f"max_record_bytes must be a positive integer of bytes, not {text!r}")
+        return InMemoryPersister(max_record_bytes=int(text))
     return SqlPersister(url)

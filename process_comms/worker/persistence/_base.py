@@ -184,10 +184,16 @@ class Persister(abc.ABC):
         return None
 
     def list_records(
-        self, state: str | None = None, limit: int = 100, since: float | None = None, class_name: str | None = None
+        self,
+        state: str | None = None,
+        limit: int = 100,
+        since: float | None = None,
+        class_name: str | None = None,
+        before: float | None = None,
     ) -> list[dict[str, Any]]:
         """Record summaries, newest first (by ``ctime``): at most ``limit``, filtered by state name, creation
-        time (``since``, epoch seconds) and class (``module:Name``)."""
+        time (``since``; ``before``: created at or before it, for the next page; epoch seconds) and class
+        (``module:Name``)."""
         return []
 
     def prune_records(self, max_age: float, max_count: int) -> None:

@@ -9,10 +9,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...errors import DecodeError, EncodeError, PersistenceError
+from ...errors import DecodeError, PersistenceError
 from ._base import _codec
 
-__all__ = ["SUMMARY_KEYS", "TERMINAL_STATE_NAMES", "RecordTexts", "decode_record", "decode_summary", "record_texts"]
+__all__ = [
+    "CUT_KEY",
+    "SUMMARY_KEYS",
+    "SUMMARY_PROGRESS_BYTES",
+    "TERMINAL_STATE_NAMES",
+    "RecordTexts",
+    "bounded_progress",
+    "decode_record",
+    "decode_summary",
+    "record_texts",
+    "safe_value",
+    "summary_of",
+]
 
 #: The keys of a record that ``list_records`` returns (a record summary).
 SUMMARY_KEYS = ("pid", "class", "state_name", "paused", "status", "progress", "host", "ctime", "mtime")
@@ -20,6 +32,15 @@ SUMMARY_KEYS = ("pid", "class", "state_name", "paused", "status", "progress", "h
 TERMINAL_STATE_NAMES = ("finished", "excepted", "killed")
 #: Longest ``repr`` kept for a value that JSON cannot hold.
 _MAX_REPR = 2000
+#: Largest progress a summary carries, as JSON bytes: a listing holds many summaries (the whole progress is in
+#: the record, ``process-comms show``); a larger one is cut to its keys that fit, plus :data:`CUT_KEY`.
+SUMMARY_PROGRESS_BYTES = 1024
+#: Longest status text a summary carries, in characters.
+SUMMARY_STATUS_CHARS = 500
+#: The key a cut progress carries: how many bytes the whole progress has.
+CUT_KEY = "!!cut"
+#: How deep :func:`safe_value` looks for the one part of a value that JSON cannot hold.
+_MAX_DEPTH = 8
 
 #: ``(summary, record without inputs, inputs)`` as JSON texts.
 RecordTexts = tuple[str, str, str]
@@ -29,37 +50,88 @@ def _text(value: Any) -> str:
     return _codec.encode(value).decode("utf-8")
 
 
-def _safe(value: Any) -> Any:
-    """``value`` if JSON can hold it, else a marker with its (bounded) repr: a record is never lost to one value."""
+def _fits(value: Any) -> bool:
     try:
         _text(value)
-        return value
-    except (EncodeError, TypeError, ValueError):
-        pass
+        return True
+    except Exception:  # noqa: BLE001 - any failure (EncodeError, an int too long to print...) means it does not
+        return False
+
+
+def _repr(value: Any) -> str:
+    """``repr(value)``, bounded; a placeholder naming the type if even that raises (an int of 5,000 digits)."""
     try:
-        text = repr(value)
-    except Exception as exc:  # noqa: BLE001 - a repr that raises (a set of ints over the digit limit) loses no record
-        text = f"<{type(value).__name__} whose repr raised {type(exc).__name__}>"
-    return {"!!unencodable": text[:_MAX_REPR]}
+        return repr(value)[:_MAX_REPR]
+    except Exception as exc:  # noqa: BLE001 - a repr may raise anything
+        return f"<{type(value).__name__} that cannot be shown: {type(exc).__name__}>"
+
+
+def safe_value(value: Any, depth: int = 0) -> Any:
+    """``value`` if JSON can hold it; else the same shape with each part JSON cannot hold replaced by a marker
+    ``{"!!unencodable": repr}``: a record is never lost to one value, nor are the values beside it."""
+    if _fits(value):
+        return value
+    if depth < _MAX_DEPTH and isinstance(value, dict):
+        return {k if isinstance(k, str) else _repr(k): safe_value(v, depth + 1) for k, v in value.items()}
+    if depth < _MAX_DEPTH and isinstance(value, (list, tuple)):
+        return [safe_value(v, depth + 1) for v in value]
+    return {"!!unencodable": _repr(value)}
+
+
+def bounded_progress(progress: Any) -> Any:
+    """``progress`` as a summary carries it: whole if its JSON has at most :data:`SUMMARY_PROGRESS_BYTES`, else the
+    keys that fit (in order) and ``{CUT_KEY: bytes of the whole}``."""
+    if not isinstance(progress, dict) or not progress:
+        return progress
+    try:
+        size = len(_text(progress).encode("utf-8"))
+    except Exception:  # noqa: BLE001 - a live process's progress may hold anything
+        progress = safe_value(progress)
+        size = len(_text(progress).encode("utf-8"))
+    if size <= SUMMARY_PROGRESS_BYTES:
+        return progress
+    kept: dict[str, Any] = {}
+    room = SUMMARY_PROGRESS_BYTES - 64  # the cut marker's own room
+    for key, value in progress.items():
+        cost = len(_text({key: value}).encode("utf-8"))
+        if cost > room:
+            continue  # a big value: the smaller ones after it may still fit
+        kept[key] = value
+        room -= cost
+    kept[CUT_KEY] = size
+    return kept
+
+
+def summary_of(record: dict[str, Any], encodable: bool = False) -> dict[str, Any]:
+    """The summary of a JSON-safe record (what a listing carries): :data:`SUMMARY_KEYS`, with the progress and
+    the status bounded (a listing holds many summaries; ``show`` has the whole record). ``encodable``: the record
+    is known to be JSON-safe (no check)."""
+    summary = {key: record.get(key) for key in SUMMARY_KEYS}
+    if not encodable and not _fits(summary):  # a live process's record: anything may be in it
+        summary = {key: safe_value(value) for key, value in summary.items()}
+    summary["progress"] = bounded_progress(summary["progress"])
+    status = summary["status"]
+    if isinstance(status, str) and len(status) > SUMMARY_STATUS_CHARS:
+        summary["status"] = status[: SUMMARY_STATUS_CHARS - 3] + "..."
+    return summary
 
 
 def record_texts(record: dict[str, Any]) -> RecordTexts:
-    """Encode a record for a store; values JSON cannot hold are kept as their repr."""
+    """Encode a record for a store; values JSON cannot hold (or whose repr raises) are kept as a marker."""
     if not isinstance(record, dict) or "pid" not in record:
         raise PersistenceError("a process record must be a dict with a 'pid'")
     body = {k: v for k, v in record.items() if k != "inputs"}
     try:
         body_text = _text(body)
-    except (EncodeError, TypeError, ValueError):
-        body = {k: _safe(v) for k, v in body.items()}
+    except Exception:  # noqa: BLE001 - EncodeError, TypeError, ValueError (an int over 4,300 digits)...
+        body = {k: safe_value(v) for k, v in body.items()}
         body_text = _text(body)
-    summary = {k: body.get(k) for k in SUMMARY_KEYS}
     inputs = record.get("inputs") or {}
     try:
         inputs_text = _text(inputs)
-    except (EncodeError, TypeError, ValueError):
-        inputs_text = _text(_safe(inputs))
-    return _text(summary), body_text, inputs_text
+    except Exception:  # noqa: BLE001 - as above
+        inputs_text = _text(safe_value(inputs))
+    return _text(summary_of(body, encodable=True)), body_text, inputs_text
 
 
 def decode_summary(text: str | bytes) -> dict[str, Any]:

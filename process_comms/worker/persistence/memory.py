@@ -24,15 +24,24 @@ from ._base import (
 )
 from ._records import TERMINAL_STATE_NAMES, RecordTexts, decode_record, decode_summary, record_texts
 
-__all__ = ["InMemoryPersister"]
+__all__ = ["MEMORY_RECORD_BYTES", "InMemoryPersister"]
+
+#: Bytes of process records an :class:`InMemoryPersister` keeps by default (``memory://?max_record_bytes=N``
+#: to change it): past it, the records of ended processes go, oldest first. Records of live processes stay.
+MEMORY_RECORD_BYTES = 8 * 1024 * 1024
+#: What one kept record costs beyond its JSON texts (its key, tuple and decoded summary: about 1.8 kB measured with
+#: tracemalloc for a trivial process), counted in the bound so that it is close to the memory the records take.
+_RECORD_OVERHEAD = 2048
 
 
 class InMemoryPersister(Persister):
     """Keeps checkpoints as JSON text in a dict; thread-safe, lost when the object goes."""
 
-    def __init__(self, loader: ObjectLoader | None = None) -> None:
+    def __init__(self, loader: ObjectLoader | None = None, max_record_bytes: int | None = MEMORY_RECORD_BYTES) -> None:
         """``loader`` (plumpy's ``InMemoryPersister(loader=...)``): names the class in each checkpoint it saves,
-        so a launcher with the same loader continues it; None is the global loader."""
+        so a launcher with the same loader continues it; None is the global loader. ``max_record_bytes``: the
+        bytes of process records kept (JSON text plus a fixed cost per record); past it the records of ended
+        processes go, oldest first (None: no bound, as before)."""
         #: The loader that identifies the class of each checkpointed process.
         self.loader = loader
         self._lock = threading.Lock()
@@ -40,6 +49,11 @@ class InMemoryPersister(Persister):
         self._claims: dict[str, ClaimHolder] = {}
         #: pid key -> (summary, decoded summary, body, inputs)
         self._records: dict[str, tuple[str, dict[str, Any], str, str]] = {}
+        self.max_record_bytes = max_record_bytes
+        #: What the kept records cost, as counted against ``max_record_bytes``.
+        self.record_bytes = 0
+        #: Records of ended processes dropped to stay within ``max_record_bytes``.
+        self.records_evicted = 0
 
     keeps_records = True
 
@@ -75,7 +89,21 @@ class InMemoryPersister(Persister):
             old = self._records.get(key)
             if old is not None:
                 inputs = old[3]
-            self._records[key] = (summary, decode_summary(summary), body, inputs)
+                self.record_bytes -= _cost(old)
+            entry = (summary, decode_summary(summary), body, inputs)
+            self._records[key] = entry
+            self.record_bytes += _cost(entry)
+        if self.max_record_bytes is not None and self.record_bytes > self.max_record_bytes:
+            self._evict(self.max_record_bytes)
+
+    def _evict(self, budget: int) -> None:
+        """Drop ended records, first written first, until the rest cost at most ``budget``. Lock held."""
+        ended = [k for k, e in self._records.items() if e[1].get("state_name") in TERMINAL_STATE_NAMES]
+        for key in ended:
+            if self.record_bytes <= budget:
+                break
+            self.record_bytes -= _cost(self._records.pop(key))
+            self.records_evicted += 1
 
     def load_record(self, pid: Pid) -> dict[str, Any] | None:
         """A fresh copy of the record of ``pid``, or None."""
@@ -84,7 +112,12 @@ class InMemoryPersister(Persister):
         return None if entry is None else decode_record(entry[2], entry[3])
 
     def list_records(
-        self, state: str | None = None, limit: int = 100, since: float | None = None, class_name: str | None = None
+        self,
+        state: str | None = None,
+        limit: int = 100,
+        since: float | None = None,
+        class_name: str | None = None,
+        before: float | None = None,
     ) -> list[dict[str, Any]]:
         """Record summaries, newest first."""
         with self._lock:
@@ -94,6 +127,7 @@ class InMemoryPersister(Persister):
             for summary, text in rows
             if (state is None or summary["state_name"] == state)
             and (since is None or summary["ctime"] >= since)
+            and (before is None or summary["ctime"] <= before)
             and (class_name is None or summary["class"] == class_name)
         ]
         chosen.sort(key=lambda row: row[0], reverse=True)
@@ -109,7 +143,7 @@ class InMemoryPersister(Persister):
                 if summary["state_name"] in TERMINAL_STATE_NAMES and (
                     (summary["mtime"] or 0) < cutoff or index >= max_count
                 ):
-                    del self._records[key]
+                    self.record_bytes -= _cost(self._records.pop(key))
 
     def claim(self, pid: Pid, owner: str, ttl: float) -> bool:
         """Claims held in memory: they coordinate the workers of one Python process."""
@@ -201,3 +235,8 @@ class InMemoryPersister(Persister):
 
     def __repr__(self) -> str:
         return "InMemoryPersister()" if self.loader is None else f"InMemoryPersister(loader={self.loader!r})"
+
+
+def _cost(entry: tuple[str, dict[str, Any], str, str]) -> int:
+    """What one kept record counts against ``max_record_bytes``."""
+    return len(entry[0]) + len(entry[2]) + len(entry[3]) + _RECORD_OVERHEAD

@@ -355,12 +355,18 @@ class SqlPersister(Persister):
         return decode_record(rows[0][0], rows[0][1]) if rows else None
 
     def list_records(
-        self, state: str | None = None, limit: int = 100, since: float | None = None, class_name: str | None = None
+        self,
+        state: str | None = None,
+        limit: int = 100,
+        since: float | None = None,
+        class_name: str | None = None,
+        before: float | None = None,
     ) -> list[dict[str, Any]]:
         """Record summaries, newest first (the ``ctime`` index serves the order)."""
         where: list[str] = []
         params: list[Any] = []
-        for column, value in (("state = {p}", state), ("ctime >= {p}", since), ("class_name = {p}", class_name)):
+        filters = (("state = {p}", state), ("ctime >= {p}", since), ("class_name = {p}", class_name))
+        for column, value in (*filters, ("ctime <= {p}", before)):
             if value is not None:
                 where.append(column)
                 params.append(value)
