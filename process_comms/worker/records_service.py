@@ -20,6 +20,7 @@ from ..transports._loop import run_on
 from ..transports.base import AsyncCommunicator, InvalidTask
 from ..wire.messages import (
     INTENT_KEY,
+    KILL_REQUESTED,
     MESSAGE_TEXT_KEY,
     PID_KEY,
     RECORD_OP_GET,
@@ -30,6 +31,7 @@ from ..wire.messages import (
     TERMINAL_STATES,
     MessageBuilder,
     Pid,
+    is_kill_request,
     state_name,
     wire_text,
 )
@@ -38,7 +40,7 @@ from .records import RECORD_MAX_AGE, RECORD_MAX_COUNT, RECORD_PRUNE_INTERVAL
 if TYPE_CHECKING:
     from .launcher import ProcessLauncher
 
-__all__ = ["LIVE_CHECK_TIMEOUT", "NOT_FOUND_GRACE", "RecordsService"]
+__all__ = ["KILL_REQUEST_MAX_AGE", "KILL_REQUEST_MAX_COUNT", "LIVE_CHECK_TIMEOUT", "NOT_FOUND_GRACE", "RecordsService"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -48,6 +50,10 @@ LIVE_CHECK_TIMEOUT = 2.0
 NOT_FOUND_GRACE = 0.25
 #: Largest ``limit`` of a listing.
 MAX_LIST_LIMIT = 10_000
+#: Seconds a kill request for an unknown pid is kept (a task of that pid queued meanwhile is dropped): a week.
+KILL_REQUEST_MAX_AGE = 7 * 24 * 3600.0
+#: Kill requests for unknown pids kept at most (the oldest go first): a typo never grows the store unbounded.
+KILL_REQUEST_MAX_COUNT = 1000
 
 
 def _summary(record: dict[str, Any]) -> dict[str, Any]:
@@ -75,6 +81,8 @@ class RecordsService:
         self.persister = launcher.persister
         self.core, self.comm_loop = core, comm_loop
         self.max_age, self.max_count, self.prune_interval = max_age, max_count, prune_interval
+        #: How long, and how many, kill requests for unknown pids are kept (:meth:`kill`).
+        self.kill_request_max_age, self.kill_request_max_count = KILL_REQUEST_MAX_AGE, KILL_REQUEST_MAX_COUNT
         self._pruner: concurrent.futures.Future[None] | None = None
 
     # -- the RPC entry (on the communicator's loop) ---------------------------------------------------
@@ -135,7 +143,7 @@ class RecordsService:
         if record is None:
             await asyncio.sleep(NOT_FOUND_GRACE)
             return None
-        if record.get("state_name") in TERMINAL_STATES:
+        if record.get("state_name") in TERMINAL_STATES or is_kill_request(record):
             return {**record, "live": False}
         status = await self._live_status(pid)
         if status is not None and state_name(status.get("state")) in TERMINAL_STATES:
@@ -152,6 +160,12 @@ class RecordsService:
     ) -> list[dict[str, Any]]:
         """Record summaries, newest first, live and ended; live state from the live processes."""
         rows: list[dict[str, Any]] = await self._store(self.persister.list_records, state, limit, since, class_name)
+        if state != KILL_REQUESTED and len(rows) == limit and any(map(is_kill_request, rows)):
+            # kill requests for unknown pids are no processes: at most kill_request_max_count more rows fill the page
+            wanted = limit + self.kill_request_max_count
+            rows = await self._store(self.persister.list_records, state, wanted, since, class_name)
+        if state != KILL_REQUESTED:
+            rows = [row for row in rows if not is_kill_request(row)]
         by_pid = {str(row.get("pid")): row for row in rows}
         held = [(proc, True) for proc in self.launcher.processes.values()]
         held += [(proc, False) for proc in self.launcher.ending.values()]  # ended, record write in flight
@@ -183,16 +197,50 @@ class RecordsService:
         record = await self._store(self.persister.load_record, pid)
         if isinstance(record, dict) and record.get("state_name") in TERMINAL_STATES:
             return {"killed": record.get("state_name") == "killed", "state_name": record.get("state_name")}
+        if record is None or is_kill_request(record):
+            return await self._request_kill(pid, message)
         now, text = time.time(), message or "killed before a worker ran it"
-        known = isinstance(record, dict)
-        # an unknown pid gets a tombstone: a task of that pid still queued is dropped by the worker that takes it
-        record = dict(record) if isinstance(record, dict) else {"pid": pid, "class": "", "ctime": now, "inputs": {}}
+        record = dict(record)
         history = [*(record.get("history") or []), {"event": "killed", "time": now, "message": text}]
         record.update(state_name="killed", status=text, history=history, mtime=now, paused=False)
         record.setdefault("progress", {})
         await self._store(self.persister.save_records, [record])
         LOGGER.info("process %s marked killed: no worker runs it (%s)", pid, text)
-        return {"killed": known, "known": known, "state_name": "killed"}
+        return {"killed": True, "known": True, "state_name": "killed"}
+
+    async def _request_kill(self, pid: Pid, message: str | None) -> dict[str, Any]:
+        """Keep a kill request for ``pid``, which no worker has run: not a process, a tombstone that a task of
+        that pid still queued meets (the worker drops it: worker/_pids.py). Lists leave it out; it expires
+        after ``kill_request_max_age`` seconds and at most ``kill_request_max_count`` are kept."""
+        now, text = time.time(), message or "killed before a worker ran it"
+        request = {
+            "pid": pid,
+            "class": "",
+            "inputs": {},
+            "state_name": KILL_REQUESTED,
+            "paused": False,
+            "status": text,
+            "progress": {},
+            "history": [{"event": "kill requested", "time": now, "message": text}],
+            "ctime": now,
+            "mtime": now,
+        }
+        await self._store(self.persister.save_records, [request])
+        await self._trim_kill_requests()
+        LOGGER.info("kill requested for process %s, which no worker has run (%s)", pid, text)
+        return {"killed": False, "known": False, "state_name": KILL_REQUESTED}
+
+    async def _trim_kill_requests(self) -> None:
+        """Delete the kill requests older than ``kill_request_max_age`` and those beyond the newest
+        ``kill_request_max_count``."""
+        delete = getattr(self.persister, "delete_records", None)
+        if delete is None:
+            return
+        cap, cutoff = max(self.kill_request_max_count, 0), time.time() - self.kill_request_max_age
+        rows = await self._store(self.persister.list_records, KILL_REQUESTED, 2 * cap + 100, None, None)
+        stale = [row.get("pid") for i, row in enumerate(rows) if i >= cap or float(row.get("mtime") or 0) < cutoff]
+        if stale:
+            await self._store(delete, stale)
 
     # -- retention -------------------------------------------------------------------------------------
     def start_pruning(self) -> None:
@@ -209,6 +257,7 @@ class RecordsService:
         while True:
             try:
                 await self._store(self.persister.prune_records, self.max_age, self.max_count)
+                await self._trim_kill_requests()
             except Exception as exc:  # noqa: BLE001 - pruning is housekeeping: try again next time
                 LOGGER.warning("could not prune process records: %s", exc)
             await asyncio.sleep(self.prune_interval)
