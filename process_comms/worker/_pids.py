@@ -82,7 +82,13 @@ async def vet_pid(launcher: ProcessLauncher, pid: Pid, extras: _TaskExtras, cls:
     store = launcher.persister
     if store is None:  # a worker without a store keeps nothing of ended processes: nothing to check
         return _NEW
-    record = await _call(store.load_record, pid) if launcher.records is not None else None
+    keeps = launcher.records is not None
+
+    def traces() -> tuple[Any, bool]:  # one thread hop for both reads: launches with a pid pay it
+        record = store.load_record(pid) if keeps else None
+        return record, record is None and bool(store.get_process_checkpoints(pid))
+
+    record, checkpointed = await _call(traces)
     if isinstance(record, dict):
         if is_kill_request(record):
             await _drop_killed(launcher, pid, record, cls, inputs, extras.task_id)
@@ -91,7 +97,7 @@ async def vet_pid(launcher: ProcessLauncher, pid: Pid, extras: _TaskExtras, cls:
         if record.get("state_name") == "killed":  # an orphan killed after its worker died: never run again
             raise KilledError(str(record.get("status") or "killed"))
         return PidUse(True, record)
-    if await _call(store.get_process_checkpoints, pid):
+    if checkpointed:
         if extras.redelivered:
             return PidUse(True)
         raise _refuse(pid, "it has a checkpoint")
