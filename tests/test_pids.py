@@ -165,14 +165,25 @@ def test_cli_kill_of_an_unknown_pid_leaves_no_phantom(run: Run, worker: Path) ->
     assert "state:     kill requested for an unknown pid" in shown.stdout, shown.stdout
     status = run("status", unknown[0])
     assert status.returncode == cli.EXIT_UNREACHABLE and "a kill was requested" in status.stderr, status.stderr
+    # the kill still holds for a launch of that pid that comes later (a task that was queued): it never runs,
+    # and now it is a process, killed before it ran, with the launch's class and inputs
+    late = run("launch", "tests.procs:Add", "--inputs", '{"a": 1, "b": 2}', "--pid", unknown[0])
+    assert late.returncode == cli.EXIT_REMOTE and "killed before a worker ran it" in late.stderr, late.stderr
+    [answer] = json.loads(run("--json", "show", unknown[0]).stdout)
+    record = answer["result"]
+    assert (record["state_name"], record["class"], record["inputs"]) == ("killed", "tests.procs:Add", {"a": 1, "b": 2})
+    assert [h["event"] for h in record["history"]] == ["kill requested", "killed"]
+    listed = json.loads(run("--json", "list").stdout)
+    assert [(str(r["pid"]), r["state_name"]) for r in listed] == [(unknown[0], "killed")]
 
 
-def test_kill_requests_for_unknown_pids_are_capped_and_expire(names: dict[str, str], tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["sqlite", "memory"])
+def test_kill_requests_for_unknown_pids_are_capped_and_expire(names: dict[str, str], tmp_path: Path, kind: str) -> None:
     url = f"sqlite:///{tmp_path}/store.db"
-    fleet = _worker(names, url)
+    store: Any = SqlPersister(url) if kind == "sqlite" else InMemoryPersister()
+    fleet = _worker(names, url if kind == "sqlite" else store)
     assert fleet.records is not None
     fleet.records.kill_request_max_count = 5
-    store = SqlPersister(url)
     try:
         with process_comms.connect(BROKER_URL, testing_mode=True, **names) as comm:
             ctl = process_comms.RemoteProcessThreadController(comm)
