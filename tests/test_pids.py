@@ -200,3 +200,19 @@ def test_kill_requests_for_unknown_pids_are_capped_and_expire(names: dict[str, s
     finally:
         store.close()
         fleet.stop()
+
+
+def test_two_launches_of_one_new_pid_at_once_run_one_process(names: dict[str, str], tmp_path: Path) -> None:
+    """Both arrive before either has a record: the worker's check of the store alone would let both run."""
+    fleet = _worker(names, f"sqlite:///{tmp_path}/store.db")
+    try:
+        with process_comms.connect(BROKER_URL, testing_mode=True, **names) as comm:
+            ctl = process_comms.RemoteProcessThreadController(comm)
+            for _ in range(5):
+                pid = uuid.uuid4()
+                both = [ctl.launch_process(Waiter, init_kwargs={"inputs": {}, "pid": pid}, nowait=True) for _ in "ab"]
+                outcomes = process_comms.wait_all(both, timeout=T)
+                assert sorted(type(o).__name__ for o in outcomes.values()) == ["DuplicatePid", "UUID"], outcomes
+                assert ctl.kill_process(pid).result(T) is True
+    finally:
+        fleet.stop()

@@ -13,8 +13,9 @@ nothing of its record or checkpoint changes, unless the task is the *same task* 
   the broker's ``redelivered`` flag decides.
 
 A kill request for a pid no worker has run (records_service.py) becomes the record of a process killed
-before it ran, and the task is dropped (tests/test_queued_kill.py). Two launches of one new pid that reach
-two workers before either has written a record both run: the check reads the store, it does not lock it.
+before it ran, and the task is dropped (tests/test_queued_kill.py). Two launches of one new pid at once on one
+worker run one process (the other is refused); on two workers before either has written a record, both run:
+the check reads the store, it does not lock it.
 """
 
 from __future__ import annotations
@@ -79,6 +80,13 @@ async def vet_pid(launcher: ProcessLauncher, pid: Pid, extras: _TaskExtras, cls:
         if _same_task(held._task_id, extras):
             return PidUse(True, None, held)
         raise _refuse(pid, f"{held.state.value} on this worker")
+    key = str(pid)
+    if key in launcher._launching:  # another launch of it is between this check and its start here
+        raise _refuse(pid, "being launched on this worker")
+    task = asyncio.current_task()  # the launch's own task: held() answers for the pid once it started
+    if task is not None:
+        launcher._launching.add(key)
+        task.add_done_callback(lambda _: launcher._launching.discard(key))
     store = launcher.persister
     if store is None:  # a worker without a store keeps nothing of ended processes: nothing to check
         return _NEW

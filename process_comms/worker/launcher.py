@@ -90,6 +90,7 @@ class ProcessLauncher(ClaimsMixin, BroadcastsMixin, RoutesMixin):
             loader = AllowListLoader(allowed_modules)
         self.loader = loader or get_object_loader()
         self._processes: dict[str, Process] = {}
+        self._launching: set[str] = set()  # pids whose launch is between its check and its start (_pids.py)
         self._init_routes()
         self._broadcast_ids: dict[int, Any] = {}
         #: Seconds a claim on a persisted process lasts unless renewed (a dead worker's claims lapse after it).
