@@ -148,6 +148,29 @@ def test_a_task_redelivered_after_its_worker_died_runs_but_a_new_launch_of_its_p
         store.close()
 
 
+@pytest.mark.slow
+def test_two_persisted_launches_of_one_pid_on_two_workers_run_one_process(
+    prefix: str,  # noqa: F811
+    workers: Workers,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Both workers pass the store check before either has a record; the claim then makes the second wait
+    for the first run, and the checkpoint it finds after it is the trace of a used pid."""
+    log = tmp_path / "steps.log"
+    workers("--prefetch", "1")
+    workers("--prefetch", "1")  # one task each: the two launches go to two workers
+    ctl = controller(prefix)
+    try:
+        pid = uuid.uuid4()
+        kwargs = {"inputs": {"n": 3, "delay": 0.3, "log": str(log)}, "pid": pid}
+        both = [ctl.launch_process(Steps, init_kwargs=kwargs, persist=True) for _ in "ab"]
+        outcomes = list(process_comms.wait_all(both, timeout=60).values())
+        assert sorted(type(o).__name__ for o in outcomes) == ["DuplicatePid", "dict"], outcomes
+        assert len(log.read_text().splitlines()) == 3  # one run of three steps
+    finally:
+        ctl.close()
+
+
 # -- typos leave no phantoms -----------------------------------------------------------------------------
 def test_cli_kill_of_an_unknown_pid_leaves_no_phantom(run: Run, worker: Path) -> None:  # noqa: F811
     unknown = [str(uuid.uuid4()) for _ in range(3)]

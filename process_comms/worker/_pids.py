@@ -14,8 +14,9 @@ nothing of its record or checkpoint changes, unless the task is the *same task* 
 
 A kill request for a pid no worker has run (records_service.py) becomes the record of a process killed
 before it ran, and the task is dropped (tests/test_queued_kill.py). Two launches of one new pid at once on one
-worker run one process (the other is refused); on two workers before either has written a record, both run:
-the check reads the store, it does not lock it.
+worker run one process (the other is refused). On two workers, both may pass the check before either has
+written a record: a persisted one then waits for the other's claim and finds its checkpoint (refused); two
+runs of a pid that is not persisted are not prevented (the check reads the store, it does not lock it).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from .launcher import ProcessLauncher
     from .process import Process
 
-__all__ = ["KILLED_BEFORE_RUN", "PidUse", "answer_from_record", "vet_pid"]
+__all__ = ["KILLED_BEFORE_RUN", "PidUse", "answer_from_record", "refuse", "vet_pid"]
 
 LOGGER = logging.getLogger("process_comms.worker.launcher")  # the worker's log lines keep their logger name
 
@@ -61,7 +62,8 @@ def _same_task(task_id: Any, extras: _TaskExtras) -> bool:
     return extras.redelivered
 
 
-def _refuse(pid: Pid, what: str) -> DuplicatePid:
+def refuse(pid: Pid, what: str) -> DuplicatePid:
+    """The error of a task that names a used pid (``what`` says how it is used)."""
     return DuplicatePid(
         f"process {pid} already exists ({what}): a pid is used once, so this task was refused and the "
         "process is unchanged; continue a persisted process with continue_process, or launch with a new pid"
@@ -79,10 +81,10 @@ async def vet_pid(launcher: ProcessLauncher, pid: Pid, extras: _TaskExtras, cls:
     if held is not None:
         if _same_task(held._task_id, extras):
             return PidUse(True, None, held)
-        raise _refuse(pid, f"{held.state.value} on this worker")
+        raise refuse(pid, f"{held.state.value} on this worker")
     key = str(pid)
     if key in launcher._launching:  # another launch of it is between this check and its start here
-        raise _refuse(pid, "being launched on this worker")
+        raise refuse(pid, "being launched on this worker")
     task = asyncio.current_task()  # the launch's own task: held() answers for the pid once it started
     if task is not None:
         launcher._launching.add(key)
@@ -101,14 +103,14 @@ async def vet_pid(launcher: ProcessLauncher, pid: Pid, extras: _TaskExtras, cls:
         if is_kill_request(record):
             await _drop_killed(launcher, pid, record, cls, inputs, extras.task_id)
         if not _same_task(record.get(RECORD_TASK_ID_KEY), extras):
-            raise _refuse(pid, f"its record says {record.get('state_name') or 'nothing'}")
+            raise refuse(pid, f"its record says {record.get('state_name') or 'nothing'}")
         if record.get("state_name") == "killed":  # an orphan killed after its worker died: never run again
             raise KilledError(str(record.get("status") or "killed"))
         return PidUse(True, record)
     if checkpointed:
         if extras.redelivered:
             return PidUse(True)
-        raise _refuse(pid, "it has a checkpoint")
+        raise refuse(pid, "it has a checkpoint")
     return _NEW
 
 

@@ -44,7 +44,7 @@ from ..wire.messages import (
 from ._broadcasts import BroadcastsMixin
 from ._bundle import META_KEY
 from ._claims import ClaimsMixin
-from ._pids import PidUse, answer_from_record, vet_pid
+from ._pids import PidUse, answer_from_record, refuse, vet_pid
 from ._routes import RoutesMixin
 from ._state import KilledError
 from ._tasking import _EXTRAS, LAUNCH_PID_NAMESPACE, _log_end, _release, _TaskExtras, hold_for, task_identity
@@ -284,7 +284,8 @@ class ProcessLauncher(ClaimsMixin, BroadcastsMixin, RoutesMixin):
         cls = self._class_of(process_class)
         init_args, init_kwargs = init_args or (), init_kwargs or {}
         old: dict[str, Any] | None = None
-        if "pid" in init_kwargs and not self._fresh_pid(init_kwargs["pid"], extras):
+        vetted = "pid" in init_kwargs and not self._fresh_pid(init_kwargs["pid"], extras)
+        if vetted:
             # a pid the task names is used once (_pids.py): refused, or the same task again
             use = await vet_pid(self, init_kwargs["pid"], extras, cls, init_kwargs.get("inputs"))
             if use.again:
@@ -298,6 +299,8 @@ class ProcessLauncher(ClaimsMixin, BroadcastsMixin, RoutesMixin):
         if persist:
             await self._claim(proc.pid, core, comm_loop)
             try:
+                if vetted and await self._store(self.persister.get_process_checkpoints, proc.pid):
+                    raise refuse(proc.pid, "another worker ran it meanwhile")  # both passed vet_pid at once
                 await self._save(proc)
             except BaseException:
                 await self._unclaim(proc.pid)
