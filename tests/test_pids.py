@@ -30,13 +30,15 @@ from .conftest import BROKER_URL, rmq_options
 from .faults._support import Workers, controller, prefix, wait_until, workers  # noqa: F401 (fixtures)
 from .test_cli import Run, rmq_cleanup, run  # noqa: F401 (fixtures)
 from .test_cli_records import worker  # noqa: F401 (fixture)
+from .test_persistence import pg_table  # noqa: F401 (fixture)
+from .test_records_store import persister, record  # noqa: F401 (fixture)
 
 T = 20.0
 
 
-def _worker(names: dict[str, str], persister: Any, **options: Any) -> process_comms.Worker:
+def _worker(names: dict[str, str], store: Any, **options: Any) -> process_comms.Worker:
     return process_comms.Worker(
-        BROKER_URL, persister=persister, allowed_modules=["tests.procs"], testing_mode=True, **names, **options
+        BROKER_URL, persister=store, allowed_modules=["tests.procs"], testing_mode=True, **names, **options
     ).start()
 
 
@@ -69,8 +71,8 @@ def test_cli_launch_of_a_finished_pid_is_refused_and_its_record_is_unchanged(run
 def test_both_controllers_refuse_a_used_pid_and_continue_still_works(
     names: dict[str, str], tmp_path: Path, store: str
 ) -> None:
-    persister: Any = InMemoryPersister() if store == "memory" else f"sqlite:///{tmp_path}/store.db"
-    fleet = _worker(names, persister, records=store != "records off")
+    where: Any = InMemoryPersister() if store == "memory" else f"sqlite:///{tmp_path}/store.db"
+    fleet = _worker(names, where, records=store != "records off")
     try:
         with process_comms.connect(BROKER_URL, testing_mode=True, **names) as comm:
             ctl = process_comms.RemoteProcessThreadController(comm)
@@ -239,3 +241,17 @@ def test_two_launches_of_one_new_pid_at_once_run_one_process(names: dict[str, st
                 assert ctl.kill_process(pid).result(T) is True
     finally:
         fleet.stop()
+
+
+def test_delete_records_drops_those_pids_only_and_a_pid_written_again_takes_its_new_inputs(
+    persister: process_comms.Persister,  # noqa: F811
+) -> None:
+    """What a kill request's conversion needs: a store keeps a pid's first inputs, so the request goes first."""
+    request, other = record(KILL_REQUESTED, inputs={}), record()
+    persister.save_records([request, other])
+    persister.delete_records([request["pid"], uuid.uuid4()])  # a pid without a record is no error
+    assert persister.load_record(request["pid"]) is None
+    assert persister.load_record(other["pid"]) is not None
+    persister.save_records([{**request, "state_name": "killed", "inputs": {"a": 1}}])
+    again = persister.load_record(request["pid"])
+    assert again is not None and again["inputs"] == {"a": 1}
