@@ -54,6 +54,11 @@ MAX_LIST_LIMIT = 10_000
 KILL_REQUEST_MAX_AGE = 7 * 24 * 3600.0
 #: Kill requests for unknown pids kept at most (the oldest go first): a typo never grows the store unbounded.
 KILL_REQUEST_MAX_COUNT = 1000
+#: Kill requests are trimmed once a tenth of the cap was added since the last trim (and at every prune):
+#: a store holds at most 1.1 times the cap per worker adding them.
+KILL_REQUEST_TRIM_FRACTION = 10
+#: Pages one trim reads at most (the next trim goes on): bounded even if a store's delete does nothing.
+KILL_REQUEST_TRIM_ROUNDS = 20
 
 
 def _summary(record: dict[str, Any]) -> dict[str, Any]:
@@ -83,6 +88,8 @@ class RecordsService:
         self.max_age, self.max_count, self.prune_interval = max_age, max_count, prune_interval
         #: How long, and how many, kill requests for unknown pids are kept (:meth:`kill`).
         self.kill_request_max_age, self.kill_request_max_count = KILL_REQUEST_MAX_AGE, KILL_REQUEST_MAX_COUNT
+        self._untrimmed = 0  # kill requests kept since the last trim
+        self._trimming = asyncio.Lock()
         self._pruner: concurrent.futures.Future[None] | None = None
 
     # -- the RPC entry (on the communicator's loop) ---------------------------------------------------
@@ -211,7 +218,8 @@ class RecordsService:
     async def _request_kill(self, pid: Pid, message: str | None) -> dict[str, Any]:
         """Keep a kill request for ``pid``, which no worker has run: not a process, a tombstone that a task of
         that pid still queued meets (the worker drops it: worker/_pids.py). Lists leave it out; it expires
-        after ``kill_request_max_age`` seconds and at most ``kill_request_max_count`` are kept."""
+        after ``kill_request_max_age`` seconds and about ``kill_request_max_count`` are kept (the trim is
+        amortised: :data:`KILL_REQUEST_TRIM_FRACTION`)."""
         now, text = time.time(), message or "killed before a worker ran it"
         request = {
             "pid": pid,
@@ -226,7 +234,9 @@ class RecordsService:
             "mtime": now,
         }
         await self._store(self.persister.save_records, [request])
-        await self._trim_kill_requests()
+        self._untrimmed += 1
+        if self._untrimmed > self.kill_request_max_count // KILL_REQUEST_TRIM_FRACTION:  # amortised: a trim reads
+            await self._trim_kill_requests()  # the kept requests, so it runs once per cap/10 of them
         LOGGER.info("kill requested for process %s, which no worker has run (%s)", pid, text)
         return {"killed": False, "known": False, "state_name": KILL_REQUESTED}
 
@@ -236,11 +246,17 @@ class RecordsService:
         delete = getattr(self.persister, "delete_records", None)
         if delete is None:
             return
-        cap, cutoff = max(self.kill_request_max_count, 0), time.time() - self.kill_request_max_age
-        rows = await self._store(self.persister.list_records, KILL_REQUESTED, 2 * cap + 100, None, None)
-        stale = [row.get("pid") for i, row in enumerate(rows) if i >= cap or float(row.get("mtime") or 0) < cutoff]
-        if stale:
-            await self._store(delete, stale)
+        async with self._trimming:  # one at a time: the last one reads every request added before it
+            self._untrimmed = 0
+            cap, cutoff = max(self.kill_request_max_count, 0), time.time() - self.kill_request_max_age
+            page = cap + max(cap, 100)
+            for _ in range(KILL_REQUEST_TRIM_ROUNDS):  # a burst may have added more than a page: a round deletes
+                rows = await self._store(self.persister.list_records, KILL_REQUESTED, page, None, None)  # its excess
+                old = [r.get("pid") for i, r in enumerate(rows) if i >= cap or float(r.get("mtime") or 0) < cutoff]
+                if old:
+                    await self._store(delete, old)
+                if len(rows) < page:
+                    return
 
     # -- retention -------------------------------------------------------------------------------------
     def start_pruning(self) -> None:
