@@ -6,6 +6,7 @@ Our exception hierarchy (a second base in brackets is what kiwipy/plumpy callers
     ├── TimeoutError                 [builtins.TimeoutError]
     ├── ProcessUnreachable           [kiwipy.UnroutableError]
     ├── TaskRejected                 [kiwipy.TaskRejected]
+    │   └── DuplicatePid
     ├── InvalidTask
     ├── RemoteError                  [kiwipy.RemoteException]
     │   └── ProcessKilled
@@ -33,6 +34,7 @@ __all__ = [
     "TimeoutError",
     "ProcessUnreachable",
     "TaskRejected",
+    "DuplicatePid",
     "InvalidTask",
     "RemoteError",
     "ProcessKilled",
@@ -64,6 +66,12 @@ class ProcessUnreachable(ProcessCommsError, kiwipy.UnroutableError):
 
 class TaskRejected(ProcessCommsError, kiwipy.TaskRejected):
     """The task was refused: unknown type, malformed body, or a class the worker does not allow."""
+
+
+class DuplicatePid(TaskRejected):
+    """A launch or create named a pid that already has a process (live, ended, or checkpointed): a pid is
+    used once, so the task was refused and the existing record is untouched. Continue a persisted process
+    with ``continue_process(pid)``; launch a new one without a pid, or with a new one."""
 
 
 class InvalidTask(ProcessCommsError):

@@ -12,6 +12,8 @@ import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import pytest
+
 import process_comms
 from process_comms.worker.persistence import InMemoryPersister
 from tests.procs import Add, Waiter
@@ -97,20 +99,22 @@ def test_a_killed_process_answers_killed_until_its_record_says_so(names: dict[st
         assert ctl.get_status(pid).result(T)["state_name"] == "killed"
 
 
-def test_a_new_run_of_a_held_pid_takes_its_route_over(names: dict[str, str]) -> None:
-    """A launch that reuses the pid of an ended process still held (its record not yet written) runs and
-    answers; a route per process would have refused it (``DuplicateSubscriber``)."""
+def test_a_launch_of_a_held_pid_is_refused_and_the_held_run_keeps_answering(names: dict[str, str]) -> None:
+    """A launch that reuses the pid of an ended process still held (its record not yet written) is refused
+    (a pid is used once: worker/_pids.py); the held run keeps its route and its record is written unchanged.
+    It used to run a second process under the pid, replacing the first one's outputs and history."""
     with held_worker(names) as (store, worker, ctl):
         pid = uuid.uuid4()
         assert ctl.launch_process(Add, init_kwargs={"inputs": {"a": 1, "b": 2}, "pid": pid}).result(T) == {"sum": 3}
         assert worker.launcher.held(pid) is not None  # ended, its record held back by the store
-        again = ctl.launch_process(Waiter, init_kwargs={"inputs": {}, "pid": pid}, nowait=True).result(T)
-        assert again == pid
-        wait_until(lambda: ctl.get_status(pid).result(T)["state"] == "ProcessState.WAITING", T, "the new run")
-        store.let_through.set()  # the first run's record is written: the new run keeps the route
-        wait_until(lambda: not worker.launcher.ending, T, "the first run to let go")
-        assert ctl.get_status(pid).result(T)["state"] == "ProcessState.WAITING"
-        assert ctl.kill_process(pid).result(T) is True
+        again = ctl.launch_process(Waiter, init_kwargs={"inputs": {}, "pid": pid}, nowait=True)
+        with pytest.raises(process_comms.DuplicatePid, match="a pid is used once"):
+            again.result(T)
+        assert ctl.get_status(pid).result(T)["state"] == "ProcessState.FINISHED"
+        store.let_through.set()
+        wait_until(lambda: not worker.launcher.ending, T, "the run to let go")
+        record = ctl.get_process(pid).result(T)
+        assert (record["state_name"], record["outputs"], record["class"]) == ("finished", {"sum": 3}, "tests.procs:Add")
 
 
 def test_a_gone_route_answers_as_its_ended_process_did_without_holding_it(names: dict[str, str]) -> None:

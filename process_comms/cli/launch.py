@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ..client.thread_controller import RemoteProcessThreadController
 from ..errors import TimeoutError as PCTimeoutError
 from ..wire.loaders import ObjectLoader
-from ._common import GRACE, connect_from, is_tty
+from ._common import GRACE, connect_from, is_tty, parse_pid
 from .main import EXIT_INTERRUPTED, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, CliError, add_command, describe
 
 if TYPE_CHECKING:
@@ -46,6 +46,11 @@ def register(subparsers: SubParsers) -> None:
     p.add_argument("--inputs", metavar="JSON", help="the process inputs, a JSON object")
     p.add_argument("--nowait", action="store_true", help="print the pid once the process runs, do not wait for it")
     p.add_argument("--persist", action="store_true", help="checkpoint the process with the worker's persister")
+    p.add_argument(
+        "--pid",
+        metavar="PID",
+        help="the new process's pid (default: a new UUID); a pid is used once: one that has a process is refused",
+    )
     p.set_defaults(run=run)
 
 
@@ -61,9 +66,10 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         if not isinstance(inputs, dict):
             raise CliError("--inputs must be a JSON object", EXIT_USAGE)
         init_kwargs = {"inputs": inputs}
-    pid = None
-    if not args.nowait:  # our workers take the pid we choose: printed first, so Ctrl-C leaves a pid to kill
+    pid = None if args.pid is None else parse_pid(args.pid)
+    if not args.nowait and pid is None:  # our workers take the pid we choose: printed first, so Ctrl-C leaves a pid
         pid = uuid.uuid4()
+    if pid is not None:
         init_kwargs = {**(init_kwargs or {}), "pid": pid}
         if is_tty(ctx.err):  # off a terminal the error line is the only one (Ctrl-C still prints the pid)
             ctx.err.write(f"process-comms: launching process {pid}\n")

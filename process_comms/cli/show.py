@@ -7,6 +7,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from ..client.thread_controller import RemoteProcessThreadController
+from ..wire.messages import is_kill_request
 from ._common import GRACE, connect_from, report, unique_pids, wait_many
 from ._records import host_text, when
 from .main import EXIT_OK, add_command
@@ -30,10 +31,13 @@ def _json(value: Any) -> str:
 
 def record_lines(record: dict[str, Any]) -> list[str]:
     """A record for people: one ``name: value`` line each, then the history, the exception's traceback."""
+    state = f"{record.get('state_name') or '-'}" + (" (paused)" if record.get("paused") else "")
+    if is_kill_request(record):  # a tombstone, not a process (worker/records_service.py)
+        state = "kill requested for an unknown pid: no worker has run it (a task of it still queued is dropped)"
     lines = [
         f"pid:       {record.get('pid')}",
         f"class:     {record.get('class') or '-'}",
-        f"state:     {record.get('state_name') or '-'}" + (" (paused)" if record.get("paused") else ""),
+        f"state:     {state}",
         f"status:    {record.get('status') if record.get('status') is not None else '-'}",
         f"worker:    {host_text(record.get('host')) or '-'}" + ("" if record.get("live") else " (not running)"),
         f"created:   {when(record.get('ctime'))}",

@@ -361,7 +361,8 @@ class RemoteProcessController(RecordQueries):
     # -- process records (issue 14) ----------------------------------------------------------------
     async def get_process(self, pid: Pid, timeout: float | None = None) -> dict[str, Any]:
         """The whole record of ``pid`` (a JSON-safe dict: class, inputs, state history, host, progress, outputs,
-        exception with traceback, log lines), from the fleet; ``ProcessUnreachable`` if it has none."""
+        exception with traceback, log lines), from the fleet; ``ProcessUnreachable`` if it has none. A kill
+        requested for a pid no worker has run is no process: its ``state_name`` is ``kill_requested``."""
         return await self._run(self._get_record, pid, timeout)
 
     async def get_outputs(self, pid: Pid, timeout: float | None = None) -> dict[str, Any] | None:

@@ -21,6 +21,7 @@ from ..wire.messages import (
     RECORD_OP_LIST,
     MessageBuilder,
     Pid,
+    is_kill_request,
     is_terminal,
     records_request,
     records_route,
@@ -108,8 +109,11 @@ class RecordQueries:
     async def _records(self, op: str, timeout: float | None, **fields: Any) -> Any:
         return await ask_records(self._core, op, self.rpc_timeout if timeout is None else timeout, **fields)
 
-    async def _record(self, pid: Pid, timeout: float | None, unreachable: ProcessUnreachable) -> dict[str, Any]:
-        """The record of ``pid``; ``ProcessUnreachable`` (saying which) if the fleet has none or no worker is up."""
+    async def _record(
+        self, pid: Pid, timeout: float | None, unreachable: ProcessUnreachable, requests: bool = False
+    ) -> dict[str, Any]:
+        """The record of ``pid``; ``ProcessUnreachable`` (saying which) if the fleet has none or no worker is up,
+        or has only a kill request for it (returned with ``requests``: ``state_name`` ``kill_requested``)."""
         try:
             record = await self._records(RECORD_OP_GET, timeout, pid=pid)
         except ProcessUnreachable as exc:
@@ -119,6 +123,11 @@ class RecordQueries:
         if not isinstance(record, dict):
             raise ProcessUnreachable(
                 f"process {pid} is not reachable: no worker holds it and the fleet has no record of it"
+            )
+        if is_kill_request(record) and not requests:
+            raise ProcessUnreachable(
+                f"process {pid} is not reachable: no worker has run it; a kill was requested for this pid "
+                "(a task of it still queued will be dropped)"
             )
         return record
 
@@ -150,10 +159,10 @@ class RecordQueries:
             return status_from_record(await self._record(pid, timeout, exc))
 
     async def _get_record(self, pid: Pid, timeout: float | None) -> dict[str, Any]:
-        return await self._record(pid, timeout, ProcessUnreachable(f"process {pid} is not reachable"))
+        return await self._record(pid, timeout, ProcessUnreachable(f"process {pid} is not reachable"), True)
 
     async def _outputs(self, pid: Pid, timeout: float | None) -> dict[str, Any] | None:
-        return outputs_of(pid, await self._get_record(pid, timeout))
+        return outputs_of(pid, await self._record(pid, timeout, ProcessUnreachable(f"process {pid} is not reachable")))
 
     async def _list_page(
         self,

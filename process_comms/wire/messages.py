@@ -51,6 +51,9 @@ __all__ = [
     "RECORD_OP_GET",
     "RECORD_OP_LIST",
     "RECORD_OP_KILL",
+    "KILL_REQUESTED",
+    "RECORD_TASK_ID_KEY",
+    "is_kill_request",
     "records_route",
     "records_request",
 ]
@@ -234,6 +237,17 @@ RECORD_OP_KEY: Final = "op"
 RECORD_OP_GET: Final = "get"
 RECORD_OP_LIST: Final = "list"
 RECORD_OP_KILL: Final = "kill"
+#: The ``state_name`` of a kill request for a pid no worker has run (a tombstone, not a process): the worker
+#: that takes a task of that pid later drops it; lists leave it out, and it expires (worker/records_service.py).
+KILL_REQUESTED: Final = "kill_requested"
+#: Record key naming the task (its correlation id) that launched the process: the same task delivered
+#: again is told from a new launch of the pid by it (worker/_pids.py).
+RECORD_TASK_ID_KEY: Final = "task_id"
+
+
+def is_kill_request(record: Any) -> bool:
+    """True if ``record`` (a record or a summary) is a kill request for an unknown pid, not a process."""
+    return isinstance(record, dict) and record.get("state_name") == KILL_REQUESTED
 
 
 def records_route(task_queue: str) -> str:

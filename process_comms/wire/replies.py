@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import DecodeError, InvalidTask, ProcessKilled, RemoteError, TaskRejected
+from ..errors import DecodeError, DuplicatePid, InvalidTask, ProcessKilled, RemoteError, TaskRejected
 
 __all__ = [
     "RESULT_KEY",
@@ -88,6 +88,8 @@ def reply_outcome(reply: Any) -> tuple[bool, Any]:
         remote_tb = remote_tb if isinstance(remote_tb, str) else None
         if kind in KILLED_TYPES:
             raise ProcessKilled(message, kind, remote_tb)
+        if kind == DuplicatePid.__name__:  # a TaskRejected a caller may tell apart: the pid is taken
+            raise DuplicatePid(message)
         if kind in REJECTED_TYPES:
             raise TaskRejected(f"{kind}: {message}")
         raise RemoteError(message, kind, remote_tb)

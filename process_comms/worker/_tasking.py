@@ -9,12 +9,12 @@ import logging
 import uuid
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ..transports.base import CURRENT_DELIVERY, AsyncCommunicator
+from ..transports.base import CURRENT_DELIVERY, AsyncCommunicator, Delivery
 
 if TYPE_CHECKING:
     from .process import Process
 
-__all__ = ["LAUNCH_PID_NAMESPACE", "_EXTRAS", "_TaskExtras", "_log_end", "_release", "hold_for"]
+__all__ = ["LAUNCH_PID_NAMESPACE", "_EXTRAS", "_TaskExtras", "_log_end", "_release", "hold_for", "task_identity"]
 
 LOGGER = logging.getLogger("process_comms.worker.launcher")  # the worker's log lines keep their logger name
 
@@ -23,11 +23,14 @@ LAUNCH_PID_NAMESPACE = uuid.UUID("6f1c2a4e-3b5d-4c2a-9e1f-0d7b8a9c6e21")
 
 
 class _TaskExtras(NamedTuple):
-    """What a hook needs beyond plumpy's arguments: the async core, its loop, and the task's hold."""
+    """What a hook needs beyond plumpy's arguments: the async core, its loop, the task's hold, and who the
+    task is (its correlation id, and whether the broker delivered it before: worker/_pids.py)."""
 
     core: AsyncCommunicator | None
     comm_loop: asyncio.AbstractEventLoop | None
     hold: concurrent.futures.Future[Any] | None
+    task_id: str | None = None
+    redelivered: bool = False
 
 
 #: The extras of the task whose hook runs in this context (set by ``ProcessLauncher._hook``).
@@ -46,6 +49,11 @@ def hold_for(wanted: bool) -> concurrent.futures.Future[Any] | None:
         return None
     delivery.hold = concurrent.futures.Future()
     return delivery.hold
+
+
+def task_identity(delivery: Delivery | None) -> tuple[str | None, bool]:
+    """Who a delivered task is: its correlation id and whether the broker delivered it before (_pids.py)."""
+    return (None, False) if delivery is None else (delivery.correlation_id, delivery.redelivered)
 
 
 def _log_end(proc: Process, seconds: float) -> None:

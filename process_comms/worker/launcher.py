@@ -44,9 +44,10 @@ from ..wire.messages import (
 from ._broadcasts import BroadcastsMixin
 from ._bundle import META_KEY
 from ._claims import ClaimsMixin
+from ._pids import PidUse, answer_from_record, refuse, vet_pid
 from ._routes import RoutesMixin
 from ._state import KilledError
-from ._tasking import _EXTRAS, LAUNCH_PID_NAMESPACE, _log_end, _release, _TaskExtras, hold_for
+from ._tasking import _EXTRAS, LAUNCH_PID_NAMESPACE, _log_end, _release, _TaskExtras, hold_for, task_identity
 from .process import Process
 from .records import RecordWriter
 
@@ -89,6 +90,7 @@ class ProcessLauncher(ClaimsMixin, BroadcastsMixin, RoutesMixin):
             loader = AllowListLoader(allowed_modules)
         self.loader = loader or get_object_loader()
         self._processes: dict[str, Process] = {}
+        self._launching: set[str] = set()  # pids whose launch is between its check and its start (_pids.py)
         self._init_routes()
         self._broadcast_ids: dict[int, Any] = {}
         #: Seconds a claim on a persisted process lasts unless renewed (a dead worker's claims lapse after it).
@@ -171,7 +173,7 @@ class ProcessLauncher(ClaimsMixin, BroadcastsMixin, RoutesMixin):
             # the hooks get the task's own values, as plumpy passes them (None when the task says null)
             hook_args = args.get(ARGS_KEY)
             if kind == CREATE_TASK:
-                extras = _TaskExtras(core, comm_loop, None)
+                extras = _TaskExtras(core, comm_loop, None, *task_identity(CURRENT_DELIVERY.get()))
                 work = functools.partial(
                     self._hook, extras, self._create, communicator, identifier, persist, hook_args, args.get(KWARGS_KEY)
                 )
@@ -182,10 +184,8 @@ class ProcessLauncher(ClaimsMixin, BroadcastsMixin, RoutesMixin):
                     # hand-back) finds the checkpoint its first delivery left and continues from it
                     init_kwargs = {**init_kwargs, "pid": uuid.uuid5(LAUNCH_PID_NAMESPACE, delivery.correlation_id)}
                 hold = self._hold(nowait and persist)
-                extras = _TaskExtras(core, comm_loop, hold)
-                hook = self._launch
-                if persist and delivery is not None and delivery.redelivered and "pid" in init_kwargs:
-                    hook = self._relaunch
+                extras = _TaskExtras(core, comm_loop, hold, *task_identity(delivery))
+                hook = self._launch  # a redelivered one continues from its checkpoint (_again)
                 hook_kwargs = init_kwargs if args.get(KWARGS_KEY) is not None or init_kwargs else None
                 work = functools.partial(
                     self._hook, extras, hook, communicator, identifier, persist, nowait, hook_args, hook_kwargs
@@ -260,7 +260,12 @@ class ProcessLauncher(ClaimsMixin, BroadcastsMixin, RoutesMixin):
         init_kwargs: dict[str, Any] | None = None,
     ) -> Pid:
         """Create (and with ``persist`` checkpoint) a process of ``process_class`` (a loader identifier); its pid."""
-        proc = self._instantiate(self._class_of(process_class), init_args or (), init_kwargs or {})
+        cls, init_kwargs = self._class_of(process_class), init_kwargs or {}
+        if "pid" in init_kwargs:  # a pid is used once (_pids.py); the same create delivered again answers it
+            pid: Pid = init_kwargs["pid"]
+            if (await vet_pid(self, pid, self._extras(_communicator), cls, init_kwargs.get("inputs"))).again:
+                return pid
+        proc = self._instantiate(cls, init_args or (), init_kwargs)
         if persist:
             await self._save(proc)
         return proc.pid
@@ -275,15 +280,27 @@ class ProcessLauncher(ClaimsMixin, BroadcastsMixin, RoutesMixin):
         init_kwargs: dict[str, Any] | None = None,
     ) -> Any:
         """Run a new process of ``process_class`` (a loader identifier): its pid with ``nowait``, else its outputs."""
-        core, comm_loop, hold = self._extras(_communicator)
+        core, comm_loop, hold, *_ = extras = self._extras(_communicator)
         cls = self._class_of(process_class)
         init_args, init_kwargs = init_args or (), init_kwargs or {}
-        if "pid" in init_kwargs:  # a pid the client chose: it may have been killed while its task was queued
-            await self._killed_record(init_kwargs["pid"])
+        old: dict[str, Any] | None = None
+        vetted = "pid" in init_kwargs and not self._fresh_pid(init_kwargs["pid"], extras)
+        if vetted:
+            # a pid the task names is used once (_pids.py): refused, or the same task again
+            use = await vet_pid(self, init_kwargs["pid"], extras, cls, init_kwargs.get("inputs"))
+            if use.again:
+                again = await self._again(_communicator, use, init_kwargs["pid"], persist, nowait)
+                if again is not None:
+                    return again[0]
+                old = use.record  # it had not ended: it runs again from the start, its history kept
         proc = self._instantiate(cls, init_args, init_kwargs)
+        proc._task_id = extras.task_id
+        proc._restore_record(old)
         if persist:
             await self._claim(proc.pid, core, comm_loop)
             try:
+                if vetted and await self._store(self.persister.get_process_checkpoints, proc.pid):
+                    raise refuse(proc.pid, "another worker ran it meanwhile")  # both passed vet_pid at once
                 await self._save(proc)
             except BaseException:
                 await self._unclaim(proc.pid)
@@ -294,26 +311,35 @@ class ProcessLauncher(ClaimsMixin, BroadcastsMixin, RoutesMixin):
             return proc.pid
         return await asyncio.shield(done)
 
-    async def _relaunch(
-        self,
-        _communicator: Any,
-        process_class: Any,
-        persist: bool,
-        nowait: bool,
-        init_args: Any = None,
-        init_kwargs: dict[str, Any] | None = None,
-    ) -> Any:
-        """A redelivered persisted launch: continue from its checkpoint if the first delivery left one."""
-        pid = (init_kwargs or {})["pid"]
-        try:
-            await asyncio.get_running_loop().run_in_executor(None, self.persister.load_checkpoint, pid, None)
-        except PersistenceError:
-            return await self._launch(_communicator, process_class, True, nowait, init_args, init_kwargs)
-        return await self._continue(_communicator, pid, nowait, None)
+    @staticmethod
+    def _fresh_pid(pid: Pid, extras: _TaskExtras) -> bool:
+        """True for the pid a persisted launch derived from its task at its first delivery: new by construction."""
+        return (
+            not extras.redelivered
+            and extras.task_id is not None
+            and pid == uuid.uuid5(LAUNCH_PID_NAMESPACE, extras.task_id)
+        )
+
+    async def _again(self, _communicator: Any, use: PidUse, pid: Pid, persist: bool, nowait: bool) -> tuple[Any] | None:
+        """The same launch task delivered again (its worker died or handed it back): the first run's answer,
+        held here or from its checkpoint or record, as a 1-tuple; None if it must run again from the start."""
+        hold = self._extras(_communicator).hold
+        if use.proc is not None:  # still here: never a second copy beside it
+            if nowait:
+                use.proc.wait_done().add_done_callback(lambda _: _release(hold))
+                return (pid,)
+            return (await asyncio.shield(use.proc.wait_done()),)
+        if persist and await self._store(self.persister.get_process_checkpoints, pid):
+            return (await self._continue(_communicator, pid, nowait, None),)
+        outputs = answer_from_record(pid, use.record) if use.record is not None else None
+        if outputs is None:
+            return None
+        _release(hold)
+        return (pid,) if nowait else (outputs,)
 
     async def _continue(self, _communicator: Any, pid: Pid, nowait: bool, tag: str | None = None) -> Any:
         """Continue ``pid`` from its checkpoint (``tag``): the pid with ``nowait``, else its outputs."""
-        core, comm_loop, hold = self._extras(_communicator)
+        core, comm_loop, hold, *_ = self._extras(_communicator)
         existing = self._processes.get(str(pid))
         if existing is not None:  # never a second copy of a process this worker runs
             done = existing.wait_done()

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..transports._loop import post
 from ..transports.base import host_info
+from ..wire.messages import RECORD_TASK_ID_KEY
 from ._history import CYCLE_EVENT, MAX_HISTORY, add_history
 
 if TYPE_CHECKING:
@@ -107,6 +108,8 @@ class Recorded:
         self._exception_info: dict[str, Any] | None = None
         self._recorder: RecordWriter | None = None
         self._logger: _RecordingLogger | None = None
+        #: The correlation id of the task that launched this pid: its redelivery is no new launch (_pids.py).
+        self._task_id: str | None = None
 
     # -- what authors call ------------------------------------------------------------------------------
     def report(self, text: str) -> None:
@@ -171,6 +174,8 @@ class Recorded:
         exception = old.get("exception")
         if isinstance(exception, dict) and self._exception_info is None:
             self._exception_info = exception
+        if self._task_id is None and isinstance(old.get(RECORD_TASK_ID_KEY), str):
+            self._task_id = old[RECORD_TASK_ID_KEY]
 
     def record(self) -> dict[str, Any]:
         """This process's record now: a JSON-safe dict (values JSON cannot hold are stored as their repr)."""
@@ -194,6 +199,7 @@ class Recorded:
             "persisted": proc.persister is not None,
             "ctime": proc.ctime,
             "mtime": time.time(),
+            RECORD_TASK_ID_KEY: self._task_id,
         }
 
 

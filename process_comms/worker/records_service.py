@@ -22,6 +22,7 @@ from ..transports._loop import run_on
 from ..transports.base import AsyncCommunicator, InvalidTask
 from ..wire.messages import (
     INTENT_KEY,
+    KILL_REQUESTED,
     MESSAGE_TEXT_KEY,
     PID_KEY,
     RECORD_OP_GET,
@@ -32,6 +33,7 @@ from ..wire.messages import (
     TERMINAL_STATES,
     MessageBuilder,
     Pid,
+    is_kill_request,
     state_name,
     wire_text,
 )
@@ -41,7 +43,15 @@ from .records import RECORD_MAX_AGE, RECORD_MAX_COUNT, RECORD_PRUNE_INTERVAL
 if TYPE_CHECKING:
     from .launcher import ProcessLauncher
 
-__all__ = ["LIST_PAGE_BYTES", "LIVE_CHECK_TIMEOUT", "NOT_FOUND_GRACE", "RecordsService", "parse_cursor"]
+__all__ = [
+    "KILL_REQUEST_MAX_AGE",
+    "KILL_REQUEST_MAX_COUNT",
+    "LIST_PAGE_BYTES",
+    "LIVE_CHECK_TIMEOUT",
+    "NOT_FOUND_GRACE",
+    "RecordsService",
+    "parse_cursor",
+]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -51,6 +61,15 @@ LIVE_CHECK_TIMEOUT = 2.0
 NOT_FOUND_GRACE = 0.25
 #: Largest ``limit`` of a listing.
 MAX_LIST_LIMIT = 10_000
+#: Seconds a kill request for an unknown pid is kept (a task of that pid queued meanwhile is dropped): a week.
+KILL_REQUEST_MAX_AGE = 7 * 24 * 3600.0
+#: Kill requests for unknown pids kept at most (the oldest go first): a typo never grows the store unbounded.
+KILL_REQUEST_MAX_COUNT = 1000
+#: Kill requests are trimmed once a tenth of the cap was added since the last trim (and at every prune):
+#: a store holds at most 1.1 times the cap per worker adding them.
+KILL_REQUEST_TRIM_FRACTION = 10
+#: Pages one trim reads at most (the next trim goes on): bounded even if a store's delete does nothing.
+KILL_REQUEST_TRIM_ROUNDS = 20
 
 
 #: Bytes of summaries one listing answer carries at most (JSON; the wire's limit is 8 MiB): the rest of a
@@ -117,6 +136,10 @@ class RecordsService:
         self.persister = launcher.persister
         self.core, self.comm_loop = core, comm_loop
         self.max_age, self.max_count, self.prune_interval = max_age, max_count, prune_interval
+        #: How long, and how many, kill requests for unknown pids are kept (:meth:`kill`).
+        self.kill_request_max_age, self.kill_request_max_count = KILL_REQUEST_MAX_AGE, KILL_REQUEST_MAX_COUNT
+        self._untrimmed = 0  # kill requests kept since the last trim
+        self._trimming = asyncio.Lock()
         self._pruner: concurrent.futures.Future[None] | None = None
 
     # -- the RPC entry (on the communicator's loop) ---------------------------------------------------
@@ -182,7 +205,7 @@ class RecordsService:
         if record is None:
             await asyncio.sleep(NOT_FOUND_GRACE)
             return None
-        if record.get("state_name") in TERMINAL_STATES:
+        if record.get("state_name") in TERMINAL_STATES or is_kill_request(record):
             return {**record, "live": False}
         status = await self._live_status(pid)
         if status is not None and state_name(status.get("state")) in TERMINAL_STATES:
@@ -213,10 +236,17 @@ class RecordsService:
     async def _rows(
         self, state: str | None, limit: int, since: float | None, class_name: str | None, before: float | None
     ) -> list[dict[str, Any]]:
-        """Up to ``limit`` summaries created at or before ``before``, newest first, live ones merged in."""
+        """Up to ``limit`` summaries created at or before ``before``, newest first, live ones merged in; kill
+        requests for unknown pids are no processes and are left out (unless asked for by their state)."""
         rows: list[dict[str, Any]] = await self._store(
             self.persister.list_records, state, limit, since, class_name, before
         )
+        if state != KILL_REQUESTED and len(rows) == limit and any(map(is_kill_request, rows)):
+            # at most kill_request_max_count more rows fill the page
+            wanted = limit + self.kill_request_max_count
+            rows = await self._store(self.persister.list_records, state, wanted, since, class_name, before)
+        if state != KILL_REQUESTED:
+            rows = [row for row in rows if not is_kill_request(row)]
         by_pid = {str(row.get("pid")): {**row, "progress": bounded_progress(row.get("progress"))} for row in rows}
         held = [(proc, True) for proc in self.launcher.processes.values()]
         held += [(proc, False) for proc in self.launcher.ending.values()]  # ended, record write in flight
@@ -259,16 +289,59 @@ class RecordsService:
         record = await self._store(self.persister.load_record, pid)
         if isinstance(record, dict) and record.get("state_name") in TERMINAL_STATES:
             return {"killed": record.get("state_name") == "killed", "state_name": record.get("state_name")}
+        if record is None or is_kill_request(record):
+            return await self._request_kill(pid, message)
         now, text = time.time(), message or "killed before a worker ran it"
-        known = isinstance(record, dict)
-        # an unknown pid gets a tombstone: a task of that pid still queued is dropped by the worker that takes it
-        record = dict(record) if isinstance(record, dict) else {"pid": pid, "class": "", "ctime": now, "inputs": {}}
+        record = dict(record)
         history = [*(record.get("history") or []), {"event": "killed", "time": now, "message": text}]
         record.update(state_name="killed", status=text, history=history, mtime=now, paused=False)
         record.setdefault("progress", {})
         await self._store(self.persister.save_records, [record])
         LOGGER.info("process %s marked killed: no worker runs it (%s)", pid, text)
-        return {"killed": known, "known": known, "state_name": "killed"}
+        return {"killed": True, "known": True, "state_name": "killed"}
+
+    async def _request_kill(self, pid: Pid, message: str | None) -> dict[str, Any]:
+        """Keep a kill request for ``pid``, which no worker has run: not a process, a tombstone that a task of
+        that pid still queued meets (the worker drops it: worker/_pids.py). Lists leave it out; it expires
+        after ``kill_request_max_age`` seconds and about ``kill_request_max_count`` are kept (the trim is
+        amortised: :data:`KILL_REQUEST_TRIM_FRACTION`)."""
+        now, text = time.time(), message or "killed before a worker ran it"
+        request = {
+            "pid": pid,
+            "class": "",
+            "inputs": {},
+            "state_name": KILL_REQUESTED,
+            "paused": False,
+            "status": text,
+            "progress": {},
+            "history": [{"event": "kill requested", "time": now, "message": text}],
+            "ctime": now,
+            "mtime": now,
+        }
+        await self._store(self.persister.save_records, [request])
+        self._untrimmed += 1
+        if self._untrimmed > self.kill_request_max_count // KILL_REQUEST_TRIM_FRACTION:  # amortised: a trim reads
+            await self._trim_kill_requests()  # the kept requests, so it runs once per cap/10 of them
+        LOGGER.info("kill requested for process %s, which no worker has run (%s)", pid, text)
+        return {"killed": False, "known": False, "state_name": KILL_REQUESTED}
+
+    async def _trim_kill_requests(self) -> None:
+        """Delete the kill requests older than ``kill_request_max_age`` and those beyond the newest
+        ``kill_request_max_count``."""
+        delete = getattr(self.persister, "delete_records", None)
+        if delete is None:
+            return
+        async with self._trimming:  # one at a time: the last one reads every request added before it
+            self._untrimmed = 0
+            cap, cutoff = max(self.kill_request_max_count, 0), time.time() - self.kill_request_max_age
+            page = cap + max(cap, 100)
+            for _ in range(KILL_REQUEST_TRIM_ROUNDS):  # a burst may have added more than a page: a round deletes
+                rows = await self._store(self.persister.list_records, KILL_REQUESTED, page, None, None)  # its excess
+                old = [r.get("pid") for i, r in enumerate(rows) if i >= cap or float(r.get("mtime") or 0) < cutoff]
+                if old:
+                    await self._store(delete, old)
+                if len(rows) < page:
+                    return
 
     # -- retention -------------------------------------------------------------------------------------
     def start_pruning(self) -> None:
@@ -285,6 +358,7 @@ class RecordsService:
         while True:
             try:
                 await self._store(self.persister.prune_records, self.max_age, self.max_count)
+                await self._trim_kill_requests()
             except Exception as exc:  # noqa: BLE001 - pruning is housekeeping: try again next time
                 LOGGER.warning("could not prune process records: %s", exc)
             await asyncio.sleep(self.prune_interval)

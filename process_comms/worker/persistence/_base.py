@@ -200,6 +200,9 @@ class Persister(abc.ABC):
         """Delete the records of ended processes not changed for ``max_age`` seconds, and those beyond the
         newest ``max_count`` records."""
 
+    def delete_records(self, pids: Iterable[Pid]) -> None:
+        """Delete the records of ``pids`` (no error for a pid without one)."""
+
     def close(self) -> None:
         """Release resources held by the persister."""
 

@@ -145,6 +145,13 @@ class InMemoryPersister(Persister):
                 ):
                     self.record_bytes -= _cost(self._records.pop(key))
 
+    def delete_records(self, pids: Iterable[Pid]) -> None:
+        """Drop the records of ``pids``."""
+        keys = [_pid_key(pid) for pid in pids]
+        with self._lock:
+            for key in keys:
+                self._records.pop(key, None)
+
     def claim(self, pid: Pid, owner: str, ttl: float) -> bool:
         """Claims held in memory: they coordinate the workers of one Python process."""
         key, now = _pid_key(pid), time.time()

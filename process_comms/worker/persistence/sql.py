@@ -113,6 +113,7 @@ _RECORD_PRUNE_COUNT = (
     "DELETE FROM {table}_records WHERE " + _ENDED + " AND ctime <= "
     "(SELECT ctime FROM {table}_records ORDER BY ctime DESC LIMIT 1 OFFSET {p})"
 )
+_RECORD_DELETE = "DELETE FROM {table}_records WHERE pid_key = {p}"
 _CLAIM_OWNER = "SELECT owner FROM {table}_claims WHERE pid_key = {p}"
 _RELEASE = "DELETE FROM {table}_claims WHERE pid_key = {p} AND owner = {p}"
 
@@ -378,6 +379,12 @@ class SqlPersister(Persister):
         """Delete ended records older than ``max_age`` s, then those beyond the newest ``max_count``."""
         self._execute(_RECORD_PRUNE_AGE, (time.time() - max_age,))
         self._execute(_RECORD_PRUNE_COUNT, (max(int(max_count), 0),))
+
+    def delete_records(self, pids: Iterable[Pid]) -> None:
+        """Delete the records of ``pids`` in one transaction."""
+        statements = [(_RECORD_DELETE, (_pid_key(pid),)) for pid in pids]
+        if statements:
+            self._run(statements)
 
     def close(self) -> None:
         """Close the connection; later calls raise PersistenceError."""

@@ -1,0 +1,164 @@
+"""A pid is used once: whether a launch or create of a pid the task names may run (see RELIABILITY.md).
+
+A launch or create names its pid when the caller chose it (``init_kwargs={"pid": ...}``, ``process-comms
+launch --pid``), or when a persisted launch derives it from its task's correlation id (launcher.py). That
+pid is *used* if this worker holds a process of it, the store has its record, or it has a checkpoint (the
+only trace with records off). A used pid is refused with :class:`~process_comms.errors.DuplicatePid` and
+nothing of its record or checkpoint changes, unless the task is the *same task* delivered again:
+
+* the record names the task that launched the pid (``task_id``: the AMQP correlation id, new for every
+  task a client sends and kept when the broker redelivers it), so an equal id is the same task (its worker
+  died, or handed it back) and another id is a new launch, even if that one is a redelivery too;
+* with no id to compare (records off, a record from an older release, a task without a correlation id),
+  the broker's ``redelivered`` flag decides.
+
+A kill request for a pid no worker has run (records_service.py) becomes the record of a process killed
+before it ran, and the task is dropped (tests/test_queued_kill.py). Two launches of one new pid at once on one
+worker run one process (the other is refused). On two workers, both may pass the check before either has
+written a record: a persisted one then waits for the other's claim and finds its checkpoint (refused); two
+runs of a pid that is not persisted are not prevented (the check reads the store, it does not lock it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from ..errors import DuplicatePid, RemoteError
+from ..transports.base import host_info
+from ..wire.messages import RECORD_TASK_ID_KEY, TERMINAL_STATES, Pid, is_kill_request
+from ._state import KilledError
+from ._tasking import _TaskExtras
+
+if TYPE_CHECKING:
+    from .launcher import ProcessLauncher
+    from .process import Process
+
+__all__ = ["KILLED_BEFORE_RUN", "PidUse", "answer_from_record", "refuse", "vet_pid"]
+
+LOGGER = logging.getLogger("process_comms.worker.launcher")  # the worker's log lines keep their logger name
+
+#: The status of a process whose task was dropped because a kill was requested before a worker ran it.
+KILLED_BEFORE_RUN = "killed before a worker ran it"
+
+
+class PidUse(NamedTuple):
+    """What a launch of a pid found: a new pid (``again`` False), or the same task's earlier run (held here,
+    or its record)."""
+
+    again: bool
+    record: dict[str, Any] | None = None
+    proc: Process | None = None
+
+
+_NEW = PidUse(False)
+
+
+def _same_task(task_id: Any, extras: _TaskExtras) -> bool:
+    if isinstance(task_id, str) and extras.task_id is not None:
+        return task_id == extras.task_id
+    return extras.redelivered
+
+
+def refuse(pid: Pid, what: str) -> DuplicatePid:
+    """The error of a task that names a used pid (``what`` says how it is used)."""
+    return DuplicatePid(
+        f"process {pid} already exists ({what}): a pid is used once, so this task was refused and the "
+        "process is unchanged; continue a persisted process with continue_process, or launch with a new pid"
+    )
+
+
+async def _call(fn: Any, *args: Any) -> Any:
+    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+
+async def vet_pid(launcher: ProcessLauncher, pid: Pid, extras: _TaskExtras, cls: type, inputs: Any) -> PidUse:
+    """Whether a launch (or create) of ``pid`` by the task ``extras`` describes may run: a new pid, or the
+    same task again; raises DuplicatePid for a used pid, KilledError for one killed before it ran."""
+    held = launcher.held(pid)
+    if held is not None:
+        if _same_task(held._task_id, extras):
+            return PidUse(True, None, held)
+        raise refuse(pid, f"{held.state.value} on this worker")
+    key = str(pid)
+    if key in launcher._launching:  # another launch of it is between this check and its start here
+        raise refuse(pid, "being launched on this worker")
+    task = asyncio.current_task()  # the launch's own task: held() answers for the pid once it started
+    if task is not None:
+        launcher._launching.add(key)
+        task.add_done_callback(lambda _: launcher._launching.discard(key))
+    store = launcher.persister
+    if store is None:  # a worker without a store keeps nothing of ended processes: nothing to check
+        return _NEW
+    keeps = launcher.records is not None
+
+    def traces() -> tuple[Any, bool]:  # one thread hop for both reads: launches with a pid pay it
+        record = store.load_record(pid) if keeps else None
+        return record, record is None and bool(store.get_process_checkpoints(pid))
+
+    record, checkpointed = await _call(traces)
+    if isinstance(record, dict):
+        if is_kill_request(record):
+            await _drop_killed(launcher, pid, record, cls, inputs, extras.task_id)
+        if not _same_task(record.get(RECORD_TASK_ID_KEY), extras):
+            raise refuse(pid, f"its record says {record.get('state_name') or 'nothing'}")
+        if record.get("state_name") == "killed":  # an orphan killed after its worker died: never run again
+            raise KilledError(str(record.get("status") or "killed"))
+        return PidUse(True, record)
+    if checkpointed:
+        if extras.redelivered:
+            return PidUse(True)
+        raise refuse(pid, "it has a checkpoint")
+    return _NEW
+
+
+async def _drop_killed(
+    launcher: ProcessLauncher, pid: Pid, request: dict[str, Any], cls: type, inputs: Any, task_id: str | None
+) -> None:
+    """Record the process of a kill request as killed before it ran (with the task's class and inputs), and
+    raise KilledError: its task is dropped."""
+    now = time.time()
+    text = str(request.get("status") or KILLED_BEFORE_RUN)
+    history = [h for h in request.get("history") or () if isinstance(h, dict)]
+    record = {
+        "pid": pid,
+        "class": f"{cls.__module__}:{cls.__qualname__}",
+        "inputs": inputs if isinstance(inputs, dict) else {},
+        "state_name": "killed",
+        "paused": False,
+        "status": text,
+        "progress": {},
+        "outputs": None,
+        "exception": None,
+        "history": [*history, {"event": "killed", "time": now, "message": f"its task was dropped: {text}"}],
+        "host": host_info(),
+        "persisted": False,
+        "ctime": request.get("ctime") or now,
+        "mtime": now,
+        RECORD_TASK_ID_KEY: task_id,
+    }
+    store = launcher.persister
+    delete = getattr(store, "delete_records", None)
+    if delete is not None:  # a store keeps a pid's first inputs: the request's empty ones would stay
+        await _call(delete, [pid])
+    await _call(store.save_records, [record])
+    LOGGER.info("task of process %s dropped: a kill was requested before it ran (%s)", pid, text)
+    raise KilledError(text)
+
+
+def answer_from_record(pid: Pid, record: dict[str, Any]) -> dict[str, Any] | None:
+    """What the first run of a task answered, from its record if it ended (its outputs, or the error it
+    raised); None if it had not ended (its worker died while it ran)."""
+    state = record.get("state_name")
+    if state not in TERMINAL_STATES:
+        return None
+    if state == "killed":
+        raise KilledError(str(record.get("status") or "killed"))
+    if state == "excepted":
+        info: dict[str, Any] = record["exception"] if isinstance(record.get("exception"), dict) else {}
+        message = str(info.get("message") or f"process {pid} excepted")
+        raise RemoteError(message, info.get("type"), info.get("traceback"))
+    outputs = record.get("outputs")
+    return dict(outputs) if isinstance(outputs, dict) else {}
