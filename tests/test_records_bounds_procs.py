@@ -6,15 +6,22 @@ from typing import Any
 
 from process_comms.worker.process import Process
 
-#: Digits of :class:`HugeOutput`'s output: past Python's 4,300-digit limit, so neither JSON nor ``repr`` can show it.
+#: Digits of a huge int: past Python's 4,300-digit limit, so ``repr`` raises (the codecs write it in hex).
 HUGE_DIGITS = 5000
 
 
+class Unshowable:
+    """A value no codec can hold and whose ``repr`` raises, as ``repr`` of a set of huge ints does."""
+
+    def __repr__(self) -> str:
+        return repr({10**HUGE_DIGITS})  # ValueError: Exceeds the limit (4300 digits) for integer string conversion
+
+
 class HugeOutput(Process):
-    """Finishes with an int whose ``repr`` raises (``ValueError: Exceeds the limit ... for integer string``)."""
+    """Finishes with a value that neither a codec nor ``repr`` can show, beside one that is fine."""
 
     async def run(self) -> dict[str, Any]:
-        return {"huge": 10**HUGE_DIGITS, "fine": 1}
+        return {"huge": Unshowable(), "fine": 1}
 
 
 class Napper(Process):
