@@ -5,6 +5,7 @@ Our exception hierarchy (a second base in brackets is what kiwipy/plumpy callers
     ProcessCommsError
     ├── TimeoutError                 [builtins.TimeoutError]
     ├── ProcessUnreachable           [kiwipy.UnroutableError]
+    │   └── ProcessLost
     ├── TaskRejected                 [kiwipy.TaskRejected]
     ├── InvalidTask
     ├── RemoteError                  [kiwipy.RemoteException]
@@ -32,6 +33,7 @@ __all__ = [
     "ProcessCommsError",
     "TimeoutError",
     "ProcessUnreachable",
+    "ProcessLost",
     "TaskRejected",
     "InvalidTask",
     "RemoteError",
@@ -60,6 +62,11 @@ class TimeoutError(ProcessCommsError, builtins.TimeoutError):
 
 class ProcessUnreachable(ProcessCommsError, kiwipy.UnroutableError):
     """No subscriber holds this pid: no worker runs the process (or it has ended)."""
+
+
+class ProcessLost(ProcessUnreachable):
+    """No worker runs the process and none ever will: its worker stopped or died without handing it back
+    (it was not persisted). Its record says ``excepted`` with an exception of type ``ProcessLost``."""
 
 
 class TaskRejected(ProcessCommsError, kiwipy.TaskRejected):
