@@ -23,6 +23,7 @@ import pytest
 
 import process_comms
 from process_comms.client.records import status_from_record
+from process_comms.worker.persistence import SqlPersister
 from tests.procs import Add, Steps, Waiter
 
 from .conftest import BROKER_URL, rmq_options
@@ -127,6 +128,29 @@ def test_a_sigkilled_workers_unpersisted_process_is_marked_lost_by_the_fleet_wit
         _check_lost_everywhere(ctl, lost, waiter, dashboard)
         record = ctl.get_process(lost).result(T)
         assert record["history"][-1]["event"] == "lost" and re.search(r"its worker \S+ is gone", record["status"])
+
+
+@pytest.mark.slow
+def test_when_the_dead_worker_was_the_only_one_the_next_to_start_marks_its_processes_lost(
+    prefix: str, workers: Any, tmp_path: Path
+) -> None:
+    first = workers()
+    with controller(prefix) as ctl:
+        lost = ctl.launch_process(Waiter, init_kwargs={"inputs": {}}, nowait=True).result(T)
+        store = SqlPersister(f"sqlite:///{tmp_path}/checkpoints.db")  # the workers' store (faults/_support.py)
+        try:  # its first record write (within RECORD_FLUSH_DELAY): a worker dead before it leaves no record
+            wait_until(lambda: (store.load_record(lost) or {}).get("state_name") == "waiting", T, "the record")
+        finally:
+            store.close()
+        first.sigkill()
+        with pytest.raises(process_comms.ProcessUnreachable, match="no worker is up"):
+            ctl.get_status(lost).result(T)  # nobody answers for records: no guess either
+        started_at = time.monotonic()
+        workers()  # shares the store (the same SQLite file)
+        wait_until(lambda: _is_lost(ctl.get_status(lost).result(T)), LOST_WITHIN, "the record to say lost")
+        print(f"marked lost {time.monotonic() - started_at:.2f} s after the next worker was started")
+        with pytest.raises(process_comms.ProcessLost):
+            ctl.wait_for_process(lost, timeout=T).result(T)
 
 
 # -- one interpreter ----------------------------------------------------------------------------------------------
