@@ -5,6 +5,7 @@ Our exception hierarchy (a second base in brackets is what kiwipy/plumpy callers
     ProcessCommsError
     ├── TimeoutError                 [builtins.TimeoutError]
     ├── ProcessUnreachable           [kiwipy.UnroutableError]
+    │   └── ProcessLost
     ├── TaskRejected                 [kiwipy.TaskRejected]
     │   └── DuplicatePid
     ├── InvalidTask
@@ -33,6 +34,7 @@ __all__ = [
     "ProcessCommsError",
     "TimeoutError",
     "ProcessUnreachable",
+    "ProcessLost",
     "TaskRejected",
     "DuplicatePid",
     "InvalidTask",
@@ -62,6 +64,11 @@ class TimeoutError(ProcessCommsError, builtins.TimeoutError):
 
 class ProcessUnreachable(ProcessCommsError, kiwipy.UnroutableError):
     """No subscriber holds this pid: no worker runs the process (or it has ended)."""
+
+
+class ProcessLost(ProcessUnreachable):
+    """No worker runs the process and none ever will: its worker stopped or died without handing it back
+    (it was not persisted). Its record says ``excepted`` with an exception of type ``ProcessLost``."""
 
 
 class TaskRejected(ProcessCommsError, kiwipy.TaskRejected):

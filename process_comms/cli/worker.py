@@ -171,9 +171,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
                 pass
             signum = signal.SIGTERM
         log.info("received %s: stopping gracefully", signal.Signals(signum).name)
-        handed_back = worker.stop(graceful=True)
-        if handed_back:
-            log.info("handed back %d process(es) to the queue: %s", len(handed_back), [str(p) for p in handed_back])
+        worker.stop(graceful=True)  # logs what it handed back and what it could not
         return EXIT_OK
     finally:
         if use_sigwait:

@@ -7,12 +7,14 @@ never blocks the caller's event loop; results are flat values and every call has
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
 
 from .. import defaults
+from .._compat import TIMEOUT_ERRORS
 from ..errors import EncodeError, ProcessUnreachable, RemoteError, TaskRejected
 from ..errors import TimeoutError as PCTimeoutError
 from ..transports._loop import AsyncFn, with_deadline
@@ -33,8 +35,9 @@ from ..wire.messages import (
     state_name,
     wire_text,
 )
+from ..wire.status import is_lost
 from ._kiwipy import KiwipyAdapter, is_foreign, unwrap_ours
-from .records import RecordQueries, epoch
+from .records import RecordQueries, epoch, lost_error
 
 __all__ = ["RemoteProcessController", "TERMINAL_STATES"]
 
@@ -158,42 +161,46 @@ class RemoteProcessController(RecordQueries):
         return dict(zip(pids, results, strict=True))
 
     async def _wait_for(self, pid: Pid, timeout: float | None, poll_interval: float) -> str:
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[str] = loop.create_future()
+        """Poll ``pid``'s status until its holder or its record says it ended. A ``state_changed`` broadcast
+        is a hint, not a fact (anyone allowed to publish can send one): it only makes the next look come at
+        once. A process the record says was lost raises :class:`ProcessLost`."""
+        hint = asyncio.Event()
+        seen: dict[str, str] = {}  # the last terminal state broadcast, for a peer without records (plumpy)
 
         def on_state(_comm: Any, _body: Any, _sender: Any, subject: Any, _cid: Any) -> None:
             state = state_from_subject(subject)
-            if state is not None and is_terminal(state) and not done.done():
-                done.set_result(state)
+            if state is not None and is_terminal(state):
+                seen["state"] = state
+                hint.set()
 
         listener = BroadcastFilter(on_state, sender=pid)
         identifier = await self._core.add_broadcast_subscriber(listener)
 
         async def poll() -> str:
             while True:
+                hint.clear()
                 try:
                     status = await self._rpc(pid, MessageBuilder.status(), poll_interval * 4)
                 except PCTimeoutError:
                     continue  # one unanswered poll is not the end: only the overall deadline is
                 except ProcessUnreachable as exc:
                     # the route goes when the process ends, after its record says how it ended
-                    return await self._ended_state(pid, exc, done, poll_interval)
-                state = state_name(status.get("state", ""))
-                if is_terminal(state):
-                    return state
-                await asyncio.sleep(poll_interval)
+                    ended = await self._ended_state(pid, exc, seen, poll_interval)
+                    if ended is not None:
+                        return ended
+                else:
+                    if is_lost(status):
+                        raise lost_error(pid, status)
+                    state = state_name(status.get("state", ""))
+                    if is_terminal(state):
+                        return state
+                with contextlib.suppress(*TIMEOUT_ERRORS):  # no hint within the interval: look anyway
+                    await asyncio.wait_for(hint.wait(), poll_interval)
 
-        poller = loop.create_task(poll())
         try:
-            waiting = await with_deadline(
-                asyncio.wait({done, poller}, return_when=asyncio.FIRST_COMPLETED),
-                self.task_timeout if timeout is None else timeout,
-                f"waiting for process {pid} to end",
-            )
-            finished = next(iter(waiting[0]))
-            return finished.result()
+            deadline = self.task_timeout if timeout is None else timeout
+            return await with_deadline(poll(), deadline, f"waiting for process {pid} to end")
         finally:
-            poller.cancel()
             await self._core.remove_broadcast_subscriber(identifier)
 
     # -- plumpy's API ----------------------------------------------------------------------------
@@ -345,8 +352,9 @@ class RemoteProcessController(RecordQueries):
     async def wait_for_process(self, pid: Pid, timeout: float | None = None, poll_interval: float = 1.0) -> str:
         """Wait until ``pid`` reaches a terminal state; return it (``finished``, ``excepted`` or ``killed``).
 
-        Listens to the process's ``state_changed`` broadcasts and polls its status as a fallback.
-        Raises :class:`ProcessUnreachable` if the process is gone before its end was seen.
+        Polls its status (its holder's answer, else its record's); a ``state_changed`` broadcast only makes
+        the next look come at once. Raises :class:`ProcessLost` if its worker stopped or died without handing
+        it back, :class:`ProcessUnreachable` if the process is gone before its end was seen.
         """
         return await self._run(self._wait_for, pid, timeout, poll_interval)
 

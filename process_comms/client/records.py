@@ -11,7 +11,7 @@ import asyncio
 import datetime
 from typing import Any
 
-from ..errors import ProcessKilled, ProcessUnreachable, RemoteError
+from ..errors import ProcessKilled, ProcessLost, ProcessUnreachable, RemoteError
 from ..errors import TimeoutError as PCTimeoutError
 from ..transports._loop import with_deadline
 from ..transports.base import AsyncCommunicator
@@ -26,8 +26,17 @@ from ..wire.messages import (
     records_request,
     records_route,
 )
+from ..wire.status import is_lost, status_of_record
 
-__all__ = ["NO_RECORDS_WORKER", "RecordQueries", "ask_records", "epoch", "outputs_of", "status_from_record"]
+__all__ = [
+    "NO_RECORDS_WORKER",
+    "RecordQueries",
+    "ask_records",
+    "epoch",
+    "lost_error",
+    "outputs_of",
+    "status_from_record",
+]
 
 #: What a records query says when no worker is up to answer it.
 NO_RECORDS_WORKER = "no worker is up to answer for process records"
@@ -49,37 +58,15 @@ async def ask_records(core: AsyncCommunicator, op: str, deadline: float, **field
         raise ProcessUnreachable(f"{NO_RECORDS_WORKER} (task queue {route.split('.', 1)[1]!r})") from None
 
 
-def status_from_record(record: dict[str, Any]) -> dict[str, Any]:
-    """The status dict of a stored record, as a live process answers it, plus ``outputs`` (finished) or
-    ``exception`` (excepted: type, message, traceback); ``record`` is True and ``live`` says whether a
-    worker runs the process now (False: it ended, or it is parked)."""
-    state = str(record.get("state_name") or "")
-    cls = str(record.get("class") or "")
-    status: dict[str, Any] = {
-        "ctime": record.get("ctime"),
-        "mtime": record.get("mtime"),
-        "paused": bool(record.get("paused")),
-        "process_string": f"<{cls.rpartition(':')[2] or cls}> (ProcessState.{state.upper()})",
-        "state": f"ProcessState.{state.upper()}",
-        "state_name": state,
-        "pid": record.get("pid"),
-        "class": cls,
-        "status": record.get("status"),
-        "progress": record.get("progress") or {},
-        "host": record.get("host"),
-        "record": True,
-        "live": bool(record.get("live", False)),
-    }
-    if state == "finished":
-        status["outputs"] = record.get("outputs")
-    if record.get("exception") is not None:
-        status["exception"] = record.get("exception")
-    return status
+#: The status dict of a stored record: the one rule lives in wire/status.py (a worker answers with it too).
+status_from_record = status_of_record
 
 
 def outputs_of(pid: Pid, record: dict[str, Any]) -> dict[str, Any] | None:
     """The outputs of a finished record; None while it has not ended; raises as waiting for it would."""
     state = record.get("state_name")
+    if is_lost(record):
+        raise lost_error(pid, record)
     if state == "finished":
         outputs = record.get("outputs")
         return dict(outputs) if isinstance(outputs, dict) else {}
@@ -91,6 +78,13 @@ def outputs_of(pid: Pid, record: dict[str, Any]) -> dict[str, Any] | None:
             str(info.get("message") or f"process {pid} excepted"), info.get("type"), info.get("traceback")
         )
     return None
+
+
+def lost_error(pid: Pid, record_or_status: dict[str, Any]) -> ProcessLost:
+    """The error a caller gets for a process whose record says it was lost (wire/status.py, ``is_lost``)."""
+    exception = record_or_status.get("exception")
+    reason = exception.get("message") if isinstance(exception, dict) else None
+    return ProcessLost(f"process {pid} was lost: {reason or 'its worker is gone'}")
 
 
 class RecordQueries:
@@ -216,23 +210,30 @@ class RecordQueries:
         return bool(answer.get("killed")) if isinstance(answer, dict) else False
 
     async def _ended_state(
-        self, pid: Pid, unreachable: ProcessUnreachable, done: asyncio.Future[str], poll_interval: float
-    ) -> str:
-        """The final state of ``pid`` that no worker holds: from its record, else from its last broadcast."""
+        self, pid: Pid, unreachable: ProcessUnreachable, seen: dict[str, str], poll_interval: float
+    ) -> str | None:
+        """The final state of ``pid`` that no worker holds: from its record, else (no process_comms worker
+        answers records: plumpy peers) from its last ``state_changed`` broadcast in ``seen`` now that its
+        route is gone. None: not settled yet, look again (a lost process the fleet is about to mark)."""
         try:
             record = await self._record(pid, None, unreachable)
         except ProcessUnreachable as exc:
             if NO_RECORDS_WORKER not in str(exc):
                 raise
-            await asyncio.wait({done}, timeout=poll_interval)  # no records: its final broadcast may still come
-            if done.done():
-                return done.result()
+            if "state" not in seen:  # its final broadcast may still be on its way
+                await asyncio.sleep(poll_interval)
+            if "state" in seen:
+                return seen["state"]
             raise ProcessUnreachable(
                 f"process {pid} is not reachable: it has ended (its final state was not seen) or no worker holds it"
             ) from None
         state = str(record.get("state_name"))
+        if is_lost(record):
+            raise lost_error(pid, record)
         if is_terminal(state):
             return state
+        if record.get("token") is not None and not record.get("persisted"):
+            return None  # no worker can continue it: the fleet marks it lost within seconds (records_service.py)
         raise ProcessUnreachable(
             f"process {pid} is {state} but no worker runs it: it is parked (released; continue it with "
             "play_process(pid, resume=True)) or its worker died (kill_process(pid) ends it for good)"

@@ -198,7 +198,8 @@ class RemoteProcessThreadController:
     def wait_for_process(
         self, pid: Pid, timeout: float | None = None, poll_interval: float = 1.0
     ) -> ControllerFuture[str]:
-        """Future of the terminal state of ``pid`` (``finished``, ``excepted`` or ``killed``)."""
+        """Future of the terminal state of ``pid`` (``finished``, ``excepted`` or ``killed``; ``ProcessLost`` if
+        its worker stopped or died without handing it back)."""
         return self._communicator.submit(self._core.wait_for_process, pid, timeout, poll_interval)
 
     def get_process(self, pid: Pid, timeout: float | None = None) -> ControllerFuture[dict[str, Any]]:

@@ -381,6 +381,8 @@ class ProcessLauncher(ClaimsMixin, BroadcastsMixin, RoutesMixin):
         key = str(proc.pid)
         proc.attach(self.loop, core, comm_loop, self.persister if persist else None)
         proc._recorder = self.records
+        if self.records is not None:  # the record names its holder: the fleet marks it lost once that is gone
+            proc._holder = (self.owner, await self._token(core, comm_loop))
         started = time.monotonic()
         routed = not proc.state.terminal and core is not None and comm_loop is not None
         if routed:
@@ -426,9 +428,16 @@ class ProcessLauncher(ClaimsMixin, BroadcastsMixin, RoutesMixin):
             raise KilledError(str(record.get("status") or "killed before it ran"))
         return record
 
-    async def suspend_all(self) -> list[Pid]:
-        """Stop every live process here, saving its checkpoint (graceful shutdown); returns their pids."""
+    async def suspend_all(self) -> tuple[list[Pid], list[Pid]]:
+        """Stop every live process here (graceful shutdown): the persisted ones are checkpointed, to be
+        continued elsewhere; the others cannot be and end as lost (their records say so). Returns
+        ``(handed back, lost)`` pids."""
         procs = list(self._processes.values())
-        await asyncio.gather(*(proc.suspend() for proc in procs), return_exceptions=True)
-        await self.drain()  # their records say they were suspended before the worker lets go of them
-        return [proc.pid for proc in procs]
+        kept = [proc for proc in procs if proc.persister is not None]
+        lost = [proc for proc in procs if proc.persister is None]
+        reason = f"its worker {self.owner} stopped and it was not persisted, so no worker can continue it"
+        await asyncio.gather(
+            *(proc.suspend() for proc in kept), *(proc.abandon(reason) for proc in lost), return_exceptions=True
+        )
+        await self.drain()  # their records say they were suspended or lost before the worker lets go of them
+        return [proc.pid for proc in kept], [proc.pid for proc in lost]

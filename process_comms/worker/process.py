@@ -26,11 +26,12 @@ import uuid
 from typing import Any
 
 from .. import defaults
-from ..errors import PersistenceError, RemoteError
+from ..errors import PersistenceError, ProcessLost, RemoteError
 from ..transports._loop import run_on, spawn_on
 from ..transports.base import AsyncCommunicator, host_info
 from ..wire.loaders import ObjectLoader
 from ..wire.messages import FORCE_KILL_KEY, INTENT_KEY, MESSAGE_TEXT_KEY, RELEASE_KEY, Intent, Pid, wire_bool, wire_text
+from ..wire.status import LOST_TYPE, status_of_record
 from ._bundle import bundle_of, restore
 from ._state import KilledError, ProcessState, Suspended
 from .records import Recorded
@@ -116,6 +117,8 @@ class Process(Recorded):
         self._play: asyncio.Event | None = None
         self._kill_requested: str | None = None
         self._suspending = False
+        #: Why this process is being abandoned by its worker (:meth:`abandon`), else None.
+        self._lost_reason: str | None = None
         self._done: asyncio.Future[dict[str, Any]] | None = None
         self._broadcast_id: Any = None
         self._final_broadcast: tuple[ProcessState, ProcessState] | None = None
@@ -171,7 +174,12 @@ class Process(Recorded):
 
     # -- status and persistence ---------------------------------------------------------------------
     def status_info(self) -> dict[str, Any]:
-        """The status dict: plumpy's keys (``ctime``, ``paused``, ``process_string``, ``state``) and more."""
+        """The status dict: plumpy's keys (``ctime``, ``paused``, ``process_string``, ``state``) and more.
+
+        Once ended, the status its record gives (outputs or exception included, wire/status.py): who asks
+        gets the same answer whether the worker still holds the process or the fleet's record answers."""
+        if self.state.terminal:
+            return status_of_record({**self.record(), "live": False})
         return {
             "ctime": self.ctime,
             "paused": self.paused,
@@ -329,6 +337,31 @@ class Process(Recorded):
         task.cancel("suspended")
         await asyncio.wait({task}, timeout=10)
 
+    async def abandon(self, reason: str) -> None:
+        """Stop running here for good and end ``excepted`` as lost (:data:`~..wire.status.LOST_TYPE`, saying
+        ``reason``): what a stopping worker does with a process it cannot hand back (not persisted)."""
+        if self.state.terminal:
+            return
+        self._lost_reason = reason
+        task = self._task
+        if task is None or task.done():
+            self._finish_lost()
+            return
+        task.cancel("lost")
+        await asyncio.wait({task}, timeout=10)
+
+    def _finish_lost(self) -> None:
+        if self.state.terminal or self._lost_reason is None:
+            return
+        reason = self._lost_reason
+        self.exception = f"{LOST_TYPE}: {reason}"
+        self._exception_info = {"type": LOST_TYPE, "message": reason, "traceback": None}
+        self.status = f"lost: {reason}"
+        self._transition(ProcessState.EXCEPTED)
+        if self._done is not None and not self._done.done():
+            self._done.set_exception(ProcessLost(f"process {self.pid} was lost: {reason}"))
+            self._done.exception()  # mark retrieved: nobody may be waiting
+
     def _finish_killed(self, text: str) -> None:
         if self.state.terminal:
             return
@@ -394,6 +427,10 @@ class Process(Recorded):
                 if self._kill_requested is not None:
                     raise asyncio.CancelledError(self._kill_requested)
         except asyncio.CancelledError:
+            if self._lost_reason is not None and self._kill_requested is None:
+                self._finish_lost()
+                await self._save_final()
+                return
             if self._suspending and self._kill_requested is None:
                 await self._save_final()  # state stays running: the next worker continues from here
                 await self._flush_record()  # only an ended process is held after its run (worker/_routes.py)

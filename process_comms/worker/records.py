@@ -110,6 +110,9 @@ class Recorded:
         self._logger: _RecordingLogger | None = None
         #: The correlation id of the task that launched this pid: its redelivery is no new launch (_pids.py).
         self._task_id: str | None = None
+        #: ``(worker id, liveness token)`` of the worker that runs this process (set by its launcher): the
+        #: fleet marks the record lost once that token is gone (records_service.py, ``sweep_lost``)
+        self._holder: tuple[str | None, str | None] = (None, None)
 
     # -- what authors call ------------------------------------------------------------------------------
     def report(self, text: str) -> None:
@@ -193,12 +196,15 @@ class Recorded:
             "outputs": proc.outputs,
             "exception": self._exception_info,
             "history": list(self._history),
+            "worker": self._holder[0],
+            "token": self._holder[1],
             "log": lines,
             "log_dropped": dropped,
             "host": host_info(),
             "persisted": proc.persister is not None,
             "ctime": proc.ctime,
-            "mtime": time.time(),
+            # an ended process's record has one mtime, its end: the same answer from it and from the store
+            "mtime": self._history[-1]["time"] if proc.state.terminal else time.time(),
             RECORD_TASK_ID_KEY: self._task_id,
         }
 

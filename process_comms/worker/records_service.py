@@ -4,20 +4,22 @@ Each worker of an installation subscribes ``__records__.<task queue name>``; the
 worker's RPC queue a copy of a query and the client takes the first answer. A worker answers from its
 live processes first, then from its persister's records; a stored record of a process that has not
 ended is checked against the process's own route, so a listing shows live state, not a stale row.
-It also prunes the store: at start and every :data:`~.records.RECORD_PRUNE_INTERVAL` seconds.
+It also prunes the store: at start and every :data:`~.records.RECORD_PRUNE_INTERVAL` seconds; and it
+marks lost the records of processes whose holder is gone without handing them back (:meth:`sweep_lost`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import builtins
 import concurrent.futures
 import json
 import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ProcessCommsError
+from ..errors import ProcessCommsError, ProcessUnreachable
 from ..transports._loop import run_on
 from ..transports.base import AsyncCommunicator, InvalidTask
 from ..wire.messages import (
@@ -37,6 +39,7 @@ from ..wire.messages import (
     state_name,
     wire_text,
 )
+from ..wire.status import lost_record
 from .persistence._records import bounded_progress, safe_value, summary_of
 from .records import RECORD_MAX_AGE, RECORD_MAX_COUNT, RECORD_PRUNE_INTERVAL
 
@@ -48,6 +51,8 @@ __all__ = [
     "KILL_REQUEST_MAX_COUNT",
     "LIST_PAGE_BYTES",
     "LIVE_CHECK_TIMEOUT",
+    "LOST_GRACE",
+    "LOST_SWEEP_INTERVAL",
     "NOT_FOUND_GRACE",
     "RecordsService",
     "parse_cursor",
@@ -116,6 +121,17 @@ def _page(rows: list[dict[str, Any]], limit: int) -> tuple[list[dict[str, Any]],
     return page, len(rows) > len(page)
 
 
+#: Seconds between two looks of a worker for the records of processes whose holder is gone.
+LOST_SWEEP_INTERVAL = 1.0
+#: Seconds a holder must stay gone (its liveness token and the process's route both) before its unpersisted
+#: processes are marked lost: a worker whose connection the broker closed reconnects within them and runs on.
+LOST_GRACE = 2.0
+#: Records of each state that has not ended looked at per sweep, newest first.
+LOST_SWEEP_LIMIT = 1000
+#: States a record has while its process has not ended.
+_NOT_ENDED = ("created", "running", "waiting")
+
+
 class RecordsService:
     """The records route's subscriber for one worker: ``get``, ``list`` and ``kill`` (of a pid no worker runs)."""
 
@@ -141,6 +157,11 @@ class RecordsService:
         self._untrimmed = 0  # kill requests kept since the last trim
         self._trimming = asyncio.Lock()
         self._pruner: concurrent.futures.Future[None] | None = None
+        self._sweeper: concurrent.futures.Future[None] | None = None
+        #: pid key -> (token, loop time first seen gone) of records whose holder is gone (bounded by the sweep)
+        self._gone: dict[str, tuple[str, float]] = {}
+        #: pid keys of persisted records of gone holders: the broker hands their tasks to another worker
+        self._persisted: dict[str, str] = {}
 
     # -- the RPC entry (on the communicator's loop) ---------------------------------------------------
     def __call__(self, _comm: Any, msg: Any) -> concurrent.futures.Future[Any]:
@@ -362,3 +383,74 @@ class RecordsService:
             except Exception as exc:  # noqa: BLE001 - pruning is housekeeping: try again next time
                 LOGGER.warning("could not prune process records: %s", exc)
             await asyncio.sleep(self.prune_interval)
+
+    # -- lost processes ----------------------------------------------------------------------------------
+    def start_sweeping(self, interval: float = LOST_SWEEP_INTERVAL) -> None:
+        """Look for the records of lost processes now and every ``interval`` seconds, on the launcher's loop."""
+        if self._sweeper is None:
+            self._sweeper = run_on(self.launcher.loop, self._sweep_forever, interval)
+
+    def stop_sweeping(self) -> None:
+        """Stop the sweeping task (idempotent)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+
+    async def _sweep_forever(self, interval: float) -> None:
+        while True:
+            try:
+                await self.sweep_lost()
+            except Exception as exc:  # noqa: BLE001 - housekeeping: try again next time
+                LOGGER.warning("could not look for lost processes: %s", exc)
+            await asyncio.sleep(interval)
+
+    async def _route_gone(self, pid: Pid) -> bool:
+        """True only if the broker says no one holds ``pid``'s route (a timeout proves nothing)."""
+
+        async def ask() -> Any:
+            return await asyncio.wait_for(self.core.rpc_send(pid, MessageBuilder.status()), LIVE_CHECK_TIMEOUT)
+
+        try:
+            await self.launcher._on_comm_loop(self.comm_loop, ask)
+        except ProcessUnreachable:
+            return True
+        except (ProcessCommsError, TimeoutError):
+            return False
+        return False
+
+    async def sweep_lost(self) -> builtins.list[Pid]:
+        """Mark lost (``excepted``, exception ``ProcessLost``) the records of unpersisted processes whose holder
+        is gone: its liveness token and the process's route both gone for :data:`LOST_GRACE` seconds. A
+        persisted one is left alone: its task goes back to the queue and another worker continues it."""
+        own = {token for token in self.launcher._tokens.values() if token is not None}
+        seen: dict[str, tuple[Pid, str]] = {}
+        for state in _NOT_ENDED:
+            rows = await self._store(self.persister.list_records, state, LOST_SWEEP_LIMIT, None, None)
+            for row in rows:
+                token, pid = row.get("token"), row.get("pid")
+                if isinstance(token, str) and token not in own and self.launcher.held(pid) is None:
+                    seen[str(pid)] = (pid, token)
+        self._gone = {key: value for key, value in self._gone.items() if key in seen and value[0] == seen[key][1]}
+        self._persisted = {key: token for key, token in self._persisted.items() if seen.get(key, (0, ""))[1] == token}
+        marked: list[Pid] = []
+        now = asyncio.get_running_loop().time()
+        for key, (pid, token) in seen.items():
+            if key in self._persisted or await self.launcher._is_alive(token, self.core, self.comm_loop) is not False:
+                self._gone.pop(key, None)
+                continue
+            since = self._gone.setdefault(key, (token, now))[1]
+            if now - since < LOST_GRACE or not await self._route_gone(pid):
+                continue
+            record = await self._store(self.persister.load_record, pid)
+            if not isinstance(record, dict) or record.get("token") != token:
+                continue  # another worker holds it now
+            if record.get("state_name") not in _NOT_ENDED:
+                continue  # it ended meanwhile
+            if record.get("persisted"):
+                self._persisted[key] = token
+                continue
+            reason = f"its worker {record.get('worker')} is gone and it was not persisted, so no worker can continue it"
+            await self._store(self.persister.save_records, [lost_record(record, reason, time.time())])
+            LOGGER.warning("process %s marked lost: %s", pid, reason)
+            self._gone.pop(key, None)
+            marked.append(pid)
+        return marked

@@ -151,6 +151,7 @@ class Worker:
 
         self.communicator.submit(subscribe).result(defaults.CONNECT_TIMEOUT + 5)
         service.start_pruning()
+        service.start_sweeping()
         self.records = service
 
     def __enter__(self) -> Worker:
@@ -159,26 +160,28 @@ class Worker:
     def __exit__(self, *exc: Any) -> None:
         self.stop()
 
-    async def _release(self) -> list[Pid]:
+    async def _release(self) -> tuple[list[Pid], list[Pid]]:
         """Stop taking tasks, checkpoint and stop the running processes, then requeue their tasks."""
-        suspended: list[Pid] = []
+        outcome: list[tuple[list[Pid], list[Pid]]] = []
 
         async def suspend() -> None:
-            suspended.extend(await asyncio.wrap_future(run_on(self.launcher.loop, self.launcher.suspend_all)))
+            outcome.append(await asyncio.wrap_future(run_on(self.launcher.loop, self.launcher.suspend_all)))
 
         await self.communicator.core.release_tasks(suspend())
-        return suspended
+        return outcome[0] if outcome else ([], [])
 
     def stop(self, graceful: bool = True, timeout: float = defaults.CLOSE_TIMEOUT) -> list[Pid]:
-        """Stop; gracefully: checkpoint running processes and requeue their tasks. Returns the pids handed back."""
+        """Stop; gracefully: checkpoint the persisted processes and requeue their tasks, and mark the others
+        lost in their records (nothing can continue them). Returns the pids handed back."""
         with self._lock:
             if self._stopped.is_set():
                 return []
             self._stopped.set()
         handed_back: list[Pid] = []
+        lost: list[Pid] = []
         if graceful and not self.communicator.is_closed():
             try:
-                handed_back = self.communicator.submit(self._release).result(timeout)
+                handed_back, lost = self.communicator.submit(self._release).result(timeout)
             except Exception:
                 LOGGER.exception("graceful stop did not complete; unacked tasks will be redelivered by the broker")
         if self._own_comm:
@@ -190,9 +193,16 @@ class Worker:
                 LOGGER.debug("could not remove the workers answer", exc_info=True)
         if self.records is not None:
             self.records.stop_pruning()
+            self.records.stop_sweeping()
         self.launcher.close()
         self.persister.close()
-        LOGGER.info("worker stopped; handed back %d process(es)", len(handed_back))
+        back = [str(pid) for pid in handed_back]
+        LOGGER.info("worker stopped; handed back %d process(es) to the queue: %s", len(back), back)
+        if lost:
+            marked = "marked lost in their records" if self.launcher.records is not None else "records are off"
+            LOGGER.warning(
+                "could not hand back %d process(es), not persisted (%s): %s", len(lost), marked, [str(p) for p in lost]
+            )
         return handed_back
 
     def wait(self, timeout: float | None = None) -> bool:

@@ -345,12 +345,14 @@ def test_wait_for_process_outlives_an_unanswered_status_poll(broker_url: str, ki
     pid = uuid.uuid4()
     polls: list[Any] = []
 
+    def end() -> None:  # as a plumpy process ends: its final broadcast, then its route goes
+        server.broadcast_send(None, pid, "state_changed.waiting.finished")
+        server.remove_rpc_subscriber(str(pid))
+
     def stalled(_comm: Any, msg: Any) -> kiwipy.Future:
         polls.append(msg)
         if len(polls) == 2:  # the waiter kept polling after the first poll went unanswered: now end it
-            threading.Thread(
-                target=server.broadcast_send, args=(None, pid, "state_changed.waiting.finished"), daemon=True
-            ).start()
+            threading.Thread(target=end, daemon=True).start()
         return kiwipy.Future()  # 'pending' and then nothing, as from a plumpy process whose reply stalls
 
     server.add_rpc_subscriber(stalled, str(pid))

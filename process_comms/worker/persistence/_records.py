@@ -26,8 +26,12 @@ __all__ = [
     "summary_of",
 ]
 
-#: The keys of a record that ``list_records`` returns (a record summary).
-SUMMARY_KEYS = ("pid", "class", "state_name", "paused", "status", "progress", "host", "ctime", "mtime")
+#: The keys of a record that ``list_records`` returns (a record summary); ``worker`` and ``token`` name its
+#: holder, so the fleet finds the records of a gone holder by listing (records_service.py, ``sweep_lost``).
+SUMMARY_KEYS = (
+    *("pid", "class", "state_name", "paused", "status", "progress", "host", "ctime", "mtime"),
+    *("worker", "token"),
+)
 #: States after which a record never changes again: only these are pruned.
 TERMINAL_STATE_NAMES = ("finished", "excepted", "killed")
 #: Longest ``repr`` kept for a value that JSON cannot hold.
