@@ -309,3 +309,18 @@ def test_ints_round_trip_under_the_lowest_int_str_digit_limit() -> None:
             assert codec.decode(codec.encode(value)) == value
     finally:
         sys.set_int_max_str_digits(old)
+
+
+class _ReprRaises:
+    """A value no codec can hold whose ``repr`` raises, as ``repr`` of a set of ints past the digit limit does."""
+
+    def __repr__(self) -> str:
+        raise ValueError("this value cannot be shown")
+
+
+@pytest.mark.parametrize("codec_cls", [YamlCodec, JsonCodec])
+def test_a_value_whose_repr_raises_is_an_encode_error(codec_cls: Any) -> None:
+    # before: PyYAML's RepresenterError shows the value in its message, so formatting the EncodeError raised the
+    # value's own ValueError, which escaped every handler that expects an EncodeError (a worker's reply)
+    with pytest.raises(process_comms.EncodeError, match="cannot encode"):
+        codec_cls().encode({"outputs": {"bad": _ReprRaises(), "fine": 1}})

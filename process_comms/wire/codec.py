@@ -49,6 +49,15 @@ _BaseLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _BaseDumper: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
+def _reason(exc: BaseException) -> str:
+    """``str(exc)``, or its type's name when even that raises: PyYAML's ``RepresenterError`` shows the value, and
+    a value whose ``repr`` raises (a set of ints past the digit limit) must still end in an ``EncodeError``."""
+    try:
+        return str(exc)
+    except Exception:  # noqa: BLE001 - the value's own repr may raise anything
+        return f"{type(exc).__name__} (its message cannot be shown)"
+
+
 class _SafeLoader(_BaseLoader):  # type: ignore[misc]
     """SafeLoader plus the two non-plain tags of the plumpy dialect; registered on this class only."""
 
@@ -199,7 +208,7 @@ class YamlCodec(_SizeLimited):
                 " (process_comms.defaults.MAX_NESTING_DEPTH)"
             ) from None
         except flowyaml.Refused as exc:
-            raise EncodeError(f"cannot encode {exc}") from None
+            raise EncodeError(f"cannot encode {_reason(exc)}") from None
         if fast is not None:
             self._check_size(len(fast), "encode")
             return fast
@@ -210,7 +219,7 @@ class YamlCodec(_SizeLimited):
         try:
             data: bytes = yaml.dump(obj, Dumper=_SafeDumper, encoding="utf-8", default_flow_style=False)
         except (yaml.YAMLError, ValueError, TypeError) as exc:
-            raise EncodeError(f"cannot encode {type(obj).__name__} value for the wire: {exc}") from None
+            raise EncodeError(f"cannot encode {type(obj).__name__} value for the wire: {_reason(exc)}") from None
         except RecursionError:
             raise EncodeError("cannot encode a value nested this deeply") from None
         if b"&" in data:  # the dumper wrote anchors: measure them as the decoder will
@@ -322,7 +331,7 @@ class JsonCodec(_SizeLimited):
                 text = json.dumps(_hex_big_ints(obj), default=_json_default, separators=(",", ":"), allow_nan=False)
             data = text.encode("utf-8")
         except (TypeError, ValueError) as exc:
-            raise EncodeError(f"cannot encode value for the wire: {exc}") from None
+            raise EncodeError(f"cannot encode value for the wire: {_reason(exc)}") from None
         except RecursionError:
             raise EncodeError("cannot encode a value nested this deeply") from None
         self._check_size(len(data), "encode")
