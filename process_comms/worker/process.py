@@ -34,6 +34,7 @@ from ..wire.messages import FORCE_KILL_KEY, INTENT_KEY, MESSAGE_TEXT_KEY, RELEAS
 from ..wire.status import LOST_TYPE, status_of_record
 from ._bundle import bundle_of, restore
 from ._state import KilledError, ProcessState, Suspended
+from .persistence._records import safe_value
 from .records import Recorded
 
 __all__ = ["Process", "ProcessState", "KilledError", "Suspended"]  # the last three re-exported from ._state
@@ -179,7 +180,8 @@ class Process(Recorded):
         Once ended, the status its record gives (outputs or exception included, wire/status.py): who asks
         gets the same answer whether the worker still holds the process or the fleet's record answers."""
         if self.state.terminal:
-            return status_of_record({**self.record(), "live": False})
+            # as the store keeps it: a value no codec can hold is its marker there and here
+            return status_of_record({**safe_value(self.record()), "live": False})
         return {
             "ctime": self.ctime,
             "paused": self.paused,
