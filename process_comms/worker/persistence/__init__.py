@@ -1,11 +1,13 @@
 """Checkpoint persistence for processes: the plumpy ``Persister`` interface, in memory or in SQL.
 
 State is stored as JSON text (never pickled), so a bundle must be a JSON-safe dict (UUIDs allowed)
-that survives a round trip unchanged. :func:`get_persister` picks the store from a URL.
+that survives a round trip unchanged. :func:`get_persister` picks the store from a URL;
+:func:`open_record_store` opens one read-only, to read the process records its workers wrote.
 """
 
 from __future__ import annotations
 
+from ...errors import StoreUnavailable
 from ._base import MAX_BUNDLE_BYTES, Bundle, ClaimHolder, PersistedCheckpoint, Persister
 from .memory import InMemoryPersister
 from .sql import DEFAULT_TABLE, SqlPersister
@@ -20,6 +22,7 @@ __all__ = [
     "Persister",
     "SqlPersister",
     "get_persister",
+    "open_record_store",
 ]
 
 
@@ -28,3 +31,15 @@ def get_persister(url: str | None = None) -> Persister:
     if url is None or url.lower() in ("memory://", "memory:"):
         return InMemoryPersister()
     return SqlPersister(url)
+
+
+def open_record_store(url: str, table: str = DEFAULT_TABLE, timeout: float = 30.0) -> SqlPersister:
+    """A read-only view of the process records in the store at ``url`` (what the workers' ``--persister``
+    names), for a controller's ``store=`` when no worker answers. It connects on first use and waits at most
+    ``timeout`` seconds for the server or a lock; a store that is not there raises :class:`StoreUnavailable`."""
+    if url.lower() in ("memory://", "memory:"):
+        raise StoreUnavailable("an in-memory store lives inside its worker: name a file or a server store")
+    try:
+        return SqlPersister(url, table, busy_timeout=timeout, read_only=True)
+    except ValueError as exc:  # an unknown scheme, a bad SQLite URL or table name
+        raise StoreUnavailable(str(exc)) from None
