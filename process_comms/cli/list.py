@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from ..client.display import layout_columns, progress_text
 from ..client.thread_controller import RemoteProcessThreadController
 from ..wire.messages import TERMINAL_STATES
-from ._common import GRACE, connect_from
+from ._common import GRACE, add_store_option, connect_from, from_store, record_store
 from ._records import age, host_text, parse_since
 from .main import EXIT_OK, add_command, int_at_least
 
@@ -29,6 +29,7 @@ def register(subparsers: SubParsers) -> None:
     p.add_argument("--limit", metavar="N", type=int_at_least(1), default=100, help="at most N processes (default 100)")
     p.add_argument("--since", metavar="D", type=parse_since, help="created since D: 30m, 2h, 7d or an ISO date/time")
     p.add_argument("--class", dest="class_name", metavar="CLASS", help="only processes of CLASS ('module:Name')")
+    add_store_option(p)
     p.set_defaults(run=run)
 
 
@@ -46,14 +47,16 @@ def _row(summary: dict[str, Any]) -> list[str]:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    """Print the processes as a table (or JSON); no worker up is an unreachable error (exit 3)."""
-    with connect_from(ctx) as comm:
-        controller = RemoteProcessThreadController(comm, rpc_timeout=ctx.timeout)
+    """Print the processes as a table (or JSON); no worker up and no store is an unreachable error (exit 3)."""
+    with record_store(ctx) as store, connect_from(ctx) as comm:
+        controller = RemoteProcessThreadController(comm, rpc_timeout=ctx.timeout, store=store)
         future = controller.list_processes(args.state, args.limit, args.since, args.class_name, ctx.timeout)
         rows = future.result(ctx.timeout + GRACE)
     if ctx.json:
         ctx.print_json(rows)
         return EXIT_OK
+    if rows.source == "store":
+        ctx.print(from_store(ctx, rows.source_reason))
     for line in layout_columns([list(COLUMNS), *(_row(summary) for summary in rows)], rule=False):
         ctx.print(line)
     return EXIT_OK

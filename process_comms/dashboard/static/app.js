@@ -125,6 +125,8 @@ async function loadList() {
     $("page-info").textContent = rows.length ? `rows ${view.offset + 1}–${view.offset + rows.length}` : "no rows";
     $("prev").disabled = view.offset === 0;
     $("next").disabled = !page.has_more;
+    $("list-source").hidden = page.source !== "store";
+    $("list-source").textContent = page.source === "store" ? `From the store: ${page.source_reason}` : "";
     showError($("list-error"), null);
   } catch (error) {
     showError($("list-error"), error);
@@ -200,6 +202,7 @@ async function loadProcess(pid) {
     fact(dl, "worker", `${worker(r.host)}${r.live ? "" : " (not running)"}`);
     fact(dl, "created", when(r.ctime));
     fact(dl, "modified", when(r.mtime));
+    if (r.source === "store") fact(dl, "source", `the store: ${r.source_reason}`);
     $("p-progress").textContent = JSON.stringify(r.progress || {}, null, 2);
     $("p-history").tBodies[0].replaceChildren(...(r.history || []).map((h) =>
       el("tr", {}, el("td", {}, when(h.time)), el("td", {}, h.event ?? ""), el("td", {}, h.message ?? ""))));
