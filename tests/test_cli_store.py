@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sqlite3
+import subprocess
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +20,20 @@ from process_comms.cli import main as cli
 from process_comms.wire.messages import parse_pid
 
 from .store_fleet import PROCS, StoppedFleet, pg_schema, stopped_fleet  # noqa: F401 (fixtures)
-from .test_cli import Run, _env, _in_parallel, _one_line_error, rmq_cleanup, run  # noqa: F401 (fixtures)
+from .test_cli import (  # noqa: F401 (fixtures)
+    CLI,
+    READY_TIMEOUT,
+    ROOT,
+    STOP_TIMEOUT,
+    LineReader,
+    Run,
+    _env,
+    _global_options,
+    _in_parallel,
+    _one_line_error,
+    rmq_cleanup,
+    run,
+)
 
 #: The line a command prints first when the store answered because no worker is up.
 FROM_STORE = "from the store "
@@ -165,3 +181,60 @@ def test_the_controllers_read_the_store_when_no_worker_answers(
 
         asyncio.run(from_asyncio())
     assert stopped_fleet.fingerprint() == before
+
+
+def test_a_worker_that_answers_beats_the_store_and_one_that_does_not_falls_back(
+    run: Run,  # noqa: F811
+    broker_url: str,
+    names: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """The fleet is asked first: a live process answers as itself (the store's copy may lag). A worker that is
+    up but answers nothing (SIGSTOP) leaves the answer to the store, whose rows then cannot say ``live``."""
+    url = f"sqlite:///{tmp_path}/w.db"
+    err_path = tmp_path / "worker.err"
+    with open(err_path, "w") as err:
+        worker = subprocess.Popen(
+            [*CLI, *_global_options(broker_url, names), "worker", "--persister", url, "--allow", PROCS],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env=_env(),
+        )
+    try:
+        assert worker.stdout is not None
+        assert LineReader(worker.stdout).next(READY_TIMEOUT) == "worker ready", err_path.read_text()
+        sleeper = run("launch", f"{PROCS}:Sleeper", "--nowait").stdout.strip()
+        with process_comms.open_record_store(url, timeout=10) as store:
+            deadline = time.monotonic() + READY_TIMEOUT
+            while (store.load_record(parse_pid(sleeper)) or {}).get("state_name") != "waiting":
+                assert time.monotonic() < deadline, "the sleeper's record never reached the store"
+                time.sleep(0.05)
+
+        fleet = run("--json", "list", "--store", url)
+        assert fleet.returncode == 0, fleet.stderr
+        [row] = json.loads(fleet.stdout)
+        assert row["pid"] == sleeper and row["live"] is True and "source" not in row  # the process answered
+
+        worker.send_signal(signal.SIGSTOP)  # up (its queues stay bound) but answering nothing
+        try:
+            stored = run("--json", "--timeout", "3", "list", "--store", url)
+            shown = run("--timeout", "3", "show", sleeper, "--store", url)
+        finally:
+            worker.send_signal(signal.SIGCONT)
+        assert stored.returncode == 0, stored.stderr
+        [row] = json.loads(stored.stdout)
+        assert row["pid"] == sleeper and row["state_name"] == "waiting" and row["source"] == "store"
+        assert row["live"] is None and "no answer within 3" in row["source_reason"]  # a worker may still run it
+        assert shown.returncode == 0, shown.stderr
+        assert shown.stdout.startswith(FROM_STORE) and "state:     waiting" in shown.stdout
+
+        assert run("kill", sleeper).returncode == 0
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=STOP_TIMEOUT) == 0, err_path.read_text()
+    finally:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGCONT)
+            worker.kill()
+            worker.wait(timeout=STOP_TIMEOUT)
