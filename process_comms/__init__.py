@@ -26,6 +26,7 @@ from .errors import (
     ProcessLost,
     ProcessUnreachable,
     RemoteError,
+    StoreUnavailable,
     TaskRejected,
     TimeoutError,
 )
@@ -68,7 +69,7 @@ from .wire.messages import (
     create_launch_body,
 )
 from .worker.launcher import ProcessLauncher
-from .worker.persistence import InMemoryPersister, Persister, SqlPersister, get_persister
+from .worker.persistence import InMemoryPersister, Persister, SqlPersister, get_persister, open_record_store
 from .worker.process import KilledError, Process, ProcessState
 from .worker.worker import Worker
 
@@ -131,6 +132,7 @@ __all__ = [
     "RemoteProcessThreadController",
     "RmqCommunicator",
     "SqlPersister",
+    "StoreUnavailable",
     "TERMINAL_STATES",
     "TaskRejected",
     "ThreadCommunicator",
@@ -146,6 +148,7 @@ __all__ = [
     "get_codec",
     "get_persister",
     "get_object_loader",
+    "open_record_store",
     "set_object_loader",
     "wait_all",
 ]

@@ -20,6 +20,7 @@ Our exception hierarchy (a second base in brackets is what kiwipy/plumpy callers
     ├── DeadlockError                [RuntimeError]
     ├── InvalidPid                   [ValueError]
     ├── PersistenceError
+    │   └── StoreUnavailable
     ├── LoadError                    [ImportError]
     └── DuplicateSubscriber          [kiwipy.DuplicateSubscriberIdentifier]
 """
@@ -49,6 +50,7 @@ __all__ = [
     "DeadlockError",
     "InvalidPid",
     "PersistenceError",
+    "StoreUnavailable",
     "LoadError",
     "DuplicateSubscriber",
 ]
@@ -139,6 +141,10 @@ class InvalidPid(ProcessCommsError, ValueError):
 
 class PersistenceError(ProcessCommsError):
     """A checkpoint could not be saved or loaded (missing pid or tag, store failure)."""
+
+
+class StoreUnavailable(PersistenceError):
+    """A store cannot be opened: no such file, no process records in it, or its server does not answer."""
 
 
 class LoadError(ProcessCommsError, ImportError):

@@ -291,7 +291,7 @@ def test_bash_completion_completes_commands_options_and_choices(home: Path, tmp_
     env = _env(home)
     exe = "process-comms"
     assert _bash_complete(script, [exe, "st"], env) == ["status"]
-    assert _bash_complete(script, [exe, "--profile", "x", "list", "--st"], env) == ["--state"]
+    assert _bash_complete(script, [exe, "--profile", "x", "list", "--st"], env) == ["--state", "--store"]
     assert _bash_complete(script, [exe, "list", "--state", "r"], env) == ["running"]
     assert _bash_complete(script, [exe, "completion", "f"], env) == ["fish"]
     assert "--version" in _bash_complete(script, [exe, "--v"], env)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import json
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -20,11 +21,25 @@ from ..wire.messages import parse_pid
 from .main import EXIT_BROKER, EXIT_OK, PROG, CliError, Scrubber, describe, exit_code_for, print_error
 
 if TYPE_CHECKING:
+    from ..client.records import RecordStore
+
     SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
     #: What each command module's ``run`` is: the parsed arguments and the context in, the exit code out.
     Run = Callable[[argparse.Namespace, "Context"], int]
 
-__all__ = ["GRACE", "Context", "connect_from", "is_tty", "parse_pid", "report", "unique_pids", "wait_many"]
+__all__ = [
+    "GRACE",
+    "Context",
+    "add_store_option",
+    "connect_from",
+    "from_store",
+    "is_tty",
+    "parse_pid",
+    "record_store",
+    "report",
+    "unique_pids",
+    "wait_many",
+]
 
 #: Extra seconds the command waits beyond --timeout, so the library's own typed deadline fires first.
 GRACE = 2.0
@@ -61,7 +76,7 @@ class Context:
 
     @property
     def store(self) -> str | None:
-        """The store URL of the profile (``store = ...``), if it names one."""
+        """The store URL: ``--store``, else the profile's (``store = ...``), if either names one."""
         return getattr(self.args, "store", None) or None
 
     @property
@@ -101,6 +116,37 @@ def connect_from(ctx: Context) -> ThreadCommunicator:
         return connect(ctx.broker, rpc_timeout=ctx.timeout, task_timeout=ctx.timeout, **ctx.comm_options())
     except (TimeoutError, concurrent.futures.TimeoutError):
         raise CliError(f"could not connect to {mask_url(ctx.broker)} in time", EXIT_BROKER) from None
+
+
+# -- the store, read when no worker answers --------------------------------------------------------
+def add_store_option(parser: argparse.ArgumentParser) -> None:
+    """``--store URL``, for the commands that read process records."""
+    parser.add_argument(
+        "--store",
+        metavar="URL",
+        help="the store the workers write (their --persister): read-only, it answers when no worker does "
+        "(default: the profile's store)",
+    )
+
+
+@contextlib.contextmanager
+def record_store(ctx: Context) -> Iterator[RecordStore | None]:
+    """The store named by ``--store`` or the profile, opened read-only (it connects when first read), or None."""
+    if not ctx.store:
+        yield None
+        return
+    from ..worker.persistence import open_record_store  # the reader of the store the workers write
+
+    store = open_record_store(ctx.store, timeout=ctx.timeout)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def from_store(ctx: Context, reason: Any) -> str:
+    """The line saying that an answer was read from the store, and why."""
+    return f"from the store {mask_url(ctx.store or '')}: {reason or 'no worker answered'}"
 
 
 # -- pids ------------------------------------------------------------------------------------------

@@ -13,9 +13,11 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from ..dashboard._settings import DEFAULT_HOST, DEFAULT_PORT, ENV_TOKEN, DashboardError, DashboardSettings
+from ._common import add_store_option, record_store
 from .main import EXIT_BROKER, EXIT_ERROR, EXIT_OK, EXIT_USAGE, CliError, add_command, int_at_least, setup_logging
 
 if TYPE_CHECKING:
+    from ..client.records import RecordStore
     from ._common import Context, SubParsers
 
 __all__ = ["register", "run"]
@@ -50,6 +52,7 @@ def register(subparsers: SubParsers) -> None:
         choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
         help="log level on stderr (default WARNING)",
     )
+    add_store_option(p)
     p.set_defaults(run=run)
 
 
@@ -57,7 +60,7 @@ def _url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
-async def _serve(settings: DashboardSettings, port: int, ctx: Context) -> int:
+async def _serve(settings: DashboardSettings, port: int, ctx: Context, store: RecordStore | None) -> int:
     import uvicorn
 
     from ..dashboard.api import Dashboard
@@ -78,7 +81,7 @@ async def _serve(settings: DashboardSettings, port: int, ctx: Context) -> int:
             loop.call_soon_threadsafe(board.hub.end_streams)
 
     loop = asyncio.get_running_loop()
-    board = Dashboard(settings)
+    board = Dashboard(settings, store=store)
     try:
         await board.open()
     except (TimeoutError, asyncio.TimeoutError):
@@ -130,4 +133,5 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     setup_logging(args.log_level, ctx.scrub, tracebacks=False)
     for name in ("pika", "aiormq", "aio_pika"):  # the error line says what a failed connection was
         logging.getLogger(name).setLevel(logging.CRITICAL + 1)
-    return asyncio.run(_serve(settings, args.port, ctx))
+    with record_store(ctx) as store:
+        return asyncio.run(_serve(settings, args.port, ctx, store))

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from ..client.display import layout_columns, progress_text
 from ..client.thread_controller import RemoteProcessThreadController
 from ..wire.messages import TERMINAL_STATES
-from ._common import GRACE, connect_from
+from ._common import GRACE, add_store_option, connect_from, from_store, record_store
 from ._records import age, host_text, parse_since
 from .main import EXIT_OK, add_command, int_at_least
 
@@ -34,6 +34,7 @@ def register(subparsers: SubParsers) -> None:
         metavar="C",
         help="the next page: the C a listing printed last (a page holds at most --limit rows and 1 MiB)",
     )
+    add_store_option(p)
     p.set_defaults(run=run)
 
 
@@ -52,9 +53,9 @@ def _row(summary: dict[str, Any]) -> list[str]:
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
     """Print one page of processes as a table (or JSON); if more are left, say on stderr how to get them. No
-    worker up is an unreachable error (exit 3)."""
-    with connect_from(ctx) as comm:
-        controller = RemoteProcessThreadController(comm, rpc_timeout=ctx.timeout)
+    worker up and no store is an unreachable error (exit 3)."""
+    with record_store(ctx) as store, connect_from(ctx) as comm:
+        controller = RemoteProcessThreadController(comm, rpc_timeout=ctx.timeout, store=store)
         future = controller.list_processes_page(
             args.state, args.limit, args.since, args.class_name, args.cursor, ctx.timeout
         )
@@ -63,6 +64,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     if ctx.json:
         ctx.print_json(rows)
     else:
+        if page.get("source") == "store":
+            ctx.print(from_store(ctx, page.get("source_reason")))
         for line in layout_columns([list(COLUMNS), *(_row(summary) for summary in rows)], rule=False):
             ctx.print(line)
     if page["more"] is not None:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..client.thread_controller import RemoteProcessThreadController
 from ..wire.messages import is_kill_request
-from ._common import GRACE, connect_from, report, unique_pids, wait_many
+from ._common import GRACE, add_store_option, connect_from, from_store, record_store, report, unique_pids, wait_many
 from ._records import host_text, when
 from .main import EXIT_OK, add_command
 
@@ -22,6 +22,7 @@ def register(subparsers: SubParsers) -> None:
     """Add ``show``."""
     p = add_command(subparsers, "show", "show the record of processes: state, history, outputs, exception")
     p.add_argument("pids", metavar="PID", nargs="+")
+    add_store_option(p)
     p.set_defaults(run=run)
 
 
@@ -64,8 +65,8 @@ def record_lines(record: dict[str, Any]) -> list[str]:
 def run(args: argparse.Namespace, ctx: Context) -> int:
     """Print the record of each PID (or JSON); a pid the fleet has no record of exits 3."""
     pids = unique_pids(args.pids)
-    with connect_from(ctx) as comm:
-        controller = RemoteProcessThreadController(comm, rpc_timeout=ctx.timeout)
+    with record_store(ctx) as store, connect_from(ctx) as comm:
+        controller = RemoteProcessThreadController(comm, rpc_timeout=ctx.timeout, store=store)
         futures = {key: controller.get_process(pid, ctx.timeout) for key, pid in pids}
         results = wait_many(futures, ctx.timeout + GRACE, ctx.err)
     code = EXIT_OK
@@ -76,6 +77,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         if isinstance(outcome, dict) and not ctx.json:
             if shown:
                 ctx.print("")
+            if outcome.get("source") == "store":
+                ctx.print(from_store(ctx, outcome.get("source_reason")))
             for line in record_lines(outcome):
                 ctx.print(line)
             shown += 1

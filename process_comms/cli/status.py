@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..client.display import PROGRESS_COLUMNS, StatusTable
 from ..client.thread_controller import RemoteProcessThreadController
-from ._common import GRACE, connect_from, report, unique_pids, wait_many
+from ._common import GRACE, add_store_option, connect_from, from_store, record_store, report, unique_pids, wait_many
 from .main import EXIT_OK, add_command
 
 if TYPE_CHECKING:
@@ -24,14 +24,15 @@ def register(subparsers: SubParsers) -> None:
     """Add ``status``."""
     p = add_command(subparsers, "status", "print the status of processes (pid, state, paused, status text, class)")
     p.add_argument("pids", metavar="PID", nargs="+")
+    add_store_option(p)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
     """Print the status of each PID: an aligned table, or JSON."""
     pids = unique_pids(args.pids)
-    with connect_from(ctx) as comm:
-        controller = RemoteProcessThreadController(comm, rpc_timeout=ctx.timeout)
+    with record_store(ctx) as store, connect_from(ctx) as comm:
+        controller = RemoteProcessThreadController(comm, rpc_timeout=ctx.timeout, store=store)
         futures = {key: controller.get_status(pid, ctx.timeout) for key, pid in pids}
         results = wait_many(futures, ctx.timeout + GRACE, ctx.err)
     code = EXIT_OK
@@ -45,6 +46,9 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     if ctx.json:
         ctx.print_json(records)
     elif statuses:
+        stored = next((s for s in statuses.values() if s.get("source") == "store"), None)
+        if stored is not None:
+            ctx.print(from_store(ctx, stored.get("source_reason")))
         for line in StatusTable(statuses, PROGRESS_COLUMNS).lines("plain"):
             ctx.print(line)
     return code

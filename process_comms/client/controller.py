@@ -37,7 +37,7 @@ from ..wire.messages import (
 )
 from ..wire.status import is_lost
 from ._kiwipy import KiwipyAdapter, is_foreign, unwrap_ours
-from .records import RecordQueries, epoch, lost_error
+from .records import ProcessListing, RecordQueries, RecordStore, epoch, lost_error
 
 __all__ = ["RemoteProcessController", "TERMINAL_STATES"]
 
@@ -56,12 +56,15 @@ class RemoteProcessController(RecordQueries):
         *,
         rpc_timeout: float | None = None,
         task_timeout: float | None = None,
+        store: RecordStore | None = None,
     ) -> None:
         """``communicator`` is what :func:`process_comms.connect` returns (or an :class:`AsyncCommunicator`), or
         any kiwipy ``Communicator`` (kiwipy's thread or asyncio RabbitMQ ones, ``plumpy.LoopCommunicator``,
         aiida-core's ZeroMQ one), driven through an adapter that keeps flat results, deadlines and typed
-        errors (client/_kiwipy.py; docs/migrating.md)."""
+        errors (client/_kiwipy.py; docs/migrating.md). ``store`` (e.g. ``open_record_store(url)``; not closed
+        here) answers the record queries that no worker answers (client/records.py)."""
         self._communicator = communicator
+        self._store = store
         #: What the calls go through: ours (also from inside a plumpy LoopCommunicator) or the adapter.
         self._comm: Any = unwrap_ours(communicator)
         self._adapter = KiwipyAdapter(self._comm) if is_foreign(self._comm) else None
@@ -385,10 +388,11 @@ class RemoteProcessController(RecordQueries):
         since: float | datetime.datetime | None = None,
         class_name: str | None = None,
         timeout: float | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> ProcessListing:
         """Summaries of the fleet's processes, newest first, live and ended (pid, class, state_name, paused,
         status, progress, host, ctime, mtime, live); filter by state name, creation time and ``module:Name``.
-        Gathered page by page (:meth:`list_processes_page`): each answer is bounded in bytes, the list by ``limit``."""
+        Gathered page by page (:meth:`list_processes_page`): each answer is bounded in bytes, the list by ``limit``.
+        Its ``source`` is ``"store"`` when no worker answered and the controller's store did."""
         return await self._run(self._list, state, limit, epoch(since), class_name, timeout)
 
     async def list_processes_page(

@@ -3,15 +3,21 @@
 A client needs only the broker: a records request goes to ``__records__.<task queue name>``, which every
 worker of the installation subscribes (see :mod:`process_comms.worker.records_service`); the first
 answer wins. With no worker bound, the request is unroutable and the error says so.
+
+Given the store the workers write (``store=``, a :class:`RecordStore` such as
+``process_comms.open_record_store(url)``), a query that no worker answers (none is up, or none answers in
+time) is read from the store instead, and the answer says so (``source``, ``source_reason``). The fleet is
+asked first: while a worker holds a process, the process itself answers and its stored record may lag.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
-from ..errors import ProcessKilled, ProcessLost, ProcessUnreachable, RemoteError
+from ..errors import ProcessCommsError, ProcessKilled, ProcessLost, ProcessUnreachable, RemoteError
 from ..errors import TimeoutError as PCTimeoutError
 from ..transports._loop import with_deadline
 from ..transports.base import AsyncCommunicator
@@ -26,11 +32,14 @@ from ..wire.messages import (
     records_request,
     records_route,
 )
-from ..wire.status import is_lost, status_of_record
+from ..wire.status import UNENDED_STATES, is_lost, lost_record, status_of_record
 
 __all__ = [
+    "FROM_STORE",
     "NO_RECORDS_WORKER",
+    "ProcessListing",
     "RecordQueries",
+    "RecordStore",
     "ask_records",
     "epoch",
     "lost_error",
@@ -40,6 +49,30 @@ __all__ = [
 
 #: What a records query says when no worker is up to answer it.
 NO_RECORDS_WORKER = "no worker is up to answer for process records"
+#: The ``source`` of a record or listing read from the store because no worker answered.
+FROM_STORE = "store"
+
+
+class RecordStore(Protocol):
+    """Where the workers keep process records, read directly: a persister's two record reads (blocking).
+
+    ``process_comms.open_record_store(url)`` opens one read-only; any :class:`~process_comms.Persister` will do.
+    """
+
+    def load_record(self, pid: Pid) -> dict[str, Any] | None: ...
+
+    def list_records(
+        self, state: str | None = None, limit: int = 100, since: float | None = None, class_name: str | None = None
+    ) -> list[dict[str, Any]]: ...
+
+
+class ProcessListing(list[dict[str, Any]]):
+    """What ``list_processes`` returns: the summaries, and where they came from (``source``: ``"fleet"``, or
+    ``"store"`` when no worker answered; then ``source_reason`` says why) - also when there are none."""
+
+    def __init__(self, rows: list[dict[str, Any]], source: str = "fleet", source_reason: str | None = None) -> None:
+        super().__init__(rows)
+        self.source, self.source_reason = source, source_reason
 
 
 def epoch(since: float | datetime.datetime | None) -> float | None:
@@ -87,11 +120,18 @@ def lost_error(pid: Pid, record_or_status: dict[str, Any]) -> ProcessLost:
     return ProcessLost(f"process {pid} was lost: {reason or 'its worker is gone'}")
 
 
+def _no_answer(exc: ProcessCommsError) -> str:
+    """Why a query was read from the store: the fleet's failure, in words."""
+    return f"no worker answered ({exc})"
+
+
 class RecordQueries:
     """The controller's record queries (coroutines on the communicator's loop); the public methods that
     run them are :class:`~process_comms.client.controller.RemoteProcessController`'s."""
 
     rpc_timeout: float
+    #: Read when no worker answers a ``get`` or ``list`` (None: such a query fails as it always did).
+    _store: RecordStore | None = None
 
     @property
     def _core(self) -> AsyncCommunicator:
@@ -103,17 +143,40 @@ class RecordQueries:
     async def _records(self, op: str, timeout: float | None, **fields: Any) -> Any:
         return await ask_records(self._core, op, self.rpc_timeout if timeout is None else timeout, **fields)
 
+    async def _read_store(self, read: Callable[..., Any], timeout: float | None, *args: Any) -> Any:
+        """``read(*args)`` (a blocking store read) on a thread, bounded by the query's deadline."""
+        deadline = self.rpc_timeout if timeout is None else timeout
+        return await with_deadline(asyncio.to_thread(read, *args), deadline, "reading the store")
+
+    @staticmethod
+    def _stored(record: dict[str, Any], unanswered: ProcessCommsError) -> dict[str, Any]:
+        """A stored record or summary as the answer: ``live`` False when no worker is up (none can run it),
+        None when workers are up but did not answer in time (one may run it); ``source`` says it is the
+        store's and ``source_reason`` why. With no worker up, a record of an unpersisted process that has not
+        ended is answered as lost: no one runs it, and the next worker to start marks it so in the store."""
+        live = False if isinstance(unanswered, ProcessUnreachable) else None
+        if live is False and not record.get("persisted") and str(record.get("state_name")) in UNENDED_STATES:
+            record = lost_record(record, "its worker is gone: no worker is up", float(record.get("mtime") or 0.0))
+        return {**record, "live": live, "source": FROM_STORE, "source_reason": _no_answer(unanswered)}
+
     async def _record(
         self, pid: Pid, timeout: float | None, unreachable: ProcessUnreachable, requests: bool = False
     ) -> dict[str, Any]:
-        """The record of ``pid``; ``ProcessUnreachable`` (saying which) if the fleet has none or no worker is up,
-        or has only a kill request for it (returned with ``requests``: ``state_name`` ``kill_requested``)."""
+        """The record of ``pid``, from the fleet, else (no worker answered) from the store if one is given;
+        ``ProcessUnreachable`` (saying which) if neither has it, or if there is only a kill request for it
+        (returned with ``requests``: ``state_name`` ``kill_requested``)."""
         try:
             record = await self._records(RECORD_OP_GET, timeout, pid=pid)
-        except ProcessUnreachable as exc:
-            raise ProcessUnreachable(f"{unreachable}; {exc}") from None
-        except PCTimeoutError as exc:  # workers are up but none answered in time (stopped, overloaded)
-            raise ProcessUnreachable(f"{unreachable}; and no worker answered for its record in time ({exc})") from None
+        except (ProcessUnreachable, PCTimeoutError) as exc:
+            # workers that are up but do not answer in time: stopped, overloaded
+            timed_out = isinstance(exc, PCTimeoutError)
+            why = f"and no worker answered for its record in time ({exc})" if timed_out else str(exc)
+            if self._store is None:
+                raise ProcessUnreachable(f"{unreachable}; {why}") from None
+            stored = await self._read_store(self._store.load_record, timeout, pid)
+            if not isinstance(stored, dict):
+                raise ProcessUnreachable(f"{unreachable}; {why}; and the store has no record of it") from None
+            return self._stored(stored, exc)
         if not isinstance(record, dict):
             raise ProcessUnreachable(
                 f"process {pid} is not reachable: no worker holds it and the fleet has no record of it"
@@ -169,7 +232,14 @@ class RecordQueries:
     ) -> dict[str, Any]:
         """One page of a listing: ``{"processes": [...], "more": cursor of the next page or None}``."""
         fields = {"state": state, "limit": limit, "since": since, "class_name": class_name}
-        answer = await self._records(RECORD_OP_LIST, timeout, **fields, cursor=cursor, page=True)
+        try:
+            answer = await self._records(RECORD_OP_LIST, timeout, **fields, cursor=cursor, page=True)
+        except (ProcessUnreachable, PCTimeoutError) as exc:
+            if self._store is None or cursor is not None:  # a cursor is the fleet's: the store gives one page
+                raise
+            stored = await self._read_store(self._store.list_records, timeout, state, limit, since, class_name)
+            found = [self._stored(row, exc) for row in stored if isinstance(row, dict) and not is_kill_request(row)]
+            return {"processes": found, "more": None, "source": FROM_STORE, "source_reason": _no_answer(exc)}
         if isinstance(answer, list):  # a worker older than pages: its one answer is the whole listing
             return {"processes": [row for row in answer if isinstance(row, dict)], "more": None}
         rows = answer.get("processes") if isinstance(answer, dict) else None
@@ -179,18 +249,20 @@ class RecordQueries:
 
     async def _list(
         self, state: str | None, limit: int, since: float | None, class_name: str | None, timeout: float | None
-    ) -> list[dict[str, Any]]:
+    ) -> ProcessListing:
         """Up to ``limit`` rows, page after page (each answer is bounded in bytes by the worker; each waits at
-        most ``timeout``)."""
+        most ``timeout``); from the store, if one is given, when no worker answers."""
         rows: list[dict[str, Any]] = []
         cursor: str | None = None
         while len(rows) < limit:
             page = await self._list_page(state, limit - len(rows), since, class_name, cursor, timeout)
             rows += page["processes"]
+            if page.get("source") == FROM_STORE:
+                return ProcessListing(rows[:limit], FROM_STORE, page.get("source_reason"))
             cursor = page["more"]
             if cursor is None:
                 break
-        return rows[:limit]
+        return ProcessListing(rows[:limit])
 
     async def _kill(self, pid: Pid, message: dict[str, Any], timeout: float | None) -> bool:
         try:

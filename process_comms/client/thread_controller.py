@@ -15,6 +15,7 @@ from ..wire.loaders import ObjectLoader
 from ..wire.messages import Pid
 from ._kiwipy import KiwipyPortal, is_foreign, unwrap_ours
 from .controller import RemoteProcessController
+from .records import ProcessListing, RecordStore
 
 __all__ = ["RemoteProcessThreadController"]
 
@@ -28,15 +29,19 @@ class RemoteProcessThreadController:
         *,
         rpc_timeout: float | None = None,
         task_timeout: float | None = None,
+        store: RecordStore | None = None,
     ) -> None:
         """``communicator`` is what :func:`process_comms.connect` returns (timeouts default to its own), or any
         kiwipy ``Communicator``: then the controller runs its coroutines on a loop thread of its own and
-        drives the communicator through an adapter (client/_kiwipy.py); :meth:`close` closes both."""
+        drives the communicator through an adapter (client/_kiwipy.py); :meth:`close` closes both.
+        ``store`` answers the record queries no worker answers (as the asyncio controller's)."""
         self._given = communicator
         inner = unwrap_ours(communicator)
         #: What the calls are submitted to: ours, or a loop thread of our own over a foreign communicator.
         self._communicator: ThreadCommunicator | KiwipyPortal = KiwipyPortal(inner) if is_foreign(inner) else inner
-        self._core = RemoteProcessController(self._communicator, rpc_timeout=rpc_timeout, task_timeout=task_timeout)
+        self._core = RemoteProcessController(
+            self._communicator, rpc_timeout=rpc_timeout, task_timeout=task_timeout, store=store
+        )
 
     @property
     def communicator(self) -> Any:
@@ -221,8 +226,9 @@ class RemoteProcessThreadController:
         since: float | datetime.datetime | None = None,
         class_name: str | None = None,
         timeout: float | None = None,
-    ) -> ControllerFuture[list[dict[str, Any]]]:
-        """Future of the summaries of the fleet's processes, newest first, live and ended."""
+    ) -> ControllerFuture[ProcessListing]:
+        """Future of the summaries of the fleet's processes, newest first, live and ended (``source`` says
+        whether the store answered them)."""
         return self._communicator.submit(self._core.list_processes, state, limit, since, class_name, timeout)
 
     def list_processes_page(

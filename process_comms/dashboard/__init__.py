@@ -1,7 +1,8 @@
 """The ``process-comms dashboard``: a live web page and an HTTP API over one asyncio controller (issue 18).
 
 It needs only the broker: process records come from the fleet's workers (``list_processes``,
-``get_process``), live changes from the ``state_changed.*`` broadcasts, queue depth from a passive
+``get_process``; with ``--store URL`` or a profile's store, from that store, read-only, when no worker
+answers), live changes from the ``state_changed.*`` broadcasts, queue depth from a passive
 declare. Install it with ``pip install 'process_comms[dashboard]'``; run it with
 ``process-comms --broker URL dashboard [--host 127.0.0.1] [--port 8642] [--token T]``.
 
@@ -11,9 +12,11 @@ The HTTP API (JSON; pids as strings; every call bounded by the dashboard's deadl
     GET  /api/processes                 ?state=S &class=module:Name &since=EPOCH &limit=N (1-1000, 100) &offset=M
                                         -> {"processes": [summary...], "offset", "limit", "has_more"}
                                         summary: pid, class, state_name, paused, status, progress, host,
-                                        ctime, mtime, live
+                                        ctime, mtime, live; read from the store (no worker answered):
+                                        also "source": "store" and "source_reason", on the page and each row
     GET  /api/processes/{pid}           -> the whole record: history (event, time, message), inputs, outputs,
-                                        exception (type, message, traceback), log lines
+                                        exception (type, message, traceback), log lines (and "source",
+                                        "source_reason" when read from the store)
     POST /api/processes/{pid}/pause     body (optional) {"message": TEXT}      -> {"pid", "action", "result": bool}
     POST /api/processes/{pid}/play                                             -> {"pid", "action", "result": bool}
     POST /api/processes/{pid}/kill      body (optional) {"message": TEXT, "force": bool}
@@ -26,7 +29,8 @@ The HTTP API (JSON; pids as strings; every call bounded by the dashboard's deadl
 
 Errors are ``{"error": "...", "error_type": "ProcessUnreachable"}`` with 400 (bad input, ``InvalidPid``),
 401 (no or wrong token), 403 (cross-site request), 404 (``ProcessUnreachable``), 422 (``TaskRejected``),
-502 (``RemoteError``), 503 (broker unavailable or closed), 504 (``TimeoutError``), 500 (anything else).
+502 (``RemoteError``), 503 (broker unavailable or closed, ``StoreUnavailable``), 504 (``TimeoutError``),
+500 (anything else).
 
 Safe by default: it binds to 127.0.0.1 (and then answers only to loopback host names); bound anywhere
 else it refuses to start without a token, which every action must then carry as ``Authorization:

@@ -3,6 +3,8 @@
 Every read and action goes through :class:`~process_comms.client.controller.RemoteProcessController` with the
 dashboard's deadline; a library error becomes ``{"error", "error_type"}`` with the status it means
 (the table is in :mod:`process_comms.dashboard`'s docstring). Messages are scrubbed of broker passwords.
+Given a store (``Dashboard(settings, store=...)``, which ``process-comms dashboard --store URL`` opens
+read-only), the record queries no worker answers are read from it, and the answer says so (``source``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from .. import defaults
 from ..client.controller import RemoteProcessController
+from ..client.records import FROM_STORE, RecordStore
 from ..errors import (
     BrokerUnavailable,
     CommunicatorClosed,
@@ -28,6 +31,7 @@ from ..errors import (
     ProcessCommsError,
     ProcessUnreachable,
     RemoteError,
+    StoreUnavailable,
     TaskRejected,
 )
 from ..errors import TimeoutError as PCTimeoutError
@@ -64,6 +68,7 @@ _STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (TaskRejected, 422),
     (RemoteError, 502),
     (BrokerUnavailable, 503),
+    (StoreUnavailable, 503),
     (CommunicatorClosed, 503),
     (PCTimeoutError, 504),
     (TimeoutError, 504),
@@ -98,8 +103,10 @@ def _int_param(request: Request, name: str, default: int, low: int, high: int) -
 class Dashboard:
     """What one dashboard holds: its settings, communicator, controller, live events and metrics."""
 
-    def __init__(self, settings: DashboardSettings) -> None:
+    def __init__(self, settings: DashboardSettings, store: RecordStore | None = None) -> None:
+        """``store`` (opened and closed by the caller) answers the record queries that no worker answers."""
         self.settings = settings.check()
+        self.store = store
         self.metrics = DashboardMetrics()
         self.hub = EventHub(on_state=self.metrics.saw_transition)
         self._comm: RmqCommunicator | None = None
@@ -125,7 +132,9 @@ class Dashboard:
         )
         await comm.connect()
         self._comm = comm
-        self._controller = RemoteProcessController(comm, rpc_timeout=s.timeout, task_timeout=s.timeout)
+        self._controller = RemoteProcessController(
+            comm, rpc_timeout=s.timeout, task_timeout=s.timeout, store=self.store
+        )
         try:
             await self.hub.start(comm)
         except BaseException:
@@ -214,7 +223,12 @@ class Dashboard:
             row["pid"] = str(row.get("pid"))
         if offset == 0:
             has_more = more is not None
-        return JSON({"processes": page, "offset": offset, "limit": limit, "has_more": has_more, "next": more})
+        answer = {"processes": page, "offset": offset, "limit": limit, "has_more": has_more, "next": more}
+        source = one.get("source") if offset == 0 else getattr(rows, "source", None)
+        if source == FROM_STORE:  # no worker answered: say where the page came from
+            reason = one.get("source_reason") if offset == 0 else getattr(rows, "source_reason", None)
+            answer.update(source=source, source_reason=self.settings.scrub(str(reason)))
+        return JSON(answer)
 
     async def process(self, request: Request) -> Response:
         """``GET /api/processes/{pid}``: the whole record."""

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-__all__ = ["LOST_TYPE", "is_lost", "lost_record", "status_of_record"]
+__all__ = ["LOST_TYPE", "UNENDED_STATES", "is_lost", "lost_record", "status_of_record"]
 
 #: The exception type of a record whose process was lost (raised to waiters as ``errors.ProcessLost``).
 LOST_TYPE: Final = "ProcessLost"
+#: The states of a record whose process has not ended (someone must hold it, or it is lost or parked).
+UNENDED_STATES: Final = ("created", "running", "waiting")
 
 
 def status_of_record(record: dict[str, Any]) -> dict[str, Any]:
@@ -41,6 +43,8 @@ def status_of_record(record: dict[str, Any]) -> dict[str, Any]:
         status["outputs"] = record.get("outputs")
     if record.get("exception") is not None:
         status["exception"] = record.get("exception")
+    if record.get("source") is not None:  # read from the store: no worker answered
+        status["source"], status["source_reason"] = record["source"], record.get("source_reason")
     return status
 
 

@@ -39,7 +39,7 @@ from ..wire.messages import (
     state_name,
     wire_text,
 )
-from ..wire.status import lost_record
+from ..wire.status import UNENDED_STATES, lost_record
 from .persistence._records import bounded_progress, safe_value, summary_of
 from .records import RECORD_MAX_AGE, RECORD_MAX_COUNT, RECORD_PRUNE_INTERVAL
 
@@ -128,8 +128,6 @@ LOST_SWEEP_INTERVAL = 1.0
 LOST_GRACE = 2.0
 #: Records of each state that has not ended looked at per sweep, newest first.
 LOST_SWEEP_LIMIT = 1000
-#: States a record has while its process has not ended.
-_NOT_ENDED = ("created", "running", "waiting")
 
 
 class RecordsService:
@@ -423,7 +421,7 @@ class RecordsService:
         persisted one is left alone: its task goes back to the queue and another worker continues it."""
         own = {token for token in self.launcher._tokens.values() if token is not None}
         seen: dict[str, tuple[Pid, str]] = {}
-        for state in _NOT_ENDED:
+        for state in UNENDED_STATES:
             rows = await self._store(self.persister.list_records, state, LOST_SWEEP_LIMIT, None, None)
             for row in rows:
                 token, pid = row.get("token"), row.get("pid")
@@ -443,7 +441,7 @@ class RecordsService:
             record = await self._store(self.persister.load_record, pid)
             if not isinstance(record, dict) or record.get("token") != token:
                 continue  # another worker holds it now
-            if record.get("state_name") not in _NOT_ENDED:
+            if record.get("state_name") not in UNENDED_STATES:
                 continue  # it ended meanwhile
             if record.get("persisted"):
                 self._persisted[key] = token

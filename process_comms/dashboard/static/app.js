@@ -130,6 +130,8 @@ async function loadList() {
     $("prev").disabled = view.offset === 0;
     view.next = page.next; view.shown = rows.length;
     $("next").disabled = !page.next;
+    $("list-source").hidden = page.source !== "store";
+    $("list-source").textContent = page.source === "store" ? `From the store: ${page.source_reason}` : "";
     showError($("list-error"), null);
   } catch (error) {
     showError($("list-error"), error);
@@ -205,6 +207,7 @@ async function loadProcess(pid) {
     fact(dl, "worker", `${worker(r.host)}${r.live ? "" : " (not running)"}`);
     fact(dl, "created", when(r.ctime));
     fact(dl, "modified", when(r.mtime));
+    if (r.source === "store") fact(dl, "source", `the store: ${r.source_reason}`);
     $("p-progress").textContent = JSON.stringify(r.progress || {}, null, 2);
     $("p-history").tBodies[0].replaceChildren(...(r.history || []).map((h) =>
       el("tr", {}, el("td", {}, when(h.time)), el("td", {}, h.event ?? ""), el("td", {}, h.message ?? ""))));

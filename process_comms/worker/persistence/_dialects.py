@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from ...errors import StoreUnavailable
 from ...urls import mask_url
 
 __all__ = ["_Dialect", "_dialect_for"]
@@ -42,6 +46,8 @@ class _Dialect:
     transaction: Callable[[Any], AbstractContextManager[Any]]
     #: A file on this machine (SQLite): a write needs no server and can be tried without waiting.
     local: bool = False
+    #: Open a connection that cannot write (a reader of records: ``SqlPersister(url, read_only=True)``).
+    connect_read_only: Callable[[float], Any] | None = None
 
 
 def _sqlite_path(url: str) -> str:
@@ -84,6 +90,24 @@ def _connect_sqlite(path: str, busy_timeout: float) -> sqlite3.Connection:
     return conn
 
 
+def _connect_sqlite_read_only(path: str, busy_timeout: float) -> sqlite3.Connection:
+    """Open the file with ``mode=ro``: SQLite refuses every write, creates no file and sets no journal mode. A
+    reader of a WAL file may create its ``-wal`` and ``-shm`` companions, as every reader does; the database
+    file itself is never written (https://www.sqlite.org/wal.html, "Read-Only Databases")."""
+    if path == ":memory:":
+        raise StoreUnavailable("an in-memory SQLite store lives inside its worker: name a file (sqlite:///path.db)")
+    if not os.path.isfile(path):
+        raise StoreUnavailable(f"there is no store file {path!r} (check the URL: {_SQLITE_HELP})")
+    uri = Path(path).resolve().as_uri() + "?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 @contextlib.contextmanager
 def _sqlite_transaction(conn: sqlite3.Connection) -> Iterator[None]:
     """One transaction on an autocommit (``isolation_level=None``) SQLite connection."""
@@ -100,7 +124,19 @@ def _sqlite_transaction(conn: sqlite3.Connection) -> Iterator[None]:
 def _connect_postgres(url: str, busy_timeout: float) -> Any:
     import psycopg
 
-    return psycopg.connect(url, autocommit=True, connect_timeout=int(busy_timeout))
+    # libpq reads connect_timeout=0 as 'wait forever': round a short deadline up, never down to 0
+    return psycopg.connect(url, autocommit=True, connect_timeout=max(1, math.ceil(busy_timeout)))
+
+
+def _connect_postgres_read_only(url: str, busy_timeout: float) -> Any:
+    """A connection whose every transaction is read-only: the server refuses any write on it."""
+    conn = _connect_postgres(url, busy_timeout)
+    try:
+        conn.execute("SET default_transaction_read_only = on")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def _dialect_for(url: str) -> _Dialect:
@@ -116,6 +152,7 @@ def _dialect_for(url: str) -> _Dialect:
             is_broken=lambda _conn: False,  # a local file: an error is the statement's, never the connection's
             transaction=_sqlite_transaction,
             local=True,
+            connect_read_only=functools.partial(_connect_sqlite_read_only, _sqlite_path(url)),
         )
     if scheme in ("postgresql", "postgres"):
         import psycopg
@@ -128,5 +165,6 @@ def _dialect_for(url: str) -> _Dialect:
             connect=functools.partial(_connect_postgres, url),
             is_broken=lambda conn: bool(conn.broken or conn.closed),
             transaction=lambda conn: conn.transaction(),
+            connect_read_only=functools.partial(_connect_postgres_read_only, url),
         )
     raise ValueError(f"unknown persister URL scheme {scheme!r} in {mask_url(url)!r}: {_URL_HELP}")

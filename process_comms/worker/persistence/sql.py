@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from ...errors import PersistenceError
+from ...errors import PersistenceError, StoreUnavailable
 from ...urls import mask_url
 from ...wire.messages import Pid
 from ._base import (
@@ -119,12 +119,20 @@ _RELEASE = "DELETE FROM {table}_claims WHERE pid_key = {p} AND owner = {p}"
 
 
 class SqlPersister(Persister):
-    """Stores checkpoints in one SQL table: ``sqlite:///file.db``, ``sqlite://`` or ``postgresql://...``."""
+    """Stores checkpoints in one SQL table: ``sqlite:///file.db``, ``sqlite://`` or ``postgresql://...``.
 
-    def __init__(self, url: str, table: str = DEFAULT_TABLE, busy_timeout: float = 30.0) -> None:
+    With ``read_only=True`` it only reads what a worker wrote (``process-comms list --store``): it connects on
+    first use, creates nothing, and its connection cannot write (SQLite ``mode=ro``; PostgreSQL read-only
+    transactions), so a write, a prune or a claim through it fails with PersistenceError and changes nothing.
+    """
+
+    def __init__(
+        self, url: str, table: str = DEFAULT_TABLE, busy_timeout: float = 30.0, *, read_only: bool = False
+    ) -> None:
         if not _IDENTIFIER.match(table):
             raise ValueError(f"invalid table name {table!r}: use letters, digits and underscores")
         self.url, self.table = url, table
+        self.read_only = read_only
         self._busy_timeout = busy_timeout
         self._dialect = _dialect_for(url)
         self._lock = threading.Lock()
@@ -136,14 +144,17 @@ class SqlPersister(Persister):
         #: (:meth:`save_records_nowait`). Switched only when the path changes: each PRAGMA is a statement,
         #: and so a GIL hand-over, that cost as much as the write it guarded (py-spy of a loaded worker).
         self._patient = True
-        with self._lock:
-            self._connect()
+        if not read_only:  # a reader connects when first asked: a fleet that answers never touches the store
+            with self._lock:
+                self._connect()
 
     def _sql(self, template: str) -> str:
         return template.format(table=self.table, p=self._dialect.placeholder, timestamp=self._dialect.timestamp_type)
 
     def _connect(self) -> Any:
         """Open the connection and create the tables; called with the lock held."""
+        if self.read_only:
+            return self._connect_read_only()
         dialect, conn = self._dialect, None
         try:
             conn = dialect.connect(self._busy_timeout)
@@ -157,7 +168,28 @@ class SqlPersister(Persister):
         except dialect.errors as exc:
             if conn is not None:
                 conn.close()
-            raise PersistenceError(f"cannot open checkpoint store {mask_url(self.url)}: {exc}") from exc
+            raise StoreUnavailable(f"cannot open checkpoint store {mask_url(self.url)}: {exc}") from exc
+        self._conn = conn
+        return conn
+
+    def _connect_read_only(self) -> Any:
+        """Open a connection that cannot write, and check that the records table is there; lock held."""
+        dialect, conn = self._dialect, None
+        where = mask_url(self.url)
+        try:
+            if dialect.connect_read_only is None:  # pragma: no cover - every dialect has one
+                raise StoreUnavailable(f"the store {where} cannot be opened read-only")
+            conn = dialect.connect_read_only(self._busy_timeout)
+        except dialect.errors as exc:
+            raise StoreUnavailable(f"cannot open the store {where} to read: {exc}") from exc
+        try:
+            conn.execute(self._sql("SELECT 1 FROM {table}_records WHERE 1 = 0"))
+        except dialect.errors as exc:
+            conn.close()
+            raise StoreUnavailable(
+                f"the store {where} has no process records (table {self.table}_records: {exc}); "
+                "is it the store the workers write (their --persister), and the right table?"
+            ) from exc
         self._conn = conn
         return conn
 
@@ -194,7 +226,7 @@ class SqlPersister(Persister):
                         conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
                         self._patient = True
                     rows = self._statements(conn, statements)
-                    if self._dialect.local and self._writes >= _WAL_CHECKPOINT_EVERY:
+                    if self._dialect.local and not self.read_only and self._writes >= _WAL_CHECKPOINT_EVERY:
                         self._writes = 0
                         conn.execute("PRAGMA wal_checkpoint(PASSIVE)")  # never waits for readers or writers
                     return rows
@@ -395,4 +427,5 @@ class SqlPersister(Persister):
             conn.close()
 
     def __repr__(self) -> str:
-        return f"SqlPersister({mask_url(self.url)!r}, table={self.table!r})"
+        mode = ", read_only=True" if self.read_only else ""
+        return f"SqlPersister({mask_url(self.url)!r}, table={self.table!r}{mode})"
