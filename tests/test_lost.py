@@ -225,3 +225,38 @@ def test_pid_and_token_name_the_holder_in_the_record(names: dict[str, str], tmp_
         row = _listed(ctl, pid)
         assert row["worker"] == worker.worker_id
         assert uuid.UUID(str(pid))
+
+
+@pytest.mark.slow
+def test_with_no_worker_up_the_store_answers_an_unended_unpersisted_record_as_lost(
+    prefix: str, workers: Any, tmp_path: Path
+) -> None:
+    """The store read with no worker up (``store=``) tells no lie either: the record still says waiting, but no
+    worker is up to run it, so the answer is lost (the next worker to start marks the record so)."""
+    first = workers()
+    with controller(prefix) as ctl:
+        lost = ctl.launch_process(Waiter, init_kwargs={"inputs": {}}, nowait=True).result(T)
+        persisted = ctl.launch_process(Waiter, init_kwargs={"inputs": {}}, nowait=True, persist=True).result(T)
+        store = SqlPersister(f"sqlite:///{tmp_path}/checkpoints.db")  # the workers' store (faults/_support.py)
+        try:
+            for pid in (lost, persisted):
+                wait_until(lambda pid=pid: (store.load_record(pid) or {}).get("state_name") == "waiting", T, "record")
+        finally:
+            store.close()
+        first.sigkill()
+    reader = process_comms.open_record_store(f"sqlite:///{tmp_path}/checkpoints.db")
+    try:
+        with contextlib.closing(controller(prefix)) as plain:
+            with pytest.raises(process_comms.ProcessUnreachable, match="no worker is up"):
+                plain.get_status(lost).result(T)  # without the store: no answer, and no guess
+        comm = process_comms.connect(BROKER_URL, **_names(prefix))
+        with comm:
+            ctl = process_comms.RemoteProcessThreadController(comm, store=reader)
+            status = ctl.get_status(lost).result(T)
+            assert _is_lost(status) and status["source"] == "store" and status["live"] is False
+            row = {str(r["pid"]): r for r in ctl.list_processes().result(T)}[str(lost)]
+            assert row["state_name"] == "excepted"
+            # a persisted one is not lost: its task is back in the queue for the next worker
+            assert ctl.get_status(persisted).result(T)["state_name"] == "waiting"
+    finally:
+        reader.close()
