@@ -8,7 +8,9 @@ consumed again.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pika
@@ -16,8 +18,9 @@ import pytest
 
 import process_comms
 
-from .conftest import BROKER_URL, delete_broker_objects
-from .faults._support import wait_until
+from .conftest import BROKER_URL, delete_broker_objects, rabbitmqctl
+from .faults._support import Workers, controller, wait_until
+from .procs import Add
 
 T = 30.0
 
@@ -26,6 +29,15 @@ T = 30.0
 def durable_names(names: dict[str, str], broker_url: str) -> Iterator[dict[str, str]]:
     yield names
     delete_broker_objects(names["message_exchange"].rsplit(".", 1)[0])
+
+
+@pytest.fixture
+def worker_procs(broker_url: str, tmp_path: Path) -> Iterator[Workers]:
+    """Call it to start a worker in its own OS process (tests/faults/worker_main.py); ``.prefix``: its names."""
+    made = Workers(f"pc-cancel-{uuid.uuid4().hex[:10]}", tmp_path)
+    yield made
+    made.close()
+    delete_broker_objects(made.prefix)
 
 
 def _delete_queue(name: str) -> None:
@@ -68,3 +80,45 @@ def test_consuming_is_false_without_task_subscribers(durable_names: dict[str, st
         comm.remove_task_subscriber("s")
         assert not comm.consuming
     assert not comm.consuming
+
+
+@pytest.mark.slow
+def test_a_task_queue_taken_from_a_worker_is_consumed_again_once_it_can_be(
+    worker_procs: Workers, tmp_path: Path
+) -> None:
+    """A raw peer deletes the task queue and holds its name with an exclusive queue of its own: the worker's
+    declarations are refused (``405 RESOURCE_LOCKED``, which closes their channel) for as long as the peer
+    stays. The worker says it does not consume, keeps trying, and once the peer has gone declares the queue
+    again with the same arguments and consumes it. Before, it tried once and then went silent for good."""
+    prefix = worker_procs.prefix
+    queue = f"{prefix}.process.queue"
+    log = tmp_path / "worker.log"
+    worker_procs("--log-level", "DEBUG", log_path=log)
+    ctl = controller(prefix)
+    try:
+        assert ctl.execute_process(Add, init_kwargs={"inputs": {"a": 1, "b": 2}}).result(T) == {"sum": 3}
+        declared = rabbitmqctl("list_queues", "--no-table-headers", "name", "durable", "arguments")
+        declared = next(line for line in declared.splitlines() if line.startswith(f"{queue}\t"))
+
+        squatter = pika.BlockingConnection(pika.URLParameters(BROKER_URL))
+        try:
+            channel = squatter.channel()
+            channel.queue_delete(queue)  # the broker cancels the worker's consumer
+            channel.queue_declare(queue, exclusive=True)
+            wait_until(lambda: "RESOURCE_LOCKED" in log.read_text(), T, "the worker's refused declaration")
+            assert [w["consuming"] for w in ctl.list_workers(1.0).result(T)] == [False]
+            # more attempts, all refused: it stays not consuming and says so once, not once per attempt
+            wait_until(lambda: log.read_text().count("still not available") >= 2, T, "two more refused attempts")
+            assert [w["consuming"] for w in ctl.list_workers(1.0).result(T)] == [False]
+        finally:
+            squatter.close()  # its exclusive queue goes with it
+
+        wait_until(lambda: [w["consuming"] for w in ctl.list_workers(1.0).result(T)] == [True], T, "consuming again")
+        assert ctl.execute_process(Add, init_kwargs={"inputs": {"a": 2, "b": 2}}).result(T) == {"sum": 4}
+        again = rabbitmqctl("list_queues", "--no-table-headers", "name", "durable", "arguments")
+        assert declared in again.splitlines()  # the same queue: durable, the same x- arguments
+        said = [line for line in log.read_text().splitlines() if line.startswith("WARNING:process_comms")]
+        assert sum("RESOURCE_LOCKED" in line for line in said) == 1, "\n".join(said)
+        assert any("consuming task queue" in line for line in said), "\n".join(said)
+    finally:
+        ctl.close()
