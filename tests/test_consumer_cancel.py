@@ -8,6 +8,8 @@ consumed again.
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,6 +112,13 @@ def test_a_task_queue_taken_from_a_worker_is_consumed_again_once_it_can_be(
             # more attempts, all refused: it stays not consuming and says so once, not once per attempt
             wait_until(lambda: log.read_text().count("still not available") >= 2, T, "two more refused attempts")
             assert [w["consuming"] for w in ctl.list_workers(1.0).result(T)] == [False]
+            table = subprocess.run(
+                [sys.executable, "-m", "process_comms.cli", "--broker", BROKER_URL, "--prefix", prefix, "workers"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert "not consuming: default" in table.stdout, table.stdout + table.stderr
         finally:
             squatter.close()  # its exclusive queue goes with it
 
