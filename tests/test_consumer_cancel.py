@@ -131,3 +131,27 @@ def test_a_task_queue_taken_from_a_worker_is_consumed_again_once_it_can_be(
         assert any("consuming task queue" in line for line in said), "\n".join(said)
     finally:
         ctl.close()
+
+
+def test_subscribers_come_and_go_while_the_task_queue_is_unavailable(durable_names: dict[str, str]) -> None:
+    """Removing the last task subscriber while the queue cannot be declared neither fails nor waits for it;
+    a subscriber added meanwhile gets the queue's tasks once it is back."""
+    queue = durable_names["task_queue"]
+    with (
+        process_comms.connect(BROKER_URL, **durable_names) as worker,
+        process_comms.connect(BROKER_URL, **durable_names) as client,
+    ):
+        worker.add_task_subscriber(lambda _comm, task: task * 2, "first")
+        squatter = pika.BlockingConnection(pika.URLParameters(BROKER_URL))
+        try:
+            channel = squatter.channel()
+            channel.queue_delete(queue)
+            channel.queue_declare(queue, exclusive=True)  # refuses the worker's declarations while it lives
+            wait_until(lambda: not worker.consuming, T, "not consuming")
+            worker.remove_task_subscriber("first")
+            worker.add_task_subscriber(lambda _comm, task: task * 3, "second")
+            assert not worker.consuming
+        finally:
+            squatter.close()
+        wait_until(lambda: worker.consuming, T, "consuming again")
+        assert client.task_send(4).result(T) == 12

@@ -154,6 +154,12 @@ class TaskQueue:
     # -- consuming -------------------------------------------------------------------------------
     async def update_consumer(self) -> None:
         """Consume while there are subscribers; stop when the last one leaves."""
+        if self.lost:  # the broker ended our consumer: nothing to cancel or declare now
+            if self._watch is not None and not self._watch.done():
+                return  # the watchdog consumes again as soon as it can, or forgets it (_watch_consumer)
+            self.consumer_tag, self.lost = None, False
+        if not self.subscribers and self.consumer_tag is None:
+            return
         queue = await self.ensure()
         if self.subscribers and self.consumer_tag is None:
             self.consumer_tag = await _consume(queue, self._on_task)
@@ -211,21 +217,26 @@ class TaskQueue:
         finally:
             if connection is not None:
                 connection.reconnect_callbacks.discard(on_reconnected)
+            if self.lost:  # no subscriber left (or closing): the next one consumes afresh (update_consumer)
+                self.consumer_tag, self.lost = None, False
 
     async def _watch_loop(self, wake: asyncio.Event) -> None:
         comm = self.comm
         delay = defaults.CONSUMER_CHECK_INTERVAL
         outage = _Outage(self.name)
+        reconnected = False
         while self.subscribers and not comm._closed and not comm._releasing:
-            reconnected = await _wait(wake, delay)
+            reconnected = await _wait(wake, delay) or reconnected  # since the last look at the consumer
             connection = comm._connection
             if connection is None or not connection.connected.is_set() or self.consumer_tag is None:
                 continue  # reconnecting (the reconnect callback wakes us) or not consuming on purpose
             if not self.lost:
                 if await self._consumer_alive():
+                    reconnected = False
                     continue
                 self.lost = True
                 outage.begin(after_reconnect=reconnected)
+                reconnected = False
             try:
                 await comm._shielded(self._consume_again())
             except (*SETTLE_ERRORS, ProcessCommsError) as exc:
@@ -240,7 +251,12 @@ class TaskQueue:
         broker or the closed channel already ended it."""
         self.queue = None
         queue = await self._declare()
-        self.consumer_tag = await _consume(queue, self._on_task)
+        tag = await _consume(queue, self._on_task)
+        if not self.subscribers:  # the last subscriber left meanwhile
+            await queue.cancel(tag)
+            self.consumer_tag = None
+            return
+        self.consumer_tag = tag
 
     async def stop_consuming(self) -> None:
         """Cancel our consumer (graceful stop); tasks in progress stay ours until settled."""
