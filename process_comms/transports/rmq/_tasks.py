@@ -242,6 +242,8 @@ class TaskQueue:
             except (*SETTLE_ERRORS, ProcessCommsError) as exc:
                 delay = outage.failed(exc)
                 continue
+            if self.consumer_tag is None:
+                break  # the last subscriber left meanwhile (_consume_again)
             self.lost = False
             outage.end()
             delay = defaults.CONSUMER_CHECK_INTERVAL
