@@ -155,3 +155,28 @@ def test_subscribers_come_and_go_while_the_task_queue_is_unavailable(durable_nam
             squatter.close()
         wait_until(lambda: worker.consuming, T, "consuming again")
         assert client.task_send(4).result(T) == 12
+
+
+def test_a_task_channel_closed_by_the_broker_is_consumed_on_again(
+    durable_names: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The broker closes the task channel for a channel-level error (here ``406 PRECONDITION_FAILED`` for
+    an unknown delivery tag); aio-pika reopens the channel, and the watchdog consumes on it again (the
+    consumer is not aio-pika-robust: rmq/_tasks.py ``_consume``)."""
+    caplog.set_level(logging.WARNING, logger="process_comms")
+    with (
+        process_comms.connect(BROKER_URL, **durable_names) as worker,
+        process_comms.connect(BROKER_URL, **durable_names) as client,
+    ):
+        worker.add_task_subscriber(lambda _comm, task: task * 2)
+        assert client.task_send(1).result(T) == 2
+        task_queue = worker.core._task_queues[durable_names["task_queue"]]  # type: ignore[attr-defined]
+
+        async def provoke() -> None:
+            channel = await task_queue.channel.get_underlay_channel()
+            await channel.basic_ack(2**40)  # never delivered: the broker closes the channel
+
+        worker.submit(provoke).result(T)
+        wait_until(lambda: any("cancelled the task consumer" in r.message for r in caplog.records), T, "a warning")
+        wait_until(lambda: worker.consuming, T, "consuming again")
+        assert client.task_send(5).result(T) == 10
