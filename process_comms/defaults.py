@@ -47,8 +47,12 @@ CLOSE_FLUSH_TIMEOUT = 5.0
 MAX_ROUTING_KEY_BYTES = 255
 #: Seconds between checks that the broker still delivers to a task consumer (it may cancel it: basic.cancel).
 CONSUMER_CHECK_INTERVAL = 1.0
-#: Longest back-off, in seconds, between attempts to consume a task queue again after such a cancel.
-CONSUMER_RETRY_MAX = 30.0
+#: Seconds before the second attempt to consume a task queue again after losing its consumer (the first is at
+#: once); each failed attempt doubles the wait, up to CONSUMER_RETRY_MAX (rmq/_tasks.py ``_watch_consumer``).
+CONSUMER_RETRY_FIRST = 1.0
+#: Longest wait, in seconds, between those attempts: also the longest a worker may idle once the queue is back
+#: (a restarted node's classic queue). One attempt is one channel and one queue.declare.
+CONSUMER_RETRY_MAX = 10.0
 #: Seconds after a reconnection in which an unroutable send says that the broker was recovering.
 RECOVERY_WINDOW = 30.0
 #: Seconds a worker's claim on a persisted process lasts unless renewed (renewed every third of it).

@@ -1,7 +1,8 @@
 """A worker on a RabbitMQ cluster, in its own OS process: every node's URL, a quorum task queue.
 
 ``python -m tests.cluster.worker_main '<json config>'`` prints "worker ready" once it takes tasks and
-stops gracefully on SIGTERM. Config keys: urls, prefix, persister, prefetch, heartbeat.
+stops gracefully on SIGTERM. Config keys: urls, prefix, persister, prefetch, heartbeat, queue_type (default
+``quorum``), log_level (default ``WARNING``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import process_comms
 
 def main() -> int:
     config = json.loads(sys.argv[1])
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    logging.basicConfig(level=config.get("log_level", "WARNING"), stream=sys.stderr)
     prefix = config["prefix"]
     worker = process_comms.Worker(
         config["urls"],
@@ -26,7 +27,7 @@ def main() -> int:
         message_exchange=f"{prefix}.messages",
         task_exchange=f"{prefix}.tasks",
         task_queue=f"{prefix}.process.queue",
-        task_queue_type="quorum",
+        task_queue_type=config.get("queue_type", "quorum"),
         task_prefetch_count=int(config.get("prefetch", 0)),
         heartbeat=int(config.get("heartbeat", 2)),
         reconnect_interval=0.5,

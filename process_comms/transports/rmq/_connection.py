@@ -253,7 +253,8 @@ class RmqConnection(AsyncCommunicator):
         which fails the whole connection (``504 CHANNEL_ERROR - expected 'channel.open'``). This one is
         closed by us only if the broker did not close it.
         """
-        assert self._connection is not None and self._connection.transport is not None
+        if self._connection is None or self._connection.transport is None:  # between two connections
+            raise ConnectionLost(f"not connected to {mask_url(self._url)} (reconnecting)")
         channel = await self._connection.transport.connection.channel()
         try:
             yield channel
