@@ -57,6 +57,7 @@ from ._dispatch import (
     routing_id,
     settle_task,
 )
+from ._pulled import PulledTask
 
 __all__ = [
     "AsyncCommunicator",
@@ -266,6 +267,11 @@ class AsyncCommunicator(abc.ABC):
         self, body: Any, sender: Any = None, subject: Any = None, correlation_id: Any = None
     ) -> bool:
         """Broadcast to every subscriber on every communicator; True once handed to the broker."""
+
+    async def pull_task(self, timeout: float, *, queue: str | None = None) -> PulledTask | None:
+        """Take the next task queued on ``queue`` without a subscriber (kiwipy's task-queue iteration:
+        transports/_pulled.py); None if the queue has none. ``timeout``: how long the broker may take."""
+        raise TypeError(f"{type(self).__name__} cannot hand out queued tasks")
 
     # -- subscribing -----------------------------------------------------------------------------
     async def add_rpc_subscriber(self, subscriber: RpcSubscriber, identifier: Any = None) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..errors import CommunicatorClosed, DecodeError, EncodeError, ProcessUnreachable
 from ..wire.codec import Codec
+from ._pulled import PulledTask, take
 from .base import (
     AsyncCommunicator,
     ReplyWaiter,
@@ -117,6 +118,17 @@ class EmbeddedCommunicator(AsyncCommunicator):
         if waiter is None:
             return None
         return await self._await_waiter(waiter)
+
+    async def pull_task(self, timeout: float, *, queue: str | None = None) -> PulledTask | None:
+        self._ensure_open()
+        tasks = self._queue_of(queue)
+        while tasks:
+            body, waiter, redelivered, delivery_id = tasks.popleft()
+            incoming = _EmbeddedIncoming(self, body, waiter, redelivered, delivery_id, queue)
+            pulled = await take(incoming, body, self.codec)
+            if pulled is not None:
+                return pulled
+        return None
 
     def _queue_of(self, queue: str | None) -> collections.deque[tuple[bytes, ReplyWaiter | None, bool, str]]:
         if queue is None or queue == "default":

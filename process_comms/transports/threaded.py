@@ -13,10 +13,11 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import contextlib
 import functools
 import os
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import kiwipy
@@ -24,6 +25,8 @@ import kiwipy
 from .. import defaults
 from ..errors import CommunicatorClosed
 from ._loop import AsyncFn, ControllerFuture, LoopThread, post, with_deadline
+from ._pulled import PulledTask
+from ._thread_tasks import ThreadPulledTask, iterate_blocking, next_task_blocking
 from .base import AsyncCommunicator
 
 __all__ = ["ThreadCommunicator", "ThreadTaskQueue"]
@@ -312,8 +315,11 @@ class ThreadCommunicator(kiwipy.Communicator):
 
     def task_queue(self, name: str, prefetch_count: int | None = None) -> ThreadTaskQueue:
         """kiwipy's ``task_queue(name, prefetch_count=...)``: our named task queue ``name`` (broker name
-        ``<task_queue>.<name>``), with kiwipy's verbs; see :class:`ThreadTaskQueue`."""
+        ``<task_queue>.<name>``; the default task queue's own name is that queue), with kiwipy's verbs and
+        iteration; see :class:`ThreadTaskQueue`."""
         self._ensure_open()
+        if name == getattr(self.core, "task_queue_name", None):  # AiiDA names its launch queue: the default one
+            name = "default"
         return ThreadTaskQueue(self, name, prefetch_count)
 
     def _send(self, make: Callable[[AsyncCommunicator], Awaitable[T]]) -> ControllerFuture[T]:
@@ -369,6 +375,22 @@ class ThreadTaskQueue:
     def remove_task_subscriber(self, identifier: Any) -> None:
         """Stop receiving this queue's tasks through ``identifier`` (ValueError if unknown, as kiwipy)."""
         self.comm.remove_task_subscriber(identifier, queue=self.name)
+
+    async def _pull(self, timeout: float) -> PulledTask | None:
+        return await self.comm.core.pull_task(timeout, queue=self.name)
+
+    def __iter__(self) -> Iterator[ThreadPulledTask]:
+        """``for task in queue``: every task queued now (kiwipy's), those left pending requeued at the end."""
+        self.comm._ensure_open()
+        return iterate_blocking(self.comm.loop_thread, self._pull, defaults.TASK_FETCH_TIMEOUT)
+
+    def next_task(
+        self, timeout: float = defaults.TASK_FETCH_TIMEOUT, fail: bool = True
+    ) -> contextlib.AbstractContextManager[ThreadPulledTask | None]:
+        """``with queue.next_task() as task``: the next queued task, requeued at the end unless taken on;
+        :class:`~process_comms.QueueEmpty` if there is none (None with ``fail=False``)."""
+        self.comm._ensure_open()
+        return next_task_blocking(self.comm.loop_thread, self._pull, timeout, fail)
 
 
 def _plumpy_loop(subscriber: Any) -> asyncio.AbstractEventLoop | None:
