@@ -43,6 +43,7 @@ from ..wire.replies import (
 from ._dispatch import (
     CURRENT_DELIVERY,
     BroadcastSubscriber,
+    CallbackFuture,
     Delivery,
     IncomingTask,
     ReplyWaiter,
@@ -82,6 +83,7 @@ __all__ = [
     "RpcSubscriber",
     "TaskSubscriber",
     "BroadcastSubscriber",
+    "CallbackFuture",
 ]
 
 # names that live in lower layers, re-exported for the modules that import them from here
@@ -244,8 +246,19 @@ class AsyncCommunicator(abc.ABC):
 
     # -- sending ---------------------------------------------------------------------------------
     @abc.abstractmethod
-    async def rpc_send(self, recipient_id: Any, msg: Any, on_pending: Callable[[], None] | None = None) -> Any:
-        """Send an RPC to ``recipient_id``; return the final result (raises ProcessUnreachable if no route)."""
+    async def rpc_send(
+        self,
+        recipient_id: Any,
+        msg: Any,
+        on_pending: Callable[[], None] | None = None,
+        *,
+        on_sent: Callable[[], None] | None = None,
+    ) -> Any:
+        """Send an RPC to ``recipient_id``; return the final result (raises ProcessUnreachable if no route).
+
+        ``on_sent`` is called (on the loop) once the request is routed and confirmed, before any reply:
+        kiwipy's blocking sends wait for it (transports/connect.py). A back end that cannot tell never calls it.
+        """
 
     @abc.abstractmethod
     async def task_send(
@@ -255,9 +268,10 @@ class AsyncCommunicator(abc.ABC):
         on_pending: Callable[[], None] | None = None,
         *,
         queue: str | None = None,
+        on_sent: Callable[[], None] | None = None,
     ) -> Any:
         """Queue a task (on the named task ``queue``, default the default one); return its final result, or
-        None once confirmed when ``no_reply``."""
+        None once confirmed when ``no_reply``. ``on_sent``: as for :meth:`rpc_send`, once the queue has it."""
 
     async def release_tasks(self, suspend: Awaitable[Any] | None = None) -> None:
         """Stop taking tasks, await ``suspend`` (checkpoint the work), then hand the tasks in progress back."""

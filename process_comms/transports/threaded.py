@@ -27,7 +27,7 @@ from ..errors import CommunicatorClosed
 from ._loop import AsyncFn, ControllerFuture, LoopThread, post, with_deadline
 from ._pulled import PulledTask
 from ._thread_tasks import ThreadPulledTask, iterate_blocking, next_task_blocking
-from .base import AsyncCommunicator
+from .base import AsyncCommunicator, CallbackFuture
 
 __all__ = ["ThreadCommunicator", "ThreadTaskQueue"]
 
@@ -162,6 +162,10 @@ class ThreadCommunicator(kiwipy.Communicator):
         if self._closed:
             raise CommunicatorClosed("the communicator is closed")
 
+    #: Whether the future of a subscriber's call on a callback thread is a reply level of its own (a ``pending``
+    #: reply before the result): ours, True; kiwipy's mode, False (``CallbackFuture`` in transports/_dispatch.py).
+    _call_is_level = True
+
     def _threaded(self, subscriber: Callable[..., Any], ordered: bool = False) -> Callable[..., Any]:
         """Wrap a user callback so that it runs on a callback thread, never on the I/O loop.
 
@@ -190,7 +194,11 @@ class ThreadCommunicator(kiwipy.Communicator):
 
         @functools.wraps(subscriber)
         def run_in_pool(_comm: Any, *args: Any) -> Any:
-            return executor.submit(subscriber, self, *args)
+            if self._call_is_level:
+                return executor.submit(subscriber, self, *args)
+            outcome = CallbackFuture()
+            executor.submit(_settle_call, outcome, subscriber, self, *args)
+            return outcome
 
         return run_in_pool
 
@@ -206,15 +214,8 @@ class ThreadCommunicator(kiwipy.Communicator):
 
         @functools.wraps(subscriber)
         def on_its_loop(_comm: Any, *args: Any) -> concurrent.futures.Future[Any]:
-            outcome: concurrent.futures.Future[Any] = concurrent.futures.Future()
-
-            def call() -> None:
-                try:
-                    outcome.set_result(subscriber(self, *args))
-                except BaseException as exc:  # noqa: BLE001 - the subscriber's failure is its reply
-                    outcome.set_exception(exc)
-
-            if not post(loop, call):
+            outcome = concurrent.futures.Future[Any]() if self._call_is_level else CallbackFuture()
+            if not post(loop, _settle_call, outcome, subscriber, self, *args):
                 raise CommunicatorClosed("the subscriber's event loop is closed")
             return outcome
 
@@ -350,6 +351,16 @@ class ThreadCommunicator(kiwipy.Communicator):
                 core.broadcast_send(body, sender, subject, correlation_id), self.rpc_timeout, "broadcast"
             )
         )
+
+
+def _settle_call(outcome: concurrent.futures.Future[Any], subscriber: Callable[..., Any], *args: Any) -> None:
+    """Call ``subscriber(*args)`` (on a callback thread or its own loop) and settle ``outcome`` with what it did."""
+    if not outcome.set_running_or_notify_cancel():
+        return
+    try:
+        outcome.set_result(subscriber(*args))
+    except BaseException as exc:  # noqa: BLE001 - the subscriber's failure is its reply
+        outcome.set_exception(exc)
 
 
 async def _call_async(fn: Callable[..., Any], *args: Any) -> Any:

@@ -50,6 +50,18 @@ class RmqCommunicator(RmqRequests):
         if not isinstance(queue_expires, int) or isinstance(queue_expires, bool) or queue_expires <= 0:
             raise ValueError(f"queue_expires must be a positive number of milliseconds, not {queue_expires!r}")
         self.queue_expires = queue_expires
+        #: Calls in flight to a subscriber of this communicator: close() lets them be answered first.
+        self._own_calls: set[asyncio.Task[Any]] = set()
+
+    async def close(self) -> None:
+        """Let the calls this communicator sent to its own subscribers be answered, then close (idempotent).
+
+        Its own RPC queue goes with its connection, so a request to itself still queued there would be lost
+        (kiwipy's ``test_context_manager``); waiting is bounded by ``CLOSE_FLUSH_TIMEOUT``.
+        """
+        if self._own_calls and not self._closed:
+            await asyncio.wait(list(self._own_calls), timeout=defaults.CLOSE_FLUSH_TIMEOUT)
+        await super().close()
 
     # -- kiwipy's RmqCommunicator API (kiwipy/rmq/communicator.py) --------------------------------
     @property
@@ -77,12 +89,23 @@ class RmqCommunicator(RmqRequests):
         await self._ready()
         return NamedTaskQueue(self, DEFAULT_QUEUE if name == self.task_queue_name else name, prefetch_count)
 
-    async def rpc_send(self, recipient_id: Any, msg: Any, on_pending: Callable[[], None] | None = None) -> Any:
+    async def rpc_send(
+        self,
+        recipient_id: Any,
+        msg: Any,
+        on_pending: Callable[[], None] | None = None,
+        *,
+        on_sent: Callable[[], None] | None = None,
+    ) -> Any:
         self._accepting()
         key = routing_id(recipient_id)
         body = self.codec.encode(msg)
+        own = asyncio.current_task() if key in self._rpc_subscribers else None
+        if own is not None:  # to a subscriber of ours: close() lets it answer first (_drain_own_calls)
+            self._own_calls.add(own)
         try:
-            with self._handovers.handed_over() as published:
+            with self._handovers.handed_over() as confirmed:
+                published = _then(confirmed, on_sent)
                 await self._ready()
                 return await self._guarded(
                     self._request(
@@ -101,6 +124,9 @@ class RmqCommunicator(RmqRequests):
                 f"process {key} is not reachable: no worker holds it (is a worker running? has it ended?)"
                 + self._recovery_note()
             ) from None
+        finally:
+            if own is not None:
+                self._own_calls.discard(own)
 
     async def task_send(
         self,
@@ -109,6 +135,7 @@ class RmqCommunicator(RmqRequests):
         on_pending: Callable[[], None] | None = None,
         *,
         queue: str | None = None,
+        on_sent: Callable[[], None] | None = None,
     ) -> Any:
         self._accepting()
         body = self.codec.encode((task, no_reply))
@@ -141,9 +168,9 @@ class RmqCommunicator(RmqRequests):
                     " holds it is down" + self._recovery_note()
                 ) from None
 
-        with self._handovers.handed_over() as published:
+        with self._handovers.handed_over() as confirmed:
             await self._ready()
-            return await self._guarded(send(published))
+            return await self._guarded(send(_then(confirmed, on_sent)))
 
     async def broadcast_send(
         self, body: Any, sender: Any = None, subject: Any = None, correlation_id: Any = None
@@ -348,6 +375,18 @@ class RmqCommunicator(RmqRequests):
             await self._send_reply(
                 self._fast_task_exchange, message.reply_to, message.correlation_id, {**reply, "host": host_info()}
             )
+
+
+def _then(first: Callable[[], None], then: Callable[[], None] | None) -> Callable[[], None]:
+    """``first`` then ``then`` (if any): a confirmed publish counted, then its sender told."""
+    if then is None:
+        return first
+
+    def both() -> None:
+        first()
+        then()
+
+    return both
 
 
 class NamedTaskQueue:
