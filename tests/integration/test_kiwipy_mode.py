@@ -7,6 +7,8 @@ own subscribers. Every wait is bounded by ``T``.
 from __future__ import annotations
 
 import concurrent.futures
+import fractions
+import functools
 import json
 import uuid
 from collections.abc import Iterator
@@ -16,6 +18,7 @@ import kiwipy
 import kiwipy.rmq
 import pika
 import pytest
+import yaml
 
 import process_comms
 from tests.conftest import BROKER_URL, rmq_options
@@ -215,3 +218,23 @@ def test_connect_refuses_what_it_cannot_honour(keywords: dict[str, Any], error: 
     url = None if "connection_params" in keywords else BROKER_URL
     with pytest.raises(error):
         process_comms.connect(url, task_queue=f"never-{uuid.uuid4().hex[:8]}", **keywords)
+
+
+def test_aiida_style_yaml_functions_carry_what_our_safe_codec_refuses(shared: dict[str, str]) -> None:
+    """AiiDA passes YAML functions with an unsafe loader (``aiida/orm/utils/serialize.py``): with them, a value
+    our safe codec refuses (a ``Fraction``) travels, to a kiwipy peer with the same functions too."""
+    yaml_pair = {
+        "encoder": functools.partial(yaml.dump, encoding="utf-8"),
+        "decoder": functools.partial(yaml.load, Loader=yaml.UnsafeLoader),
+    }
+    with process_comms.connect(BROKER_URL, **shared) as plain:
+        with pytest.raises(process_comms.EncodeError):
+            plain.rpc_send("anyone", fractions.Fraction(1, 3)).result(T)
+    kiwi = kiwipy.rmq.RmqThreadCommunicator.connect(connection_params={"url": BROKER_URL}, **shared, **yaml_pair)
+    try:
+        with process_comms.connect(BROKER_URL, api="kiwipy", **shared, **yaml_pair) as ours:
+            ours.add_rpc_subscriber(lambda _comm, msg: msg * 3, "thirds")
+            assert kiwi.rpc_send("thirds", fractions.Fraction(1, 3)).result(T) == 1
+            assert ours.rpc_send("thirds", fractions.Fraction(2, 9)).result(T) == fractions.Fraction(2, 3)
+    finally:
+        kiwi.close()
