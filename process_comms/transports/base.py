@@ -192,6 +192,8 @@ class AsyncCommunicator(abc.ABC):
         self._liveness: str | None = None
         self._broadcast_subscribers: dict[Any, BroadcastSubscriber] = {}
         self._closed = False
+        #: Calls in flight to a subscriber of this communicator: close() lets them be answered first.
+        self._own_calls: set[asyncio.Task[Any]] = set()
         #: The object handed to subscribers as their ``communicator`` argument.
         self.facade: Any = self
 
@@ -207,6 +209,27 @@ class AsyncCommunicator(abc.ABC):
             self._retire_timer.cancel()
             self._retire_timer = None
         self._retired_rpc.clear()
+
+    @contextlib.contextmanager
+    def _call_to_self(self, key: str) -> Iterator[None]:
+        """Track an RPC to ``key`` while in flight if the subscriber is ours (see :meth:`_answer_own_calls`)."""
+        task = asyncio.current_task() if key in self._rpc_subscribers else None
+        if task is not None:
+            self._own_calls.add(task)
+        try:
+            yield
+        finally:
+            if task is not None:
+                self._own_calls.discard(task)
+
+    async def _answer_own_calls(self) -> None:
+        """At close: let the RPCs this communicator sent to its own subscribers be answered first.
+
+        Their requests wait in this communicator (its RPC queue goes with its connection), so closing at once
+        would lose them (kiwipy's ``test_context_manager``); bounded by ``CLOSE_FLUSH_TIMEOUT``.
+        """
+        if self._own_calls and not self._closed:
+            await asyncio.wait(list(self._own_calls), timeout=defaults.CLOSE_FLUSH_TIMEOUT)
 
     async def __aenter__(self) -> AsyncCommunicator:
         await self.connect()

@@ -48,6 +48,7 @@ class EmbeddedCommunicator(AsyncCommunicator):
         return f"<EmbeddedCommunicator closed={self._closed}>"
 
     async def close(self) -> None:
+        await self._answer_own_calls()
         await super().close()
         for waiter in list(self._waiters):
             waiter.fail(CommunicatorClosed("the communicator was closed before the reply came"))
@@ -101,7 +102,8 @@ class EmbeddedCommunicator(AsyncCommunicator):
             on_sent()
         waiter = ReplyWaiter(asyncio.get_running_loop(), on_pending)
         self._spawn(self._handle_rpc(key, body, self._reply_sender(waiter, False)))
-        return await self._await_waiter(waiter)
+        with self._call_to_self(key):
+            return await self._await_waiter(waiter)
 
     async def broadcast_send(
         self, body: Any, sender: Any = None, subject: Any = None, correlation_id: Any = None

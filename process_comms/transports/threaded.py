@@ -248,9 +248,10 @@ class ThreadCommunicator(kiwipy.Communicator):
                 core = ready.result()
             if core is not None:
                 try:
-                    # the core first publishes what was handed over (bounded by CLOSE_FLUSH_TIMEOUT)
+                    # the core first lets its calls to its own subscribers be answered, then publishes what was
+                    # handed over (each bounded by CLOSE_FLUSH_TIMEOUT)
                     self._loop_thread.run_sync(
-                        core.close, timeout=defaults.CLOSE_FLUSH_TIMEOUT + defaults.CLOSE_TIMEOUT
+                        core.close, timeout=2 * defaults.CLOSE_FLUSH_TIMEOUT + defaults.CLOSE_TIMEOUT
                     )
                 except Exception:  # noqa: BLE001 - closing is best effort
                     pass

@@ -143,12 +143,14 @@ def test_broadcast_send_on_a_closed_communicator_raises(names: dict[str, str]) -
 # -- close() hands over what a communicator sent to its own subscribers ---------------------------------------
 
 
+@pytest.mark.parametrize("backend", ["rmq", "embedded"])
 @pytest.mark.parametrize("api", ["process_comms", "kiwipy"])
-def test_close_lets_its_own_subscriber_answer_first(api: str, names: dict[str, str]) -> None:
+def test_close_lets_its_own_subscriber_answer_first(api: str, backend: str, names: dict[str, str]) -> None:
     """kiwipy's ``test_context_manager``, repeated: subscribe, send to it, close at once."""
     delivered: list[int] = []
+    url, options = (BROKER_URL, rmq_options(names)) if backend == "rmq" else (None, {})
     for i in range(25):
-        comm = process_comms.connect(BROKER_URL, api=api, **rmq_options(names))  # type: ignore[arg-type]
+        comm = process_comms.connect(url, api=api, **options)  # type: ignore[arg-type]
         comm.add_rpc_subscriber(lambda _comm, msg: delivered.append(msg), f"self-{i}")
         with comm:
             comm.rpc_send(f"self-{i}", i)

@@ -50,17 +50,10 @@ class RmqCommunicator(RmqRequests):
         if not isinstance(queue_expires, int) or isinstance(queue_expires, bool) or queue_expires <= 0:
             raise ValueError(f"queue_expires must be a positive number of milliseconds, not {queue_expires!r}")
         self.queue_expires = queue_expires
-        #: Calls in flight to a subscriber of this communicator: close() lets them be answered first.
-        self._own_calls: set[asyncio.Task[Any]] = set()
 
     async def close(self) -> None:
-        """Let the calls this communicator sent to its own subscribers be answered, then close (idempotent).
-
-        Its own RPC queue goes with its connection, so a request to itself still queued there would be lost
-        (kiwipy's ``test_context_manager``); waiting is bounded by ``CLOSE_FLUSH_TIMEOUT``.
-        """
-        if self._own_calls and not self._closed:
-            await asyncio.wait(list(self._own_calls), timeout=defaults.CLOSE_FLUSH_TIMEOUT)
+        """Let the calls to its own subscribers be answered (``_answer_own_calls``), then close; idempotent."""
+        await self._answer_own_calls()
         await super().close()
 
     # -- kiwipy's RmqCommunicator API (kiwipy/rmq/communicator.py) --------------------------------
@@ -100,11 +93,8 @@ class RmqCommunicator(RmqRequests):
         self._accepting()
         key = routing_id(recipient_id)
         body = self.codec.encode(msg)
-        own = asyncio.current_task() if key in self._rpc_subscribers else None
-        if own is not None:  # to a subscriber of ours: close() lets it answer first (_drain_own_calls)
-            self._own_calls.add(own)
         try:
-            with self._handovers.handed_over() as confirmed:
+            with self._call_to_self(key), self._handovers.handed_over() as confirmed:
                 published = _then(confirmed, on_sent)
                 await self._ready()
                 return await self._guarded(
@@ -124,9 +114,6 @@ class RmqCommunicator(RmqRequests):
                 f"process {key} is not reachable: no worker holds it (is a worker running? has it ended?)"
                 + self._recovery_note()
             ) from None
-        finally:
-            if own is not None:
-                self._own_calls.discard(own)
 
     async def task_send(
         self,
