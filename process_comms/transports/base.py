@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import time
@@ -192,8 +193,9 @@ class AsyncCommunicator(abc.ABC):
         self._liveness: str | None = None
         self._broadcast_subscribers: dict[Any, BroadcastSubscriber] = {}
         self._closed = False
-        #: Calls in flight to a subscriber of this communicator: close() lets them be answered first.
-        self._own_calls: set[asyncio.Task[Any]] = set()
+        #: RPCs in flight to a subscriber of this communicator, by correlation id: each future is done once the
+        #: request is handed to the subscriber (its call returned); close() waits for them.
+        self._own_calls: dict[str, asyncio.Future[None]] = {}
         #: The object handed to subscribers as their ``communicator`` argument.
         self.facade: Any = self
 
@@ -211,25 +213,53 @@ class AsyncCommunicator(abc.ABC):
         self._retired_rpc.clear()
 
     @contextlib.contextmanager
-    def _call_to_self(self, key: str) -> Iterator[None]:
-        """Track an RPC to ``key`` while in flight if the subscriber is ours (see :meth:`_answer_own_calls`)."""
-        task = asyncio.current_task() if key in self._rpc_subscribers else None
-        if task is not None:
-            self._own_calls.add(task)
+    def _call_to_self(self, key: str) -> Iterator[str]:
+        """A correlation id for an RPC to ``key``; tracked while in flight if the subscriber is ours, so that
+        close() hands the request over first (:meth:`_hand_over_own_calls`)."""
+        correlation_id = str(uuid.uuid4())
+        if key in self._rpc_subscribers:
+            self._own_calls[correlation_id] = asyncio.get_running_loop().create_future()
         try:
-            yield
+            yield correlation_id
         finally:
-            if task is not None:
-                self._own_calls.discard(task)
+            self._handed_over(correlation_id)  # answered or failed: nothing left to hand over
+            self._own_calls.pop(correlation_id, None)
 
-    async def _answer_own_calls(self) -> None:
-        """At close: let the RPCs this communicator sent to its own subscribers be answered first.
+    def _handed_over(self, correlation_id: str | None) -> None:
+        handed = self._own_calls.get(correlation_id or "")
+        if handed is not None and not handed.done():
+            handed.set_result(None)
+
+    def _calling(self, correlation_id: str | None, call: Callable[[], Any]) -> Callable[[], Any]:
+        """``call`` (a subscriber's), marking an own request handed over once the subscriber's call returned
+        (on a callback thread: once that call is done)."""
+        if correlation_id not in self._own_calls:
+            return call
+        loop = asyncio.get_running_loop()
+
+        def calling() -> Any:
+            value: Any = None
+            try:
+                value = call()
+                return value
+            finally:
+                if isinstance(value, concurrent.futures.Future):
+                    value.add_done_callback(lambda _: loop.call_soon_threadsafe(self._handed_over, correlation_id))
+                else:
+                    self._handed_over(correlation_id)
+
+        return calling
+
+    async def _hand_over_own_calls(self) -> None:
+        """At close: hand the RPCs this communicator sent to its own subscribers over to them first.
 
         Their requests wait in this communicator (its RPC queue goes with its connection), so closing at once
-        would lose them (kiwipy's ``test_context_manager``); bounded by ``CLOSE_FLUSH_TIMEOUT``.
+        would lose them (kiwipy's ``test_context_manager``); bounded by ``CLOSE_FLUSH_TIMEOUT``. Handed over
+        is enough: a subscriber that never answers does not hold the close up.
         """
-        if self._own_calls and not self._closed:
-            await asyncio.wait(list(self._own_calls), timeout=defaults.CLOSE_FLUSH_TIMEOUT)
+        pending = [fut for fut in self._own_calls.values() if not fut.done()]
+        if pending and not self._closed:
+            await asyncio.wait(pending, timeout=defaults.CLOSE_FLUSH_TIMEOUT)
 
     async def __aenter__(self) -> AsyncCommunicator:
         await self.connect()
@@ -435,7 +465,9 @@ class AsyncCommunicator(abc.ABC):
         """Start consuming broadcasts."""
 
     # -- incoming ----------------------------------------------------------------------------------
-    async def _handle_rpc(self, key: str, body: bytes, send: SendReply | None) -> None:
+    async def _handle_rpc(
+        self, key: str, body: bytes, send: SendReply | None, correlation_id: str | None = None
+    ) -> None:
         """Decode an RPC, run its subscriber and send the replies (a decode failure is replied, not dropped)."""
         retired = self._retired_rpc.get(key)
         subscriber = self._rpc_subscribers.get(key) or (retired[0] if retired is not None else None)
@@ -449,7 +481,7 @@ class AsyncCommunicator(abc.ABC):
             if send is not None:
                 await send(exception_reply(LookupError(f"no subscriber for {key!r} on this communicator")))
             return
-        reply = await respond(lambda: subscriber(self.facade, msg), send)
+        reply = await respond(self._calling(correlation_id, lambda: subscriber(self.facade, msg)), send)
         if send is not None:
             await send(reply)
 

@@ -48,7 +48,7 @@ class EmbeddedCommunicator(AsyncCommunicator):
         return f"<EmbeddedCommunicator closed={self._closed}>"
 
     async def close(self) -> None:
-        await self._answer_own_calls()
+        await self._hand_over_own_calls()
         await super().close()
         for waiter in list(self._waiters):
             waiter.fail(CommunicatorClosed("the communicator was closed before the reply came"))
@@ -101,8 +101,8 @@ class EmbeddedCommunicator(AsyncCommunicator):
         if on_sent is not None:
             on_sent()
         waiter = ReplyWaiter(asyncio.get_running_loop(), on_pending)
-        self._spawn(self._handle_rpc(key, body, self._reply_sender(waiter, False)))
-        with self._call_to_self(key):
+        with self._call_to_self(key) as correlation_id:
+            self._spawn(self._handle_rpc(key, body, self._reply_sender(waiter, False), correlation_id))
             return await self._await_waiter(waiter)
 
     async def broadcast_send(

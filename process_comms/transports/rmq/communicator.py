@@ -52,8 +52,8 @@ class RmqCommunicator(RmqRequests):
         self.queue_expires = queue_expires
 
     async def close(self) -> None:
-        """Let the calls to its own subscribers be answered (``_answer_own_calls``), then close; idempotent."""
-        await self._answer_own_calls()
+        """Hand its calls to its own subscribers over (``_hand_over_own_calls``), then close; idempotent."""
+        await self._hand_over_own_calls()
         await super().close()
 
     # -- kiwipy's RmqCommunicator API (kiwipy/rmq/communicator.py) --------------------------------
@@ -94,7 +94,7 @@ class RmqCommunicator(RmqRequests):
         key = routing_id(recipient_id)
         body = self.codec.encode(msg)
         try:
-            with self._call_to_self(key), self._handovers.handed_over() as confirmed:
+            with self._call_to_self(key) as correlation_id, self._handovers.handed_over() as confirmed:
                 published = _then(confirmed, on_sent)
                 await self._ready()
                 return await self._guarded(
@@ -107,6 +107,7 @@ class RmqCommunicator(RmqRequests):
                         wait_for_reply=True,
                         on_pending=on_pending,
                         on_published=published,
+                        correlation_id=correlation_id,
                     )
                 )
         except ProcessUnreachable:
@@ -212,7 +213,7 @@ class RmqCommunicator(RmqRequests):
         if task is not None:
             self._running.add(task)
         try:
-            await self._handle_rpc(key, message.body, send if reply_to else None)
+            await self._handle_rpc(key, message.body, send if reply_to else None, correlation_id)
         finally:
             if task is not None:
                 self._running.discard(task)
