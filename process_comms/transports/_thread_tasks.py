@@ -11,6 +11,7 @@ import contextlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+from ..errors import ProcessCommsError
 from ._loop import LoopThread
 from ._pulled import Pull, PulledTask, TaskState, iterate_tasks, next_task
 
@@ -81,7 +82,10 @@ def iterate_blocking(loop_thread: LoopThread, pull_one: Pull, timeout: float) ->
             yield ThreadPulledTask(task, loop_thread)
     finally:
         aclose = getattr(tasks, "aclose")  # noqa: B009 - an async generator's; requeues what is left pending
-        loop_thread.run_sync(aclose, timeout=_STEP_SLACK)
+        try:
+            loop_thread.run_sync(aclose, timeout=_STEP_SLACK)
+        except ProcessCommsError:  # closed meanwhile: the broker requeues what its channel left unsettled
+            pass
 
 
 @contextlib.contextmanager
