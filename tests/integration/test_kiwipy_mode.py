@@ -17,6 +17,7 @@ from typing import Any
 import kiwipy
 import kiwipy.rmq
 import pika
+import plumpy
 import pytest
 import yaml
 
@@ -240,3 +241,13 @@ def test_aiida_style_yaml_functions_carry_what_our_safe_codec_refuses(shared: di
             assert ours.rpc_send("thirds", fractions.Fraction(2, 9)).result(T) == fractions.Fraction(2, 3)
     finally:
         kiwi.close()
+
+
+def test_plumpy_kill_of_a_gone_child_raises_unroutable_from_the_call(
+    kiwi_mode: process_comms.ThreadCommunicator,
+) -> None:
+    """AiiDA's ``Process.kill`` sends ``kill_process(child.pk)`` to each child through plumpy's thread controller
+    and catches ``UnroutableError`` around the call itself (``aiida/engine/processes/process.py``)."""
+    controller = plumpy.RemoteProcessThreadController(kiwi_mode)
+    with pytest.raises(kiwipy.UnroutableError):
+        controller.kill_process(123456789, msg_text="parent killed")
