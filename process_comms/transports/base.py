@@ -59,6 +59,7 @@ from ._dispatch import (
     routing_id,
     settle_task,
 )
+from ._loop import post
 from ._pulled import PulledTask
 
 __all__ = [
@@ -244,7 +245,7 @@ class AsyncCommunicator(abc.ABC):
                 return value
             finally:
                 if isinstance(value, concurrent.futures.Future):
-                    value.add_done_callback(lambda _: loop.call_soon_threadsafe(self._handed_over, correlation_id))
+                    value.add_done_callback(lambda _: post(loop, self._handed_over, correlation_id))
                 else:
                     self._handed_over(correlation_id)
 
