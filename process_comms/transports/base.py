@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import time
@@ -43,6 +44,7 @@ from ..wire.replies import (
 from ._dispatch import (
     CURRENT_DELIVERY,
     BroadcastSubscriber,
+    CallbackFuture,
     Delivery,
     IncomingTask,
     ReplyWaiter,
@@ -57,6 +59,8 @@ from ._dispatch import (
     routing_id,
     settle_task,
 )
+from ._loop import post
+from ._pulled import PulledTask
 
 __all__ = [
     "AsyncCommunicator",
@@ -81,6 +85,7 @@ __all__ = [
     "RpcSubscriber",
     "TaskSubscriber",
     "BroadcastSubscriber",
+    "CallbackFuture",
 ]
 
 # names that live in lower layers, re-exported for the modules that import them from here
@@ -189,6 +194,9 @@ class AsyncCommunicator(abc.ABC):
         self._liveness: str | None = None
         self._broadcast_subscribers: dict[Any, BroadcastSubscriber] = {}
         self._closed = False
+        #: RPCs in flight to a subscriber of this communicator, by correlation id: each future is done once the
+        #: request is handed to the subscriber (its call returned); close() waits for them.
+        self._own_calls: dict[str, asyncio.Future[None]] = {}
         #: The object handed to subscribers as their ``communicator`` argument.
         self.facade: Any = self
 
@@ -204,6 +212,55 @@ class AsyncCommunicator(abc.ABC):
             self._retire_timer.cancel()
             self._retire_timer = None
         self._retired_rpc.clear()
+
+    @contextlib.contextmanager
+    def _call_to_self(self, key: str) -> Iterator[str]:
+        """A correlation id for an RPC to ``key``; tracked while in flight if the subscriber is ours, so that
+        close() hands the request over first (:meth:`_hand_over_own_calls`)."""
+        correlation_id = str(uuid.uuid4())
+        if key in self._rpc_subscribers:
+            self._own_calls[correlation_id] = asyncio.get_running_loop().create_future()
+        try:
+            yield correlation_id
+        finally:
+            self._handed_over(correlation_id)  # answered or failed: nothing left to hand over
+            self._own_calls.pop(correlation_id, None)
+
+    def _handed_over(self, correlation_id: str | None) -> None:
+        handed = self._own_calls.get(correlation_id or "")
+        if handed is not None and not handed.done():
+            handed.set_result(None)
+
+    def _calling(self, correlation_id: str | None, call: Callable[[], Any]) -> Callable[[], Any]:
+        """``call`` (a subscriber's), marking an own request handed over once the subscriber's call returned
+        (on a callback thread: once that call is done)."""
+        if correlation_id not in self._own_calls:
+            return call
+        loop = asyncio.get_running_loop()
+
+        def calling() -> Any:
+            value: Any = None
+            try:
+                value = call()
+                return value
+            finally:
+                if isinstance(value, concurrent.futures.Future):
+                    value.add_done_callback(lambda _: post(loop, self._handed_over, correlation_id))
+                else:
+                    self._handed_over(correlation_id)
+
+        return calling
+
+    async def _hand_over_own_calls(self) -> None:
+        """At close: hand the RPCs this communicator sent to its own subscribers over to them first.
+
+        Their requests wait in this communicator (its RPC queue goes with its connection), so closing at once
+        would lose them (kiwipy's ``test_context_manager``); bounded by ``CLOSE_FLUSH_TIMEOUT``. Handed over
+        is enough: a subscriber that never answers does not hold the close up.
+        """
+        pending = [fut for fut in self._own_calls.values() if not fut.done()]
+        if pending and not self._closed:
+            await asyncio.wait(pending, timeout=defaults.CLOSE_FLUSH_TIMEOUT)
 
     async def __aenter__(self) -> AsyncCommunicator:
         await self.connect()
@@ -243,8 +300,19 @@ class AsyncCommunicator(abc.ABC):
 
     # -- sending ---------------------------------------------------------------------------------
     @abc.abstractmethod
-    async def rpc_send(self, recipient_id: Any, msg: Any, on_pending: Callable[[], None] | None = None) -> Any:
-        """Send an RPC to ``recipient_id``; return the final result (raises ProcessUnreachable if no route)."""
+    async def rpc_send(
+        self,
+        recipient_id: Any,
+        msg: Any,
+        on_pending: Callable[[], None] | None = None,
+        *,
+        on_sent: Callable[[], None] | None = None,
+    ) -> Any:
+        """Send an RPC to ``recipient_id``; return the final result (raises ProcessUnreachable if no route).
+
+        ``on_sent`` is called (on the loop) once the request is routed and confirmed, before any reply:
+        kiwipy's blocking sends wait for it (transports/connect.py). A back end that cannot tell never calls it.
+        """
 
     @abc.abstractmethod
     async def task_send(
@@ -254,9 +322,10 @@ class AsyncCommunicator(abc.ABC):
         on_pending: Callable[[], None] | None = None,
         *,
         queue: str | None = None,
+        on_sent: Callable[[], None] | None = None,
     ) -> Any:
         """Queue a task (on the named task ``queue``, default the default one); return its final result, or
-        None once confirmed when ``no_reply``."""
+        None once confirmed when ``no_reply``. ``on_sent``: as for :meth:`rpc_send`, once the queue has it."""
 
     async def release_tasks(self, suspend: Awaitable[Any] | None = None) -> None:
         """Stop taking tasks, await ``suspend`` (checkpoint the work), then hand the tasks in progress back."""
@@ -266,6 +335,11 @@ class AsyncCommunicator(abc.ABC):
         self, body: Any, sender: Any = None, subject: Any = None, correlation_id: Any = None
     ) -> bool:
         """Broadcast to every subscriber on every communicator; True once handed to the broker."""
+
+    async def pull_task(self, timeout: float, *, queue: str | None = None) -> PulledTask | None:
+        """Take the next task queued on ``queue`` without a subscriber (kiwipy's task-queue iteration:
+        transports/_pulled.py); None if the queue has none. ``timeout``: how long the broker may take."""
+        raise TypeError(f"{type(self).__name__} cannot hand out queued tasks")
 
     # -- subscribing -----------------------------------------------------------------------------
     async def add_rpc_subscriber(self, subscriber: RpcSubscriber, identifier: Any = None) -> str:
@@ -392,7 +466,9 @@ class AsyncCommunicator(abc.ABC):
         """Start consuming broadcasts."""
 
     # -- incoming ----------------------------------------------------------------------------------
-    async def _handle_rpc(self, key: str, body: bytes, send: SendReply | None) -> None:
+    async def _handle_rpc(
+        self, key: str, body: bytes, send: SendReply | None, correlation_id: str | None = None
+    ) -> None:
         """Decode an RPC, run its subscriber and send the replies (a decode failure is replied, not dropped)."""
         retired = self._retired_rpc.get(key)
         subscriber = self._rpc_subscribers.get(key) or (retired[0] if retired is not None else None)
@@ -406,7 +482,7 @@ class AsyncCommunicator(abc.ABC):
             if send is not None:
                 await send(exception_reply(LookupError(f"no subscriber for {key!r} on this communicator")))
             return
-        reply = await respond(lambda: subscriber(self.facade, msg), send)
+        reply = await respond(self._calling(correlation_id, lambda: subscriber(self.facade, msg)), send)
         if send is not None:
             await send(reply)
 

@@ -104,13 +104,15 @@ class RmqRequests(RmqConnection):
         wait_for_reply: bool,
         on_pending: Callable[[], None] | None,
         on_published: Callable[[], None],
+        correlation_id: str | None = None,
     ) -> Any:
         """Publish a request (mandatory: unroutable fails) with our reply queue; await the reply if asked.
 
-        ``on_published`` is called once the broker has confirmed the request (see :class:`Handovers`).
+        ``on_published`` is called once the broker has confirmed the request (see :class:`Handovers`);
+        ``correlation_id``: the request's (default a new one).
         """
         reply_to = self._reply_queues.get(kind) or await self._reply_queue(kind)
-        correlation_id = str(uuid.uuid4())
+        correlation_id = correlation_id or str(uuid.uuid4())
         waiter = ReplyWaiter(asyncio.get_running_loop(), on_pending)
         if wait_for_reply:
             self._waiters[correlation_id] = waiter
