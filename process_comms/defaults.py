@@ -24,6 +24,11 @@ DECODE_INLINE_BYTES = 64 * 1024
 RPC_TIMEOUT = 30.0
 #: Seconds a controller waits for a task answer (launch, continue, create) unless told otherwise.
 TASK_TIMEOUT = 300.0
+#: Seconds ``next_task()`` waits for the broker to hand out a queued task (kiwipy's ``TASK_FETCH_TIMEOUT``).
+TASK_FETCH_TIMEOUT = 5.0
+#: Seconds a blocking send of kiwipy's mode (``connect(api="kiwipy")``) waits for the broker to confirm it
+#: (kiwipy's ``async_task_timeout``; AiiDA passes its ``rmq.task_timeout``, 10 s).
+KIWIPY_SEND_TIMEOUT = 10.0
 #: Seconds to connect to the broker before giving up with BrokerUnavailable.
 CONNECT_TIMEOUT = 10.0
 #: Seconds close() waits for the loop thread to finish its work.

@@ -19,7 +19,8 @@ Our exception hierarchy (a second base in brackets is what kiwipy/plumpy callers
     ├── InvalidPid                   [ValueError]
     ├── PersistenceError
     ├── LoadError                    [ImportError]
-    └── DuplicateSubscriber          [kiwipy.DuplicateSubscriberIdentifier]
+    ├── DuplicateSubscriber          [kiwipy.DuplicateSubscriberIdentifier]
+    └── QueueEmpty                   [kiwipy.QueueEmpty]
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ __all__ = [
     "PersistenceError",
     "LoadError",
     "DuplicateSubscriber",
+    "QueueEmpty",
 ]
 
 
@@ -132,3 +134,7 @@ class LoadError(ProcessCommsError, ImportError):
 
 class DuplicateSubscriber(ProcessCommsError, kiwipy.DuplicateSubscriberIdentifier):
     """A subscriber with this identifier is already registered on this communicator."""
+
+
+class QueueEmpty(ProcessCommsError, kiwipy.QueueEmpty):
+    """A task queue had no task to hand out (``next_task`` on an empty queue, as kiwipy's)."""

@@ -223,7 +223,14 @@ class KiwipyAdapter(AsyncCommunicator):
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_run(make), loop))
 
     # -- sending -----------------------------------------------------------------------------------
-    async def rpc_send(self, recipient_id: Any, msg: Any, on_pending: Callable[[], None] | None = None) -> Any:
+    async def rpc_send(
+        self,
+        recipient_id: Any,
+        msg: Any,
+        on_pending: Callable[[], None] | None = None,
+        *,
+        on_sent: Callable[[], None] | None = None,  # kiwipy's calls do not say when: never called
+    ) -> Any:
         return await self._call("rpc_send", recipient_id, msg)
 
     async def task_send(
@@ -233,6 +240,7 @@ class KiwipyAdapter(AsyncCommunicator):
         on_pending: Callable[[], None] | None = None,
         *,
         queue: str | None = None,
+        on_sent: Callable[[], None] | None = None,  # kiwipy's calls do not say when: never called
     ) -> Any:
         if queue is None or queue == "default":
             return await self._call("task_send", task, no_reply)

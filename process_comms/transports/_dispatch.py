@@ -215,6 +215,28 @@ class ReplyWaiter:
             self.future.set_exception(error)
 
 
+class CallbackFuture(concurrent.futures.Future[Any]):
+    """The future of a subscriber's own call, run on a callback thread: what it resolves to is what the
+    subscriber returned, so awaiting it is no reply level of its own (no ``pending`` reply for it).
+
+    kiwipy calls a subscriber and sends ``pending`` only when *it* returns a future (``src/kiwipy/rmq/
+    communicator.py``, ``tasks.py``); kiwipy's mode (transports/connect.py) hands such futures out.
+    """
+
+
+async def _called(value: Any) -> Any:
+    """What a subscriber returned: the outcome of a :class:`CallbackFuture`, else ``value`` itself."""
+    if isinstance(value, CallbackFuture):
+        return await asyncio.wrap_future(value)
+    return value
+
+
+async def _refused(call: CallbackFuture) -> bool:
+    """Wait for a subscriber's call on its callback thread; True if it refused the task (``TaskRejected``)."""
+    await asyncio.wait([asyncio.wrap_future(call)])
+    return not call.cancelled() and isinstance(call.exception(), kiwipy.TaskRejected)
+
+
 def _is_future(value: Any) -> bool:
     return isinstance(value, concurrent.futures.Future) or inspect.isawaitable(value)
 
@@ -233,7 +255,7 @@ async def respond(value_or_call: Any, send: SendReply | None, *, call: bool = Tr
     yields an ``exception`` reply. Only cancellation of the calling task itself propagates.
     """
     try:
-        value = value_or_call() if call else value_or_call
+        value = await _called(value_or_call() if call else value_or_call)
         while _is_future(value):
             if send is not None:
                 await send({PENDING_KEY: None})
@@ -259,6 +281,8 @@ async def dispatch_task(
             continue
         except Exception as exc:  # noqa: BLE001
             return exception_reply(exc)
+        if isinstance(value, CallbackFuture) and await _refused(value):
+            continue  # refused on its callback thread: the next subscriber may take it
         return await respond(value, send, call=False)
     return None
 

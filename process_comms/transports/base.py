@@ -43,6 +43,7 @@ from ..wire.replies import (
 from ._dispatch import (
     CURRENT_DELIVERY,
     BroadcastSubscriber,
+    CallbackFuture,
     Delivery,
     IncomingTask,
     ReplyWaiter,
@@ -57,6 +58,7 @@ from ._dispatch import (
     routing_id,
     settle_task,
 )
+from ._pulled import PulledTask
 
 __all__ = [
     "AsyncCommunicator",
@@ -81,6 +83,7 @@ __all__ = [
     "RpcSubscriber",
     "TaskSubscriber",
     "BroadcastSubscriber",
+    "CallbackFuture",
 ]
 
 # names that live in lower layers, re-exported for the modules that import them from here
@@ -243,8 +246,19 @@ class AsyncCommunicator(abc.ABC):
 
     # -- sending ---------------------------------------------------------------------------------
     @abc.abstractmethod
-    async def rpc_send(self, recipient_id: Any, msg: Any, on_pending: Callable[[], None] | None = None) -> Any:
-        """Send an RPC to ``recipient_id``; return the final result (raises ProcessUnreachable if no route)."""
+    async def rpc_send(
+        self,
+        recipient_id: Any,
+        msg: Any,
+        on_pending: Callable[[], None] | None = None,
+        *,
+        on_sent: Callable[[], None] | None = None,
+    ) -> Any:
+        """Send an RPC to ``recipient_id``; return the final result (raises ProcessUnreachable if no route).
+
+        ``on_sent`` is called (on the loop) once the request is routed and confirmed, before any reply:
+        kiwipy's blocking sends wait for it (transports/connect.py). A back end that cannot tell never calls it.
+        """
 
     @abc.abstractmethod
     async def task_send(
@@ -254,9 +268,10 @@ class AsyncCommunicator(abc.ABC):
         on_pending: Callable[[], None] | None = None,
         *,
         queue: str | None = None,
+        on_sent: Callable[[], None] | None = None,
     ) -> Any:
         """Queue a task (on the named task ``queue``, default the default one); return its final result, or
-        None once confirmed when ``no_reply``."""
+        None once confirmed when ``no_reply``. ``on_sent``: as for :meth:`rpc_send`, once the queue has it."""
 
     async def release_tasks(self, suspend: Awaitable[Any] | None = None) -> None:
         """Stop taking tasks, await ``suspend`` (checkpoint the work), then hand the tasks in progress back."""
@@ -266,6 +281,11 @@ class AsyncCommunicator(abc.ABC):
         self, body: Any, sender: Any = None, subject: Any = None, correlation_id: Any = None
     ) -> bool:
         """Broadcast to every subscriber on every communicator; True once handed to the broker."""
+
+    async def pull_task(self, timeout: float, *, queue: str | None = None) -> PulledTask | None:
+        """Take the next task queued on ``queue`` without a subscriber (kiwipy's task-queue iteration:
+        transports/_pulled.py); None if the queue has none. ``timeout``: how long the broker may take."""
+        raise TypeError(f"{type(self).__name__} cannot hand out queued tasks")
 
     # -- subscribing -----------------------------------------------------------------------------
     async def add_rpc_subscriber(self, subscriber: RpcSubscriber, identifier: Any = None) -> str:

@@ -12,8 +12,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal
 
 from .. import defaults
+from ..errors import CommunicatorClosed
+from ..errors import TimeoutError as PCTimeoutError
 from ..urls import mask_url, split_urls
 from ..wire.codec import Codec
+from ._kiwipy_keywords import translate
 from ._loop import with_deadline
 from .base import AsyncCommunicator
 from .embedded import EmbeddedCommunicator
@@ -30,13 +33,26 @@ class KiwipyThreadCommunicator(ThreadCommunicator):
     """kiwipy's blocking semantics (``connect(..., api="kiwipy")``), for code written against kiwipy's
     ``RmqThreadCommunicator`` and for plumpy's own controllers, which await a fixed number of future levels.
 
-    ``rpc_send``/``task_send`` return a ``concurrent.futures.Future`` nested once per ``pending`` reply, as
-    kiwipy's (``plumpy.futures.unwrap_kiwi_future`` flattens it); ``task_send(no_reply=True)`` blocks until
-    the broker has the task and returns None; ``broadcast_send`` blocks and returns True (raising
-    :class:`CommunicatorClosed` on a closed communicator). Our controllers over it stay flat.
+    ``rpc_send``/``task_send`` block until the broker has confirmed the request (raising ``UnroutableError``,
+    our :class:`ProcessUnreachable`, from the call when nothing takes it) and return a
+    ``concurrent.futures.Future`` nested once per ``pending`` reply, as kiwipy's
+    (``plumpy.futures.unwrap_kiwi_future`` flattens it); ``task_send(no_reply=True)`` returns None once the
+    broker has the task; ``broadcast_send`` blocks and returns True (raising :class:`CommunicatorClosed` on a
+    closed communicator). A subscriber here gets a ``pending`` reply only when it returns a future, as in
+    kiwipy. Blocking is bounded by ``send_timeout``. Our controllers over it stay flat and non-blocking.
     """
 
-    def _nested(self, start: Callable[[AsyncCommunicator, Callable[[], None]], Awaitable[Any]]) -> Any:
+    _call_is_level = False
+
+    def __init__(self, *args: Any, send_timeout: float = defaults.KIWIPY_SEND_TIMEOUT, **kwargs: Any) -> None:
+        #: Seconds a send blocks for the broker's confirmation (kiwipy's ``async_task_timeout``).
+        self.send_timeout = send_timeout
+        super().__init__(*args, **kwargs)
+
+    def _nested(
+        self, start: Callable[[AsyncCommunicator, Callable[[], None], Callable[[], None]], Awaitable[Any]]
+    ) -> Any:
+        """Start a send; block until the broker confirmed it (or it failed), then return kiwipy's nested future."""
         outer: concurrent.futures.Future[Any] = concurrent.futures.Future()
         level = [outer]
 
@@ -54,7 +70,26 @@ class KiwipyThreadCommunicator(ThreadCommunicator):
             else:
                 current.set_result(done.result())
 
-        self._send(lambda core: start(core, on_pending)).add_done_callback(settle)
+        sent: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+        def on_sent() -> None:  # on the loop, once the broker confirmed the request
+            if not sent.done():
+                sent.set_result(None)
+
+        call = self._send(lambda core: start(core, on_pending, on_sent))
+        call.add_done_callback(settle)
+        if self._loop_thread.in_loop_thread():  # a subscriber called on the loop must not block it
+            return outer
+        concurrent.futures.wait([sent, call], self.send_timeout, concurrent.futures.FIRST_COMPLETED)
+        if sent.done():
+            return outer
+        if not call.done():
+            raise PCTimeoutError(f"the broker did not confirm the request within {self.send_timeout} s")
+        if call.cancelled():
+            raise CommunicatorClosed("the communicator was closed before the request was sent")
+        error = call.exception()
+        if error is not None:
+            raise error  # failed before the broker had it: kiwipy raises from the call (UnroutableError ...)
         return outer
 
     def rpc_send(self, recipient_id: Any, msg: Any, timeout: float | None = None) -> Any:
@@ -62,7 +97,9 @@ class KiwipyThreadCommunicator(ThreadCommunicator):
         self._ensure_open()
         deadline = self.rpc_timeout if timeout is None else timeout
         return self._nested(
-            lambda core, pending: with_deadline(core.rpc_send(recipient_id, msg, pending), deadline, "RPC")
+            lambda core, pending, sent: with_deadline(
+                core.rpc_send(recipient_id, msg, pending, on_sent=sent), deadline, "RPC"
+            )
         )
 
     def task_send(
@@ -75,7 +112,9 @@ class KiwipyThreadCommunicator(ThreadCommunicator):
             super().task_send(task, True, deadline, queue=queue).result(deadline + 1)
             return None
         return self._nested(
-            lambda core, pending: with_deadline(core.task_send(task, False, pending, queue=queue), deadline, "task")
+            lambda core, pending, sent: with_deadline(
+                core.task_send(task, False, pending, queue=queue, on_sent=sent), deadline, "task"
+            )
         )
 
     def broadcast_send(self, body: Any, sender: Any = None, subject: Any = None, correlation_id: Any = None) -> Any:
@@ -118,16 +157,30 @@ def connect(
     ``task_prefetch_count``, ``heartbeat``, ``testing_mode``, ``connect_timeout``, ``ssl_options``,
     ``queue_expires`` (kiwipy's: ms the RPC queue outlives its last consumer).
     ``api="kiwipy"``: kiwipy's blocking send semantics and nested futures (:class:`KiwipyThreadCommunicator`).
+    kiwipy's ``RmqThreadCommunicator.connect`` keywords are taken too (``connection_params``, ``encoder`` and
+    ``decoder``, ``async_task_timeout``, ...: docs/migrating.md); an unknown keyword is a TypeError.
     Raises :class:`BrokerUnavailable` if the broker cannot be reached or refuses the credentials.
     """
-    factory = _core_factory(url, codec, options)
-    return _facade(api)(factory, rpc_timeout=rpc_timeout, task_timeout=task_timeout)
+    return _facade(api, url, codec, options, rpc_timeout=rpc_timeout, task_timeout=task_timeout)
 
 
-def _facade(api: Api) -> type[ThreadCommunicator]:
+def _facade(
+    api: Api,
+    url: str | Sequence[str] | None,
+    codec: str | Codec | None,
+    options: dict[str, Any],
+    **kwargs: Any,
+) -> ThreadCommunicator:
+    """The communicator of ``api`` over the core the URL and (kiwipy's or our) keywords name."""
     if api not in ("process_comms", "kiwipy"):
         raise ValueError(f"api must be 'process_comms' or 'kiwipy', not {api!r}")
-    return KiwipyThreadCommunicator if api == "kiwipy" else ThreadCommunicator
+    ours = translate(url, codec, options)
+    factory = _core_factory(ours.url, ours.codec, ours.options)
+    if api == "kiwipy":
+        if ours.send_timeout is not None:
+            kwargs["send_timeout"] = ours.send_timeout
+        return KiwipyThreadCommunicator(factory, **kwargs)
+    return ThreadCommunicator(factory, **kwargs)  # our sends never block: async_task_timeout bounds nothing
 
 
 async def connect_async(
@@ -140,8 +193,7 @@ async def connect_async(
     **options: Any,
 ) -> ThreadCommunicator:
     """Like :func:`connect`, but awaits the connection instead of blocking the caller's event loop."""
-    factory = _core_factory(url, codec, options)
-    comm = _facade(api)(factory, rpc_timeout=rpc_timeout, task_timeout=task_timeout, wait_connected=False)
+    comm = _facade(api, url, codec, options, rpc_timeout=rpc_timeout, task_timeout=task_timeout, wait_connected=False)
     try:
         comm._core = await asyncio.wrap_future(comm._ready)
     except BaseException:

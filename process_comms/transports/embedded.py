@@ -16,6 +16,7 @@ from typing import Any
 
 from ..errors import CommunicatorClosed, DecodeError, EncodeError, ProcessUnreachable
 from ..wire.codec import Codec
+from ._pulled import PulledTask, take
 from .base import (
     AsyncCommunicator,
     ReplyWaiter,
@@ -83,12 +84,21 @@ class EmbeddedCommunicator(AsyncCommunicator):
         finally:
             self._waiters.discard(waiter)
 
-    async def rpc_send(self, recipient_id: Any, msg: Any, on_pending: Callable[[], None] | None = None) -> Any:
+    async def rpc_send(
+        self,
+        recipient_id: Any,
+        msg: Any,
+        on_pending: Callable[[], None] | None = None,
+        *,
+        on_sent: Callable[[], None] | None = None,
+    ) -> Any:
         self._ensure_open()
         key = routing_id(recipient_id)
         body = self.codec.encode(msg)
         if key not in self._rpc_subscribers:
             raise ProcessUnreachable(f"process {key} is not reachable: no worker holds it (has it ended?)")
+        if on_sent is not None:
+            on_sent()
         waiter = ReplyWaiter(asyncio.get_running_loop(), on_pending)
         self._spawn(self._handle_rpc(key, body, self._reply_sender(waiter, False)))
         return await self._await_waiter(waiter)
@@ -108,15 +118,29 @@ class EmbeddedCommunicator(AsyncCommunicator):
         on_pending: Callable[[], None] | None = None,
         *,
         queue: str | None = None,
+        on_sent: Callable[[], None] | None = None,
     ) -> Any:
         self._ensure_open()
         body = self.codec.encode((task, no_reply))
         waiter = None if no_reply else ReplyWaiter(asyncio.get_running_loop(), on_pending)
         self._queue_of(queue).append((body, waiter, False, str(uuid.uuid4())))
+        if on_sent is not None:
+            on_sent()
         self._pump(queue)
         if waiter is None:
             return None
         return await self._await_waiter(waiter)
+
+    async def pull_task(self, timeout: float, *, queue: str | None = None) -> PulledTask | None:
+        self._ensure_open()
+        tasks = self._queue_of(queue)
+        while tasks:
+            body, waiter, redelivered, delivery_id = tasks.popleft()
+            incoming = _EmbeddedIncoming(self, body, waiter, redelivered, delivery_id, queue)
+            pulled = await take(incoming, body, self.codec)
+            if pulled is not None:
+                return pulled
+        return None
 
     def _queue_of(self, queue: str | None) -> collections.deque[tuple[bytes, ReplyWaiter | None, bool, str]]:
         if queue is None or queue == "default":

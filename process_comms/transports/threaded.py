@@ -13,10 +13,11 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import contextlib
 import functools
 import os
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import kiwipy
@@ -24,7 +25,9 @@ import kiwipy
 from .. import defaults
 from ..errors import CommunicatorClosed
 from ._loop import AsyncFn, ControllerFuture, LoopThread, post, with_deadline
-from .base import AsyncCommunicator
+from ._pulled import PulledTask
+from ._thread_tasks import ThreadPulledTask, iterate_blocking, next_task_blocking
+from .base import AsyncCommunicator, CallbackFuture
 
 __all__ = ["ThreadCommunicator", "ThreadTaskQueue"]
 
@@ -159,6 +162,10 @@ class ThreadCommunicator(kiwipy.Communicator):
         if self._closed:
             raise CommunicatorClosed("the communicator is closed")
 
+    #: Whether the future of a subscriber's call on a callback thread is a reply level of its own (a ``pending``
+    #: reply before the result): ours, True; kiwipy's mode, False (``CallbackFuture`` in transports/_dispatch.py).
+    _call_is_level = True
+
     def _threaded(self, subscriber: Callable[..., Any], ordered: bool = False) -> Callable[..., Any]:
         """Wrap a user callback so that it runs on a callback thread, never on the I/O loop.
 
@@ -187,7 +194,11 @@ class ThreadCommunicator(kiwipy.Communicator):
 
         @functools.wraps(subscriber)
         def run_in_pool(_comm: Any, *args: Any) -> Any:
-            return executor.submit(subscriber, self, *args)
+            if self._call_is_level:
+                return executor.submit(subscriber, self, *args)
+            outcome = CallbackFuture()
+            executor.submit(_settle_call, outcome, subscriber, self, *args)
+            return outcome
 
         return run_in_pool
 
@@ -203,15 +214,8 @@ class ThreadCommunicator(kiwipy.Communicator):
 
         @functools.wraps(subscriber)
         def on_its_loop(_comm: Any, *args: Any) -> concurrent.futures.Future[Any]:
-            outcome: concurrent.futures.Future[Any] = concurrent.futures.Future()
-
-            def call() -> None:
-                try:
-                    outcome.set_result(subscriber(self, *args))
-                except BaseException as exc:  # noqa: BLE001 - the subscriber's failure is its reply
-                    outcome.set_exception(exc)
-
-            if not post(loop, call):
+            outcome = concurrent.futures.Future[Any]() if self._call_is_level else CallbackFuture()
+            if not post(loop, _settle_call, outcome, subscriber, self, *args):
                 raise CommunicatorClosed("the subscriber's event loop is closed")
             return outcome
 
@@ -312,8 +316,11 @@ class ThreadCommunicator(kiwipy.Communicator):
 
     def task_queue(self, name: str, prefetch_count: int | None = None) -> ThreadTaskQueue:
         """kiwipy's ``task_queue(name, prefetch_count=...)``: our named task queue ``name`` (broker name
-        ``<task_queue>.<name>``), with kiwipy's verbs; see :class:`ThreadTaskQueue`."""
+        ``<task_queue>.<name>``; the default task queue's own name is that queue), with kiwipy's verbs and
+        iteration; see :class:`ThreadTaskQueue`."""
         self._ensure_open()
+        if name == getattr(self.core, "task_queue_name", None):  # AiiDA names its launch queue: the default one
+            name = "default"
         return ThreadTaskQueue(self, name, prefetch_count)
 
     def _send(self, make: Callable[[AsyncCommunicator], Awaitable[T]]) -> ControllerFuture[T]:
@@ -346,6 +353,16 @@ class ThreadCommunicator(kiwipy.Communicator):
         )
 
 
+def _settle_call(outcome: concurrent.futures.Future[Any], subscriber: Callable[..., Any], *args: Any) -> None:
+    """Call ``subscriber(*args)`` (on a callback thread or its own loop) and settle ``outcome`` with what it did."""
+    if not outcome.set_running_or_notify_cancel():
+        return
+    try:
+        outcome.set_result(subscriber(*args))
+    except BaseException as exc:  # noqa: BLE001 - the subscriber's failure is its reply
+        outcome.set_exception(exc)
+
+
 async def _call_async(fn: Callable[..., Any], *args: Any) -> Any:
     return fn(*args)
 
@@ -369,6 +386,22 @@ class ThreadTaskQueue:
     def remove_task_subscriber(self, identifier: Any) -> None:
         """Stop receiving this queue's tasks through ``identifier`` (ValueError if unknown, as kiwipy)."""
         self.comm.remove_task_subscriber(identifier, queue=self.name)
+
+    async def _pull(self, timeout: float) -> PulledTask | None:
+        return await self.comm.core.pull_task(timeout, queue=self.name)
+
+    def __iter__(self) -> Iterator[ThreadPulledTask]:
+        """``for task in queue``: every task queued now (kiwipy's), those left pending requeued at the end."""
+        self.comm._ensure_open()
+        return iterate_blocking(self.comm.loop_thread, self._pull, defaults.TASK_FETCH_TIMEOUT)
+
+    def next_task(
+        self, timeout: float = defaults.TASK_FETCH_TIMEOUT, fail: bool = True
+    ) -> contextlib.AbstractContextManager[ThreadPulledTask | None]:
+        """``with queue.next_task() as task``: the next queued task, requeued at the end unless taken on;
+        :class:`~process_comms.QueueEmpty` if there is none (None with ``fail=False``)."""
+        self.comm._ensure_open()
+        return next_task_blocking(self.comm.loop_thread, self._pull, timeout, fail)
 
 
 def _plumpy_loop(subscriber: Any) -> asyncio.AbstractEventLoop | None:

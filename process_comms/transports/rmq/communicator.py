@@ -12,10 +12,11 @@ request/reply are in :mod:`._connection`, the declarations in :mod:`._topology`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aio_pika
@@ -24,11 +25,13 @@ import aiormq.exceptions
 
 from ... import defaults
 from ...errors import CommunicatorClosed, ConnectionLost, EncodeError, ProcessUnreachable
+from .._pulled import PulledTask, iterate_tasks, next_task, take
 from ..base import exception_reply, host_info, routing_id
 from . import _frames, _topology
 from ._connection import SETTLE_ERRORS
+from ._incoming import RmqIncoming
 from ._requests import RmqRequests
-from ._tasks import TaskQueue, queue_name
+from ._tasks import DEFAULT_QUEUE, TaskQueue, queue_name
 
 __all__ = ["NamedTaskQueue", "RmqCommunicator"]
 
@@ -47,6 +50,18 @@ class RmqCommunicator(RmqRequests):
         if not isinstance(queue_expires, int) or isinstance(queue_expires, bool) or queue_expires <= 0:
             raise ValueError(f"queue_expires must be a positive number of milliseconds, not {queue_expires!r}")
         self.queue_expires = queue_expires
+        #: Calls in flight to a subscriber of this communicator: close() lets them be answered first.
+        self._own_calls: set[asyncio.Task[Any]] = set()
+
+    async def close(self) -> None:
+        """Let the calls this communicator sent to its own subscribers be answered, then close (idempotent).
+
+        Its own RPC queue goes with its connection, so a request to itself still queued there would be lost
+        (kiwipy's ``test_context_manager``); waiting is bounded by ``CLOSE_FLUSH_TIMEOUT``.
+        """
+        if self._own_calls and not self._closed:
+            await asyncio.wait(list(self._own_calls), timeout=defaults.CLOSE_FLUSH_TIMEOUT)
+        await super().close()
 
     # -- kiwipy's RmqCommunicator API (kiwipy/rmq/communicator.py) --------------------------------
     @property
@@ -69,16 +84,28 @@ class RmqCommunicator(RmqRequests):
 
     async def task_queue(self, name: str, prefetch_count: int | None = None) -> NamedTaskQueue:
         """kiwipy's ``task_queue(name, prefetch_count=...)``: our named task queue ``name`` (broker name
-        ``<task_queue>.<name>``, rmq/_tasks.py ``queue_name``), as an object with kiwipy's verbs."""
+        ``<task_queue>.<name>``, rmq/_tasks.py ``queue_name``; the default task queue's own name is that
+        queue, as AiiDA names its launch queue), as an object with kiwipy's verbs and iteration."""
         await self._ready()
-        return NamedTaskQueue(self, name, prefetch_count)
+        return NamedTaskQueue(self, DEFAULT_QUEUE if name == self.task_queue_name else name, prefetch_count)
 
-    async def rpc_send(self, recipient_id: Any, msg: Any, on_pending: Callable[[], None] | None = None) -> Any:
+    async def rpc_send(
+        self,
+        recipient_id: Any,
+        msg: Any,
+        on_pending: Callable[[], None] | None = None,
+        *,
+        on_sent: Callable[[], None] | None = None,
+    ) -> Any:
         self._accepting()
         key = routing_id(recipient_id)
         body = self.codec.encode(msg)
+        own = asyncio.current_task() if key in self._rpc_subscribers else None
+        if own is not None:  # to a subscriber of ours: close() lets it answer first (_drain_own_calls)
+            self._own_calls.add(own)
         try:
-            with self._handovers.handed_over() as published:
+            with self._handovers.handed_over() as confirmed:
+                published = _then(confirmed, on_sent)
                 await self._ready()
                 return await self._guarded(
                     self._request(
@@ -97,6 +124,9 @@ class RmqCommunicator(RmqRequests):
                 f"process {key} is not reachable: no worker holds it (is a worker running? has it ended?)"
                 + self._recovery_note()
             ) from None
+        finally:
+            if own is not None:
+                self._own_calls.discard(own)
 
     async def task_send(
         self,
@@ -105,6 +135,7 @@ class RmqCommunicator(RmqRequests):
         on_pending: Callable[[], None] | None = None,
         *,
         queue: str | None = None,
+        on_sent: Callable[[], None] | None = None,
     ) -> Any:
         self._accepting()
         body = self.codec.encode((task, no_reply))
@@ -137,9 +168,9 @@ class RmqCommunicator(RmqRequests):
                     " holds it is down" + self._recovery_note()
                 ) from None
 
-        with self._handovers.handed_over() as published:
+        with self._handovers.handed_over() as confirmed:
             await self._ready()
-            return await self._guarded(send(published))
+            return await self._guarded(send(_then(confirmed, on_sent)))
 
     async def broadcast_send(
         self, body: Any, sender: Any = None, subject: Any = None, correlation_id: Any = None
@@ -283,6 +314,32 @@ class RmqCommunicator(RmqRequests):
         target.subscribers = self._subscribers_of(queue)
         await self._guarded(target.update_consumer())  # e.g. a user who may not consume: AccessRefused
 
+    async def pull_task(self, timeout: float, *, queue: str | None = None) -> PulledTask | None:
+        """Take the next task of ``queue`` with ``basic.get`` (unacked until settled: transports/_pulled.py).
+
+        What this communicator handed over before the call is confirmed first, so a task it just sent is there.
+        """
+        self._accepting()
+        await self._ready()
+        await self._handovers.wait(timeout)
+        target = self._queue(queue)
+
+        async def get() -> PulledTask | None:
+            while True:
+                declared = await target.ensure()
+                message = await declared.get(no_ack=False, fail=False, timeout=timeout)
+                if message is None:
+                    return None
+                if _frames.refused(message, "task"):
+                    await message.reject(requeue=False)  # as a consumed one: settled once, no reply
+                    continue
+                pulled = await take(RmqIncoming(message, self._send_task_reply), message.body, self.codec)
+                if pulled is not None:
+                    return pulled
+
+        result: PulledTask | None = await self._guarded(get())
+        return result
+
     def _set_prefetch(self, queue: str | None, prefetch_count: int) -> None:
         self._queue(queue, prefetch_count).prefetch_count = prefetch_count
 
@@ -320,6 +377,18 @@ class RmqCommunicator(RmqRequests):
             )
 
 
+def _then(first: Callable[[], None], then: Callable[[], None] | None) -> Callable[[], None]:
+    """``first`` then ``then`` (if any): a confirmed publish counted, then its sender told."""
+    if then is None:
+        return first
+
+    def both() -> None:
+        first()
+        then()
+
+    return both
+
+
 class NamedTaskQueue:
     """kiwipy's ``RmqTaskQueue`` verbs over one of our named task queues (``task_send``, subscribers)."""
 
@@ -339,3 +408,17 @@ class NamedTaskQueue:
     async def remove_task_subscriber(self, identifier: Any) -> None:
         """Stop receiving this queue's tasks through ``identifier`` (ValueError if unknown, as kiwipy)."""
         await self.comm.remove_task_subscriber(identifier, queue=self.name)
+
+    def _pull(self, timeout: float) -> Awaitable[PulledTask | None]:
+        return self.comm.pull_task(timeout, queue=self.name)
+
+    def __aiter__(self) -> AsyncIterator[PulledTask]:
+        """``async for task in queue``: every task queued now (kiwipy's), pending ones requeued at the end."""
+        return iterate_tasks(self._pull, defaults.TASK_FETCH_TIMEOUT)
+
+    def next_task(
+        self, timeout: float = defaults.TASK_FETCH_TIMEOUT, fail: bool = True
+    ) -> contextlib.AbstractAsyncContextManager[PulledTask | None]:
+        """``async with queue.next_task() as task``: the next queued task, requeued at the end unless taken
+        on; :class:`~process_comms.QueueEmpty` if there is none (None with ``fail=False``)."""
+        return next_task(self._pull, timeout, fail)
