@@ -131,6 +131,9 @@ def main() -> None:
 
     print("== 1. verdi process repair re-creates a lost task")
     repaired = stuck_process()
+    from aiida.manage import get_manager
+
+    get_manager().reset_profile_storage()  # repair ends the profile's database sessions it finds: not ours
     output = verdi("process", "repair", "--force")
     assert str(repaired) in output, f"repair did not name process {repaired}"
     assert str(repaired) in verdi("devel", "rabbitmq", "tasks", "list"), "no task for the repaired process"

@@ -4,7 +4,7 @@ aiida-core 2.x builds plumpy's controllers itself over the communicator a broker
 (``Manager.get_process_controller`` and ``Runner.__init__`` in aiida-core's ``src/aiida/manage/manager.py`` and
 ``src/aiida/engine/runners.py``), and its code relies on kiwipy's send semantics (``Process.kill`` catches
 ``UnroutableError`` from the call, ``revive_processes`` unwraps one future level). So the communicator is ours in
-kiwipy's mode (``connect(url, api="kiwipy")``) with AiiDA's own exchange and queue names and its serializer,
+kiwipy's mode (``connect(url, api="kiwipy")``) with AiiDA's own exchange and queue names, serializer and settings,
 and :meth:`ProcessCommsBroker.get_process_controller` gives our controller in the plumpy-shaped mode for code
 that asks the broker. A profile of ``core.rabbitmq`` and one of this broker share the same names on the broker,
 so their daemons and clients interoperate.
@@ -26,53 +26,17 @@ from aiida.brokers.rabbitmq.utils import (
 )
 
 from ..client.thread_controller import RemoteProcessThreadController
-from ..errors import DecodeError, EncodeError, ProcessCommsError
+from ..errors import ProcessCommsError
 from ..transports.connect import connect
 from ..transports.threaded import ThreadCommunicator
 from ..urls import mask_url
-from ..wire.codec import DEFAULT_MAX_MESSAGE_BYTES
 
-__all__ = ["AIIDA_REPLY_TIMEOUT", "AiidaCodec", "ProcessCommsBroker"]
+__all__ = ["AIIDA_REPLY_TIMEOUT", "ProcessCommsBroker"]
 
 #: Seconds the communicator waits for a reply before failing it. kiwipy, which AiiDA was written against, has no
 #: reply deadline, and AiiDA passes none (a parent's kill waits for its children's, a CalcJob's kill waits for
 #: the scheduler): a day is "never" for AiiDA and still bounds what a lost reply holds.
 AIIDA_REPLY_TIMEOUT = 86400.0
-
-
-class AiidaCodec:
-    """AiiDA's own message encoding (``aiida.orm.utils.serialize``), as its ``core.rabbitmq`` broker gives kiwipy.
-
-    Task results carry AiiDA nodes (``!aiida_node``), which only AiiDA's YAML loader reads; AiiDA decodes with it
-    on its own trusted broker, and so does this broker (aiida-core's ``RabbitmqBroker._create_communicator``).
-    Sizes are bounded as with our codecs.
-    """
-
-    name = "aiida-yaml"
-
-    def __init__(self, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
-        from aiida.orm.utils import serialize
-
-        self.max_bytes = max_bytes
-        self._encode = functools.partial(serialize.serialize, encoding="utf-8")
-        self._decode = serialize.deserialize_unsafe
-
-    def encode(self, obj: Any) -> bytes:
-        try:
-            data: bytes = self._encode(obj)
-        except Exception as exc:  # noqa: BLE001 - AiiDA's serializer raises what yaml raises
-            raise EncodeError(f"AiiDA's serializer cannot encode this message: {type(exc).__name__}: {exc}") from None
-        if len(data) > self.max_bytes:
-            raise EncodeError(f"message of {len(data)} bytes exceeds the limit of {self.max_bytes} bytes")
-        return data
-
-    def decode(self, data: bytes | str) -> Any:
-        if len(data) > self.max_bytes:
-            raise DecodeError(f"message of {len(data)} bytes exceeds the limit of {self.max_bytes} bytes")
-        try:
-            return self._decode(data.decode("utf-8") if isinstance(data, bytes) else data)
-        except Exception as exc:  # noqa: BLE001 - yaml's errors, or a node this profile does not have
-            raise DecodeError(f"AiiDA's loader cannot decode this message: {type(exc).__name__}: {exc}") from None
 
 
 class ProcessCommsBroker(Broker):
@@ -115,11 +79,16 @@ class ProcessCommsBroker(Broker):
         """The profile's communicator: ours in kiwipy's mode, on AiiDA's exchanges and task queue; made once."""
         if self._communicator is None:
             from aiida.manage.configuration import get_config_option
+            from aiida.orm.utils import serialize
 
+            # AiiDA's serializer, as core.rabbitmq gives kiwipy: task results carry nodes (``!aiida_node``) that
+            # only AiiDA's loader reads, on AiiDA's own trusted broker (wire/codec.py FunctionCodec bounds sizes)
             self._communicator = connect(
                 self.get_url(),
                 api="kiwipy",
-                codec=AiidaCodec(),
+                encoder=functools.partial(serialize.serialize, encoding="utf-8"),
+                decoder=serialize.deserialize_unsafe,
+                async_task_timeout=get_config_option("broker.task_timeout"),
                 message_exchange=get_message_exchange_name(self._prefix),
                 task_exchange=get_task_exchange_name(self._prefix),
                 task_queue=get_launch_queue_name(self._prefix),

@@ -101,20 +101,7 @@ def test_the_thread_controller_gives_plumpys_shapes(plumpy_worker: Peer, control
         assert depth(executed) == (2, {"sum": 4}), flavour
 
 
-@pytest.mark.parametrize(
-    "flavour",
-    [
-        *FLAVOURS[:2],
-        pytest.param(
-            FLAVOURS[2],
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="connect(api='kiwipy') still fails the future instead of raising from the call "
-                "(KiwipyThreadCommunicator.rpc_send, process_comms/transports/connect.py)",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("flavour", FLAVOURS)
 def test_an_unroutable_kill_raises_from_the_call(plumpy_worker: Peer, controller_for: Any, flavour: str) -> None:
     """AiiDA's ``Process.kill`` catches ``UnroutableError`` around ``kill_process(child)``, not on its future."""
     controller = controller_for(flavour, plumpy_worker)
