@@ -1,4 +1,4 @@
-"""The WorkChain `.ci/aiida` runs on an AiiDA daemon over process_comms: a parent with a finished child and a live one.
+"""The WorkChains `.ci/aiida` runs on an AiiDA daemon over process_comms: a parent with a finished child and a live one.
 
 ``Parent`` first runs ``add`` (a calcfunction: a child that has finished when the parent is killed, as in
 aiida-core's ``Process.kill`` case of a child no longer reachable), then submits an
@@ -19,6 +19,19 @@ from aiida.engine import ToContext, WorkChain, calcfunction
 def add(x: orm.Int, y: orm.Int) -> orm.Int:
     """A child that finishes at once."""
     return orm.Int(x.value + y.value)
+
+
+class Quick(WorkChain):
+    """One step that runs ``add``: a process for ``verdi process repair`` and ``tasks revive`` to bring back."""
+
+    @classmethod
+    def define(cls, spec: Any) -> None:
+        super().define(spec)
+        spec.outline(cls.step)
+        spec.output("sum", valid_type=orm.Int)
+
+    def step(self) -> None:
+        self.out("sum", add(orm.Int(2), orm.Int(3)))
 
 
 class Parent(WorkChain):

@@ -4,7 +4,7 @@ Usage: ``python .ci/aiida_check.py PROFILE VHOST WORKDIR`` in a venv with aiida-
 after ``verdi profile setup`` made PROFILE. It points the profile at the ``process_comms.rabbitmq`` broker (the
 entry point in setup.cfg) on RabbitMQ's vhost VHOST, then checks, with every wait bounded:
 
-1. ``verdi process repair`` re-creates the task of a process whose task was lost (the daemon stopped);
+1. ``verdi process repair`` re-creates the task of a process whose task was lost (checkpointed, never queued);
 2. ``verdi devel rabbitmq tasks revive`` does the same with the daemon running, and both processes finish;
 3. a WorkChain with a finished child and a live CalcJob child is paused, played, and killed: the kill is
    answered within seconds and kills the live child too.
@@ -58,6 +58,9 @@ def wait_until(probe: Callable[[], Any], what: str, timeout: float = STATE_TIMEO
     return took
 
 
+sys.path.insert(0, str(HERE))  # aiida_chain, as the daemon finds it on verdi's PYTHONPATH
+
+
 def node(pk: int) -> Any:
     from aiida import orm
 
@@ -100,24 +103,17 @@ def configure() -> Any:
     return orm.InstalledCode(computer=computer, filepath_executable="/bin/bash", label="bash").store()
 
 
-def launch_queue() -> str:
-    from aiida.manage import get_manager
-
-    return f"aiida-{get_manager().get_profile().uuid}.process.queue"
-
-
-def purge_tasks() -> None:
-    """Lose every queued task, as a broker restart without persistence does (what repair is for)."""
-    subprocess.run(["rabbitmqctl", "-q", "purge_queue", "-p", VHOST, launch_queue()], check=True, timeout=60)
-
-
 def stuck_process() -> int:
-    """A workflow whose task is lost: submitted with the daemon stopped, then the queue purged."""
-    from aiida import engine, orm
-    from aiida.workflows.arithmetic.add_multiply import add_multiply
+    """A process whose task is lost: created and checkpointed as ``submit`` does, its continue task never sent."""
+    from aiida.engine.utils import instantiate_process
+    from aiida.manage import get_manager
+    from aiida_chain import Quick
 
-    pk: int = engine.submit(add_multiply, x=orm.Int(1), y=orm.Int(2), z=orm.Int(3)).pk
-    purge_tasks()
+    runner = get_manager().get_runner()
+    process = instantiate_process(runner, Quick)
+    runner.persister.save_checkpoint(process)
+    process.close()
+    pk: int = process.node.pk
     return pk
 
 
@@ -125,8 +121,6 @@ def main() -> None:
     started = time.monotonic()
     code = configure()
     from aiida import engine, orm
-
-    sys.path.insert(0, str(HERE))
     from aiida_chain import Parent  # the daemon imports it from the same place (verdi's PYTHONPATH)
 
     print("== 1. verdi process repair re-creates a lost task")
