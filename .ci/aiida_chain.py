@@ -27,10 +27,10 @@ class Quick(WorkChain):
     @classmethod
     def define(cls, spec: Any) -> None:
         super().define(spec)
-        spec.outline(cls.step)
+        spec.outline(cls.add_two)
         spec.output("sum", valid_type=orm.Int)
 
-    def step(self) -> None:
+    def add_two(self) -> None:
         self.out("sum", add(orm.Int(2), orm.Int(3)))
 
 
@@ -49,7 +49,8 @@ class Parent(WorkChain):
         self.ctx.sum = add(orm.Int(1), orm.Int(2))
 
     def slow(self) -> Any:
-        options = {"resources": {"num_machines": 1}, "sleep": self.inputs.sleep.value, "max_wallclock_seconds": 900}
+        resources = {"num_machines": 1, "num_mpiprocs_per_machine": 1}
+        options = {"resources": resources, "sleep": self.inputs.sleep.value, "max_wallclock_seconds": 900}
         inputs = {"code": self.inputs.code, "x": orm.Int(3), "y": orm.Int(4), "metadata": {"options": options}}
         return ToContext(slow=self.submit(ArithmeticAddCalculation, **inputs))
 

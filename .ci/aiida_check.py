@@ -67,8 +67,8 @@ def node(pk: int) -> Any:
     return orm.load_node(pk)
 
 
-def configure() -> Any:
-    """Point the profile at the process_comms broker on VHOST; a local computer and a bash code for CalcJobs."""
+def configure() -> int:
+    """Point the profile at the process_comms broker on VHOST; a local computer and a bash code (its pk)."""
     from aiida import load_profile, orm
     from aiida.manage import get_manager
     from aiida.manage.configuration import get_config
@@ -100,7 +100,8 @@ def configure() -> Any:
     ).store()
     computer.configure(safe_interval=0)
     computer.set_minimum_job_poll_interval(1.0)
-    return orm.InstalledCode(computer=computer, filepath_executable="/bin/bash", label="bash").store()
+    code: int = orm.InstalledCode(computer=computer, filepath_executable="/bin/bash", label="bash").store().pk
+    return code
 
 
 def stuck_process() -> int:
@@ -141,7 +142,7 @@ def main() -> None:
     wait_until(lambda: node(revived).is_finished_ok, f"revived process {revived} finished")
 
     print("== 3. pause, play and kill a WorkChain whose first child has finished")
-    parent = engine.submit(Parent, code=code, sleep=orm.Int(600)).pk
+    parent = engine.submit(Parent, code=orm.load_code(code), sleep=orm.Int(600)).pk  # loaded again: step 1 reset
 
     def live_child() -> Any:
         jobs = [child for child in node(parent).called if isinstance(child, orm.CalcJobNode)]
