@@ -12,16 +12,27 @@ from typing import Any
 from ..transports._loop import ControllerFuture
 from ..transports.threaded import ThreadCommunicator
 from ..wire.loaders import ObjectLoader
-from ..wire.messages import Intent, MessageBuilder, Pid, create_continue_body, create_launch_body
+from ..wire.messages import Pid
 from ._kiwipy import KiwipyPortal, is_foreign, unwrap_ours
-from ._plumpy import ControllerApi, PlumpyShape, check_api
+from ._plumpy import ControllerApi, check_api
 from .controller import RemoteProcessController
 
 __all__ = ["RemoteProcessThreadController"]
 
 
 class RemoteProcessThreadController:
-    """Control remote processes from threads: every call returns a flat, deadline-bounded future."""
+    """Control remote processes from threads: every call returns a flat, deadline-bounded future.
+
+    ``api="plumpy"`` gives a :class:`~process_comms.client._plumpy_thread.PlumpyThreadController` (plumpy's shapes).
+    """
+
+    def __new__(cls, communicator: Any = None, **kwargs: Any) -> RemoteProcessThreadController:
+        """The plumpy-shaped controller for ``api="plumpy"``: plumpy's calls are its own, not this facade's."""
+        if cls is RemoteProcessThreadController and check_api(kwargs.get("api", "process_comms")):
+            from ._plumpy_thread import PlumpyThreadController  # it subclasses this class: imported when asked for
+
+            return super().__new__(PlumpyThreadController)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -46,16 +57,7 @@ class RemoteProcessThreadController:
         #: What the calls are submitted to: ours, or a loop thread of our own over a foreign communicator.
         self._communicator: ThreadCommunicator | KiwipyPortal = KiwipyPortal(inner) if is_foreign(inner) else inner
         self._core = RemoteProcessController(self._communicator, rpc_timeout=rpc_timeout, task_timeout=task_timeout)
-        #: plumpy's shapes for plumpy's calls (``api="plumpy"``), else None.
-        self._plumpy = PlumpyShape(communicator, rpc_timeout, task_timeout, self._schedule) if check_api(api) else None
-
-    def _schedule(self, delay: float, callback: Callable[[], None]) -> None:
-        """Call ``callback`` on the loop thread after ``delay`` seconds (a plumpy-shaped call's deadline)."""
-        loop = self._communicator.loop
-        try:
-            loop.call_soon_threadsafe(loop.call_later, delay, callback)
-        except RuntimeError:  # the loop has closed: the communicator's futures fail on their own
-            pass
+        check_api(api)  # "plumpy" made a PlumpyThreadController (__new__); another value is a ValueError
 
     @property
     def communicator(self) -> Any:
@@ -92,31 +94,23 @@ class RemoteProcessThreadController:
 
     def get_status(self, pid: Pid, timeout: float | None = None) -> ControllerFuture[dict[str, Any]]:
         """Future of the status dict of ``pid``."""
-        if self._plumpy is not None:
-            return self._plumpy.rpc(pid, MessageBuilder.status(), timeout)  # type: ignore[no-any-return]
         return self._communicator.submit(self._core.get_status, pid, timeout)
 
     def pause_process(
         self, pid: Pid, msg_text: str | None = None, timeout: float | None = None, *, release: bool = False
     ) -> ControllerFuture[bool]:
         """Future of the pause result (True, or False if already ended); ``release=True`` also frees its worker."""
-        if self._plumpy is not None and not release:
-            return self._plumpy.rpc(pid, MessageBuilder.pause(msg_text), timeout)  # type: ignore[no-any-return]
         return self._communicator.submit(lambda: self._core.pause_process(pid, msg_text, timeout, release=release))
 
     def play_process(self, pid: Pid, timeout: float | None = None, *, resume: bool = False) -> ControllerFuture[bool]:
         """Future of the play result (True, also for an ended process); ``resume=True`` first continues a
         released process."""
-        if self._plumpy is not None and not resume:
-            return self._plumpy.rpc(pid, MessageBuilder.play(), timeout)  # type: ignore[no-any-return]
         return self._communicator.submit(lambda: self._core.play_process(pid, timeout, resume=resume))
 
     def kill_process(
         self, pid: Pid, msg_text: str | None = None, force_kill: bool = False, timeout: float | None = None
     ) -> ControllerFuture[bool]:
         """Future of the kill result (True if killed, False if it had ended otherwise)."""
-        if self._plumpy is not None:
-            return self._plumpy.rpc(pid, MessageBuilder.kill(msg_text, force_kill), timeout)  # type: ignore[no-any-return]
         return self._communicator.submit(self._core.kill_process, pid, msg_text, force_kill, timeout)
 
     def pause_all(
@@ -127,25 +121,16 @@ class RemoteProcessThreadController:
         With ``answers_within`` (seconds): a future of ``{pid: result}`` for the processes that answered
         within that window (process_comms workers answer; plumpy ones do not).
         """
-        if self._plumpy is not None and answers_within is None:
-            self._plumpy.broadcast(MessageBuilder.pause(msg_text), Intent.PAUSE)
-            return None
         return self._all(lambda: self._core.pause_all(msg_text, answers_within=answers_within), answers_within)
 
     def play_all(self, *, answers_within: float | None = None) -> ControllerFuture[dict[Any, Any] | None] | None:
         """Broadcast a play to every process; with ``answers_within``, a future of ``{pid: result}``."""
-        if self._plumpy is not None and answers_within is None:
-            self._plumpy.broadcast(None, Intent.PLAY)
-            return None
         return self._all(lambda: self._core.play_all(answers_within=answers_within), answers_within)
 
     def kill_all(
         self, msg_text: str | None, *, answers_within: float | None = None
     ) -> ControllerFuture[dict[Any, Any] | None] | None:
         """Broadcast a kill to every process; with ``answers_within``, a future of ``{pid: result}``."""
-        if self._plumpy is not None and answers_within is None:
-            self._plumpy.broadcast(MessageBuilder.kill(msg_text), Intent.KILL)
-            return None
         return self._all(lambda: self._core.kill_all(msg_text, answers_within=answers_within), answers_within)
 
     def _all(
@@ -169,9 +154,6 @@ class RemoteProcessThreadController:
     ) -> ControllerFuture[Any]:
         """Future of the launch: the pid with ``nowait``, else the outputs (None with ``no_reply``); ``queue``
         names a task queue."""
-        if self._plumpy is not None and queue is None:
-            body = create_launch_body(process_class, init_args, init_kwargs, persist, loader, nowait)
-            return self._plumpy.task(body, no_reply, timeout)  # type: ignore[no-any-return]
         return self._communicator.submit(
             lambda: self._core.launch_process(
                 process_class, init_args, init_kwargs, persist, loader, nowait, no_reply, timeout, queue=queue
@@ -189,8 +171,6 @@ class RemoteProcessThreadController:
         queue: str | None = None,
     ) -> ControllerFuture[Any]:
         """Future of the continue: the pid with ``nowait``, else the outputs; ``queue`` names a task queue."""
-        if self._plumpy is not None and queue is None:
-            return self._plumpy.task(create_continue_body(pid, tag, nowait), no_reply, timeout)  # type: ignore[no-any-return]
         return self._communicator.submit(
             lambda: self._core.continue_process(pid, tag, nowait, no_reply, timeout, queue=queue)
         )
@@ -206,17 +186,12 @@ class RemoteProcessThreadController:
         timeout: float | None = None,
     ) -> ControllerFuture[Any]:
         """Future of create-then-continue (works here; plumpy's deadlocks on its own loop thread)."""
-        if self._plumpy is not None:
-            args = (process_class, init_args, init_kwargs, loader, nowait, no_reply, timeout)
-            return self._plumpy.execute(*args)  # type: ignore[return-value]
         return self._communicator.submit(
             self._core.execute_process, process_class, init_args, init_kwargs, loader, nowait, no_reply, timeout
         )
 
     def task_send(self, message: Any, no_reply: bool = False, timeout: float | None = None) -> ControllerFuture[Any]:
         """Future of a raw task's result."""
-        if self._plumpy is not None:
-            return self._plumpy.task(message, no_reply, timeout)  # type: ignore[no-any-return]
         return self._communicator.submit(self._core.task_send, message, no_reply, timeout)
 
     def get_status_many(
