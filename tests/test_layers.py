@@ -1,8 +1,9 @@
 """The layer rule of CONTRIBUTING.md: no module of process_comms imports against the layer order.
 
-errors/defaults/urls <- wire <- transports <- client, worker (siblings) <- dashboard <- cli. A module may import
-from its own layer or a lower one; client and worker never import each other; the dashboard (a client of the
-fleet, under the command that serves it) never imports the worker. Relative and absolute imports both
+errors/defaults/urls <- wire <- transports <- client, worker (siblings) <- dashboard, aiida (siblings) <- cli. A
+module may import from its own layer or a lower one; client and worker never import each other; the dashboard (a
+client of the fleet, under the command that serves it) and the aiida-core broker plugin never import the worker,
+and only the plugin imports aiida-core. Relative and absolute imports both
 count, and so do imports under ``if TYPE_CHECKING:``. The top-level ``__init__`` and the shims that keep
 the README's module paths working (``process_comms.messages``, ``process_comms.display``) are exempt.
 """
@@ -16,9 +17,19 @@ PACKAGE = "process_comms"
 ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 
 #: The rank of each layer; a module may import only modules of a rank at most its own.
-RANKS = {"base": 0, "wire": 1, "transports": 2, "client": 3, "worker": 3, "dashboard": 4, "cli": 5, "top": 6}
+RANKS = {
+    "base": 0,
+    "wire": 1,
+    "transports": 2,
+    "client": 3,
+    "worker": 3,
+    "dashboard": 4,
+    "aiida": 4,
+    "cli": 5,
+    "top": 6,
+}
 #: Lower layers a layer may still not import.
-FORBIDDEN = {"dashboard": {"worker"}}
+FORBIDDEN = {"dashboard": {"worker"}, "aiida": {"worker"}}
 BASE_MODULES = {"errors", "defaults", "urls", "_compat"}
 #: Re-exporting modules: importing them from inside a layer would pull in everything above it.
 EXEMPT = {PACKAGE, f"{PACKAGE}.messages", f"{PACKAGE}.display"}
@@ -100,3 +111,17 @@ def test_no_import_runs_against_the_layer_order() -> None:
     for line in found:
         print(line)
     assert found == [], "imports against the layer order (see CONTRIBUTING.md):\n" + "\n".join(found)
+
+
+def test_only_the_aiida_plugin_imports_aiida_core() -> None:
+    """aiida-core is an optional extra (``process_comms[aiida]``): the core must import without it."""
+    found = []
+    for path in sorted(ROOT.rglob("*.py")):
+        if module_name(path).startswith(f"{PACKAGE}.aiida"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            found += [f"{module_name(path)} -> {name}" for name in names if name.split(".")[0] == "aiida"]
+    assert found == [], "aiida-core imported outside process_comms/aiida:\n" + "\n".join(found)

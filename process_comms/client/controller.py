@@ -37,6 +37,7 @@ from ..wire.messages import (
 )
 from ..wire.status import is_lost
 from ._kiwipy import KiwipyAdapter, is_foreign, unwrap_ours
+from ._plumpy import ControllerApi, PlumpyShape, check_api
 from .records import ProcessListing, RecordQueries, RecordStore, epoch, lost_error
 
 __all__ = ["RemoteProcessController", "TERMINAL_STATES"]
@@ -57,12 +58,20 @@ class RemoteProcessController(RecordQueries):
         rpc_timeout: float | None = None,
         task_timeout: float | None = None,
         store: RecordStore | None = None,
+        api: ControllerApi = "process_comms",
     ) -> None:
         """``communicator`` is what :func:`process_comms.connect` returns (or an :class:`AsyncCommunicator`), or
         any kiwipy ``Communicator`` (kiwipy's thread or asyncio RabbitMQ ones, ``plumpy.LoopCommunicator``,
         aiida-core's ZeroMQ one), driven through an adapter that keeps flat results, deadlines and typed
         errors (client/_kiwipy.py; docs/migrating.md). ``store`` (e.g. ``open_record_store(url)``; not closed
-        here) answers the record queries that no worker answers (client/records.py)."""
+        here) answers the record queries that no worker answers (client/records.py).
+
+        ``api="plumpy"``: plumpy's calls await the levels plumpy's asyncio controller awaits, with no deadline
+        unless ``rpc_timeout``/``task_timeout`` or a call's ``timeout`` asks (client/_plumpy.py); the
+        communicator must be kiwipy-shaped (``connect(url, api="kiwipy")``, kiwipy's own).
+        """
+        #: plumpy's shapes for plumpy's calls (``api="plumpy"``), else None.
+        self._plumpy = PlumpyShape(communicator, rpc_timeout, task_timeout) if check_api(api) else None
         self._communicator = communicator
         self._store = store
         #: What the calls go through: ours (also from inside a plumpy LoopCommunicator) or the adapter.
@@ -213,6 +222,8 @@ class RemoteProcessController(RecordQueries):
         For a process no worker holds (ended or parked) it comes from the fleet's record, with ``record``
         True and its ``outputs`` or ``exception``; ``ProcessUnreachable`` only for a pid with no record.
         """
+        if self._plumpy is not None:
+            return await self._plumpy.rpc_levels(pid, MessageBuilder.status(), 1, timeout)  # type: ignore[no-any-return]
         return await self._run(self._status, pid, timeout)
 
     async def pause_process(
@@ -228,12 +239,16 @@ class RemoteProcessController(RecordQueries):
         message = MessageBuilder.pause(msg_text)
         if release:
             message[RELEASE_KEY] = True
+        elif self._plumpy is not None:
+            return await self._plumpy.rpc_levels(pid, message, 2, timeout)  # type: ignore[no-any-return]
         return await self._run(self._control, pid, message, timeout)
 
     async def play_process(self, pid: Pid, timeout: float | None = None, *, resume: bool = False) -> bool:
         """Resume ``pid`` (True, also when it has ended: as plumpy, an ended process is not paused); with
         ``resume=True`` a released process (no longer running anywhere) is first continued from its
         checkpoint on a worker."""
+        if self._plumpy is not None and not resume:
+            return await self._plumpy.rpc_levels(pid, MessageBuilder.play(), 2, timeout)  # type: ignore[no-any-return]
         return await self._run(self._play, pid, timeout, resume)
 
     async def _play(self, pid: Pid, timeout: float | None, resume: bool) -> bool:
@@ -259,6 +274,9 @@ class RemoteProcessController(RecordQueries):
         no worker runs it again; a pid the fleet does not know raises ``ProcessUnreachable``, but a task of
         that pid still queued is dropped by the worker that takes it.
         """
+        if self._plumpy is not None:
+            message = MessageBuilder.kill(msg_text, force_kill)
+            return await self._plumpy.rpc_levels(pid, message, 2, timeout)  # type: ignore[no-any-return]
         return await self._run(self._kill, pid, MessageBuilder.kill(msg_text, force_kill), timeout)
 
     async def pause_all(self, msg_text: str | None, *, answers_within: float | None = None) -> dict[Any, Any] | None:
@@ -268,14 +286,23 @@ class RemoteProcessController(RecordQueries):
         window (process_comms workers answer; plumpy ones do not).
         """
         wire_text(msg_text, "pause text", EncodeError)  # a str or None (plumpy's msg_text): checked before sending
+        if self._plumpy is not None and answers_within is None:
+            await self._plumpy.broadcast_async(MessageBuilder.pause(msg_text), Intent.PAUSE)
+            return None
         return await self._run(self._broadcast, MessageBuilder.pause(msg_text), Intent.PAUSE, answers_within)
 
     async def play_all(self, *, answers_within: float | None = None) -> dict[Any, Any] | None:
         """Broadcast a play to every process; with ``answers_within``, ``{pid: result}`` of those that answered."""
+        if self._plumpy is not None and answers_within is None:
+            await self._plumpy.broadcast_async(None, Intent.PLAY)
+            return None
         return await self._run(self._broadcast, None, Intent.PLAY, answers_within)
 
     async def kill_all(self, msg_text: str | None, *, answers_within: float | None = None) -> dict[Any, Any] | None:
         """Broadcast a kill to every process; with ``answers_within``, ``{pid: result}`` of those that answered."""
+        if self._plumpy is not None and answers_within is None:
+            await self._plumpy.broadcast_async(MessageBuilder.kill(msg_text), Intent.KILL)
+            return None
         return await self._run(self._broadcast, MessageBuilder.kill(msg_text), Intent.KILL, answers_within)
 
     async def launch_process(
@@ -296,6 +323,8 @@ class RemoteProcessController(RecordQueries):
         ``queue``: a named task queue (``"gpu"``), consumed by the workers started with ``--queue gpu``.
         """
         body = create_launch_body(process_class, init_args, init_kwargs, persist, loader, nowait)
+        if self._plumpy is not None and queue is None:
+            return await self._plumpy.task_levels(body, no_reply, timeout)
         return await self._run(self._task, body, no_reply, timeout, queue)
 
     async def continue_process(
@@ -312,6 +341,8 @@ class RemoteProcessController(RecordQueries):
 
         ``queue``: a named task queue, as for :meth:`launch_process`.
         """
+        if self._plumpy is not None and queue is None:
+            return await self._plumpy.task_levels(create_continue_body(pid, tag, nowait), no_reply, timeout)
         return await self._run(self._task, create_continue_body(pid, tag, nowait), no_reply, timeout, queue)
 
     async def execute_process(
@@ -325,10 +356,15 @@ class RemoteProcessController(RecordQueries):
         timeout: float | None = None,
     ) -> Any:
         """Create a persisted process, then continue it: survives this interpreter's death."""
+        if self._plumpy is not None:
+            args = (process_class, init_args, init_kwargs, loader, nowait, no_reply, timeout)
+            return await self._plumpy.execute_async(*args)
         return await self._run(self._execute, process_class, init_args, init_kwargs, loader, nowait, no_reply, timeout)
 
     async def task_send(self, message: Any, no_reply: bool = False, timeout: float | None = None) -> Any:
         """Send a raw task body; its final result."""
+        if self._plumpy is not None:
+            return await self._plumpy.task_levels(message, no_reply, timeout)
         return await self._run(self._task, message, no_reply, timeout)
 
     # -- beyond plumpy -----------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from ..transports.threaded import ThreadCommunicator
 from ..wire.loaders import ObjectLoader
 from ..wire.messages import Pid
 from ._kiwipy import KiwipyPortal, is_foreign, unwrap_ours
+from ._plumpy import ControllerApi, check_api
 from .controller import RemoteProcessController
 from .records import ProcessListing, RecordStore
 
@@ -21,7 +22,18 @@ __all__ = ["RemoteProcessThreadController"]
 
 
 class RemoteProcessThreadController:
-    """Control remote processes from threads: every call returns a flat, deadline-bounded future."""
+    """Control remote processes from threads: every call returns a flat, deadline-bounded future.
+
+    ``api="plumpy"`` gives a :class:`~process_comms.client._plumpy_thread.PlumpyThreadController` (plumpy's shapes).
+    """
+
+    def __new__(cls, communicator: Any = None, **kwargs: Any) -> RemoteProcessThreadController:
+        """The plumpy-shaped controller for ``api="plumpy"``: plumpy's calls are its own, not this facade's."""
+        if cls is RemoteProcessThreadController and check_api(kwargs.get("api", "process_comms")):
+            from ._plumpy_thread import PlumpyThreadController  # it subclasses this class: imported when asked for
+
+            return super().__new__(PlumpyThreadController)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -30,11 +42,19 @@ class RemoteProcessThreadController:
         rpc_timeout: float | None = None,
         task_timeout: float | None = None,
         store: RecordStore | None = None,
+        api: ControllerApi = "process_comms",
     ) -> None:
         """``communicator`` is what :func:`process_comms.connect` returns (timeouts default to its own), or any
         kiwipy ``Communicator``: then the controller runs its coroutines on a loop thread of its own and
         drives the communicator through an adapter (client/_kiwipy.py); :meth:`close` closes both.
-        ``store`` answers the record queries no worker answers (as the asyncio controller's)."""
+        ``store`` answers the record queries no worker answers (as the asyncio controller's).
+
+        ``api="plumpy"``: plumpy's calls return what plumpy's ``RemoteProcessThreadController`` returns (the
+        communicator's futures, nested per ``pending`` reply; its ``UnroutableError`` raised by the call; no
+        deadline unless ``rpc_timeout``/``task_timeout`` or a call's ``timeout`` asks); the communicator must
+        be kiwipy-shaped (``connect(url, api="kiwipy")``, kiwipy's own). Our keyword-only extras (``release``,
+        ``resume``, ``queue``, ``answers_within``) and the calls plumpy lacks stay flat and bounded.
+        """
         self._given = communicator
         inner = unwrap_ours(communicator)
         #: What the calls are submitted to: ours, or a loop thread of our own over a foreign communicator.
@@ -42,6 +62,7 @@ class RemoteProcessThreadController:
         self._core = RemoteProcessController(
             self._communicator, rpc_timeout=rpc_timeout, task_timeout=task_timeout, store=store
         )
+        check_api(api)  # "plumpy" made a PlumpyThreadController (__new__); another value is a ValueError
 
     @property
     def communicator(self) -> Any:
