@@ -61,7 +61,7 @@ INSTALL_HINT = (
 def require_circus() -> None:
     """Raise a one-line :class:`CliError` with the install hint when circus is not installed."""
     try:
-        import circus  # type: ignore[import-untyped, unused-ignore]  # noqa: F401
+        import circus  # noqa: F401
     except ImportError:
         raise CliError(INSTALL_HINT, EXIT_ERROR) from None
 
@@ -106,8 +106,8 @@ class Files:
 
 def call(files: Files, command: str, timeout: float, **properties: Any) -> dict[str, Any]:
     """Send one circus command to the supervisor and return its answer; no answer in ``timeout`` raises CliError."""
-    from circus.client import CircusClient  # type: ignore[import-untyped, unused-ignore]
-    from circus.exc import CallError  # type: ignore[import-untyped, unused-ignore]
+    from circus.client import CircusClient
+    from circus.exc import CallError
 
     client = CircusClient(endpoint=files.endpoint(files.control), timeout=timeout)
     try:
@@ -155,8 +155,8 @@ def serve(root: Path) -> int:
     import logging
 
     from circus import get_arbiter
-    from circus.pidfile import Pidfile  # type: ignore[import-untyped, unused-ignore]
-    from circus.util import configure_logger  # type: ignore[import-untyped, unused-ignore]
+    from circus.pidfile import Pidfile
+    from circus.util import configure_logger
 
     files = Files(root)
     spec = json.loads(files.spec.read_text())
