@@ -235,3 +235,24 @@ def test_without_circus_the_command_says_how_to_install_it(daemon: Daemon) -> No
         "process-comms: error: the daemon needs the optional dependency circus: "
         "pip install 'process_comms[daemon]' (from a clone: pip install '.[daemon]')"
     )
+
+
+def test_a_stale_pid_file_is_not_a_running_daemon(daemon: Daemon) -> None:
+    daemon.dir.mkdir(parents=True)
+    (daemon.dir / "daemon.pid").write_text(f"{os.getpid()}\n")  # a live pid, but not a supervisor (a reused pid)
+    status = daemon.run("daemon", "status")
+    assert status.returncode == 1 and "no daemon runs for profile 'night'" in status.stderr, status.stderr
+    assert not (daemon.dir / "daemon.pid").exists()
+
+
+def test_stop_kills_a_worker_that_does_not_stop_in_time(daemon: Daemon) -> None:
+    daemon.ok("daemon", "start", "1", "--allow", "tests.procs", "--stop-timeout", "1")
+    (stuck,) = daemon.status()["workers"]
+    os.kill(stuck, signal.SIGSTOP)  # it cannot act on SIGTERM: only SIGKILL, after the grace, ends it
+    began = time.monotonic()
+    stopped = daemon.ok("daemon", "stop")
+    took = time.monotonic() - began
+    assert "stopped" in stopped.stdout, stopped.stdout
+    assert _gone(stuck) and _started_here(daemon.state) == []
+    assert took < 1 + 10 + 5, took  # the grace, the margin `stop` allows the supervisor, and start-up time
+    assert not (daemon.dir / "daemon.pid").exists()

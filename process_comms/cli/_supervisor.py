@@ -95,6 +95,18 @@ class Files:
             )
         return f"ipc://{path}"
 
+    def is_supervisor(self, pid: int) -> bool:
+        """False when ``pid`` is some other program (a pid reused after a crash); True where /proc cannot tell."""
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                argv = cmdline.read().split(b"\0")
+        except FileNotFoundError:
+            return not os.path.isdir("/proc/self")  # no /proc (macOS): the control call tells
+        except OSError:
+            return True
+        # `python -m process_comms.cli._supervisor ROOT`, or its title when setproctitle is installed (serve())
+        return os.fsencode(str(self.root)) in b" ".join(argv)
+
     def read_pid(self) -> int | None:
         """The pid in ``daemon.pid``, or None when there is none (or it is not a number)."""
         try:
@@ -153,14 +165,19 @@ def _watcher(spec: Mapping[str, Any], files: Files) -> dict[str, Any]:
 def serve(root: Path) -> int:
     """Run the supervisor of the daemon in ``root`` until ``quit`` (``daemon stop``); the pid file lives as long."""
     import logging
+    import logging.handlers
 
     from circus import get_arbiter
     from circus.pidfile import Pidfile
-    from circus.util import configure_logger
 
     files = Files(root)
     spec = json.loads(files.spec.read_text())
-    configure_logger(logging.getLogger("circus"), "info", str(files.supervisor_log))
+    handler = logging.handlers.RotatingFileHandler(
+        files.supervisor_log, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS
+    )  # bounded like worker.log: a crash-looping worker adds lines every second
+    handler.setFormatter(logging.Formatter("%(asctime)s circus[%(process)d] [%(levelname)s] %(message)s"))
+    logging.getLogger().handlers[:] = [handler]
+    logging.getLogger().setLevel(logging.INFO)
     for path in (files.control, files.events):  # left by a supervisor that was killed
         path.unlink(missing_ok=True)
     arbiter = get_arbiter(
@@ -168,7 +185,7 @@ def serve(root: Path) -> int:
         controller=files.endpoint(files.control),
         pubsub_endpoint=files.endpoint(files.events),
         check_delay=CHECK_DELAY,
-        proc_name="process-comms-daemon",
+        proc_name=f"process-comms-daemon {root}",  # the title `ps` shows when setproctitle is installed
     )
     pidfile = Pidfile(str(files.pid))
     pidfile.create(os.getpid())  # refuses (RuntimeError) while another live supervisor's pid is there

@@ -116,7 +116,7 @@ def _running(files: Files, ctx: Context) -> int | None:
     pid = files.read_pid()
     if pid is None:
         return None
-    if not _alive(pid):
+    if not _alive(pid) or not files.is_supervisor(pid):  # a supervisor that was killed left its pid file
         files.pid.unlink(missing_ok=True)
         return None
     _supervisor.call(files, "numprocesses", ctx.timeout, name=WATCHER)  # a live pid that is not ours fails here
