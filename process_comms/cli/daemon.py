@@ -52,16 +52,23 @@ def register(subparsers: SubParsers) -> None:
     p = add_command(subparsers, "daemon", "run N workers in the background, restarted when they die (per profile)")
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True, parser_class=type(p))
 
-    start = add_command(actions, "start", "start the daemon with N workers (default 1)")
+    start = add_command(
+        actions, "start", "start the daemon with N workers (default 1); returns once each is ready (--timeout)"
+    )
     start.add_argument("number", metavar="N", nargs="?", type=int_at_least(1), default=1, help="workers (default 1)")
     start.add_argument("--persister", metavar="URL", help="the workers' store (default: the profile's store)")
     start.add_argument("--allow", metavar="MODULE", action="append", help="module the workers may run (required)")
-    start.add_argument("--queue", metavar="NAME[=SLOTS]", dest="queues", type=parse_queue, action="append")
-    start.add_argument("--slots", metavar="N", type=int_at_least(0))
-    start.add_argument("--prefetch", metavar="N", type=int_at_least(0), default=0)
-    start.add_argument("--claim-ttl", metavar="S", type=positive_float)
-    start.add_argument("--records", choices=("on", "off"))
-    start.add_argument("--log-level", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
+    as_worker = "as for `process-comms worker` (see its --help)"
+    start.add_argument(
+        "--queue", metavar="NAME[=SLOTS]", dest="queues", type=parse_queue, action="append", help=as_worker
+    )
+    start.add_argument("--slots", metavar="N", type=int_at_least(0), help=as_worker)
+    start.add_argument("--prefetch", metavar="N", type=int_at_least(0), default=0, help=as_worker)
+    start.add_argument("--claim-ttl", metavar="S", type=positive_float, help=as_worker)
+    start.add_argument("--records", choices=("on", "off"), help=as_worker)
+    start.add_argument(
+        "--log-level", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], help=as_worker
+    )
     start.add_argument(
         "--stop-timeout",
         metavar="S",
