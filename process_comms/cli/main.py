@@ -263,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``process-comms`` (usage errors exit with code 2 in one line)."""
     # imported here, not at module level: see TYPE_CHECKING above
     from . import completion, control, dashboard, launch, permissions, queue, report, show, status, watch, worker
+    from . import daemon as daemon_command
     from . import list as list_command
     from . import workers as workers_command
 
@@ -289,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
         completion,
         dashboard,
         workers_command,
+        daemon_command,
     ):
         command.register(subparsers)
     return parser
