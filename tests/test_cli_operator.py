@@ -311,6 +311,11 @@ _CHATTY = """
             await asyncio.sleep(float(self.inputs["seconds"]))
             LOG.warning("module says goodbye")
             return {}
+
+    class Blocking(Process):
+        def run(self):  # a plain run, on the executor
+            LOG.info("blocking says hello %s", self.inputs["who"])
+            return {}
 """
 
 
@@ -333,3 +338,38 @@ def test_report_follow_and_module_logger_lines(
         assert "WARNING: module says goodbye" in followed.stdout
         again = run("--json", "report", pid)
         assert [line["text"] for line in json.loads(again.stdout)["log"]] == texts
+
+        # two processes of one module at once: each record has its own lines only; a plain run's lines too
+        other = run("launch", f"{module}:Chatty", "--nowait", "--inputs", '{"who": "B", "seconds": 1}')
+        both = run("launch", f"{module}:Chatty", "--nowait", "--inputs", '{"who": "C", "seconds": 1}')
+        blocking = run("launch", f"{module}:Blocking", "--nowait", "--inputs", '{"who": "D"}')
+        for launched, who in ((other, "B"), (both, "C"), (blocking, "D")):
+            assert launched.returncode == 0, launched.stderr
+            followed = run("--json", "report", launched.stdout.strip(), "--follow")
+            assert followed.returncode == 0, followed.stderr
+            lines = [json.loads(line)["text"] for line in followed.stdout.splitlines()]
+            expected = (
+                ["blocking says hello D"]
+                if who == "D"
+                else [f"module says hello {who}", "a report line", "module says goodbye"]
+            )
+            assert lines == expected
+
+
+# -- the dashboard extra --------------------------------------------------------------------------------
+def test_dashboard_without_its_extra_says_how_to_install_it(broker_url: str, names: dict[str, str]) -> None:
+    without = "import sys; sys.modules['uvicorn'] = None; from process_comms.cli.main import main; sys.exit(main())"
+    result = subprocess.run(
+        [sys.executable, "-c", without, *_global_options(broker_url, names), "dashboard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        env=_env(),
+    )
+    assert result.returncode == cli.EXIT_USAGE
+    line = _one_line_error(result)
+    assert "pip install '.[dashboard]'" in line and "uvicorn is missing" in line
+    readme = (ROOT / "README.md").read_text()
+    assert "pip install 'process_comms[dashboard]'" not in readme and "pip install '.[dashboard]'" in readme
+    assert "Chromium" in readme
