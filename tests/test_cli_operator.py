@@ -373,3 +373,25 @@ def test_dashboard_without_its_extra_says_how_to_install_it(broker_url: str, nam
     readme = (ROOT / "README.md").read_text()
     assert "pip install 'process_comms[dashboard]'" not in readme and "pip install '.[dashboard]'" in readme
     assert "Chromium" in readme
+
+
+def test_module_logger_lines_land_in_the_record(
+    run: Run,  # noqa: F811
+    broker_url: str,
+    names: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    module = f"pc_chatty_{uuid.uuid4().hex[:8]}"
+    _write_module(tmp_path, module, _CHATTY)
+    with _worker(broker_url, names, tmp_path, "--persister", "memory://", "--allow", module, pythonpath=(tmp_path,)):
+        pids = [str(uuid.uuid4()), str(uuid.uuid4())]
+        chatty = run("launch", f"{module}:Chatty", "--pid", pids[0], "--inputs", '{"who": "E", "seconds": 0}')
+        blocking = run("launch", f"{module}:Blocking", "--pid", pids[1], "--inputs", '{"who": "F"}')
+        assert chatty.returncode == 0 and blocking.returncode == 0, chatty.stderr + blocking.stderr
+        logs = [json.loads(run("--json", "report", pid).stdout)["log"] for pid in pids]
+        assert [(line["level"], line["text"]) for line in logs[0]] == [
+            ("INFO", "module says hello E"),
+            ("REPORT", "a report line"),
+            ("WARNING", "module says goodbye"),
+        ]
+        assert [line["text"] for line in logs[1]] == ["blocking says hello F"]
