@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import threading
+import weakref
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -23,14 +24,18 @@ if TYPE_CHECKING:
 
 __all__ = ["ProcessLogHandler", "install", "running", "uninstall"]
 
-_RUNNING: contextvars.ContextVar[Recorded | None] = contextvars.ContextVar("process_comms_running", default=None)
+#: A weak reference: contexts outlive the run (a timer or task started in it keeps a copy), the process must not
+#: (tests/test_records_in_flight.py checks that an ended process is let go).
+_RUNNING: contextvars.ContextVar[weakref.ref[Recorded] | None] = contextvars.ContextVar(
+    "process_comms_running", default=None
+)
 #: Loggers whose lines never go to a record from here (the library's, and the process's own ``logger``).
 _OWN_PREFIX = "process_comms."
 
 
 def running(process: Recorded) -> None:
     """Mark the current context (a process's run task) as running ``process``."""
-    _RUNNING.set(process)
+    _RUNNING.set(weakref.ref(process))
 
 
 class ProcessLogHandler(logging.Handler):
@@ -40,7 +45,8 @@ class ProcessLogHandler(logging.Handler):
         super().__init__(logging.INFO)
 
     def emit(self, record: logging.LogRecord) -> None:
-        process = _RUNNING.get()
+        ref = _RUNNING.get()
+        process = None if ref is None else ref()
         if process is None or record.name.startswith(_OWN_PREFIX) or record.name == "process_comms":
             return
         try:
