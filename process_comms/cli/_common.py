@@ -14,11 +14,14 @@ from typing import TYPE_CHECKING, Any, TextIO
 from .. import defaults
 from ..client.display import Progress
 from ..client.futures import wait_all
+from ..errors import InvalidPid, ProcessUnreachable
+from ..transports._dispatch import routing_id
 from ..transports.connect import connect
 from ..transports.threaded import ThreadCommunicator
 from ..urls import mask_url
-from ..wire.messages import parse_pid
-from .main import EXIT_BROKER, EXIT_OK, PROG, CliError, Scrubber, describe, exit_code_for, print_error
+from ..wire.messages import Pid
+from ..wire.messages import parse_pid as _parse_pid
+from .main import EXIT_BROKER, EXIT_OK, EXIT_USAGE, PROG, CliError, Scrubber, describe, exit_code_for, print_error
 
 if TYPE_CHECKING:
     from ..client.records import RecordStore
@@ -150,6 +153,17 @@ def from_store(ctx: Context, reason: Any) -> str:
 
 
 # -- pids ------------------------------------------------------------------------------------------
+def parse_pid(text: str) -> Pid:
+    """A pid typed on the command line: a UUID, else an integer, else the text (``launch --pid job-7``).
+
+    One that can never be a process's address (empty, ``*`` or ``#`` in it, too long) is a usage error (exit 2).
+    """
+    pid = _parse_pid(text)
+    try:
+        routing_id(pid)
+    except InvalidPid as exc:
+        raise CliError(f"invalid pid {text!r}: {exc}", EXIT_USAGE) from None
+    return pid
 
 
 def unique_pids(texts: Sequence[str]) -> list[tuple[str, Any]]:
@@ -191,16 +205,19 @@ def wait_many(
 def report(ctx: Context, records: list[dict[str, Any]], key: str, outcome: Any) -> int:
     """Add one PID's outcome to the JSON records and report a failure at once; return its exit code."""
     if isinstance(outcome, BaseException):
+        text = describe(outcome)
+        if isinstance(outcome, ProcessUnreachable) and isinstance(_parse_pid(key), str):
+            text += " (read as a text pid: it is neither a UUID nor an integer)"
         records.append(
             {
                 "pid": key,
                 "ok": False,
-                "error": describe(outcome),
+                "error": text,
                 "error_type": type(outcome).__name__,
                 "exit_code": exit_code_for(outcome),
             }
         )
-        ctx.error(describe(outcome))
+        ctx.error(text)
         return exit_code_for(outcome)
     records.append({"pid": key, "ok": True, "result": outcome})
     return EXIT_OK

@@ -8,7 +8,8 @@ the command line beats the profile, and the profile beats ``PROCESS_COMMS_BROKER
     broker = ["amqp://aiida:secret@rmq1:5672/aiida", "amqp://aiida:secret@rmq2:5672/aiida"]
     prefix = "aiida-6f1c2d"            # aiida-6f1c2d.messages, aiida-6f1c2d.tasks, aiida-6f1c2d.process.queue
     timeout = 60
-    store = "postgresql://aiida@db/aiida"
+    store = "postgresql://aiida@db/aiida"   # what the commands read; the worker's --persister by default
+    task_queue_type = "quorum"              # the worker's --task-queue-type by default
 
 The naming convention (:func:`prefix_names`) is the one the examples and AiiDA use.
 """
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import defaults
+from ..transports.rmq._topology import QUEUE_TYPES
 from .main import DEFAULT_TIMEOUT, EXIT_USAGE, CliError
 
 if sys.version_info >= (3, 11):
@@ -36,7 +38,7 @@ __all__ = ["ENV_PROFILE", "NAME_OPTIONS", "Profile", "apply_profile", "config_pa
 ENV_PROFILE = "PROCESS_COMMS_PROFILE"
 #: The options that name the broker objects, as ``connect()`` calls them.
 NAME_OPTIONS = ("message_exchange", "task_exchange", "task_queue")
-_KEYS = ("broker", "prefix", *NAME_OPTIONS, "timeout", "store")
+_KEYS = ("broker", "prefix", *NAME_OPTIONS, "timeout", "store", "task_queue_type")
 
 
 def prefix_names(prefix: str) -> dict[str, str]:
@@ -64,6 +66,7 @@ class Profile:
     names: Mapping[str, str] | None = None
     timeout: float | None = None
     store: str | None = None
+    task_queue_type: str | None = None
 
 
 def _usage(message: str) -> CliError:
@@ -99,7 +102,11 @@ def _parse(name: str, table: Any, where: str) -> Profile:
             raise _usage(f"timeout in {where} must be a number greater than 0, not {timeout!r}")
         timeout = float(timeout)
     store = table.get("store")
-    return Profile(name, broker, names or None, timeout, None if store is None else _text(store, "store", where))
+    queue_type = table.get("task_queue_type")
+    if queue_type is not None and queue_type not in QUEUE_TYPES:
+        raise _usage(f"task_queue_type in {where} must be one of {', '.join(QUEUE_TYPES)}, not {queue_type!r}")
+    store = None if store is None else _text(store, "store", where)
+    return Profile(name, broker, names or None, timeout, store, queue_type)
 
 
 def load_profile(name: str, path: Path | None = None) -> Profile:
@@ -146,4 +153,6 @@ def apply_profile(args: argparse.Namespace, env: Mapping[str, str] | None = None
         args.timeout = profile.timeout if profile and profile.timeout else DEFAULT_TIMEOUT
     if getattr(args, "store", None) is None:
         args.store = profile.store if profile else None
+    if getattr(args, "task_queue_type", None) is None:  # the worker's option; the profile's for any command
+        args.task_queue_type = profile.task_queue_type if profile else None
     return profile

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..client.controller import RemoteProcessController
 from ..client.thread_controller import RemoteProcessThreadController
+from ..wire.messages import is_terminal, state_name
 from ._common import GRACE, connect_from, report, unique_pids, wait_many
 from .main import EXIT_OK, EXIT_USAGE, CliError, add_command
 
@@ -17,10 +18,15 @@ if TYPE_CHECKING:
 
 __all__ = ["register", "run"]
 
+#: Seconds ``--all`` listens for the answers of the processes it reached (at most --timeout): process_comms
+#: processes answer a broadcast at once (process_comms/worker/_broadcasts.py), plumpy ones never do.
+ALL_ANSWER_WINDOW = 2.0
+
 _DONE_TEXT = {
     ("pause", True): "paused",
     ("pause", False): "not paused: it had already ended",
     ("play", True): "playing",
+    ("play", False): "not playing: it had already ended",
     ("kill", True): "killed",
     ("kill", False): "not killed: it had already ended otherwise",
 }
@@ -50,17 +56,36 @@ def _broadcast(ctx: Context, intent: str, message: str | None, force: bool) -> i
         ctx.warn("--force is ignored with --all: a broadcast kill is never forced")
     with connect_from(ctx) as comm:
         core = RemoteProcessController(comm, rpc_timeout=ctx.timeout)
+        window = min(ALL_ANSWER_WINDOW, ctx.timeout)
         broadcast: dict[str, Callable[[], Coroutine[Any, Any, dict[Any, Any] | None]]] = {
-            "pause": lambda: core.pause_all(message),
-            "play": core.play_all,
-            "kill": lambda: core.kill_all(message),
+            "pause": lambda: core.pause_all(message, answers_within=window),
+            "play": lambda: core.play_all(answers_within=window),
+            "kill": lambda: core.kill_all(message, answers_within=window),
         }
-        comm.submit(broadcast[intent]).result(ctx.timeout + GRACE)
+        answers = comm.submit(broadcast[intent]).result(ctx.timeout + window + GRACE) or {}
+    pids = sorted(str(pid) for pid in answers)
     if ctx.json:
-        ctx.print_json({"all": True, "intent": intent, "sent": True})
+        ctx.print_json({"all": True, "intent": intent, "sent": True, "answered": len(pids), "pids": pids})
     else:
-        ctx.print(f"{intent} sent to every process")
+        ctx.print(
+            f"{intent} sent to every process: {len(pids)} process(es) answered within {window:g} s "
+            "(plumpy processes do not answer)"
+        )
     return EXIT_OK
+
+
+def _ended_ones(
+    ctx: Context, controller: RemoteProcessThreadController, pids: dict[str, Any], results: dict[str, Any]
+) -> dict[str, bool]:
+    """``{pid: False}`` for the played pids that had ended: ``play_process`` answers True for them, as plumpy
+    does (an ended process is not paused), but "playing" would be the wrong word (``pause`` says "ended")."""
+    played = [key for key, outcome in results.items() if outcome is True]
+    statuses = wait_many({key: controller.get_status(pids[key], ctx.timeout) for key in played}, ctx.timeout + GRACE)
+    return {
+        key: False
+        for key, status in statuses.items()
+        if isinstance(status, dict) and is_terminal(state_name(status.get("state")))  # unanswered: "playing"
+    }
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
@@ -84,6 +109,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         }
         futures = {key: calls[intent](pid) for key, pid in pids}
         results = wait_many(futures, ctx.timeout + GRACE, ctx.err)
+        if intent == "play":
+            results.update(_ended_ones(ctx, controller, dict(pids), results))
     code = EXIT_OK
     records: list[dict[str, Any]] = []
     for key, outcome in results.items():

@@ -114,7 +114,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         import uvicorn  # noqa: F401
     except ImportError as exc:
         raise CliError(
-            f"the dashboard needs its extra: pip install 'process_comms[dashboard]' ({exc.name} is missing)",
+            f"the dashboard needs its extra ({exc.name} is missing): pip install '.[dashboard]' from a clone "
+            "of process_comms (process_comms[dashboard] once published)",
             EXIT_USAGE,
         ) from None
     settings = DashboardSettings(

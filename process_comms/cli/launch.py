@@ -66,14 +66,13 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         if not isinstance(inputs, dict):
             raise CliError("--inputs must be a JSON object", EXIT_USAGE)
         init_kwargs = {"inputs": inputs}
-    pid = None if args.pid is None else parse_pid(args.pid)
-    if not args.nowait and pid is None:  # our workers take the pid we choose: printed first, so Ctrl-C leaves a pid
-        pid = uuid.uuid4()
-    if pid is not None:
-        init_kwargs = {**(init_kwargs or {}), "pid": pid}
-        if is_tty(ctx.err):  # off a terminal the error line is the only one (Ctrl-C still prints the pid)
-            ctx.err.write(f"process-comms: launching process {pid}\n")
-            ctx.err.flush()
+    # the pid is chosen here, before sending (workers and plumpy's Process take init_kwargs["pid"]): a launch
+    # that is not answered in time, or interrupted, still names the process it may have started
+    pid = uuid.uuid4() if args.pid is None else parse_pid(args.pid)
+    init_kwargs = {**(init_kwargs or {}), "pid": pid}
+    if is_tty(ctx.err):  # off a terminal the error line is the only one (Ctrl-C still prints the pid)
+        ctx.err.write(f"process-comms: launching process {pid}\n")
+        ctx.err.flush()
     with connect_from(ctx) as comm:
         controller = RemoteProcessThreadController(comm, rpc_timeout=ctx.timeout, task_timeout=ctx.timeout)
         future = controller.launch_process(
@@ -87,15 +86,18 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         try:
             result = future.result(ctx.timeout + GRACE)
         except KeyboardInterrupt:
-            if pid is None:
-                raise
             ctx.error(
                 f"interrupted: process {pid} may still run or wait in the queue; end it: process-comms kill {pid}"
             )
             return EXIT_INTERRUPTED
         except (PCTimeoutError, TimeoutError, concurrent.futures.TimeoutError) as exc:
-            hint = f"; is a worker consuming the task queue {ctx.task_queue!r}?"
-            raise CliError(f"{describe(exc)}{hint}", EXIT_TIMEOUT) from None
+            if args.nowait:  # stdout is the pid, as when the answer comes in time
+                ctx.print(json.dumps({"pid": str(pid)}) if ctx.json else str(pid))
+            raise CliError(
+                f"{describe(exc)}: process {pid} was sent and may be running, or waiting in the task queue "
+                f"{ctx.task_queue!r} (is a worker consuming it?); see: process-comms status {pid}",
+                EXIT_TIMEOUT,
+            ) from None
     if args.nowait:
         if ctx.json:
             ctx.print_json({"pid": str(result)})

@@ -6,13 +6,13 @@ Synopsis::
                   [--message-exchange N] [--task-exchange N] [--task-queue N] COMMAND ...
     process-comms --version
 
-    process-comms worker --persister URL --allow MODULE [--allow MODULE ...] [--prefetch N] [--claim-ttl S]
-                         [--log-level LEVEL]
+    process-comms worker [--persister URL] --allow MODULE [--allow MODULE ...] [--prefetch N] [--claim-ttl S]
+                         [--task-queue-type classic|quorum] [--log-level LEVEL]
     process-comms launch CLASS [--inputs JSON] [--nowait] [--persist]
     process-comms status PID...
     process-comms list [--state S] [--limit N] [--since D] [--class CLASS]
     process-comms show PID...
-    process-comms report PID
+    process-comms report PID [--follow]
     process-comms pause (PID... | --all) [--message TEXT]
     process-comms play  (PID... | --all)
     process-comms kill  (PID... | --all) [--force] [--message TEXT]
@@ -32,9 +32,11 @@ bounded by ``--timeout`` (default 30 s), except ``worker`` (runs until SIGTERM/S
 Exit codes:
   0  ok
   1  generic error (including a task queue that does not exist, for `queue`)
-  2  usage error (bad arguments, no broker URL, invalid pid)
+  2  usage error (bad arguments, no broker URL, an invalid pid: empty, with * or #, or too long;
+     a `worker --allow` module that cannot be imported)
   3  unreachable pid: no worker holds the process (ProcessUnreachable)
   4  timeout: no answer within --timeout (TimeoutError); the remote action may still happen
+     (`launch` names the pid it sent)
   5  rejected: the worker refused the task, e.g. a class it does not allow (TaskRejected)
   6  broker unavailable: unreachable, refused the credentials, or the connection was lost
   7  remote failure: the process excepted or was killed (RemoteError, ProcessKilled)

@@ -11,7 +11,10 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..errors import LoadError
+from ..transports.rmq._topology import QUEUE_TYPES
 from ..urls import mask_url
+from ..wire.loaders import AllowListLoader
 from ..worker.persistence import MEMORY_RECORD_BYTES
 from ..worker.worker import Worker
 from .main import EXIT_OK, EXIT_USAGE, CliError, add_command, int_at_least, setup_logging
@@ -54,11 +57,27 @@ def queues_of(
     return chosen
 
 
+def _check_allowed(modules: Sequence[str]) -> None:
+    """Import each ``--allow`` module before taking tasks: one that cannot be imported would reject every task."""
+    for module in modules:
+        try:
+            AllowListLoader([module]).check_modules()
+        except LoadError as exc:
+            raise CliError(f"--allow {module}: {exc}; the worker did not start", EXIT_USAGE) from None
+
+
+def _queue_type(args: argparse.Namespace) -> dict[str, Any]:
+    """``task_queue_type`` for ``connect()``: --task-queue-type, else the profile's, else the library's default."""
+    return {"task_queue_type": args.task_queue_type} if args.task_queue_type else {}
+
+
 def register(subparsers: SubParsers) -> None:
     """Add ``worker`` and its options."""
     p = add_command(subparsers, "worker", "run a worker that takes tasks until SIGTERM/SIGINT (then stops gracefully)")
     p.add_argument(
-        "--persister", metavar="URL", required=True, help="sqlite:///file.db, postgresql://user@host/db or memory://"
+        "--persister",
+        metavar="URL",
+        help="sqlite:///file.db, postgresql://user@host/db or memory:// (default: the profile's store)",
     )
     p.add_argument(
         "--allow",
@@ -111,6 +130,14 @@ def register(subparsers: SubParsers) -> None:
         ),
     )
     p.add_argument(
+        "--task-queue-type",
+        choices=QUEUE_TYPES,
+        help=(
+            "the type the task queue is declared with when this worker creates it (default: the profile's "
+            "task_queue_type, else classic); a queue that exists keeps its type"
+        ),
+    )
+    p.add_argument(
         "--log-level",
         default="INFO",
         type=str.upper,
@@ -123,12 +150,16 @@ def register(subparsers: SubParsers) -> None:
 def run(args: argparse.Namespace, ctx: Context) -> int:
     """Run a worker until SIGTERM/SIGINT, then stop gracefully (running processes are handed back)."""
     queues = queues_of(args.queues, args.slots, args.prefetch)  # a usage error before anything starts
+    persister = args.persister or ctx.store
+    if not persister:
+        raise CliError("the worker needs a store: give --persister URL or use a --profile with a store", EXIT_USAGE)
     setup_logging(args.log_level, ctx.scrub, tracebacks=True)
     if args.log_level != "DEBUG":  # the transport's chatter (reconnect notices...) only when debugging
         for name in ("aio_pika", "aiormq"):
             logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLevelName(args.log_level)))
     if os.getcwd() not in sys.path:  # like `python -m`: allowed modules may live in the current directory
         sys.path.append(os.getcwd())
+    _check_allowed(args.allow)
     log = logging.getLogger("process_comms.cli")
     stop_signals = {signal.SIGTERM, signal.SIGINT}
     use_sigwait = hasattr(signal, "pthread_sigmask") and hasattr(signal, "sigwait")
@@ -144,12 +175,13 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         worker = Worker(
             ctx.broker,
             queues=queues,
-            persister=args.persister,
+            persister=persister,
             allowed_modules=args.allow,
             task_prefetch_count=args.prefetch,
             claim_ttl=args.claim_ttl,
             records=args.records == "on",
             **ctx.comm_options(),
+            **_queue_type(args),
         )
         try:
             worker.start()

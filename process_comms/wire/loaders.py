@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import abc
 import importlib
+import time
 from collections.abc import Iterable
+from types import ModuleType
 from typing import Any
 
 from ..errors import LoadError
@@ -33,20 +35,45 @@ def _split(identifier: Any) -> tuple[str, str]:
     return mod_name, name
 
 
+#: When a loader of this Python process first had each module (epoch seconds): a class added to the module's
+#: file later is not in the module a long-running worker holds, and its error says so.
+_FIRST_LOADED: dict[str, float] = {}
+
+
+def _import(mod_name: str) -> ModuleType:
+    module = importlib.import_module(mod_name)
+    _FIRST_LOADED.setdefault(mod_name, time.time())
+    return module
+
+
+def _missing(mod_name: str, name: str, part: str, identifier: str) -> LoadError:
+    """The error for an attribute ``part`` that the loaded module does not have, with the likely reason."""
+    where = f"object {name!r} from identifier {identifier!r} could not be loaded: module {mod_name!r} has no attribute"
+    loaded = _FIRST_LOADED.get(mod_name)
+    if loaded is None or part != name.split(".")[0]:
+        return LoadError(f"{where} {part!r}")
+    stamp = time.strftime("%H:%M:%S", time.localtime(loaded))
+    return LoadError(
+        f"{where} {part!r}: this process imported {mod_name!r} at {stamp} (or before) and keeps that version; "
+        "if the class was added since, restart it to load new classes"
+    )
+
+
 class DefaultObjectLoader(ObjectLoader):
     """Imports ``module`` and returns its attribute ``Name`` (dotted names walk attributes)."""
 
     def load_object(self, identifier: str) -> Any:
         mod_name, name = _split(identifier)
         try:
-            obj: Any = importlib.import_module(mod_name)
+            module = _import(mod_name)
         except ImportError as exc:
             raise LoadError(f"module {mod_name!r} from identifier {identifier!r} could not be loaded: {exc}") from None
+        obj: Any = module
         for part in name.split("."):
             try:
                 obj = getattr(obj, part)
             except AttributeError:
-                raise LoadError(f"object {name!r} from identifier {identifier!r} could not be loaded") from None
+                raise _missing(mod_name, name, part, identifier) from None
         return obj
 
     def identify_object(self, obj: Any) -> str:
@@ -67,6 +94,21 @@ class AllowListLoader(DefaultObjectLoader):
     def is_allowed(self, identifier: str) -> bool:
         mod_name, _ = _split(identifier)
         return any(mod_name == m or mod_name.startswith(m + ".") for m in self.allowed_modules)
+
+    def check_modules(self) -> None:
+        """Import every allowed module now; a :class:`LoadError` names the first that cannot be imported, and why.
+
+        A worker calls it before it takes tasks: a typo in a module name would otherwise reject every task.
+        """
+        for mod_name in self.allowed_modules:
+            try:
+                _import(mod_name)
+            except ModuleNotFoundError as exc:
+                if exc.name and (mod_name == exc.name or mod_name.startswith(exc.name + ".")):
+                    raise LoadError(f"no module named {exc.name!r} (a typo, or not on sys.path?)") from None
+                raise LoadError(f"module {mod_name!r} fails to import: {type(exc).__name__}: {exc}") from None
+            except Exception as exc:  # noqa: BLE001 - any error of the module's own code is the reason to say
+                raise LoadError(f"module {mod_name!r} fails to import: {type(exc).__name__}: {exc}") from None
 
     def load_object(self, identifier: str) -> Any:
         if not self.is_allowed(identifier):

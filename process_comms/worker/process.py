@@ -17,6 +17,7 @@ blocking the process's loop.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import inspect
 import logging
@@ -32,6 +33,7 @@ from ..transports.base import AsyncCommunicator, host_info
 from ..wire.loaders import ObjectLoader
 from ..wire.messages import FORCE_KILL_KEY, INTENT_KEY, MESSAGE_TEXT_KEY, RELEASE_KEY, Intent, Pid, wire_bool, wire_text
 from ..wire.status import LOST_TYPE, status_of_record
+from . import _module_logs
 from ._bundle import bundle_of, restore
 from ._state import KilledError, ProcessState, Suspended
 from .persistence._records import safe_value
@@ -417,13 +419,15 @@ class Process(Recorded):
 
     async def _execute(self) -> None:
         assert self._done is not None
+        _module_logs.running(self)  # this task's own context: its module's log lines go to its record
         await self.pause_point()
         self._transition(ProcessState.RUNNING)
         try:
             if inspect.iscoroutinefunction(self.run):
                 result = await self.run()
             else:
-                result = await asyncio.get_running_loop().run_in_executor(None, self.run)
+                in_context = functools.partial(contextvars.copy_context().run, self.run)
+                result = await asyncio.get_running_loop().run_in_executor(None, in_context)
                 if inspect.isawaitable(result):
                     result = await result
                 if self._kill_requested is not None:

@@ -22,6 +22,7 @@ from ..transports.connect import connect
 from ..transports.rmq._tasks import queue_name
 from ..transports.threaded import ThreadCommunicator
 from ..wire.messages import Pid, records_route
+from . import _module_logs
 from ._fleet import DEFAULT_QUEUE, SlotCounter, WorkersAnswer, check_queues
 from .launcher import ProcessLauncher
 from .persistence import Persister, get_persister
@@ -75,11 +76,15 @@ class Worker:
         self._started_at: float | None = None
         self._stopped = threading.Event()
         self._lock = threading.Lock()
+        self._module_logs = False  # the handler that keeps module-logger lines in records (_module_logs.py)
 
     def start(self) -> Worker:
         """Start taking tasks (from every queue of ``queues``) and answering ``workers`` requests."""
         if self.launcher.records is not None:
             self._answer_records()
+        if not self._module_logs:
+            _module_logs.install()
+            self._module_logs = True
         self._started_at = time.monotonic()
         if self._queues is None:  # the default queue, with the communicator's prefetch count (as before issue 15)
             slots = int(getattr(self.communicator.core, "task_prefetch_count", 0) or 0)
@@ -196,6 +201,9 @@ class Worker:
             self.records.stop_sweeping()
         self.launcher.close()
         self.persister.close()
+        if self._module_logs:
+            _module_logs.uninstall()
+            self._module_logs = False
         back = [str(pid) for pid in handed_back]
         LOGGER.info("worker stopped; handed back %d process(es) to the queue: %s", len(back), back)
         if lost:

@@ -121,8 +121,24 @@ def _sqlite_transaction(conn: sqlite3.Connection) -> Iterator[None]:
     conn.execute("COMMIT")
 
 
+#: What to install for a PostgreSQL store: the extra of setup.cfg, from a clone or (once published) the index.
+POSTGRES_EXTRA_HINT = "pip install '.[postgres]' from a clone of process_comms (process_comms[postgres] once published)"
+
+
+def _psycopg() -> Any:
+    """The psycopg module; without the ``postgres`` extra, a one-line :class:`StoreUnavailable` naming it."""
+    try:
+        import psycopg
+    except ImportError as exc:
+        missing = exc.name or "psycopg"
+        raise StoreUnavailable(
+            f"a postgresql:// store needs the postgres extra ({missing} is missing): {POSTGRES_EXTRA_HINT}"
+        ) from None
+    return psycopg
+
+
 def _connect_postgres(url: str, busy_timeout: float) -> Any:
-    import psycopg
+    psycopg = _psycopg()
 
     # libpq reads connect_timeout=0 as 'wait forever': round a short deadline up, never down to 0
     return psycopg.connect(url, autocommit=True, connect_timeout=max(1, math.ceil(busy_timeout)))
@@ -155,7 +171,7 @@ def _dialect_for(url: str) -> _Dialect:
             connect_read_only=functools.partial(_connect_sqlite_read_only, _sqlite_path(url)),
         )
     if scheme in ("postgresql", "postgres"):
-        import psycopg
+        psycopg = _psycopg()
 
         return _Dialect(
             placeholder="%s",
