@@ -21,7 +21,7 @@ from ..errors import ProcessCommsError, ProcessKilled, ProcessLost, ProcessUnrea
 from ..errors import TimeoutError as PCTimeoutError
 from ..transports._loop import with_deadline
 from ..transports.base import AsyncCommunicator
-from ..wire.listing import check_listing, is_paged_order, sort_rows
+from ..wire.listing import check_listing, is_paged_order, row_matches, sort_rows
 from ..wire.messages import (
     RECORD_OP_GET,
     RECORD_OP_KILL,
@@ -264,6 +264,11 @@ class RecordQueries:
         rows = answer.get("processes") if isinstance(answer, dict) else None
         more = answer.get("more") if isinstance(answer, dict) else None
         found = [row for row in rows if isinstance(row, dict)] if isinstance(rows, list) else []
+        if query:  # a worker older than these filters answers them all: filtered here too (wire/listing.py)
+            states, label = check_listing(state, query.get("states"), query.get("label"), None, False)[:2]
+            found = [row for row in found if row_matches(row, states, label)]
+            if "sort" in query:  # an order other than newest first: the same order, whoever sorted
+                found = sort_rows(found, query["sort"], bool(query.get("reverse")))
         return {"processes": found, "more": more if isinstance(more, str) and found else None}
 
     def _read_listing(

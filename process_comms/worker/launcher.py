@@ -319,7 +319,7 @@ class ProcessLauncher(ClaimsMixin, BroadcastsMixin, RoutesMixin):
     def _limit(proc: Process, extras: _TaskExtras) -> None:
         """Give a new process the task's label and time limit (before its first checkpoint, which keeps them)."""
         if extras.options.label is not None or extras.options.time_limit is not None:
-            proc.limit_time(extras.options.time_limit, extras.options.label)
+            proc._set_limits(extras.options.time_limit, extras.options.label)
 
     @staticmethod
     def _fresh_pid(pid: Pid, extras: _TaskExtras) -> bool:

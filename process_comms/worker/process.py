@@ -114,7 +114,7 @@ class Process(Recorded):
         #: A name to find this process by (``launch_process(label=...)``), kept in its record and checkpoint.
         self.label: str | None = None
         #: Its time limit in seconds and the absolute deadline (epoch seconds) it set: kept in the checkpoint,
-        #: so a worker that continues it keeps the deadline (:meth:`limit_time`).
+        #: so a worker that continues it keeps the deadline (:meth:`_set_limits`).
         self.time_limit: float | None = None
         self.deadline: float | None = None
         self._limit_kill: asyncio.Task[bool] | None = None
@@ -415,7 +415,7 @@ class Process(Recorded):
         return self._done
 
     # -- the time limit ---------------------------------------------------------------------------------
-    def limit_time(self, seconds: float | None, label: str | None = None) -> None:
+    def _set_limits(self, seconds: float | None, label: str | None = None) -> None:
         """Give a new process its label and its time limit: a deadline of now plus ``seconds`` (wall clock,
         so it holds on another worker that continues it from its checkpoint)."""
         self.label = label
