@@ -262,3 +262,25 @@ def test_a_time_limit_holds_across_a_takeover_at_its_original_deadline(prefix: s
     assert second.proc.poll() is None
     # on time: a limit counted again by the second worker would have killed it at least `held` s late
     _killed_on_time(record, deadline, slack=held - 1.0)
+
+
+def test_a_listing_read_from_the_store_filters_and_sorts_as_a_worker_does(
+    broker_url: str, names: dict[str, str]
+) -> None:
+    """No worker up: the controller's store answers, with the same states, label and order."""
+    store, now = InMemoryPersister(), time.time()
+    labels = [("finished", "b nightly"), ("killed", "a nightly"), ("finished", "c weekly"), ("waiting", None)]
+    store.save_records(
+        [
+            {"pid": i, "class": "m:C", "state_name": s, "label": label, "ctime": now + i, "mtime": now + i}
+            for i, (s, label) in enumerate(labels)
+        ]
+    )
+    with process_comms.connect(broker_url, **names) as comm:
+        ctl = process_comms.RemoteProcessThreadController(comm, rpc_timeout=5.0, store=store)
+        rows = ctl.list_processes(states=["finished", "killed"], label="nightly", sort="label").result(T)
+        assert rows.source == "store" and [r["pid"] for r in rows] == [1, 0]
+        rows = ctl.list_processes(state="finished", reverse=True).result(T)
+        assert [r["pid"] for r in rows] == [0, 2]
+        page = ctl.list_processes_page(states=["waiting", "killed"]).result(T)
+        assert [r["pid"] for r in page["processes"]] == [3, 1] and page["more"] is None
