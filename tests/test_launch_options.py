@@ -191,6 +191,8 @@ def test_list_by_states_active_label_and_sorts(fleet: process_comms.RemoteProces
     assert [r["label"] for r in paged["processes"] + rest["processes"]] == ["sum 1", "sum 0"]
     with pytest.raises(InvalidTask):
         ctl.list_processes(sort="size").result(T)
+    with pytest.raises(InvalidTask, match="a cursor pages only"):
+        ctl.list_processes_page(sort="label", cursor=paged["more"]).result(T)
 
 
 # -- workers and clients in their own OS processes -------------------------------------------------------------------

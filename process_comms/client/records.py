@@ -17,11 +17,11 @@ import datetime
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from ..errors import ProcessCommsError, ProcessKilled, ProcessLost, ProcessUnreachable, RemoteError
+from ..errors import InvalidTask, ProcessCommsError, ProcessKilled, ProcessLost, ProcessUnreachable, RemoteError
 from ..errors import TimeoutError as PCTimeoutError
 from ..transports._loop import with_deadline
 from ..transports.base import AsyncCommunicator
-from ..wire.listing import check_listing, is_paged_order, row_matches, sort_rows
+from ..wire.listing import CURSOR_ORDER_ONLY, check_listing, is_paged_order, row_matches, sort_rows
 from ..wire.messages import (
     RECORD_OP_GET,
     RECORD_OP_KILL,
@@ -251,6 +251,8 @@ class RecordQueries:
     ) -> dict[str, Any]:
         """One page of a listing: ``{"processes": [...], "more": cursor of the next page or None}``."""
         fields = {"state": state, "limit": limit, "since": since, "class_name": class_name, **(query or {})}
+        if cursor is not None and "sort" in fields:
+            raise InvalidTask(CURSOR_ORDER_ONLY)
         try:
             answer = await self._records(RECORD_OP_LIST, timeout, **fields, cursor=cursor, page=True)
         except (ProcessUnreachable, PCTimeoutError) as exc:

@@ -16,6 +16,7 @@ from .launch_options import check_label
 
 __all__ = [
     "ACTIVE_STATES",
+    "CURSOR_ORDER_ONLY",
     "MAX_LIST_STATES",
     "SORTS",
     "check_listing",
@@ -28,6 +29,8 @@ __all__ = [
 ACTIVE_STATES: Final = ("created", "running", "waiting")
 #: The orders a listing may ask for; ``age`` (newest first) is the default.
 SORTS: Final = ("age", "state", "class", "label")
+#: Why a cursor with another order is refused.
+CURSOR_ORDER_ONLY: Final = "a cursor pages only the default order (age, newest first): other orders are one page"
 #: Most states one listing may name (there are seven, and a kill request).
 MAX_LIST_STATES: Final = 16
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from ..errors import ProcessCommsError, ProcessUnreachable
 from ..transports._loop import run_on
 from ..transports.base import AsyncCommunicator, InvalidTask
-from ..wire.listing import check_listing, is_paged_order, row_matches, sort_rows
+from ..wire.listing import CURSOR_ORDER_ONLY, check_listing, is_paged_order, row_matches, sort_rows
 from ..wire.messages import (
     INTENT_KEY,
     KILL_REQUESTED,
@@ -202,6 +202,8 @@ class RecordsService:
                 raise InvalidTask("'since' must be a number (epoch seconds) or null")
             if cursor is not None and not isinstance(cursor, str):
                 raise InvalidTask("'cursor' must be a string (a listing answer's 'more') or null")
+            if cursor is not None and not is_paged_order(query.sort, query.reverse):
+                raise InvalidTask(CURSOR_ORDER_ONLY)
             limit = min(limit, MAX_LIST_LIMIT)
             if msg.get("page") is True:  # a client that reads pages: {"processes": [...], "more": cursor or null}
                 return run_on(self.launcher.loop, self.list_page, query, limit, since, cls, parse_cursor(cursor))
