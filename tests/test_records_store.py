@@ -77,7 +77,7 @@ def test_list_is_newest_first_and_filters(persister: Persister) -> None:
     listed = persister.list_records()
     assert [r["ctime"] for r in listed] == sorted((r["ctime"] for r in rows), reverse=True)
     summary_keys = {"pid", "class", "state_name", "paused", "status", "progress", "host", "ctime", "mtime"}
-    assert set(listed[0]) == summary_keys | {"worker", "token"}  # the holder: the fleet finds a gone one's
+    assert set(listed[0]) == summary_keys | {"worker", "token", "label"}  # the holder: the fleet finds a gone one's
     assert [r["state_name"] for r in persister.list_records(state="excepted")] == ["excepted"]
     assert len(persister.list_records(limit=2)) == 2
     assert len(persister.list_records(since=base + 3)) == 3  # ctimes base+3, base+4, base+10

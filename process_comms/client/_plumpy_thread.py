@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..wire.launch_options import with_launch_options
 from ..wire.loaders import ObjectLoader
 from ..wire.messages import Intent, MessageBuilder, Pid, create_continue_body, create_launch_body
 from ._plumpy import ControllerApi, PlumpyShape, kiwipy_shaped
@@ -100,13 +101,16 @@ class PlumpyThreadController(RemoteProcessThreadController):
         timeout: float | None = None,
         *,
         queue: str | None = None,
+        label: str | None = None,
+        time_limit: float | None = None,
     ) -> Any:
-        """The communicator's future of the launch (None with ``no_reply``); a named ``queue`` is ours."""
+        """The communicator's future of the launch (None with ``no_reply``); a named ``queue`` is ours, and so
+        are a ``label`` and a ``time_limit`` (they travel where a plumpy worker ignores them)."""
         if queue is not None:
             args = (process_class, init_args, init_kwargs, persist, loader, nowait, no_reply, timeout)
-            return super().launch_process(*args, queue=queue)
+            return super().launch_process(*args, queue=queue, label=label, time_limit=time_limit)
         body = create_launch_body(process_class, init_args, init_kwargs, persist, loader, nowait)
-        return self._shape.task(body, no_reply, timeout)
+        return self._shape.task(with_launch_options(body, label, time_limit), no_reply, timeout)
 
     def continue_process(
         self,
@@ -132,8 +136,15 @@ class PlumpyThreadController(RemoteProcessThreadController):
         nowait: bool = False,
         no_reply: bool = False,
         timeout: float | None = None,
+        *,
+        label: str | None = None,
+        time_limit: float | None = None,
     ) -> Any:
-        """A future of what the continue gives, after the create (plumpy's ``execute_process``)."""
+        """A future of what the continue gives, after the create (plumpy's ``execute_process``); with a
+        ``label`` or a ``time_limit`` (ours, not plumpy's) the flat future of our own controller."""
+        if label is not None or time_limit is not None:
+            args = (process_class, init_args, init_kwargs, loader, nowait, no_reply, timeout)
+            return super().execute_process(*args, label=label, time_limit=time_limit)
         return self._shape.execute(process_class, init_args, init_kwargs, loader, nowait, no_reply, timeout)
 
     def task_send(self, message: Any, no_reply: bool = False, timeout: float | None = None) -> Any:
