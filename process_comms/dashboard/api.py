@@ -229,8 +229,8 @@ class Dashboard:
         """The API's answer to an error raised by a call (scrubbed of broker passwords)."""
         status = next((code for kind, code in _STATUS if isinstance(exc, kind)), 500)
         text = str(exc) or type(exc).__name__
-        if isinstance(exc, ProcessUnreachable) and NO_RECORDS_WORKER in text:
-            status = 503  # no worker is up (and no store answered): the service is unavailable, the pid may exist
+        if isinstance(exc, ProcessUnreachable) and NO_RECORDS_WORKER in text and self.store is None:
+            status = 503  # no worker is up and no store to ask: the service is unavailable, the pid may exist
         return error_response(self.settings.scrub(text), type(exc).__name__, status)
 
     # -- the endpoints ------------------------------------------------------------------------------
