@@ -9,6 +9,7 @@ Our exception hierarchy (a second base in brackets is what kiwipy/plumpy callers
     ├── TaskRejected                 [kiwipy.TaskRejected]
     │   └── DuplicatePid
     ├── InvalidTask
+    │   └── InvalidLaunchOption      [ValueError]
     ├── RemoteError                  [kiwipy.RemoteException]
     │   └── ProcessKilled
     ├── DecodeError                  [ValueError]
@@ -40,6 +41,7 @@ __all__ = [
     "TaskRejected",
     "DuplicatePid",
     "InvalidTask",
+    "InvalidLaunchOption",
     "RemoteError",
     "ProcessKilled",
     "DecodeError",
@@ -87,6 +89,10 @@ class DuplicatePid(TaskRejected):
 
 class InvalidTask(ProcessCommsError):
     """A task envelope or body that is not what the protocol says (replied as ``InvalidTask``)."""
+
+
+class InvalidLaunchOption(InvalidTask, ValueError):
+    """A launch option out of bounds: a label too long or not text, a time limit not a positive number."""
 
 
 class RemoteError(ProcessCommsError, kiwipy.RemoteException):

@@ -9,10 +9,21 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from ..client.thread_controller import RemoteProcessThreadController
+from ..errors import InvalidLaunchOption
 from ..errors import TimeoutError as PCTimeoutError
+from ..wire.launch_options import LABEL_MAX_CHARS, check_label, check_time_limit
 from ..wire.loaders import ObjectLoader
 from ._common import GRACE, connect_from, is_tty, parse_pid
-from .main import EXIT_INTERRUPTED, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, CliError, add_command, describe
+from .main import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_TIMEOUT,
+    EXIT_USAGE,
+    CliError,
+    add_command,
+    describe,
+    positive_float,
+)
 
 if TYPE_CHECKING:
     from ._common import Context, SubParsers
@@ -51,12 +62,25 @@ def register(subparsers: SubParsers) -> None:
         metavar="PID",
         help="the new process's pid (default: a new UUID); a pid is used once: one that has a process is refused",
     )
+    p.add_argument(
+        "--label", metavar="TEXT", help=f"a name to find the process by (list --label), at most {LABEL_MAX_CHARS} chars"
+    )
+    p.add_argument(
+        "--time-limit",
+        metavar="SECONDS",
+        type=positive_float,
+        help="its worker kills it after SECONDS (paused or not; also after this command has exited)",
+    )
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
     """Launch CLASS on a worker; print its pid (--nowait) or its outputs."""
     class_name = _check_class_name(args.process_class)
+    try:
+        check_label(args.label), check_time_limit(args.time_limit)
+    except InvalidLaunchOption as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
     init_kwargs: dict[str, Any] | None = None
     if args.inputs is not None:
         try:
@@ -83,6 +107,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             loader=_NameOnlyLoader(),
             nowait=args.nowait,
             timeout=ctx.timeout,
+            label=args.label,
+            time_limit=args.time_limit,
         )
         try:
             result = future.result(ctx.timeout + GRACE)

@@ -1,4 +1,5 @@
-"""``process-comms list``: the fleet's processes, newest first, live and ended (like ``verdi process list``)."""
+"""``process-comms list``: the fleet's processes, newest first (or by state, class, label), live and ended (like
+``verdi process list``)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 from ..client.display import layout_columns, progress_text
 from ..client.thread_controller import RemoteProcessThreadController
+from ..wire.launch_options import LABEL_MAX_CHARS
+from ..wire.listing import ACTIVE_STATES, SORTS
 from ..wire.messages import TERMINAL_STATES
 from ._common import GRACE, add_store_option, connect_from, from_store, record_store
 from ._records import age, host_text, parse_since
-from .main import EXIT_OK, add_command, int_at_least
+from .main import EXIT_OK, EXIT_USAGE, CliError, add_command, int_at_least
 
 if TYPE_CHECKING:
     from ._common import Context, SubParsers
@@ -25,7 +28,23 @@ _STATES = ("created", "running", "waiting", *TERMINAL_STATES)
 def register(subparsers: SubParsers) -> None:
     """Add ``list``."""
     p = add_command(subparsers, "list", "list the fleet's processes, newest first, live and ended")
-    p.add_argument("--state", metavar="S", choices=_STATES, help=f"only processes in state S ({', '.join(_STATES)})")
+    p.add_argument(
+        "--state",
+        metavar="S",
+        action="append",
+        choices=_STATES,
+        help=f"only processes in state S ({', '.join(_STATES)}); repeat it for any of several",
+    )
+    p.add_argument("--active", action="store_true", help=f"only processes not ended ({', '.join(ACTIVE_STATES)})")
+    p.add_argument("--label", metavar="TEXT", help="only processes whose label holds TEXT (case-sensitive substring)")
+    p.add_argument(
+        "--sort",
+        choices=SORTS,
+        default="age",
+        help="order: age (default, newest first; pages with --cursor), state, class or label (the newest --limit "
+        "matching processes, one page)",
+    )
+    p.add_argument("--reverse", action="store_true", help="the other way round (age: oldest of the newest --limit)")
     p.add_argument("--limit", metavar="N", type=int_at_least(1), default=100, help="at most N processes (default 100)")
     p.add_argument("--since", metavar="D", type=parse_since, help="created since D: 30m, 2h, 7d or an ISO date/time")
     p.add_argument("--class", dest="class_name", metavar="CLASS", help="only processes of CLASS ('module:Name')")
@@ -36,6 +55,15 @@ def register(subparsers: SubParsers) -> None:
     )
     add_store_option(p)
     p.set_defaults(run=run)
+
+
+def _query(args: argparse.Namespace) -> dict[str, Any]:
+    """The listing's states (``--state`` repeated, ``--active``), label and order, as the controller takes them."""
+    states = [*(args.state or ()), *(ACTIVE_STATES if args.active else ())]
+    if args.label is not None and len(args.label) > LABEL_MAX_CHARS:
+        raise CliError(f"--label: at most {LABEL_MAX_CHARS} characters, not {len(args.label)}", EXIT_USAGE)
+    unique = list(dict.fromkeys(states)) or None
+    return {"states": unique, "label": args.label, "sort": args.sort, "reverse": args.reverse}
 
 
 def _row(summary: dict[str, Any]) -> list[str]:
@@ -57,7 +85,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     with record_store(ctx) as store, connect_from(ctx) as comm:
         controller = RemoteProcessThreadController(comm, rpc_timeout=ctx.timeout, store=store)
         future = controller.list_processes_page(
-            args.state, args.limit, args.since, args.class_name, args.cursor, ctx.timeout
+            None, args.limit, args.since, args.class_name, args.cursor, ctx.timeout, **_query(args)
         )
         page = future.result(ctx.timeout + GRACE)
     rows = page["processes"]
@@ -66,7 +94,9 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     else:
         if page.get("source") == "store":
             ctx.print(from_store(ctx, page.get("source_reason")))
-        for line in layout_columns([list(COLUMNS), *(_row(summary) for summary in rows)], rule=False):
+        labelled = any(summary.get("label") for summary in rows)  # a LABEL column only if one has a label
+        table = [_row(summary) + ([str(summary.get("label") or "-")] if labelled else []) for summary in rows]
+        for line in layout_columns([[*COLUMNS, *(["LABEL"] if labelled else [])], *table], rule=False):
             ctx.print(line)
     if page["more"] is not None:
         ctx.warn(f"more processes: add --cursor {page['more']}")

@@ -38,6 +38,12 @@ def record_lines(record: dict[str, Any]) -> list[str]:
     lines = [
         f"pid:       {record.get('pid')}",
         f"class:     {record.get('class') or '-'}",
+        *([f"label:     {record['label']}"] if record.get("label") is not None else []),
+        *(
+            [f"deadline:  {when(record['deadline'])} (time limit {record.get('time_limit'):g} s)"]
+            if isinstance(record.get("deadline"), (int, float)) and isinstance(record.get("time_limit"), (int, float))
+            else []
+        ),
         f"state:     {state}",
         f"status:    {record.get('status') if record.get('status') is not None else '-'}",
         f"worker:    {host_text(record.get('host')) or '-'}" + ("" if record.get("live") else " (not running)"),

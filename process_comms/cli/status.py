@@ -49,6 +49,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         stored = next((s for s in statuses.values() if s.get("source") == "store"), None)
         if stored is not None:
             ctx.print(from_store(ctx, stored.get("source_reason")))
-        for line in StatusTable(statuses, PROGRESS_COLUMNS).lines("plain"):
+        labelled = any(status.get("label") for status in statuses.values())  # a LABEL column only if one has one
+        for line in StatusTable(statuses, (*PROGRESS_COLUMNS, *(("label",) if labelled else ()))).lines("plain"):
             ctx.print(line)
     return code

@@ -19,6 +19,7 @@ from ..errors import EncodeError, ProcessUnreachable, RemoteError, TaskRejected
 from ..errors import TimeoutError as PCTimeoutError
 from ..transports._loop import AsyncFn, with_deadline
 from ..transports.base import AsyncCommunicator, BroadcastFilter
+from ..wire.launch_options import with_launch_options
 from ..wire.loaders import ObjectLoader
 from ..wire.messages import (
     ANSWER_PREFIX,
@@ -152,8 +153,10 @@ class RemoteProcessController(RecordQueries):
         nowait: bool,
         no_reply: bool,
         timeout: float | None,
+        options: dict[str, Any] | None = None,
     ) -> Any:
         create = create_create_body(process_class, init_args, init_kwargs, persist=True, loader=loader)
+        create.update(options or {})  # our launch options, if any (wire/launch_options.py)
         pid = await self._task(create, False, timeout)
         return await self._task(create_continue_body(pid, nowait=nowait), no_reply, timeout)
 
@@ -290,12 +293,19 @@ class RemoteProcessController(RecordQueries):
         timeout: float | None = None,
         *,
         queue: str | None = None,
+        label: str | None = None,
+        time_limit: float | None = None,
     ) -> Any:
         """Launch ``process_class`` on a worker: its pid with ``nowait``, else its outputs.
 
         ``queue``: a named task queue (``"gpu"``), consumed by the workers started with ``--queue gpu``.
+        ``label``: a name to find the process by (at most ``LABEL_MAX_CHARS`` characters), kept in its record.
+        ``time_limit``: seconds after which its worker kills it (paused or not; a worker that continues it keeps
+        the deadline). Both travel where a plumpy worker ignores them (wire/launch_options.py);
+        ``InvalidLaunchOption`` if out of bounds, before anything is sent.
         """
         body = create_launch_body(process_class, init_args, init_kwargs, persist, loader, nowait)
+        body = with_launch_options(body, label, time_limit)
         return await self._run(self._task, body, no_reply, timeout, queue)
 
     async def continue_process(
@@ -323,9 +333,16 @@ class RemoteProcessController(RecordQueries):
         nowait: bool = False,
         no_reply: bool = False,
         timeout: float | None = None,
+        *,
+        label: str | None = None,
+        time_limit: float | None = None,
     ) -> Any:
-        """Create a persisted process, then continue it: survives this interpreter's death."""
-        return await self._run(self._execute, process_class, init_args, init_kwargs, loader, nowait, no_reply, timeout)
+        """Create a persisted process, then continue it: survives this interpreter's death. ``label`` and
+        ``time_limit`` as for :meth:`launch_process` (the limit counts from its creation)."""
+        options = with_launch_options({}, label, time_limit)
+        return await self._run(
+            self._execute, process_class, init_args, init_kwargs, loader, nowait, no_reply, timeout, options
+        )
 
     async def task_send(self, message: Any, no_reply: bool = False, timeout: float | None = None) -> Any:
         """Send a raw task body; its final result."""
@@ -388,12 +405,21 @@ class RemoteProcessController(RecordQueries):
         since: float | datetime.datetime | None = None,
         class_name: str | None = None,
         timeout: float | None = None,
+        *,
+        states: Sequence[str] | None = None,
+        label: str | None = None,
+        sort: str | None = None,
+        reverse: bool = False,
     ) -> ProcessListing:
         """Summaries of the fleet's processes, newest first, live and ended (pid, class, state_name, paused,
-        status, progress, host, ctime, mtime, live); filter by state name, creation time and ``module:Name``.
-        Gathered page by page (:meth:`list_processes_page`): each answer is bounded in bytes, the list by ``limit``.
-        Its ``source`` is ``"store"`` when no worker answered and the controller's store did."""
-        return await self._run(self._list, state, limit, epoch(since), class_name, timeout)
+        status, progress, host, label, ctime, mtime, live); filter by state name (``state``, or any of ``states``;
+        ``ACTIVE_STATES`` for those that have not ended), creation time, ``module:Name`` and ``label`` (a
+        case-sensitive substring of the process's label). ``sort``: ``age`` (default, newest first), ``state``,
+        ``class`` or ``label``; ``reverse`` turns it round. Gathered page by page (:meth:`list_processes_page`):
+        each answer is bounded in bytes, the list by ``limit``; an order other than newest first sorts the newest
+        ``limit`` matching processes. Its ``source`` is ``"store"`` when no worker answered and the store did."""
+        query = self._query(states, label, sort, reverse)
+        return await self._run(self._list, state, limit, epoch(since), class_name, timeout, query)
 
     async def list_processes_page(
         self,
@@ -403,7 +429,14 @@ class RemoteProcessController(RecordQueries):
         class_name: str | None = None,
         cursor: str | None = None,
         timeout: float | None = None,
+        *,
+        states: Sequence[str] | None = None,
+        label: str | None = None,
+        sort: str | None = None,
+        reverse: bool = False,
     ) -> dict[str, Any]:
         """One page of :meth:`list_processes`: ``{"processes": [...], "more": str or None}``, at most ``limit`` rows
-        and the worker's byte budget (1 MiB); pass ``more`` as ``cursor`` for the next page (None: no more)."""
-        return await self._run(self._list_page, state, limit, epoch(since), class_name, cursor, timeout)
+        and the worker's byte budget (1 MiB); pass ``more`` as ``cursor`` for the next page (None: no more). Only
+        the default order (``age``, newest first) has a cursor: any other is one page of the newest ``limit``."""
+        query = self._query(states, label, sort, reverse)
+        return await self._run(self._list_page, state, limit, epoch(since), class_name, cursor, timeout, query)

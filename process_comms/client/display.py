@@ -115,6 +115,7 @@ def _cells(pid: Pid, status: Mapping[str, Any] | BaseException) -> dict[str, str
         "progress": progress_text(status.get("progress")),
         "status": "" if text is None else str(text),
         "class": str(cls),
+        "label": str(status.get("label") or ""),
     }
 
 

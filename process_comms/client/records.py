@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from ..errors import ProcessCommsError, ProcessKilled, ProcessLost, ProcessUnreachable, RemoteError
 from ..errors import TimeoutError as PCTimeoutError
 from ..transports._loop import with_deadline
 from ..transports.base import AsyncCommunicator
+from ..wire.listing import check_listing, is_paged_order, sort_rows
 from ..wire.messages import (
     RECORD_OP_GET,
     RECORD_OP_KILL,
@@ -62,7 +63,15 @@ class RecordStore(Protocol):
     def load_record(self, pid: Pid) -> dict[str, Any] | None: ...
 
     def list_records(
-        self, state: str | None = None, limit: int = 100, since: float | None = None, class_name: str | None = None
+        self,
+        state: str | None = None,
+        limit: int = 100,
+        since: float | None = None,
+        class_name: str | None = None,
+        before: float | None = None,
+        *,
+        states: Sequence[str] | None = None,
+        label: str | None = None,
     ) -> list[dict[str, Any]]: ...
 
 
@@ -221,6 +230,15 @@ class RecordQueries:
     async def _outputs(self, pid: Pid, timeout: float | None) -> dict[str, Any] | None:
         return outputs_of(pid, await self._record(pid, timeout, ProcessUnreachable(f"process {pid} is not reachable")))
 
+    @staticmethod
+    def _query(states: Any, label: Any, sort: Any, reverse: Any) -> dict[str, Any]:
+        """The listing query's fields beyond plumpy's (checked: InvalidTask), only those given, so a plain
+        listing asks exactly what it always did (wire/listing.py)."""
+        merged, label, sort, reverse = check_listing(None, states, label, sort, reverse)
+        fields = {"states": list(merged) if merged else None, "label": label}
+        query = {key: value for key, value in fields.items() if value is not None}
+        return {**query, "sort": sort, "reverse": reverse} if not is_paged_order(sort, reverse) else query
+
     async def _list_page(
         self,
         state: str | None,
@@ -229,15 +247,16 @@ class RecordQueries:
         class_name: str | None,
         cursor: str | None,
         timeout: float | None,
+        query: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """One page of a listing: ``{"processes": [...], "more": cursor of the next page or None}``."""
-        fields = {"state": state, "limit": limit, "since": since, "class_name": class_name}
+        fields = {"state": state, "limit": limit, "since": since, "class_name": class_name, **(query or {})}
         try:
             answer = await self._records(RECORD_OP_LIST, timeout, **fields, cursor=cursor, page=True)
         except (ProcessUnreachable, PCTimeoutError) as exc:
             if self._store is None or cursor is not None:  # a cursor is the fleet's: the store gives one page
                 raise
-            stored = await self._read_store(self._store.list_records, timeout, state, limit, since, class_name)
+            stored = await self._read_store(self._read_listing(state, limit, since, class_name, query), timeout)
             found = [self._stored(row, exc) for row in stored if isinstance(row, dict) and not is_kill_request(row)]
             return {"processes": found, "more": None, "source": FROM_STORE, "source_reason": _no_answer(exc)}
         if isinstance(answer, list):  # a worker older than pages: its one answer is the whole listing
@@ -247,15 +266,37 @@ class RecordQueries:
         found = [row for row in rows if isinstance(row, dict)] if isinstance(rows, list) else []
         return {"processes": found, "more": more if isinstance(more, str) and found else None}
 
+    def _read_listing(
+        self, state: str | None, limit: int, since: float | None, class_name: str | None, query: dict[str, Any] | None
+    ) -> Callable[[], list[dict[str, Any]]]:
+        """The blocking read of a listing from the store: filtered there, sorted here as a worker sorts it."""
+        store, query = self._store, query or {}
+        assert store is not None
+        sort, reverse = query.get("sort") or "age", bool(query.get("reverse"))
+        extra: dict[str, Any] = {"label": query["label"]} if query.get("label") is not None else {}
+        if query.get("states"):  # the store's state filter is the merged one
+            extra["states"], state = check_listing(state, query["states"], None, None, False)[0], None
+
+        def read() -> list[dict[str, Any]]:
+            return sort_rows(store.list_records(state, limit, since, class_name, **extra), sort, reverse)
+
+        return read
+
     async def _list(
-        self, state: str | None, limit: int, since: float | None, class_name: str | None, timeout: float | None
+        self,
+        state: str | None,
+        limit: int,
+        since: float | None,
+        class_name: str | None,
+        timeout: float | None,
+        query: dict[str, Any] | None = None,
     ) -> ProcessListing:
         """Up to ``limit`` rows, page after page (each answer is bounded in bytes by the worker; each waits at
         most ``timeout``); from the store, if one is given, when no worker answers."""
         rows: list[dict[str, Any]] = []
         cursor: str | None = None
         while len(rows) < limit:
-            page = await self._list_page(state, limit - len(rows), since, class_name, cursor, timeout)
+            page = await self._list_page(state, limit - len(rows), since, class_name, cursor, timeout, query)
             rows += page["processes"]
             if page.get("source") == FROM_STORE:
                 return ProcessListing(rows[:limit], FROM_STORE, page.get("source_reason"))

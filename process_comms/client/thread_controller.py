@@ -135,12 +135,24 @@ class RemoteProcessThreadController:
         timeout: float | None = None,
         *,
         queue: str | None = None,
+        label: str | None = None,
+        time_limit: float | None = None,
     ) -> ControllerFuture[Any]:
         """Future of the launch: the pid with ``nowait``, else the outputs (None with ``no_reply``); ``queue``
-        names a task queue."""
+        names a task queue; ``label`` and ``time_limit`` as the async controller's."""
         return self._communicator.submit(
             lambda: self._core.launch_process(
-                process_class, init_args, init_kwargs, persist, loader, nowait, no_reply, timeout, queue=queue
+                process_class,
+                init_args,
+                init_kwargs,
+                persist,
+                loader,
+                nowait,
+                no_reply,
+                timeout,
+                queue=queue,
+                label=label,
+                time_limit=time_limit,
             )
         )
 
@@ -168,10 +180,23 @@ class RemoteProcessThreadController:
         nowait: bool = False,
         no_reply: bool = False,
         timeout: float | None = None,
+        *,
+        label: str | None = None,
+        time_limit: float | None = None,
     ) -> ControllerFuture[Any]:
         """Future of create-then-continue (works here; plumpy's deadlocks on its own loop thread)."""
         return self._communicator.submit(
-            self._core.execute_process, process_class, init_args, init_kwargs, loader, nowait, no_reply, timeout
+            lambda: self._core.execute_process(
+                process_class,
+                init_args,
+                init_kwargs,
+                loader,
+                nowait,
+                no_reply,
+                timeout,
+                label=label,
+                time_limit=time_limit,
+            )
         )
 
     def task_send(self, message: Any, no_reply: bool = False, timeout: float | None = None) -> ControllerFuture[Any]:
@@ -226,10 +251,19 @@ class RemoteProcessThreadController:
         since: float | datetime.datetime | None = None,
         class_name: str | None = None,
         timeout: float | None = None,
+        *,
+        states: Sequence[str] | None = None,
+        label: str | None = None,
+        sort: str | None = None,
+        reverse: bool = False,
     ) -> ControllerFuture[ProcessListing]:
-        """Future of the summaries of the fleet's processes, newest first, live and ended (``source`` says
-        whether the store answered them)."""
-        return self._communicator.submit(self._core.list_processes, state, limit, since, class_name, timeout)
+        """Future of the summaries of the fleet's processes, newest first unless ``sort``/``reverse`` say
+        otherwise, live and ended (``source`` says whether the store answered them)."""
+        return self._communicator.submit(
+            lambda: self._core.list_processes(
+                state, limit, since, class_name, timeout, states=states, label=label, sort=sort, reverse=reverse
+            )
+        )
 
     def list_processes_page(
         self,
@@ -239,8 +273,15 @@ class RemoteProcessThreadController:
         class_name: str | None = None,
         cursor: str | None = None,
         timeout: float | None = None,
+        *,
+        states: Sequence[str] | None = None,
+        label: str | None = None,
+        sort: str | None = None,
+        reverse: bool = False,
     ) -> ControllerFuture[dict[str, Any]]:
         """Future of one page of the listing: ``{"processes": [...], "more": cursor of the next page or None}``."""
         return self._communicator.submit(
-            self._core.list_processes_page, state, limit, since, class_name, cursor, timeout
+            lambda: self._core.list_processes_page(
+                state, limit, since, class_name, cursor, timeout, states=states, label=label, sort=sort, reverse=reverse
+            )
         )

@@ -36,6 +36,7 @@ def status_of_record(record: dict[str, Any]) -> dict[str, Any]:
         "status": record.get("status"),
         "progress": record.get("progress") or {},
         "host": record.get("host"),
+        "label": record.get("label"),
         "record": True,
         "live": bool(record.get("live", False)),
     }

@@ -32,6 +32,9 @@ def bundle_of(proc: Process, loader: ObjectLoader | None = None) -> dict[str, An
         "progress": proc.progress,
         "outputs": proc.outputs,
         "exception": proc.exception,
+        "label": proc.label,
+        "time_limit": proc.time_limit,
+        "deadline": proc.deadline,
     }
 
 
@@ -44,5 +47,7 @@ def restore(proc: Process, bundle: dict[str, Any]) -> None:
     proc.state = ProcessState(bundle.get("state", "created"))
     proc.outputs = bundle.get("outputs")
     proc.exception = bundle.get("exception")
+    proc.label = bundle.get("label")
+    proc.time_limit, proc.deadline = bundle.get("time_limit"), bundle.get("deadline")  # absolute: the same here
     if not proc.state.terminal:
         proc.state = ProcessState.CREATED  # it runs again from its progress

@@ -10,6 +10,7 @@ import uuid
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..transports.base import CURRENT_DELIVERY, AsyncCommunicator, Delivery
+from ..wire.launch_options import LaunchOptions
 
 if TYPE_CHECKING:
     from .process import Process
@@ -31,6 +32,8 @@ class _TaskExtras(NamedTuple):
     hold: concurrent.futures.Future[Any] | None
     task_id: str | None = None
     redelivered: bool = False
+    #: Our options of a launch or create (label, time limit), read beside plumpy's args (wire/launch_options.py).
+    options: LaunchOptions = LaunchOptions()
 
 
 #: The extras of the task whose hook runs in this context (set by ``ProcessLauncher._hook``).

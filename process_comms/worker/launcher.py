@@ -24,6 +24,7 @@ from .. import defaults
 from ..errors import LoadError, PersistenceError
 from ..transports._loop import LoopThread, run_on
 from ..transports.base import CURRENT_DELIVERY, AsyncCommunicator, InvalidTask
+from ..wire.launch_options import launch_options_of
 from ..wire.loaders import AllowListLoader, ObjectLoader, get_object_loader
 from ..wire.messages import (
     ARGS_KEY,
@@ -172,8 +173,9 @@ class ProcessLauncher(ClaimsMixin, BroadcastsMixin, RoutesMixin):
                 raise InvalidTask("init_args must be a list (or null) and init_kwargs a mapping (or null)")
             # the hooks get the task's own values, as plumpy passes them (None when the task says null)
             hook_args = args.get(ARGS_KEY)
+            options = launch_options_of(task)  # ours, beside plumpy's args (wire/launch_options.py)
             if kind == CREATE_TASK:
-                extras = _TaskExtras(core, comm_loop, None, *task_identity(CURRENT_DELIVERY.get()))
+                extras = _TaskExtras(core, comm_loop, None, *task_identity(CURRENT_DELIVERY.get()), options)
                 work = functools.partial(
                     self._hook, extras, self._create, communicator, identifier, persist, hook_args, args.get(KWARGS_KEY)
                 )
@@ -184,7 +186,7 @@ class ProcessLauncher(ClaimsMixin, BroadcastsMixin, RoutesMixin):
                     # hand-back) finds the checkpoint its first delivery left and continues from it
                     init_kwargs = {**init_kwargs, "pid": uuid.uuid5(LAUNCH_PID_NAMESPACE, delivery.correlation_id)}
                 hold = self._hold(nowait and persist)
-                extras = _TaskExtras(core, comm_loop, hold, *task_identity(delivery))
+                extras = _TaskExtras(core, comm_loop, hold, *task_identity(delivery), options)
                 hook = self._launch  # a redelivered one continues from its checkpoint (_again)
                 hook_kwargs = init_kwargs if args.get(KWARGS_KEY) is not None or init_kwargs else None
                 work = functools.partial(
@@ -266,6 +268,7 @@ class ProcessLauncher(ClaimsMixin, BroadcastsMixin, RoutesMixin):
             if (await vet_pid(self, pid, self._extras(_communicator), cls, init_kwargs.get("inputs"))).again:
                 return pid
         proc = self._instantiate(cls, init_args or (), init_kwargs)
+        self._limit(proc, self._extras(_communicator))
         if persist:
             await self._save(proc)
         return proc.pid
@@ -296,6 +299,7 @@ class ProcessLauncher(ClaimsMixin, BroadcastsMixin, RoutesMixin):
         proc = self._instantiate(cls, init_args, init_kwargs)
         proc._task_id = extras.task_id
         proc._restore_record(old)
+        self._limit(proc, extras)
         if persist:
             await self._claim(proc.pid, core, comm_loop)
             try:
@@ -310,6 +314,12 @@ class ProcessLauncher(ClaimsMixin, BroadcastsMixin, RoutesMixin):
             done.add_done_callback(lambda _: _release(hold))
             return proc.pid
         return await asyncio.shield(done)
+
+    @staticmethod
+    def _limit(proc: Process, extras: _TaskExtras) -> None:
+        """Give a new process the task's label and time limit (before its first checkpoint, which keeps them)."""
+        if extras.options.label is not None or extras.options.time_limit is not None:
+            proc.limit_time(extras.options.time_limit, extras.options.label)
 
     @staticmethod
     def _fresh_pid(pid: Pid, extras: _TaskExtras) -> bool:

@@ -29,6 +29,7 @@ from .. import defaults
 from ..errors import PersistenceError, ProcessLost, RemoteError
 from ..transports._loop import run_on, spawn_on
 from ..transports.base import AsyncCommunicator, host_info
+from ..wire.launch_options import time_limit_reason
 from ..wire.loaders import ObjectLoader
 from ..wire.messages import FORCE_KILL_KEY, INTENT_KEY, MESSAGE_TEXT_KEY, RELEASE_KEY, Intent, Pid, wire_bool, wire_text
 from ..wire.status import LOST_TYPE, status_of_record
@@ -110,6 +111,13 @@ class Process(Recorded):
         self.outputs: dict[str, Any] | None = None
         self.exception: str | None = None
         self.killed_message: str | None = None
+        #: A name to find this process by (``launch_process(label=...)``), kept in its record and checkpoint.
+        self.label: str | None = None
+        #: Its time limit in seconds and the absolute deadline (epoch seconds) it set: kept in the checkpoint,
+        #: so a worker that continues it keeps the deadline (:meth:`limit_time`).
+        self.time_limit: float | None = None
+        self.deadline: float | None = None
+        self._limit_kill: asyncio.Task[bool] | None = None
         self.persister: Any = None
         self._communicator: AsyncCommunicator | None = None
         self._comm_loop: asyncio.AbstractEventLoop | None = None
@@ -193,6 +201,7 @@ class Process(Recorded):
             "status": self.status,
             "progress": dict(self.progress),
             "host": host_info(),
+            "label": self.label,
         }
 
     def __str__(self) -> str:
@@ -402,7 +411,32 @@ class Process(Recorded):
             return self._done
         self._broadcast_state(None, ProcessState.CREATED)
         self._task = loop.create_task(self._execute(), name=f"process-{self.pid}")
+        self._arm_deadline(loop)
         return self._done
+
+    # -- the time limit ---------------------------------------------------------------------------------
+    def limit_time(self, seconds: float | None, label: str | None = None) -> None:
+        """Give a new process its label and its time limit: a deadline of now plus ``seconds`` (wall clock,
+        so it holds on another worker that continues it from its checkpoint)."""
+        self.label = label
+        if seconds is not None and self.deadline is None:  # a deadline restored from its record holds
+            self.time_limit, self.deadline = seconds, time.time() + seconds
+
+    def _arm_deadline(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Kill at the deadline, paused or not (a paused process holds its worker's slot); the timer goes
+        with the run (ended, suspended, released: the next worker arms it again from the checkpoint)."""
+        if self.deadline is None or self._done is None:
+            return
+        handle = loop.call_later(max(0.0, self.deadline - time.time()), self._time_up)
+        self._done.add_done_callback(lambda _: handle.cancel())
+
+    def _time_up(self) -> None:
+        if self.state.terminal or self.loop is None:
+            return
+        reason = time_limit_reason(self.time_limit or 0.0)
+        LOGGER.info("process %s: %s, killing it", self.pid, reason)
+        self._note("time limit", reason)
+        self._limit_kill = self.loop.create_task(self.kill(reason), name=f"time-limit-{self.pid}")
 
     def _settle_terminal(self) -> None:
         assert self._done is not None

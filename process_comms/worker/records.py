@@ -179,6 +179,9 @@ class Recorded:
             self._exception_info = exception
         if self._task_id is None and isinstance(old.get(RECORD_TASK_ID_KEY), str):
             self._task_id = old[RECORD_TASK_ID_KEY]
+        if isinstance(old.get("deadline"), (int, float)):  # the same launch again: its deadline holds
+            proc: Process = self  # type: ignore[assignment]
+            proc.label, proc.time_limit, proc.deadline = old.get("label"), old.get("time_limit"), old["deadline"]
 
     def record(self) -> dict[str, Any]:
         """This process's record now: a JSON-safe dict (values JSON cannot hold are stored as their repr)."""
@@ -206,6 +209,9 @@ class Recorded:
             # an ended process's record has one mtime, its end: the same answer from it and from the store
             "mtime": self._history[-1]["time"] if proc.state.terminal else time.time(),
             RECORD_TASK_ID_KEY: self._task_id,
+            "label": proc.label,
+            "time_limit": proc.time_limit,
+            "deadline": proc.deadline,
         }
 
 

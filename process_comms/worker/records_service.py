@@ -14,14 +14,16 @@ import asyncio
 import base64
 import builtins
 import concurrent.futures
+import functools
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import ProcessCommsError, ProcessUnreachable
 from ..transports._loop import run_on
 from ..transports.base import AsyncCommunicator, InvalidTask
+from ..wire.listing import check_listing, is_paged_order, row_matches, sort_rows
 from ..wire.messages import (
     INTENT_KEY,
     KILL_REQUESTED,
@@ -130,6 +132,20 @@ LOST_GRACE = 2.0
 LOST_SWEEP_LIMIT = 1000
 
 
+class _Query(NamedTuple):
+    """A listing's filters and order beyond time and class (checked by :func:`~..wire.listing.check_listing`)."""
+
+    states: tuple[str, ...] | None = None
+    label: str | None = None
+    sort: str = "age"
+    reverse: bool = False
+
+
+def _order(msg: dict[str, Any]) -> tuple[Any, Any]:
+    """The ``sort`` and ``reverse`` a listing request asks for (absent: newest first)."""
+    return msg.get("sort"), msg.get("reverse", False)
+
+
 class RecordsService:
     """The records route's subscriber for one worker: ``get``, ``list`` and ``kill`` (of a pid no worker runs)."""
 
@@ -175,10 +191,11 @@ class RecordsService:
             text = wire_text(msg.get(MESSAGE_TEXT_KEY), "text of a kill")
             return run_on(self.launcher.loop, self.kill, msg[PID_KEY], text)
         if op == RECORD_OP_LIST:
-            state, cls = msg.get("state"), msg.get("class_name")
+            cls = msg.get("class_name")
             limit, since, cursor = msg.get("limit", 100), msg.get("since"), msg.get("cursor")
-            if (state is not None and not isinstance(state, str)) or (cls is not None and not isinstance(cls, str)):
-                raise InvalidTask("'state' and 'class_name' must be strings or null")
+            query = _Query(*check_listing(msg.get("state"), msg.get("states"), msg.get("label"), *_order(msg)))
+            if cls is not None and not isinstance(cls, str):
+                raise InvalidTask("'class_name' must be a string or null")
             if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
                 raise InvalidTask("'limit' must be an integer of 0 or more")
             if since is not None and (not isinstance(since, (int, float)) or isinstance(since, bool)):
@@ -187,8 +204,8 @@ class RecordsService:
                 raise InvalidTask("'cursor' must be a string (a listing answer's 'more') or null")
             limit = min(limit, MAX_LIST_LIMIT)
             if msg.get("page") is True:  # a client that reads pages: {"processes": [...], "more": cursor or null}
-                return run_on(self.launcher.loop, self.list_page, state, limit, since, cls, parse_cursor(cursor))
-            return run_on(self.launcher.loop, self.list, state, limit, since, cls)  # an older client: one list
+                return run_on(self.launcher.loop, self.list_page, query, limit, since, cls, parse_cursor(cursor))
+            return run_on(self.launcher.loop, self.list, query, limit, since, cls)  # an older client: one list
         raise InvalidTask(f"unknown records op {op!r}: expected get, list or kill")
 
     # -- the answers (on the launcher's loop) ---------------------------------------------------------
@@ -238,33 +255,42 @@ class RecordsService:
 
     async def list_page(
         self,
-        state: str | None,
+        query: _Query | str | None,
         limit: int,
         since: float | None,
         class_name: str | None,
         cursor: tuple[float | None, frozenset[str]],
     ) -> dict[str, Any]:
-        """One page of record summaries, newest first, live and ended (live state from the live processes): at
-        most ``limit`` rows and :data:`LIST_PAGE_BYTES`; ``more`` is the cursor of the next page, or None."""
+        """One page of record summaries, live and ended (live state from the live processes): at most ``limit``
+        rows and :data:`LIST_PAGE_BYTES`; ``more`` is the cursor of the next page, or None. Newest first pages
+        with the cursor; another order (wire/listing.py) sorts the newest ``limit`` matches: one page, no cursor."""
+        query = _Query((query,) if isinstance(query, str) else None) if not isinstance(query, _Query) else query
         before, skip = cursor
-        rows = await self._rows(state, limit + len(skip) + 1, since, class_name, before)
+        if not is_paged_order(query.sort, query.reverse):
+            rows = sort_rows(await self._rows(query, limit, since, class_name, None), query.sort, query.reverse)
+            return {"processes": _page(rows, limit)[0], "more": None}
+        rows = await self._rows(query, limit + len(skip) + 1, since, class_name, before)
         rows = [row for row in rows if str(row.get("pid")) not in skip]
         page, more = _page(rows, limit)
         return {"processes": page, "more": _cursor(page, skip, before) if more and page else None}
 
     async def _rows(
-        self, state: str | None, limit: int, since: float | None, class_name: str | None, before: float | None
+        self, query: _Query, limit: int, since: float | None, class_name: str | None, before: float | None
     ) -> list[dict[str, Any]]:
         """Up to ``limit`` summaries created at or before ``before``, newest first, live ones merged in; kill
         requests for unknown pids are no processes and are left out (unless asked for by their state)."""
+        states, label = query.states, query.label
+        requests = states is not None and KILL_REQUESTED in states
+        extra = {key: value for key, value in (("states", states), ("label", label)) if value is not None}
         rows: list[dict[str, Any]] = await self._store(
-            self.persister.list_records, state, limit, since, class_name, before
+            functools.partial(self.persister.list_records, None, limit, since, class_name, before, **extra)
         )
-        if state != KILL_REQUESTED and len(rows) == limit and any(map(is_kill_request, rows)):
+        if not requests and len(rows) == limit and any(map(is_kill_request, rows)):
             # at most kill_request_max_count more rows fill the page
             wanted = limit + self.kill_request_max_count
-            rows = await self._store(self.persister.list_records, state, wanted, since, class_name, before)
-        if state != KILL_REQUESTED:
+            read = functools.partial(self.persister.list_records, None, wanted, since, class_name, before, **extra)
+            rows = await self._store(read)
+        if not requests:
             rows = [row for row in rows if not is_kill_request(row)]
         by_pid = {str(row.get("pid")): {**row, "progress": bounded_progress(row.get("progress"))} for row in rows}
         held = [(proc, True) for proc in self.launcher.processes.values()]
@@ -282,16 +308,15 @@ class RecordsService:
         statuses = await asyncio.gather(*(self._live_status(row.get("pid")) for row in others))
         merged = [{**row, "live": row.get("live", False)} for row in settled]
         merged += [self._with_live(row, status) for row, status in zip(others, statuses, strict=True)]
-        if state is not None:
-            merged = [row for row in merged if row.get("state_name") == state]
+        merged = [row for row in merged if row_matches(row, states, label)]  # live state may differ from stored
         merged.sort(key=lambda row: float(row.get("ctime") or 0.0), reverse=True)
         return merged
 
     async def list(
-        self, state: str | None, limit: int, since: float | None, class_name: str | None
+        self, query: _Query | str | None, limit: int, since: float | None, class_name: str | None
     ) -> list[dict[str, Any]]:
         """The first page of a listing as a plain list (what a client older than pages asks for)."""
-        rows: list[dict[str, Any]] = (await self.list_page(state, limit, since, class_name, (None, frozenset())))[
+        rows: list[dict[str, Any]] = (await self.list_page(query, limit, since, class_name, (None, frozenset())))[
             "processes"
         ]
         return rows

@@ -190,10 +190,13 @@ class Persister(abc.ABC):
         since: float | None = None,
         class_name: str | None = None,
         before: float | None = None,
+        *,
+        states: Sequence[str] | None = None,
+        label: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Record summaries, newest first (by ``ctime``): at most ``limit``, filtered by state name, creation
-        time (``since``; ``before``: created at or before it, for the next page; epoch seconds) and class
-        (``module:Name``)."""
+        """Record summaries, newest first (by ``ctime``): at most ``limit``, filtered by state name (``state``,
+        and any of ``states``), creation time (``since``; ``before``: created at or before it, for the next page;
+        epoch seconds), class (``module:Name``) and label (a case-sensitive substring of the record's label)."""
         return []
 
     def prune_records(self, max_age: float, max_count: int) -> None:

@@ -48,6 +48,8 @@ class _Dialect:
     local: bool = False
     #: Open a connection that cannot write (a reader of records: ``SqlPersister(url, read_only=True)``).
     connect_read_only: Callable[[float], Any] | None = None
+    #: A condition: the label in a record's JSON summary holds the parameter (case-sensitive substring).
+    label_contains: str = "instr(json_extract(summary, '$.label'), {p}) > 0"
 
 
 def _sqlite_path(url: str) -> str:
@@ -166,5 +168,6 @@ def _dialect_for(url: str) -> _Dialect:
             is_broken=lambda conn: bool(conn.broken or conn.closed),
             transaction=lambda conn: conn.transaction(),
             connect_read_only=functools.partial(_connect_postgres_read_only, url),
+            label_contains="strpos(summary::json ->> 'label', {p}) > 0",
         )
     raise ValueError(f"unknown persister URL scheme {scheme!r} in {mask_url(url)!r}: {_URL_HELP}")

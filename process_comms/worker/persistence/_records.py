@@ -30,7 +30,7 @@ __all__ = [
 #: holder, so the fleet finds the records of a gone holder by listing (records_service.py, ``sweep_lost``).
 SUMMARY_KEYS = (
     *("pid", "class", "state_name", "paused", "status", "progress", "host", "ctime", "mtime"),
-    *("worker", "token"),
+    *("worker", "token", "label"),
 )
 #: States after which a record never changes again: only these are pruned.
 TERMINAL_STATE_NAMES = ("finished", "excepted", "killed")

@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from ...wire.listing import row_matches
 from ...wire.loaders import ObjectLoader
 from ...wire.messages import Pid
 from ._base import (
@@ -118,6 +119,9 @@ class InMemoryPersister(Persister):
         since: float | None = None,
         class_name: str | None = None,
         before: float | None = None,
+        *,
+        states: Sequence[str] | None = None,
+        label: str | None = None,
     ) -> list[dict[str, Any]]:
         """Record summaries, newest first."""
         with self._lock:
@@ -126,6 +130,7 @@ class InMemoryPersister(Persister):
             (summary["ctime"], text)
             for summary, text in rows
             if (state is None or summary["state_name"] == state)
+            and row_matches(summary, states, label)
             and (since is None or summary["ctime"] >= since)
             and (before is None or summary["ctime"] <= before)
             and (class_name is None or summary["class"] == class_name)

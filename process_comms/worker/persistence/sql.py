@@ -394,15 +394,22 @@ class SqlPersister(Persister):
         since: float | None = None,
         class_name: str | None = None,
         before: float | None = None,
+        *,
+        states: Sequence[str] | None = None,
+        label: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Record summaries, newest first (the ``ctime`` index serves the order)."""
+        """Record summaries, newest first (the ``ctime`` index serves the order); the label is read from the
+        summary's JSON (no column of its own: a store an older release made needs no migration)."""
         where: list[str] = []
         params: list[Any] = []
         filters = (("state = {p}", state), ("ctime >= {p}", since), ("class_name = {p}", class_name))
-        for column, value in (*filters, ("ctime <= {p}", before)):
+        for column, value in (*filters, ("ctime <= {p}", before), (self._dialect.label_contains, label)):
             if value is not None:
                 where.append(column)
                 params.append(value)
+        if states is not None:
+            where.append(f"state IN ({', '.join(['{p}'] * len(states))})" if states else "1 = 0")
+            params += list(states)
         clause = f" WHERE {' AND '.join(where)}" if where else ""
         template = "SELECT summary FROM {table}_records" + clause + " ORDER BY ctime DESC LIMIT {p}"
         return [decode_summary(text) for (text,) in self._execute(template, (*params, max(int(limit), 0)))]

@@ -1,0 +1,91 @@
+"""The query of a process listing beyond one state: several states, a label, an order (one home for the
+rules: the records route's worker, the store fallback of a controller and the CLI all use these).
+
+Order: the default (``age``, newest first) is the one a listing pages through with a cursor
+(worker/records_service.py). Any other order (``state``, ``class``, ``label``, or ``reverse``) sorts the
+newest ``limit`` matching processes and answers them as one page, with no cursor beyond it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, Final
+
+from ..errors import InvalidTask
+from .launch_options import check_label
+
+__all__ = [
+    "ACTIVE_STATES",
+    "MAX_LIST_STATES",
+    "SORTS",
+    "check_listing",
+    "is_paged_order",
+    "row_matches",
+    "sort_rows",
+]
+
+#: What ``--active`` means: the states of a process that has not ended.
+ACTIVE_STATES: Final = ("created", "running", "waiting")
+#: The orders a listing may ask for; ``age`` (newest first) is the default.
+SORTS: Final = ("age", "state", "class", "label")
+#: Most states one listing may name (there are seven, and a kill request).
+MAX_LIST_STATES: Final = 16
+
+
+def check_listing(
+    state: Any, states: Any, label: Any, sort: Any, reverse: Any
+) -> tuple[tuple[str, ...] | None, str | None, str, bool]:
+    """``(states, label, sort, reverse)`` of a listing query: ``state`` and ``states`` merged (None: any state),
+    the label bounded as at launch, the order (``age`` when None); :class:`InvalidTask` if one is malformed."""
+    merged: list[str] = []
+    if state is not None:
+        if not isinstance(state, str):
+            raise InvalidTask("'state' must be a string or null")
+        merged.append(state)
+    if states is not None:
+        if isinstance(states, str) or not isinstance(states, (list, tuple)) or len(states) > MAX_LIST_STATES:
+            raise InvalidTask(f"'states' must be a list of at most {MAX_LIST_STATES} state names, or null")
+        if not all(isinstance(name, str) for name in states):
+            raise InvalidTask("'states' must hold state names (strings)")
+        merged += [name for name in states if name not in merged]
+    if sort is None:
+        sort = "age"
+    if sort not in SORTS:
+        raise InvalidTask(f"unknown sort {sort!r}: expected one of {', '.join(SORTS)}")
+    if not isinstance(reverse, bool):
+        raise InvalidTask("'reverse' must be true or false")
+    return (tuple(merged) if merged else None), check_label(label), sort, reverse
+
+
+def is_paged_order(sort: str, reverse: bool) -> bool:
+    """True for the one order a cursor pages through: ``age``, newest first."""
+    return sort == "age" and not reverse
+
+
+def row_matches(row: dict[str, Any], states: Sequence[str] | None, label: str | None) -> bool:
+    """True if a summary is in one of ``states`` (None: any) and its label holds ``label`` (a substring,
+    case-sensitive; None: any, also no label)."""
+    if states is not None and row.get("state_name") not in states:
+        return False
+    if label is None:
+        return True
+    own = row.get("label")
+    return isinstance(own, str) and label in own
+
+
+def _key(sort: str) -> Any:
+    if sort == "state":
+        return lambda row: str(row.get("state_name") or "")
+    if sort == "class":
+        return lambda row: str(row.get("class") or "")
+    if sort == "label":  # processes without a label come after those with one
+        return lambda row: (row.get("label") is None, str(row.get("label") or ""))
+    return lambda row: -float(row.get("ctime") or 0.0)
+
+
+def sort_rows(rows: Iterable[dict[str, Any]], sort: str, reverse: bool) -> list[dict[str, Any]]:
+    """Summaries in ``sort`` order (``age``: newest first; the others ascending, newest first among equals),
+    reversed with ``reverse``."""
+    newest_first = sorted(rows, key=_key("age"))
+    ordered = newest_first if sort == "age" else sorted(newest_first, key=_key(sort))  # stable: ties stay newest first
+    return list(reversed(ordered)) if reverse else ordered
