@@ -178,6 +178,43 @@ def test_excepted_rows_carry_their_error_in_the_listing(fleet: Fleet) -> None:  
 
 
 def test_bad_list_flags_are_400(fleet: Fleet) -> None:  # noqa: F811
-    for bad in ({"active": "maybe"}, {"reverse": "2"}, {"label": "x", "offset": "5"}):
+    for bad, kind in (
+        ({"active": "maybe"}, "BadRequest"),
+        ({"reverse": "2"}, "BadRequest"),
+        ({"sort": "x"}, "InvalidTask"),
+    ):
         response = fleet.client.get("/api/processes", params=bad)
-        assert response.status_code == 400 and response.json()["error_type"] == "BadRequest", bad
+        assert response.status_code == 400 and response.json()["error_type"] == kind, bad
+
+
+def test_the_listing_filters_by_several_states_and_a_label_and_sorts(fleet: Fleet) -> None:  # noqa: F811
+    tag = f"nightly-{uuid.uuid4().hex[:8]}"
+
+    def launch(cls: str, label: str | None, **inputs: Any) -> str:
+        kwargs = {"inputs": inputs}
+        return str(fleet.controller.launch_process(cls, init_kwargs=kwargs, nowait=True, label=label).result(WAIT))
+
+    done = launch(f"{PROCS}:Stepper", f"{tag}-a", n=1, delay=0.0)
+    held = launch(f"{PROCS}:Holder", f"{tag}-b")
+    broken = launch(f"{RECORDS_PROCS}:Broken", f"{tag}-c")
+    unlabelled = launch(f"{PROCS}:Holder", None)
+    for pid, state in ((done, "finished"), (broken, "excepted")):
+        assert fleet.controller.wait_for_process(uuid.UUID(pid), WAIT).result(WAIT + 2) == state
+    wait_until(lambda: fleet.record(held)["state_name"] == "waiting", "the holder to wait")
+
+    def pids(**params: Any) -> list[str]:
+        response = fleet.client.get("/api/processes", params=params)
+        assert response.status_code == 200, response.text
+        return [row["pid"] for row in response.json()["processes"]]
+
+    assert pids(label=tag) == [broken, held, done]  # newest first
+    labels = {row["pid"]: row["label"] for row in fleet.client.get("/api/processes").json()["processes"]}
+    assert labels[held] == f"{tag}-b" and labels[unlabelled] is None
+    assert pids(label=tag, state=["finished", "excepted"]) == [broken, done]
+    assert pids(label=tag, active="1") == [held]
+    assert pids(label=tag, sort="label") == [done, held, broken]
+    assert pids(label=tag, sort="label", reverse="true") == [broken, held, done]
+    assert pids(label=tag, sort="state") == [broken, done, held]  # excepted, finished, waiting
+    assert pids(label=tag, offset=1, limit=1) == [held]
+    for pid in (held, unlabelled):
+        assert fleet.client.post(f"/api/processes/{pid}/kill").status_code == 200

@@ -38,11 +38,12 @@ def test_the_filter_is_in_the_url_rows_show_errors_and_kill_asks_first(
         comm = process_comms.connect(broker_url, **names)
         controller = process_comms.RemoteProcessThreadController(comm)
 
-        def launch(cls: str, **inputs: Any) -> str:
-            return str(controller.launch_process(cls, init_kwargs={"inputs": inputs}, nowait=True).result(WAIT))
+        def launch(cls: str, label: str) -> str:
+            return str(controller.launch_process(cls, nowait=True, label=label).result(WAIT))
 
-        broken = launch(f"{RECORDS_PROCS}:Broken")
-        holder = launch(f"{PROCS}:Holder")
+        tag = f"tag-{uuid.uuid4().hex[:6]}"
+        broken = launch(f"{RECORDS_PROCS}:Broken", f"{tag}-broken")
+        holder = launch(f"{PROCS}:Holder", f"{tag}-holder")
         assert controller.wait_for_process(uuid.UUID(broken), WAIT).result(WAIT + 2) == "excepted"
 
         # a shared link: the filter comes from the URL, and the excepted row says why
@@ -69,6 +70,28 @@ def test_the_filter_is_in_the_url_rows_show_errors_and_kill_asks_first(
         expect(page.locator("#processes tbody tr")).to_have_count(1)
         expect(page.locator("#filter-class")).to_have_value("")
         assert _selected(page) == ["excepted"]
+
+        # search by label, several states, another order: into the URL too
+        page.locator("#filter-state").select_option([])
+        page.locator("#filter-label").fill(f"{tag}-hold")
+        page.locator("#filters button[type=submit]").click()
+        expect(page).to_have_url(f"{board.url}/#/?label={tag}-hold")
+        expect(page.locator("#processes tbody tr")).to_have_count(1)
+        expect(_row(page, holder).locator("td.label")).to_have_text(f"{tag}-holder")
+        page.locator("#filter-state").select_option(["waiting", "excepted"])
+        page.locator("#filter-label").fill(tag)
+        page.locator("#sort").select_option("label")
+        page.locator("#reverse").check()
+        page.locator("#filters button[type=submit]").click()
+        expect(page).to_have_url(f"{board.url}/#/?state=waiting&state=excepted&label={tag}&sort=label&reverse=1")
+        expect(page.locator("#processes tbody tr")).to_have_count(2)
+        expect(page.locator("#processes tbody tr").first).to_have_attribute("data-pid", holder)  # z..a
+        page.reload()
+        expect(page.locator("#processes tbody tr")).to_have_count(2)
+        assert _selected(page) == ["waiting", "excepted"]
+        expect(page.locator("#filter-label")).to_have_value(tag)
+        expect(page.locator("#sort")).to_have_value("label")
+        expect(page.locator("#reverse")).to_be_checked()
 
         # Kill asks first: Cancel sends nothing, the dialog's Kill kills (with its message)
         page.goto(f"{board.url}/#/process/{holder}")

@@ -35,8 +35,8 @@ from ..errors import (
 )
 from ..errors import TimeoutError as PCTimeoutError
 from ..transports.rmq import RmqCommunicator
+from ..wire.listing import ACTIVE_STATES
 from ..wire.messages import parse_pid
-from ..wire.status import UNENDED_STATES
 from ._auth import COOKIE, Guard
 from ._body import BadRequest, read_json_body
 from ._settings import DashboardSettings
@@ -116,7 +116,7 @@ def _list_filters(request: Request) -> tuple[str | None, dict[str, Any]]:
     ``reverse`` of ``list_processes_page``: each keyword passed only when given (one state goes as ``state``)."""
     states = [state for state in request.query_params.getlist("state") if state]
     if _bool_param(request, "active"):
-        states += [state for state in UNENDED_STATES if state not in states]
+        states += [state for state in ACTIVE_STATES if state not in states]
     keywords: dict[str, Any] = {}
     if len(states) > 1:
         keywords["states"] = states
@@ -267,8 +267,6 @@ class Dashboard:
             except ValueError:
                 raise BadRequest(f"'since' must be epoch seconds, got {since_text!r}") from None
             state, keywords = _list_filters(request)
-            if keywords and offset:
-                raise BadRequest("'offset' pages only by 'state' and 'class': page with 'cursor'")
             class_name = request.query_params.get("class") or None
             timeout = self.settings.timeout
             with self.metrics.timed(self.metrics.queries, query="list"):
@@ -279,7 +277,7 @@ class Dashboard:
                     page, more = one["processes"], one["more"]
                 else:
                     wanted = min(offset + limit + 1, MAX_ROWS)  # one more than the page: is there a next page?
-                    rows = await self.controller.list_processes(state, wanted, since, class_name, timeout)
+                    rows = await self.controller.list_processes(state, wanted, since, class_name, timeout, **keywords)
                     page, more = rows[offset : offset + limit], None
                     has_more = len(rows) > offset + limit
         except ProcessCommsError as exc:
