@@ -149,7 +149,8 @@ def test_with_tokens_the_page_logs_in_and_a_reader_cannot_act(
         expect(page.locator("#login-error")).to_contain_text("Unauthorized")
         page.locator("#token").fill(read_token)
         page.locator("#login button[type=submit]").click()
-        expect(page.locator("#login")).to_be_hidden()
+        expect(page.locator("#login-error")).to_have_text("")
+        expect(page.locator("#token")).to_have_value("")  # the field is emptied: the token stays nowhere
         expect(_row(page, holder)).to_have_attribute("data-state", "waiting")
         expect(page.locator("#role")).to_have_text("read-only")
         expect(page.locator("#live")).to_have_text("live")  # the event stream carries the cookie too
@@ -164,8 +165,15 @@ def test_with_tokens_the_page_logs_in_and_a_reader_cannot_act(
         expect(page.locator('[data-fact="state"]')).to_have_text("waiting")
         expect(page.locator("#do-kill")).to_be_hidden()  # a reader cannot act
 
-        assert controller.kill_process(uuid.UUID(holder)).result(WAIT) is True
+        page.locator("#token").fill(token)  # the form stays: logging in with the full token allows acting
+        page.locator("#login button[type=submit]").click()
+        expect(page.locator("#login")).to_be_hidden()
+        expect(page.locator("#role")).to_have_text("")
+        page.locator("#do-kill").click()
+        page.locator("#kill-confirm").click()
+        expect(page.locator("#answer")).to_have_text("kill: true")
         expect(page.locator('[data-fact="state"]')).to_have_text("killed")
+        assert page.evaluate("document.cookie") == ""
         assert board.stop() == 0, board.err_path.read_text()
         assert worker.stop() == 0, worker.err_path.read_text()
         for secret in (token, read_token):

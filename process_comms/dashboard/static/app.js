@@ -372,6 +372,7 @@ async function loadInfo() {
     $("broker").textContent = `${view.info.broker} · queue ${view.info.task_queue}`;
     $("role").textContent = view.info.role === "read" ? "read-only" : "";
     for (const id of ["do-pause", "do-play", "do-kill"]) $(id).hidden = view.info.role === "read";
+    $("login").hidden = !(view.info.actions_need_token && view.info.role !== "act");  // log in to act
     return true;
   } catch (error) {
     $("broker").textContent = `${error.errorType}: ${error.message}`;
