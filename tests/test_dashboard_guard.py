@@ -218,3 +218,17 @@ def test_the_listing_filters_by_several_states_and_a_label_and_sorts(fleet: Flee
     assert pids(label=tag, offset=1, limit=1) == [held]
     for pid in (held, unlabelled):
         assert fleet.client.post(f"/api/processes/{pid}/kill").status_code == 200
+
+
+def test_which_reads_need_a_token_and_the_read_token_rules() -> None:
+    from process_comms.dashboard import DashboardError, DashboardSettings
+
+    url = "amqp://u:p@h/"
+    assert not DashboardSettings(url).check().reads_need_token  # loopback, no token: open, as before
+    assert not DashboardSettings(url, token="t").check().reads_need_token  # loopback: only actions need it
+    assert DashboardSettings(url, token="t", read_token="r").check().reads_need_token
+    assert DashboardSettings(url, host="0.0.0.0", token="t").check().reads_need_token
+    with pytest.raises(DashboardError, match="needs the full one"):
+        DashboardSettings(url, read_token="r").check()
+    with pytest.raises(DashboardError, match="must differ"):
+        DashboardSettings(url, token="same", read_token="same").check()
