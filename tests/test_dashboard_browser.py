@@ -104,6 +104,7 @@ def test_the_page_shows_processes_live_and_pauses_and_kills_them(page: Page, bro
         page.goto(f"{board.url}/#/process/{holder}")
         expect(page.locator('[data-fact="state"]')).to_have_text("waiting")
         page.locator("#do-kill").click()
+        page.locator("#kill-confirm").click()  # the page asks first (tests/test_dashboard_page.py)
         expect(page.locator("#answer")).to_have_text("kill: true")
         expect(page.locator('[data-fact="state"]')).to_have_text("killed")
         assert controller.wait_for_process(uuid.UUID(holder), WAIT).result(WAIT + 2) == "killed"

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from process_comms.worker.persistence import InMemoryPersister, Persister, SqlPersister
-from process_comms.worker.persistence._records import CUT_KEY
+from process_comms.worker.persistence._records import CUT_KEY, SUMMARY_ERROR_CHARS
 
 from .test_persistence import PG_URL, pg_table  # noqa: F401 (fixture)
 
@@ -72,13 +72,16 @@ def test_a_value_json_cannot_hold_is_kept_as_its_repr(persister: Persister) -> N
 def test_list_is_newest_first_and_filters(persister: Persister) -> None:
     base = time.time() - 100
     rows = [record("finished", base + i) for i in range(5)]
-    rows.append(record("excepted", base + 10, **{"class": "tests.procs:Fails"}))
+    failed = {"type": "ValueError", "message": "m" * 5000, "traceback": "t" * 5000}
+    rows.append(record("excepted", base + 10, exception=failed, **{"class": "tests.procs:Fails"}))
     persister.save_records(rows)
     listed = persister.list_records()
     assert [r["ctime"] for r in listed] == sorted((r["ctime"] for r in rows), reverse=True)
     summary_keys = {"pid", "class", "state_name", "paused", "status", "progress", "host", "ctime", "mtime"}
-    assert set(listed[0]) == summary_keys | {"worker", "token", "label"}  # the holder: the fleet finds a gone one's
-    assert [r["state_name"] for r in persister.list_records(state="excepted")] == ["excepted"]
+    assert set(listed[0]) == summary_keys | {"worker", "token", "label", "error"}  # worker, token: the holder
+    [excepted] = persister.list_records(state="excepted")
+    assert excepted["error"] == "ValueError: " + "m" * (SUMMARY_ERROR_CHARS - 15) + "..."  # bounded, no traceback
+    assert listed[-1]["error"] is None
     assert len(persister.list_records(limit=2)) == 2
     assert len(persister.list_records(since=base + 3)) == 3  # ctimes base+3, base+4, base+10
     assert [r["class"] for r in persister.list_records(class_name="tests.procs:Fails")] == ["tests.procs:Fails"]

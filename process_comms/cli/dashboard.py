@@ -12,7 +12,14 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from ..dashboard._settings import DEFAULT_HOST, DEFAULT_PORT, ENV_TOKEN, DashboardError, DashboardSettings
+from ..dashboard._settings import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    ENV_READ_TOKEN,
+    ENV_TOKEN,
+    DashboardError,
+    DashboardSettings,
+)
 from ._common import add_store_option, record_store
 from .main import EXIT_BROKER, EXIT_ERROR, EXIT_OK, EXIT_USAGE, CliError, add_command, int_at_least, setup_logging
 
@@ -43,7 +50,14 @@ def register(subparsers: SubParsers) -> None:
     p.add_argument(
         "--token",
         metavar="T",
-        help=f"bearer token that pause/play/kill must carry (default ${ENV_TOKEN}); required beyond loopback",
+        help=f"bearer token that pause/play/kill (and, beyond loopback, every read) must carry (default ${ENV_TOKEN}); "
+        "required beyond loopback",
+    )
+    p.add_argument(
+        "--read-token",
+        metavar="T",
+        help=f"a second token that may read (records, events, metrics) but not act (default ${ENV_READ_TOKEN}); "
+        "with it, reads need a token on loopback too",
     )
     p.add_argument(
         "--log-level",
@@ -126,6 +140,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         timeout=ctx.timeout,
         host=args.host,
         token=DashboardSettings.token_from_env(args.token),
+        read_token=DashboardSettings.token_from_env(args.read_token, ENV_READ_TOKEN),
     )
     try:
         settings.check()

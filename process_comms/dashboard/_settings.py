@@ -16,6 +16,7 @@ __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_PORT",
     "DEFAULT_TIMEOUT",
+    "ENV_READ_TOKEN",
     "ENV_TOKEN",
     "DashboardError",
     "DashboardSettings",
@@ -28,6 +29,8 @@ DEFAULT_PORT = 8642
 DEFAULT_TIMEOUT = 10.0
 #: The environment variable that gives the token when ``--token`` does not.
 ENV_TOKEN = "PROCESS_COMMS_DASHBOARD_TOKEN"
+#: The environment variable that gives the read-only token when ``--read-token`` does not.
+ENV_READ_TOKEN = "PROCESS_COMMS_DASHBOARD_READ_TOKEN"
 #: Host names a loopback-bound dashboard answers to (a guard against DNS rebinding).
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
 
@@ -72,6 +75,8 @@ class DashboardSettings:
     timeout: float = DEFAULT_TIMEOUT
     host: str = DEFAULT_HOST
     token: str | None = None
+    #: A second token that may read (the records, the event stream, the metrics) but not act.
+    read_token: str | None = None
     testing_mode: bool = False
     _secrets: list[str] = field(init=False, repr=False, compare=False)
 
@@ -98,6 +103,12 @@ class DashboardSettings:
         """True when pause/play/kill must carry the bearer token (a token is set)."""
         return bool(self.token)
 
+    @property
+    def reads_need_token(self) -> bool:
+        """True when every read (records, events, queues, metrics) must carry a token too: bound beyond loopback
+        with a token, or a read-only token is set; on loopback with no read token, reads are open."""
+        return bool(self.token) and (not is_loopback(self.host) or bool(self.read_token))
+
     def check(self) -> DashboardSettings:
         """Raise :class:`DashboardError` if bound beyond loopback with no token; return self."""
         if not is_loopback(self.host) and not self.token:
@@ -105,6 +116,10 @@ class DashboardSettings:
                 f"the dashboard would listen on {self.host!r}, beyond this machine, without a token: "
                 f"give --token or set {ENV_TOKEN} (actions then need 'Authorization: Bearer <token>')"
             )
+        if self.read_token and not self.token:
+            raise DashboardError("a read-only token needs the full one too: give --token with --read-token")
+        if self.read_token and self.token and self.read_token == self.token:
+            raise DashboardError("the read-only token must differ from the token that may act")
         if not self.timeout > 0:
             raise DashboardError(f"the deadline must be greater than 0 seconds, got {self.timeout!r}")
         return self
@@ -118,6 +133,6 @@ class DashboardSettings:
         return text
 
     @staticmethod
-    def token_from_env(token: str | None) -> str | None:
-        """``token``, else the environment's :data:`ENV_TOKEN`, else None."""
-        return token or os.environ.get(ENV_TOKEN) or None
+    def token_from_env(token: str | None, variable: str = ENV_TOKEN) -> str | None:
+        """``token``, else the environment's ``variable`` (:data:`ENV_TOKEN`), else None."""
+        return token or os.environ.get(variable) or None

@@ -10,18 +10,17 @@ read-only), the record queries no worker answers are read from it, and the answe
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from .. import defaults
 from ..client.controller import RemoteProcessController
-from ..client.records import FROM_STORE, RecordStore
+from ..client.records import FROM_STORE, NO_RECORDS_WORKER, RecordStore
 from ..errors import (
     BrokerUnavailable,
     CommunicatorClosed,
@@ -36,13 +35,16 @@ from ..errors import (
 )
 from ..errors import TimeoutError as PCTimeoutError
 from ..transports.rmq import RmqCommunicator
+from ..wire.listing import ACTIVE_STATES
 from ..wire.messages import parse_pid
+from ._auth import COOKIE, Guard
+from ._body import BadRequest, read_json_body
 from ._settings import DashboardSettings
 from .events import EventHub
 from .metrics import CONTENT_TYPE_LATEST, DashboardMetrics
 from .queues import NO_WORKERS_API, inspect_queue
 
-__all__ = ["ACTIONS", "MAX_LIMIT", "MAX_ROWS", "WORKERS_WITHIN", "Dashboard", "JSON", "error_response"]
+__all__ = ["ACTIONS", "MAX_LIMIT", "MAX_ROWS", "WORKERS_WITHIN", "BadRequest", "Dashboard", "JSON", "error_response"]
 
 #: What ``POST /api/processes/{pid}/{action}`` may ask.
 ACTIONS = ("pause", "play", "kill")
@@ -54,8 +56,10 @@ MAX_LIMIT = 1000
 MAX_ROWS = 10_000
 
 
-class BadRequest(ProcessCommsError, ValueError):
-    """A request the API cannot take (a bad query parameter, a malformed body)."""
+#: Answers of ``active=`` and ``reverse=`` that mean yes (and no).
+_YES, _NO = ("1", "true", "yes"), ("", "0", "false", "no")
+
+Handler = Callable[[Request], Awaitable[Response]]
 
 
 #: HTTP status of each library error, most specific first.
@@ -100,6 +104,33 @@ def _int_param(request: Request, name: str, default: int, low: int, high: int) -
     return value
 
 
+def _bool_param(request: Request, name: str) -> bool:
+    text = (request.query_params.get(name) or "").lower()
+    if text not in _YES + _NO:
+        raise BadRequest(f"{name!r} must be true or false, got {text!r}")
+    return text in _YES
+
+
+def _list_filters(request: Request) -> tuple[str | None, dict[str, Any]]:
+    """``state`` (repeatable; ``active`` adds the unended states) and the keyword filters ``label``, ``sort`` and
+    ``reverse`` of ``list_processes_page``: each keyword passed only when given (one state goes as ``state``)."""
+    states = [state for state in request.query_params.getlist("state") if state]
+    if _bool_param(request, "active"):
+        states += [state for state in ACTIVE_STATES if state not in states]
+    keywords: dict[str, Any] = {}
+    if len(states) > 1:
+        keywords["states"] = states
+    label = request.query_params.get("label") or None
+    sort = request.query_params.get("sort") or None
+    if label is not None:
+        keywords["label"] = label
+    if sort is not None:
+        keywords["sort"] = sort
+    if _bool_param(request, "reverse"):
+        keywords["reverse"] = True
+    return (states[0] if len(states) == 1 else None), keywords
+
+
 class Dashboard:
     """What one dashboard holds: its settings, communicator, controller, live events and metrics."""
 
@@ -109,6 +140,7 @@ class Dashboard:
         self.store = store
         self.metrics = DashboardMetrics()
         self.hub = EventHub(on_state=self.metrics.saw_transition)
+        self.guard = Guard(self.settings)
         self._comm: RmqCommunicator | None = None
         self._controller: RemoteProcessController | None = None
 
@@ -152,30 +184,57 @@ class Dashboard:
     # -- guards -------------------------------------------------------------------------------------
     def refuse_action(self, request: Request) -> JSON | None:
         """The error response if ``request`` may not act (cross-site, or without the token), else None."""
-        origin = request.headers.get("origin")
-        if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
-            # a page of another site may POST here (a form needs no CORS preflight): refuse it
+        origin = self.guard.cross_site(request)
+        if origin is not None:
             return error_response(f"cross-site request from {origin!r} refused", "Forbidden", 403)
-        token = self.settings.token
-        if token:
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                return error_response(
-                    "this action needs the dashboard's token: 'Authorization: Bearer <token>'",
-                    "Unauthorized",
-                    401,
-                    {"WWW-Authenticate": 'Bearer realm="process-comms"'},
-                )
+        if not self.guard.may_act(request):
+            if self.guard.role(request) is not None:
+                return error_response("the read-only token cannot pause, play or kill", "Forbidden", 403)
+            return _unauthorized("this action needs the dashboard's token: 'Authorization: Bearer <token>'")
         return None
+
+    def reading(self, handler: Handler) -> Handler:
+        """``handler``, answering 401 first to a request that may not read (reads need a token: see ``_auth.py``)."""
+
+        async def guarded(request: Request) -> Response:
+            if not self.guard.may_read(request):
+                return _unauthorized("reading needs a token: 'Authorization: Bearer <token>' or log in on the page")
+            return await handler(request)
+
+        return guarded
+
+    async def login(self, request: Request) -> Response:
+        """``POST /api/login`` ``{"token": T}``: the session cookie of T's role (the page's way to carry it)."""
+        origin = self.guard.cross_site(request)
+        if origin is not None:
+            return error_response(f"cross-site request from {origin!r} refused", "Forbidden", 403)
+        try:
+            token = (await read_json_body(request)).get("token")
+        except BadRequest as exc:
+            return self.failure(exc)
+        role = self.guard.role_of_token(token) if isinstance(token, str) else None
+        if role is None:
+            return _unauthorized("wrong token")
+        answer = JSON({"role": role})
+        answer.set_cookie(COOKIE, self.guard.cookie(role), httponly=True, samesite="strict", path="/")
+        return answer
+
+    async def logout(self, _request: Request) -> Response:
+        """``POST /api/logout``: forget the session cookie."""
+        answer = JSON({"role": None})
+        answer.delete_cookie(COOKIE, httponly=True, samesite="strict", path="/")
+        return answer
 
     def failure(self, exc: BaseException) -> JSON:
         """The API's answer to an error raised by a call (scrubbed of broker passwords)."""
         status = next((code for kind, code in _STATUS if isinstance(exc, kind)), 500)
         text = str(exc) or type(exc).__name__
+        if isinstance(exc, ProcessUnreachable) and NO_RECORDS_WORKER in text and self.store is None:
+            status = 503  # no worker is up and no store to ask: the service is unavailable, the pid may exist
         return error_response(self.settings.scrub(text), type(exc).__name__, status)
 
     # -- the endpoints ------------------------------------------------------------------------------
-    async def info(self, _request: Request) -> Response:
+    async def info(self, request: Request) -> Response:
         """``GET /api/info``."""
         s = self.settings
         return JSON(
@@ -186,6 +245,8 @@ class Dashboard:
                 "task_queue": s.task_queue_name,
                 "timeout": s.timeout,
                 "actions_need_token": s.actions_need_token,
+                "reads_need_token": s.reads_need_token,
+                "role": self.guard.role(request),
                 "max_rows": MAX_ROWS,
             }
         )
@@ -205,16 +266,18 @@ class Dashboard:
                 since = None if since_text is None else float(since_text)
             except ValueError:
                 raise BadRequest(f"'since' must be epoch seconds, got {since_text!r}") from None
-            state = request.query_params.get("state") or None
+            state, keywords = _list_filters(request)
             class_name = request.query_params.get("class") or None
             timeout = self.settings.timeout
             with self.metrics.timed(self.metrics.queries, query="list"):
                 if offset == 0:
-                    one = await self.controller.list_processes_page(state, limit, since, class_name, cursor, timeout)
+                    one = await self.controller.list_processes_page(
+                        state, limit, since, class_name, cursor, timeout, **keywords
+                    )
                     page, more = one["processes"], one["more"]
                 else:
                     wanted = min(offset + limit + 1, MAX_ROWS)  # one more than the page: is there a next page?
-                    rows = await self.controller.list_processes(state, wanted, since, class_name, timeout)
+                    rows = await self.controller.list_processes(state, wanted, since, class_name, timeout, **keywords)
                     page, more = rows[offset : offset + limit], None
                     has_more = len(rows) > offset + limit
         except ProcessCommsError as exc:
@@ -251,7 +314,7 @@ class Dashboard:
             return error_response(f"unknown action {action!r}: expected pause, play or kill", "NotFound", 404)
         pid = parse_pid(request.path_params["pid"])
         try:
-            body = await self._body(request)
+            body = await read_json_body(request)
             message = body.get("message")
             if message is not None and not isinstance(message, str):
                 raise BadRequest("'message' must be a string")
@@ -271,19 +334,6 @@ class Dashboard:
         answer = {"pid": str(pid), "action": action, "result": bool(result)}
         self.hub.publish({"type": "action", **answer, "time": time.time()})
         return JSON(answer)
-
-    @staticmethod
-    async def _body(request: Request) -> dict[str, Any]:
-        raw = await request.body()
-        if not raw.strip():
-            return {}
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            raise BadRequest("the body must be a JSON object") from None
-        if not isinstance(body, dict):
-            raise BadRequest("the body must be a JSON object")
-        return body
 
     async def queues(self, _request: Request) -> Response:
         """``GET /api/queues``: the task queue's depth and consumers, and the workers that answer."""
@@ -338,3 +388,7 @@ class Dashboard:
             pass  # the slots gauges keep their last values
         m.streams.set(self.hub.streams)
         return Response(m.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _unauthorized(message: str) -> JSON:
+    return error_response(message, "Unauthorized", 401, {"WWW-Authenticate": 'Bearer realm="process-comms"'})

@@ -57,15 +57,18 @@ def create_app(settings: DashboardSettings, dashboard: Dashboard | None = None) 
             else:
                 board.hub.end_streams()
 
+    read = board.reading  # every read needs a token when the settings say so (_auth.py); the page itself does not
     routes = [
         Route("/", _index),
-        Route("/api/info", board.info),
-        Route("/api/processes", board.processes),
-        Route("/api/processes/{pid}", board.process),
+        Route("/api/login", board.login, methods=["POST"]),
+        Route("/api/logout", board.logout, methods=["POST"]),
+        Route("/api/info", read(board.info)),
+        Route("/api/processes", read(board.processes)),
+        Route("/api/processes/{pid}", read(board.process)),
         Route("/api/processes/{pid}/{action}", board.act, methods=["POST"]),
-        Route("/api/queues", board.queues),
-        Route("/api/events", board.events),
-        Route("/metrics", board.prometheus),
+        Route("/api/queues", read(board.queues)),
+        Route("/api/events", read(board.events)),
+        Route("/metrics", read(board.prometheus)),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     middleware = []

@@ -5,8 +5,10 @@
 const TERMINAL = ["finished", "excepted", "killed"];
 // a page is at most `limit` rows and the workers' byte budget: `next` is the cursor of the next page, `back`
 // the cursors (and first rows) of the pages before this one
-const view = { offset: 0, limit: 100, state: "", cls: "", rows: new Map(), pid: null, info: null,
-  cursor: null, next: null, shown: 0, back: [] };
+// the filter (states, class, label, sort, reverse, page size, cursor) lives in the URL's hash: reload, back and a
+// shared link keep it
+const view = { offset: 0, limit: 100, states: [], cls: "", label: "", sort: "", reverse: false, rows: new Map(),
+  pid: null, info: null, cursor: null, next: null, shown: 0, back: [] };
 const $ = (id) => document.getElementById(id);
 
 function el(tag, attrs = {}, ...children) {
@@ -28,15 +30,33 @@ class ApiError extends Error {
   }
 }
 
+// the token travels once, to /api/login, which answers with an HttpOnly SameSite=Strict session cookie: no script
+// (and no other site) can read or send it, and the token is kept nowhere in the page
 async function api(path, options = {}) {
   const headers = { Accept: "application/json", ...(options.headers || {}) };
-  const token = sessionStorage.getItem("pc-token");
-  if (token) headers.Authorization = `Bearer ${token}`;
-  const response = await fetch(path, { ...options, headers });
+  const response = await fetch(path, { ...options, headers, credentials: "same-origin" });
   let body = null;
   try { body = await response.json(); } catch (_) { body = null; }
+  if (response.status === 401) $("login").hidden = false;
   if (!response.ok) throw new ApiError(body, response.status);
   return body;
+}
+
+async function login(event) {
+  event.preventDefault();
+  const token = $("token");
+  try {
+    const answer = await api("/api/login", {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ token: token.value }),
+    });
+    token.value = "";
+    $("login").hidden = true; $("login-error").textContent = "";
+    $("role").textContent = answer.role === "read" ? "read-only" : "";
+    await loadInfo(); route(); connectEvents();
+  } catch (error) {
+    token.value = "";
+    $("login-error").textContent = `${error.errorType}: ${error.message}`;
+  }
 }
 
 function showError(node, error) {
@@ -108,6 +128,8 @@ function renderRow(p) {
     el("td", { class: "progress" }),
     el("td", { class: "worker" }, worker(p.host)),
     el("td", { class: "age", "data-ctime": p.ctime ?? "" }, age(p.ctime)),
+    el("td", { class: "label" }, p.label ?? ""),
+    el("td", { class: "error", title: p.error ?? "" }, p.error ?? ""),
   );
   tr.summary = p;
   progressCell(tr.querySelector(".progress"), p.progress, p.state_name);
@@ -117,8 +139,11 @@ function renderRow(p) {
 async function loadList() {
   const query = new URLSearchParams({ limit: view.limit });
   if (view.cursor) query.set("cursor", view.cursor);
-  if (view.state) query.set("state", view.state);
+  for (const state of view.states) query.append("state", state);
   if (view.cls) query.set("class", view.cls);
+  if (view.label) query.set("label", view.label);
+  if (view.sort) query.set("sort", view.sort);
+  if (view.reverse) query.set("reverse", "1");
   try {
     const page = await api(`/api/processes?${query}`);
     const body = $("processes").tBodies[0];
@@ -154,7 +179,7 @@ function onState(event) {
     tr.querySelector(".paused").textContent = summary.paused ? "yes" : "no";
     progressCell(tr.querySelector(".progress"), summary.progress, event.to);
     tr.classList.remove("flash"); void tr.offsetWidth; tr.classList.add("flash");
-  } else if (view.offset === 0 && (!view.state || view.state === event.to)) {
+  } else if (view.offset === 0 && (!view.states.length || view.states.includes(event.to))) {
     scheduleRefresh();  // a new process (or one now matching the filter): fetch its summary with the page
   }
   if (view.pid === event.pid) scheduleRecord();
@@ -171,7 +196,8 @@ function onAction(event) {
 }
 
 function connectEvents() {
-  const source = new EventSource("/api/events");
+  if (events) events.close();
+  const source = events = new EventSource("/api/events");
   const live = $("live");
   source.addEventListener("hello", () => {
     live.textContent = "live"; live.className = "badge on";
@@ -230,12 +256,12 @@ async function loadProcess(pid) {
   }
 }
 
-async function act(action) {
+async function act(action, body = {}) {
   const answer = $("answer");
   answer.className = "pending"; answer.textContent = `${action}…`;
   try {
     const result = await api(`/api/processes/${encodeURIComponent(view.pid)}/${action}`, {
-      method: "POST", headers: { "Content-Type": "application/json" }, body: "{}",
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
     });
     answer.className = "ok"; answer.textContent = `${action}: ${result.result}`;
   } catch (error) {
@@ -270,6 +296,53 @@ async function loadQueues() {
   }
 }
 
+// a kill cannot be undone: ask first, in a modal dialog (Cancel, Escape and a click on Cancel do nothing)
+function confirmKill() {
+  const dialog = $("confirm-kill");
+  $("confirm-pid").textContent = view.pid; $("kill-message").value = "";
+  dialog.returnValue = "";
+  dialog.showModal();
+}
+
+function onKillDialogClose() {
+  if ($("confirm-kill").returnValue !== "kill") return;
+  const message = $("kill-message").value.trim();
+  act("kill", message ? { message } : {});
+}
+
+// -- the filter in the URL: #/?state=running&state=waiting&class=...&label=...&sort=mtime&reverse=1&limit=25&cursor=...
+function filterFromHash(hash) {
+  const query = new URLSearchParams(hash.startsWith("#/?") ? hash.slice(3) : "");
+  const limit = Number(query.get("limit"));
+  view.states = query.getAll("state").filter(Boolean);
+  view.cls = query.get("class") || ""; view.label = query.get("label") || "";
+  view.sort = query.get("sort") || ""; view.reverse = query.get("reverse") === "1";
+  view.limit = [25, 100, 500].includes(limit) ? limit : 100;
+  const cursor = query.get("cursor") || null;
+  if (cursor !== view.cursor) {  // a page the buttons did not reach (a reload, a shared link): count from it
+    const at = Number(query.get("at"));
+    view.offset = cursor && Number.isInteger(at) && at > 0 ? at : 0;
+    if (!cursor) view.back = [];
+  }
+  view.cursor = cursor;
+  for (const option of $("filter-state").options) option.selected = view.states.includes(option.value);
+  $("filter-class").value = view.cls; $("filter-label").value = view.label;
+  $("sort").value = view.sort; $("reverse").checked = view.reverse; $("page-size").value = String(view.limit);
+}
+
+function hashOf(cursor = null, at = 0) {
+  const query = new URLSearchParams();
+  for (const state of view.states) query.append("state", state);
+  for (const [key, value] of [["class", view.cls], ["label", view.label], ["sort", view.sort]]) {
+    if (value) query.set(key, value);
+  }
+  if (view.reverse) query.set("reverse", "1");
+  if (view.limit !== 100) query.set("limit", view.limit);
+  if (cursor) { query.set("cursor", cursor); query.set("at", at); }
+  const text = query.toString();
+  return text ? `#/?${text}` : "#/";
+}
+
 // -- routing ---------------------------------------------------------------------------------------
 let queueTimer = null;
 function route() {
@@ -288,42 +361,58 @@ function route() {
   } else if (hash === "#/queues") {
     loadQueues(); queueTimer = setInterval(loadQueues, 5000);
   } else {
+    filterFromHash(hash);
     loadList();
   }
 }
 
-async function start() {
+async function loadInfo() {
   try {
     view.info = await api("/api/info");
     $("broker").textContent = `${view.info.broker} · queue ${view.info.task_queue}`;
-    $("token-box").hidden = !view.info.actions_need_token;
+    $("role").textContent = view.info.role === "read" ? "read-only" : "";
+    for (const id of ["do-pause", "do-play", "do-kill"]) $(id).hidden = view.info.role === "read";
+    $("login").hidden = !(view.info.actions_need_token && view.info.role !== "act");  // log in to act
+    return true;
   } catch (error) {
     $("broker").textContent = `${error.errorType}: ${error.message}`;
+    return false;
   }
-  $("token").value = sessionStorage.getItem("pc-token") || "";
-  $("token").addEventListener("change", (e) => sessionStorage.setItem("pc-token", e.target.value));
+}
+
+let events = null;
+async function start() {
+  const readable = await loadInfo();
+  $("login").addEventListener("submit", login);
   $("filters").addEventListener("submit", (e) => {
     e.preventDefault();
-    view.state = $("filter-state").value; view.cls = $("filter-class").value.trim();
+    view.states = [...$("filter-state").selectedOptions].map((o) => o.value).filter(Boolean);
+    view.cls = $("filter-class").value.trim(); view.label = $("filter-label").value.trim();
+    view.sort = $("sort").value; view.reverse = $("reverse").checked;
     view.limit = Number($("page-size").value); view.offset = 0; view.cursor = null; view.back = [];
-    loadList();
+    const hash = hashOf();
+    if (location.hash === hash) loadList(); else location.hash = hash;  // the hashchange loads the list
   });
   $("prev").addEventListener("click", () => {
     const before = view.back.pop() || { cursor: null, offset: 0 };
-    view.cursor = before.cursor; view.offset = before.offset; loadList();
+    view.offset = before.offset; view.cursor = before.cursor;
+    location.hash = hashOf(before.cursor, before.offset);
   });
   $("next").addEventListener("click", () => {
     if (!view.next) return;
     view.back.push({ cursor: view.cursor, offset: view.offset });
-    view.cursor = view.next; view.offset += view.shown; loadList();
+    view.offset += view.shown; view.cursor = view.next;
+    location.hash = hashOf(view.next, view.offset);
   });
-  for (const id of ["do-pause", "do-play", "do-kill"]) {
-    $(id).addEventListener("click", (e) => act(e.target.dataset.action));
-  }
+  $("do-pause").addEventListener("click", () => act("pause"));
+  $("do-play").addEventListener("click", () => act("play"));
+  $("do-kill").addEventListener("click", confirmKill);
+  $("confirm-kill").addEventListener("close", onKillDialogClose);
   setInterval(() => {
     for (const td of document.querySelectorAll("td.age")) td.textContent = age(Number(td.dataset.ctime) || null);
   }, 5000);
   window.addEventListener("hashchange", route);
+  if (!readable) return;  // the login form is shown: it routes and connects once logged in
   route();
   connectEvents();
 }

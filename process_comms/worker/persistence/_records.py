@@ -41,6 +41,8 @@ _MAX_REPR = 2000
 SUMMARY_PROGRESS_BYTES = 1024
 #: Longest status text a summary carries, in characters.
 SUMMARY_STATUS_CHARS = 500
+#: Longest ``error`` a summary carries (``"Type: message"`` of an excepted process), in characters.
+SUMMARY_ERROR_CHARS = 300
 #: The key a cut progress carries: how many bytes the whole progress has.
 CUT_KEY = "!!cut"
 #: How deep :func:`safe_value` looks for the one part of a value that JSON cannot hold.
@@ -117,7 +119,17 @@ def summary_of(record: dict[str, Any], encodable: bool = False) -> dict[str, Any
     status = summary["status"]
     if isinstance(status, str) and len(status) > SUMMARY_STATUS_CHARS:
         summary["status"] = status[: SUMMARY_STATUS_CHARS - 3] + "..."
+    summary["error"] = _summary_error(record.get("exception"))
     return summary
+
+
+def _summary_error(exception: Any) -> str | None:
+    """``"Type: message"`` of a record's exception, at most :data:`SUMMARY_ERROR_CHARS` (the traceback stays in
+    the record); None without one."""
+    if not isinstance(exception, dict):
+        return None
+    text = ": ".join(str(part) for part in (exception.get("type"), exception.get("message")) if part)
+    return text if len(text) <= SUMMARY_ERROR_CHARS else text[: SUMMARY_ERROR_CHARS - 3] + "..."
 
 
 def record_texts(record: dict[str, Any]) -> RecordTexts:
