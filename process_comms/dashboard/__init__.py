@@ -3,7 +3,7 @@
 It needs only the broker: process records come from the fleet's workers (``list_processes``,
 ``get_process``; with ``--store URL`` or a profile's store, from that store, read-only, when no worker
 answers), live changes from the ``state_changed.*`` broadcasts, queue depth from a passive
-declare. Install it with ``pip install 'process_comms[dashboard]'``; run it with
+declare. Install it from a clone with ``pip install '.[dashboard]'``; run it with
 ``process-comms --broker URL dashboard [--host 127.0.0.1] [--port 8642] [--token T] [--read-token R]``.
 
 The HTTP API (JSON; pids as strings; every call bounded by the dashboard's deadline)::
