@@ -55,12 +55,11 @@ def _cli(broker_url: str, names: dict[str, str], *args: str) -> subprocess.Compl
     )
 
 
-def fill_store(url: str, broker_url: str, names: dict[str, str], tmp: Path) -> dict[str, str]:
-    """Run a CLI worker on ``url``, run a process that finishes and one that excepts, list them while the worker
-    is up, stop the worker (SIGTERM, exit 0); the pids by class (``Reporter``, ``Broken``)."""
-    err_path = tmp / f"worker-{uuid.uuid4().hex[:6]}.err"
+def start_cli_worker(broker_url: str, names: dict[str, str], url: str, err_path: Path) -> subprocess.Popen[str]:
+    """A CLI worker on the store at ``url`` allowed :data:`PROCS`, its stderr in ``err_path``; its stdout a pipe
+    (read ``worker ready`` from it with a ``LineReader``)."""
     with open(err_path, "w") as err:
-        proc = subprocess.Popen(
+        return subprocess.Popen(
             [*CLI, *_global_options(broker_url, names), "worker", "--persister", url, "--allow", PROCS],
             cwd=ROOT,
             stdout=subprocess.PIPE,
@@ -68,6 +67,13 @@ def fill_store(url: str, broker_url: str, names: dict[str, str], tmp: Path) -> d
             text=True,
             env=_env(),
         )
+
+
+def fill_store(url: str, broker_url: str, names: dict[str, str], tmp: Path) -> dict[str, str]:
+    """Run a CLI worker on ``url``, run a process that finishes and one that excepts, list them while the worker
+    is up, stop the worker (SIGTERM, exit 0); the pids by class (``Reporter``, ``Broken``)."""
+    err_path = tmp / f"worker-{uuid.uuid4().hex[:6]}.err"
+    proc = start_cli_worker(broker_url, names, url, err_path)
     try:
         assert proc.stdout is not None
         line = LineReader(proc.stdout).next(READY_TIMEOUT)

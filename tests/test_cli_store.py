@@ -8,7 +8,6 @@ import asyncio
 import json
 import signal
 import sqlite3
-import subprocess
 import textwrap
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ import process_comms
 from process_comms.cli import main as cli
 from process_comms.wire.messages import parse_pid
 
-from .store_fleet import PROCS, StoppedFleet, pg_schema, stopped_fleet  # noqa: F401 (fixtures)
+from .store_fleet import PROCS, StoppedFleet, pg_schema, start_cli_worker, stopped_fleet  # noqa: F401 (fixtures)
 from .test_cli import (  # noqa: F401 (fixtures)
     CLI,
     READY_TIMEOUT,
@@ -193,15 +192,7 @@ def test_a_worker_that_answers_beats_the_store_and_one_that_does_not_falls_back(
     up but answers nothing (SIGSTOP) leaves the answer to the store, whose rows then cannot say ``live``."""
     url = f"sqlite:///{tmp_path}/w.db"
     err_path = tmp_path / "worker.err"
-    with open(err_path, "w") as err:
-        worker = subprocess.Popen(
-            [*CLI, *_global_options(broker_url, names), "worker", "--persister", url, "--allow", PROCS],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=err,
-            text=True,
-            env=_env(),
-        )
+    worker = start_cli_worker(broker_url, names, url, err_path)
     try:
         assert worker.stdout is not None
         assert LineReader(worker.stdout).next(READY_TIMEOUT) == "worker ready", err_path.read_text()
