@@ -40,6 +40,7 @@ from ..errors import (
 from ..errors import TimeoutError as PCTimeoutError
 from ..transports._loop import AsyncFn, ControllerFuture, LoopThread
 from ..transports.base import AsyncCommunicator
+from ..transports.kiwipy_async import KiwipyAsyncCommunicator
 
 __all__ = ["KiwipyAdapter", "KiwipyPortal", "is_foreign", "unwrap_ours"]
 
@@ -57,6 +58,8 @@ def unwrap_ours(comm: Any) -> Any:
     ``LoopCommunicator`` passes sends straight through (``src/plumpy/communications.py``), so the
     controller may use ours directly and keep every promise of it.
     """
+    if isinstance(comm, KiwipyAsyncCommunicator):  # kiwipy's asyncio shapes over ours: ours keeps its promises
+        return comm.core
     inner = getattr(comm, "_communicator", None)
     if type(comm).__name__ == "LoopCommunicator" and inner is not None and not is_foreign(inner):
         return inner
