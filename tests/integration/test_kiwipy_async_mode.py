@@ -133,3 +133,19 @@ def test_our_controller_over_it_stays_flat() -> None:
         assert await controller.get_status("p1") == {"state": "running"}
 
     run(main)
+
+
+def test_every_level_is_bounded_by_the_calls_deadline() -> None:
+    async def go() -> None:
+        comm = await process_comms.connect_kiwipy_async(BROKER_URL, rpc_timeout=0.5, **rmq_options(_names()))
+        try:
+            never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            await comm.add_rpc_subscriber(lambda _c, _m: never, "silent")
+            first = await comm.rpc_send("silent", None)
+            second = await asyncio.wait_for(first, T)  # the pending reply came
+            with pytest.raises(process_comms.TimeoutError):
+                await asyncio.wait_for(second, T)  # kiwipy would wait for ever
+        finally:
+            await comm.disconnect()
+
+    asyncio.run(asyncio.wait_for(go(), T * 3))
