@@ -36,6 +36,7 @@ from .transports._loop import ControllerFuture
 from .transports.base import AsyncCommunicator, BroadcastFilter
 from .transports.connect import connect, connect_async
 from .transports.embedded import EmbeddedCommunicator
+from .transports.kiwipy_async import KiwipyAsyncCommunicator, connect_kiwipy_async
 from .transports.rmq import RmqCommunicator
 from .transports.threaded import ThreadCommunicator
 from .wire.codec import Codec, JsonCodec, YamlCodec, get_codec
@@ -119,6 +120,7 @@ __all__ = [
     "InvalidPid",
     "JsonCodec",
     "KilledError",
+    "KiwipyAsyncCommunicator",
     "LoadError",
     "MessageBuilder",
     "ObjectLoader",
@@ -146,6 +148,7 @@ __all__ = [
     "as_asyncio",
     "connect",
     "connect_async",
+    "connect_kiwipy_async",
     "create_continue_body",
     "create_create_body",
     "create_launch_body",

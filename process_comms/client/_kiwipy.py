@@ -21,6 +21,7 @@ import asyncio
 import concurrent.futures
 import functools
 import inspect
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -40,6 +41,7 @@ from ..errors import (
 from ..errors import TimeoutError as PCTimeoutError
 from ..transports._loop import AsyncFn, ControllerFuture, LoopThread
 from ..transports.base import AsyncCommunicator
+from ..transports.kiwipy_async import KiwipyAsyncCommunicator
 
 __all__ = ["KiwipyAdapter", "KiwipyPortal", "is_foreign", "unwrap_ours"]
 
@@ -57,6 +59,8 @@ def unwrap_ours(comm: Any) -> Any:
     ``LoopCommunicator`` passes sends straight through (``src/plumpy/communications.py``), so the
     controller may use ours directly and keep every promise of it.
     """
+    if isinstance(comm, KiwipyAsyncCommunicator):  # kiwipy's asyncio shapes over ours: ours keeps its promises
+        return comm.core
     inner = getattr(comm, "_communicator", None)
     if type(comm).__name__ == "LoopCommunicator" and inner is not None and not is_foreign(inner):
         return inner
@@ -325,18 +329,24 @@ class KiwipyPortal:
     def __init__(self, communicator: Any) -> None:
         self.kiwi = communicator
         self.core = KiwipyAdapter(communicator)
-        self._loop_thread = LoopThread("process-comms-kiwipy-loop")
+        self._loop_thread: LoopThread | None = None
+        self._started = threading.Lock()
         self._closed = False
 
     @property
     def loop_thread(self) -> LoopThread:
-        """The loop thread the controller's coroutines run on."""
-        return self._loop_thread
+        """The loop thread the controller's coroutines run on, started on first use: a plumpy-shaped controller
+        making only plumpy's calls sends straight through the communicator and never starts it, so one that
+        is dropped unclosed (aiida-core drops its controllers with its ``Manager``) leaves no thread behind."""
+        with self._started:
+            if self._loop_thread is None:
+                self._loop_thread = LoopThread("process-comms-kiwipy-loop")
+            return self._loop_thread
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
         """The loop of :attr:`loop_thread`."""
-        return self._loop_thread.loop
+        return self.loop_thread.loop
 
     def submit(self, fn: AsyncFn[T], *args: Any) -> ControllerFuture[T]:
         """Run ``await fn(*args)`` on the loop thread; a closed portal gives a failed future."""
@@ -344,7 +354,7 @@ class KiwipyPortal:
             fut: ControllerFuture[T] = ControllerFuture()
             fut.set_exception(CommunicatorClosed("the controller is closed"))
             return fut
-        return self._loop_thread.start_task_soon(fn, *args)
+        return self.loop_thread.start_task_soon(fn, *args)
 
     def is_closed(self) -> bool:
         return self._closed
@@ -354,10 +364,11 @@ class KiwipyPortal:
         if self._closed:
             return
         self._closed = True
+        loop_thread = self.loop_thread  # the adapter's close is a coroutine: it runs there
         try:
-            if self._loop_thread.running:
-                self._loop_thread.run_sync(self.core.close)
+            if loop_thread.running:
+                loop_thread.run_sync(self.core.close)
         except (ProcessCommsError, BrokerUnavailable):
             pass
         finally:
-            self._loop_thread.stop()
+            loop_thread.stop()

@@ -185,3 +185,22 @@ def test_the_plumpy_shape_needs_a_kiwipy_shaped_communicator(our_comm: Any) -> N
         process_comms.RemoteProcessThreadController(comm, api="plumpy")
     with pytest.raises(ValueError, match="api must be"):
         process_comms.RemoteProcessThreadController(comm, api="kiwipy")  # type: ignore[arg-type]
+
+
+def test_a_dropped_controller_over_kiwipy_leaves_no_thread(kiwi_comm: Any) -> None:
+    """aiida-core makes a controller per ``Manager`` and per ``Runner`` and drops them unclosed; plumpy's starts
+    no thread, so ours must not leave one per controller either (it did: a loop thread each, never stopped)."""
+    names = aiida_names()
+    server, client = kiwi_comm(names), kiwi_comm(names)
+    pid = str(uuid.uuid4())
+    server.add_rpc_subscriber(lambda _comm, _msg: {"state": "running"}, pid)
+    before = threading.active_count()
+    for _ in range(10):
+        controller = process_comms.RemoteProcessThreadController(client, api="plumpy")
+        assert controller.get_status(pid).result(T) == {"state": "running"}  # plumpy's call, straight through
+        del controller
+    assert threading.active_count() == before
+    flat = process_comms.RemoteProcessThreadController(client, api="plumpy")
+    assert isinstance(flat.list_workers(within=0.2).result(T), list)  # our extra starts its threads on first use
+    assert threading.active_count() > before
+    flat.close()
