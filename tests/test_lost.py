@@ -36,6 +36,8 @@ __all__ = ["prefix", "workers"]  # fixtures
 T = 20.0
 #: The most seconds from a worker's death to its lost process's record saying so (sweep 1 s + grace 2 s).
 LOST_WITHIN = 10.0
+#: Seconds one status question waits while the test waits for the record to say lost.
+ASK_TIMEOUT = 3.0
 
 
 def _names(prefix: str) -> dict[str, str]:
@@ -53,10 +55,11 @@ def _is_lost(status: dict[str, Any]) -> bool:
 
 def _said_lost(ctl: Any, pid: Any) -> bool:
     """Whether ``pid``'s status says lost; until its record is marked, the fleet may also answer that no worker
-    holds it (the route is gone, the record still says running): not yet, ask again."""
+    holds it (the route is gone, the record still says running), or a status sent as the worker died goes with
+    its route's queue and gets no answer until its deadline: not yet, ask again."""
     try:
-        return _is_lost(ctl.get_status(pid).result(T))
-    except process_comms.ProcessUnreachable:
+        return _is_lost(ctl.get_status(pid, timeout=ASK_TIMEOUT).result(T))
+    except (process_comms.ProcessUnreachable, process_comms.TimeoutError):
         return False
 
 
