@@ -448,12 +448,12 @@ class RecordsService:
         persisted one is left alone: its task goes back to the queue and another worker continues it."""
         own = {token for token in self.launcher._tokens.values() if token is not None}
         seen: dict[str, tuple[Pid, str]] = {}
-        for state in UNENDED_STATES:
-            rows = await self._store(self.persister.list_records, state, LOST_SWEEP_LIMIT, None, None)
-            for row in rows:
-                token, pid = row.get("token"), row.get("pid")
-                if isinstance(token, str) and token not in own and self.launcher.held(pid) is None:
-                    seen[str(pid)] = (pid, token)
+        limit = LOST_SWEEP_LIMIT * len(UNENDED_STATES)  # one store round trip for every state not ended
+        read = functools.partial(self.persister.list_records, None, limit, None, None, states=UNENDED_STATES)
+        for row in await self._store(read):
+            token, pid = row.get("token"), row.get("pid")
+            if isinstance(token, str) and token not in own and self.launcher.held(pid) is None:
+                seen[str(pid)] = (pid, token)
         self._gone = {key: value for key, value in self._gone.items() if key in seen and value[0] == seen[key][1]}
         self._persisted = {key: token for key, token in self._persisted.items() if seen.get(key, (0, ""))[1] == token}
         marked: list[Pid] = []
