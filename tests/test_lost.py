@@ -267,9 +267,10 @@ def test_with_no_worker_up_the_store_answers_an_unended_unpersisted_record_as_lo
             ctl = process_comms.RemoteProcessThreadController(comm, store=reader)
             status = ctl.get_status(lost).result(T)
             assert _is_lost(status) and status["source"] == "store" and status["live"] is False
-            row = {str(r["pid"]): r for r in ctl.list_processes().result(T)}[str(lost)]
-            assert row["state_name"] == "excepted"
+            rows = {str(r["pid"]): r for r in ctl.list_processes().result(T)}
+            assert rows[str(lost)]["state_name"] == "excepted"
             # a persisted one is not lost: its task is back in the queue for the next worker
             assert ctl.get_status(persisted).result(T)["state_name"] == "waiting"
+            assert rows[str(persisted)]["state_name"] == "waiting"  # the listing's summary tells them apart too
     finally:
         reader.close()

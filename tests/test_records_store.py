@@ -78,7 +78,7 @@ def test_list_is_newest_first_and_filters(persister: Persister) -> None:
     listed = persister.list_records()
     assert [r["ctime"] for r in listed] == sorted((r["ctime"] for r in rows), reverse=True)
     summary_keys = {"pid", "class", "state_name", "paused", "status", "progress", "host", "ctime", "mtime"}
-    assert set(listed[0]) == summary_keys | {"worker", "token", "label", "error"}  # worker, token: the holder
+    assert set(listed[0]) == summary_keys | {"worker", "token", "label", "persisted", "error"}  # worker, token: holder
     [excepted] = persister.list_records(state="excepted")
     assert excepted["error"] == "ValueError: " + "m" * (SUMMARY_ERROR_CHARS - 15) + "..."  # bounded, no traceback
     assert listed[-1]["error"] is None

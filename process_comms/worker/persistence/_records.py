@@ -27,10 +27,12 @@ __all__ = [
 ]
 
 #: The keys of a record that ``list_records`` returns (a record summary); ``worker`` and ``token`` name its
-#: holder, so the fleet finds the records of a gone holder by listing (records_service.py, ``sweep_lost``).
+#: holder, so the fleet finds the records of a gone holder by listing (records_service.py, ``sweep_lost``);
+#: ``persisted`` tells a reader with no worker up a process that is lost from one whose task waits in the queue
+#: (client/records.py).
 SUMMARY_KEYS = (
     *("pid", "class", "state_name", "paused", "status", "progress", "host", "ctime", "mtime"),
-    *("worker", "token", "label"),
+    *("worker", "token", "label", "persisted"),
 )
 #: States after which a record never changes again: only these are pruned.
 TERMINAL_STATE_NAMES = ("finished", "excepted", "killed")
