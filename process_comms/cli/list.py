@@ -22,7 +22,7 @@ __all__ = ["COLUMNS", "register", "run"]
 
 #: The columns ``list`` prints.
 COLUMNS = ("PID", "CLASS", "STATE", "PAUSED", "PROGRESS", "WORKER", "AGE")
-_STATES = ("created", "running", "waiting", *TERMINAL_STATES)
+_STATES = (*ACTIVE_STATES, *TERMINAL_STATES)
 
 
 def register(subparsers: SubParsers) -> None:

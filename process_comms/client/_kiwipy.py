@@ -42,6 +42,7 @@ from ..errors import TimeoutError as PCTimeoutError
 from ..transports._loop import AsyncFn, ControllerFuture, LoopThread
 from ..transports.base import AsyncCommunicator
 from ..transports.kiwipy_async import KiwipyAsyncCommunicator
+from ..wire.names import DEFAULT_QUEUE
 
 __all__ = ["KiwipyAdapter", "KiwipyPortal", "is_foreign", "unwrap_ours"]
 
@@ -246,7 +247,7 @@ class KiwipyAdapter(AsyncCommunicator):
         queue: str | None = None,
         on_sent: Callable[[], None] | None = None,  # kiwipy's calls do not say when: never called
     ) -> Any:
-        if queue is None or queue == "default":
+        if queue is None or queue == DEFAULT_QUEUE:
             return await self._call("task_send", task, no_reply)
         base = getattr(self, "task_queue_name", None)
         if base is None or not callable(getattr(self.kiwi, "task_queue", None)):

@@ -36,6 +36,7 @@ from ..wire.messages import (
     state_name,
     wire_text,
 )
+from ..wire.names import WORKERS_SUBJECT
 from ..wire.status import is_lost
 from ._kiwipy import KiwipyAdapter, is_foreign, unwrap_ours
 from ._plumpy import ControllerApi, PlumpyShape, check_api
@@ -44,9 +45,6 @@ from .records import ProcessListing, RecordQueries, RecordStore, epoch, lost_err
 __all__ = ["RemoteProcessController", "TERMINAL_STATES"]
 
 T = TypeVar("T")
-
-#: The subject of the ``workers`` broadcast request; worker/_fleet.py answers the same (a test checks both).
-WORKERS_SUBJECT = "workers"
 
 
 class RemoteProcessController(RecordQueries):

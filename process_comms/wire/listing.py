@@ -13,6 +13,7 @@ from typing import Any, Final
 
 from ..errors import InvalidTask
 from .launch_options import check_label
+from .states import ACTIVE_STATES
 
 __all__ = [
     "ACTIVE_STATES",
@@ -25,8 +26,6 @@ __all__ = [
     "sort_rows",
 ]
 
-#: What ``--active`` means: the states of a process that has not ended.
-ACTIVE_STATES: Final = ("created", "running", "waiting")
 #: The orders a listing may ask for; ``age`` (newest first) is the default.
 SORTS: Final = ("age", "state", "class", "label")
 #: Why a cursor with another order is refused.

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any, Dict, Final, Optional, TypeAlias
+from typing import Any, Dict, Final, Optional
 
 from ..errors import InvalidTask, ProcessCommsError
 from .loaders import ObjectLoader, get_object_loader
+from .states import TERMINAL_STATES, is_terminal
+from .types import Pid
 
 __all__ = [
     "parse_pid",
@@ -58,9 +60,8 @@ __all__ = [
     "records_request",
 ]
 
-#: A process id: any hashable value whose ``str()`` is its routing key (plumpy: ``PID_TYPE = Hashable``).
-Pid: TypeAlias = Hashable
-PID_TYPE = Pid
+#: plumpy's ``PID_TYPE`` (``typing.Hashable``), kept for code that reads it; :data:`Pid` says what we carry.
+PID_TYPE = Hashable
 
 INTENT_KEY = "intent"
 MESSAGE_TEXT_KEY = "message"
@@ -88,13 +89,6 @@ MessageType = Dict[str, Any]
 ANSWER_PREFIX: Final = "intent_result."
 #: Subject prefix of the broadcast a process sends on each transition: ``state_changed.<from>.<to>``.
 STATE_CHANGED_PREFIX: Final = "state_changed."
-#: Process states after which nothing more happens.
-TERMINAL_STATES: Final = ("finished", "excepted", "killed")
-
-
-def is_terminal(state: str | None) -> bool:
-    """True if ``state`` (a short state name such as ``finished``) is one after which nothing happens."""
-    return state in TERMINAL_STATES
 
 
 def state_name(state: Any) -> str:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from .states import UNENDED_STATES
+
 __all__ = ["LOST_TYPE", "UNENDED_STATES", "is_lost", "lost_record", "status_of_record"]
 
 #: The exception type of a record whose process was lost (raised to waiters as ``errors.ProcessLost``).
 LOST_TYPE: Final = "ProcessLost"
-#: The states of a record whose process has not ended (someone must hold it, or it is lost or parked).
-UNENDED_STATES: Final = ("created", "running", "waiting")
 
 
 def status_of_record(record: dict[str, Any]) -> dict[str, Any]:

@@ -99,7 +99,7 @@ class Process(Recorded):
     add lines to its log there.
     """
 
-    def __init__(self, inputs: dict[str, Any] | None = None, pid: Pid = None, **kwargs: Any) -> None:
+    def __init__(self, inputs: dict[str, Any] | None = None, pid: Pid | None = None, **kwargs: Any) -> None:
         """Create a process with ``inputs`` (available as ``self.inputs``) and an optional ``pid``."""
         if kwargs:
             raise TypeError(f"{type(self).__name__}() got unexpected keyword arguments {sorted(kwargs)}")
