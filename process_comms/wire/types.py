@@ -15,6 +15,7 @@ __all__ = [
     "HistoryEvent",
     "HostInfo",
     "Pid",
+    "ProcessPage",
     "ProcessRecord",
     "ProcessStatus",
     "ProcessSummary",
@@ -132,6 +133,19 @@ ProcessSummary = TypedDict(
     },
     total=False,
 )
+
+
+class _Source(TypedDict, total=False):
+    source: str
+    source_reason: str | None
+
+
+class ProcessPage(_Source):
+    """One page of a process listing: its summaries and the cursor of the next page (None: no more); from
+    the store (no worker answered), ``source`` is ``"store"`` and ``source_reason`` says why."""
+
+    processes: list[ProcessSummary]
+    more: str | None
 
 
 class SlotUse(TypedDict):

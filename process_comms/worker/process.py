@@ -191,7 +191,7 @@ class Process(Recorded):
         gets the same answer whether the worker still holds the process or the fleet's record answers."""
         if self.state.terminal:
             # as the store keeps it: a value no codec can hold is its marker there and here
-            return status_of_record({**safe_value(self.record()), "live": False})
+            return {**status_of_record({**safe_value(self.record()), "live": False})}
         return {
             "ctime": self.ctime,
             "paused": self.paused,
