@@ -11,14 +11,15 @@ import contextlib
 import datetime
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 from .. import defaults
 from .._compat import TIMEOUT_ERRORS
 from ..errors import EncodeError, ProcessUnreachable, RemoteError, TaskRejected
 from ..errors import TimeoutError as PCTimeoutError
-from ..transports._loop import AsyncFn, with_deadline
+from ..transports._loop import AsyncFn, ControllerFuture, LoopThread, with_deadline
 from ..transports.base import AsyncCommunicator, BroadcastFilter
+from ..transports.threaded import ThreadCommunicator
 from ..wire.launch_options import with_launch_options
 from ..wire.loaders import ObjectLoader
 from ..wire.messages import (
@@ -49,6 +50,21 @@ __all__ = ["RemoteProcessController", "TERMINAL_STATES"]
 T = TypeVar("T")
 
 
+class _ThreadFacing(Protocol):
+    """Ours as a thread sees it (transports/threaded.py ``ThreadCommunicator``, client/_kiwipy.py ``KiwipyPortal``):
+    a loop thread that runs coroutine functions, the async core on it, a blocking close."""
+
+    @property
+    def loop_thread(self) -> LoopThread: ...
+
+    @property
+    def core(self) -> AsyncCommunicator: ...
+
+    def submit(self, fn: AsyncFn[T], *args: object) -> ControllerFuture[T]: ...
+
+    def close(self) -> None: ...
+
+
 class RemoteProcessController(RecordQueries):
     """Control remote processes from asyncio code: every method is a coroutine returning a flat value."""
 
@@ -76,13 +92,14 @@ class RemoteProcessController(RecordQueries):
         self._communicator = communicator
         self._store = store
         #: What the calls go through: ours (also from inside a plumpy LoopCommunicator) or the adapter.
-        self._comm: Any = unwrap_ours(communicator)
+        self._comm = unwrap_ours(communicator)
         self._adapter = KiwipyAdapter(self._comm) if is_foreign(self._comm) else None
+        ours = self._comm if isinstance(self._comm, ThreadCommunicator) else None  # its timeouts are the defaults
         self.rpc_timeout = (
-            rpc_timeout if rpc_timeout is not None else getattr(self._comm, "rpc_timeout", defaults.RPC_TIMEOUT)
+            rpc_timeout if rpc_timeout is not None else ours.rpc_timeout if ours else defaults.RPC_TIMEOUT
         )
         self.task_timeout = (
-            task_timeout if task_timeout is not None else getattr(self._comm, "task_timeout", defaults.TASK_TIMEOUT)
+            task_timeout if task_timeout is not None else ours.task_timeout if ours else defaults.TASK_TIMEOUT
         )
 
     @property
@@ -96,7 +113,7 @@ class RemoteProcessController(RecordQueries):
         if isinstance(comm, AsyncCommunicator):
             await comm.close()
         else:  # a thread-facing communicator: its close joins its loop thread, so not from this loop
-            await asyncio.to_thread(comm.close)
+            await asyncio.to_thread(cast(_ThreadFacing, comm).close)
 
     async def __aenter__(self) -> RemoteProcessController:
         return self
@@ -107,15 +124,18 @@ class RemoteProcessController(RecordQueries):
     @property
     def _core(self) -> AsyncCommunicator:
         comm = self._adapter or self._comm
-        return comm if isinstance(comm, AsyncCommunicator) else comm.core
+        return comm if isinstance(comm, AsyncCommunicator) else cast(_ThreadFacing, comm).core
 
     async def _run(self, fn: AsyncFn[T], *args: object) -> T:
         """Run ``await fn(*args)`` on the communicator's loop without blocking the caller's loop (over a
         kiwipy communicator: on the caller's loop, the adapter keeps the communicator's calls off it)."""
-        loop_thread = None if self._adapter is not None else getattr(self._comm, "loop_thread", None)
-        if loop_thread is None or asyncio.get_running_loop() is loop_thread.loop:
+        comm = self._comm
+        if self._adapter is not None or isinstance(comm, AsyncCommunicator):
             return await fn(*args)
-        return await asyncio.wrap_future(self._comm.submit(fn, *args))
+        facing = cast(_ThreadFacing, comm)  # ours from a thread: a ThreadCommunicator or a KiwipyPortal
+        if asyncio.get_running_loop() is facing.loop_thread.loop:
+            return await fn(*args)
+        return await asyncio.wrap_future(facing.submit(fn, *args))
 
     # -- the core: coroutines that run on the communicator's loop -------------------------------
     async def _rpc(self, pid: Pid, msg: MessageType, timeout: float | None) -> Any:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast, runtime_checkable
 
 from ..errors import InvalidTask, ProcessCommsError, ProcessKilled, ProcessLost, ProcessUnreachable, RemoteError
 from ..errors import TimeoutError as PCTimeoutError
@@ -97,9 +97,16 @@ def epoch(since: float | datetime.datetime | None) -> float | None:
     return since.timestamp()
 
 
+@runtime_checkable
+class _NamedTaskQueue(Protocol):
+    """A communicator with a default task queue of its own name (RabbitMQ's; the embedded one has none)."""
+
+    task_queue_name: str
+
+
 async def ask_records(core: AsyncCommunicator, op: str, deadline: float, **fields: object) -> object:
     """Send one records request and return the first worker's answer."""
-    route = records_route(str(getattr(core, "task_queue_name", "embedded")))
+    route = records_route(str(core.task_queue_name) if isinstance(core, _NamedTaskQueue) else "embedded")
     try:
         return await with_deadline(core.rpc_send(route, records_request(op, **fields)), deadline, f"records {op}")
     except ProcessUnreachable:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import cast
 
 from ..transports._loop import ControllerFuture
 from ..transports.threaded import ThreadCommunicator
@@ -58,7 +59,7 @@ class RemoteProcessThreadController:
         self._given = communicator
         inner = unwrap_ours(communicator)
         #: What the calls are submitted to: ours, or a loop thread of our own over a foreign communicator.
-        self._communicator: ThreadCommunicator | KiwipyPortal = KiwipyPortal(inner) if is_foreign(inner) else inner
+        self._communicator = KiwipyPortal(inner) if is_foreign(inner) else cast(ThreadCommunicator, inner)
         self._core = RemoteProcessController(
             self._communicator, rpc_timeout=rpc_timeout, task_timeout=task_timeout, store=store
         )
