@@ -42,7 +42,7 @@ from ..errors import TimeoutError as PCTimeoutError
 from ..transports._loop import AsyncFn, ControllerFuture, LoopThread
 from ..transports.base import AsyncCommunicator
 from ..transports.kiwipy_async import KiwipyAsyncCommunicator
-from ..wire.names import DEFAULT_QUEUE
+from ..wire.names import DEFAULT_QUEUE, queue_name
 
 __all__ = ["KiwipyAdapter", "KiwipyPortal", "is_foreign", "unwrap_ours"]
 
@@ -61,6 +61,27 @@ class _Sends(Protocol):
     """A kiwipy communicator's RPC send (a coroutine function on kiwipy's asyncio one)."""
 
     def rpc_send(self, recipient_id: object, msg: object) -> object: ...
+
+
+@runtime_checkable
+class _HasLoop(Protocol):
+    """kiwipy's asyncio communicator: its event loop (``RmqCommunicator.loop()``, a method there)."""
+
+    loop: object
+
+
+@runtime_checkable
+class _HasTaskQueue(Protocol):
+    """A kiwipy communicator that names task queues (``task_queue(name)``)."""
+
+    def task_queue(self, queue_name: str) -> object: ...
+
+
+@runtime_checkable
+class _Disconnects(Protocol):
+    """kiwipy's asyncio communicator: ``disconnect()`` closes it."""
+
+    async def disconnect(self) -> None: ...
 
 
 class _Closes(Protocol):
@@ -92,7 +113,7 @@ def unwrap_ours(comm: object) -> object:
 
 def _loop_of(comm: object) -> asyncio.AbstractEventLoop | None:
     """The event loop an asyncio kiwipy communicator lives on (``RmqCommunicator.loop`` is a property)."""
-    loop = getattr(comm, "loop", None)
+    loop = comm.loop if isinstance(comm, _HasLoop) else None
     if callable(loop) and not isinstance(loop, asyncio.AbstractEventLoop):
         loop = loop()
     return loop if isinstance(loop, asyncio.AbstractEventLoop) else None
@@ -145,7 +166,8 @@ def _closed(comm: object) -> bool:
 
 
 async def _from_other_loop(fut: asyncio.Future[object]) -> object:
-    """Await an asyncio future of another thread's loop: its callback is added on its own loop (pain point B1)."""
+    """Await an asyncio future of another thread's loop: its callback is added on its own loop (plumpy's lost
+    wake-up, pain point B1 in docs/migrating.md)."""
     bridge: concurrent.futures.Future[object] = concurrent.futures.Future()
 
     def copy(done: asyncio.Future[object]) -> None:
@@ -187,7 +209,7 @@ class KiwipyAdapter(AsyncCommunicator):
         self._async = isinstance(communicator, _Sends) and inspect.iscoroutinefunction(communicator.rpc_send)
         self._comm_loop = _loop_of(communicator) if self._async else None
         self._sender: concurrent.futures.ThreadPoolExecutor | None = None
-        name = _task_queue_name(communicator)
+        self._task_queue = name = _task_queue_name(communicator)
         if name is not None:
             self.task_queue_name = name
 
@@ -269,10 +291,10 @@ class KiwipyAdapter(AsyncCommunicator):
     ) -> object:
         if queue is None or queue == DEFAULT_QUEUE:
             return await self._call("task_send", task, no_reply)
-        base = getattr(self, "task_queue_name", None)
-        if base is None or not callable(getattr(self.kiwi, "task_queue", None)):
+        base = self._task_queue
+        if base is None or not isinstance(self.kiwi, _HasTaskQueue):
             raise TaskRejected(f"named task queue {queue!r}: this communicator has no task_queue(name)")
-        named = await self._call("task_queue", f"{base}.{queue}")  # our broker name (rmq/_tasks.py queue_name)
+        named = await self._call("task_queue", queue_name(base, queue))  # our broker name (wire/names.py)
         return await KiwipyAdapter(named).task_send(task, no_reply)
 
     async def broadcast_send(
@@ -330,9 +352,8 @@ class KiwipyAdapter(AsyncCommunicator):
         comm = self.kiwi
         try:
             if self._async:
-                disconnect = getattr(comm, "disconnect", None)
-                if disconnect is not None:
-                    await self._on_comm_loop(disconnect)
+                if isinstance(comm, _Disconnects):
+                    await self._on_comm_loop(comm.disconnect)
             elif not _closed(comm):
                 await asyncio.to_thread(cast(_Closes, comm).close)
         finally:

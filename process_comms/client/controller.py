@@ -450,7 +450,7 @@ class RemoteProcessController(RecordQueries):
         found = [cast(WorkerInfo, info) for info in answers.values() if isinstance(info, dict)]
         return sorted(found, key=lambda info: (str(info.get("host")), str(info.get("pid")), str(info.get("worker"))))
 
-    # -- process records (issue 14) ----------------------------------------------------------------
+    # -- process records (docs/fleet.md) -----------------------------------------------------------
     async def get_process(self, pid: Pid, timeout: float | None = None) -> ProcessRecord:
         """The whole record of ``pid`` (a JSON-safe dict: class, inputs, state history, host, progress, outputs,
         exception with traceback, log lines), from the fleet; ``ProcessUnreachable`` if it has none. A kill

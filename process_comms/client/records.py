@@ -1,4 +1,4 @@
-"""Process records on the client side (issue 14): the query the fleet answers, and what a record means.
+"""Process records on the client side (docs/fleet.md): the query the fleet answers, and what a record means.
 
 A client needs only the broker: a records request goes to ``__records__.<task queue name>``, which every
 worker of the installation subscribes (see :mod:`process_comms.worker.records_service`); the first

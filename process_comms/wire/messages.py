@@ -223,7 +223,7 @@ def create_create_body(
     }
 
 
-# -- process records (issue 14): a route every worker of one installation subscribes --------------------
+# -- process records (docs/fleet.md): a route every worker of one installation subscribes ---------------
 #: Intent of a request to the records route (not a process intent: plumpy peers never see it).
 RECORDS_INTENT: Final = "records"
 #: The records route is ``__records__.<task queue name>``: the workers of one installation share it.
