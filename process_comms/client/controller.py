@@ -267,7 +267,9 @@ class RemoteProcessController(RecordQueries):
         if release:
             message[RELEASE_KEY] = True
         elif self._plumpy is not None:
-            return bool(await self._plumpy.rpc_levels(pid, message, 2, timeout))
+            return cast(
+                bool, await self._plumpy.rpc_levels(pid, message, 2, timeout)
+            )  # plumpy\'s shape: what plumpy returns
         return await self._run(self._control, pid, message, timeout)
 
     async def play_process(self, pid: Pid, timeout: float | None = None, *, resume: bool = False) -> bool:
@@ -275,7 +277,9 @@ class RemoteProcessController(RecordQueries):
         ``resume=True`` a released process (no longer running anywhere) is first continued from its
         checkpoint on a worker."""
         if self._plumpy is not None and not resume:
-            return bool(await self._plumpy.rpc_levels(pid, MessageBuilder.play(), 2, timeout))
+            return cast(
+                bool, await self._plumpy.rpc_levels(pid, MessageBuilder.play(), 2, timeout)
+            )  # plumpy\'s shape: what plumpy returns
         return await self._run(self._play, pid, timeout, resume)
 
     async def _play(self, pid: Pid, timeout: float | None, resume: bool) -> bool:
@@ -303,7 +307,9 @@ class RemoteProcessController(RecordQueries):
         """
         if self._plumpy is not None:
             message = MessageBuilder.kill(msg_text, force_kill)
-            return bool(await self._plumpy.rpc_levels(pid, message, 2, timeout))
+            return cast(
+                bool, await self._plumpy.rpc_levels(pid, message, 2, timeout)
+            )  # plumpy\'s shape: what plumpy returns
         return await self._run(self._kill, pid, MessageBuilder.kill(msg_text, force_kill), timeout)
 
     async def pause_all(
