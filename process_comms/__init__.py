@@ -71,6 +71,7 @@ from .wire.messages import (
     create_create_body,
     create_launch_body,
 )
+from .wire.types import ProcessPage, ProcessRecord, ProcessStatus, ProcessSummary, WorkerInfo
 from .worker.launcher import ProcessLauncher
 from .worker.persistence import InMemoryPersister, Persister, SqlPersister, get_persister, open_record_store
 from .worker.process import KilledError, Process, ProcessState
@@ -132,6 +133,11 @@ __all__ = [
     "ProcessLauncher",
     "ProcessLost",
     "ProcessState",
+    "ProcessStatus",
+    "ProcessRecord",
+    "ProcessSummary",
+    "ProcessPage",
+    "WorkerInfo",
     "ProcessUnreachable",
     "RemoteError",
     "RemoteProcessController",

@@ -25,7 +25,7 @@ import sys
 import weakref
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar
+from typing import ParamSpec, TypeVar
 
 __all__ = ["TIMEOUT_ERRORS", "cancelling", "counts_cancellations", "timeout"]
 
@@ -37,7 +37,7 @@ TIMEOUT_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, asyncio.Timeout
 if sys.version_info >= (3, 11):
     from asyncio import timeout
 
-    def cancelling(task: asyncio.Task[Any]) -> int:
+    def cancelling(task: asyncio.Task[object]) -> int:
         """How many cancellation requests of ``task`` are pending (:meth:`asyncio.Task.cancelling`)."""
         return task.cancelling()
 
@@ -47,13 +47,13 @@ if sys.version_info >= (3, 11):
 
 else:
     #: Pending cancellation requests of each task that counts them (``counts_cancellations``, ``timeout``).
-    _requested: weakref.WeakKeyDictionary[asyncio.Task[Any], int] = weakref.WeakKeyDictionary()
+    _requested: weakref.WeakKeyDictionary[asyncio.Task[object], int] = weakref.WeakKeyDictionary()
 
-    def cancelling(task: asyncio.Task[Any]) -> int:
+    def cancelling(task: asyncio.Task[object]) -> int:
         """How many cancellation requests of ``task`` are pending (counted since ``counts_cancellations``)."""
         return _requested.get(task, 0)
 
-    def _count_cancellations(task: asyncio.Task[Any]) -> None:
+    def _count_cancellations(task: asyncio.Task[object]) -> None:
         """From now on, count each ``task.cancel()`` call that is a request (3.11's ``Task.cancel`` counts the same)."""
         if task in _requested:
             return
@@ -61,7 +61,7 @@ else:
         ref = weakref.ref(task)  # the wrapper lives on the task: a strong reference would be a cycle
         cancel = type(task).cancel
 
-        def counting_cancel(msg: Any = None) -> bool:
+        def counting_cancel(msg: object = None) -> bool:
             counted = ref()
             if counted is None:
                 return False
@@ -89,7 +89,7 @@ else:
 
         def __init__(self, delay: float | None) -> None:
             self._delay = delay
-            self._task: asyncio.Task[Any] | None = None
+            self._task: asyncio.Task[object] | None = None
             self._handle: asyncio.TimerHandle | None = None
             self._cancelling = 0
             self._expired = False

@@ -13,8 +13,8 @@ so their daemons and clients interoperate.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Protocol
 
 from aiida.brokers.broker import Broker, BrokerServiceStatus
 from aiida.brokers.rabbitmq.broker import RabbitmqBroker
@@ -39,22 +39,30 @@ __all__ = ["AIIDA_REPLY_TIMEOUT", "ProcessCommsBroker"]
 AIIDA_REPLY_TIMEOUT = 86400.0
 
 
+class AiidaProfile(Protocol):
+    """What the broker reads of an aiida-core ``Profile``: its uuid (AiiDA's names on the broker)."""
+
+    @property
+    def uuid(self) -> str: ...
+
+
 class ProcessCommsBroker(Broker):
     """aiida-core's broker interface on process_comms: RabbitMQ with AiiDA's names, configured as ``core.rabbitmq``."""
 
     # the same settings as core.rabbitmq (``verdi profile configure-broker``, the profile's process_control.config)
-    _config_fields = RabbitmqBroker._config_fields
+    # aiida-core's Broker interface names its settings so (RUF100: SLF001 is not in the default selection)
+    _config_fields = RabbitmqBroker._config_fields  # noqa: SLF001, RUF100
 
-    def __init__(self, profile: Any) -> None:
+    def __init__(self, profile: AiidaProfile) -> None:
         super().__init__(profile)
         self._prefix = f"aiida-{profile.uuid}"
         self._communicator: ThreadCommunicator | None = None
         self._controller: RemoteProcessThreadController | None = None
 
     @classmethod
-    def get_detected_config(cls, get_value: Any) -> dict[str, Any]:
+    def get_detected_config(cls, get_value: Callable[..., object]) -> dict[str, object]:
         """The RabbitMQ settings ``verdi`` proposes, as for ``core.rabbitmq``."""
-        detected: dict[str, Any] = RabbitmqBroker.get_detected_config(get_value)
+        detected: dict[str, object] = RabbitmqBroker.get_detected_config(get_value)
         return detected
 
     def __str__(self) -> str:
@@ -105,9 +113,9 @@ class ProcessCommsBroker(Broker):
             self._controller = RemoteProcessThreadController(self.get_communicator(), api="plumpy")
         return self._controller
 
-    def iterate_tasks(self) -> Iterator[Any]:
+    def iterate_tasks(self) -> Iterator[object]:
         """The tasks waiting in the profile's task queue (``verdi process repair``), as kiwipy iterates them."""
-        queue: Any = self.get_communicator().task_queue(get_launch_queue_name(self._prefix))
+        queue = self.get_communicator().task_queue(get_launch_queue_name(self._prefix))
         yield from queue
 
     def check_service_reachable(self) -> bool:
@@ -127,7 +135,7 @@ class ProcessCommsBroker(Broker):
         had = self._communicator is not None
         try:
             properties = self.get_communicator().server_properties
-            status: dict[str, Any] = {"connected": True, "client": "process_comms"}
+            status: dict[str, object] = {"connected": True, "client": "process_comms"}
             for key, value in properties.items():
                 status[key] = value.decode("utf-8") if isinstance(value, bytes) else value
             return status

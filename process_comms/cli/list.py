@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..client.display import layout_columns, progress_text
@@ -22,7 +23,7 @@ __all__ = ["COLUMNS", "register", "run"]
 
 #: The columns ``list`` prints.
 COLUMNS = ("PID", "CLASS", "STATE", "PAUSED", "PROGRESS", "WORKER", "AGE")
-_STATES = ("created", "running", "waiting", *TERMINAL_STATES)
+_STATES = (*ACTIVE_STATES, *TERMINAL_STATES)
 
 
 def register(subparsers: SubParsers) -> None:
@@ -66,7 +67,7 @@ def _query(args: argparse.Namespace) -> dict[str, Any]:
     return {"states": unique, "label": args.label, "sort": args.sort, "reverse": args.reverse}
 
 
-def _row(summary: dict[str, Any]) -> list[str]:
+def _row(summary: Mapping[str, Any]) -> list[str]:
     paused = summary.get("paused")
     return [
         str(summary.get("pid")),

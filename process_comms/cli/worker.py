@@ -15,6 +15,7 @@ from ..errors import LoadError
 from ..transports.rmq._topology import QUEUE_TYPES
 from ..urls import mask_url
 from ..wire.loaders import AllowListLoader
+from ..wire.names import DEFAULT_QUEUE
 from ..worker.persistence import MEMORY_RECORD_BYTES
 from ..worker.worker import Worker
 from .main import EXIT_OK, EXIT_USAGE, CliError, add_command, int_at_least, setup_logging
@@ -48,7 +49,7 @@ def queues_of(
     """``{queue: slots}`` from ``--queue``/``--slots``/``--prefetch`` (None: today's single default queue)."""
     default_slots = prefetch if slots is None else slots
     if not queues:
-        return None if slots is None else {"default": slots}
+        return None if slots is None else {DEFAULT_QUEUE: slots}
     chosen: dict[str, int] = {}
     for name, own in queues:
         if name in chosen:

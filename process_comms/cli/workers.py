@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..client.display import layout_columns
@@ -41,7 +42,7 @@ def _duration(seconds: Any) -> str:
     return f"{int(seconds)}s"
 
 
-def _queues_text(info: dict[str, Any]) -> str:
+def _queues_text(info: Mapping[str, Any]) -> str:
     slots: dict[str, Any] = info["slots"] if isinstance(info.get("slots"), dict) else {}
     parts = []
     for name, counts in sorted(slots.items()):
@@ -51,7 +52,7 @@ def _queues_text(info: dict[str, Any]) -> str:
     return ", ".join(parts) or "-"
 
 
-def _health(info: dict[str, Any]) -> str:
+def _health(info: Mapping[str, Any]) -> str:
     if info.get("consuming"):
         return "consuming"
     queues: dict[str, Any] = info["queues"] if isinstance(info.get("queues"), dict) else {}
@@ -59,7 +60,7 @@ def _health(info: dict[str, Any]) -> str:
     return f"not consuming: {', '.join(idle)}" if idle else "not consuming"
 
 
-def _row(info: dict[str, Any]) -> list[str]:
+def _row(info: Mapping[str, Any]) -> list[str]:
     return [
         str(info.get("worker") or "-"),
         str(info.get("host") or "-"),

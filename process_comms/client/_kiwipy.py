@@ -22,8 +22,8 @@ import concurrent.futures
 import functools
 import inspect
 import threading
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Protocol, TypeVar, cast, runtime_checkable
 
 import kiwipy
 
@@ -42,18 +42,62 @@ from ..errors import TimeoutError as PCTimeoutError
 from ..transports._loop import AsyncFn, ControllerFuture, LoopThread
 from ..transports.base import AsyncCommunicator
 from ..transports.kiwipy_async import KiwipyAsyncCommunicator
+from ..wire.names import DEFAULT_QUEUE, queue_name
 
 __all__ = ["KiwipyAdapter", "KiwipyPortal", "is_foreign", "unwrap_ours"]
 
 T = TypeVar("T")
 
 
-def is_foreign(comm: Any) -> bool:
+@runtime_checkable
+class _Submits(Protocol):
+    """Ours: a thread communicator (or a portal) that runs coroutine functions on its loop."""
+
+    def submit(self, fn: AsyncFn[T], *args: object) -> ControllerFuture[T]: ...
+
+
+@runtime_checkable
+class _Sends(Protocol):
+    """A kiwipy communicator's RPC send (a coroutine function on kiwipy's asyncio one)."""
+
+    def rpc_send(self, recipient_id: object, msg: object) -> object: ...
+
+
+@runtime_checkable
+class _HasLoop(Protocol):
+    """kiwipy's asyncio communicator: its event loop (``RmqCommunicator.loop()``, a method there)."""
+
+    loop: object
+
+
+@runtime_checkable
+class _HasTaskQueue(Protocol):
+    """A kiwipy communicator that names task queues (``task_queue(name)``)."""
+
+    def task_queue(self, queue_name: str) -> object: ...
+
+
+@runtime_checkable
+class _Disconnects(Protocol):
+    """kiwipy's asyncio communicator: ``disconnect()`` closes it."""
+
+    async def disconnect(self) -> None: ...
+
+
+class _Closes(Protocol):
+    """A kiwipy thread communicator's lifecycle."""
+
+    def is_closed(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+def is_foreign(comm: object) -> bool:
     """True for a communicator that is not ours (no async core, no ``submit``): it needs the adapter."""
-    return not isinstance(comm, AsyncCommunicator) and not callable(getattr(comm, "submit", None))
+    return not isinstance(comm, (AsyncCommunicator, _Submits))
 
 
-def unwrap_ours(comm: Any) -> Any:
+def unwrap_ours(comm: object) -> object:
     """Our communicator inside a ``plumpy.LoopCommunicator`` (plumpy's wiring), else ``comm`` itself.
 
     ``LoopCommunicator`` passes sends straight through (``src/plumpy/communications.py``), so the
@@ -67,15 +111,15 @@ def unwrap_ours(comm: Any) -> Any:
     return comm
 
 
-def _loop_of(comm: Any) -> asyncio.AbstractEventLoop | None:
+def _loop_of(comm: object) -> asyncio.AbstractEventLoop | None:
     """The event loop an asyncio kiwipy communicator lives on (``RmqCommunicator.loop`` is a property)."""
-    loop = getattr(comm, "loop", None)
+    loop = comm.loop if isinstance(comm, _HasLoop) else None
     if callable(loop) and not isinstance(loop, asyncio.AbstractEventLoop):
         loop = loop()
     return loop if isinstance(loop, asyncio.AbstractEventLoop) else None
 
 
-def _task_queue_name(comm: Any) -> str | None:
+def _task_queue_name(comm: object) -> str | None:
     """The default task queue's name, for our records route (kiwipy keeps it as ``_task_queue``)."""
     for _ in range(4):  # LoopCommunicator -> RmqThreadCommunicator -> RmqCommunicator
         name = getattr(comm, "task_queue_name", None) or getattr(comm, "_task_queue", None)
@@ -87,7 +131,7 @@ def _task_queue_name(comm: Any) -> str | None:
     return None
 
 
-def typed_error(exc: BaseException, comm: Any, *, remote: bool) -> BaseException:
+def typed_error(exc: BaseException, comm: object, *, remote: bool) -> BaseException:
     """The error of ours for what a kiwipy communicator raised; ``remote`` when a reply future failed."""
     if isinstance(exc, ProcessCommsError) or not isinstance(exc, Exception):
         return exc
@@ -114,18 +158,19 @@ def typed_error(exc: BaseException, comm: Any, *, remote: bool) -> BaseException
     return ProcessCommsError(f"the communicator failed: {type(exc).__name__}: {text}")
 
 
-def _closed(comm: Any) -> bool:
+def _closed(comm: object) -> bool:
     try:
-        return bool(comm.is_closed())
+        return bool(cast(_Closes, comm).is_closed())
     except Exception:  # noqa: BLE001 - a communicator half torn down (kiwipy deletes its attributes)
         return True
 
 
-async def _from_other_loop(fut: asyncio.Future[Any]) -> Any:
-    """Await an asyncio future of another thread's loop: its callback is added on its own loop (pain point B1)."""
-    bridge: concurrent.futures.Future[Any] = concurrent.futures.Future()
+async def _from_other_loop(fut: asyncio.Future[object]) -> object:
+    """Await an asyncio future of another thread's loop: its callback is added on its own loop (plumpy's lost
+    wake-up, pain point B1 in docs/migrating.md)."""
+    bridge: concurrent.futures.Future[object] = concurrent.futures.Future()
 
-    def copy(done: asyncio.Future[Any]) -> None:
+    def copy(done: asyncio.Future[object]) -> None:
         if done.cancelled():
             bridge.cancel()
         elif done.exception() is not None:
@@ -137,7 +182,7 @@ async def _from_other_loop(fut: asyncio.Future[Any]) -> Any:
     return await asyncio.wrap_future(bridge)
 
 
-async def flatten(value: Any) -> Any:
+async def flatten(value: object) -> object:
     """Await ``value`` through every level of futures and awaitables to the final, plain value."""
     while True:
         if isinstance(value, concurrent.futures.Future):
@@ -157,14 +202,14 @@ class KiwipyAdapter(AsyncCommunicator):
     blocking thread communicator) or on the communicator's loop (kiwipy's asyncio ``RmqCommunicator``).
     """
 
-    def __init__(self, communicator: Any) -> None:
+    def __init__(self, communicator: object) -> None:
         super().__init__()
         self.kiwi = communicator
         self.facade = communicator
-        self._async = inspect.iscoroutinefunction(getattr(type(communicator), "rpc_send", None))
+        self._async = isinstance(communicator, _Sends) and inspect.iscoroutinefunction(communicator.rpc_send)
         self._comm_loop = _loop_of(communicator) if self._async else None
         self._sender: concurrent.futures.ThreadPoolExecutor | None = None
-        name = _task_queue_name(communicator)
+        self._task_queue = name = _task_queue_name(communicator)
         if name is not None:
             self.task_queue_name = name
 
@@ -175,18 +220,16 @@ class KiwipyAdapter(AsyncCommunicator):
         return self._closed or _closed(self.kiwi)
 
     @counts_cancellations  # cancelling() below, on Python 3.10 too
-    async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+    async def _call(self, method: str, *args: object) -> object:
         """Call the communicator's ``method`` off the caller's thread and loop; its final value, typed errors."""
         self._ensure_open()
-        fn: Callable[..., Any] = getattr(self.kiwi, method)
+        fn: Callable[..., object] = getattr(self.kiwi, method)
         try:
             if self._async:
-                return await self._on_comm_loop(lambda: self._local(fn(*args, **kwargs)))
+                return await self._on_comm_loop(lambda: self._local(cast(Awaitable[object], fn(*args))))
             if self._sender is None:
                 self._sender = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="process-comms-kiwipy-send")
-            sent = await asyncio.get_running_loop().run_in_executor(
-                self._sender, functools.partial(fn, *args, **kwargs)
-            )
+            sent = await asyncio.get_running_loop().run_in_executor(self._sender, functools.partial(fn, *args))
         except (asyncio.CancelledError, concurrent.futures.CancelledError):
             task = asyncio.current_task()
             if task is not None and cancelling(task):
@@ -198,7 +241,7 @@ class KiwipyAdapter(AsyncCommunicator):
             raise typed_error(exc, self.kiwi, remote=False) from None
         return await self._remote(sent)
 
-    async def _local(self, sending: Any) -> Any:
+    async def _local(self, sending: Awaitable[object]) -> object:
         """On the communicator's loop: await the send, then its reply futures (their failures are remote)."""
         sent = await sending
         try:
@@ -209,7 +252,7 @@ class KiwipyAdapter(AsyncCommunicator):
             raise _Remote() from exc
 
     @counts_cancellations
-    async def _remote(self, sent: Any) -> Any:
+    async def _remote(self, sent: object) -> object:
         try:
             return await flatten(sent)
         except (asyncio.CancelledError, concurrent.futures.CancelledError):
@@ -220,7 +263,7 @@ class KiwipyAdapter(AsyncCommunicator):
         except Exception as exc:  # noqa: BLE001
             raise typed_error(exc, self.kiwi, remote=True) from None
 
-    async def _on_comm_loop(self, make: AsyncFn[Any]) -> Any:
+    async def _on_comm_loop(self, make: AsyncFn[object]) -> object:
         loop = self._comm_loop
         if loop is None or loop is asyncio.get_running_loop():
             return await make()
@@ -229,43 +272,43 @@ class KiwipyAdapter(AsyncCommunicator):
     # -- sending -----------------------------------------------------------------------------------
     async def rpc_send(
         self,
-        recipient_id: Any,
-        msg: Any,
+        recipient_id: object,
+        msg: object,
         on_pending: Callable[[], None] | None = None,
         *,
         on_sent: Callable[[], None] | None = None,  # kiwipy's calls do not say when: never called
-    ) -> Any:
+    ) -> object:
         return await self._call("rpc_send", recipient_id, msg)
 
     async def task_send(
         self,
-        task: Any,
+        task: object,
         no_reply: bool = False,
         on_pending: Callable[[], None] | None = None,
         *,
         queue: str | None = None,
         on_sent: Callable[[], None] | None = None,  # kiwipy's calls do not say when: never called
-    ) -> Any:
-        if queue is None or queue == "default":
+    ) -> object:
+        if queue is None or queue == DEFAULT_QUEUE:
             return await self._call("task_send", task, no_reply)
-        base = getattr(self, "task_queue_name", None)
-        if base is None or not callable(getattr(self.kiwi, "task_queue", None)):
+        base = self._task_queue
+        if base is None or not isinstance(self.kiwi, _HasTaskQueue):
             raise TaskRejected(f"named task queue {queue!r}: this communicator has no task_queue(name)")
-        named = await self._call("task_queue", f"{base}.{queue}")  # our broker name (rmq/_tasks.py queue_name)
+        named = await self._call("task_queue", queue_name(base, queue))  # our broker name (wire/names.py)
         return await KiwipyAdapter(named).task_send(task, no_reply)
 
     async def broadcast_send(
-        self, body: Any, sender: Any = None, subject: Any = None, correlation_id: Any = None
+        self, body: object, sender: object = None, subject: object = None, correlation_id: object = None
     ) -> bool:
         result = await self._call("broadcast_send", body, sender, subject, correlation_id)
         return result is not False  # kiwipy's asyncio one returns the broker's Ack
 
     # -- subscribing (what the controller needs: broadcasts) ----------------------------------------
-    async def add_broadcast_subscriber(self, subscriber: Any, identifier: Any = None) -> Any:
+    async def add_broadcast_subscriber(self, subscriber: Callable[..., object], identifier: object = None) -> object:
         """Our subscriber is called on this (the caller's) loop, whichever thread kiwipy calls it from."""
         loop = asyncio.get_running_loop()
 
-        def on_broadcast(*args: Any, **kwargs: Any) -> None:
+        def on_broadcast(*args: object, **kwargs: object) -> None:
             try:
                 loop.call_soon_threadsafe(functools.partial(subscriber, *args, **kwargs))
             except RuntimeError:  # our loop has gone: nobody listens any more
@@ -273,7 +316,7 @@ class KiwipyAdapter(AsyncCommunicator):
 
         return await self._call("add_broadcast_subscriber", on_broadcast, identifier)
 
-    async def remove_broadcast_subscriber(self, identifier: Any) -> None:
+    async def remove_broadcast_subscriber(self, identifier: object) -> None:
         if self.is_closed():
             return
         try:
@@ -281,18 +324,23 @@ class KiwipyAdapter(AsyncCommunicator):
         except (ProcessCommsError, ValueError):  # ours: no error if unknown (kiwipy raises ValueError)
             pass
 
-    async def add_rpc_subscriber(self, subscriber: Any, identifier: Any = None) -> str:
+    async def add_rpc_subscriber(self, subscriber: object, identifier: object = None) -> str:
         return str(await self._call("add_rpc_subscriber", subscriber, identifier))
 
-    async def remove_rpc_subscriber(self, identifier: Any) -> None:
+    async def remove_rpc_subscriber(self, identifier: object) -> None:
         await self._call("remove_rpc_subscriber", identifier)
 
     async def add_task_subscriber(
-        self, subscriber: Any, identifier: Any = None, *, queue: str | None = None, prefetch_count: int | None = None
-    ) -> Any:
+        self,
+        subscriber: object,
+        identifier: object = None,
+        *,
+        queue: str | None = None,
+        prefetch_count: int | None = None,
+    ) -> object:
         return await self._call("add_task_subscriber", subscriber, identifier)
 
-    async def remove_task_subscriber(self, identifier: Any, *, queue: str | None = None) -> None:
+    async def remove_task_subscriber(self, identifier: object, *, queue: str | None = None) -> None:
         await self._call("remove_task_subscriber", identifier)
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -304,11 +352,10 @@ class KiwipyAdapter(AsyncCommunicator):
         comm = self.kiwi
         try:
             if self._async:
-                disconnect = getattr(comm, "disconnect", None)
-                if disconnect is not None:
-                    await self._on_comm_loop(disconnect)
+                if isinstance(comm, _Disconnects):
+                    await self._on_comm_loop(comm.disconnect)
             elif not _closed(comm):
-                await asyncio.to_thread(comm.close)
+                await asyncio.to_thread(cast(_Closes, comm).close)
         finally:
             if self._sender is not None:
                 self._sender.shutdown(wait=False)
@@ -318,7 +365,7 @@ class _Remote(Exception):
     """Carries a reply future's failure out of the communicator's loop (its ``__cause__``)."""
 
 
-async def _run(make: AsyncFn[Any]) -> Any:
+async def _run(make: AsyncFn[object]) -> object:
     return await make()
 
 
@@ -326,7 +373,7 @@ class KiwipyPortal:
     """What the thread controller drives a foreign communicator through: an adapter on a loop thread of
     its own, with the ``submit``/``loop_thread``/``core``/``close`` our :class:`ThreadCommunicator` has."""
 
-    def __init__(self, communicator: Any) -> None:
+    def __init__(self, communicator: object) -> None:
         self.kiwi = communicator
         self.core = KiwipyAdapter(communicator)
         self._loop_thread: LoopThread | None = None
@@ -348,7 +395,7 @@ class KiwipyPortal:
         """The loop of :attr:`loop_thread`."""
         return self.loop_thread.loop
 
-    def submit(self, fn: AsyncFn[T], *args: Any) -> ControllerFuture[T]:
+    def submit(self, fn: AsyncFn[T], *args: object) -> ControllerFuture[T]:
         """Run ``await fn(*args)`` on the loop thread; a closed portal gives a failed future."""
         if self._closed:
             fut: ControllerFuture[T] = ControllerFuture()

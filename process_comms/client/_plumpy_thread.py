@@ -8,12 +8,12 @@ the facade to a line per method).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..wire.launch_options import with_launch_options
 from ..wire.loaders import ObjectLoader
-from ..wire.messages import Intent, MessageBuilder, Pid, create_continue_body, create_launch_body
+from ..wire.messages import Intent, MessageBuilder, MessageType, Pid, create_continue_body, create_launch_body
 from ._plumpy import ControllerApi, PlumpyShape, kiwipy_shaped
 from .thread_controller import RemoteProcessThreadController
 
@@ -26,7 +26,7 @@ class PlumpyThreadController(RemoteProcessThreadController):
 
     def __init__(
         self,
-        communicator: Any,
+        communicator: object,
         *,
         rpc_timeout: float | None = None,
         task_timeout: float | None = None,
@@ -91,9 +91,9 @@ class PlumpyThreadController(RemoteProcessThreadController):
 
     def launch_process(
         self,
-        process_class: Any,
-        init_args: Sequence[Any] | None = None,
-        init_kwargs: dict[str, Any] | None = None,
+        process_class: object,
+        init_args: Sequence[object] | None = None,
+        init_kwargs: Mapping[str, object] | None = None,
         persist: bool = False,
         loader: ObjectLoader | None = None,
         nowait: bool = False,
@@ -129,9 +129,9 @@ class PlumpyThreadController(RemoteProcessThreadController):
 
     def execute_process(
         self,
-        process_class: Any,
-        init_args: Sequence[Any] | None = None,
-        init_kwargs: dict[str, Any] | None = None,
+        process_class: object,
+        init_args: Sequence[object] | None = None,
+        init_kwargs: Mapping[str, object] | None = None,
         loader: ObjectLoader | None = None,
         nowait: bool = False,
         no_reply: bool = False,
@@ -147,6 +147,6 @@ class PlumpyThreadController(RemoteProcessThreadController):
             return super().execute_process(*args, label=label, time_limit=time_limit)
         return self._shape.execute(process_class, init_args, init_kwargs, loader, nowait, no_reply, timeout)
 
-    def task_send(self, message: Any, no_reply: bool = False, timeout: float | None = None) -> Any:
+    def task_send(self, message: MessageType, no_reply: bool = False, timeout: float | None = None) -> Any:
         """The communicator's future of a raw task."""
         return self._shape.task(message, no_reply, timeout)

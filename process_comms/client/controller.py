@@ -10,15 +10,16 @@ import asyncio
 import contextlib
 import datetime
 import uuid
-from collections.abc import Iterable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar, cast
 
 from .. import defaults
 from .._compat import TIMEOUT_ERRORS
 from ..errors import EncodeError, ProcessUnreachable, RemoteError, TaskRejected
 from ..errors import TimeoutError as PCTimeoutError
-from ..transports._loop import AsyncFn, with_deadline
+from ..transports._loop import AsyncFn, ControllerFuture, LoopThread, with_deadline
 from ..transports.base import AsyncCommunicator, BroadcastFilter
+from ..transports.threaded import ThreadCommunicator
 from ..wire.launch_options import with_launch_options
 from ..wire.loaders import ObjectLoader
 from ..wire.messages import (
@@ -27,6 +28,7 @@ from ..wire.messages import (
     TERMINAL_STATES,
     Intent,
     MessageBuilder,
+    MessageType,
     Pid,
     create_continue_body,
     create_create_body,
@@ -36,7 +38,9 @@ from ..wire.messages import (
     state_name,
     wire_text,
 )
+from ..wire.names import WORKERS_SUBJECT
 from ..wire.status import is_lost
+from ..wire.types import ProcessPage, ProcessRecord, ProcessStatus, WorkerInfo
 from ._kiwipy import KiwipyAdapter, is_foreign, unwrap_ours
 from ._plumpy import ControllerApi, PlumpyShape, check_api
 from .records import ProcessListing, RecordQueries, RecordStore, epoch, lost_error
@@ -45,8 +49,20 @@ __all__ = ["RemoteProcessController", "TERMINAL_STATES"]
 
 T = TypeVar("T")
 
-#: The subject of the ``workers`` broadcast request; worker/_fleet.py answers the same (a test checks both).
-WORKERS_SUBJECT = "workers"
+
+class _ThreadFacing(Protocol):
+    """Ours as a thread sees it (transports/threaded.py ``ThreadCommunicator``, client/_kiwipy.py ``KiwipyPortal``):
+    a loop thread that runs coroutine functions, the async core on it, a blocking close."""
+
+    @property
+    def loop_thread(self) -> LoopThread: ...
+
+    @property
+    def core(self) -> AsyncCommunicator: ...
+
+    def submit(self, fn: AsyncFn[T], *args: object) -> ControllerFuture[T]: ...
+
+    def close(self) -> None: ...
 
 
 class RemoteProcessController(RecordQueries):
@@ -54,7 +70,7 @@ class RemoteProcessController(RecordQueries):
 
     def __init__(
         self,
-        communicator: Any,
+        communicator: object,
         *,
         rpc_timeout: float | None = None,
         task_timeout: float | None = None,
@@ -76,17 +92,18 @@ class RemoteProcessController(RecordQueries):
         self._communicator = communicator
         self._store = store
         #: What the calls go through: ours (also from inside a plumpy LoopCommunicator) or the adapter.
-        self._comm: Any = unwrap_ours(communicator)
+        self._comm = unwrap_ours(communicator)
         self._adapter = KiwipyAdapter(self._comm) if is_foreign(self._comm) else None
+        ours = self._comm if isinstance(self._comm, ThreadCommunicator) else None  # its timeouts are the defaults
         self.rpc_timeout = (
-            rpc_timeout if rpc_timeout is not None else getattr(self._comm, "rpc_timeout", defaults.RPC_TIMEOUT)
+            rpc_timeout if rpc_timeout is not None else ours.rpc_timeout if ours else defaults.RPC_TIMEOUT
         )
         self.task_timeout = (
-            task_timeout if task_timeout is not None else getattr(self._comm, "task_timeout", defaults.TASK_TIMEOUT)
+            task_timeout if task_timeout is not None else ours.task_timeout if ours else defaults.TASK_TIMEOUT
         )
 
     @property
-    def communicator(self) -> Any:
+    def communicator(self) -> object:
         """The communicator this controller sends through."""
         return self._communicator
 
@@ -96,7 +113,7 @@ class RemoteProcessController(RecordQueries):
         if isinstance(comm, AsyncCommunicator):
             await comm.close()
         else:  # a thread-facing communicator: its close joins its loop thread, so not from this loop
-            await asyncio.to_thread(comm.close)
+            await asyncio.to_thread(cast(_ThreadFacing, comm).close)
 
     async def __aenter__(self) -> RemoteProcessController:
         return self
@@ -107,37 +124,44 @@ class RemoteProcessController(RecordQueries):
     @property
     def _core(self) -> AsyncCommunicator:
         comm = self._adapter or self._comm
-        return comm if isinstance(comm, AsyncCommunicator) else comm.core
+        return comm if isinstance(comm, AsyncCommunicator) else cast(_ThreadFacing, comm).core
 
-    async def _run(self, fn: AsyncFn[T], *args: Any) -> T:
+    async def _run(self, fn: AsyncFn[T], *args: object) -> T:
         """Run ``await fn(*args)`` on the communicator's loop without blocking the caller's loop (over a
         kiwipy communicator: on the caller's loop, the adapter keeps the communicator's calls off it)."""
-        loop_thread = None if self._adapter is not None else getattr(self._comm, "loop_thread", None)
-        if loop_thread is None or asyncio.get_running_loop() is loop_thread.loop:
+        comm = self._comm
+        if self._adapter is not None or isinstance(comm, AsyncCommunicator):
             return await fn(*args)
-        return await asyncio.wrap_future(self._comm.submit(fn, *args))
+        facing = cast(_ThreadFacing, comm)  # ours from a thread: a ThreadCommunicator or a KiwipyPortal
+        if asyncio.get_running_loop() is facing.loop_thread.loop:
+            return await fn(*args)
+        return await asyncio.wrap_future(facing.submit(fn, *args))
 
     # -- the core: coroutines that run on the communicator's loop -------------------------------
-    async def _rpc(self, pid: Pid, msg: dict[str, Any], timeout: float | None) -> Any:
+    async def _rpc(self, pid: Pid, msg: MessageType, timeout: float | None) -> Any:
         deadline = self.rpc_timeout if timeout is None else timeout
         return await with_deadline(self._core.rpc_send(pid, msg), deadline, f"{msg['intent']} of process {pid}")
 
-    async def _task(self, body: dict[str, Any], no_reply: bool, timeout: float | None, queue: str | None = None) -> Any:
+    async def _task(self, body: MessageType, no_reply: bool, timeout: float | None, queue: str | None = None) -> Any:
         deadline = self.task_timeout if timeout is None else timeout
         send = (
             self._core.task_send(body, no_reply) if queue is None else self._core.task_send(body, no_reply, queue=queue)
         )
         return await with_deadline(send, deadline, f"{body['task']} task")
 
-    async def _broadcast(self, body: Any, subject: str, answers_within: float | None = None) -> dict[Any, Any] | None:
+    async def _broadcast(
+        self, body: object, subject: str, answers_within: float | None = None
+    ) -> dict[object, object] | None:
         if answers_within is None:
             await with_deadline(
                 self._core.broadcast_send(body, subject=subject), self.rpc_timeout, f"{subject} broadcast"
             )
             return None
-        cid, answers = str(uuid.uuid4()), {}
+        cid, answers = str(uuid.uuid4()), dict[object, object]()
 
-        def on_answer(_comm: Any, result: Any, sender: Any, answer_subject: Any, correlation_id: Any) -> None:
+        def on_answer(
+            _comm: object, result: object, sender: object, answer_subject: object, correlation_id: object
+        ) -> None:
             if correlation_id == cid and answer_subject == f"{ANSWER_PREFIX}{subject}":
                 answers[sender] = result
 
@@ -155,21 +179,21 @@ class RemoteProcessController(RecordQueries):
 
     async def _execute(
         self,
-        process_class: Any,
-        init_args: Sequence[Any] | None,
-        init_kwargs: dict[str, Any] | None,
+        process_class: object,
+        init_args: Sequence[object] | None,
+        init_kwargs: Mapping[str, object] | None,
         loader: ObjectLoader | None,
         nowait: bool,
         no_reply: bool,
         timeout: float | None,
-        options: dict[str, Any] | None = None,
-    ) -> Any:
+        options: Mapping[str, object] | None = None,
+    ) -> object:
         create = create_create_body(process_class, init_args, init_kwargs, persist=True, loader=loader)
         create.update(options or {})  # our launch options, if any (wire/launch_options.py)
         pid = await self._task(create, False, timeout)
         return await self._task(create_continue_body(pid, nowait=nowait), no_reply, timeout)
 
-    async def _bulk(self, pids: Iterable[Any], msg: dict[str, Any], timeout: float | None) -> dict[Any, Any]:
+    async def _bulk(self, pids: Iterable[Pid], msg: MessageType, timeout: float | None) -> dict[Pid, object]:
         pids = list(pids)
         send = self._status if msg["intent"] == Intent.STATUS else lambda pid, t: self._rpc(pid, msg, t)
         results = await asyncio.gather(*(send(pid, timeout) for pid in pids), return_exceptions=True)
@@ -182,7 +206,7 @@ class RemoteProcessController(RecordQueries):
         hint = asyncio.Event()
         seen: dict[str, str] = {}  # the last terminal state broadcast, for a peer without records (plumpy)
 
-        def on_state(_comm: Any, _body: Any, _sender: Any, subject: Any, _cid: Any) -> None:
+        def on_state(_comm: object, _body: object, _sender: object, subject: object, _cid: object) -> None:
             state = state_from_subject(subject)
             if state is not None and is_terminal(state):
                 seen["state"] = state
@@ -219,14 +243,14 @@ class RemoteProcessController(RecordQueries):
             await self._core.remove_broadcast_subscriber(identifier)
 
     # -- plumpy's API ----------------------------------------------------------------------------
-    async def get_status(self, pid: Pid, timeout: float | None = None) -> dict[str, Any]:
+    async def get_status(self, pid: Pid, timeout: float | None = None) -> ProcessStatus:
         """The status dict of process ``pid`` (``ctime``, ``paused``, ``process_string``, ``state``, ...).
 
         For a process no worker holds (ended or parked) it comes from the fleet's record, with ``record``
         True and its ``outputs`` or ``exception``; ``ProcessUnreachable`` only for a pid with no record.
         """
         if self._plumpy is not None:
-            return await self._plumpy.rpc_levels(pid, MessageBuilder.status(), 1, timeout)  # type: ignore[no-any-return]
+            return cast(ProcessStatus, await self._plumpy.rpc_levels(pid, MessageBuilder.status(), 1, timeout))
         return await self._run(self._status, pid, timeout)
 
     async def pause_process(
@@ -243,7 +267,9 @@ class RemoteProcessController(RecordQueries):
         if release:
             message[RELEASE_KEY] = True
         elif self._plumpy is not None:
-            return await self._plumpy.rpc_levels(pid, message, 2, timeout)  # type: ignore[no-any-return]
+            return cast(
+                bool, await self._plumpy.rpc_levels(pid, message, 2, timeout)
+            )  # plumpy\'s shape: what plumpy returns
         return await self._run(self._control, pid, message, timeout)
 
     async def play_process(self, pid: Pid, timeout: float | None = None, *, resume: bool = False) -> bool:
@@ -251,7 +277,9 @@ class RemoteProcessController(RecordQueries):
         ``resume=True`` a released process (no longer running anywhere) is first continued from its
         checkpoint on a worker."""
         if self._plumpy is not None and not resume:
-            return await self._plumpy.rpc_levels(pid, MessageBuilder.play(), 2, timeout)  # type: ignore[no-any-return]
+            return cast(
+                bool, await self._plumpy.rpc_levels(pid, MessageBuilder.play(), 2, timeout)
+            )  # plumpy\'s shape: what plumpy returns
         return await self._run(self._play, pid, timeout, resume)
 
     async def _play(self, pid: Pid, timeout: float | None, resume: bool) -> bool:
@@ -279,10 +307,14 @@ class RemoteProcessController(RecordQueries):
         """
         if self._plumpy is not None:
             message = MessageBuilder.kill(msg_text, force_kill)
-            return await self._plumpy.rpc_levels(pid, message, 2, timeout)  # type: ignore[no-any-return]
+            return cast(
+                bool, await self._plumpy.rpc_levels(pid, message, 2, timeout)
+            )  # plumpy\'s shape: what plumpy returns
         return await self._run(self._kill, pid, MessageBuilder.kill(msg_text, force_kill), timeout)
 
-    async def pause_all(self, msg_text: str | None, *, answers_within: float | None = None) -> dict[Any, Any] | None:
+    async def pause_all(
+        self, msg_text: str | None, *, answers_within: float | None = None
+    ) -> dict[object, object] | None:
         """Broadcast a pause to every process (fire and forget, as plumpy).
 
         With ``answers_within`` (seconds), return ``{pid: result}`` of the processes that answered in that
@@ -294,14 +326,16 @@ class RemoteProcessController(RecordQueries):
             return None
         return await self._run(self._broadcast, MessageBuilder.pause(msg_text), Intent.PAUSE, answers_within)
 
-    async def play_all(self, *, answers_within: float | None = None) -> dict[Any, Any] | None:
+    async def play_all(self, *, answers_within: float | None = None) -> dict[object, object] | None:
         """Broadcast a play to every process; with ``answers_within``, ``{pid: result}`` of those that answered."""
         if self._plumpy is not None and answers_within is None:
             await self._plumpy.broadcast_async(None, Intent.PLAY)
             return None
         return await self._run(self._broadcast, None, Intent.PLAY, answers_within)
 
-    async def kill_all(self, msg_text: str | None, *, answers_within: float | None = None) -> dict[Any, Any] | None:
+    async def kill_all(
+        self, msg_text: str | None, *, answers_within: float | None = None
+    ) -> dict[object, object] | None:
         """Broadcast a kill to every process; with ``answers_within``, ``{pid: result}`` of those that answered."""
         if self._plumpy is not None and answers_within is None:
             await self._plumpy.broadcast_async(MessageBuilder.kill(msg_text), Intent.KILL)
@@ -310,9 +344,9 @@ class RemoteProcessController(RecordQueries):
 
     async def launch_process(
         self,
-        process_class: Any,
-        init_args: Sequence[Any] | None = None,
-        init_kwargs: dict[str, Any] | None = None,
+        process_class: object,
+        init_args: Sequence[object] | None = None,
+        init_kwargs: Mapping[str, object] | None = None,
         persist: bool = False,
         loader: ObjectLoader | None = None,
         nowait: bool = False,
@@ -322,7 +356,7 @@ class RemoteProcessController(RecordQueries):
         queue: str | None = None,
         label: str | None = None,
         time_limit: float | None = None,
-    ) -> Any:
+    ) -> object:
         """Launch ``process_class`` on a worker: its pid with ``nowait``, else its outputs.
 
         ``queue``: a named task queue (``"gpu"``), consumed by the workers started with ``--queue gpu``.
@@ -346,7 +380,7 @@ class RemoteProcessController(RecordQueries):
         timeout: float | None = None,
         *,
         queue: str | None = None,
-    ) -> Any:
+    ) -> object:
         """Continue ``pid`` from its checkpoint on a worker: the pid with ``nowait``, else its outputs.
 
         ``queue``: a named task queue, as for :meth:`launch_process`.
@@ -357,9 +391,9 @@ class RemoteProcessController(RecordQueries):
 
     async def execute_process(
         self,
-        process_class: Any,
-        init_args: Sequence[Any] | None = None,
-        init_kwargs: dict[str, Any] | None = None,
+        process_class: object,
+        init_args: Sequence[object] | None = None,
+        init_kwargs: Mapping[str, object] | None = None,
         loader: ObjectLoader | None = None,
         nowait: bool = False,
         no_reply: bool = False,
@@ -367,7 +401,7 @@ class RemoteProcessController(RecordQueries):
         *,
         label: str | None = None,
         time_limit: float | None = None,
-    ) -> Any:
+    ) -> object:
         """Create a persisted process, then continue it: survives this interpreter's death. ``label`` and
         ``time_limit`` as for :meth:`launch_process` (the limit counts from its creation)."""
         if self._plumpy is not None and label is None and time_limit is None:  # plumpy's calls: plumpy's shapes
@@ -378,30 +412,30 @@ class RemoteProcessController(RecordQueries):
             self._execute, process_class, init_args, init_kwargs, loader, nowait, no_reply, timeout, options
         )
 
-    async def task_send(self, message: Any, no_reply: bool = False, timeout: float | None = None) -> Any:
+    async def task_send(self, message: MessageType, no_reply: bool = False, timeout: float | None = None) -> object:
         """Send a raw task body; its final result."""
         if self._plumpy is not None:
             return await self._plumpy.task_levels(message, no_reply, timeout)
         return await self._run(self._task, message, no_reply, timeout)
 
     # -- beyond plumpy -----------------------------------------------------------------------------
-    async def get_status_many(self, pids: Iterable[Any], timeout: float | None = None) -> dict[Any, Any]:
+    async def get_status_many(self, pids: Iterable[Pid], timeout: float | None = None) -> dict[Pid, object]:
         """Status of many pids at once: ``{pid: status dict or the exception}``, under one deadline."""
         return await self._run(self._bulk, pids, MessageBuilder.status(), timeout)
 
     async def pause_many(
-        self, pids: Iterable[Any], msg_text: str | None = None, timeout: float | None = None
-    ) -> dict[Any, Any]:
+        self, pids: Iterable[Pid], msg_text: str | None = None, timeout: float | None = None
+    ) -> dict[Pid, object]:
         """Pause many pids: ``{pid: result or exception}``."""
         return await self._run(self._bulk, pids, MessageBuilder.pause(msg_text), timeout)
 
-    async def play_many(self, pids: Iterable[Any], timeout: float | None = None) -> dict[Any, Any]:
+    async def play_many(self, pids: Iterable[Pid], timeout: float | None = None) -> dict[Pid, object]:
         """Play many pids: ``{pid: result or exception}``."""
         return await self._run(self._bulk, pids, MessageBuilder.play(), timeout)
 
     async def kill_many(
-        self, pids: Iterable[Any], msg_text: str | None = None, force_kill: bool = False, timeout: float | None = None
-    ) -> dict[Any, Any]:
+        self, pids: Iterable[Pid], msg_text: str | None = None, force_kill: bool = False, timeout: float | None = None
+    ) -> dict[Pid, object]:
         """Kill many pids: ``{pid: result or exception}``."""
         return await self._run(self._bulk, pids, MessageBuilder.kill(msg_text, force_kill), timeout)
 
@@ -414,22 +448,22 @@ class RemoteProcessController(RecordQueries):
         """
         return await self._run(self._wait_for, pid, timeout, poll_interval)
 
-    async def list_workers(self, within: float = 1.0) -> list[dict[str, Any]]:
+    async def list_workers(self, within: float = 1.0) -> list[WorkerInfo]:
         """The process_comms workers that answer within ``within`` seconds, sorted by host and OS pid: each
         ``worker`` (its id), ``host``, ``pid``, ``uptime`` (s), ``processes``, ``consuming``, ``queues``
         ({queue: consuming}) and ``slots`` ({queue: {"used": n, "total": n or None for no limit}})."""
         answers = await self._run(self._broadcast, None, WORKERS_SUBJECT, within) or {}
-        found = [info for info in answers.values() if isinstance(info, dict)]
+        found = [cast(WorkerInfo, info) for info in answers.values() if isinstance(info, dict)]
         return sorted(found, key=lambda info: (str(info.get("host")), str(info.get("pid")), str(info.get("worker"))))
 
-    # -- process records (issue 14) ----------------------------------------------------------------
-    async def get_process(self, pid: Pid, timeout: float | None = None) -> dict[str, Any]:
+    # -- process records (docs/fleet.md) -----------------------------------------------------------
+    async def get_process(self, pid: Pid, timeout: float | None = None) -> ProcessRecord:
         """The whole record of ``pid`` (a JSON-safe dict: class, inputs, state history, host, progress, outputs,
         exception with traceback, log lines), from the fleet; ``ProcessUnreachable`` if it has none. A kill
         requested for a pid no worker has run is no process: its ``state_name`` is ``kill_requested``."""
         return await self._run(self._get_record, pid, timeout)
 
-    async def get_outputs(self, pid: Pid, timeout: float | None = None) -> dict[str, Any] | None:
+    async def get_outputs(self, pid: Pid, timeout: float | None = None) -> dict[str, object] | None:
         """The outputs of ``pid`` (also of a ``nowait`` launch): None while it runs; raises ``RemoteError``
         (with ``remote_traceback``) if it excepted and ``ProcessKilled`` if it was killed."""
         return await self._run(self._outputs, pid, timeout)
@@ -470,7 +504,7 @@ class RemoteProcessController(RecordQueries):
         label: str | None = None,
         sort: str | None = None,
         reverse: bool = False,
-    ) -> dict[str, Any]:
+    ) -> ProcessPage:
         """One page of :meth:`list_processes`: ``{"processes": [...], "more": str or None}``, at most ``limit`` rows
         and the worker's byte budget (1 MiB); pass ``more`` as ``cursor`` for the next page (None: no more). Only
         the default order (``age``, newest first) has a cursor: any other is one page of the newest ``limit``."""

@@ -19,10 +19,11 @@ import html
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal, TextIO, TypeVar, overload
+from typing import Any, Literal, Protocol, TextIO, TypeVar, overload, runtime_checkable
 
 from .. import defaults
 from ..wire.messages import Pid, state_name
+from ..wire.types import ProcessStatus
 from .futures import outcomes, wait_all
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
 ]
 
 K = TypeVar("K")
+T = TypeVar("T")
 
 #: The columns of a :class:`StatusTable`, in order.
 COLUMNS = ("pid", "state", "paused", "status", "class")
@@ -61,7 +63,7 @@ TableStyle = Literal["aligned", "plain"]
 ProgressStyle = Literal["full", "bar"]
 
 
-def _state_of(status: Mapping[str, Any]) -> str:
+def _state_of(status: Mapping[str, object]) -> str:
     """The short state name: ``state_name`` if present, else ``ProcessState.RUNNING`` -> ``running``."""
     name = status.get("state_name")
     if isinstance(name, str) and name:
@@ -74,7 +76,7 @@ def _error_text(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def is_failure(outcome: Any) -> bool:
+def is_failure(outcome: object) -> bool:
     """True for an exception, an end state that is a failure (``excepted``, ``killed``), or a status dict in one."""
     if isinstance(outcome, BaseException):
         return True
@@ -83,7 +85,7 @@ def is_failure(outcome: Any) -> bool:
     return isinstance(outcome, Mapping) and _state_of(outcome) in FAILED_STATES
 
 
-def _reason(status: Mapping[str, Any]) -> str | None:
+def _reason(status: Mapping[str, object]) -> str | None:
     """Why a process failed: its exception (from its record) or its status text (the kill message)."""
     exception = status.get("exception")
     if isinstance(exception, Mapping):
@@ -93,14 +95,14 @@ def _reason(status: Mapping[str, Any]) -> str | None:
     return None
 
 
-def progress_text(progress: Any) -> str:
+def progress_text(progress: object) -> str:
     if not isinstance(progress, Mapping) or not progress:
         return ""
     text = " ".join(f"{key}={value}" for key, value in progress.items())
     return text if len(text) <= _MAX_PROGRESS else f"{text[: _MAX_PROGRESS - 3]}..."
 
 
-def _cells(pid: Pid, status: Mapping[str, Any] | BaseException) -> dict[str, str]:
+def _cells(pid: Pid, status: Mapping[str, object] | BaseException) -> dict[str, str]:
     if isinstance(status, BaseException):
         return {"pid": str(pid), "state": "error", "status": _error_text(status)}
     paused = status.get("paused")
@@ -119,7 +121,7 @@ def _cells(pid: Pid, status: Mapping[str, Any] | BaseException) -> dict[str, str
     }
 
 
-def _row(pid: Pid, status: Mapping[str, Any] | BaseException, columns: Sequence[str] = COLUMNS) -> tuple[str, ...]:
+def _row(pid: Pid, status: Mapping[str, object] | BaseException, columns: Sequence[str] = COLUMNS) -> tuple[str, ...]:
     cells = _cells(pid, status)
     return tuple(cells.get(column, "") for column in columns)
 
@@ -151,10 +153,10 @@ class StatusTable:
     """
 
     def __init__(
-        self, statuses: Mapping[Any, Mapping[str, Any] | BaseException], columns: Sequence[str] = COLUMNS
+        self, statuses: Mapping[Any, Mapping[str, object] | BaseException], columns: Sequence[str] = COLUMNS
     ) -> None:
         """Keep the rows of ``statuses`` in order, with ``columns`` (:data:`COLUMNS` or :data:`PROGRESS_COLUMNS`)."""
-        self.statuses: dict[Any, Mapping[str, Any] | BaseException] = dict(statuses)
+        self.statuses: dict[Any, Mapping[str, object] | BaseException] = dict(statuses)
         self.columns: tuple[str, ...] = tuple(columns)
         self.rows: list[tuple[str, ...]] = [_row(pid, s, self.columns) for pid, s in self.statuses.items()]
 
@@ -182,7 +184,7 @@ class StatusTable:
             return layout_columns(rows, rule=False)
         return layout_columns([self.columns, *self.rows], rule=True)
 
-    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+    def _repr_pretty_(self, printer: _Printer, cycle: bool) -> None:
         """IPython's plain-text form: the aligned table."""
         printer.text(repr(self) if cycle else str(self))
 
@@ -203,8 +205,14 @@ class StatusTable:
         return f'<table class="{TABLE_CSS_CLASS}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
+class _Printer(Protocol):
+    """IPython's pretty printer, as ``_repr_pretty_`` is given it."""
+
+    def text(self, obj: str) -> None: ...
+
+
 def status_table(
-    statuses: Mapping[Any, Mapping[str, Any] | BaseException | concurrent.futures.Future[Any]],
+    statuses: Mapping[Any, Mapping[str, object] | BaseException | concurrent.futures.Future[ProcessStatus]],
     timeout: float | None = None,
 ) -> StatusTable:
     """Build a :class:`StatusTable`; futures among the values are waited for under one deadline.
@@ -216,7 +224,7 @@ def status_table(
     """
     futures = {pid: v for pid, v in statuses.items() if isinstance(v, concurrent.futures.Future)}
     resolved = wait_all(futures, timeout) if futures else {}
-    rows: dict[Any, Mapping[str, Any] | BaseException] = {}
+    rows: dict[Any, Mapping[str, object] | BaseException] = {}
     for pid, value in statuses.items():
         outcome = resolved[pid] if pid in resolved else value
         if isinstance(outcome, (Mapping, BaseException)):
@@ -226,7 +234,7 @@ def status_table(
     return StatusTable(rows)
 
 
-def _failed(fut: concurrent.futures.Future[Any]) -> bool:
+def _failed(fut: concurrent.futures.Future[T]) -> bool:
     """A done future that failed: cancelled, raised, or resolved to a failed end (``excepted``/``killed``)."""
     return fut.cancelled() or fut.exception() is not None or is_failure(fut.result())
 
@@ -271,7 +279,20 @@ class _ProgressView:
         )
 
 
-def _notebook_display() -> Callable[..., Any] | None:
+class _DisplayHandle(Protocol):
+    """What IPython's ``display(..., display_id=True)`` returns: a handle to update the output in place."""
+
+    def update(self, obj: object) -> None: ...
+
+
+@runtime_checkable
+class _Kernel(Protocol):
+    """An IPython shell; one in a notebook has a ``kernel``."""
+
+    kernel: object
+
+
+def _notebook_display() -> Callable[..., _DisplayHandle | None] | None:
     """IPython's ``display`` when running in a kernel (a notebook), else None; never requires IPython."""
     try:
         from IPython import get_ipython
@@ -279,7 +300,7 @@ def _notebook_display() -> Callable[..., Any] | None:
     except ImportError:
         return None
     shell = get_ipython()
-    if shell is None or getattr(shell, "kernel", None) is None:
+    if shell is None or not isinstance(shell, _Kernel) or shell.kernel is None:
         return None
     return display
 
@@ -318,33 +339,32 @@ class Progress:
 
     @overload
     def track(
-        self, futures: Mapping[K, concurrent.futures.Future[Any]], timeout: float | None = None
-    ) -> dict[K, Any]: ...
+        self, futures: Mapping[K, concurrent.futures.Future[T]], timeout: float | None = None
+    ) -> dict[K, T | BaseException]: ...
 
     @overload
-    def track(self, futures: Sequence[concurrent.futures.Future[Any]], timeout: float | None = None) -> list[Any]: ...
+    def track(
+        self, futures: Sequence[concurrent.futures.Future[T]], timeout: float | None = None
+    ) -> list[T | BaseException]: ...
 
     def track(
         self,
-        futures: Mapping[Any, concurrent.futures.Future[Any]] | Sequence[concurrent.futures.Future[Any]],
+        futures: Mapping[K, concurrent.futures.Future[T]] | Sequence[concurrent.futures.Future[T]],
         timeout: float | None = None,
-    ) -> dict[Any, Any] | list[Any]:
+    ) -> dict[K, T | BaseException] | list[T | BaseException]:
         """Wait for ``futures`` (at most ``timeout`` s, default 300) and return their outcomes.
 
         A mapping gives ``{key: result or exception}``; a sequence (list, tuple) gives the outcomes in order.
         As with :func:`process_comms.wait_all`, a future still pending at the deadline yields a
         :class:`process_comms.TimeoutError` (it is not cancelled) and a cancelled one a ``CancelledError``.
         """
-        items: dict[Any, concurrent.futures.Future[Any]] = (
-            dict(futures) if isinstance(futures, Mapping) else dict(enumerate(futures))
-        )
         deadline_s = defaults.TASK_TIMEOUT if timeout is None else timeout
-        results = self._wait(items, deadline_s)
         if isinstance(futures, Mapping):
-            return results
-        return [results[i] for i in range(len(items))]
+            return self._wait(dict(futures), deadline_s)
+        results = self._wait(dict(enumerate(futures)), deadline_s)
+        return [results[i] for i in range(len(results))]
 
-    def _wait(self, items: dict[Any, concurrent.futures.Future[Any]], timeout: float) -> dict[Any, Any]:
+    def _wait(self, items: dict[K, concurrent.futures.Future[T]], timeout: float) -> dict[K, T | BaseException]:
         started = time.monotonic()
         deadline = started + timeout
         pending = set(items.values())
@@ -369,7 +389,7 @@ class Progress:
     def _renderer(self) -> Callable[[_ProgressView, bool], None]:
         display = _notebook_display() if self.notebook in (None, True) else None
         if display is not None:
-            handle: list[Any] = []
+            handle: list[_DisplayHandle | None] = []
 
             def show_in_notebook(view: _ProgressView, _final: bool) -> None:
                 if not handle:
@@ -380,7 +400,7 @@ class Progress:
             return show_in_notebook
 
         stream = self.stream if self.stream is not None else sys.stderr
-        in_place = bool(getattr(stream, "isatty", lambda: False)())
+        in_place = stream.isatty()
         shown_done = [-1]
 
         def show_as_text(view: _ProgressView, final: bool) -> None:

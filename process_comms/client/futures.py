@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 from collections.abc import Awaitable, Iterable, Mapping
-from typing import Any, TypeVar
+from typing import TypeVar, overload
 
 from .. import defaults
 from ..errors import TimeoutError as PCTimeoutError
@@ -18,6 +18,7 @@ from ..transports._loop import ControllerFuture, with_deadline
 __all__ = ["ControllerFuture", "wait_all", "as_asyncio", "with_deadline", "outcomes"]
 
 T = TypeVar("T")
+K = TypeVar("K")
 
 
 def as_asyncio(fut: concurrent.futures.Future[T] | Awaitable[T]) -> Awaitable[T]:
@@ -27,24 +28,40 @@ def as_asyncio(fut: concurrent.futures.Future[T] | Awaitable[T]) -> Awaitable[T]
     return fut
 
 
+@overload
+def wait_all(  # type: ignore[overload-overlap]  # a mapping is also an iterable (of its keys): it is taken first
+    futures: Mapping[K, concurrent.futures.Future[T]], timeout: float | None = None
+) -> dict[K, T | BaseException]: ...
+
+
+@overload
 def wait_all(
-    futures: Mapping[Any, concurrent.futures.Future[Any]] | Iterable[concurrent.futures.Future[Any]],
+    futures: Iterable[concurrent.futures.Future[T]], timeout: float | None = None
+) -> dict[concurrent.futures.Future[T], T | BaseException]: ...
+
+
+def wait_all(
+    futures: Mapping[K, concurrent.futures.Future[T]] | Iterable[concurrent.futures.Future[T]],
     timeout: float | None = None,
-) -> dict[Any, Any]:
+) -> dict[K, T | BaseException] | dict[concurrent.futures.Future[T], T | BaseException]:
     """Wait for many futures under one deadline; return ``{key: result or exception}``.
 
     Keys are the mapping's keys, or the futures themselves for an iterable. Futures still pending at the
     deadline map to a :class:`process_comms.TimeoutError` (they are not cancelled: the caller decides).
     """
-    items = dict(futures) if isinstance(futures, Mapping) else {f: f for f in futures}
     deadline = defaults.RPC_TIMEOUT if timeout is None else timeout
-    concurrent.futures.wait(list(items.values()), timeout=deadline)
-    return outcomes(items, deadline)
+    if isinstance(futures, Mapping):
+        keyed = dict(futures)
+        concurrent.futures.wait(list(keyed.values()), timeout=deadline)
+        return outcomes(keyed, deadline)
+    by_self = {f: f for f in futures}
+    concurrent.futures.wait(list(by_self), timeout=deadline)
+    return outcomes(by_self, deadline)
 
 
-def outcomes(futures: Mapping[Any, concurrent.futures.Future[Any]], deadline: float) -> dict[Any, Any]:
+def outcomes(futures: Mapping[K, concurrent.futures.Future[T]], deadline: float) -> dict[K, T | BaseException]:
     """``{key: result or exception}`` of futures now; one still pending maps to a TimeoutError."""
-    out: dict[Any, Any] = {}
+    out: dict[K, T | BaseException] = {}
     for key, fut in futures.items():
         if not fut.done():
             out[key] = PCTimeoutError(f"no answer within {deadline:g} s")

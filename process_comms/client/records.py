@@ -1,4 +1,4 @@
-"""Process records on the client side (issue 14): the query the fleet answers, and what a record means.
+"""Process records on the client side (docs/fleet.md): the query the fleet answers, and what a record means.
 
 A client needs only the broker: a records request goes to ``__records__.<task queue name>``, which every
 worker of the installation subscribes (see :mod:`process_comms.worker.records_service`); the first
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar, cast, runtime_checkable
 
 from ..errors import InvalidTask, ProcessCommsError, ProcessKilled, ProcessLost, ProcessUnreachable, RemoteError
 from ..errors import TimeoutError as PCTimeoutError
@@ -27,6 +27,7 @@ from ..wire.messages import (
     RECORD_OP_KILL,
     RECORD_OP_LIST,
     MessageBuilder,
+    MessageType,
     Pid,
     is_kill_request,
     is_terminal,
@@ -34,6 +35,11 @@ from ..wire.messages import (
     records_route,
 )
 from ..wire.status import UNENDED_STATES, is_lost, lost_record, status_of_record
+from ..wire.types import ProcessPage, ProcessRecord, ProcessStatus, ProcessSummary
+
+T = TypeVar("T")
+#: The listing fields beyond plumpy's that a query carries (states, label, sort, reverse; wire/listing.py).
+ListQuery = dict[str, object]
 
 __all__ = [
     "FROM_STORE",
@@ -60,7 +66,7 @@ class RecordStore(Protocol):
     ``process_comms.open_record_store(url)`` opens one read-only; any :class:`~process_comms.Persister` will do.
     """
 
-    def load_record(self, pid: Pid) -> dict[str, Any] | None: ...
+    def load_record(self, pid: Pid) -> Mapping[str, object] | None: ...
 
     def list_records(
         self,
@@ -72,14 +78,14 @@ class RecordStore(Protocol):
         *,
         states: Sequence[str] | None = None,
         label: str | None = None,
-    ) -> list[dict[str, Any]]: ...
+    ) -> Sequence[Mapping[str, object]]: ...
 
 
-class ProcessListing(list[dict[str, Any]]):
+class ProcessListing(list[ProcessSummary]):
     """What ``list_processes`` returns: the summaries, and where they came from (``source``: ``"fleet"``, or
     ``"store"`` when no worker answered; then ``source_reason`` says why) - also when there are none."""
 
-    def __init__(self, rows: list[dict[str, Any]], source: str = "fleet", source_reason: str | None = None) -> None:
+    def __init__(self, rows: list[ProcessSummary], source: str = "fleet", source_reason: str | None = None) -> None:
         super().__init__(rows)
         self.source, self.source_reason = source, source_reason
 
@@ -91,9 +97,16 @@ def epoch(since: float | datetime.datetime | None) -> float | None:
     return since.timestamp()
 
 
-async def ask_records(core: AsyncCommunicator, op: str, deadline: float, **fields: Any) -> Any:
+@runtime_checkable
+class _NamedTaskQueue(Protocol):
+    """A communicator with a default task queue of its own name (RabbitMQ's; the embedded one has none)."""
+
+    task_queue_name: str
+
+
+async def ask_records(core: AsyncCommunicator, op: str, deadline: float, **fields: object) -> object:
     """Send one records request and return the first worker's answer."""
-    route = records_route(str(getattr(core, "task_queue_name", "embedded")))
+    route = records_route(str(core.task_queue_name) if isinstance(core, _NamedTaskQueue) else "embedded")
     try:
         return await with_deadline(core.rpc_send(route, records_request(op, **fields)), deadline, f"records {op}")
     except ProcessUnreachable:
@@ -104,7 +117,7 @@ async def ask_records(core: AsyncCommunicator, op: str, deadline: float, **field
 status_from_record = status_of_record
 
 
-def outputs_of(pid: Pid, record: dict[str, Any]) -> dict[str, Any] | None:
+def outputs_of(pid: Pid, record: Mapping[str, object]) -> dict[str, object] | None:
     """The outputs of a finished record; None while it has not ended; raises as waiting for it would."""
     state = record.get("state_name")
     if is_lost(record):
@@ -115,18 +128,27 @@ def outputs_of(pid: Pid, record: dict[str, Any]) -> dict[str, Any] | None:
     if state == "killed":
         raise ProcessKilled(str(record.get("status") or "killed"), "KilledError")
     if state == "excepted":
-        info: dict[str, Any] = record["exception"] if isinstance(record.get("exception"), dict) else {}
+        info = record.get("exception")
+        info = info if isinstance(info, dict) else {}
+        kind, text = info.get("type"), info.get("traceback")
         raise RemoteError(
-            str(info.get("message") or f"process {pid} excepted"), info.get("type"), info.get("traceback")
+            str(info.get("message") or f"process {pid} excepted"),
+            kind if isinstance(kind, str) else None,
+            text if isinstance(text, str) else None,
         )
     return None
 
 
-def lost_error(pid: Pid, record_or_status: dict[str, Any]) -> ProcessLost:
+def lost_error(pid: Pid, record_or_status: Mapping[str, object]) -> ProcessLost:
     """The error a caller gets for a process whose record says it was lost (wire/status.py, ``is_lost``)."""
     exception = record_or_status.get("exception")
     reason = exception.get("message") if isinstance(exception, dict) else None
     return ProcessLost(f"process {pid} was lost: {reason or 'its worker is gone'}")
+
+
+def _summary(row: Mapping[str, object]) -> ProcessSummary:
+    """A listing row as the fleet or the store answers it (a dict of a summary's keys)."""
+    return cast(ProcessSummary, row)
 
 
 def _no_answer(exc: ProcessCommsError) -> str:
@@ -146,31 +168,36 @@ class RecordQueries:
     def _core(self) -> AsyncCommunicator:
         raise NotImplementedError  # pragma: no cover - the controller's
 
-    async def _rpc(self, pid: Pid, msg: dict[str, Any], timeout: float | None) -> Any:
+    async def _rpc(self, pid: Pid, msg: MessageType, timeout: float | None) -> Any:
         raise NotImplementedError  # pragma: no cover - the controller's
 
-    async def _records(self, op: str, timeout: float | None, **fields: Any) -> Any:
+    async def _records(self, op: str, timeout: float | None, **fields: object) -> object:
         return await ask_records(self._core, op, self.rpc_timeout if timeout is None else timeout, **fields)
 
-    async def _read_store(self, read: Callable[..., Any], timeout: float | None, *args: Any) -> Any:
+    async def _read_store(self, read: Callable[..., T], timeout: float | None, *args: object) -> T:
         """``read(*args)`` (a blocking store read) on a thread, bounded by the query's deadline."""
         deadline = self.rpc_timeout if timeout is None else timeout
         return await with_deadline(asyncio.to_thread(read, *args), deadline, "reading the store")
 
     @staticmethod
-    def _stored(record: dict[str, Any], unanswered: ProcessCommsError) -> dict[str, Any]:
+    def _stored(record: Mapping[str, object], unanswered: ProcessCommsError) -> ProcessRecord:
         """A stored record or summary as the answer: ``live`` False when no worker is up (none can run it),
         None when workers are up but did not answer in time (one may run it); ``source`` says it is the
         store's and ``source_reason`` why. With no worker up, a record of an unpersisted process that has not
         ended is answered as lost: no one runs it, and the next worker to start marks it so in the store."""
         live = False if isinstance(unanswered, ProcessUnreachable) else None
         if live is False and not record.get("persisted") and str(record.get("state_name")) in UNENDED_STATES:
-            record = lost_record(record, "its worker is gone: no worker is up", float(record.get("mtime") or 0.0))
-        return {**record, "live": live, "source": FROM_STORE, "source_reason": _no_answer(unanswered)}
+            mtime = record.get("mtime")
+            record = lost_record(
+                record, "its worker is gone: no worker is up", float(mtime) if isinstance(mtime, (int, float)) else 0.0
+            )
+        return cast(
+            ProcessRecord, {**record, "live": live, "source": FROM_STORE, "source_reason": _no_answer(unanswered)}
+        )
 
     async def _record(
         self, pid: Pid, timeout: float | None, unreachable: ProcessUnreachable, requests: bool = False
-    ) -> dict[str, Any]:
+    ) -> ProcessRecord:
         """The record of ``pid``, from the fleet, else (no worker answered) from the store if one is given;
         ``ProcessUnreachable`` (saying which) if neither has it, or if there is only a kill request for it
         (returned with ``requests``: ``state_name`` ``kill_requested``)."""
@@ -195,9 +222,9 @@ class RecordQueries:
                 f"process {pid} is not reachable: no worker has run it; a kill was requested for this pid "
                 "(a task of it still queued will be dropped)"
             )
-        return record
+        return cast(ProcessRecord, record)
 
-    async def _control(self, pid: Pid, message: dict[str, Any], timeout: float | None) -> bool:
+    async def _control(self, pid: Pid, message: MessageType, timeout: float | None) -> bool:
         """Send a pause: the process's answer, or False from the record of one that has ended."""
         try:
             answer: bool = await self._rpc(pid, message, timeout)
@@ -217,25 +244,25 @@ class RecordQueries:
             return answer
         raise unreachable
 
-    async def _status(self, pid: Pid, timeout: float | None) -> dict[str, Any]:
+    async def _status(self, pid: Pid, timeout: float | None) -> ProcessStatus:
         try:
-            status: dict[str, Any] = await self._rpc(pid, MessageBuilder.status(), timeout)
+            status: ProcessStatus = await self._rpc(pid, MessageBuilder.status(), timeout)
             return status
         except ProcessUnreachable as exc:
             return status_from_record(await self._record(pid, timeout, exc))
 
-    async def _get_record(self, pid: Pid, timeout: float | None) -> dict[str, Any]:
+    async def _get_record(self, pid: Pid, timeout: float | None) -> ProcessRecord:
         return await self._record(pid, timeout, ProcessUnreachable(f"process {pid} is not reachable"), True)
 
-    async def _outputs(self, pid: Pid, timeout: float | None) -> dict[str, Any] | None:
+    async def _outputs(self, pid: Pid, timeout: float | None) -> dict[str, object] | None:
         return outputs_of(pid, await self._record(pid, timeout, ProcessUnreachable(f"process {pid} is not reachable")))
 
     @staticmethod
-    def _query(states: Any, label: Any, sort: Any, reverse: Any) -> dict[str, Any]:
+    def _query(states: Sequence[str] | None, label: str | None, sort: str | None, reverse: bool) -> ListQuery:
         """The listing query's fields beyond plumpy's (checked: InvalidTask), only those given, so a plain
         listing asks exactly what it always did (wire/listing.py)."""
         merged, label, sort, reverse = check_listing(None, states, label, sort, reverse)
-        fields = {"states": list(merged) if merged else None, "label": label}
+        fields: ListQuery = {"states": list(merged) if merged else None, "label": label}
         query = {key: value for key, value in fields.items() if value is not None}
         return {**query, "sort": sort, "reverse": reverse} if not is_paged_order(sort, reverse) else query
 
@@ -247,8 +274,8 @@ class RecordQueries:
         class_name: str | None,
         cursor: str | None,
         timeout: float | None,
-        query: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
+        query: ListQuery | None = None,
+    ) -> ProcessPage:
         """One page of a listing: ``{"processes": [...], "more": cursor of the next page or None}``."""
         fields = {"state": state, "limit": limit, "since": since, "class_name": class_name, **(query or {})}
         if cursor is not None and "sort" in fields:
@@ -259,32 +286,32 @@ class RecordQueries:
             if self._store is None or cursor is not None:  # a cursor is the fleet's: the store gives one page
                 raise
             stored = await self._read_store(self._read_listing(state, limit, since, class_name, query), timeout)
-            found = [self._stored(row, exc) for row in stored if isinstance(row, dict) and not is_kill_request(row)]
+            found = [_summary(self._stored(row, exc)) for row in stored if not is_kill_request(row)]
             return {"processes": found, "more": None, "source": FROM_STORE, "source_reason": _no_answer(exc)}
         if isinstance(answer, list):  # a worker older than pages: its one answer is the whole listing
-            return {"processes": [row for row in answer if isinstance(row, dict)], "more": None}
+            return {"processes": [_summary(row) for row in answer if isinstance(row, dict)], "more": None}
         rows = answer.get("processes") if isinstance(answer, dict) else None
         more = answer.get("more") if isinstance(answer, dict) else None
-        found = [row for row in rows if isinstance(row, dict)] if isinstance(rows, list) else []
+        found = [_summary(row) for row in rows if isinstance(row, dict)] if isinstance(rows, list) else []
         if query:  # a worker older than these filters answers them all: filtered here too (wire/listing.py)
             states, label = check_listing(state, query.get("states"), query.get("label"), None, False)[:2]
             found = [row for row in found if row_matches(row, states, label)]
             if "sort" in query:  # an order other than newest first: the same order, whoever sorted
-                found = sort_rows(found, query["sort"], bool(query.get("reverse")))
+                found = sort_rows(found, str(query["sort"]), bool(query.get("reverse")))
         return {"processes": found, "more": more if isinstance(more, str) and found else None}
 
     def _read_listing(
-        self, state: str | None, limit: int, since: float | None, class_name: str | None, query: dict[str, Any] | None
-    ) -> Callable[[], list[dict[str, Any]]]:
+        self, state: str | None, limit: int, since: float | None, class_name: str | None, query: ListQuery | None
+    ) -> Callable[[], list[Mapping[str, object]]]:
         """The blocking read of a listing from the store: filtered there, sorted here as a worker sorts it."""
         store, query = self._store, query or {}
         assert store is not None
-        sort, reverse = query.get("sort") or "age", bool(query.get("reverse"))
+        sort, reverse = str(query.get("sort") or "age"), bool(query.get("reverse"))
         extra: dict[str, Any] = {"label": query["label"]} if query.get("label") is not None else {}
         if query.get("states"):  # the store's state filter is the merged one
             extra["states"], state = check_listing(state, query["states"], None, None, False)[0], None
 
-        def read() -> list[dict[str, Any]]:
+        def read() -> list[Mapping[str, object]]:
             return sort_rows(store.list_records(state, limit, since, class_name, **extra), sort, reverse)
 
         return read
@@ -296,11 +323,11 @@ class RecordQueries:
         since: float | None,
         class_name: str | None,
         timeout: float | None,
-        query: dict[str, Any] | None = None,
+        query: ListQuery | None = None,
     ) -> ProcessListing:
         """Up to ``limit`` rows, page after page (each answer is bounded in bytes by the worker; each waits at
         most ``timeout``); from the store, if one is given, when no worker answers."""
-        rows: list[dict[str, Any]] = []
+        rows: list[ProcessSummary] = []
         cursor: str | None = None
         while len(rows) < limit:
             page = await self._list_page(state, limit - len(rows), since, class_name, cursor, timeout, query)
@@ -312,7 +339,7 @@ class RecordQueries:
                 break
         return ProcessListing(rows[:limit])
 
-    async def _kill(self, pid: Pid, message: dict[str, Any], timeout: float | None) -> bool:
+    async def _kill(self, pid: Pid, message: MessageType, timeout: float | None) -> bool:
         try:
             killed: bool = await self._rpc(pid, message, timeout)
             return killed

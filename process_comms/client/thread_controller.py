@@ -6,13 +6,14 @@ once (call ``.result(timeout)`` to block). No control logic lives here.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import cast
 
 from ..transports._loop import ControllerFuture
 from ..transports.threaded import ThreadCommunicator
 from ..wire.loaders import ObjectLoader
-from ..wire.messages import Pid
+from ..wire.messages import MessageType, Pid
+from ..wire.types import ProcessPage, ProcessRecord, ProcessStatus, WorkerInfo
 from ._kiwipy import KiwipyPortal, is_foreign, unwrap_ours
 from ._plumpy import ControllerApi, check_api
 from .controller import RemoteProcessController
@@ -27,7 +28,7 @@ class RemoteProcessThreadController:
     ``api="plumpy"`` gives a :class:`~process_comms.client._plumpy_thread.PlumpyThreadController` (plumpy's shapes).
     """
 
-    def __new__(cls, communicator: Any = None, **kwargs: Any) -> RemoteProcessThreadController:
+    def __new__(cls, communicator: object = None, **kwargs: object) -> RemoteProcessThreadController:
         """The plumpy-shaped controller for ``api="plumpy"``: plumpy's calls are its own, not this facade's."""
         if cls is RemoteProcessThreadController and check_api(kwargs.get("api", "process_comms")):
             from ._plumpy_thread import PlumpyThreadController  # it subclasses this class: imported when asked for
@@ -37,7 +38,7 @@ class RemoteProcessThreadController:
 
     def __init__(
         self,
-        communicator: ThreadCommunicator | Any,
+        communicator: object,
         *,
         rpc_timeout: float | None = None,
         task_timeout: float | None = None,
@@ -58,14 +59,14 @@ class RemoteProcessThreadController:
         self._given = communicator
         inner = unwrap_ours(communicator)
         #: What the calls are submitted to: ours, or a loop thread of our own over a foreign communicator.
-        self._communicator: ThreadCommunicator | KiwipyPortal = KiwipyPortal(inner) if is_foreign(inner) else inner
+        self._communicator = KiwipyPortal(inner) if is_foreign(inner) else cast(ThreadCommunicator, inner)
         self._core = RemoteProcessController(
             self._communicator, rpc_timeout=rpc_timeout, task_timeout=task_timeout, store=store
         )
         check_api(api)  # "plumpy" made a PlumpyThreadController (__new__); another value is a ValueError
 
     @property
-    def communicator(self) -> Any:
+    def communicator(self) -> object:
         """The communicator this controller sends through (the one it was given)."""
         return self._given
 
@@ -94,10 +95,10 @@ class RemoteProcessThreadController:
     def __enter__(self) -> RemoteProcessThreadController:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def get_status(self, pid: Pid, timeout: float | None = None) -> ControllerFuture[dict[str, Any]]:
+    def get_status(self, pid: Pid, timeout: float | None = None) -> ControllerFuture[ProcessStatus]:
         """Future of the status dict of ``pid``."""
         return self._communicator.submit(self._core.get_status, pid, timeout)
 
@@ -120,7 +121,7 @@ class RemoteProcessThreadController:
 
     def pause_all(
         self, msg_text: str | None, *, answers_within: float | None = None
-    ) -> ControllerFuture[dict[Any, Any] | None] | None:
+    ) -> ControllerFuture[dict[object, object] | None] | None:
         """Broadcast a pause to every process; returns at once (None, as plumpy).
 
         With ``answers_within`` (seconds): a future of ``{pid: result}`` for the processes that answered
@@ -128,27 +129,27 @@ class RemoteProcessThreadController:
         """
         return self._all(lambda: self._core.pause_all(msg_text, answers_within=answers_within), answers_within)
 
-    def play_all(self, *, answers_within: float | None = None) -> ControllerFuture[dict[Any, Any] | None] | None:
+    def play_all(self, *, answers_within: float | None = None) -> ControllerFuture[dict[object, object] | None] | None:
         """Broadcast a play to every process; with ``answers_within``, a future of ``{pid: result}``."""
         return self._all(lambda: self._core.play_all(answers_within=answers_within), answers_within)
 
     def kill_all(
         self, msg_text: str | None, *, answers_within: float | None = None
-    ) -> ControllerFuture[dict[Any, Any] | None] | None:
+    ) -> ControllerFuture[dict[object, object] | None] | None:
         """Broadcast a kill to every process; with ``answers_within``, a future of ``{pid: result}``."""
         return self._all(lambda: self._core.kill_all(msg_text, answers_within=answers_within), answers_within)
 
     def _all(
-        self, broadcast: Callable[[], Awaitable[dict[Any, Any] | None]], answers_within: float | None
-    ) -> ControllerFuture[dict[Any, Any] | None] | None:
+        self, broadcast: Callable[[], Awaitable[dict[object, object] | None]], answers_within: float | None
+    ) -> ControllerFuture[dict[object, object] | None] | None:
         fut = self._communicator.submit(broadcast)
         return None if answers_within is None else fut
 
     def launch_process(
         self,
-        process_class: Any,
-        init_args: Sequence[Any] | None = None,
-        init_kwargs: dict[str, Any] | None = None,
+        process_class: object,
+        init_args: Sequence[object] | None = None,
+        init_kwargs: Mapping[str, object] | None = None,
         persist: bool = False,
         loader: ObjectLoader | None = None,
         nowait: bool = False,
@@ -158,7 +159,7 @@ class RemoteProcessThreadController:
         queue: str | None = None,
         label: str | None = None,
         time_limit: float | None = None,
-    ) -> ControllerFuture[Any]:
+    ) -> ControllerFuture[object]:
         """Future of the launch: the pid with ``nowait``, else the outputs (None with ``no_reply``); ``queue``
         names a task queue; ``label`` and ``time_limit`` as the async controller's."""
         return self._communicator.submit(
@@ -186,7 +187,7 @@ class RemoteProcessThreadController:
         timeout: float | None = None,
         *,
         queue: str | None = None,
-    ) -> ControllerFuture[Any]:
+    ) -> ControllerFuture[object]:
         """Future of the continue: the pid with ``nowait``, else the outputs; ``queue`` names a task queue."""
         return self._communicator.submit(
             lambda: self._core.continue_process(pid, tag, nowait, no_reply, timeout, queue=queue)
@@ -194,9 +195,9 @@ class RemoteProcessThreadController:
 
     def execute_process(
         self,
-        process_class: Any,
-        init_args: Sequence[Any] | None = None,
-        init_kwargs: dict[str, Any] | None = None,
+        process_class: object,
+        init_args: Sequence[object] | None = None,
+        init_kwargs: Mapping[str, object] | None = None,
         loader: ObjectLoader | None = None,
         nowait: bool = False,
         no_reply: bool = False,
@@ -204,7 +205,7 @@ class RemoteProcessThreadController:
         *,
         label: str | None = None,
         time_limit: float | None = None,
-    ) -> ControllerFuture[Any]:
+    ) -> ControllerFuture[object]:
         """Future of create-then-continue (works here; plumpy's deadlocks on its own loop thread)."""
         return self._communicator.submit(
             lambda: self._core.execute_process(
@@ -220,29 +221,31 @@ class RemoteProcessThreadController:
             )
         )
 
-    def task_send(self, message: Any, no_reply: bool = False, timeout: float | None = None) -> ControllerFuture[Any]:
+    def task_send(
+        self, message: MessageType, no_reply: bool = False, timeout: float | None = None
+    ) -> ControllerFuture[object]:
         """Future of a raw task's result."""
         return self._communicator.submit(self._core.task_send, message, no_reply, timeout)
 
     def get_status_many(
-        self, pids: Iterable[Any], timeout: float | None = None
-    ) -> dict[Any, ControllerFuture[dict[str, Any]]]:
+        self, pids: Iterable[Pid], timeout: float | None = None
+    ) -> dict[Pid, ControllerFuture[ProcessStatus]]:
         """``{pid: future of its status}``; wait for them all with :func:`process_comms.wait_all`."""
         return {pid: self.get_status(pid, timeout) for pid in pids}
 
     def pause_many(
-        self, pids: Iterable[Any], msg_text: str | None = None, timeout: float | None = None
-    ) -> dict[Any, ControllerFuture[bool]]:
+        self, pids: Iterable[Pid], msg_text: str | None = None, timeout: float | None = None
+    ) -> dict[Pid, ControllerFuture[bool]]:
         """``{pid: future of its pause}``."""
         return {pid: self.pause_process(pid, msg_text, timeout) for pid in pids}
 
-    def play_many(self, pids: Iterable[Any], timeout: float | None = None) -> dict[Any, ControllerFuture[bool]]:
+    def play_many(self, pids: Iterable[Pid], timeout: float | None = None) -> dict[Pid, ControllerFuture[bool]]:
         """``{pid: future of its play}``."""
         return {pid: self.play_process(pid, timeout) for pid in pids}
 
     def kill_many(
-        self, pids: Iterable[Any], msg_text: str | None = None, force_kill: bool = False, timeout: float | None = None
-    ) -> dict[Any, ControllerFuture[bool]]:
+        self, pids: Iterable[Pid], msg_text: str | None = None, force_kill: bool = False, timeout: float | None = None
+    ) -> dict[Pid, ControllerFuture[bool]]:
         """``{pid: future of its kill}``."""
         return {pid: self.kill_process(pid, msg_text, force_kill, timeout) for pid in pids}
 
@@ -253,15 +256,15 @@ class RemoteProcessThreadController:
         its worker stopped or died without handing it back)."""
         return self._communicator.submit(self._core.wait_for_process, pid, timeout, poll_interval)
 
-    def get_process(self, pid: Pid, timeout: float | None = None) -> ControllerFuture[dict[str, Any]]:
+    def get_process(self, pid: Pid, timeout: float | None = None) -> ControllerFuture[ProcessRecord]:
         """Future of the whole record of ``pid`` (a JSON-safe dict), from the fleet."""
         return self._communicator.submit(self._core.get_process, pid, timeout)
 
-    def get_outputs(self, pid: Pid, timeout: float | None = None) -> ControllerFuture[dict[str, Any] | None]:
+    def get_outputs(self, pid: Pid, timeout: float | None = None) -> ControllerFuture[dict[str, object] | None]:
         """Future of the outputs of ``pid`` (None while it runs; fails if it excepted or was killed)."""
         return self._communicator.submit(self._core.get_outputs, pid, timeout)
 
-    def list_workers(self, within: float = 1.0) -> ControllerFuture[list[dict[str, Any]]]:
+    def list_workers(self, within: float = 1.0) -> ControllerFuture[list[WorkerInfo]]:
         """Future of the workers that answer within ``within`` seconds (host, pid, queues, slots, uptime, health)."""
         return self._communicator.submit(self._core.list_workers, within)
 
@@ -299,7 +302,7 @@ class RemoteProcessThreadController:
         label: str | None = None,
         sort: str | None = None,
         reverse: bool = False,
-    ) -> ControllerFuture[dict[str, Any]]:
+    ) -> ControllerFuture[ProcessPage]:
         """Future of one page of the listing: ``{"processes": [...], "more": cursor of the next page or None}``."""
         return self._communicator.submit(
             lambda: self._core.list_processes_page(

@@ -42,7 +42,7 @@ from ._body import BadRequest, read_json_body
 from ._settings import DashboardSettings
 from .events import EventHub
 from .metrics import CONTENT_TYPE_LATEST, DashboardMetrics
-from .queues import NO_WORKERS_API, inspect_queue
+from .queues import inspect_queue
 
 __all__ = ["ACTIONS", "MAX_LIMIT", "MAX_ROWS", "WORKERS_WITHIN", "BadRequest", "Dashboard", "JSON", "error_response"]
 
@@ -82,7 +82,7 @@ _STATUS: tuple[tuple[type[BaseException], int], ...] = (
 class JSON(JSONResponse):
     """A JSON response that writes UUIDs, tuples and other non-JSON values as strings."""
 
-    def render(self, content: Any) -> bytes:
+    def render(self, content: object) -> bytes:
         return json.dumps(content, ensure_ascii=False, default=str, separators=(",", ":")).encode("utf-8")
 
 
@@ -287,9 +287,9 @@ class Dashboard:
         if offset == 0:
             has_more = more is not None
         answer = {"processes": page, "offset": offset, "limit": limit, "has_more": has_more, "next": more}
-        source = one.get("source") if offset == 0 else getattr(rows, "source", None)
+        source = one.get("source") if offset == 0 else rows.source
         if source == FROM_STORE:  # no worker answered: say where the page came from
-            reason = one.get("source_reason") if offset == 0 else getattr(rows, "source_reason", None)
+            reason = one.get("source_reason") if offset == 0 else rows.source_reason
             answer.update(source=source, source_reason=self.settings.scrub(str(reason)))
         return JSON(answer)
 
@@ -343,12 +343,9 @@ class Dashboard:
             return self.failure(exc)
         return JSON({"queues": [queue], "workers": workers})
 
-    async def _workers(self) -> dict[str, Any]:
+    async def _workers(self) -> dict[str, object]:
         """The workers that answer within :data:`WORKERS_WITHIN` (host, queues, slots used/total, uptime)."""
-        list_workers = getattr(self.controller, "list_workers", None)
-        if list_workers is None:  # a client without the call: say so instead of an empty list
-            return {"available": False, "reason": NO_WORKERS_API, "rows": []}
-        rows: list[dict[str, Any]] = await list_workers(WORKERS_WITHIN)
+        rows = await self.controller.list_workers(WORKERS_WITHIN)
         self.metrics.set_worker_slots(rows)
         return {"available": True, "within": WORKERS_WITHIN, "rows": rows}
 

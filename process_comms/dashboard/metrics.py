@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import time
 from collections import Counter as Tally
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from ..wire.types import WorkerInfo
 
 __all__ = ["CONTENT_TYPE_LATEST", "DashboardMetrics"]
 
@@ -95,7 +96,7 @@ class DashboardMetrics:
         for state, count in Tally(states).items():
             self.processes.labels(state=state or "unknown").set(count)
 
-    def set_worker_slots(self, workers: list[dict[str, Any]]) -> None:
+    def set_worker_slots(self, workers: Sequence[WorkerInfo]) -> None:
         """Slots used and total per worker and queue (a total of no limit is not exported)."""
         self.worker_slots.clear()
         for info in workers:
@@ -105,8 +106,9 @@ class DashboardMetrics:
                     continue
                 labels = {"worker": str(info.get("worker")), "host": str(info.get("host")), "queue": str(queue)}
                 for kind in ("used", "total"):
-                    if isinstance(use.get(kind), (int, float)):
-                        self.worker_slots.labels(kind=kind, **labels).set(use[kind])
+                    value = use.get(kind)
+                    if isinstance(value, (int, float)):
+                        self.worker_slots.labels(kind=kind, **labels).set(value)
 
     @contextmanager
     def timed(self, histogram: Histogram, **labels: str) -> Iterator[None]:

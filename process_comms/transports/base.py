@@ -30,6 +30,7 @@ from ..errors import (
     ProcessCommsError,
 )
 from ..wire.codec import Codec, get_codec
+from ..wire.names import DEFAULT_QUEUE
 from ..wire.replies import (
     CANCELLED_KEY,
     ERROR_TYPE_KEY,
@@ -389,7 +390,7 @@ class AsyncCommunicator(abc.ABC):
 
     def _subscribers_of(self, queue: str | None) -> dict[Any, TaskSubscriber]:
         """The task subscribers of ``queue`` (None or ``"default"``: the default task queue)."""
-        if queue is None or queue == "default":
+        if queue is None or queue == DEFAULT_QUEUE:
             return self._task_subscribers
         return self._named_task_subscribers.setdefault(queue, {})
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..errors import CommunicatorClosed, DecodeError, EncodeError, ProcessUnreachable
 from ..wire.codec import Codec
+from ..wire.names import DEFAULT_QUEUE
 from ._pulled import PulledTask, take
 from .base import (
     AsyncCommunicator,
@@ -145,7 +146,7 @@ class EmbeddedCommunicator(AsyncCommunicator):
         return None
 
     def _queue_of(self, queue: str | None) -> collections.deque[tuple[bytes, ReplyWaiter | None, bool, str]]:
-        if queue is None or queue == "default":
+        if queue is None or queue == DEFAULT_QUEUE:
             return self._tasks
         return self._named_tasks.setdefault(queue, collections.deque())
 

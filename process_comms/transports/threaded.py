@@ -24,6 +24,7 @@ import kiwipy
 
 from .. import defaults
 from ..errors import CommunicatorClosed
+from ..wire.names import DEFAULT_QUEUE
 from ._loop import AsyncFn, ControllerFuture, LoopThread, post, with_deadline
 from ._pulled import PulledTask
 from ._thread_tasks import ThreadPulledTask, iterate_blocking, next_task_blocking
@@ -321,7 +322,7 @@ class ThreadCommunicator(kiwipy.Communicator):
         iteration; see :class:`ThreadTaskQueue`."""
         self._ensure_open()
         if name == getattr(self.core, "task_queue_name", None):  # AiiDA names its launch queue: the default one
-            name = "default"
+            name = DEFAULT_QUEUE
         return ThreadTaskQueue(self, name, prefetch_count)
 
     def _send(self, make: Callable[[AsyncCommunicator], Awaitable[T]]) -> ControllerFuture[T]:

@@ -33,14 +33,14 @@ import re
 import secrets
 import uuid
 from json.encoder import encode_basestring_ascii as _quote  # json.dumps(str) without its Python layers
-from typing import Any
+from typing import Any, Final, NoReturn
 
 from .. import defaults
 
 __all__ = ["dump", "load", "NOT_FLOW", "MAX_DEPTH", "TooDeep", "TooLarge", "Refused"]
 
 #: Returned by :func:`load` when the document is not in the subset: use the YAML loader.
-NOT_FLOW: Any = object()
+NOT_FLOW: Final = object()
 
 #: Deepest nesting of lists, tuples and dicts written: :data:`~process_comms.defaults.MAX_NESTING_DEPTH`.
 MAX_DEPTH = defaults.MAX_NESTING_DEPTH
@@ -68,7 +68,7 @@ _SCALAR_TAG = re.compile(r'(!uuid|!!int|!!float|!!null|!!bool) "([^"\\]*)"(\s*:)
 _EMPTY_TUPLE = re.compile(r"!!python/tuple \[\s*\]")
 _TUPLE_OPEN = "!!python/tuple ["
 _TUPLE_MARKER = f'{{"{_MARK}": "tuple", "{_MARK}": ""}}'
-_TUPLE_HEAD: Any = object()  # what a tuple marker becomes: the first item of a list that is a tuple
+_TUPLE_HEAD: Final = object()  # what a tuple marker becomes: the first item of a list that is a tuple
 _TAGS = {"!uuid": "uuid", "!!int": "int", "!!float": "float", "!!null": "null", "!!bool": "bool"}
 _BOOLS = {"yes": True, "no": False, "true": True, "false": False, "on": True, "off": False}
 
@@ -132,7 +132,7 @@ def _int(value: int) -> str:
     return f'!!int "{hex(value)}"'
 
 
-def _key(key: Any) -> str:
+def _key(key: Any) -> str:  # Any: the type() checks below are the fast path, and mypy cannot narrow on them
     kind = type(key)
     if kind is str:
         return _string(key)
@@ -268,7 +268,7 @@ class _Writer:
         out.append("}")
 
 
-def dump(value: Any, max_bytes: int = defaults.MAX_MESSAGE_BYTES) -> bytes | None:
+def dump(value: object, max_bytes: int = defaults.MAX_MESSAGE_BYTES) -> bytes | None:
     """``value`` as one line of flow YAML, or None if it holds a type outside the subset.
 
     Raises :class:`TooLarge` once the text passes ``max_bytes``, :class:`TooDeep` and :class:`Refused`.
@@ -317,7 +317,7 @@ def _yaml_float(text: str) -> float:
     return sign * float(body)
 
 
-def _scalar(kind: str, payload: str) -> Any:
+def _scalar(kind: str, payload: str) -> object:
     if kind == "uuid":
         return uuid.UUID(payload)
     if kind == "int":
@@ -359,7 +359,7 @@ class _Markers:
         self.keys.append(_scalar(_TAGS[tag], payload))
         return f'"{self.nonce}{len(self.keys) - 1}":'
 
-    def pairs(self, pairs: list[tuple[str, Any]]) -> Any:
+    def pairs(self, pairs: list[tuple[str, Any]]) -> object:
         if self.nonce:
             nonce, typed = self.nonce, 0
             for n, (key, value) in enumerate(pairs):
@@ -396,11 +396,11 @@ def _tuples(value: Any, found: list[int]) -> Any:
     return value
 
 
-def _parse_float(text: str) -> Any:
+def _parse_float(text: str) -> float | str:
     return float(text) if _YAML_FLOAT.match(text) else text
 
 
-def _reject_constant(_name: str) -> Any:
+def _reject_constant(_name: str) -> NoReturn:
     raise _NotFlow  # NaN, Infinity: strings to a YAML reader
 
 

@@ -46,8 +46,12 @@ MAX_NESTING_DEPTH = defaults.MAX_NESTING_DEPTH
 UUID_TAG = "!uuid"
 TUPLE_TAG = "tag:yaml.org,2002:python/tuple"
 
-_BaseLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_BaseDumper: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+try:  # libyaml's C loader and dumper when PyYAML was built with it
+    from yaml import CSafeDumper as _BaseDumper
+    from yaml import CSafeLoader as _BaseLoader
+except ImportError:  # pragma: no cover - a PyYAML without libyaml
+    from yaml import SafeDumper as _BaseDumper  # type: ignore[assignment]
+    from yaml import SafeLoader as _BaseLoader  # type: ignore[assignment]
 
 
 def _reason(exc: BaseException) -> str:
@@ -59,7 +63,7 @@ def _reason(exc: BaseException) -> str:
         return f"{type(exc).__name__} (its message cannot be shown)"
 
 
-class _SafeLoader(_BaseLoader):  # type: ignore[misc]
+class _SafeLoader(_BaseLoader):
     """SafeLoader plus the two non-plain tags of the plumpy dialect; registered on this class only."""
 
 
@@ -72,7 +76,7 @@ class _SelfReference(ValueError):
     """A container holds itself (``a: &a [*a]``): it has no finite expansion and cannot be sent on."""
 
 
-def _children(value: Any) -> Iterator[Any]:
+def _children(value: object) -> Iterator[object]:
     if isinstance(value, dict):
         return itertools.chain.from_iterable(value.items())
     if isinstance(value, (list, tuple)):
@@ -80,7 +84,7 @@ def _children(value: Any) -> Iterator[Any]:
     return iter(())
 
 
-def _expanded_size(value: Any) -> int:
+def _expanded_size(value: object) -> int:
     """Number of values in ``value`` counting every alias in full (each shared object is measured once).
 
     Walks with an explicit stack, so neither deep nesting nor a self-reference (an anchor whose alias sits
@@ -90,7 +94,7 @@ def _expanded_size(value: Any) -> int:
         return 1
     memo: dict[int, int] = {}
     open_ids = {id(value)}  # containers on the current path: meeting one again is a cycle
-    stack: list[tuple[Any, Iterator[Any], list[int]]] = [(value, _children(value), [1])]
+    stack: list[tuple[object, Iterator[object], list[int]]] = [(value, _children(value), [1])]
     while True:
         node, items, total = stack[-1]
         for child in items:
@@ -115,11 +119,11 @@ def _expanded_size(value: Any) -> int:
             stack[-1][2][0] += total[0]
 
 
-class _SafeDumper(_BaseDumper):  # type: ignore[misc]
+class _SafeDumper(_BaseDumper):
     """SafeDumper that writes tuples and UUIDs the way plumpy peers expect."""
 
 
-def _construct_uuid(loader: Any, node: yaml.Node) -> uuid.UUID:
+def _construct_uuid(loader: _SafeLoader, node: yaml.ScalarNode) -> uuid.UUID:
     value = loader.construct_scalar(node)
     try:
         return uuid.UUID(value)
@@ -127,19 +131,19 @@ def _construct_uuid(loader: Any, node: yaml.Node) -> uuid.UUID:
         raise yaml.constructor.ConstructorError(None, None, f"invalid !uuid value {value!r}", node.start_mark) from exc
 
 
-def _construct_tuple(loader: Any, node: yaml.Node) -> tuple[Any, ...]:
+def _construct_tuple(loader: _SafeLoader, node: yaml.SequenceNode) -> tuple[object, ...]:
     return tuple(loader.construct_sequence(node))
 
 
-def _represent_uuid(dumper: Any, data: uuid.UUID) -> Any:
+def _represent_uuid(dumper: _SafeDumper, data: uuid.UUID) -> yaml.Node:
     return dumper.represent_scalar(UUID_TAG, str(data))
 
 
-def _represent_tuple(dumper: Any, data: tuple[Any, ...]) -> Any:
+def _represent_tuple(dumper: _SafeDumper, data: tuple[object, ...]) -> yaml.Node:
     return dumper.represent_sequence(TUPLE_TAG, data)
 
 
-def _represent_int(dumper: Any, data: int) -> Any:
+def _represent_int(dumper: _SafeDumper, data: int) -> yaml.Node:
     # hex past 600 digits, as the flow writer does: decimal text that long may pass Python's int/str limit
     return dumper.represent_scalar("tag:yaml.org,2002:int", str(data) if abs(data) < 10**600 else hex(data))
 
@@ -161,7 +165,7 @@ class Codec(Protocol):
 
     name: str
 
-    def encode(self, obj: Any) -> bytes: ...
+    def encode(self, obj: object) -> bytes: ...
 
     def decode(self, data: bytes | str) -> Any: ...
 
@@ -191,7 +195,7 @@ class YamlCodec(_SizeLimited):
         super().__init__(max_bytes)
         self.max_yaml_bytes = min(max_yaml_bytes, max_bytes)
 
-    def encode(self, obj: Any) -> bytes:
+    def encode(self, obj: object) -> bytes:
         try:
             fast = flowyaml.dump(obj, self.max_bytes)  # one line of flow YAML: JSON plus a few tags
         except flowyaml.TooLarge:
@@ -215,7 +219,7 @@ class YamlCodec(_SizeLimited):
             return fast
         return self._encode_block(obj)
 
-    def _encode_block(self, obj: Any) -> bytes:
+    def _encode_block(self, obj: object) -> bytes:
         """Block YAML for a value holding bytes, sets or dates: refused where the decoder would refuse it."""
         try:
             data: bytes = yaml.dump(obj, Dumper=_SafeDumper, encoding="utf-8", default_flow_style=False)
@@ -275,7 +279,7 @@ class YamlCodec(_SizeLimited):
         return value
 
 
-def _json_default(obj: Any) -> Any:
+def _json_default(obj: object) -> object:
     if isinstance(obj, uuid.UUID):
         return {"__uuid__": str(obj)}
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
@@ -286,7 +290,7 @@ def _json_default(obj: Any) -> Any:
 _JSON_HEX_FROM = 10**600
 
 
-def _hex_big_ints(value: Any, depth: int = 0) -> Any:
+def _hex_big_ints(value: object, depth: int = 0) -> object:
     """``value`` with every int over :data:`_JSON_HEX_FROM` replaced by its ``{"__int__": hex}`` form."""
     if type(value) is int or (isinstance(value, int) and not isinstance(value, bool)):
         return {"__int__": hex(value)} if not -_JSON_HEX_FROM < value < _JSON_HEX_FROM else value
@@ -299,22 +303,26 @@ def _hex_big_ints(value: Any, depth: int = 0) -> Any:
     return value
 
 
-def _json_object_hook(obj: dict[str, Any]) -> Any:
+def _json_object_hook(obj: dict[str, object]) -> object:
     if len(obj) == 1 and "__uuid__" in obj:
         try:
-            return uuid.UUID(obj["__uuid__"])
+            text = obj["__uuid__"]
+            if not isinstance(text, str):
+                raise TypeError(f"a uuid is a string, not {type(text).__name__}")
+            return uuid.UUID(text)
         except (ValueError, TypeError, AttributeError) as exc:
             raise DecodeError(f"invalid uuid value {obj['__uuid__']!r}") from exc
     if len(obj) == 1 and "__int__" in obj:
         text = obj["__int__"]
-        digits = text[1:] if isinstance(text, str) and text.startswith("-") else text
+        negative = isinstance(text, str) and text.startswith("-")
+        digits = text[1:] if negative and isinstance(text, str) else text
         if not isinstance(digits, str) or not digits.startswith("0x") or not digits[2:].isalnum():
             raise DecodeError(f"invalid int value {str(text)[:40]!r}")
         try:
             number = int(digits[2:], 16)
         except ValueError as exc:
-            raise DecodeError(f"invalid int value {text[:40]!r}") from exc
-        return -number if text.startswith("-") else number
+            raise DecodeError(f"invalid int value {str(text)[:40]!r}") from exc
+        return -number if negative else number
     return obj
 
 
@@ -324,7 +332,7 @@ class JsonCodec(_SizeLimited):
 
     name = "json"
 
-    def encode(self, obj: Any) -> bytes:
+    def encode(self, obj: object) -> bytes:
         try:
             try:
                 text = json.dumps(obj, default=_json_default, separators=(",", ":"), allow_nan=False)
@@ -362,14 +370,14 @@ class FunctionCodec(_SizeLimited):
 
     def __init__(
         self,
-        encoder: Callable[[Any], bytes | str],
+        encoder: Callable[[object], bytes | str],
         decoder: Callable[[bytes], Any],
         max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         super().__init__(max_bytes)
         self.encoder, self.decoder = encoder, decoder
 
-    def encode(self, obj: Any) -> bytes:
+    def encode(self, obj: object) -> bytes:
         try:
             data = self.encoder(obj)
         except Exception as exc:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, Final, NamedTuple
+from typing import Final, NamedTuple
 
 from ..errors import InvalidLaunchOption
 
@@ -43,7 +43,7 @@ class LaunchOptions(NamedTuple):
     time_limit: float | None = None
 
 
-def check_label(label: Any) -> str | None:
+def check_label(label: object) -> str | None:
     """``label`` if it is None or a string of at most :data:`LABEL_MAX_CHARS` characters; else
     :class:`InvalidLaunchOption`."""
     if label is None:
@@ -55,7 +55,7 @@ def check_label(label: Any) -> str | None:
     return label
 
 
-def check_time_limit(seconds: Any) -> float | None:
+def check_time_limit(seconds: object) -> float | None:
     """``seconds`` as a float if it is None or a number above 0 and at most :data:`TIME_LIMIT_MAX`; else
     :class:`InvalidLaunchOption`."""
     if seconds is None:
@@ -68,14 +68,14 @@ def check_time_limit(seconds: Any) -> float | None:
     return value
 
 
-def with_launch_options(body: dict[str, Any], label: Any = None, time_limit: Any = None) -> dict[str, Any]:
+def with_launch_options(body: dict[str, object], label: object = None, time_limit: object = None) -> dict[str, object]:
     """``body`` (a launch or create task) with our options checked and added; unchanged when none is given."""
     options = {"label": check_label(label), "time_limit": check_time_limit(time_limit)}
     given = {key: value for key, value in options.items() if value is not None}
     return {**body, LAUNCH_OPTIONS_KEY: given} if given else body
 
 
-def launch_options_of(task: Mapping[Any, Any]) -> LaunchOptions:
+def launch_options_of(task: Mapping[str, object]) -> LaunchOptions:
     """The options a task body carries (none: a plumpy client's task); :class:`InvalidLaunchOption` if they
     are out of bounds or not a mapping."""
     options = task.get(LAUNCH_OPTIONS_KEY)

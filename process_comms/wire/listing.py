@@ -8,11 +8,12 @@ newest ``limit`` matching processes and answers them as one page, with no cursor
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any, Final
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Final, TypeVar
 
 from ..errors import InvalidTask
 from .launch_options import check_label
+from .states import ACTIVE_STATES
 
 __all__ = [
     "ACTIVE_STATES",
@@ -25,8 +26,6 @@ __all__ = [
     "sort_rows",
 ]
 
-#: What ``--active`` means: the states of a process that has not ended.
-ACTIVE_STATES: Final = ("created", "running", "waiting")
 #: The orders a listing may ask for; ``age`` (newest first) is the default.
 SORTS: Final = ("age", "state", "class", "label")
 #: Why a cursor with another order is refused.
@@ -36,7 +35,7 @@ MAX_LIST_STATES: Final = 16
 
 
 def check_listing(
-    state: Any, states: Any, label: Any, sort: Any, reverse: Any
+    state: object, states: object, label: object, sort: object, reverse: object
 ) -> tuple[tuple[str, ...] | None, str | None, str, bool]:
     """``(states, label, sort, reverse)`` of a listing query: ``state`` and ``states`` merged (None: any state),
     the label bounded as at launch, the order (``age`` when None); :class:`InvalidTask` if one is malformed."""
@@ -65,7 +64,7 @@ def is_paged_order(sort: str, reverse: bool) -> bool:
     return sort == "age" and not reverse
 
 
-def row_matches(row: dict[str, Any], states: Sequence[str] | None, label: str | None) -> bool:
+def row_matches(row: Mapping[str, object], states: Sequence[str] | None, label: str | None) -> bool:
     """True if a summary is in one of ``states`` (None: any) and its label holds ``label`` (a substring,
     case-sensitive; None: any, also no label)."""
     if states is not None and row.get("state_name") not in states:
@@ -76,17 +75,27 @@ def row_matches(row: dict[str, Any], states: Sequence[str] | None, label: str | 
     return isinstance(own, str) and label in own
 
 
-def _key(sort: str) -> Any:
+#: A summary, or any row with a summary's keys.
+Row = TypeVar("Row", bound=Mapping[str, object])
+
+
+def _age(row: Mapping[str, object]) -> float:
+    ctime = row.get("ctime") or 0.0
+    return -float(ctime) if isinstance(ctime, (int, float, str)) else 0.0
+
+
+def _key(sort: str) -> Callable[[Mapping[str, object]], tuple[bool, str, float]]:
+    """A sort key; every key has one shape: (no label, text, minus the creation time)."""
     if sort == "state":
-        return lambda row: str(row.get("state_name") or "")
+        return lambda row: (False, str(row.get("state_name") or ""), 0.0)
     if sort == "class":
-        return lambda row: str(row.get("class") or "")
+        return lambda row: (False, str(row.get("class") or ""), 0.0)
     if sort == "label":  # processes without a label come after those with one
-        return lambda row: (row.get("label") is None, str(row.get("label") or ""))
-    return lambda row: -float(row.get("ctime") or 0.0)
+        return lambda row: (row.get("label") is None, str(row.get("label") or ""), 0.0)
+    return lambda row: (False, "", _age(row))
 
 
-def sort_rows(rows: Iterable[dict[str, Any]], sort: str, reverse: bool) -> list[dict[str, Any]]:
+def sort_rows(rows: Iterable[Row], sort: str, reverse: bool) -> list[Row]:
     """Summaries in ``sort`` order (``age``: newest first; the others ascending, newest first among equals),
     reversed with ``reverse``."""
     newest_first = sorted(rows, key=_key("age"))

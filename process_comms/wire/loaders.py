@@ -7,7 +7,7 @@ import importlib
 import time
 from collections.abc import Iterable
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol, cast
 
 from ..errors import LoadError
 
@@ -22,11 +22,11 @@ class ObjectLoader(abc.ABC):
         """Load the object named by ``identifier``; raise :class:`LoadError` (a ``ValueError``-free ImportError)."""
 
     @abc.abstractmethod
-    def identify_object(self, obj: Any) -> str:
+    def identify_object(self, obj: object) -> str:
         """Return the identifier of ``obj``."""
 
 
-def _split(identifier: Any) -> tuple[str, str]:
+def _split(identifier: object) -> tuple[str, str]:
     if not isinstance(identifier, str):
         raise LoadError(f"class identifier must be a string 'module:Name', not {type(identifier).__name__}")
     mod_name, sep, name = identifier.partition(":")
@@ -59,6 +59,11 @@ def _missing(mod_name: str, name: str, part: str, identifier: str) -> LoadError:
     )
 
 
+class _Qualified(Protocol):
+    __module__: str
+    __qualname__: str
+
+
 class DefaultObjectLoader(ObjectLoader):
     """Imports ``module`` and returns its attribute ``Name`` (dotted names walk attributes)."""
 
@@ -68,7 +73,7 @@ class DefaultObjectLoader(ObjectLoader):
             module = _import(mod_name)
         except ImportError as exc:
             raise LoadError(f"module {mod_name!r} from identifier {identifier!r} could not be loaded: {exc}") from None
-        obj: Any = module
+        obj: object = module
         for part in name.split("."):
             try:
                 obj = getattr(obj, part)
@@ -76,11 +81,12 @@ class DefaultObjectLoader(ObjectLoader):
                 raise _missing(mod_name, name, part, identifier) from None
         return obj
 
-    def identify_object(self, obj: Any) -> str:
+    def identify_object(self, obj: object) -> str:
         if isinstance(obj, str):  # a name is sent as is: the client need not (and should not) import it
             _split(obj)
             return obj
-        identifier = f"{obj.__module__}:{obj.__qualname__}"
+        named = cast(_Qualified, obj)  # a class or a function; anything else fails here with AttributeError
+        identifier = f"{named.__module__}:{named.__qualname__}"
         self.load_object(identifier)
         return identifier
 

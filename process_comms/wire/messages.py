@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any, Dict, Final, Optional, TypeAlias
+from typing import Dict, Final, Optional
 
 from ..errors import InvalidTask, ProcessCommsError
 from .loaders import ObjectLoader, get_object_loader
+from .states import TERMINAL_STATES, is_terminal
+from .types import Pid
 
 __all__ = [
     "parse_pid",
@@ -58,9 +60,8 @@ __all__ = [
     "records_request",
 ]
 
-#: A process id: any hashable value whose ``str()`` is its routing key (plumpy: ``PID_TYPE = Hashable``).
-Pid: TypeAlias = Hashable
-PID_TYPE = Pid
+#: plumpy's ``PID_TYPE`` (``typing.Hashable``), kept for code that reads it; :data:`Pid` says what we carry.
+PID_TYPE = Hashable
 
 INTENT_KEY = "intent"
 MESSAGE_TEXT_KEY = "message"
@@ -82,27 +83,21 @@ CONTINUE_TASK = "continue"
 CREATE_TASK = "create"
 TASK_TYPES = (LAUNCH_TASK, CONTINUE_TASK, CREATE_TASK)
 
-MessageType = Dict[str, Any]
+#: A message body: a dict of wire values (what the codecs carry).
+MessageType = Dict[str, object]
 
 #: Subject prefix of a process's answer to a broadcast intent that carried a correlation id.
 ANSWER_PREFIX: Final = "intent_result."
 #: Subject prefix of the broadcast a process sends on each transition: ``state_changed.<from>.<to>``.
 STATE_CHANGED_PREFIX: Final = "state_changed."
-#: Process states after which nothing more happens.
-TERMINAL_STATES: Final = ("finished", "excepted", "killed")
 
 
-def is_terminal(state: str | None) -> bool:
-    """True if ``state`` (a short state name such as ``finished``) is one after which nothing happens."""
-    return state in TERMINAL_STATES
-
-
-def state_name(state: Any) -> str:
+def state_name(state: object) -> str:
     """The short name of a status dict's ``state``: ``ProcessState.RUNNING`` -> ``running``; None -> ``""``."""
     return "" if state is None else str(state).rsplit(".", 1)[-1].lower()
 
 
-def state_transition(subject: Any) -> tuple[str, str] | None:
+def state_transition(subject: object) -> tuple[str, str] | None:
     """``(from, to)`` of a ``state_changed.<from>.<to>`` subject (plumpy sends ``None`` as the first
     ``from``), or None for any other subject."""
     if not isinstance(subject, str) or not subject.startswith(STATE_CHANGED_PREFIX):
@@ -111,18 +106,18 @@ def state_transition(subject: Any) -> tuple[str, str] | None:
     return (parts[0], parts[1]) if len(parts) == 2 and parts[0] and parts[1] else None
 
 
-def state_from_subject(subject: Any) -> str | None:
+def state_from_subject(subject: object) -> str | None:
     """The new state named by a ``state_changed.<from>.<to>`` subject, or None for any other subject."""
     transition = state_transition(subject)
     return None if transition is None else transition[1]
 
 
-def _shown(value: Any) -> str:
+def _shown(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 40 else f"{text[:37]}..."
 
 
-def wire_bool(body: Mapping[Any, Any], key: str, default: bool) -> bool:
+def wire_bool(body: Mapping[str, object], key: str, default: bool) -> bool:
     """``body[key]`` as a wire boolean: ``default`` when missing or null, else it must be a bool.
 
     Flags are never read by truthiness (``'false'`` would mean true): anything else raises
@@ -136,7 +131,7 @@ def wire_bool(body: Mapping[Any, Any], key: str, default: bool) -> bool:
     raise InvalidTask(f"{key!r} must be true, false or null, not {type(value).__name__} {_shown(value)}")
 
 
-def wire_text(value: Any, what: str = "message text", error: type[ProcessCommsError] = InvalidTask) -> Optional[str]:
+def wire_text(value: object, what: str = "message text", error: type[ProcessCommsError] = InvalidTask) -> Optional[str]:
     """A message text as plumpy documents it (a str or None); anything else (a float, a date, bytes, a
     tuple) raises ``error``: it would become the process's status and fail its next checkpoint."""
     if value is None or isinstance(value, str):
@@ -179,18 +174,18 @@ class MessageBuilder:
         return {INTENT_KEY: Intent.STATUS, MESSAGE_TEXT_KEY: text}
 
 
-def _identify(process_class: Any, loader: Optional[ObjectLoader]) -> str:
+def _identify(process_class: object, loader: Optional[ObjectLoader]) -> str:
     return (loader or get_object_loader()).identify_object(process_class)
 
 
 def create_launch_body(
-    process_class: Any,
-    init_args: Optional[Sequence[Any]] = None,
-    init_kwargs: Optional[Dict[str, Any]] = None,
+    process_class: object,
+    init_args: Optional[Sequence[object]] = None,
+    init_kwargs: Optional[Mapping[str, object]] = None,
     persist: bool = False,
     loader: Optional[ObjectLoader] = None,
     nowait: bool = True,
-) -> Dict[str, Any]:
+) -> MessageType:
     """Body of a ``launch`` task: instantiate ``process_class`` on a worker and run it."""
     return {
         TASK_KEY: LAUNCH_TASK,
@@ -204,18 +199,18 @@ def create_launch_body(
     }
 
 
-def create_continue_body(pid: Pid, tag: Optional[str] = None, nowait: bool = False) -> Dict[str, Any]:
+def create_continue_body(pid: Pid, tag: Optional[str] = None, nowait: bool = False) -> MessageType:
     """Body of a ``continue`` task: load ``pid``'s checkpoint on a worker and run it to the end."""
     return {TASK_KEY: CONTINUE_TASK, TASK_ARGS: {PID_KEY: pid, NOWAIT_KEY: nowait, TAG_KEY: tag}}
 
 
 def create_create_body(
-    process_class: Any,
-    init_args: Optional[Sequence[Any]] = None,
-    init_kwargs: Optional[Dict[str, Any]] = None,
+    process_class: object,
+    init_args: Optional[Sequence[object]] = None,
+    init_kwargs: Optional[Mapping[str, object]] = None,
     persist: bool = False,
     loader: Optional[ObjectLoader] = None,
-) -> Dict[str, Any]:
+) -> MessageType:
     """Body of a ``create`` task: instantiate (and optionally checkpoint) a process without running it."""
     return {
         TASK_KEY: CREATE_TASK,
@@ -228,7 +223,7 @@ def create_create_body(
     }
 
 
-# -- process records (issue 14): a route every worker of one installation subscribes --------------------
+# -- process records (docs/fleet.md): a route every worker of one installation subscribes ---------------
 #: Intent of a request to the records route (not a process intent: plumpy peers never see it).
 RECORDS_INTENT: Final = "records"
 #: The records route is ``__records__.<task queue name>``: the workers of one installation share it.
@@ -245,7 +240,7 @@ KILL_REQUESTED: Final = "kill_requested"
 RECORD_TASK_ID_KEY: Final = "task_id"
 
 
-def is_kill_request(record: Any) -> bool:
+def is_kill_request(record: object) -> bool:
     """True if ``record`` (a record or a summary) is a kill request for an unknown pid, not a process."""
     return isinstance(record, dict) and record.get("state_name") == KILL_REQUESTED
 
@@ -255,7 +250,7 @@ def records_route(task_queue: str) -> str:
     return f"{RECORDS_ROUTE_PREFIX}.{task_queue}"
 
 
-def records_request(op: str, **fields: Any) -> MessageType:
+def records_request(op: str, **fields: object) -> MessageType:
     """A request to the records route: ``{"intent": "records", "op": op, ...fields}``."""
     return {INTENT_KEY: RECORDS_INTENT, RECORD_OP_KEY: op, **fields}
 

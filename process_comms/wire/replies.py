@@ -7,7 +7,7 @@ ignored by them) carries the formatted traceback of a process that excepted.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Protocol, runtime_checkable
 
 from ..errors import DecodeError, DuplicatePid, InvalidTask, ProcessKilled, RemoteError, TaskRejected
 
@@ -51,14 +51,21 @@ def bounded_traceback(text: str) -> str:
     return text if len(text) <= MAX_TRACEBACK_CHARS else "...\n" + text[-MAX_TRACEBACK_CHARS:]
 
 
+@runtime_checkable
+class _RemoteTraceback(Protocol):
+    """An error that carries a failed process's traceback (``errors.RemoteError`` and its kin)."""
+
+    remote_traceback: str | None
+
+
 def _traceback_of(exc: BaseException) -> str | None:
     """The traceback a reply carries: a failed process's (``RemoteError.remote_traceback``), nothing else
     (a handler's own failure or a refusal says what went wrong in its message)."""
-    remote = getattr(exc, "remote_traceback", None)
+    remote = exc.remote_traceback if isinstance(exc, _RemoteTraceback) else None
     return bounded_traceback(remote) if isinstance(remote, str) and remote else None
 
 
-def exception_reply(exc: BaseException) -> dict[str, Any]:
+def exception_reply(exc: BaseException) -> dict[str, str]:
     """A reply carrying ``str(exc)`` (what kiwipy peers read) plus its type name and, for a process that
     excepted, its traceback (what we read)."""
     if isinstance(exc, RemoteError) and exc.remote_type:
@@ -71,7 +78,7 @@ def exception_reply(exc: BaseException) -> dict[str, Any]:
     return reply
 
 
-def reply_outcome(reply: Any) -> tuple[bool, Any]:
+def reply_outcome(reply: object) -> tuple[bool, object]:
     """Interpret one reply: ``(False, None)`` for pending, ``(True, value)`` for a result; raise for errors.
 
     Precedence follows kiwipy: cancelled > exception > result > pending.
@@ -100,7 +107,7 @@ def reply_outcome(reply: Any) -> tuple[bool, Any]:
     raise DecodeError(f"reply has none of result/exception/cancelled/pending: keys {sorted(map(str, reply))}")
 
 
-def parse_task_envelope(decoded: Any) -> tuple[Any, bool]:
+def parse_task_envelope(decoded: object) -> tuple[object, bool]:
     """Split a decoded task body into ``(task, no_reply)``; raise :class:`InvalidTask` if it is not a pair."""
     if not isinstance(decoded, (list, tuple)) or len(decoded) != 2:
         raise InvalidTask(f"task envelope must be a pair (task, no_reply), got {type(decoded).__name__}")

@@ -8,23 +8,25 @@ without handing it back ends as ``excepted`` with an exception of type :data:`LO
 
 from __future__ import annotations
 
-from typing import Any, Final
+from collections.abc import Mapping
+from typing import Final, cast
+
+from .states import UNENDED_STATES
+from .types import ProcessStatus
 
 __all__ = ["LOST_TYPE", "UNENDED_STATES", "is_lost", "lost_record", "status_of_record"]
 
 #: The exception type of a record whose process was lost (raised to waiters as ``errors.ProcessLost``).
 LOST_TYPE: Final = "ProcessLost"
-#: The states of a record whose process has not ended (someone must hold it, or it is lost or parked).
-UNENDED_STATES: Final = ("created", "running", "waiting")
 
 
-def status_of_record(record: dict[str, Any]) -> dict[str, Any]:
+def status_of_record(record: Mapping[str, object]) -> ProcessStatus:
     """The status dict of a record, as a live process answers it, plus ``outputs`` (finished) or
     ``exception`` (excepted: type, message, traceback); ``record`` is True and ``live`` says whether a
     worker runs the process now (False: it ended, or it is parked)."""
     state = str(record.get("state_name") or "")
     cls = str(record.get("class") or "")
-    status: dict[str, Any] = {
+    status: dict[str, object] = {
         "ctime": record.get("ctime"),
         "mtime": record.get("mtime"),
         "paused": bool(record.get("paused")),
@@ -46,10 +48,10 @@ def status_of_record(record: dict[str, Any]) -> dict[str, Any]:
         status["exception"] = record.get("exception")
     if record.get("source") is not None:  # read from the store: no worker answered
         status["source"], status["source_reason"] = record["source"], record.get("source_reason")
-    return status
+    return cast(ProcessStatus, status)
 
 
-def is_lost(record_or_status: dict[str, Any]) -> bool:
+def is_lost(record_or_status: Mapping[str, object]) -> bool:
     """True if a record (or a status dict made from one) says its process was lost."""
     exception = record_or_status.get("exception")
     return (
@@ -59,10 +61,11 @@ def is_lost(record_or_status: dict[str, Any]) -> bool:
     )
 
 
-def lost_record(record: dict[str, Any], reason: str, now: float) -> dict[str, Any]:
+def lost_record(record: Mapping[str, object], reason: str, now: float) -> dict[str, object]:
     """``record`` marked lost: ``excepted`` with a :data:`LOST_TYPE` exception saying ``reason``, the
     status ``lost: <reason>`` and a ``lost`` event in its history."""
-    history = [*(record.get("history") or []), {"event": "lost", "time": now, "message": reason}]
+    earlier = record.get("history")
+    history = [*(earlier if isinstance(earlier, list) else []), {"event": "lost", "time": now, "message": reason}]
     exception = {"type": LOST_TYPE, "message": reason, "traceback": None}
     return {
         **record,

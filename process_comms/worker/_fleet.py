@@ -17,15 +17,11 @@ from typing import Any
 from ..transports._loop import run_on
 from ..transports.base import CURRENT_DELIVERY, AsyncCommunicator
 from ..wire.messages import ANSWER_PREFIX
+from ..wire.names import DEFAULT_QUEUE, WORKERS_SUBJECT
 
 __all__ = ["DEFAULT_QUEUE", "WORKERS_SUBJECT", "SlotCounter", "WorkersAnswer", "check_queues"]
 
 LOGGER = logging.getLogger("process_comms.worker")
-
-#: The subject of the ``workers`` request; client/controller.py sends the same (a test checks both).
-WORKERS_SUBJECT = "workers"
-#: The name of the installation's default task queue (as ``launch_process(queue=...)`` takes it).
-DEFAULT_QUEUE = "default"
 
 
 def check_queues(queues: Mapping[str, int]) -> dict[str, int]:

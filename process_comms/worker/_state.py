@@ -2,27 +2,10 @@
 
 from __future__ import annotations
 
-import enum
-
 from ..errors import ProcessCommsError, ProcessKilled
+from ..wire.states import ProcessState  # re-exported: its home is wire/states.py
 
 __all__ = ["ProcessState", "KilledError", "Suspended"]
-
-
-class ProcessState(enum.Enum):
-    """A process's state, named as plumpy names them."""
-
-    CREATED = "created"
-    RUNNING = "running"
-    WAITING = "waiting"
-    FINISHED = "finished"
-    EXCEPTED = "excepted"
-    KILLED = "killed"
-
-    @property
-    def terminal(self) -> bool:
-        """True for finished, excepted and killed."""
-        return self in (ProcessState.FINISHED, ProcessState.EXCEPTED, ProcessState.KILLED)
 
 
 class KilledError(ProcessKilled):

@@ -99,7 +99,7 @@ class Process(Recorded):
     add lines to its log there.
     """
 
-    def __init__(self, inputs: dict[str, Any] | None = None, pid: Pid = None, **kwargs: Any) -> None:
+    def __init__(self, inputs: dict[str, Any] | None = None, pid: Pid | None = None, **kwargs: Any) -> None:
         """Create a process with ``inputs`` (available as ``self.inputs``) and an optional ``pid``."""
         if kwargs:
             raise TypeError(f"{type(self).__name__}() got unexpected keyword arguments {sorted(kwargs)}")
@@ -191,7 +191,7 @@ class Process(Recorded):
         gets the same answer whether the worker still holds the process or the fleet's record answers."""
         if self.state.terminal:
             # as the store keeps it: a value no codec can hold is its marker there and here
-            return status_of_record({**safe_value(self.record()), "live": False})
+            return {**status_of_record({**safe_value(self.record()), "live": False})}
         return {
             "ctime": self.ctime,
             "paused": self.paused,

@@ -214,7 +214,7 @@ class RecordsService:
     async def _store(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
-    async def _live_status(self, pid: Pid) -> dict[str, Any] | None:
+    async def _live_status(self, pid: Pid | None) -> dict[str, Any] | None:
         """The status of ``pid`` from its own route (another worker runs it), or None if no worker holds it."""
 
         async def ask() -> Any:
@@ -352,7 +352,7 @@ class RecordsService:
         after ``kill_request_max_age`` seconds and about ``kill_request_max_count`` are kept (the trim is
         amortised: :data:`KILL_REQUEST_TRIM_FRACTION`)."""
         now, text = time.time(), message or "killed before a worker ran it"
-        request = {
+        request: dict[str, Any] = {
             "pid": pid,
             "class": "",
             "inputs": {},

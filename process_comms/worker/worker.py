@@ -19,9 +19,9 @@ from .. import defaults
 from ..errors import DuplicateSubscriber
 from ..transports._loop import run_on
 from ..transports.connect import connect
-from ..transports.rmq._tasks import queue_name
 from ..transports.threaded import ThreadCommunicator
 from ..wire.messages import Pid, records_route
+from ..wire.names import queue_name
 from . import _module_logs
 from ._fleet import DEFAULT_QUEUE, SlotCounter, WorkersAnswer, check_queues
 from .launcher import ProcessLauncher

@@ -23,6 +23,7 @@ import aiormq.exceptions
 from ... import defaults
 from ..._compat import TIMEOUT_ERRORS
 from ...errors import ProcessCommsError, ProcessUnreachable
+from ...wire.names import DEFAULT_QUEUE, queue_name  # re-exported: their old home
 from ..base import TaskSubscriber, settle_task
 from . import _frames, _topology
 from ._errors import SETTLE_ERRORS
@@ -34,18 +35,6 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_QUEUE", "TaskQueue", "queue_name"]
 
 LOGGER = logging.getLogger(__name__)
-
-#: The name callers give for the installation's default task queue.
-DEFAULT_QUEUE = "default"
-
-
-def queue_name(task_queue: str, queue: str | None) -> str:
-    """The broker's name of task queue ``queue`` (None or ``default``: the default task queue itself)."""
-    if queue is None or queue == DEFAULT_QUEUE:
-        return task_queue
-    if not queue or any(ch in queue for ch in "#*") or len(queue.encode()) > 200:
-        raise ValueError(f"invalid task queue name {queue!r}: use letters, digits, '-', '_' or '.'")
-    return f"{task_queue}.{queue}"
 
 
 class TaskQueue:

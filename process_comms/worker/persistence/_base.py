@@ -59,7 +59,7 @@ def _encode(value: Any, what: str) -> str:
     return text
 
 
-def _pid_key(pid: Pid) -> str:
+def _pid_key(pid: Pid | None) -> str:
     """Return the storage key of ``pid``: its JSON text, which keeps ``1``, ``"1"`` and UUIDs apart."""
     if type(pid) is uuid.UUID:  # the common pid: its text is known without a JSON round trip
         return f'{{"__uuid__":"{pid}"}}'

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...errors import DecodeError, PersistenceError
+from ...wire.states import TERMINAL_STATES
 from ._base import _codec
 
 __all__ = [
@@ -35,7 +36,7 @@ SUMMARY_KEYS = (
     *("worker", "token", "label", "persisted"),
 )
 #: States after which a record never changes again: only these are pruned.
-TERMINAL_STATE_NAMES = ("finished", "excepted", "killed")
+TERMINAL_STATE_NAMES = TERMINAL_STATES
 #: Longest ``repr`` kept for a value that JSON cannot hold.
 _MAX_REPR = 2000
 #: Largest progress a summary carries, as JSON bytes: a listing holds many summaries (the whole progress is in
