@@ -32,7 +32,7 @@ from .errors import (
     TaskRejected,
     TimeoutError,
 )
-from .transports._loop import ControllerFuture
+from .transports.loop import ControllerFuture
 from .transports.base import AsyncCommunicator, BroadcastFilter
 from .transports.connect import connect, connect_async
 from .transports.embedded import EmbeddedCommunicator

@@ -39,7 +39,7 @@ from ..errors import (
     TaskRejected,
 )
 from ..errors import TimeoutError as PCTimeoutError
-from ..transports._loop import AsyncFn, ControllerFuture, LoopThread
+from ..transports.loop import AsyncFn, ControllerFuture, LoopThread
 from ..transports.base import AsyncCommunicator
 from ..transports.kiwipy_async import KiwipyAsyncCommunicator
 

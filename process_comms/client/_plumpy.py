@@ -27,7 +27,7 @@ from typing import Any, Literal
 import kiwipy
 
 from ..errors import TimeoutError as PCTimeoutError
-from ..transports._loop import with_deadline
+from ..transports.loop import with_deadline
 from ..transports.base import AsyncCommunicator
 from ..transports.connect import KiwipyThreadCommunicator
 from ..transports.threaded import ThreadCommunicator

@@ -17,7 +17,7 @@ from .. import defaults
 from .._compat import TIMEOUT_ERRORS
 from ..errors import EncodeError, ProcessUnreachable, RemoteError, TaskRejected
 from ..errors import TimeoutError as PCTimeoutError
-from ..transports._loop import AsyncFn, with_deadline
+from ..transports.loop import AsyncFn, with_deadline
 from ..transports.base import AsyncCommunicator, BroadcastFilter
 from ..wire.launch_options import with_launch_options
 from ..wire.loaders import ObjectLoader

@@ -33,7 +33,7 @@ from ..errors import TimeoutError as PCTimeoutError
 from ..wire.codec import Codec
 from ..wire.replies import exception_reply, parse_task_envelope
 from ._dispatch import IncomingTask, decode, respond
-from ._loop import post
+from .loop import post
 
 __all__ = ["PulledTask", "TaskState", "iterate_tasks", "next_task", "pull", "take"]
 

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from ..errors import ProcessCommsError
-from ._loop import LoopThread
+from .loop import LoopThread
 from ._pulled import Pull, PulledTask, TaskState, iterate_tasks, next_task
 
 __all__ = ["ThreadPulledTask", "iterate_blocking", "next_task_blocking"]

@@ -59,7 +59,7 @@ from ._dispatch import (
     routing_id,
     settle_task,
 )
-from ._loop import post
+from .loop import post
 from ._pulled import PulledTask
 
 __all__ = [

@@ -17,7 +17,7 @@ from ..errors import TimeoutError as PCTimeoutError
 from ..urls import mask_url, split_urls
 from ..wire.codec import Codec
 from ._kiwipy_keywords import translate
-from ._loop import with_deadline
+from .loop import with_deadline
 from .base import AsyncCommunicator
 from .embedded import EmbeddedCommunicator
 from .rmq import RmqCommunicator

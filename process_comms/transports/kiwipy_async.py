@@ -19,7 +19,7 @@ from typing import Any
 from .. import defaults
 from ..wire.codec import Codec
 from ._kiwipy_keywords import translate
-from ._loop import with_deadline
+from .loop import with_deadline
 from ._pulled import PulledTask
 from .rmq import RmqCommunicator
 from .rmq.communicator import NamedTaskQueue

@@ -24,7 +24,7 @@ import kiwipy
 
 from .. import defaults
 from ..errors import CommunicatorClosed
-from ._loop import AsyncFn, ControllerFuture, LoopThread, post, with_deadline
+from .loop import AsyncFn, ControllerFuture, LoopThread, post, with_deadline
 from ._pulled import PulledTask
 from ._thread_tasks import ThreadPulledTask, iterate_blocking, next_task_blocking
 from .base import AsyncCommunicator, CallbackFuture

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..transports._loop import run_on
+from ..transports.loop import run_on
 from ..transports.base import CURRENT_DELIVERY, AsyncCommunicator
 from ..wire.messages import ANSWER_PREFIX
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from .. import defaults
 from ..errors import PersistenceError, ProcessLost, RemoteError
-from ..transports._loop import run_on, spawn_on
+from ..transports.loop import run_on, spawn_on
 from ..transports.base import AsyncCommunicator, host_info
 from ..wire.launch_options import time_limit_reason
 from ..wire.loaders import ObjectLoader

@@ -17,7 +17,7 @@ from typing import Any
 
 from .. import defaults
 from ..errors import DuplicateSubscriber
-from ..transports._loop import run_on
+from ..transports.loop import run_on
 from ..transports.connect import connect
 from ..transports.rmq._tasks import queue_name
 from ..transports.threaded import ThreadCommunicator

@@ -18,6 +18,7 @@ import logging
 import threading
 import weakref
 from collections.abc import Awaitable, Callable
+from types import TracebackType
 from typing import Any, TypeVar
 
 from .. import defaults
@@ -177,9 +178,14 @@ def post(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) ->
 
 
 class LoopThread:
-    """An asyncio event loop running on a named daemon thread, with an explicit, idempotent stop."""
+    """An asyncio event loop running on a named daemon thread, with an explicit, idempotent stop.
 
-    def __init__(self, name: str = "process-comms-loop") -> None:
+    ``with LoopThread() as lt:`` runs the loop for the block and stops it (joining the thread) at its end,
+    so the thread's life is visible in the code (as anyio's ``start_blocking_portal``). A bare
+    ``LoopThread()`` starts at once too (``start=False`` defers it to :meth:`start`); :meth:`stop` ends it.
+    """
+
+    def __init__(self, name: str = "process-comms-loop", *, start: bool = True) -> None:
         self.loop = asyncio.new_event_loop()
         self._tasks: set[asyncio.Future[Any]] = set()
         self._futures: set[ControllerFuture[Any]] = set()
@@ -187,13 +193,31 @@ class LoopThread:
         self._stopping = False
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        """Start the loop's thread and wait until the loop runs; idempotent."""
+        if self._thread.is_alive() or self._started.is_set():
+            return
+        if self._stopping:
+            raise CommunicatorClosed(f"the event-loop thread {self._thread.name!r} was stopped; make a new one")
         self._thread.start()
         if not self._started.wait(defaults.CLOSE_TIMEOUT):
             self._stopping = True
             raise CommunicatorClosed(
-                f"the event-loop thread {name!r} did not start within {defaults.CLOSE_TIMEOUT} s; "
+                f"the event-loop thread {self._thread.name!r} did not start within {defaults.CLOSE_TIMEOUT} s; "
                 "the process may be out of threads or memory"
             )
+
+    def __enter__(self) -> LoopThread:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
 
     @property
     def thread(self) -> threading.Thread:
@@ -274,16 +298,18 @@ class LoopThread:
         return self._inbox.post(fn)
 
     def run_sync(self, fn: AsyncFn[T], *args: Any, timeout: float | None = None) -> T:
-        """Run ``await fn(*args)`` on the loop and block for its result, at most ``timeout`` seconds."""
+        """Run ``await fn(*args)`` on the loop and block for its result, at most ``timeout`` seconds
+        (None: :data:`~process_comms.defaults.CLOSE_TIMEOUT`)."""
         _refuse_coroutine(fn)
         if self.in_loop_thread():
             raise DeadlockError("cannot block on the event-loop thread for work that must run on it")
         fut = self.start_task_soon(fn, *args)
+        limit = timeout if timeout is not None else defaults.CLOSE_TIMEOUT
         try:
-            return fut.result(timeout if timeout is not None else defaults.CLOSE_TIMEOUT)
+            return fut.result(limit)
         except concurrent.futures.TimeoutError:
             fut.cancel()
-            raise PCTimeoutError(f"the operation did not finish within {timeout} s") from None
+            raise PCTimeoutError(f"the operation did not finish within {limit} s") from None
 
     def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` on the loop thread soon (thread-safe); ignored once the loop is closed."""
