@@ -27,9 +27,9 @@ from typing import Any, Literal
 import kiwipy
 
 from ..errors import TimeoutError as PCTimeoutError
-from ..transports.loop import with_deadline
 from ..transports.base import AsyncCommunicator
 from ..transports.connect import KiwipyThreadCommunicator
+from ..transports.loop import with_deadline
 from ..transports.threaded import ThreadCommunicator
 from ..wire.loaders import ObjectLoader
 from ..wire.messages import Pid, create_continue_body, create_create_body

@@ -17,8 +17,8 @@ from .. import defaults
 from .._compat import TIMEOUT_ERRORS
 from ..errors import EncodeError, ProcessUnreachable, RemoteError, TaskRejected
 from ..errors import TimeoutError as PCTimeoutError
-from ..transports.loop import AsyncFn, with_deadline
 from ..transports.base import AsyncCommunicator, BroadcastFilter
+from ..transports.loop import AsyncFn, with_deadline
 from ..wire.launch_options import with_launch_options
 from ..wire.loaders import ObjectLoader
 from ..wire.messages import (

@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from ..errors import ProcessCommsError
-from .loop import LoopThread
 from ._pulled import Pull, PulledTask, TaskState, iterate_tasks, next_task
+from .loop import LoopThread
 
 __all__ = ["ThreadPulledTask", "iterate_blocking", "next_task_blocking"]
 

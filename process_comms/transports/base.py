@@ -59,8 +59,8 @@ from ._dispatch import (
     routing_id,
     settle_task,
 )
-from .loop import post
 from ._pulled import PulledTask
+from .loop import post
 
 __all__ = [
     "AsyncCommunicator",

@@ -17,9 +17,9 @@ from ..errors import TimeoutError as PCTimeoutError
 from ..urls import mask_url, split_urls
 from ..wire.codec import Codec
 from ._kiwipy_keywords import translate
-from .loop import with_deadline
 from .base import AsyncCommunicator
 from .embedded import EmbeddedCommunicator
+from .loop import with_deadline
 from .rmq import RmqCommunicator
 from .threaded import ThreadCommunicator
 

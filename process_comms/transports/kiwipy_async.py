@@ -19,8 +19,8 @@ from typing import Any
 from .. import defaults
 from ..wire.codec import Codec
 from ._kiwipy_keywords import translate
-from .loop import with_deadline
 from ._pulled import PulledTask
+from .loop import with_deadline
 from .rmq import RmqCommunicator
 from .rmq.communicator import NamedTaskQueue
 

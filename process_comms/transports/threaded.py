@@ -24,10 +24,10 @@ import kiwipy
 
 from .. import defaults
 from ..errors import CommunicatorClosed
-from .loop import AsyncFn, ControllerFuture, LoopThread, post, with_deadline
 from ._pulled import PulledTask
 from ._thread_tasks import ThreadPulledTask, iterate_blocking, next_task_blocking
 from .base import AsyncCommunicator, CallbackFuture
+from .loop import AsyncFn, ControllerFuture, LoopThread, post, with_deadline
 
 __all__ = ["ThreadCommunicator", "ThreadTaskQueue"]
 

@@ -14,8 +14,8 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..transports.loop import run_on
 from ..transports.base import CURRENT_DELIVERY, AsyncCommunicator
+from ..transports.loop import run_on
 from ..wire.messages import ANSWER_PREFIX
 
 __all__ = ["DEFAULT_QUEUE", "WORKERS_SUBJECT", "SlotCounter", "WorkersAnswer", "check_queues"]

@@ -17,8 +17,8 @@ from typing import Any
 
 from .. import defaults
 from ..errors import DuplicateSubscriber
-from ..transports.loop import run_on
 from ..transports.connect import connect
+from ..transports.loop import run_on
 from ..transports.rmq._tasks import queue_name
 from ..transports.threaded import ThreadCommunicator
 from ..wire.messages import Pid, records_route
