@@ -181,7 +181,21 @@ class Handovers:
 
 
 class AsyncCommunicator(abc.ABC):
-    """A communicator bound to one event loop: RPC, broadcast and task messaging with flat results."""
+    """A communicator bound to one event loop: RPC, broadcast and task messaging with flat results.
+
+    The back-end contract, all a back end supplies (the subscriber registries, retired routes, calls to
+    its own subscribers and the reply rules are here, shared):
+
+    - the three sends, abstract: :meth:`rpc_send`, :meth:`task_send`, :meth:`broadcast_send`;
+    - the hooks that make the subscriptions real, each a no-op here: :meth:`_on_rpc_added` and
+      :meth:`_on_rpc_removed`, :meth:`_on_task_subscribers_changed` and :meth:`_on_broadcast_subscribers_changed`
+      (in-process delivery, :mod:`.embedded`, needs only ``_on_task_subscribers_changed``; an adapter that
+      forwards subscriptions elsewhere, ``client/_kiwipy.py``, none);
+    - what it receives goes to :meth:`_handle_rpc` and :meth:`_handle_broadcast`, and each task to
+      :func:`~._dispatch.settle_task`;
+    - optionally :meth:`connect`, :meth:`close` (calling this one), :meth:`release_tasks`, :meth:`pull_task`
+      and the liveness pair :meth:`liveness_token` / :meth:`is_alive`.
+    """
 
     def __init__(self, codec: str | Codec | None = None) -> None:
         self.codec: Codec = get_codec(codec)
@@ -411,11 +425,10 @@ class AsyncCommunicator(abc.ABC):
         subscribers = self._subscribers_of(queue)
         if identifier in subscribers:
             raise DuplicateSubscriber(f"a task subscriber {identifier!r} already exists")
-        if prefetch_count is not None and not subscribers:
-            self._set_prefetch(queue, prefetch_count)
+        first_prefetch = prefetch_count if not subscribers else None  # the queue's first subscriber sets it
         subscribers[identifier] = subscriber
         try:
-            await self._on_task_subscribers_changed(queue)
+            await self._on_task_subscribers_changed(queue, first_prefetch)
         except BaseException:
             subscribers.pop(identifier, None)
             raise
@@ -449,21 +462,20 @@ class AsyncCommunicator(abc.ABC):
         """Stop delivering broadcasts to ``identifier``; no error if unknown."""
         self._broadcast_subscribers.pop(identifier, None)
 
-    # -- back-end hooks ----------------------------------------------------------------------------
+    # -- the back-end contract: the hooks (see the class docstring) -------------------------------------
     async def _on_rpc_added(self, key: str) -> None:
-        """Start routing ``[rpc].<key>`` here."""
+        """Start routing RPCs addressed to ``key`` (``[rpc].<key>``) here; raise if that cannot be done."""
 
     async def _on_rpc_removed(self, key: str) -> None:
-        """Stop routing ``[rpc].<key>`` here."""
+        """Stop routing ``[rpc].<key>`` here (best effort: a failure is logged, not raised)."""
 
-    async def _on_task_subscribers_changed(self, queue: str | None = None) -> None:
-        """Start or stop consuming the task queue (or the named ``queue``)."""
-
-    def _set_prefetch(self, queue: str | None, prefetch_count: int) -> None:
-        """Limit the tasks of ``queue`` in progress here (back ends with a prefetch limit)."""
+    async def _on_task_subscribers_changed(self, queue: str | None = None, prefetch_count: int | None = None) -> None:
+        """Start or stop consuming the task queue (or the named ``queue``) as it gained or lost subscribers
+        (:meth:`_subscribers_of`); ``prefetch_count``, from the queue's first subscriber: at most this many of
+        its tasks in progress here (0: no limit; None: the back end's default)."""
 
     async def _on_broadcast_subscribers_changed(self) -> None:
-        """Start consuming broadcasts."""
+        """Start receiving broadcasts (once: every broadcast goes to :meth:`_handle_broadcast`)."""
 
     # -- incoming ----------------------------------------------------------------------------------
     async def _handle_rpc(

@@ -149,7 +149,7 @@ class EmbeddedCommunicator(AsyncCommunicator):
             return self._tasks
         return self._named_tasks.setdefault(queue, collections.deque())
 
-    async def _on_task_subscribers_changed(self, queue: str | None = None) -> None:
+    async def _on_task_subscribers_changed(self, queue: str | None = None, prefetch_count: int | None = None) -> None:
         self._pump(queue)
 
     def _pump(self, queue: str | None = None) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import aio_pika.abc
 
-from ._connection import SETTLE_ERRORS
+from ._errors import SETTLE_ERRORS
 
 __all__ = ["RmqIncoming"]
 
