@@ -6,7 +6,6 @@ string with commas) the RabbitMQ back end. ``api="kiwipy"`` gives :class:`Kiwipy
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal
@@ -195,7 +194,7 @@ async def connect_async(
     """Like :func:`connect`, but awaits the connection instead of blocking the caller's event loop."""
     comm = _facade(api, url, codec, options, rpc_timeout=rpc_timeout, task_timeout=task_timeout, wait_connected=False)
     try:
-        comm._core = await asyncio.wrap_future(comm._ready)
+        await comm.wait_connected()
     except BaseException:
         comm.close()
         raise

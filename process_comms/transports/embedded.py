@@ -60,7 +60,9 @@ class EmbeddedCommunicator(AsyncCommunicator):
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
-    def _reply_sender(self, waiter: ReplyWaiter | None, task_reply: bool) -> Callable[[dict[str, Any]], Any] | None:
+    def reply_sender(self, waiter: ReplyWaiter | None, task_reply: bool) -> Callable[[dict[str, Any]], Any] | None:
+        """What sends a reply to the caller waiting on ``waiter`` (None: no one waits); a task's reply
+        (``task_reply``) names this host."""
         if waiter is None:
             return None
 
@@ -102,7 +104,7 @@ class EmbeddedCommunicator(AsyncCommunicator):
             on_sent()
         waiter = ReplyWaiter(asyncio.get_running_loop(), on_pending)
         with self._call_to_self(key) as correlation_id:
-            self._spawn(self._handle_rpc(key, body, self._reply_sender(waiter, False), correlation_id))
+            self._spawn(self._handle_rpc(key, body, self.reply_sender(waiter, False), correlation_id))
             return await self._await_waiter(waiter)
 
     async def broadcast_send(
@@ -152,6 +154,16 @@ class EmbeddedCommunicator(AsyncCommunicator):
     async def _on_task_subscribers_changed(self, queue: str | None = None, prefetch_count: int | None = None) -> None:
         self._pump(queue)
 
+    def requeue(self, queue: str | None, entry: tuple[bytes, ReplyWaiter | None, bool, str]) -> None:
+        """Put a task back on ``queue``: at its head while releasing (the next subscriber continues from the
+        checkpoint), else at its end, and deliver it again."""
+        tasks = self._queue_of(queue)
+        if self._releasing:
+            tasks.appendleft(entry)
+        else:
+            tasks.append(entry)
+            self._pump(queue)
+
     def _pump(self, queue: str | None = None) -> None:
         tasks, subscribers = self._queue_of(queue), self._subscribers_of(queue)
         while tasks and subscribers and not self._closed:
@@ -195,7 +207,7 @@ class EmbeddedCommunicator(AsyncCommunicator):
 class _EmbeddedIncoming:
     """A task taken from the embedded queue, with the settle verbs of :class:`~.base.IncomingTask`."""
 
-    __slots__ = ("_comm", "_send", "body", "correlation_id", "queue", "redelivered", "settled", "waiter")
+    __slots__ = ("_requeue", "_send", "body", "correlation_id", "queue", "redelivered", "settled", "waiter")
 
     def __init__(
         self,
@@ -206,9 +218,10 @@ class _EmbeddedIncoming:
         delivery_id: str,
         queue: str | None = None,
     ) -> None:
-        self._comm, self.body, self.waiter, self.queue = comm, body, waiter, queue
+        self.body, self.waiter, self.queue = body, waiter, queue
         self.redelivered, self.correlation_id = redelivered, delivery_id
-        self._send = comm._reply_sender(waiter, True)
+        self._send = comm.reply_sender(waiter, True)
+        self._requeue = comm.requeue
         self.settled = False
 
     async def ack(self) -> bool:
@@ -220,13 +233,7 @@ class _EmbeddedIncoming:
 
     async def requeue(self) -> None:
         self.settled = True
-        comm, entry = self._comm, (self.body, self.waiter, True, self.correlation_id)
-        tasks = comm._queue_of(self.queue)
-        if comm._releasing:
-            tasks.appendleft(entry)  # handed back: first in line for the next subscriber
-        else:
-            tasks.append(entry)
-            comm._pump(self.queue)
+        self._requeue(self.queue, (self.body, self.waiter, True, self.correlation_id))
 
     def wants_reply(self, no_reply: bool) -> bool:
         return self._send is not None  # someone awaits this task's reply, whatever the envelope says

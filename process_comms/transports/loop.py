@@ -46,7 +46,16 @@ def _refuse_coroutine(fn: Any) -> None:
 class ControllerFuture(concurrent.futures.Future[T]):
     """A ``concurrent.futures.Future`` that refuses to block the loop thread that must complete it."""
 
-    _loop_thread: threading.Thread | None = None
+    def __init__(self, loop_thread: threading.Thread | None = None) -> None:
+        super().__init__()
+        self._loop_thread = loop_thread
+
+    def fail_in_forked_child(self, exc: BaseException) -> None:
+        """In a child of ``os.fork()``: fail with ``exc`` unless done, with a fresh condition (a parent's
+        thread may have held the one copied at the fork)."""
+        if not self.done():
+            self._condition = threading.Condition()
+            _settle(self.set_exception, exc)
 
     def _check_thread(self) -> None:
         if not self.done() and threading.current_thread() is self._loop_thread:
@@ -116,15 +125,15 @@ class _Inbox:
         self._calls.append(fn)
         if self._wake_pending:
             return True
-        if asyncio._get_running_loop() is loop:  # the loop's own thread: no pipe to write, no race
+        if _running_loop() is loop:  # the loop's own thread: no pipe to write, no race
             self._wake_pending = True
-            loop.call_soon(self._drain)
+            loop.call_soon(self.drain)
             return True
-        # a race with _drain at worst schedules one drain too many; a call is never left behind, since
-        # _drain clears the flag before it empties the inbox and a post appends before it reads the flag
+        # a race with drain at worst schedules one drain too many; a call is never left behind, since
+        # drain clears the flag before it empties the inbox and a post appends before it reads the flag
         try:
             self._wake_pending = True
-            loop.call_soon_threadsafe(self._drain)
+            loop.call_soon_threadsafe(self.drain)
         except RuntimeError:  # closed meanwhile
             self._wake_pending = False
             return False
@@ -135,7 +144,8 @@ class _Inbox:
             raise
         return True
 
-    def _drain(self) -> None:
+    def drain(self) -> None:
+        """Run the calls posted so far, in order (on the loop's thread)."""
         self._wake_pending = False
         calls = self._calls
         while calls:
@@ -150,6 +160,14 @@ class _Inbox:
                 )
 
 
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread, or None."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 _INBOXES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Inbox] = weakref.WeakKeyDictionary()
 _INBOXES_LOCK = threading.Lock()
 
@@ -157,15 +175,15 @@ _INBOXES_LOCK = threading.Lock()
 def _inbox(loop: asyncio.AbstractEventLoop) -> _Inbox:
     # an attribute of the loop where it takes one (asyncio's own loops): a WeakKeyDictionary lookup makes
     # a weak reference per call, and a busy worker posts thousands of calls a second
-    inbox: _Inbox | None = getattr(loop, "_process_comms_inbox", None)
+    inbox: _Inbox | None = getattr(loop, "process_comms_inbox", None)
     if inbox is not None:
         return inbox
     with _INBOXES_LOCK:
-        inbox = getattr(loop, "_process_comms_inbox", None) or _INBOXES.get(loop)
+        inbox = getattr(loop, "process_comms_inbox", None) or _INBOXES.get(loop)
         if inbox is None:
             inbox = _Inbox(loop)
             try:
-                loop._process_comms_inbox = inbox  # type: ignore[attr-defined]
+                loop.process_comms_inbox = inbox  # type: ignore[attr-defined]
             except AttributeError:  # a loop with slots (uvloop): the weak mapping holds it
                 _INBOXES[loop] = inbox
     return inbox
@@ -232,7 +250,7 @@ class LoopThread:
         finally:
             try:
                 self._stopping = True
-                self._inbox._drain()  # calls posted too late: stop() failed their futures, so they start nothing
+                self._inbox.drain()  # calls posted too late: stop() failed their futures, so they start nothing
                 pending = [t for t in asyncio.all_tasks(self.loop) if not t.done()]
                 for task in pending:
                     task.cancel()
@@ -259,8 +277,7 @@ class LoopThread:
         :class:`CommunicatorClosed` and ``fn`` is never called.
         """
         _refuse_coroutine(fn)
-        fut: ControllerFuture[T] = ControllerFuture()
-        fut._loop_thread = self._thread
+        fut: ControllerFuture[T] = ControllerFuture(self._thread)
         started: list[asyncio.Future[Any]] = []
 
         def on_done(f: concurrent.futures.Future[Any]) -> None:
@@ -314,6 +331,13 @@ class LoopThread:
     def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` on the loop thread soon (thread-safe); ignored once the loop is closed."""
         post(self.loop, fn, *args)
+
+    def disown(self, reason: str) -> None:
+        """In a child of ``os.fork()`` (where this thread does not exist): take no more calls and fail those in
+        flight with :class:`CommunicatorClosed` (``reason``), never waiting on the loop."""
+        self._stopping = True
+        for fut in list(self._futures):
+            fut.fail_in_forked_child(CommunicatorClosed(reason))
 
     def stop(self, timeout: float = defaults.CLOSE_TIMEOUT) -> None:
         """Fail the calls still in flight with CommunicatorClosed, stop the loop and join the thread; idempotent."""

@@ -60,13 +60,7 @@ def _disown_in_forked_child() -> None:
     _OPEN.clear()
     reason = "this communicator belongs to the parent process: call connect() again after os.fork()"
     for comm in orphans:
-        comm._lock = threading.Lock()
-        comm._closed = True
-        comm._loop_thread._stopping = True
-        for fut in list(comm._loop_thread._futures):
-            if not fut.done():
-                fut._condition = threading.Condition()  # as for the lock above
-                fut.set_exception(CommunicatorClosed(reason))
+        comm.disown(reason)
 
 
 if hasattr(os, "register_at_fork"):  # POSIX only
@@ -114,6 +108,19 @@ class ThreadCommunicator(kiwipy.Communicator):
                 raise
 
     # -- plumbing --------------------------------------------------------------------------------
+    def disown(self, reason: str) -> None:
+        """In a child of ``os.fork()``: mark closed and fail the calls in flight with ``reason``, never
+        touching the parent's loop thread or connection (see ``_disown_in_forked_child``)."""
+        self._lock = threading.Lock()  # a thread of the parent may have held it at the fork
+        self._closed = True
+        self._loop_thread.disown(reason)
+
+    async def wait_connected(self) -> AsyncCommunicator:
+        """Await the connection from any event loop (no thread blocks); the core communicator."""
+        if self._core is None:
+            self._core = await asyncio.wrap_future(self._ready)
+        return self._core
+
     @property
     def core(self) -> AsyncCommunicator:
         """The async core communicator (use only from :attr:`loop`)."""
@@ -393,7 +400,8 @@ class ThreadTaskQueue:
 
     def __iter__(self) -> Iterator[ThreadPulledTask]:
         """``for task in queue``: every task queued now (kiwipy's), those left pending requeued at the end."""
-        self.comm._ensure_open()
+        if self.comm.is_closed():
+            raise CommunicatorClosed("the communicator is closed")
         return iterate_blocking(self.comm.loop_thread, self._pull, defaults.TASK_FETCH_TIMEOUT)
 
     def next_task(
@@ -401,7 +409,8 @@ class ThreadTaskQueue:
     ) -> contextlib.AbstractContextManager[ThreadPulledTask | None]:
         """``with queue.next_task() as task``: the next queued task, requeued at the end unless taken on;
         :class:`~process_comms.QueueEmpty` if there is none (None with ``fail=False``)."""
-        self.comm._ensure_open()
+        if self.comm.is_closed():
+            raise CommunicatorClosed("the communicator is closed")
         return next_task_blocking(self.comm.loop_thread, self._pull, timeout, fail)
 
 
