@@ -40,7 +40,7 @@ _OPEN_LOCK = threading.Lock()
 
 @atexit.register
 def _close_at_exit() -> None:
-    """A script that ends without ``close()`` still delivers its fire-and-forget sends (issue 13)."""
+    """A script that ends without ``close()`` still delivers its fire-and-forget sends (tests/test_handover.py)."""
     with _OPEN_LOCK:
         open_now = list(_OPEN)
     for comm in open_now:
@@ -215,7 +215,7 @@ class ThreadCommunicator(kiwipy.Communicator):
         plumpy's ``convert_to_comm`` (``src/plumpy/communications.py``) adds a done callback to an asyncio
         future of that loop from the calling thread; when the future is already done, asyncio queues the
         callback with the non-thread-safe ``call_soon``, the idle loop never wakes, and the reply waits for
-        the next unrelated wake-up (shared/pain-points.md B1; the launch stall of issue 17). Called on its
+        the next unrelated wake-up (a launch stalled until then). Called on its
         own loop, the callback is added before the future can finish, so every step runs on that loop.
         """
 

@@ -1,4 +1,5 @@
-"""The RabbitMQ back end, on aio-pika, speaking kiwipy 0.9's wire format (see shared/wire-protocol.md).
+"""The RabbitMQ back end, on aio-pika, speaking kiwipy 0.9's wire format
+(https://github.com/aiidateam/kiwipy/tree/master/src/kiwipy/rmq).
 
 Differences from kiwipy that peers cannot see: publishes are pipelined (never serialised behind a
 confirm), a reply that cannot be decoded fails its call instead of hanging it, a connection loss fails
