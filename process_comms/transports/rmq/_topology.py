@@ -2,8 +2,8 @@
 
 The names and arguments are kiwipy 0.9's, so that plumpy/kiwipy peers share the entities (kiwipy declares
 them in https://github.com/aiidateam/kiwipy/blob/master/src/kiwipy/rmq/communicator.py and
-https://github.com/aiidateam/kiwipy/blob/master/src/kiwipy/rmq/tasks.py). Nothing here does I/O: the communicator passes these
-specifications to aio-pika.
+https://github.com/aiidateam/kiwipy/blob/master/src/kiwipy/rmq/tasks.py). Nothing here does I/O: the
+communicator passes these specifications to aio-pika.
 
 Two rules for RabbitMQ 3.10 through 4.x (https://www.rabbitmq.com/docs/deprecated-features):
 
