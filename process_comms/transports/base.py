@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Hashable, Iterator
 from types import TracebackType
 from typing import Any
 
@@ -113,8 +113,8 @@ class BroadcastFilter(kiwipy.BroadcastFilter):
     """
 
     @classmethod
-    def _ensure_filter(cls, filter_value: Any) -> Callable[[Any], Any]:
-        check: Callable[[Any], Any] = super()._ensure_filter(filter_value)
+    def _ensure_filter(cls, filter_value: object) -> Callable[[object], object]:
+        check: Callable[[object], object] = super()._ensure_filter(filter_value)
         if isinstance(filter_value, str) or hasattr(filter_value, "match"):
             return lambda value: check(value if isinstance(value, str) else str(value))
         return check
@@ -203,16 +203,16 @@ class AsyncCommunicator(abc.ABC):
         #: key -> (subscriber, monotonic time it was removed), oldest first
         self._retired_rpc: dict[str, tuple[RpcSubscriber, float]] = {}
         self._retire_timer: asyncio.TimerHandle | None = None
-        self._task_subscribers: dict[Any, TaskSubscriber] = {}
-        self._named_task_subscribers: dict[str, dict[Any, TaskSubscriber]] = {}
+        self._task_subscribers: dict[Hashable, TaskSubscriber] = {}
+        self._named_task_subscribers: dict[str, dict[Hashable, TaskSubscriber]] = {}
         self._liveness: str | None = None
-        self._broadcast_subscribers: dict[Any, BroadcastSubscriber] = {}
+        self._broadcast_subscribers: dict[Hashable, BroadcastSubscriber] = {}
         self._closed = False
         #: RPCs in flight to a subscriber of this communicator, by correlation id: each future is done once the
         #: request is handed to the subscriber (its call returned); close() waits for them.
         self._own_calls: dict[str, asyncio.Future[None]] = {}
         #: The object handed to subscribers as their ``communicator`` argument.
-        self.facade: Any = self
+        self.facade: object = self
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def connect(self) -> None:
@@ -245,15 +245,15 @@ class AsyncCommunicator(abc.ABC):
         if handed is not None and not handed.done():
             handed.set_result(None)
 
-    def _calling(self, correlation_id: str | None, call: Callable[[], Any]) -> Callable[[], Any]:
+    def _calling(self, correlation_id: str | None, call: Callable[[], object]) -> Callable[[], object]:
         """``call`` (a subscriber's), marking an own request handed over once the subscriber's call returned
         (on a callback thread: once that call is done)."""
         if correlation_id not in self._own_calls:
             return call
         loop = asyncio.get_running_loop()
 
-        def calling() -> Any:
-            value: Any = None
+        def calling() -> object:
+            value: object = None
             try:
                 value = call()
                 return value
@@ -316,8 +316,8 @@ class AsyncCommunicator(abc.ABC):
     @abc.abstractmethod
     async def rpc_send(
         self,
-        recipient_id: Any,
-        msg: Any,
+        recipient_id: object,
+        msg: object,
         on_pending: Callable[[], None] | None = None,
         *,
         on_sent: Callable[[], None] | None = None,
@@ -331,7 +331,7 @@ class AsyncCommunicator(abc.ABC):
     @abc.abstractmethod
     async def task_send(
         self,
-        task: Any,
+        task: object,
         no_reply: bool = False,
         on_pending: Callable[[], None] | None = None,
         *,
@@ -341,12 +341,12 @@ class AsyncCommunicator(abc.ABC):
         """Queue a task (on the named task ``queue``, default the default one); return its final result, or
         None once confirmed when ``no_reply``. ``on_sent``: as for :meth:`rpc_send`, once the queue has it."""
 
-    async def release_tasks(self, suspend: Awaitable[Any] | None = None) -> None:
+    async def release_tasks(self, suspend: Awaitable[object] | None = None) -> None:
         """Stop taking tasks, await ``suspend`` (checkpoint the work), then hand the tasks in progress back."""
 
     @abc.abstractmethod
     async def broadcast_send(
-        self, body: Any, sender: Any = None, subject: Any = None, correlation_id: Any = None
+        self, body: object, sender: object = None, subject: object = None, correlation_id: object = None
     ) -> bool:
         """Broadcast to every subscriber on every communicator; True once handed to the broker."""
 
@@ -356,7 +356,7 @@ class AsyncCommunicator(abc.ABC):
         raise TypeError(f"{type(self).__name__} cannot hand out queued tasks")
 
     # -- subscribing -----------------------------------------------------------------------------
-    async def add_rpc_subscriber(self, subscriber: RpcSubscriber, identifier: Any = None) -> str:
+    async def add_rpc_subscriber(self, subscriber: RpcSubscriber, identifier: Hashable | None = None) -> str:
         """Receive RPCs addressed to ``identifier`` (a new UUID if None); returns the identifier."""
         self._ensure_open()
         key = routing_id(identifier if identifier is not None else uuid.uuid4())
@@ -371,7 +371,7 @@ class AsyncCommunicator(abc.ABC):
             raise
         return key
 
-    async def remove_rpc_subscriber(self, identifier: Any) -> None:
+    async def remove_rpc_subscriber(self, identifier: Hashable) -> None:
         """Stop receiving RPCs for ``identifier``; no error if it is not subscribed."""
         key = str(identifier)
         subscriber = self._rpc_subscribers.get(key)
@@ -401,7 +401,7 @@ class AsyncCommunicator(abc.ABC):
                 return
             del self._retired_rpc[key]
 
-    def _subscribers_of(self, queue: str | None) -> dict[Any, TaskSubscriber]:
+    def _subscribers_of(self, queue: str | None) -> dict[Hashable, TaskSubscriber]:
         """The task subscribers of ``queue`` (None or ``"default"``: the default task queue)."""
         if queue is None or queue == "default":
             return self._task_subscribers
@@ -410,11 +410,11 @@ class AsyncCommunicator(abc.ABC):
     async def add_task_subscriber(
         self,
         subscriber: TaskSubscriber,
-        identifier: Any = None,
+        identifier: Hashable | None = None,
         *,
         queue: str | None = None,
         prefetch_count: int | None = None,
-    ) -> Any:
+    ) -> Hashable:
         """Receive tasks from the task queue (or the named task ``queue``); returns the identifier.
 
         ``prefetch_count``: at most this many of the queue's tasks in progress here at once (a worker's
@@ -434,7 +434,7 @@ class AsyncCommunicator(abc.ABC):
             raise
         return identifier
 
-    async def remove_task_subscriber(self, identifier: Any, *, queue: str | None = None) -> None:
+    async def remove_task_subscriber(self, identifier: Hashable, *, queue: str | None = None) -> None:
         """Stop receiving tasks through ``identifier``; :class:`UnknownSubscriber` (a ``ValueError``, as
         kiwipy's ``Communicator.remove_task_subscriber`` documents) if it is not subscribed here."""
         if self._subscribers_of(queue).pop(identifier, None) is None:
@@ -444,7 +444,9 @@ class AsyncCommunicator(abc.ABC):
         if not self._closed:
             await self._on_task_subscribers_changed(queue)
 
-    async def add_broadcast_subscriber(self, subscriber: BroadcastSubscriber, identifier: Any = None) -> Any:
+    async def add_broadcast_subscriber(
+        self, subscriber: BroadcastSubscriber, identifier: Hashable | None = None
+    ) -> Hashable:
         """Receive every broadcast (filter with :class:`BroadcastFilter`); returns the identifier."""
         self._ensure_open()
         identifier = identifier if identifier is not None else uuid.uuid4()
@@ -458,7 +460,7 @@ class AsyncCommunicator(abc.ABC):
             raise
         return identifier
 
-    async def remove_broadcast_subscriber(self, identifier: Any) -> None:
+    async def remove_broadcast_subscriber(self, identifier: Hashable) -> None:
         """Stop delivering broadcasts to ``identifier``; no error if unknown."""
         self._broadcast_subscribers.pop(identifier, None)
 

@@ -11,11 +11,12 @@ import asyncio
 import collections
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from ..errors import CommunicatorClosed, DecodeError, EncodeError, ProcessUnreachable
 from ..wire.codec import Codec
+from ._dispatch import SendReply
 from ._pulled import PulledTask, take
 from .base import (
     AsyncCommunicator,
@@ -39,9 +40,9 @@ class EmbeddedCommunicator(AsyncCommunicator):
         self._tasks: collections.deque[tuple[bytes, ReplyWaiter | None, bool, str]] = collections.deque()
         #: Named task queues (``launch_process(..., queue="gpu")``); the default one is ``_tasks``.
         self._named_tasks: dict[str, collections.deque[tuple[bytes, ReplyWaiter | None, bool, str]]] = {}
-        self._running: set[asyncio.Task[Any]] = set()
+        self._running: set[asyncio.Task[object]] = set()
         self._waiters: set[ReplyWaiter] = set()
-        self._inflight: dict[asyncio.Task[Any], _EmbeddedIncoming] = {}
+        self._inflight: dict[asyncio.Task[object], _EmbeddedIncoming] = {}
         self._releasing = False
 
     def __repr__(self) -> str:
@@ -55,18 +56,18 @@ class EmbeddedCommunicator(AsyncCommunicator):
         for task in list(self._running):
             task.cancel()
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[object, None, object]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
-    def reply_sender(self, waiter: ReplyWaiter | None, task_reply: bool) -> Callable[[dict[str, Any]], Any] | None:
+    def reply_sender(self, waiter: ReplyWaiter | None, task_reply: bool) -> SendReply | None:
         """What sends a reply to the caller waiting on ``waiter`` (None: no one waits); a task's reply
         (``task_reply``) names this host."""
         if waiter is None:
             return None
 
-        async def send(reply: dict[str, Any]) -> None:
+        async def send(reply: dict[str, object]) -> None:
             if task_reply:
                 reply = {**reply, "host": host_info()}
             try:
@@ -89,8 +90,8 @@ class EmbeddedCommunicator(AsyncCommunicator):
 
     async def rpc_send(
         self,
-        recipient_id: Any,
-        msg: Any,
+        recipient_id: object,
+        msg: object,
         on_pending: Callable[[], None] | None = None,
         *,
         on_sent: Callable[[], None] | None = None,
@@ -108,7 +109,7 @@ class EmbeddedCommunicator(AsyncCommunicator):
             return await self._await_waiter(waiter)
 
     async def broadcast_send(
-        self, body: Any, sender: Any = None, subject: Any = None, correlation_id: Any = None
+        self, body: object, sender: object = None, subject: object = None, correlation_id: object = None
     ) -> bool:
         self._ensure_open()
         data = self.codec.encode({"body": body, "sender": sender, "subject": subject, "correlation_id": correlation_id})
@@ -117,7 +118,7 @@ class EmbeddedCommunicator(AsyncCommunicator):
 
     async def task_send(
         self,
-        task: Any,
+        task: object,
         no_reply: bool = False,
         on_pending: Callable[[], None] | None = None,
         *,
@@ -173,7 +174,7 @@ class EmbeddedCommunicator(AsyncCommunicator):
             self._inflight[task] = incoming
             task.add_done_callback(lambda t: self._inflight.pop(t, None))
 
-    async def release_tasks(self, suspend: Awaitable[Any] | None = None) -> None:
+    async def release_tasks(self, suspend: Awaitable[object] | None = None) -> None:
         """Stop taking tasks, await ``suspend``, then put the tasks in progress back at the head of the queue."""
         self._task_subscribers.clear()
         for subscribers in self._named_task_subscribers.values():
@@ -238,6 +239,6 @@ class _EmbeddedIncoming:
     def wants_reply(self, no_reply: bool) -> bool:
         return self._send is not None  # someone awaits this task's reply, whatever the envelope says
 
-    async def reply(self, reply: dict[str, Any]) -> None:
+    async def reply(self, reply: dict[str, object]) -> None:
         if self._send is not None:
             await self._send(reply)

@@ -17,7 +17,7 @@ import functools
 import logging
 import threading
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -29,13 +29,14 @@ from ..errors import TimeoutError as PCTimeoutError
 __all__ = ["LoopThread", "ControllerFuture", "AsyncFn", "with_deadline", "run_on", "spawn_on", "post"]
 
 T = TypeVar("T")
+V = TypeVar("V")
 LOGGER = logging.getLogger(__name__)
 
 AsyncFn = Callable[..., Awaitable[T]]
 """What crosses the thread boundary: a coroutine function (or any callable returning an awaitable)."""
 
 
-def _refuse_coroutine(fn: Any) -> None:
+def _refuse_coroutine(fn: object) -> None:
     if asyncio.iscoroutine(fn):
         fn.close()
         raise TypeError(
@@ -72,12 +73,12 @@ class ControllerFuture(concurrent.futures.Future[T]):
         self._check_thread()
         return super().exception(timeout)
 
-    def __await__(self) -> Any:
+    def __await__(self) -> Generator[object, None, T]:
         """Await from any event loop (e.g. a notebook cell): ``await future``."""
         return asyncio.wrap_future(self).__await__()
 
 
-def _copy_outcome(source: asyncio.Future[Any], dest: concurrent.futures.Future[Any]) -> None:
+def _copy_outcome(source: asyncio.Future[T], dest: concurrent.futures.Future[T]) -> None:
     if source.cancelled():
         if not dest.done():
             dest.cancel()
@@ -91,7 +92,7 @@ def _copy_outcome(source: asyncio.Future[Any], dest: concurrent.futures.Future[A
         _settle(dest.set_result, source.result())
 
 
-def _settle(setter: Callable[[Any], None], value: Any) -> None:
+def _settle(setter: Callable[[V], None], value: V) -> None:
     """Settle a future unless another thread (a cancel, a close) settled it first."""
     try:
         setter(value)
@@ -114,10 +115,10 @@ class _Inbox:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._calls: collections.deque[Callable[[], None]] = collections.deque()
+        self._calls: collections.deque[Callable[[], object]] = collections.deque()
         self._wake_pending = False
 
-    def post(self, fn: Callable[[], None]) -> bool:
+    def post(self, fn: Callable[[], object]) -> bool:
         """Queue ``fn`` for the loop's thread; False if the loop is closed (``fn`` will not run)."""
         loop = self._loop
         if loop.is_closed():
@@ -189,7 +190,7 @@ def _inbox(loop: asyncio.AbstractEventLoop) -> _Inbox:
     return inbox
 
 
-def post(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> bool:
+def post(loop: asyncio.AbstractEventLoop, fn: Callable[..., object], *args: object) -> bool:
     """``loop.call_soon_threadsafe(fn, *args)`` through the loop's inbox (one wake-up per burst, in order
     with :func:`run_on`); False, ``fn`` uncalled, if the loop is closed."""
     return _inbox(loop).post(functools.partial(fn, *args) if args else fn)
@@ -205,7 +206,7 @@ class LoopThread:
 
     def __init__(self, name: str = "process-comms-loop", *, start: bool = True) -> None:
         self.loop = asyncio.new_event_loop()
-        self._tasks: set[asyncio.Future[Any]] = set()
+        self._tasks: set[asyncio.Task[object]] = set()
         self._futures: set[ControllerFuture[Any]] = set()
         self._inbox = _inbox(self.loop)  # calls posted by other threads: one wake-up per burst
         self._stopping = False
@@ -270,7 +271,7 @@ class LoopThread:
         """True until stop() has been called and the loop has finished."""
         return self._thread.is_alive() and not self.loop.is_closed()
 
-    def start_task_soon(self, fn: AsyncFn[T], *args: Any) -> ControllerFuture[T]:
+    def start_task_soon(self, fn: AsyncFn[T], *args: object) -> ControllerFuture[T]:
         """Run ``await fn(*args)`` as a task on the loop and return at once; cancelling the future cancels the task.
 
         ``fn(*args)`` is called on the loop thread; if the loop has stopped, the future fails with
@@ -278,9 +279,9 @@ class LoopThread:
         """
         _refuse_coroutine(fn)
         fut: ControllerFuture[T] = ControllerFuture(self._thread)
-        started: list[asyncio.Future[Any]] = []
+        started: list[asyncio.Task[T]] = []
 
-        def on_done(f: concurrent.futures.Future[Any]) -> None:
+        def on_done(f: concurrent.futures.Future[T]) -> None:
             self._futures.discard(f)
             if f.cancelled() and started:
                 self.call_soon(started[0].cancel)
@@ -314,7 +315,7 @@ class LoopThread:
             return False
         return self._inbox.post(fn)
 
-    def run_sync(self, fn: AsyncFn[T], *args: Any, timeout: float | None = None) -> T:
+    def run_sync(self, fn: AsyncFn[T], *args: object, timeout: float | None = None) -> T:
         """Run ``await fn(*args)`` on the loop and block for its result, at most ``timeout`` seconds
         (None: :data:`~process_comms.defaults.CLOSE_TIMEOUT`)."""
         _refuse_coroutine(fn)
@@ -328,7 +329,7 @@ class LoopThread:
             fut.cancel()
             raise PCTimeoutError(f"the operation did not finish within {limit} s") from None
 
-    def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+    def call_soon(self, fn: Callable[..., object], *args: object) -> None:
         """Run ``fn(*args)`` on the loop thread soon (thread-safe); ignored once the loop is closed."""
         post(self.loop, fn, *args)
 
@@ -352,7 +353,7 @@ class LoopThread:
                 self._thread.join(timeout)
 
 
-def run_on(loop: asyncio.AbstractEventLoop, fn: AsyncFn[T], *args: Any) -> concurrent.futures.Future[T]:
+def run_on(loop: asyncio.AbstractEventLoop, fn: AsyncFn[T], *args: object) -> concurrent.futures.Future[T]:
     """Run ``await fn(*args)`` on another thread's ``loop``; on a closed loop the future fails, ``fn`` uncalled.
 
     The thread-safe counterpart of :meth:`LoopThread.start_task_soon` for a loop this module does not own
@@ -377,7 +378,7 @@ def run_on(loop: asyncio.AbstractEventLoop, fn: AsyncFn[T], *args: Any) -> concu
     return fut
 
 
-def spawn_on(loop: asyncio.AbstractEventLoop, fn: AsyncFn[Any], *args: Any) -> None:
+def spawn_on(loop: asyncio.AbstractEventLoop, fn: AsyncFn[object], *args: object) -> None:
     """Start ``await fn(*args)`` on ``loop`` (any thread) and forget it: :func:`run_on` without its
     ``concurrent.futures.Future`` (a lock and a condition each), for work whose outcome no one awaits, such
     as a process's state broadcast. A failure is logged; on a closed loop ``fn`` is not called."""
@@ -395,7 +396,7 @@ def spawn_on(loop: asyncio.AbstractEventLoop, fn: AsyncFn[Any], *args: Any) -> N
         LOGGER.debug("not started, the event loop is closed: %r", fn)
 
 
-def _log_failure(task: asyncio.Future[Any]) -> None:
+def _log_failure(task: asyncio.Task[object]) -> None:
     if not task.cancelled() and task.exception() is not None:
         LOGGER.error("work started with spawn_on failed", exc_info=task.exception())
 

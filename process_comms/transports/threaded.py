@@ -17,7 +17,7 @@ import contextlib
 import functools
 import os
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Hashable, Iterator
 from typing import Any, TypeVar
 
 import kiwipy
@@ -141,7 +141,7 @@ class ThreadCommunicator(kiwipy.Communicator):
     def __repr__(self) -> str:
         return f"<ThreadCommunicator {self._core!r} closed={self._closed}>"
 
-    def submit(self, fn: AsyncFn[T], *args: Any) -> ControllerFuture[T]:
+    def submit(self, fn: AsyncFn[T], *args: object) -> ControllerFuture[T]:
         """Run ``await fn(*args)`` on the loop thread; the returned future resolves with its outcome.
 
         Pass a coroutine function and its arguments (or a closure: ``submit(lambda: core.call(x, key=y))``),
@@ -154,7 +154,7 @@ class ThreadCommunicator(kiwipy.Communicator):
             return fut
         return self._loop_thread.start_task_soon(fn, *args)
 
-    def _blocking(self, fn: AsyncFn[T], *args: Any) -> T:
+    def _blocking(self, fn: AsyncFn[T], *args: object) -> T:
         self._ensure_open()
         return self._loop_thread.run_sync(fn, *args, timeout=defaults.CONNECT_TIMEOUT + 5)
 
@@ -173,7 +173,7 @@ class ThreadCommunicator(kiwipy.Communicator):
     #: reply before the result): ours, True; kiwipy's mode, False (``CallbackFuture`` in transports/_dispatch.py).
     _call_is_level = True
 
-    def _threaded(self, subscriber: Callable[..., Any], ordered: bool = False) -> Callable[..., Any]:
+    def _threaded(self, subscriber: Callable[..., object], ordered: bool = False) -> Callable[..., object]:
         """Wrap a user callback so that it runs on a callback thread, never on the I/O loop.
 
         Broadcast callbacks (``ordered``) share one thread, so they see broadcasts in arrival order; RPC
@@ -200,7 +200,7 @@ class ThreadCommunicator(kiwipy.Communicator):
                 executor = self._executor
 
         @functools.wraps(subscriber)
-        def run_in_pool(_comm: Any, *args: Any) -> Any:
+        def run_in_pool(_comm: object, *args: object) -> concurrent.futures.Future[object]:
             if self._call_is_level:
                 return executor.submit(subscriber, self, *args)
             outcome = CallbackFuture()
@@ -209,7 +209,9 @@ class ThreadCommunicator(kiwipy.Communicator):
 
         return run_in_pool
 
-    def _on_plumpy_loop(self, subscriber: Callable[..., Any], loop: asyncio.AbstractEventLoop) -> Callable[..., Any]:
+    def _on_plumpy_loop(
+        self, subscriber: Callable[..., object], loop: asyncio.AbstractEventLoop
+    ) -> Callable[..., object]:
         """Call a ``plumpy.LoopCommunicator`` subscriber on its own loop's thread, not on a callback thread.
 
         plumpy's ``convert_to_comm`` (``src/plumpy/communications.py``) adds a done callback to an asyncio
@@ -220,8 +222,8 @@ class ThreadCommunicator(kiwipy.Communicator):
         """
 
         @functools.wraps(subscriber)
-        def on_its_loop(_comm: Any, *args: Any) -> concurrent.futures.Future[Any]:
-            outcome = concurrent.futures.Future[Any]() if self._call_is_level else CallbackFuture()
+        def on_its_loop(_comm: object, *args: object) -> concurrent.futures.Future[object]:
+            outcome = concurrent.futures.Future[object]() if self._call_is_level else CallbackFuture()
             if not post(loop, _settle_call, outcome, subscriber, self, *args):
                 raise CommunicatorClosed("the subscriber's event loop is closed")
             return outcome
@@ -270,47 +272,49 @@ class ThreadCommunicator(kiwipy.Communicator):
     def __enter__(self) -> ThreadCommunicator:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- kiwipy Communicator interface -------------------------------------------------------------
-    def add_rpc_subscriber(self, subscriber: Callable[..., Any], identifier: Any = None) -> Any:
+    def add_rpc_subscriber(self, subscriber: Callable[..., object], identifier: Hashable | None = None) -> Hashable:
         return self._blocking(self.core.add_rpc_subscriber, self._threaded(subscriber), identifier)
 
-    def remove_rpc_subscriber(self, identifier: Any) -> None:
+    def remove_rpc_subscriber(self, identifier: Hashable) -> None:
         self._blocking(self.core.remove_rpc_subscriber, identifier)
 
     def add_task_subscriber(
         self,
-        subscriber: Callable[..., Any],
-        identifier: Any = None,
+        subscriber: Callable[..., object],
+        identifier: Hashable | None = None,
         *,
         queue: str | None = None,
         prefetch_count: int | None = None,
-    ) -> Any:
+    ) -> Hashable:
         """Receive tasks (from the named task ``queue``, with at most ``prefetch_count`` in progress)."""
         wrapped = self._threaded(subscriber)
         return self._blocking(
             lambda: self.core.add_task_subscriber(wrapped, identifier, queue=queue, prefetch_count=prefetch_count)
         )
 
-    def remove_task_subscriber(self, identifier: Any, *, queue: str | None = None) -> None:
+    def remove_task_subscriber(self, identifier: Hashable, *, queue: str | None = None) -> None:
         self._blocking(lambda: self.core.remove_task_subscriber(identifier, queue=queue))
 
-    def add_broadcast_subscriber(self, subscriber: Callable[..., Any], identifier: Any = None) -> Any:
+    def add_broadcast_subscriber(
+        self, subscriber: Callable[..., object], identifier: Hashable | None = None
+    ) -> Hashable:
         return self._blocking(self.core.add_broadcast_subscriber, self._threaded(subscriber, ordered=True), identifier)
 
-    def remove_broadcast_subscriber(self, identifier: Any) -> None:
+    def remove_broadcast_subscriber(self, identifier: Hashable) -> None:
         self._blocking(self.core.remove_broadcast_subscriber, identifier)
 
     # -- kiwipy's RmqThreadCommunicator extras (kiwipy/rmq/threadcomms.py) ------------------------
     @property
-    def server_properties(self) -> dict[str, Any]:
+    def server_properties(self) -> dict[str, object]:
         """The broker's connection properties (product, version, ...); empty on the embedded back end."""
         props = getattr(self.core, "server_properties", None)
         return dict(props) if isinstance(props, dict) else {}
 
-    def add_close_callback(self, callback: Callable[..., Any], weak: bool = False) -> None:
+    def add_close_callback(self, callback: Callable[..., object], weak: bool = False) -> None:
         """Call ``callback(connection, exc)`` (on the loop thread) each time the broker connection closes."""
         self._ensure_open()
         add = getattr(self.core, "add_close_callback", None)
@@ -335,7 +339,7 @@ class ThreadCommunicator(kiwipy.Communicator):
         """Start ``make(core)`` on the loop: the send's coroutine is made there, with the connected core."""
         return self.submit(self._on_core, make)
 
-    def rpc_send(self, recipient_id: Any, msg: Any, timeout: float | None = None) -> ControllerFuture[Any]:
+    def rpc_send(self, recipient_id: object, msg: object, timeout: float | None = None) -> ControllerFuture[object]:
         """Send an RPC; the future resolves to the final reply (flat) or fails with a typed error."""
         deadline = self.rpc_timeout if timeout is None else timeout
         return self._send(
@@ -343,15 +347,15 @@ class ThreadCommunicator(kiwipy.Communicator):
         )
 
     def task_send(
-        self, task: Any, no_reply: bool = False, timeout: float | None = None, *, queue: str | None = None
-    ) -> ControllerFuture[Any]:
+        self, task: object, no_reply: bool = False, timeout: float | None = None, *, queue: str | None = None
+    ) -> ControllerFuture[object]:
         """Queue a task (on the named task ``queue``); the future resolves to its result (or None once
         queued, with ``no_reply``)."""
         deadline = self.task_timeout if timeout is None else timeout
         return self._send(lambda core: with_deadline(core.task_send(task, no_reply, queue=queue), deadline, "task"))
 
     def broadcast_send(
-        self, body: Any, sender: Any = None, subject: Any = None, correlation_id: Any = None
+        self, body: object, sender: object = None, subject: object = None, correlation_id: object = None
     ) -> ControllerFuture[bool]:
         """Broadcast without blocking; the future resolves to True once the broker has it."""
         return self._send(
@@ -361,7 +365,7 @@ class ThreadCommunicator(kiwipy.Communicator):
         )
 
 
-def _settle_call(outcome: concurrent.futures.Future[Any], subscriber: Callable[..., Any], *args: Any) -> None:
+def _settle_call(outcome: concurrent.futures.Future[object], subscriber: Callable[..., object], *args: object) -> None:
     """Call ``subscriber(*args)`` (on a callback thread or its own loop) and settle ``outcome`` with what it did."""
     if not outcome.set_running_or_notify_cancel():
         return
@@ -371,7 +375,7 @@ def _settle_call(outcome: concurrent.futures.Future[Any], subscriber: Callable[.
         outcome.set_exception(exc)
 
 
-async def _call_async(fn: Callable[..., Any], *args: Any) -> Any:
+async def _call_async(fn: Callable[..., T], *args: object) -> T:
     return fn(*args)
 
 
@@ -381,17 +385,17 @@ class ThreadTaskQueue:
     def __init__(self, comm: ThreadCommunicator, name: str, prefetch_count: int | None = None) -> None:
         self.comm, self.name, self.prefetch_count = comm, name, prefetch_count
 
-    def task_send(self, task: Any, no_reply: bool = False, timeout: float | None = None) -> Any:
+    def task_send(self, task: object, no_reply: bool = False, timeout: float | None = None) -> Any:
         """Queue ``task`` on this queue (the communicator's send semantics)."""
         return self.comm.task_send(task, no_reply, timeout, queue=self.name)
 
-    def add_task_subscriber(self, subscriber: Callable[..., Any], identifier: Any = None) -> Any:
+    def add_task_subscriber(self, subscriber: Callable[..., object], identifier: Hashable | None = None) -> Hashable:
         """Receive this queue's tasks (at most ``prefetch_count`` in progress here); returns the identifier."""
         return self.comm.add_task_subscriber(
             subscriber, identifier, queue=self.name, prefetch_count=self.prefetch_count
         )
 
-    def remove_task_subscriber(self, identifier: Any) -> None:
+    def remove_task_subscriber(self, identifier: Hashable) -> None:
         """Stop receiving this queue's tasks through ``identifier`` (ValueError if unknown, as kiwipy)."""
         self.comm.remove_task_subscriber(identifier, queue=self.name)
 
@@ -414,7 +418,7 @@ class ThreadTaskQueue:
         return next_task_blocking(self.comm.loop_thread, self._pull, timeout, fail)
 
 
-def _plumpy_loop(subscriber: Any) -> asyncio.AbstractEventLoop | None:
+def _plumpy_loop(subscriber: object) -> asyncio.AbstractEventLoop | None:
     """The event loop of a subscriber made by plumpy's ``convert_to_comm``, else None."""
     if getattr(subscriber, "__module__", None) != "plumpy.communications":
         return None

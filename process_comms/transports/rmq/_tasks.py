@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from collections.abc import Awaitable, Callable, Hashable
+from typing import cast
 
 import aio_pika
 import aio_pika.abc
@@ -99,7 +99,7 @@ class TaskQueues:
         """Limit the tasks of ``queue`` in progress here to ``prefetch_count`` (0: no limit)."""
         self.get(queue, prefetch_count).prefetch_count = prefetch_count
 
-    async def subscribers_changed(self, queue: str | None, subscribers: dict[Any, TaskSubscriber]) -> None:
+    async def subscribers_changed(self, queue: str | None, subscribers: dict[Hashable, TaskSubscriber]) -> None:
         """``queue`` has these subscribers now: consume it while it has any."""
         target = self.get(queue)
         target.subscribers = subscribers
@@ -133,7 +133,7 @@ class TaskQueues:
         if tasks:
             await asyncio.wait(tasks, timeout=defaults.CLOSE_TIMEOUT)
 
-    async def send_reply(self, message: aio_pika.abc.AbstractIncomingMessage, reply: dict[str, Any]) -> None:
+    async def send_reply(self, message: aio_pika.abc.AbstractIncomingMessage, reply: dict[str, object]) -> None:
         """Reply to a task's sender (if it asked for replies), naming this host."""
         if message.reply_to:
             await self.requests.send_reply(
@@ -167,7 +167,7 @@ class TaskQueue:
         self.connection = owner.connection
         self.name = name
         self.prefetch_count = prefetch_count
-        self.subscribers: dict[Any, TaskSubscriber] = {}
+        self.subscribers: dict[Hashable, TaskSubscriber] = {}
         self.queue: aio_pika.abc.AbstractQueue | None = None
         self.channel: aio_pika.abc.AbstractRobustChannel | None = None
         self.consumer_tag: str | None = None
@@ -403,7 +403,9 @@ class TaskQueue:
             raise
 
 
-async def _consume(queue: aio_pika.abc.AbstractQueue, callback: Callable[[Any], Awaitable[None]]) -> str:
+async def _consume(
+    queue: aio_pika.abc.AbstractQueue, callback: Callable[[aio_pika.abc.AbstractIncomingMessage], Awaitable[None]]
+) -> str:
     """Consume ``queue``; not aio-pika-robust: on a reconnection aio-pika would declare the queue again
     before anything else, and a refused declaration (its classic queue's node down: ``404 NOT_FOUND``)
     fails the whole reconnection, every route with it (``RobustConnection._on_connected``). The

@@ -18,7 +18,7 @@ import dataclasses
 import logging
 import ssl
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Hashable, Sequence
 from typing import Any
 
 import aio_pika
@@ -240,8 +240,8 @@ class RmqCommunicator(AsyncCommunicator):
 
     async def rpc_send(
         self,
-        recipient_id: Any,
-        msg: Any,
+        recipient_id: object,
+        msg: object,
         on_pending: Callable[[], None] | None = None,
         *,
         on_sent: Callable[[], None] | None = None,
@@ -275,7 +275,7 @@ class RmqCommunicator(AsyncCommunicator):
 
     async def task_send(
         self,
-        task: Any,
+        task: object,
         no_reply: bool = False,
         on_pending: Callable[[], None] | None = None,
         *,
@@ -319,7 +319,7 @@ class RmqCommunicator(AsyncCommunicator):
             return await conn.guarded(send(_then(confirmed, on_sent)))
 
     async def broadcast_send(
-        self, body: Any, sender: Any = None, subject: Any = None, correlation_id: Any = None
+        self, body: object, sender: object = None, subject: object = None, correlation_id: object = None
     ) -> bool:
         self._accepting()
         data = self.codec.encode({"body": body, "sender": sender, "subject": subject, "correlation_id": correlation_id})
@@ -372,7 +372,7 @@ class RmqCommunicator(AsyncCommunicator):
         reply_to, correlation_id = message.reply_to, message.correlation_id
         exchange = self.connection.fast_msg_exchange
 
-        async def send(reply: dict[str, Any]) -> None:
+        async def send(reply: dict[str, object]) -> None:
             await self.requests.send_reply(exchange, reply_to or "", correlation_id, reply)
 
         # aio-pika already runs this callback as a task of its own: handle the RPC here (no extra task and
@@ -469,7 +469,7 @@ class RmqCommunicator(AsyncCommunicator):
         """``{queue name: consuming}`` for each task queue this communicator has subscribers for."""
         return self.tasks.consuming_queues()
 
-    async def release_tasks(self, suspend: Awaitable[Any] | None = None) -> None:
+    async def release_tasks(self, suspend: Awaitable[object] | None = None) -> None:
         """Stop consuming, await ``suspend`` (checkpoint the work), then nack every task in progress."""
         await self.tasks.release(suspend)
 
@@ -492,17 +492,19 @@ class NamedTaskQueue:
     def __init__(self, comm: RmqCommunicator, name: str, prefetch_count: int | None = None) -> None:
         self.comm, self.name, self.prefetch_count = comm, name, prefetch_count
 
-    async def task_send(self, task: Any, no_reply: bool = False) -> Any:
+    async def task_send(self, task: object, no_reply: bool = False) -> Any:
         """Queue ``task`` on this queue; its final result (None with ``no_reply``, once the broker has it)."""
         return await self.comm.task_send(task, no_reply, queue=self.name)
 
-    async def add_task_subscriber(self, subscriber: Callable[..., Any], identifier: Any = None) -> Any:
+    async def add_task_subscriber(
+        self, subscriber: Callable[..., object], identifier: Hashable | None = None
+    ) -> Hashable:
         """Receive this queue's tasks; returns the identifier."""
         return await self.comm.add_task_subscriber(
             subscriber, identifier, queue=self.name, prefetch_count=self.prefetch_count
         )
 
-    async def remove_task_subscriber(self, identifier: Any) -> None:
+    async def remove_task_subscriber(self, identifier: Hashable) -> None:
         """Stop receiving this queue's tasks through ``identifier`` (ValueError if unknown, as kiwipy)."""
         await self.comm.remove_task_subscriber(identifier, queue=self.name)
 
