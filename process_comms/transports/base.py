@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Hashable, Iterator
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import kiwipy
 
@@ -64,6 +64,7 @@ from .loop import post
 
 __all__ = [
     "AsyncCommunicator",
+    "BrokerBacked",
     "Handovers",
     "UnknownSubscriber",
     "BroadcastFilter",
@@ -100,6 +101,23 @@ _REEXPORTED = (
 )
 
 LOGGER = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class BrokerBacked(Protocol):
+    """A back end on a broker connection: kiwipy's ``RmqCommunicator`` extras (:class:`~.rmq.RmqCommunicator`
+    has them; the embedded back end has no broker, so none)."""
+
+    @property
+    def server_properties(self) -> dict[str, object]:
+        """The properties the broker sent when the connection opened (product, version, capabilities)."""
+
+    @property
+    def task_queue_name(self) -> str:
+        """The broker name of the default task queue."""
+
+    def add_close_callback(self, callback: Callable[..., object], weak: bool = False) -> None:
+        """Call ``callback(connection, exc)`` each time the broker connection closes."""
 
 
 class UnknownSubscriber(ProcessCommsError, ValueError):

@@ -17,8 +17,9 @@ import contextlib
 import functools
 import os
 import threading
+import types
 from collections.abc import Awaitable, Callable, Hashable, Iterator
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import kiwipy
 
@@ -26,10 +27,18 @@ from .. import defaults
 from ..errors import CommunicatorClosed
 from ._pulled import PulledTask
 from ._thread_tasks import ThreadPulledTask, iterate_blocking, next_task_blocking
-from .base import AsyncCommunicator, CallbackFuture
+from .base import AsyncCommunicator, BrokerBacked, CallbackFuture
 from .loop import AsyncFn, ControllerFuture, LoopThread, post, with_deadline
 
 __all__ = ["ThreadCommunicator", "ThreadTaskQueue"]
+
+
+@runtime_checkable
+class _LoopSafe(Protocol):
+    """A subscriber that promises to return at once (``loop_safe = True``), so it is called on the loop."""
+
+    loop_safe: bool
+
 
 T = TypeVar("T")
 
@@ -180,7 +189,7 @@ class ThreadCommunicator(kiwipy.Communicator):
         and task callbacks share a small pool. Subscribers marked ``loop_safe = True`` (such as
         :class:`ProcessLauncher`) promise to return at once and are called on the loop directly.
         """
-        if getattr(subscriber, "loop_safe", False):
+        if isinstance(subscriber, _LoopSafe) and subscriber.loop_safe:
             return subscriber
         plumpy_loop = _plumpy_loop(subscriber)
         if plumpy_loop is not None:
@@ -311,16 +320,16 @@ class ThreadCommunicator(kiwipy.Communicator):
     @property
     def server_properties(self) -> dict[str, object]:
         """The broker's connection properties (product, version, ...); empty on the embedded back end."""
-        props = getattr(self.core, "server_properties", None)
-        return dict(props) if isinstance(props, dict) else {}
+        core = self.core
+        return dict(core.server_properties) if isinstance(core, BrokerBacked) else {}
 
     def add_close_callback(self, callback: Callable[..., object], weak: bool = False) -> None:
         """Call ``callback(connection, exc)`` (on the loop thread) each time the broker connection closes."""
         self._ensure_open()
-        add = getattr(self.core, "add_close_callback", None)
-        if add is None:
+        core = self.core
+        if not isinstance(core, BrokerBacked):
             raise TypeError("the embedded back end has no broker connection to watch")
-        self._loop_thread.run_sync(_call_async, add, callback, weak)
+        self._loop_thread.run_sync(_call_async, core.add_close_callback, callback, weak)
 
     def disconnect(self) -> None:
         """kiwipy's name for :meth:`close`."""
@@ -331,7 +340,8 @@ class ThreadCommunicator(kiwipy.Communicator):
         ``<task_queue>.<name>``; the default task queue's own name is that queue), with kiwipy's verbs and
         iteration; see :class:`ThreadTaskQueue`."""
         self._ensure_open()
-        if name == getattr(self.core, "task_queue_name", None):  # AiiDA names its launch queue: the default one
+        core = self.core
+        if isinstance(core, BrokerBacked) and name == core.task_queue_name:  # AiiDA names its launch queue
             name = "default"
         return ThreadTaskQueue(self, name, prefetch_count)
 
@@ -420,10 +430,9 @@ class ThreadTaskQueue:
 
 def _plumpy_loop(subscriber: object) -> asyncio.AbstractEventLoop | None:
     """The event loop of a subscriber made by plumpy's ``convert_to_comm``, else None."""
-    if getattr(subscriber, "__module__", None) != "plumpy.communications":
+    if not isinstance(subscriber, types.FunctionType) or subscriber.__module__ != "plumpy.communications":
         return None
-    code, cells = getattr(subscriber, "__code__", None), getattr(subscriber, "__closure__", None) or ()
-    for name, cell in zip(getattr(code, "co_freevars", ()), cells, strict=False):
+    for name, cell in zip(subscriber.__code__.co_freevars, subscriber.__closure__ or (), strict=False):
         if name == "loop" and isinstance(cell.cell_contents, asyncio.AbstractEventLoop):
             return cell.cell_contents
     return None
