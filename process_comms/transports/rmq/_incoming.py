@@ -14,7 +14,7 @@ __all__ = ["RmqIncoming"]
 LOGGER = logging.getLogger(__name__)
 
 ReplySender = Callable[[aio_pika.abc.AbstractIncomingMessage, dict[str, object]], Awaitable[None]]
-"""Sends a task's reply (the communicator's ``_send_task_reply``)."""
+"""Sends a task's reply (:meth:`~._tasks.TaskQueues.send_reply`)."""
 
 
 class RmqIncoming:
