@@ -32,11 +32,11 @@ from .errors import (
     TaskRejected,
     TimeoutError,
 )
-from .transports._loop import ControllerFuture
 from .transports.base import AsyncCommunicator, BroadcastFilter
 from .transports.connect import connect, connect_async
 from .transports.embedded import EmbeddedCommunicator
 from .transports.kiwipy_async import KiwipyAsyncCommunicator, connect_kiwipy_async
+from .transports.loop import ControllerFuture
 from .transports.rmq import RmqCommunicator
 from .transports.threaded import ThreadCommunicator
 from .wire.codec import Codec, JsonCodec, YamlCodec, get_codec

@@ -170,7 +170,7 @@ def test_a_task_channel_closed_by_the_broker_is_consumed_on_again(
     ):
         worker.add_task_subscriber(lambda _comm, task: task * 2)
         assert client.task_send(1).result(T) == 2
-        task_queue = worker.core._task_queues[durable_names["task_queue"]]  # type: ignore[attr-defined]
+        task_queue = worker.core.tasks.queues[durable_names["task_queue"]]  # type: ignore[attr-defined]
 
         async def provoke() -> None:
             channel = await task_queue.channel.get_underlay_channel()

@@ -13,7 +13,7 @@ import pytest
 
 import process_comms
 from process_comms.client.futures import as_asyncio
-from process_comms.transports._loop import LoopThread, post, run_on, spawn_on, with_deadline
+from process_comms.transports.loop import LoopThread, post, run_on, spawn_on, with_deadline
 
 T = 10.0
 

@@ -26,8 +26,8 @@ from hypothesis import strategies as st
 import process_comms
 import process_comms.client.futures
 from process_comms import InMemoryPersister, LoadError, Process, ProcessLauncher, create_launch_body
-from process_comms.transports._loop import run_on
 from process_comms.transports.base import InvalidTask, ReplyWaiter
+from process_comms.transports.loop import run_on
 from process_comms.wire import codec as codec_module
 
 from . import procs

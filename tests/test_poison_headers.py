@@ -34,7 +34,7 @@ def raw(broker_url: str) -> Iterator[pika.adapters.blocking_connection.BlockingC
 
 def _attempts(comm: process_comms.ThreadCommunicator) -> int:
     """How many times the communicator's robust connection has connected (1: never reconnected)."""
-    return int(comm.core._connection.connection_attempt)  # type: ignore[attr-defined]
+    return int(comm.core.connection.robust.connection_attempt)  # type: ignore[attr-defined]
 
 
 def _ready(raw: Any, queue: str) -> int:
@@ -94,7 +94,7 @@ def test_a_reply_with_a_non_utf8_correlation_id_does_not_break_the_caller(
     ):
         worker.add_rpc_subscriber(lambda _c, msg: msg, "target")
         assert client.rpc_send("target", 1).result(T) == 1
-        reply_queue = client.core._reply_queues["rpc"]  # type: ignore[attr-defined]
+        reply_queue = client.core.requests.reply_queues["rpc"]  # type: ignore[attr-defined]
         raw.basic_publish("", reply_queue, b"{result: forged}", pika.BasicProperties(correlation_id=BAD))
         wait_until(lambda: any("malformed" in r.message for r in caplog.records), T, "the malformed reply logged")
         assert client.rpc_send("target", 2).result(T) == 2  # the caller's connection survived

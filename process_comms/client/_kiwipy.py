@@ -39,9 +39,9 @@ from ..errors import (
     TaskRejected,
 )
 from ..errors import TimeoutError as PCTimeoutError
-from ..transports._loop import AsyncFn, ControllerFuture, LoopThread
 from ..transports.base import AsyncCommunicator
 from ..transports.kiwipy_async import KiwipyAsyncCommunicator
+from ..transports.loop import AsyncFn, ControllerFuture, LoopThread
 from ..wire.names import DEFAULT_QUEUE, queue_name
 
 __all__ = ["KiwipyAdapter", "KiwipyPortal", "is_foreign", "unwrap_ours"]

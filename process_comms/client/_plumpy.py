@@ -27,9 +27,9 @@ from typing import Literal, Protocol, cast, runtime_checkable
 import kiwipy
 
 from ..errors import TimeoutError as PCTimeoutError
-from ..transports._loop import with_deadline
 from ..transports.base import AsyncCommunicator
 from ..transports.connect import KiwipyThreadCommunicator
+from ..transports.loop import with_deadline
 from ..transports.threaded import ThreadCommunicator
 from ..wire.loaders import ObjectLoader
 from ..wire.messages import MessageType, Pid, create_continue_body, create_create_body

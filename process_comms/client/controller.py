@@ -17,8 +17,8 @@ from .. import defaults
 from .._compat import TIMEOUT_ERRORS
 from ..errors import EncodeError, ProcessUnreachable, RemoteError, TaskRejected
 from ..errors import TimeoutError as PCTimeoutError
-from ..transports._loop import AsyncFn, ControllerFuture, LoopThread, with_deadline
 from ..transports.base import AsyncCommunicator, BroadcastFilter
+from ..transports.loop import AsyncFn, ControllerFuture, LoopThread, with_deadline
 from ..transports.threaded import ThreadCommunicator
 from ..wire.launch_options import with_launch_options
 from ..wire.loaders import ObjectLoader

@@ -1,7 +1,7 @@
 """What a caller does with the futures the controllers return: wait for many under one deadline, await them.
 
 :class:`ControllerFuture` and the deadline helper are defined with the loop thread that completes them
-(:mod:`process_comms.transports._loop`) and re-exported here, the client's one home for futures.
+(:mod:`process_comms.transports.loop`) and re-exported here, the client's one home for futures.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import TypeVar, overload
 
 from .. import defaults
 from ..errors import TimeoutError as PCTimeoutError
-from ..transports._loop import ControllerFuture, with_deadline
+from ..transports.loop import ControllerFuture, with_deadline
 
 __all__ = ["ControllerFuture", "wait_all", "as_asyncio", "with_deadline", "outcomes"]
 

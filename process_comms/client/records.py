@@ -19,8 +19,8 @@ from typing import Any, Protocol, TypeVar, cast, runtime_checkable
 
 from ..errors import InvalidTask, ProcessCommsError, ProcessKilled, ProcessLost, ProcessUnreachable, RemoteError
 from ..errors import TimeoutError as PCTimeoutError
-from ..transports._loop import with_deadline
 from ..transports.base import AsyncCommunicator
+from ..transports.loop import with_deadline
 from ..wire.listing import CURSOR_ORDER_ONLY, check_listing, is_paged_order, row_matches, sort_rows
 from ..wire.messages import (
     RECORD_OP_GET,

@@ -9,7 +9,7 @@ import datetime
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import cast
 
-from ..transports._loop import ControllerFuture
+from ..transports.loop import ControllerFuture
 from ..transports.threaded import ThreadCommunicator
 from ..wire.loaders import ObjectLoader
 from ..wire.messages import MessageType, Pid

@@ -16,7 +16,7 @@ import os
 import socket
 import threading
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import kiwipy
 
@@ -46,7 +46,7 @@ TaskSubscriber = Callable[[Any, Any], Any]
 #: A broadcast subscriber: ``(communicator, body, sender, subject, correlation_id)``; its result is ignored.
 BroadcastSubscriber = Callable[[Any, Any, Any, Any, Any], Any]
 Subscriber = RpcSubscriber | TaskSubscriber | BroadcastSubscriber
-SendReply = Callable[[dict[str, Any]], Awaitable[None]]
+SendReply = Callable[[dict[str, object]], Awaitable[None]]
 
 #: How many removed RPC subscribers still answer requests that were routed before their removal.
 #: The one text of the reply to a task that every subscriber refused, on its second delivery.
@@ -64,14 +64,14 @@ class Delivery:
 
     correlation_id: str | None
     redelivered: bool
-    hold: concurrent.futures.Future[Any] | None = None
+    hold: concurrent.futures.Future[object] | None = None
 
 
 #: The delivery of the task being dispatched, readable by task subscribers (e.g. for idempotent launches).
 CURRENT_DELIVERY: contextvars.ContextVar[Delivery | None] = contextvars.ContextVar("CURRENT_DELIVERY", default=None)
 
 
-def routing_id(pid: Pid) -> str:
+def routing_id(pid: object) -> str:
     """The routing form of a pid, ``str(pid)``; refuses pids that would be wildcards or too long."""
     if pid is None:
         raise InvalidPid("a pid is required, got None")
@@ -88,7 +88,7 @@ def _hostname() -> str:
     return socket.gethostname()
 
 
-def host_info() -> dict[str, Any]:
+def host_info() -> dict[str, object]:
     """The ``host`` entry kiwipy puts in task replies: who handled the task (host name looked up once)."""
     return {"hostname": _hostname(), "pid": os.getpid()}
 
@@ -116,7 +116,7 @@ class IncomingTask(Protocol):
     def wants_reply(self, no_reply: bool) -> bool:
         """Whether the sender waits for replies, given the envelope's ``no_reply`` flag."""
 
-    async def reply(self, reply: dict[str, Any]) -> None:
+    async def reply(self, reply: dict[str, object]) -> None:
         """Send ``reply`` to the sender, if it asked for replies."""
 
 
@@ -128,8 +128,8 @@ async def decode(codec: Codec, body: bytes) -> Any:
     """``codec.decode(body)``; a body over :data:`~process_comms.defaults.DECODE_INLINE_BYTES` off the I/O loop.
 
     Large bodies are decoded one at a time on one thread of this process, so the loop keeps answering
-    other calls meanwhile and at most one large message is being decoded at once (issue 13, "Decoding
-    cost is not bounded"); small ones, nearly all, are decoded in place (a thread hop costs ~50 µs).
+    other calls meanwhile and at most one large message is being decoded at once (tests/test_decode_cost.py,
+    RELIABILITY.md "Bad input"); small ones, nearly all, are decoded in place (a thread hop costs ~50 µs).
     """
     if len(body) <= defaults.DECODE_INLINE_BYTES:
         return codec.decode(body)
@@ -144,7 +144,7 @@ async def settle_task(
     incoming: IncomingTask,
     body: bytes,
     subscribers: list[TaskSubscriber],
-    facade: Any,
+    facade: object,
     codec: Codec,
     releasing: Callable[[], bool],
 ) -> None:
@@ -190,10 +190,10 @@ class ReplyWaiter:
     """Collects the replies to one request: ``pending`` ones are progress, the first final one settles it."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, on_pending: Callable[[], None] | None = None) -> None:
-        self.future: asyncio.Future[Any] = loop.create_future()
+        self.future: asyncio.Future[object] = loop.create_future()
         self.on_pending = on_pending
 
-    def feed(self, reply: Any) -> None:
+    def feed(self, reply: object) -> None:
         """Take one decoded reply (or the error that decoding it raised)."""
         if self.future.done():
             return
@@ -215,7 +215,7 @@ class ReplyWaiter:
             self.future.set_exception(error)
 
 
-class CallbackFuture(concurrent.futures.Future[Any]):
+class CallbackFuture(concurrent.futures.Future[object]):
     """The future of a subscriber's own call, run on a callback thread: what it resolves to is what the
     subscriber returned, so awaiting it is no reply level of its own (no ``pending`` reply for it).
 
@@ -237,7 +237,7 @@ async def _refused(call: CallbackFuture) -> bool:
     return not call.cancelled() and isinstance(call.exception(), kiwipy.TaskRejected)
 
 
-def _is_future(value: Any) -> bool:
+def _is_future(value: object) -> bool:
     return isinstance(value, concurrent.futures.Future) or inspect.isawaitable(value)
 
 
@@ -248,14 +248,14 @@ async def _await_any(value: Any) -> Any:
 
 
 @counts_cancellations  # cancelling() below, on Python 3.10 too
-async def respond(value_or_call: Any, send: SendReply | None, *, call: bool = True) -> dict[str, Any]:
+async def respond(value_or_call: object, send: SendReply | None, *, call: bool = True) -> dict[str, object]:
     """Run a handler (or take its value) and return the final reply, sending ``pending`` for each future level.
 
     A cancelled handler yields a ``cancelled`` reply (kiwipy sends nothing, leaving the caller waiting); a failure
     yields an ``exception`` reply. Only cancellation of the calling task itself propagates.
     """
     try:
-        value = await _called(value_or_call() if call else value_or_call)
+        value = await _called(cast(Callable[[], object], value_or_call)() if call else value_or_call)
         while _is_future(value):
             if send is not None:
                 await send({PENDING_KEY: None})
@@ -271,8 +271,8 @@ async def respond(value_or_call: Any, send: SendReply | None, *, call: bool = Tr
 
 
 async def dispatch_task(
-    subscribers: list[TaskSubscriber], comm: Any, task: Any, send: SendReply | None
-) -> dict[str, Any] | None:
+    subscribers: list[TaskSubscriber], comm: object, task: object, send: SendReply | None
+) -> dict[str, object] | None:
     """Offer ``task`` to each subscriber in turn; return the final reply, or None if every one rejected it."""
     for subscriber in subscribers:
         try:
@@ -287,7 +287,7 @@ async def dispatch_task(
     return None
 
 
-def dispatch_broadcast(subscribers: list[BroadcastSubscriber], comm: Any, message: Any) -> None:
+def dispatch_broadcast(subscribers: list[BroadcastSubscriber], comm: object, message: object) -> None:
     """Hand a broadcast envelope to every subscriber; failures are logged, never raised (no replies)."""
     if not isinstance(message, dict):
         LOGGER.warning("dropped a broadcast whose body is not a mapping: %s", type(message).__name__)
@@ -302,6 +302,6 @@ def dispatch_broadcast(subscribers: list[BroadcastSubscriber], comm: Any, messag
             LOGGER.exception("broadcast subscriber %r failed", subscriber)
 
 
-def _log_failure(fut: asyncio.Future[Any]) -> None:
+def _log_failure(fut: asyncio.Future[object]) -> None:
     if not fut.cancelled() and fut.exception() is not None:
         LOGGER.error("broadcast subscriber failed", exc_info=fut.exception())

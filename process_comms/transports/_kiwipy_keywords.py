@@ -14,7 +14,7 @@ from typing import Any
 import aio_pika
 
 from ..wire.codec import Codec, FunctionCodec
-from .rmq._connection import RmqConnection
+from .rmq.communicator import RmqCommunicator
 
 __all__ = ["Translated", "translate"]
 
@@ -24,8 +24,8 @@ _URL_PARTS = ("host", "port", "login", "password", "virtualhost", "ssl")
 
 def _rmq_options() -> frozenset[str]:
     """The options :class:`~.rmq.RmqCommunicator` takes (its own and its connection's)."""
-    params = inspect.signature(RmqConnection.__init__).parameters
-    return frozenset(name for name, p in params.items() if p.kind is p.KEYWORD_ONLY) - {"codec"} | {"queue_expires"}
+    params = inspect.signature(RmqCommunicator.__init__).parameters
+    return frozenset(name for name, p in params.items() if p.kind is p.KEYWORD_ONLY) - {"codec"}
 
 
 @dataclasses.dataclass

@@ -33,7 +33,7 @@ from ..errors import TimeoutError as PCTimeoutError
 from ..wire.codec import Codec
 from ..wire.replies import exception_reply, parse_task_envelope
 from ._dispatch import IncomingTask, decode, respond
-from ._loop import post
+from .loop import post
 
 __all__ = ["PulledTask", "TaskState", "iterate_tasks", "next_task", "pull", "take"]
 
@@ -55,8 +55,8 @@ class PulledTask:
         self._no_reply = no_reply
         self._state: TaskState = "pending"
         self._loop = asyncio.get_running_loop()
-        self._outcome_ref: weakref.ref[Any] | None = None
-        self._running: set[asyncio.Task[Any]] = set()
+        self._outcome_ref: weakref.ref[asyncio.Future[object] | concurrent.futures.Future[object]] | None = None
+        self._running: set[asyncio.Task[object]] = set()
 
     @property
     def body(self) -> Any:
@@ -83,35 +83,35 @@ class PulledTask:
             raise asyncio.InvalidStateError(f"the task is {self._state}")
         self._state = "processing"
 
-    def process(self) -> asyncio.Future[Any]:
+    def process(self) -> asyncio.Future[object]:
         """Take the task on (on the loop): the returned future's outcome settles it when set."""
-        outcome: asyncio.Future[Any] = self._loop.create_future()
+        outcome: asyncio.Future[object] = self._loop.create_future()
         self.track(outcome)
         return outcome
 
-    def track(self, outcome: asyncio.Future[Any] | concurrent.futures.Future[Any]) -> None:
+    def track(self, outcome: asyncio.Future[object] | concurrent.futures.Future[object]) -> None:
         """Take the task on with ``outcome`` (a future of any thread): settled when it completes, requeued
         if it is garbage collected unresolved."""
         self._begin()
         outcome.add_done_callback(self._on_outcome)
         self._outcome_ref = weakref.ref(outcome, self._on_outcome_lost)
 
-    def _on_outcome(self, outcome: Any) -> None:
+    def _on_outcome(self, outcome: asyncio.Future[object] | concurrent.futures.Future[object]) -> None:
         self._outcome_ref = None  # settled: its collection is no longer a loss
         post(self._loop, self._spawn, self.settle, outcome)
 
-    def _on_outcome_lost(self, ref: weakref.ref[Any]) -> None:
+    def _on_outcome_lost(self, ref: weakref.ref[asyncio.Future[object] | concurrent.futures.Future[object]]) -> None:
         if ref is self._outcome_ref and self._state == "processing":
             self._outcome_ref = None
             LOGGER.warning("a pulled task's outcome was dropped unresolved: the task goes back to its queue")
             post(self._loop, self._spawn, self.requeue)
 
-    def _spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+    def _spawn(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
         task = self._loop.create_task(_logged(fn(*args)))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
-    async def settle(self, outcome: asyncio.Future[Any] | concurrent.futures.Future[Any]) -> None:
+    async def settle(self, outcome: asyncio.Future[object] | concurrent.futures.Future[object]) -> None:
         """Settle with a done ``outcome`` (on the loop): ack and reply, or back to pending if cancelled."""
         self._outcome_ref = None
         if self._state != "processing":
@@ -139,7 +139,7 @@ class PulledTask:
         await self._incoming.requeue()
 
     @contextlib.asynccontextmanager
-    async def processing(self) -> AsyncIterator[asyncio.Future[Any]]:
+    async def processing(self) -> AsyncIterator[asyncio.Future[object]]:
         """``process()`` for a block: an error inside is the outcome (and propagates); unset, requeued."""
         outcome = self.process()
         try:
@@ -151,7 +151,7 @@ class PulledTask:
         finally:
             await self.finish_block(outcome)
 
-    async def finish_block(self, outcome: asyncio.Future[Any] | concurrent.futures.Future[Any]) -> None:
+    async def finish_block(self, outcome: asyncio.Future[object] | concurrent.futures.Future[object]) -> None:
         """The end of a ``processing()`` block: settle a done outcome now, requeue an unset one."""
         self._outcome_ref = None
         if outcome.done():
@@ -178,7 +178,7 @@ async def take(incoming: IncomingTask, body: bytes, codec: Codec) -> PulledTask 
     return PulledTask(incoming, task, no_reply)
 
 
-async def _logged(aw: Awaitable[Any]) -> None:
+async def _logged(aw: Awaitable[object]) -> None:
     try:
         await aw
     except Exception:

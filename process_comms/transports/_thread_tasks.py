@@ -8,20 +8,22 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, TypeVar
 
 from ..errors import ProcessCommsError
-from ._loop import LoopThread
 from ._pulled import Pull, PulledTask, TaskState, iterate_tasks, next_task
+from .loop import LoopThread
 
 __all__ = ["ThreadPulledTask", "iterate_blocking", "next_task_blocking"]
 
 #: Seconds a settle step (ack, requeue, reply) may take on the loop before the caller stops waiting.
 _STEP_SLACK = 10.0
 
+T = TypeVar("T")
 
-async def _call(fn: Any, *args: Any) -> Any:
+
+async def _call(fn: Callable[..., T], *args: object) -> T:
     return fn(*args)
 
 
@@ -46,9 +48,9 @@ class ThreadPulledTask:
         """``pending``, ``processing``, ``finished`` or ``requeued``."""
         return self._task.state
 
-    def process(self) -> concurrent.futures.Future[Any]:
+    def process(self) -> concurrent.futures.Future[object]:
         """Take the task on: the future's outcome (set from any thread) settles it; dropped unset, requeued."""
-        outcome: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        outcome: concurrent.futures.Future[object] = concurrent.futures.Future()
         self._loop_thread.run_sync(_call, self._task.track, outcome, timeout=_STEP_SLACK)
         return outcome
 
@@ -57,7 +59,7 @@ class ThreadPulledTask:
         self._loop_thread.run_sync(self._task.requeue, timeout=_STEP_SLACK)
 
     @contextlib.contextmanager
-    def processing(self) -> Iterator[concurrent.futures.Future[Any]]:
+    def processing(self) -> Iterator[concurrent.futures.Future[object]]:
         """``process()`` for a block: an error inside is the outcome (and propagates); unset, requeued."""
         outcome = self.process()
         try:

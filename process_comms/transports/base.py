@@ -14,9 +14,9 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Hashable, Iterator
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import kiwipy
 
@@ -60,11 +60,12 @@ from ._dispatch import (
     routing_id,
     settle_task,
 )
-from ._loop import post
 from ._pulled import PulledTask
+from .loop import post
 
 __all__ = [
     "AsyncCommunicator",
+    "BrokerBacked",
     "Handovers",
     "UnknownSubscriber",
     "BroadcastFilter",
@@ -103,6 +104,23 @@ _REEXPORTED = (
 LOGGER = logging.getLogger(__name__)
 
 
+@runtime_checkable
+class BrokerBacked(Protocol):
+    """A back end on a broker connection: kiwipy's ``RmqCommunicator`` extras (:class:`~.rmq.RmqCommunicator`
+    has them; the embedded back end has no broker, so none)."""
+
+    @property
+    def server_properties(self) -> dict[str, object]:
+        """The properties the broker sent when the connection opened (product, version, capabilities)."""
+
+    @property
+    def task_queue_name(self) -> str:
+        """The broker name of the default task queue."""
+
+    def add_close_callback(self, callback: Callable[..., object], weak: bool = False) -> None:
+        """Call ``callback(connection, exc)`` each time the broker connection closes."""
+
+
 class UnknownSubscriber(ProcessCommsError, ValueError):
     """No subscriber with this identifier is registered here (kiwipy raises ``ValueError``)."""
 
@@ -114,8 +132,8 @@ class BroadcastFilter(kiwipy.BroadcastFilter):
     """
 
     @classmethod
-    def _ensure_filter(cls, filter_value: Any) -> Callable[[Any], Any]:
-        check: Callable[[Any], Any] = super()._ensure_filter(filter_value)
+    def _ensure_filter(cls, filter_value: object) -> Callable[[object], object]:
+        check: Callable[[object], object] = super()._ensure_filter(filter_value)
         if isinstance(filter_value, str) or hasattr(filter_value, "match"):
             return lambda value: check(value if isinstance(value, str) else str(value))
         return check
@@ -134,9 +152,9 @@ _LIVE_TOKENS: set[str] = set()
 class Handovers:
     """Messages that callers handed over and the broker has not confirmed yet; ``close()`` waits for them.
 
-    The rule (issue 13, "Lost before it starts"): every message handed over before ``close()`` is
-    published and confirmed before the connection closes, bounded by
-    :data:`process_comms.defaults.CLOSE_FLUSH_TIMEOUT`; what is still unconfirmed then is logged by count
+    The rule (RELIABILITY.md, "close right after fire-and-forget sends"; tests/test_handover.py): every
+    message handed over before ``close()`` is published and confirmed before the connection closes, bounded
+    by :data:`process_comms.defaults.CLOSE_FLUSH_TIMEOUT`; what is still unconfirmed then is logged by count
     and its caller's future fails with :class:`CommunicatorClosed`.
     """
 
@@ -182,7 +200,21 @@ class Handovers:
 
 
 class AsyncCommunicator(abc.ABC):
-    """A communicator bound to one event loop: RPC, broadcast and task messaging with flat results."""
+    """A communicator bound to one event loop: RPC, broadcast and task messaging with flat results.
+
+    The back-end contract, all a back end supplies (the subscriber registries, retired routes, calls to
+    its own subscribers and the reply rules are here, shared):
+
+    - the three sends, abstract: :meth:`rpc_send`, :meth:`task_send`, :meth:`broadcast_send`;
+    - the hooks that make the subscriptions real, each a no-op here: :meth:`_on_rpc_added` and
+      :meth:`_on_rpc_removed`, :meth:`_on_task_subscribers_changed` and :meth:`_on_broadcast_subscribers_changed`
+      (in-process delivery, :mod:`.embedded`, needs only ``_on_task_subscribers_changed``; an adapter that
+      forwards subscriptions elsewhere, ``client/_kiwipy.py``, none);
+    - what it receives goes to :meth:`_handle_rpc` and :meth:`_handle_broadcast`, and each task to
+      :func:`~._dispatch.settle_task`;
+    - optionally :meth:`connect`, :meth:`close` (calling this one), :meth:`release_tasks`, :meth:`pull_task`
+      and the liveness pair :meth:`liveness_token` / :meth:`is_alive`.
+    """
 
     def __init__(self, codec: str | Codec | None = None) -> None:
         self.codec: Codec = get_codec(codec)
@@ -190,16 +222,16 @@ class AsyncCommunicator(abc.ABC):
         #: key -> (subscriber, monotonic time it was removed), oldest first
         self._retired_rpc: dict[str, tuple[RpcSubscriber, float]] = {}
         self._retire_timer: asyncio.TimerHandle | None = None
-        self._task_subscribers: dict[Any, TaskSubscriber] = {}
-        self._named_task_subscribers: dict[str, dict[Any, TaskSubscriber]] = {}
+        self._task_subscribers: dict[Hashable, TaskSubscriber] = {}
+        self._named_task_subscribers: dict[str, dict[Hashable, TaskSubscriber]] = {}
         self._liveness: str | None = None
-        self._broadcast_subscribers: dict[Any, BroadcastSubscriber] = {}
+        self._broadcast_subscribers: dict[Hashable, BroadcastSubscriber] = {}
         self._closed = False
         #: RPCs in flight to a subscriber of this communicator, by correlation id: each future is done once the
         #: request is handed to the subscriber (its call returned); close() waits for them.
         self._own_calls: dict[str, asyncio.Future[None]] = {}
         #: The object handed to subscribers as their ``communicator`` argument.
-        self.facade: Any = self
+        self.facade: object = self
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def connect(self) -> None:
@@ -232,15 +264,15 @@ class AsyncCommunicator(abc.ABC):
         if handed is not None and not handed.done():
             handed.set_result(None)
 
-    def _calling(self, correlation_id: str | None, call: Callable[[], Any]) -> Callable[[], Any]:
+    def _calling(self, correlation_id: str | None, call: Callable[[], object]) -> Callable[[], object]:
         """``call`` (a subscriber's), marking an own request handed over once the subscriber's call returned
         (on a callback thread: once that call is done)."""
         if correlation_id not in self._own_calls:
             return call
         loop = asyncio.get_running_loop()
 
-        def calling() -> Any:
-            value: Any = None
+        def calling() -> object:
+            value: object = None
             try:
                 value = call()
                 return value
@@ -303,8 +335,8 @@ class AsyncCommunicator(abc.ABC):
     @abc.abstractmethod
     async def rpc_send(
         self,
-        recipient_id: Any,
-        msg: Any,
+        recipient_id: object,
+        msg: object,
         on_pending: Callable[[], None] | None = None,
         *,
         on_sent: Callable[[], None] | None = None,
@@ -318,7 +350,7 @@ class AsyncCommunicator(abc.ABC):
     @abc.abstractmethod
     async def task_send(
         self,
-        task: Any,
+        task: object,
         no_reply: bool = False,
         on_pending: Callable[[], None] | None = None,
         *,
@@ -328,12 +360,12 @@ class AsyncCommunicator(abc.ABC):
         """Queue a task (on the named task ``queue``, default the default one); return its final result, or
         None once confirmed when ``no_reply``. ``on_sent``: as for :meth:`rpc_send`, once the queue has it."""
 
-    async def release_tasks(self, suspend: Awaitable[Any] | None = None) -> None:
+    async def release_tasks(self, suspend: Awaitable[object] | None = None) -> None:
         """Stop taking tasks, await ``suspend`` (checkpoint the work), then hand the tasks in progress back."""
 
     @abc.abstractmethod
     async def broadcast_send(
-        self, body: Any, sender: Any = None, subject: Any = None, correlation_id: Any = None
+        self, body: object, sender: object = None, subject: object = None, correlation_id: object = None
     ) -> bool:
         """Broadcast to every subscriber on every communicator; True once handed to the broker."""
 
@@ -343,7 +375,7 @@ class AsyncCommunicator(abc.ABC):
         raise TypeError(f"{type(self).__name__} cannot hand out queued tasks")
 
     # -- subscribing -----------------------------------------------------------------------------
-    async def add_rpc_subscriber(self, subscriber: RpcSubscriber, identifier: Any = None) -> str:
+    async def add_rpc_subscriber(self, subscriber: RpcSubscriber, identifier: Hashable | None = None) -> str:
         """Receive RPCs addressed to ``identifier`` (a new UUID if None); returns the identifier."""
         self._ensure_open()
         key = routing_id(identifier if identifier is not None else uuid.uuid4())
@@ -358,7 +390,7 @@ class AsyncCommunicator(abc.ABC):
             raise
         return key
 
-    async def remove_rpc_subscriber(self, identifier: Any) -> None:
+    async def remove_rpc_subscriber(self, identifier: Hashable) -> None:
         """Stop receiving RPCs for ``identifier``; no error if it is not subscribed."""
         key = str(identifier)
         subscriber = self._rpc_subscribers.get(key)
@@ -388,7 +420,7 @@ class AsyncCommunicator(abc.ABC):
                 return
             del self._retired_rpc[key]
 
-    def _subscribers_of(self, queue: str | None) -> dict[Any, TaskSubscriber]:
+    def _subscribers_of(self, queue: str | None) -> dict[Hashable, TaskSubscriber]:
         """The task subscribers of ``queue`` (None or ``"default"``: the default task queue)."""
         if queue is None or queue == DEFAULT_QUEUE:
             return self._task_subscribers
@@ -397,11 +429,11 @@ class AsyncCommunicator(abc.ABC):
     async def add_task_subscriber(
         self,
         subscriber: TaskSubscriber,
-        identifier: Any = None,
+        identifier: Hashable | None = None,
         *,
         queue: str | None = None,
         prefetch_count: int | None = None,
-    ) -> Any:
+    ) -> Hashable:
         """Receive tasks from the task queue (or the named task ``queue``); returns the identifier.
 
         ``prefetch_count``: at most this many of the queue's tasks in progress here at once (a worker's
@@ -412,17 +444,16 @@ class AsyncCommunicator(abc.ABC):
         subscribers = self._subscribers_of(queue)
         if identifier in subscribers:
             raise DuplicateSubscriber(f"a task subscriber {identifier!r} already exists")
-        if prefetch_count is not None and not subscribers:
-            self._set_prefetch(queue, prefetch_count)
+        first_prefetch = prefetch_count if not subscribers else None  # the queue's first subscriber sets it
         subscribers[identifier] = subscriber
         try:
-            await self._on_task_subscribers_changed(queue)
+            await self._on_task_subscribers_changed(queue, first_prefetch)
         except BaseException:
             subscribers.pop(identifier, None)
             raise
         return identifier
 
-    async def remove_task_subscriber(self, identifier: Any, *, queue: str | None = None) -> None:
+    async def remove_task_subscriber(self, identifier: Hashable, *, queue: str | None = None) -> None:
         """Stop receiving tasks through ``identifier``; :class:`UnknownSubscriber` (a ``ValueError``, as
         kiwipy's ``Communicator.remove_task_subscriber`` documents) if it is not subscribed here."""
         if self._subscribers_of(queue).pop(identifier, None) is None:
@@ -432,7 +463,9 @@ class AsyncCommunicator(abc.ABC):
         if not self._closed:
             await self._on_task_subscribers_changed(queue)
 
-    async def add_broadcast_subscriber(self, subscriber: BroadcastSubscriber, identifier: Any = None) -> Any:
+    async def add_broadcast_subscriber(
+        self, subscriber: BroadcastSubscriber, identifier: Hashable | None = None
+    ) -> Hashable:
         """Receive every broadcast (filter with :class:`BroadcastFilter`); returns the identifier."""
         self._ensure_open()
         identifier = identifier if identifier is not None else uuid.uuid4()
@@ -446,25 +479,24 @@ class AsyncCommunicator(abc.ABC):
             raise
         return identifier
 
-    async def remove_broadcast_subscriber(self, identifier: Any) -> None:
+    async def remove_broadcast_subscriber(self, identifier: Hashable) -> None:
         """Stop delivering broadcasts to ``identifier``; no error if unknown."""
         self._broadcast_subscribers.pop(identifier, None)
 
-    # -- back-end hooks ----------------------------------------------------------------------------
+    # -- the back-end contract: the hooks (see the class docstring) -------------------------------------
     async def _on_rpc_added(self, key: str) -> None:
-        """Start routing ``[rpc].<key>`` here."""
+        """Start routing RPCs addressed to ``key`` (``[rpc].<key>``) here; raise if that cannot be done."""
 
     async def _on_rpc_removed(self, key: str) -> None:
-        """Stop routing ``[rpc].<key>`` here."""
+        """Stop routing ``[rpc].<key>`` here (best effort: a failure is logged, not raised)."""
 
-    async def _on_task_subscribers_changed(self, queue: str | None = None) -> None:
-        """Start or stop consuming the task queue (or the named ``queue``)."""
-
-    def _set_prefetch(self, queue: str | None, prefetch_count: int) -> None:
-        """Limit the tasks of ``queue`` in progress here (back ends with a prefetch limit)."""
+    async def _on_task_subscribers_changed(self, queue: str | None = None, prefetch_count: int | None = None) -> None:
+        """Start or stop consuming the task queue (or the named ``queue``) as it gained or lost subscribers
+        (:meth:`_subscribers_of`); ``prefetch_count``, from the queue's first subscriber: at most this many of
+        its tasks in progress here (0: no limit; None: the back end's default)."""
 
     async def _on_broadcast_subscribers_changed(self) -> None:
-        """Start consuming broadcasts."""
+        """Start receiving broadcasts (once: every broadcast goes to :meth:`_handle_broadcast`)."""
 
     # -- incoming ----------------------------------------------------------------------------------
     async def _handle_rpc(

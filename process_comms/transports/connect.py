@@ -6,7 +6,6 @@ string with commas) the RabbitMQ back end. ``api="kiwipy"`` gives :class:`Kiwipy
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal
@@ -17,9 +16,9 @@ from ..errors import TimeoutError as PCTimeoutError
 from ..urls import mask_url, split_urls
 from ..wire.codec import Codec
 from ._kiwipy_keywords import translate
-from ._loop import with_deadline
 from .base import AsyncCommunicator
 from .embedded import EmbeddedCommunicator
+from .loop import with_deadline
 from .rmq import RmqCommunicator
 from .threaded import ThreadCommunicator
 
@@ -44,24 +43,30 @@ class KiwipyThreadCommunicator(ThreadCommunicator):
 
     _call_is_level = False
 
-    def __init__(self, *args: Any, send_timeout: float = defaults.KIWIPY_SEND_TIMEOUT, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        core_factory: Callable[[], AsyncCommunicator],
+        *,
+        send_timeout: float = defaults.KIWIPY_SEND_TIMEOUT,
+        **kwargs: Any,
+    ) -> None:
         #: Seconds a send blocks for the broker's confirmation (kiwipy's ``async_task_timeout``).
         self.send_timeout = send_timeout
-        super().__init__(*args, **kwargs)
+        super().__init__(core_factory, **kwargs)
 
     def _nested(
-        self, start: Callable[[AsyncCommunicator, Callable[[], None], Callable[[], None]], Awaitable[Any]]
+        self, start: Callable[[AsyncCommunicator, Callable[[], None], Callable[[], None]], Awaitable[object]]
     ) -> Any:
         """Start a send; block until the broker confirmed it (or it failed), then return kiwipy's nested future."""
-        outer: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        outer: concurrent.futures.Future[object] = concurrent.futures.Future()
         level = [outer]
 
         def on_pending() -> None:  # on the loop, before the final outcome (also on the loop)
-            deeper: concurrent.futures.Future[Any] = concurrent.futures.Future()
+            deeper: concurrent.futures.Future[object] = concurrent.futures.Future()
             level[0].set_result(deeper)
             level[0] = deeper
 
-        def settle(done: concurrent.futures.Future[Any]) -> None:
+        def settle(done: concurrent.futures.Future[object]) -> None:
             current = level[0]
             if done.cancelled():
                 current.cancel()
@@ -70,7 +75,7 @@ class KiwipyThreadCommunicator(ThreadCommunicator):
             else:
                 current.set_result(done.result())
 
-        sent: concurrent.futures.Future[None] = concurrent.futures.Future()
+        sent: concurrent.futures.Future[object] = concurrent.futures.Future()
 
         def on_sent() -> None:  # on the loop, once the broker confirmed the request
             if not sent.done():
@@ -92,7 +97,7 @@ class KiwipyThreadCommunicator(ThreadCommunicator):
             raise error  # failed before the broker had it: kiwipy raises from the call (UnroutableError ...)
         return outer
 
-    def rpc_send(self, recipient_id: Any, msg: Any, timeout: float | None = None) -> Any:
+    def rpc_send(self, recipient_id: object, msg: object, timeout: float | None = None) -> Any:
         """A kiwipy future of the reply, one level deeper per ``pending`` reply (deadline: ``rpc_timeout``)."""
         self._ensure_open()
         deadline = self.rpc_timeout if timeout is None else timeout
@@ -103,7 +108,7 @@ class KiwipyThreadCommunicator(ThreadCommunicator):
         )
 
     def task_send(
-        self, task: Any, no_reply: bool = False, timeout: float | None = None, *, queue: str | None = None
+        self, task: object, no_reply: bool = False, timeout: float | None = None, *, queue: str | None = None
     ) -> Any:
         """A kiwipy future of the task's result (nested per ``pending``); None once queued with ``no_reply``."""
         self._ensure_open()
@@ -117,7 +122,9 @@ class KiwipyThreadCommunicator(ThreadCommunicator):
             )
         )
 
-    def broadcast_send(self, body: Any, sender: Any = None, subject: Any = None, correlation_id: Any = None) -> Any:
+    def broadcast_send(
+        self, body: object, sender: object = None, subject: object = None, correlation_id: object = None
+    ) -> Any:
         """Block until the broker has the broadcast; True (kiwipy's return value)."""
         self._ensure_open()
         return super().broadcast_send(body, sender, subject, correlation_id).result(self.rpc_timeout + 1)
@@ -195,7 +202,7 @@ async def connect_async(
     """Like :func:`connect`, but awaits the connection instead of blocking the caller's event loop."""
     comm = _facade(api, url, codec, options, rpc_timeout=rpc_timeout, task_timeout=task_timeout, wait_connected=False)
     try:
-        comm._core = await asyncio.wrap_future(comm._ready)
+        await comm.wait_connected()
     except BaseException:
         comm.close()
         raise

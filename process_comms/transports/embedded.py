@@ -11,12 +11,13 @@ import asyncio
 import collections
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from ..errors import CommunicatorClosed, DecodeError, EncodeError, ProcessUnreachable
 from ..wire.codec import Codec
 from ..wire.names import DEFAULT_QUEUE
+from ._dispatch import SendReply
 from ._pulled import PulledTask, take
 from .base import (
     AsyncCommunicator,
@@ -40,9 +41,9 @@ class EmbeddedCommunicator(AsyncCommunicator):
         self._tasks: collections.deque[tuple[bytes, ReplyWaiter | None, bool, str]] = collections.deque()
         #: Named task queues (``launch_process(..., queue="gpu")``); the default one is ``_tasks``.
         self._named_tasks: dict[str, collections.deque[tuple[bytes, ReplyWaiter | None, bool, str]]] = {}
-        self._running: set[asyncio.Task[Any]] = set()
+        self._running: set[asyncio.Task[object]] = set()
         self._waiters: set[ReplyWaiter] = set()
-        self._inflight: dict[asyncio.Task[Any], _EmbeddedIncoming] = {}
+        self._inflight: dict[asyncio.Task[object], _EmbeddedIncoming] = {}
         self._releasing = False
 
     def __repr__(self) -> str:
@@ -56,16 +57,18 @@ class EmbeddedCommunicator(AsyncCommunicator):
         for task in list(self._running):
             task.cancel()
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[object, None, object]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
-    def _reply_sender(self, waiter: ReplyWaiter | None, task_reply: bool) -> Callable[[dict[str, Any]], Any] | None:
+    def reply_sender(self, waiter: ReplyWaiter | None, task_reply: bool) -> SendReply | None:
+        """What sends a reply to the caller waiting on ``waiter`` (None: no one waits); a task's reply
+        (``task_reply``) names this host."""
         if waiter is None:
             return None
 
-        async def send(reply: dict[str, Any]) -> None:
+        async def send(reply: dict[str, object]) -> None:
             if task_reply:
                 reply = {**reply, "host": host_info()}
             try:
@@ -88,8 +91,8 @@ class EmbeddedCommunicator(AsyncCommunicator):
 
     async def rpc_send(
         self,
-        recipient_id: Any,
-        msg: Any,
+        recipient_id: object,
+        msg: object,
         on_pending: Callable[[], None] | None = None,
         *,
         on_sent: Callable[[], None] | None = None,
@@ -103,11 +106,11 @@ class EmbeddedCommunicator(AsyncCommunicator):
             on_sent()
         waiter = ReplyWaiter(asyncio.get_running_loop(), on_pending)
         with self._call_to_self(key) as correlation_id:
-            self._spawn(self._handle_rpc(key, body, self._reply_sender(waiter, False), correlation_id))
+            self._spawn(self._handle_rpc(key, body, self.reply_sender(waiter, False), correlation_id))
             return await self._await_waiter(waiter)
 
     async def broadcast_send(
-        self, body: Any, sender: Any = None, subject: Any = None, correlation_id: Any = None
+        self, body: object, sender: object = None, subject: object = None, correlation_id: object = None
     ) -> bool:
         self._ensure_open()
         data = self.codec.encode({"body": body, "sender": sender, "subject": subject, "correlation_id": correlation_id})
@@ -116,7 +119,7 @@ class EmbeddedCommunicator(AsyncCommunicator):
 
     async def task_send(
         self,
-        task: Any,
+        task: object,
         no_reply: bool = False,
         on_pending: Callable[[], None] | None = None,
         *,
@@ -150,8 +153,18 @@ class EmbeddedCommunicator(AsyncCommunicator):
             return self._tasks
         return self._named_tasks.setdefault(queue, collections.deque())
 
-    async def _on_task_subscribers_changed(self, queue: str | None = None) -> None:
+    async def _on_task_subscribers_changed(self, queue: str | None = None, prefetch_count: int | None = None) -> None:
         self._pump(queue)
+
+    def requeue(self, queue: str | None, entry: tuple[bytes, ReplyWaiter | None, bool, str]) -> None:
+        """Put a task back on ``queue``: at its head while releasing (the next subscriber continues from the
+        checkpoint), else at its end, and deliver it again."""
+        tasks = self._queue_of(queue)
+        if self._releasing:
+            tasks.appendleft(entry)
+        else:
+            tasks.append(entry)
+            self._pump(queue)
 
     def _pump(self, queue: str | None = None) -> None:
         tasks, subscribers = self._queue_of(queue), self._subscribers_of(queue)
@@ -162,7 +175,7 @@ class EmbeddedCommunicator(AsyncCommunicator):
             self._inflight[task] = incoming
             task.add_done_callback(lambda t: self._inflight.pop(t, None))
 
-    async def release_tasks(self, suspend: Awaitable[Any] | None = None) -> None:
+    async def release_tasks(self, suspend: Awaitable[object] | None = None) -> None:
         """Stop taking tasks, await ``suspend``, then put the tasks in progress back at the head of the queue."""
         self._task_subscribers.clear()
         for subscribers in self._named_task_subscribers.values():
@@ -196,7 +209,7 @@ class EmbeddedCommunicator(AsyncCommunicator):
 class _EmbeddedIncoming:
     """A task taken from the embedded queue, with the settle verbs of :class:`~.base.IncomingTask`."""
 
-    __slots__ = ("_comm", "_send", "body", "correlation_id", "queue", "redelivered", "settled", "waiter")
+    __slots__ = ("_requeue", "_send", "body", "correlation_id", "queue", "redelivered", "settled", "waiter")
 
     def __init__(
         self,
@@ -207,9 +220,10 @@ class _EmbeddedIncoming:
         delivery_id: str,
         queue: str | None = None,
     ) -> None:
-        self._comm, self.body, self.waiter, self.queue = comm, body, waiter, queue
+        self.body, self.waiter, self.queue = body, waiter, queue
         self.redelivered, self.correlation_id = redelivered, delivery_id
-        self._send = comm._reply_sender(waiter, True)
+        self._send = comm.reply_sender(waiter, True)
+        self._requeue = comm.requeue
         self.settled = False
 
     async def ack(self) -> bool:
@@ -221,17 +235,11 @@ class _EmbeddedIncoming:
 
     async def requeue(self) -> None:
         self.settled = True
-        comm, entry = self._comm, (self.body, self.waiter, True, self.correlation_id)
-        tasks = comm._queue_of(self.queue)
-        if comm._releasing:
-            tasks.appendleft(entry)  # handed back: first in line for the next subscriber
-        else:
-            tasks.append(entry)
-            comm._pump(self.queue)
+        self._requeue(self.queue, (self.body, self.waiter, True, self.correlation_id))
 
     def wants_reply(self, no_reply: bool) -> bool:
         return self._send is not None  # someone awaits this task's reply, whatever the envelope says
 
-    async def reply(self, reply: dict[str, Any]) -> None:
+    async def reply(self, reply: dict[str, object]) -> None:
         if self._send is not None:
             await self._send(reply)

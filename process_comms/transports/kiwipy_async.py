@@ -13,37 +13,39 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from typing import Any
 
 from .. import defaults
 from ..wire.codec import Codec
 from ._kiwipy_keywords import translate
-from ._loop import with_deadline
 from ._pulled import PulledTask
+from .loop import with_deadline
 from .rmq import RmqCommunicator
 from .rmq.communicator import NamedTaskQueue
 
 __all__ = ["KiwipyAsyncCommunicator", "KiwipyAsyncTaskQueue", "connect_kiwipy_async"]
 
 #: ``start(on_pending, on_sent)``: one of the core's sends with its progress callbacks.
-Start = Callable[[Callable[[], None], Callable[[], None]], Awaitable[Any]]
+Start = Callable[[Callable[[], None], Callable[[], None]], Awaitable[object]]
 
 
-async def _nested(start: Start, deadline: float, what: str, running: set[asyncio.Future[Any]]) -> asyncio.Future[Any]:
+async def _nested(
+    start: Start, deadline: float, what: str, running: set[asyncio.Future[object]]
+) -> asyncio.Future[object]:
     """Start a send; once the broker confirmed it, kiwipy's future of the answer (one level per ``pending``).
 
     A failure before the broker had the request (``UnroutableError``, a closed communicator) is raised here.
     """
     loop = asyncio.get_running_loop()
-    outer: asyncio.Future[Any] = loop.create_future()
+    outer: asyncio.Future[object] = loop.create_future()
     level = [outer]
-    sent: asyncio.Future[None] = loop.create_future()
+    sent: asyncio.Future[object] = loop.create_future()
 
     def on_pending() -> None:
         if level[0].done():  # the caller cancelled the level it held: nothing deeper to hand out
             return
-        deeper: asyncio.Future[Any] = loop.create_future()
+        deeper: asyncio.Future[object] = loop.create_future()
         level[0].set_result(deeper)
         level[0] = deeper
 
@@ -51,7 +53,7 @@ async def _nested(start: Start, deadline: float, what: str, running: set[asyncio
         if not sent.done():
             sent.set_result(None)
 
-    def settle(done: asyncio.Future[Any]) -> None:
+    def settle(done: asyncio.Future[object]) -> None:
         running.discard(done)
         current = level[0]
         if current.done():
@@ -81,14 +83,16 @@ class KiwipyAsyncTaskQueue:
     def __init__(self, comm: KiwipyAsyncCommunicator, queue: NamedTaskQueue) -> None:
         self._comm, self._queue = comm, queue
 
-    async def task_send(self, task: Any, no_reply: bool = False) -> Any:
+    async def task_send(self, task: object, no_reply: bool = False) -> Any:
         """kiwipy's future of the task's result (nested per ``pending``); None once queued with ``no_reply``."""
         return await self._comm.task_send(task, no_reply, queue=self._queue.name)
 
-    async def add_task_subscriber(self, subscriber: Callable[..., Any], identifier: Any = None) -> Any:
+    async def add_task_subscriber(
+        self, subscriber: Callable[..., object], identifier: Hashable | None = None
+    ) -> Hashable:
         return await self._queue.add_task_subscriber(subscriber, identifier)
 
-    async def remove_task_subscriber(self, identifier: Any) -> None:
+    async def remove_task_subscriber(self, identifier: Hashable) -> None:
         await self._queue.remove_task_subscriber(identifier)
 
     def __aiter__(self) -> AsyncIterator[PulledTask]:
@@ -117,9 +121,9 @@ class KiwipyAsyncCommunicator:
         self.core = core
         #: Seconds each call's answer may take, all its levels together.
         self.rpc_timeout, self.task_timeout = rpc_timeout, task_timeout
-        self._running: set[asyncio.Future[Any]] = set()
+        self._running: set[asyncio.Future[object]] = set()
 
-    async def rpc_send(self, recipient_id: Any, msg: Any) -> asyncio.Future[Any]:
+    async def rpc_send(self, recipient_id: object, msg: object) -> asyncio.Future[object]:
         """Once the broker confirmed the request: kiwipy's future of the reply (UnroutableError from the await)."""
         return await _nested(
             lambda pending, sent: self.core.rpc_send(recipient_id, msg, pending, on_sent=sent),
@@ -128,7 +132,7 @@ class KiwipyAsyncCommunicator:
             self._running,
         )
 
-    async def task_send(self, task: Any, no_reply: bool = False, *, queue: str | None = None) -> Any:
+    async def task_send(self, task: object, no_reply: bool = False, *, queue: str | None = None) -> Any:
         """Once the queue has the task: kiwipy's future of its result; None with ``no_reply``."""
         if no_reply:
             await self.core.task_send(task, True, queue=queue)
@@ -141,7 +145,7 @@ class KiwipyAsyncCommunicator:
         )
 
     async def broadcast_send(
-        self, body: Any, sender: Any = None, subject: Any = None, correlation_id: Any = None
+        self, body: object, sender: object = None, subject: object = None, correlation_id: object = None
     ) -> bool:
         """Once the broker has the broadcast: True (kiwipy's return value)."""
         await self.core.broadcast_send(body, sender, subject, correlation_id)
@@ -153,29 +157,35 @@ class KiwipyAsyncCommunicator:
             raise ValueError("prefetch_size must be 0: RabbitMQ does not implement a size limit")
         return KiwipyAsyncTaskQueue(self, await self.core.task_queue(queue_name, prefetch_count))
 
-    async def add_rpc_subscriber(self, subscriber: Callable[..., Any], identifier: Any = None) -> Any:
+    async def add_rpc_subscriber(
+        self, subscriber: Callable[..., object], identifier: Hashable | None = None
+    ) -> Hashable:
         return await self.core.add_rpc_subscriber(subscriber, identifier)
 
-    async def remove_rpc_subscriber(self, identifier: Any) -> None:
+    async def remove_rpc_subscriber(self, identifier: Hashable) -> None:
         await self.core.remove_rpc_subscriber(identifier)
 
-    async def add_task_subscriber(self, subscriber: Callable[..., Any], identifier: Any = None) -> Any:
+    async def add_task_subscriber(
+        self, subscriber: Callable[..., object], identifier: Hashable | None = None
+    ) -> Hashable:
         return await self.core.add_task_subscriber(subscriber, identifier)
 
-    async def remove_task_subscriber(self, identifier: Any) -> None:
+    async def remove_task_subscriber(self, identifier: Hashable) -> None:
         await self.core.remove_task_subscriber(identifier)
 
-    async def add_broadcast_subscriber(self, subscriber: Callable[..., Any], identifier: Any = None) -> Any:
+    async def add_broadcast_subscriber(
+        self, subscriber: Callable[..., object], identifier: Hashable | None = None
+    ) -> Hashable:
         return await self.core.add_broadcast_subscriber(subscriber, identifier)
 
-    async def remove_broadcast_subscriber(self, identifier: Any) -> None:
+    async def remove_broadcast_subscriber(self, identifier: Hashable) -> None:
         await self.core.remove_broadcast_subscriber(identifier)
 
     @property
-    def server_properties(self) -> dict[str, Any]:
+    def server_properties(self) -> dict[str, object]:
         return self.core.server_properties
 
-    def add_close_callback(self, callback: Callable[..., Any], weak: bool = False) -> None:
+    def add_close_callback(self, callback: Callable[..., object], weak: bool = False) -> None:
         self.core.add_close_callback(callback, weak)
 
     def is_closed(self) -> bool:

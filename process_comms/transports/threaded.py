@@ -17,20 +17,29 @@ import contextlib
 import functools
 import os
 import threading
-from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+import types
+from collections.abc import Awaitable, Callable, Hashable, Iterator
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import kiwipy
 
 from .. import defaults
 from ..errors import CommunicatorClosed
 from ..wire.names import DEFAULT_QUEUE
-from ._loop import AsyncFn, ControllerFuture, LoopThread, post, with_deadline
 from ._pulled import PulledTask
 from ._thread_tasks import ThreadPulledTask, iterate_blocking, next_task_blocking
-from .base import AsyncCommunicator, CallbackFuture
+from .base import AsyncCommunicator, BrokerBacked, CallbackFuture
+from .loop import AsyncFn, ControllerFuture, LoopThread, post, with_deadline
 
 __all__ = ["ThreadCommunicator", "ThreadTaskQueue"]
+
+
+@runtime_checkable
+class _LoopSafe(Protocol):
+    """A subscriber that promises to return at once (``loop_safe = True``), so it is called on the loop."""
+
+    loop_safe: bool
+
 
 T = TypeVar("T")
 
@@ -41,7 +50,7 @@ _OPEN_LOCK = threading.Lock()
 
 @atexit.register
 def _close_at_exit() -> None:
-    """A script that ends without ``close()`` still delivers its fire-and-forget sends (issue 13)."""
+    """A script that ends without ``close()`` still delivers its fire-and-forget sends (tests/test_handover.py)."""
     with _OPEN_LOCK:
         open_now = list(_OPEN)
     for comm in open_now:
@@ -61,13 +70,7 @@ def _disown_in_forked_child() -> None:
     _OPEN.clear()
     reason = "this communicator belongs to the parent process: call connect() again after os.fork()"
     for comm in orphans:
-        comm._lock = threading.Lock()
-        comm._closed = True
-        comm._loop_thread._stopping = True
-        for fut in list(comm._loop_thread._futures):
-            if not fut.done():
-                fut._condition = threading.Condition()  # as for the lock above
-                fut.set_exception(CommunicatorClosed(reason))
+        comm.disown(reason)
 
 
 if hasattr(os, "register_at_fork"):  # POSIX only
@@ -115,6 +118,19 @@ class ThreadCommunicator(kiwipy.Communicator):
                 raise
 
     # -- plumbing --------------------------------------------------------------------------------
+    def disown(self, reason: str) -> None:
+        """In a child of ``os.fork()``: mark closed and fail the calls in flight with ``reason``, never
+        touching the parent's loop thread or connection (see ``_disown_in_forked_child``)."""
+        self._lock = threading.Lock()  # a thread of the parent may have held it at the fork
+        self._closed = True
+        self._loop_thread.disown(reason)
+
+    async def wait_connected(self) -> AsyncCommunicator:
+        """Await the connection from any event loop (no thread blocks); the core communicator."""
+        if self._core is None:
+            self._core = await asyncio.wrap_future(self._ready)
+        return self._core
+
     @property
     def core(self) -> AsyncCommunicator:
         """The async core communicator (use only from :attr:`loop`)."""
@@ -135,7 +151,7 @@ class ThreadCommunicator(kiwipy.Communicator):
     def __repr__(self) -> str:
         return f"<ThreadCommunicator {self._core!r} closed={self._closed}>"
 
-    def submit(self, fn: AsyncFn[T], *args: Any) -> ControllerFuture[T]:
+    def submit(self, fn: AsyncFn[T], *args: object) -> ControllerFuture[T]:
         """Run ``await fn(*args)`` on the loop thread; the returned future resolves with its outcome.
 
         Pass a coroutine function and its arguments (or a closure: ``submit(lambda: core.call(x, key=y))``),
@@ -148,7 +164,7 @@ class ThreadCommunicator(kiwipy.Communicator):
             return fut
         return self._loop_thread.start_task_soon(fn, *args)
 
-    def _blocking(self, fn: AsyncFn[T], *args: Any) -> T:
+    def _blocking(self, fn: AsyncFn[T], *args: object) -> T:
         self._ensure_open()
         return self._loop_thread.run_sync(fn, *args, timeout=defaults.CONNECT_TIMEOUT + 5)
 
@@ -167,14 +183,14 @@ class ThreadCommunicator(kiwipy.Communicator):
     #: reply before the result): ours, True; kiwipy's mode, False (``CallbackFuture`` in transports/_dispatch.py).
     _call_is_level = True
 
-    def _threaded(self, subscriber: Callable[..., Any], ordered: bool = False) -> Callable[..., Any]:
+    def _threaded(self, subscriber: Callable[..., object], ordered: bool = False) -> Callable[..., object]:
         """Wrap a user callback so that it runs on a callback thread, never on the I/O loop.
 
         Broadcast callbacks (``ordered``) share one thread, so they see broadcasts in arrival order; RPC
         and task callbacks share a small pool. Subscribers marked ``loop_safe = True`` (such as
         :class:`ProcessLauncher`) promise to return at once and are called on the loop directly.
         """
-        if getattr(subscriber, "loop_safe", False):
+        if isinstance(subscriber, _LoopSafe) and subscriber.loop_safe:
             return subscriber
         plumpy_loop = _plumpy_loop(subscriber)
         if plumpy_loop is not None:
@@ -194,7 +210,7 @@ class ThreadCommunicator(kiwipy.Communicator):
                 executor = self._executor
 
         @functools.wraps(subscriber)
-        def run_in_pool(_comm: Any, *args: Any) -> Any:
+        def run_in_pool(_comm: object, *args: object) -> concurrent.futures.Future[object]:
             if self._call_is_level:
                 return executor.submit(subscriber, self, *args)
             outcome = CallbackFuture()
@@ -203,19 +219,21 @@ class ThreadCommunicator(kiwipy.Communicator):
 
         return run_in_pool
 
-    def _on_plumpy_loop(self, subscriber: Callable[..., Any], loop: asyncio.AbstractEventLoop) -> Callable[..., Any]:
+    def _on_plumpy_loop(
+        self, subscriber: Callable[..., object], loop: asyncio.AbstractEventLoop
+    ) -> Callable[..., object]:
         """Call a ``plumpy.LoopCommunicator`` subscriber on its own loop's thread, not on a callback thread.
 
         plumpy's ``convert_to_comm`` (``src/plumpy/communications.py``) adds a done callback to an asyncio
         future of that loop from the calling thread; when the future is already done, asyncio queues the
         callback with the non-thread-safe ``call_soon``, the idle loop never wakes, and the reply waits for
-        the next unrelated wake-up (shared/pain-points.md B1; the launch stall of issue 17). Called on its
+        the next unrelated wake-up (a launch stalled until then). Called on its
         own loop, the callback is added before the future can finish, so every step runs on that loop.
         """
 
         @functools.wraps(subscriber)
-        def on_its_loop(_comm: Any, *args: Any) -> concurrent.futures.Future[Any]:
-            outcome = concurrent.futures.Future[Any]() if self._call_is_level else CallbackFuture()
+        def on_its_loop(_comm: object, *args: object) -> concurrent.futures.Future[object]:
+            outcome = concurrent.futures.Future[object]() if self._call_is_level else CallbackFuture()
             if not post(loop, _settle_call, outcome, subscriber, self, *args):
                 raise CommunicatorClosed("the subscriber's event loop is closed")
             return outcome
@@ -264,53 +282,55 @@ class ThreadCommunicator(kiwipy.Communicator):
     def __enter__(self) -> ThreadCommunicator:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- kiwipy Communicator interface -------------------------------------------------------------
-    def add_rpc_subscriber(self, subscriber: Callable[..., Any], identifier: Any = None) -> Any:
+    def add_rpc_subscriber(self, subscriber: Callable[..., object], identifier: Hashable | None = None) -> Hashable:
         return self._blocking(self.core.add_rpc_subscriber, self._threaded(subscriber), identifier)
 
-    def remove_rpc_subscriber(self, identifier: Any) -> None:
+    def remove_rpc_subscriber(self, identifier: Hashable) -> None:
         self._blocking(self.core.remove_rpc_subscriber, identifier)
 
     def add_task_subscriber(
         self,
-        subscriber: Callable[..., Any],
-        identifier: Any = None,
+        subscriber: Callable[..., object],
+        identifier: Hashable | None = None,
         *,
         queue: str | None = None,
         prefetch_count: int | None = None,
-    ) -> Any:
+    ) -> Hashable:
         """Receive tasks (from the named task ``queue``, with at most ``prefetch_count`` in progress)."""
         wrapped = self._threaded(subscriber)
         return self._blocking(
             lambda: self.core.add_task_subscriber(wrapped, identifier, queue=queue, prefetch_count=prefetch_count)
         )
 
-    def remove_task_subscriber(self, identifier: Any, *, queue: str | None = None) -> None:
+    def remove_task_subscriber(self, identifier: Hashable, *, queue: str | None = None) -> None:
         self._blocking(lambda: self.core.remove_task_subscriber(identifier, queue=queue))
 
-    def add_broadcast_subscriber(self, subscriber: Callable[..., Any], identifier: Any = None) -> Any:
+    def add_broadcast_subscriber(
+        self, subscriber: Callable[..., object], identifier: Hashable | None = None
+    ) -> Hashable:
         return self._blocking(self.core.add_broadcast_subscriber, self._threaded(subscriber, ordered=True), identifier)
 
-    def remove_broadcast_subscriber(self, identifier: Any) -> None:
+    def remove_broadcast_subscriber(self, identifier: Hashable) -> None:
         self._blocking(self.core.remove_broadcast_subscriber, identifier)
 
     # -- kiwipy's RmqThreadCommunicator extras (kiwipy/rmq/threadcomms.py) ------------------------
     @property
-    def server_properties(self) -> dict[str, Any]:
+    def server_properties(self) -> dict[str, object]:
         """The broker's connection properties (product, version, ...); empty on the embedded back end."""
-        props = getattr(self.core, "server_properties", None)
-        return dict(props) if isinstance(props, dict) else {}
+        core = self.core
+        return dict(core.server_properties) if isinstance(core, BrokerBacked) else {}
 
-    def add_close_callback(self, callback: Callable[..., Any], weak: bool = False) -> None:
+    def add_close_callback(self, callback: Callable[..., object], weak: bool = False) -> None:
         """Call ``callback(connection, exc)`` (on the loop thread) each time the broker connection closes."""
         self._ensure_open()
-        add = getattr(self.core, "add_close_callback", None)
-        if add is None:
+        core = self.core
+        if not isinstance(core, BrokerBacked):
             raise TypeError("the embedded back end has no broker connection to watch")
-        self._loop_thread.run_sync(_call_async, add, callback, weak)
+        self._loop_thread.run_sync(_call_async, core.add_close_callback, callback, weak)
 
     def disconnect(self) -> None:
         """kiwipy's name for :meth:`close`."""
@@ -321,7 +341,8 @@ class ThreadCommunicator(kiwipy.Communicator):
         ``<task_queue>.<name>``; the default task queue's own name is that queue), with kiwipy's verbs and
         iteration; see :class:`ThreadTaskQueue`."""
         self._ensure_open()
-        if name == getattr(self.core, "task_queue_name", None):  # AiiDA names its launch queue: the default one
+        core = self.core
+        if isinstance(core, BrokerBacked) and name == core.task_queue_name:  # AiiDA names its launch queue
             name = DEFAULT_QUEUE
         return ThreadTaskQueue(self, name, prefetch_count)
 
@@ -329,7 +350,7 @@ class ThreadCommunicator(kiwipy.Communicator):
         """Start ``make(core)`` on the loop: the send's coroutine is made there, with the connected core."""
         return self.submit(self._on_core, make)
 
-    def rpc_send(self, recipient_id: Any, msg: Any, timeout: float | None = None) -> ControllerFuture[Any]:
+    def rpc_send(self, recipient_id: object, msg: object, timeout: float | None = None) -> ControllerFuture[object]:
         """Send an RPC; the future resolves to the final reply (flat) or fails with a typed error."""
         deadline = self.rpc_timeout if timeout is None else timeout
         return self._send(
@@ -337,15 +358,15 @@ class ThreadCommunicator(kiwipy.Communicator):
         )
 
     def task_send(
-        self, task: Any, no_reply: bool = False, timeout: float | None = None, *, queue: str | None = None
-    ) -> ControllerFuture[Any]:
+        self, task: object, no_reply: bool = False, timeout: float | None = None, *, queue: str | None = None
+    ) -> ControllerFuture[object]:
         """Queue a task (on the named task ``queue``); the future resolves to its result (or None once
         queued, with ``no_reply``)."""
         deadline = self.task_timeout if timeout is None else timeout
         return self._send(lambda core: with_deadline(core.task_send(task, no_reply, queue=queue), deadline, "task"))
 
     def broadcast_send(
-        self, body: Any, sender: Any = None, subject: Any = None, correlation_id: Any = None
+        self, body: object, sender: object = None, subject: object = None, correlation_id: object = None
     ) -> ControllerFuture[bool]:
         """Broadcast without blocking; the future resolves to True once the broker has it."""
         return self._send(
@@ -355,7 +376,7 @@ class ThreadCommunicator(kiwipy.Communicator):
         )
 
 
-def _settle_call(outcome: concurrent.futures.Future[Any], subscriber: Callable[..., Any], *args: Any) -> None:
+def _settle_call(outcome: concurrent.futures.Future[object], subscriber: Callable[..., object], *args: object) -> None:
     """Call ``subscriber(*args)`` (on a callback thread or its own loop) and settle ``outcome`` with what it did."""
     if not outcome.set_running_or_notify_cancel():
         return
@@ -365,7 +386,7 @@ def _settle_call(outcome: concurrent.futures.Future[Any], subscriber: Callable[.
         outcome.set_exception(exc)
 
 
-async def _call_async(fn: Callable[..., Any], *args: Any) -> Any:
+async def _call_async(fn: Callable[..., T], *args: object) -> T:
     return fn(*args)
 
 
@@ -375,17 +396,17 @@ class ThreadTaskQueue:
     def __init__(self, comm: ThreadCommunicator, name: str, prefetch_count: int | None = None) -> None:
         self.comm, self.name, self.prefetch_count = comm, name, prefetch_count
 
-    def task_send(self, task: Any, no_reply: bool = False, timeout: float | None = None) -> Any:
+    def task_send(self, task: object, no_reply: bool = False, timeout: float | None = None) -> Any:
         """Queue ``task`` on this queue (the communicator's send semantics)."""
         return self.comm.task_send(task, no_reply, timeout, queue=self.name)
 
-    def add_task_subscriber(self, subscriber: Callable[..., Any], identifier: Any = None) -> Any:
+    def add_task_subscriber(self, subscriber: Callable[..., object], identifier: Hashable | None = None) -> Hashable:
         """Receive this queue's tasks (at most ``prefetch_count`` in progress here); returns the identifier."""
         return self.comm.add_task_subscriber(
             subscriber, identifier, queue=self.name, prefetch_count=self.prefetch_count
         )
 
-    def remove_task_subscriber(self, identifier: Any) -> None:
+    def remove_task_subscriber(self, identifier: Hashable) -> None:
         """Stop receiving this queue's tasks through ``identifier`` (ValueError if unknown, as kiwipy)."""
         self.comm.remove_task_subscriber(identifier, queue=self.name)
 
@@ -394,7 +415,8 @@ class ThreadTaskQueue:
 
     def __iter__(self) -> Iterator[ThreadPulledTask]:
         """``for task in queue``: every task queued now (kiwipy's), those left pending requeued at the end."""
-        self.comm._ensure_open()
+        if self.comm.is_closed():
+            raise CommunicatorClosed("the communicator is closed")
         return iterate_blocking(self.comm.loop_thread, self._pull, defaults.TASK_FETCH_TIMEOUT)
 
     def next_task(
@@ -402,16 +424,16 @@ class ThreadTaskQueue:
     ) -> contextlib.AbstractContextManager[ThreadPulledTask | None]:
         """``with queue.next_task() as task``: the next queued task, requeued at the end unless taken on;
         :class:`~process_comms.QueueEmpty` if there is none (None with ``fail=False``)."""
-        self.comm._ensure_open()
+        if self.comm.is_closed():
+            raise CommunicatorClosed("the communicator is closed")
         return next_task_blocking(self.comm.loop_thread, self._pull, timeout, fail)
 
 
-def _plumpy_loop(subscriber: Any) -> asyncio.AbstractEventLoop | None:
+def _plumpy_loop(subscriber: object) -> asyncio.AbstractEventLoop | None:
     """The event loop of a subscriber made by plumpy's ``convert_to_comm``, else None."""
-    if getattr(subscriber, "__module__", None) != "plumpy.communications":
+    if not isinstance(subscriber, types.FunctionType) or subscriber.__module__ != "plumpy.communications":
         return None
-    code, cells = getattr(subscriber, "__code__", None), getattr(subscriber, "__closure__", None) or ()
-    for name, cell in zip(getattr(code, "co_freevars", ()), cells, strict=False):
+    for name, cell in zip(subscriber.__code__.co_freevars, subscriber.__closure__ or (), strict=False):
         if name == "loop" and isinstance(cell.cell_contents, asyncio.AbstractEventLoop):
             return cell.cell_contents
     return None

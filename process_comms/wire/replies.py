@@ -65,9 +65,10 @@ def _traceback_of(exc: BaseException) -> str | None:
     return bounded_traceback(remote) if isinstance(remote, str) and remote else None
 
 
-def exception_reply(exc: BaseException) -> dict[str, str]:
+def exception_reply(exc: BaseException) -> dict[str, object]:
     """A reply carrying ``str(exc)`` (what kiwipy peers read) plus its type name and, for a process that
     excepted, its traceback (what we read)."""
+    reply: dict[str, object]
     if isinstance(exc, RemoteError) and exc.remote_type:
         reply = {EXCEPTION_KEY: exc.message, ERROR_TYPE_KEY: exc.remote_type}
     else:

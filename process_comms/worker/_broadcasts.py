@@ -8,8 +8,8 @@ import functools
 import logging
 from typing import TYPE_CHECKING, Any
 
-from ..transports._loop import AsyncFn, run_on
 from ..transports.base import AsyncCommunicator, InvalidTask
+from ..transports.loop import AsyncFn, run_on
 from ..wire.messages import ANSWER_PREFIX, MESSAGE_TEXT_KEY, Intent, Pid, wire_text
 
 if TYPE_CHECKING:

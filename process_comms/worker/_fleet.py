@@ -14,8 +14,8 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..transports._loop import run_on
 from ..transports.base import CURRENT_DELIVERY, AsyncCommunicator
+from ..transports.loop import run_on
 from ..wire.messages import ANSWER_PREFIX
 from ..wire.names import DEFAULT_QUEUE, WORKERS_SUBJECT
 

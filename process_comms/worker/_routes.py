@@ -22,8 +22,8 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import defaults
-from ..transports._loop import post, run_on
 from ..transports.base import AsyncCommunicator
+from ..transports.loop import post, run_on
 from ..wire.messages import Pid
 from .process import EndedRun
 

@@ -22,8 +22,8 @@ import kiwipy
 
 from .. import defaults
 from ..errors import LoadError, PersistenceError
-from ..transports._loop import LoopThread, run_on
 from ..transports.base import CURRENT_DELIVERY, AsyncCommunicator, InvalidTask
+from ..transports.loop import LoopThread, run_on
 from ..wire.launch_options import launch_options_of
 from ..wire.loaders import AllowListLoader, ObjectLoader, get_object_loader
 from ..wire.messages import (

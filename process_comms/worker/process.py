@@ -28,8 +28,8 @@ from typing import Any
 
 from .. import defaults
 from ..errors import PersistenceError, ProcessLost, RemoteError
-from ..transports._loop import run_on, spawn_on
 from ..transports.base import AsyncCommunicator, host_info
+from ..transports.loop import run_on, spawn_on
 from ..wire.launch_options import time_limit_reason
 from ..wire.loaders import ObjectLoader
 from ..wire.messages import FORCE_KILL_KEY, INTENT_KEY, MESSAGE_TEXT_KEY, RELEASE_KEY, Intent, Pid, wire_bool, wire_text

@@ -20,8 +20,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..transports._loop import post
 from ..transports.base import host_info
+from ..transports.loop import post
 from ..wire.messages import RECORD_TASK_ID_KEY
 from ._history import CYCLE_EVENT, MAX_HISTORY, add_history
 

@@ -21,8 +21,8 @@ import time
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import ProcessCommsError, ProcessUnreachable
-from ..transports._loop import run_on
 from ..transports.base import AsyncCommunicator, InvalidTask
+from ..transports.loop import run_on
 from ..wire.listing import CURSOR_ORDER_ONLY, check_listing, is_paged_order, row_matches, sort_rows
 from ..wire.messages import (
     INTENT_KEY,

@@ -17,8 +17,8 @@ from typing import Any
 
 from .. import defaults
 from ..errors import DuplicateSubscriber
-from ..transports._loop import run_on
 from ..transports.connect import connect
+from ..transports.loop import run_on
 from ..transports.threaded import ThreadCommunicator
 from ..wire.messages import Pid, records_route
 from ..wire.names import queue_name

@@ -311,8 +311,8 @@ def test_server_properties_close_callback_disconnect_and_queue_expires(broker_ur
     closed = threading.Event()
     comm.add_close_callback(lambda *_args: closed.set())
     comm.add_rpc_subscriber(lambda _comm, msg: msg, "echo")
-    assert comm.core._rpc_queue is not None  # type: ignore[attr-defined]
-    assert comm.core._rpc_queue.arguments["x-expires"] == 30_000  # type: ignore[attr-defined]
+    assert comm.core.rpc_queue is not None  # type: ignore[attr-defined]
+    assert comm.core.rpc_queue.arguments["x-expires"] == 30_000  # type: ignore[attr-defined]
     assert comm.rpc_send("echo", 5).result(T) == 5
     comm.disconnect()
     assert comm.is_closed() and closed.wait(T)

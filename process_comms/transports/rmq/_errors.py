@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import aio_pika.exceptions
 import aiormq.exceptions
+import pamqp.commands
 
 from ...errors import AccessRefused
 from ...urls import mask_url
@@ -20,18 +21,20 @@ CONNECTION_ERRORS = (
 )
 SETTLE_ERRORS = (*CONNECTION_ERRORS, aiormq.exceptions.AMQPError)
 
+#: The frames a broker closes a connection or channel with; an aiormq error carries one as its first argument.
+_CLOSE_FRAMES = (pamqp.commands.Connection.Close, pamqp.commands.Channel.Close)
+
 
 def describe_connect_error(exc: BaseException) -> str:
     """The broker's own words for a refused connection (e.g. ``530 NOT_ALLOWED - access to vhost '/'``)."""
-    for arg in getattr(exc, "args", ()):
-        code, text = getattr(arg, "reply_code", None), getattr(arg, "reply_text", None)
-        if code is not None:
-            return f"the broker refused the connection: {code} {text}"
+    for arg in exc.args:
+        if isinstance(arg, _CLOSE_FRAMES) and arg.reply_code is not None:
+            return f"the broker refused the connection: {arg.reply_code} {arg.reply_text}"
     return f"{type(exc).__name__}: {exc}"
 
 
 def access_refused(exc: aiormq.exceptions.ChannelAccessRefused, url: str) -> AccessRefused:
     """Our error for a ``403 ACCESS_REFUSED``, in the broker's words (they name the user and the resource)."""
     frame = exc.args[0] if exc.args else None
-    text = getattr(frame, "reply_text", None) or str(exc)
+    text = (frame.reply_text if isinstance(frame, _CLOSE_FRAMES) else None) or str(exc)
     return AccessRefused(f"the broker at {mask_url(url)} refused: {text}")

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import aio_pika
 import aio_pika.abc
@@ -27,7 +27,12 @@ LOGGER = logging.getLogger(__name__)
 
 
 async def connect_first(
-    urls: Sequence[str], make_url: Callable[[str], yarl.URL], timeout: float, **kwargs: Any
+    urls: Sequence[str],
+    make_url: Callable[[str], yarl.URL],
+    timeout: float,
+    *,
+    reconnect_interval: float,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> tuple[aio_pika.abc.AbstractRobustConnection, int]:
     """A robust connection to the first of ``urls`` that answers, and its index; raise the last error if none.
 
@@ -37,7 +42,13 @@ async def connect_first(
     for index, url in enumerate(urls):
         try:
             connection = await asyncio.wait_for(
-                aio_pika.connect_robust(make_url(url), timeout=timeout, **kwargs), timeout + 1
+                aio_pika.connect_robust(
+                    make_url(url),
+                    timeout=timeout,
+                    reconnect_interval=reconnect_interval,
+                    ssl_context=ssl_context,
+                ),
+                timeout + 1,
             )
         except Exception as exc:  # noqa: BLE001 - try the next address; the caller describes the last failure
             last = exc
@@ -103,7 +114,7 @@ class FailoverWatch:
         # aio-pika offers an event for "connected" but none for "lost": the close callback sets ours
         lost = asyncio.Event()
 
-        def on_close(*_args: Any) -> None:
+        def on_close(*_args: object) -> None:
             lost.set()
 
         self._connection.close_callbacks.add(on_close)

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import aio_pika.abc
 
-from ._connection import SETTLE_ERRORS
+from ._errors import SETTLE_ERRORS
 
 __all__ = ["RmqIncoming"]
 
 LOGGER = logging.getLogger(__name__)
 
-ReplySender = Callable[[aio_pika.abc.AbstractIncomingMessage, dict[str, Any]], Awaitable[None]]
-"""Sends a task's reply (the communicator's ``_send_task_reply``)."""
+ReplySender = Callable[[aio_pika.abc.AbstractIncomingMessage, dict[str, object]], Awaitable[None]]
+"""Sends a task's reply (:meth:`~._tasks.TaskQueues.send_reply`)."""
 
 
 class RmqIncoming:
@@ -51,5 +50,5 @@ class RmqIncoming:
     async def reject(self) -> None:
         await self._message.reject(requeue=False)
 
-    async def reply(self, reply: dict[str, Any]) -> None:
+    async def reply(self, reply: dict[str, object]) -> None:
         await self._send_reply(self._message, reply)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Awaitable, Callable, Hashable
+from typing import cast
 
 import aio_pika
 import aio_pika.abc
@@ -23,28 +23,140 @@ import aiormq.exceptions
 from ... import defaults
 from ..._compat import TIMEOUT_ERRORS
 from ...errors import ProcessCommsError, ProcessUnreachable
+from ...wire.codec import Codec
 from ...wire.names import DEFAULT_QUEUE, queue_name  # re-exported: their old home
-from ..base import TaskSubscriber, settle_task
+from .._dispatch import TaskSubscriber, host_info, settle_task
+from .._pulled import PulledTask, take
 from . import _frames, _topology
+from ._connection import RmqConnection
 from ._errors import SETTLE_ERRORS
 from ._incoming import RmqIncoming
+from ._requests import RmqRequests
 
-if TYPE_CHECKING:
-    from .communicator import RmqCommunicator
-
-__all__ = ["DEFAULT_QUEUE", "TaskQueue", "queue_name"]
+__all__ = ["DEFAULT_QUEUE", "TaskQueue", "TaskQueues", "queue_name"]
 
 LOGGER = logging.getLogger(__name__)
+
+
+class TaskQueues:
+    """A communicator's task queues by broker name (made on first use), and the tasks in progress from them.
+
+    ``facade`` gives the object handed to task subscribers as their ``communicator`` argument (the
+    communicator's, which a thread-facing wrapper replaces after construction).
+    """
+
+    def __init__(
+        self,
+        connection: RmqConnection,
+        requests: RmqRequests,
+        facade: Callable[[], object],
+        *,
+        task_queue: str,
+        prefetch_count: int = 0,
+        queue_type: _topology.QueueType = "classic",
+    ) -> None:
+        _topology.task_queue(task_queue, testing_mode=connection.testing_mode, queue_type=queue_type)  # validate
+        self.connection = connection
+        self.requests = requests
+        self.facade = facade
+        #: The broker name of the default task queue (kiwipy's ``task_queue``).
+        self.default_name = task_queue
+        #: Each consumed queue's limit on tasks in progress here, unless its first subscriber sets one.
+        self.prefetch_count = prefetch_count
+        self.queue_type: _topology.QueueType = queue_type
+        self.queues: dict[str, TaskQueue] = {}
+        #: Tasks in progress here (delivered, not settled): release() hands them back.
+        self.inflight: set[asyncio.Task[None]] = set()
+        #: True once release() has begun: no task is taken on, those in progress are handed back.
+        self.releasing = False
+
+    @property
+    def codec(self) -> Codec:
+        """The codec task bodies are decoded with."""
+        return self.requests.codec
+
+    def get(self, queue: str | None = None, prefetch_count: int | None = None) -> TaskQueue:
+        """Task queue ``queue`` (None or ``default``: the default one), made on first use."""
+        name = queue_name(self.default_name, queue)
+        found = self.queues.get(name)
+        if found is None:
+            prefetch = self.prefetch_count if prefetch_count is None else prefetch_count
+            found = self.queues[name] = TaskQueue(self, name, prefetch)
+        return found
+
+    def set_prefetch(self, queue: str | None, prefetch_count: int) -> None:
+        """Limit the tasks of ``queue`` in progress here to ``prefetch_count`` (0: no limit)."""
+        self.get(queue, prefetch_count).prefetch_count = prefetch_count
+
+    async def subscribers_changed(self, queue: str | None, subscribers: dict[Hashable, TaskSubscriber]) -> None:
+        """``queue`` has these subscribers now: consume it while it has any."""
+        target = self.get(queue)
+        target.subscribers = subscribers
+        await self.connection.guarded(target.update_consumer())  # e.g. a user who may not consume: AccessRefused
+
+    @property
+    def consuming(self) -> bool:
+        """True while every queue with subscribers here has its tasks delivered to them."""
+        active = [tq for tq in self.queues.values() if tq.subscribers]
+        return bool(active) and all(tq.consuming for tq in active)
+
+    def consuming_queues(self) -> dict[str, bool]:
+        """``{queue name: consuming}`` for each task queue with subscribers here."""
+        return {tq.name: tq.consuming for tq in self.queues.values() if tq.subscribers}
+
+    def take_on(self, task: asyncio.Task[None]) -> None:
+        """Count ``task`` (a delivery being settled) in progress until it is done."""
+        self.inflight.add(task)
+        task.add_done_callback(self.inflight.discard)
+
+    async def release(self, suspend: Awaitable[object] | None = None) -> None:
+        """Stop consuming, await ``suspend`` (checkpoint the work), then nack every task in progress."""
+        self.releasing = True
+        for tq in list(self.queues.values()):
+            await tq.stop_consuming()
+        if suspend is not None:
+            await suspend
+        tasks = list(self.inflight)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=defaults.CLOSE_TIMEOUT)
+
+    async def send_reply(self, message: aio_pika.abc.AbstractIncomingMessage, reply: dict[str, object]) -> None:
+        """Reply to a task's sender (if it asked for replies), naming this host."""
+        if message.reply_to:
+            await self.requests.send_reply(
+                self.connection.fast_task_exchange,
+                message.reply_to,
+                message.correlation_id,
+                {**reply, "host": host_info()},
+            )
+
+    async def pull(self, timeout: float, queue: str | None = None) -> PulledTask | None:
+        """Take the next task of ``queue`` with ``basic.get`` (unacked until settled: transports/_pulled.py)."""
+        target = self.get(queue)
+        while True:
+            declared = await target.ensure()
+            message = await declared.get(no_ack=False, fail=False, timeout=timeout)
+            if message is None:
+                return None
+            if _frames.refused(message, "task"):
+                await message.reject(requeue=False)  # as a consumed one: settled once, no reply
+                continue
+            pulled = await take(RmqIncoming(message, self.send_reply), message.body, self.codec)
+            if pulled is not None:
+                return pulled
 
 
 class TaskQueue:
     """One task queue of a communicator: declaration, subscribers, consumer, watchdog, settlement."""
 
-    def __init__(self, comm: RmqCommunicator, name: str, prefetch_count: int) -> None:
-        self.comm = comm
+    def __init__(self, owner: TaskQueues, name: str, prefetch_count: int) -> None:
+        self.owner = owner
+        self.connection = owner.connection
         self.name = name
         self.prefetch_count = prefetch_count
-        self.subscribers: dict[Any, TaskSubscriber] = {}
+        self.subscribers: dict[Hashable, TaskSubscriber] = {}
         self.queue: aio_pika.abc.AbstractQueue | None = None
         self.channel: aio_pika.abc.AbstractRobustChannel | None = None
         self.consumer_tag: str | None = None
@@ -55,7 +167,7 @@ class TaskQueue:
     async def ensure(self) -> aio_pika.abc.AbstractQueue:
         """The declared queue (declared once; again after :meth:`forget`)."""
         if self.queue is None:
-            return await self.comm._shielded(self._declare())
+            return await self.connection.shielded(self._declare())
         return self.queue
 
     def forget(self) -> None:
@@ -64,22 +176,19 @@ class TaskQueue:
             self.queue = None
 
     async def _new_channel(self) -> aio_pika.abc.AbstractRobustChannel:
-        channel = cast(aio_pika.abc.AbstractRobustChannel, await self.comm._connection.channel())  # type: ignore[union-attr]
-        if self.prefetch_count:
-            await channel.set_qos(prefetch_count=self.prefetch_count)
-        self.channel = channel
-        return channel
+        self.channel = await self.connection.new_channel(self.prefetch_count)
+        return self.channel
 
     async def _declare(self) -> aio_pika.abc.AbstractQueue:
-        comm = self.comm
-        async with comm._declare_lock:
+        conn = self.connection
+        async with conn.declare_lock:
             if self.queue is None:
                 channel = self.channel
                 if channel is None or channel.is_closed:  # one channel, kept: acks of tasks in progress use it
                     channel = await self._new_channel()
                 queue, channel, owned = await self._declare_or_use(channel)
                 if owned:
-                    exchange = await comm._declare_exchange(channel, comm.task_exchange_name)
+                    exchange = await conn.declare_exchange(channel, conn.task_exchange_name)
                     await queue.bind(exchange, routing_key=self.name)
                 else:
                     await self._bind_if_allowed()
@@ -90,10 +199,10 @@ class TaskQueue:
     async def _bind_if_allowed(self) -> None:
         """Bind a queue we did not declare to the task exchange, if this user may (on a probe channel: a
         refusal closes the channel it happens on)."""
-        comm = self.comm
+        conn = self.connection
         try:
-            async with comm._probe_channel() as channel:
-                await channel.queue_bind(queue=self.name, exchange=comm.task_exchange_name, routing_key=self.name)
+            async with conn.probe_channel() as channel:
+                await channel.queue_bind(queue=self.name, exchange=conn.task_exchange_name, routing_key=self.name)
         except aiormq.exceptions.ChannelAccessRefused:
             LOGGER.debug("may not bind task queue %r: whoever declared it binds it", self.name)
 
@@ -108,11 +217,11 @@ class TaskQueue:
         made on a probe channel first, and the robust task channel then declares (or passively finds) the
         queue without a refusal.
         """
-        comm = self.comm
-        spec = _topology.task_queue(self.name, testing_mode=comm.testing_mode, queue_type=comm.task_queue_type)
+        conn = self.connection
+        spec = _topology.task_queue(self.name, testing_mode=conn.testing_mode, queue_type=self.owner.queue_type)
         kwargs = spec.declare_kwargs()
         try:
-            async with comm._probe_channel() as probe:
+            async with conn.probe_channel() as probe:
                 await probe.queue_declare(
                     queue=self.name,
                     durable=kwargs["durable"],
@@ -131,7 +240,7 @@ class TaskQueue:
         else:  # not aio-pika-robust: the consumer's watchdog declares it again (_watch_consumer)
             return await channel.declare_queue(**kwargs, robust=False), channel, True
         try:  # a refusal closes the channel it happens on: not the task channel, whose acks are pending
-            async with comm._probe_channel() as probe:
+            async with conn.probe_channel() as probe:
                 await probe.queue_declare(queue=self.name, passive=True)
         except aiormq.exceptions.ChannelNotFoundEntity:
             raise ProcessUnreachable(
@@ -155,8 +264,7 @@ class TaskQueue:
             self.lost = False
             if self._watch is None or self._watch.done():
                 self._watch = asyncio.get_running_loop().create_task(self._watch_consumer())
-                self.comm._running.add(self._watch)
-                self._watch.add_done_callback(self.comm._running.discard)
+                self.connection.track(self._watch)
         elif not self.subscribers and self.consumer_tag is not None:
             tag, self.consumer_tag = self.consumer_tag, None
             await queue.cancel(tag)
@@ -164,10 +272,7 @@ class TaskQueue:
     @property
     def consuming(self) -> bool:
         """True while the broker delivers this queue's tasks to our subscribers."""
-        connection = self.comm._connection
-        return (
-            self.consumer_tag is not None and not self.lost and connection is not None and connection.connected.is_set()
-        )
+        return self.consumer_tag is not None and not self.lost and self.connection.connected
 
     async def _consumer_alive(self) -> bool:
         queue, tag = self.queue, self.consumer_tag
@@ -192,13 +297,13 @@ class TaskQueue:
         ``CONSUMER_RETRY_FIRST`` seconds, doubling up to ``CONSUMER_RETRY_MAX``, until it works. Each
         change of state is logged once (lost, why it cannot come back yet, back), never each attempt.
         """
-        comm = self.comm
+        conn = self.connection
         wake = asyncio.Event()
 
-        def on_reconnected(*_args: Any) -> None:
+        def on_reconnected(*_args: object) -> None:
             wake.set()
 
-        connection = comm._connection
+        connection = conn.robust
         if connection is not None:
             connection.reconnect_callbacks.add(on_reconnected)
         try:
@@ -210,14 +315,13 @@ class TaskQueue:
                 self.consumer_tag, self.lost = None, False
 
     async def _watch_loop(self, wake: asyncio.Event) -> None:
-        comm = self.comm
+        conn = self.connection
         delay = defaults.CONSUMER_CHECK_INTERVAL
         outage = _Outage(self.name)
         reconnected = False
-        while self.subscribers and not comm._closed and not comm._releasing:
+        while self.subscribers and not conn.closed and not self.owner.releasing:
             reconnected = await _wait(wake, delay) or reconnected  # since the last look at the consumer
-            connection = comm._connection
-            if connection is None or not connection.connected.is_set() or self.consumer_tag is None:
+            if not conn.connected or self.consumer_tag is None:
                 continue  # reconnecting (the reconnect callback wakes us) or not consuming on purpose
             if not self.lost:
                 if await self._consumer_alive():
@@ -227,7 +331,7 @@ class TaskQueue:
                 outage.begin(after_reconnect=reconnected)
                 reconnected = False
             try:
-                await comm._shielded(self._consume_again())
+                await conn.shielded(self._consume_again())
             except (*SETTLE_ERRORS, ProcessCommsError) as exc:
                 delay = outage.failed(exc)
                 continue
@@ -266,24 +370,21 @@ class TaskQueue:
             except SETTLE_ERRORS:
                 LOGGER.debug("could not reject a malformed task", exc_info=True)
             return
-        comm = self.comm
-        task = asyncio.get_running_loop().create_task(self._handle(message))
-        comm._inflight.add(task)
-        task.add_done_callback(comm._inflight.discard)
+        self.owner.take_on(asyncio.get_running_loop().create_task(self._handle(message)))
 
     async def _handle(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        comm = self.comm
+        owner = self.owner
         try:
             await settle_task(
-                RmqIncoming(message, comm._send_task_reply),
+                RmqIncoming(message, owner.send_reply),
                 message.body,
                 list(self.subscribers.values()),
-                comm.facade,
-                comm.codec,
-                lambda: comm._releasing,
+                owner.facade(),
+                owner.codec,
+                lambda: owner.releasing,
             )
         except asyncio.CancelledError:
-            if comm._releasing:
+            if owner.releasing:
                 try:
                     await message.nack(requeue=True)
                 except SETTLE_ERRORS:
@@ -291,7 +392,9 @@ class TaskQueue:
             raise
 
 
-async def _consume(queue: aio_pika.abc.AbstractQueue, callback: Callable[[Any], Awaitable[None]]) -> str:
+async def _consume(
+    queue: aio_pika.abc.AbstractQueue, callback: Callable[[aio_pika.abc.AbstractIncomingMessage], Awaitable[None]]
+) -> str:
     """Consume ``queue``; not aio-pika-robust: on a reconnection aio-pika would declare the queue again
     before anything else, and a refused declaration (its classic queue's node down: ``404 NOT_FOUND``)
     fails the whole reconnection, every route with it (``RobustConnection._on_connected``). The

@@ -1,16 +1,17 @@
 """What the RabbitMQ back end declares: every exchange and queue, with its flags and arguments, in one place.
 
-The names and arguments are kiwipy 0.9's, so that plumpy/kiwipy peers share the entities (the table in
-``shared/rabbitmq-and-aiida-facts.md`` section 3.1 lists kiwipy's declarations with their sources; the
-wire format is in ``shared/wire-protocol.md``). Nothing here does I/O: the communicator passes these
-specifications to aio-pika.
+The names and arguments are kiwipy 0.9's, so that plumpy/kiwipy peers share the entities (kiwipy declares
+them in https://github.com/aiidateam/kiwipy/blob/master/src/kiwipy/rmq/communicator.py and
+https://github.com/aiidateam/kiwipy/blob/master/src/kiwipy/rmq/tasks.py). Nothing here does I/O: the
+communicator passes these specifications to aio-pika.
 
 Two rules for RabbitMQ 3.10 through 4.x (https://www.rabbitmq.com/docs/deprecated-features):
 
 * every queue names its type (``x-queue-type``): on a vhost whose default queue type is quorum, a durable
   queue declared without it silently becomes a quorum queue. ``classic`` is equivalent to kiwipy's
   declaration without the argument, both ways, so kiwipy peers share the queue unchanged;
-* no transient non-exclusive queue (refused by default from RabbitMQ 4.3, aiida-core #7375): the testing
+* no transient non-exclusive queue (refused by default from RabbitMQ 4.3,
+  https://github.com/aiidateam/aiida-core/issues/7375): the testing
   mode's task queue is durable and expires when unused, instead of kiwipy's transient one.
 """
 

@@ -1,4 +1,5 @@
-"""The RabbitMQ back end, on aio-pika, speaking kiwipy 0.9's wire format (see shared/wire-protocol.md).
+"""The RabbitMQ back end, on aio-pika, speaking kiwipy 0.9's wire format
+(https://github.com/aiidateam/kiwipy/tree/master/src/kiwipy/rmq).
 
 Differences from kiwipy that peers cannot see: publishes are pipelined (never serialised behind a
 confirm), a reply that cannot be decoded fails its call instead of hanging it, a connection loss fails
@@ -15,8 +16,9 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import ssl
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Hashable, Sequence
 from typing import Any
 
 import aio_pika
@@ -24,52 +26,206 @@ import aio_pika.abc
 import aiormq.exceptions
 
 from ... import defaults
-from ...errors import CommunicatorClosed, ConnectionLost, EncodeError, ProcessUnreachable
-from .._pulled import PulledTask, iterate_tasks, next_task, take
-from ..base import exception_reply, host_info, routing_id
+from ...errors import CommunicatorClosed, ProcessUnreachable
+from ...wire.codec import Codec
+from .._dispatch import routing_id
+from .._pulled import PulledTask, iterate_tasks, next_task
+from ..base import AsyncCommunicator, Handovers
 from . import _frames, _topology
-from ._connection import SETTLE_ERRORS
-from ._incoming import RmqIncoming
+from ._connection import RmqConnection, SslOptions
+from ._errors import SETTLE_ERRORS
 from ._requests import RmqRequests
-from ._tasks import DEFAULT_QUEUE, TaskQueue, queue_name
+from ._tasks import DEFAULT_QUEUE, TaskQueues
 
 __all__ = ["NamedTaskQueue", "RmqCommunicator"]
 
 LOGGER = logging.getLogger(__name__)
 
 
-class RmqCommunicator(RmqRequests):
+class RmqCommunicator(AsyncCommunicator):
     """An asyncio communicator on RabbitMQ with kiwipy's exchanges, queues and messages.
 
     ``async with RmqCommunicator(url) as comm:`` connects and closes it. ``queue_expires`` (ms, kiwipy's
     option): how long the RPC queue outlives its last consumer.
+
+    It owns three collaborators and delegates to them: :attr:`connection` (:class:`RmqConnection`: the
+    connection, its channels and exchanges, publishing), :attr:`requests` (:class:`RmqRequests`: our
+    reply queues, requests that wait for a reply, replies to others) and :attr:`tasks`
+    (:class:`~._tasks.TaskQueues`: the task queues it sends to and consumes). What stays here are the
+    kiwipy verbs: sending, the RPC and broadcast subscriptions, liveness.
     """
 
-    def __init__(self, *args: Any, queue_expires: int = defaults.RPC_QUEUE_EXPIRES_MS, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        url: str | Sequence[str] = "amqp://guest:guest@127.0.0.1:5672/",
+        *,
+        message_exchange: str = defaults.MESSAGE_EXCHANGE,
+        task_exchange: str = defaults.TASK_EXCHANGE,
+        task_queue: str | None = None,
+        task_prefetch_count: int = 0,
+        heartbeat: int | None = None,
+        codec: str | Codec | None = None,
+        testing_mode: bool = False,
+        task_queue_type: _topology.QueueType = "classic",
+        connect_timeout: float = defaults.CONNECT_TIMEOUT,
+        reconnect_interval: float = 1.0,
+        ssl_options: SslOptions | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        trusted_reply_users: Collection[str] | None = None,
+        queue_expires: int = defaults.RPC_QUEUE_EXPIRES_MS,
+    ) -> None:
+        super().__init__(codec)
+        self.connection = RmqConnection(
+            url,
+            message_exchange=message_exchange,
+            task_exchange=task_exchange,
+            heartbeat=heartbeat,
+            testing_mode=testing_mode,
+            connect_timeout=connect_timeout,
+            reconnect_interval=reconnect_interval,
+            ssl_options=ssl_options,
+            ssl_context=ssl_context,
+        )
+        self.requests = RmqRequests(self.connection, self.codec, trusted_reply_users)
+        self.tasks = TaskQueues(
+            self.connection,
+            self.requests,
+            lambda: self.facade,
+            task_queue=task_queue if task_queue is not None else task_exchange,
+            prefetch_count=task_prefetch_count,
+            queue_type=task_queue_type,
+        )
         if not isinstance(queue_expires, int) or isinstance(queue_expires, bool) or queue_expires <= 0:
             raise ValueError(f"queue_expires must be a positive number of milliseconds, not {queue_expires!r}")
         self.queue_expires = queue_expires
+        self._rpc_queue: aio_pika.abc.AbstractQueue | None = None
+        self._broadcast_queue: aio_pika.abc.AbstractQueue | None = None
+        #: Sends handed over and not yet confirmed by the broker: close() publishes them first.
+        self._handovers = Handovers()
+        self._closing = False
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.url} exchanges={self.message_exchange_name},{self.task_exchange_name}>"
+
+    # -- the settings, as given (each held by the collaborator that uses it) ------------------------
+    @property
+    def url(self) -> str:
+        """The broker URL with the password masked."""
+        return self.connection.url
+
+    @property
+    def message_exchange_name(self) -> str:
+        """The exchange of RPCs, replies to them and broadcasts (kiwipy's ``message_exchange``)."""
+        return self.connection.message_exchange_name
+
+    @property
+    def task_exchange_name(self) -> str:
+        """The exchange of tasks and their replies (kiwipy's ``task_exchange``)."""
+        return self.connection.task_exchange_name
+
+    @property
+    def task_queue_name(self) -> str:
+        """The broker name of the default task queue (kiwipy's ``task_queue``; default the task exchange's)."""
+        return self.tasks.default_name
+
+    @property
+    def task_prefetch_count(self) -> int:
+        """At most this many tasks of a consumed queue in progress here (0: no limit)."""
+        return self.tasks.prefetch_count
+
+    @property
+    def task_queue_type(self) -> _topology.QueueType:
+        """The type the task queues are declared with (``classic`` or ``quorum``)."""
+        return self.tasks.queue_type
+
+    @property
+    def testing_mode(self) -> bool:
+        """kiwipy's testing mode: auto-delete exchanges and queues."""
+        return self.connection.testing_mode
+
+    @property
+    def heartbeat(self) -> int | None:
+        """The AMQP heartbeat in seconds asked of the broker (None: the broker's)."""
+        return self.connection.heartbeat
+
+    @property
+    def connect_timeout(self) -> float:
+        """Seconds a connect (and waiting for a reconnection) may take."""
+        return self.connection.connect_timeout
+
+    @property
+    def reconnect_interval(self) -> float:
+        """Seconds between reconnection attempts."""
+        return self.connection.reconnect_interval
+
+    @property
+    def ssl_options(self) -> SslOptions | None:
+        """TLS options passed as URL query parameters (``cafile``, ``certfile``, ...)."""
+        return self.connection.ssl_options
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context of the connection, if given."""
+        return self.connection.ssl_context
+
+    @property
+    def trusted_reply_users(self) -> frozenset[str] | None:
+        """Accept replies only from these broker users (None: from any)."""
+        return self.requests.trusted_reply_users
+
+    @property
+    def reply_user(self) -> str | None:
+        """The broker user our replies name as ``user_id`` (see :attr:`RmqRequests.reply_user`)."""
+        return self.requests.reply_user
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def connect(self) -> None:
+        """Connect and declare the exchanges (idempotent); :class:`BrokerUnavailable` if the broker is not there."""
+        self._ensure_open()
+        await self.connection.connect()
 
     async def close(self) -> None:
-        """Hand its calls to its own subscribers over (``_hand_over_own_calls``), then close; idempotent."""
+        """Hand its calls to its own subscribers over (``_hand_over_own_calls``), publish what callers handed
+        over (confirmed, bounded in time), then close; idempotent."""
         await self._hand_over_own_calls()
+        if self._closed or self._closing:
+            return
+        self._closing = True  # new sends are refused; those in flight go on
+        unconfirmed = await self._handovers.wait(defaults.CLOSE_FLUSH_TIMEOUT)
+        if unconfirmed:
+            LOGGER.warning(
+                "closing %s with %d message(s) the broker had not confirmed within %s s: they may be lost"
+                " (their callers' futures fail with CommunicatorClosed)",
+                self.url,
+                unconfirmed,
+                defaults.CLOSE_FLUSH_TIMEOUT,
+            )
         await super().close()
+        await self.connection.close()
+
+    def _accepting(self) -> None:
+        """Refuse a new send once close() has begun (those handed over before it are still published)."""
+        if self._closing or self._closed:
+            raise CommunicatorClosed("the communicator is closed")
+
+    async def _ready(self) -> None:
+        self._ensure_open()
+        await self.connection.ready()
 
     # -- kiwipy's RmqCommunicator API (kiwipy/rmq/communicator.py) --------------------------------
     @property
-    def server_properties(self) -> dict[str, Any]:
+    def server_properties(self) -> dict[str, object]:
         """The properties the broker sent when the connection opened (product, version, capabilities)."""
-        connection = self._connection
+        connection = self.connection.robust
         if connection is None or connection.transport is None:
             return {}
         return dict(connection.transport.connection.server_properties or {})
 
-    def add_close_callback(self, callback: Callable[..., Any], weak: bool = False) -> None:
+    def add_close_callback(self, callback: Callable[..., object], weak: bool = False) -> None:
         """Call ``callback(connection, exc)`` each time the broker connection closes (kiwipy's hook)."""
-        if self._connection is None:
+        if self.connection.robust is None:
             raise CommunicatorClosed("not connected: connect() first")
-        self._connection.close_callbacks.add(callback, weak=weak)
+        self.connection.robust.close_callbacks.add(callback, weak=weak)
 
     async def disconnect(self) -> None:
         """kiwipy's name for :meth:`close`."""
@@ -84,8 +240,8 @@ class RmqCommunicator(RmqRequests):
 
     async def rpc_send(
         self,
-        recipient_id: Any,
-        msg: Any,
+        recipient_id: object,
+        msg: object,
         on_pending: Callable[[], None] | None = None,
         *,
         on_sent: Callable[[], None] | None = None,
@@ -93,14 +249,15 @@ class RmqCommunicator(RmqRequests):
         self._accepting()
         key = routing_id(recipient_id)
         body = self.codec.encode(msg)
+        conn = self.connection
         try:
             with self._call_to_self(key) as correlation_id, self._handovers.handed_over() as confirmed:
                 published = _then(confirmed, on_sent)
                 await self._ready()
-                return await self._guarded(
-                    self._request(
+                return await conn.guarded(
+                    self.requests.request(
                         "rpc",
-                        self._pub_msg_exchange,
+                        conn.pub_msg_exchange,
                         body,
                         f"{defaults.RPC_PREFIX}.{key}",
                         delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
@@ -113,12 +270,12 @@ class RmqCommunicator(RmqRequests):
         except ProcessUnreachable:
             raise ProcessUnreachable(
                 f"process {key} is not reachable: no worker holds it (is a worker running? has it ended?)"
-                + self._recovery_note()
+                + conn.recovery_note()
             ) from None
 
     async def task_send(
         self,
-        task: Any,
+        task: object,
         no_reply: bool = False,
         on_pending: Callable[[], None] | None = None,
         *,
@@ -127,13 +284,14 @@ class RmqCommunicator(RmqRequests):
     ) -> Any:
         self._accepting()
         body = self.codec.encode((task, no_reply))
-        target = self._queue(queue)
+        target = self.tasks.get(queue)
+        conn = self.connection
 
-        async def publish(published: Callable[[], None]) -> Any:
+        async def publish(published: Callable[[], None]) -> object:
             await target.ensure()
-            return await self._request(
+            return await self.requests.request(
                 "task",
-                self._pub_task_exchange,
+                conn.pub_task_exchange,
                 body,
                 target.name,
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,  # a task outlives a broker restart
@@ -142,7 +300,7 @@ class RmqCommunicator(RmqRequests):
                 on_published=published,
             )
 
-        async def send(published: Callable[[], None]) -> Any:
+        async def send(published: Callable[[], None]) -> object:
             try:
                 return await publish(published)
             except ProcessUnreachable:
@@ -153,48 +311,57 @@ class RmqCommunicator(RmqRequests):
             except ProcessUnreachable:
                 raise ProcessUnreachable(
                     f"task queue {target.name!r} did not take the task: it was deleted or the node that"
-                    " holds it is down" + self._recovery_note()
+                    " holds it is down" + conn.recovery_note()
                 ) from None
 
         with self._handovers.handed_over() as confirmed:
             await self._ready()
-            return await self._guarded(send(_then(confirmed, on_sent)))
+            return await conn.guarded(send(_then(confirmed, on_sent)))
 
     async def broadcast_send(
-        self, body: Any, sender: Any = None, subject: Any = None, correlation_id: Any = None
+        self, body: object, sender: object = None, subject: object = None, correlation_id: object = None
     ) -> bool:
         self._accepting()
         data = self.codec.encode({"body": body, "sender": sender, "subject": subject, "correlation_id": correlation_id})
+        conn = self.connection
         with self._handovers.handed_over():
             await self._ready()
-            await self._guarded(self._publish(self._fast_msg_exchange, data, defaults.BROADCAST_KEY, mandatory=False))
+            await conn.guarded(conn.publish(conn.fast_msg_exchange, data, defaults.BROADCAST_KEY, mandatory=False))
         return True
 
     # -- subscriptions ---------------------------------------------------------------------------
+    @property
+    def rpc_queue(self) -> aio_pika.abc.AbstractQueue | None:
+        """Our one exclusive RPC queue (every RPC subscriber's route is a binding of it), once declared."""
+        return self._rpc_queue
+
     async def _ensure_rpc_queue(self) -> aio_pika.abc.AbstractQueue:
+        conn = self.connection
         if self._rpc_queue is None:
-            async with self._declare_lock:
+            async with conn.declare_lock:
                 if self._rpc_queue is None:
-                    spec = _topology.rpc_queue(testing_mode=self.testing_mode)
+                    spec = _topology.rpc_queue(testing_mode=conn.testing_mode)
                     spec = dataclasses.replace(spec, arguments={**spec.arguments, "x-expires": self.queue_expires})
-                    queue = await self._sub_channel.declare_queue(**spec.declare_kwargs())
+                    queue = await conn.sub_channel.declare_queue(**spec.declare_kwargs())
                     await queue.consume(self._on_rpc, no_ack=True)
                     self._rpc_queue = queue
         return self._rpc_queue
 
     async def _on_rpc_added(self, key: str) -> None:
         await self._ready()
+        conn = self.connection
 
         async def bind() -> None:
             queue = await self._ensure_rpc_queue()
-            await queue.bind(self._sub_msg_exchange, routing_key=f"{defaults.RPC_PREFIX}.{key}")
+            await queue.bind(conn.sub_msg_exchange, routing_key=f"{defaults.RPC_PREFIX}.{key}")
 
-        await self._guarded(self._shielded(bind()))
+        await conn.guarded(conn.shielded(bind()))
 
     async def _on_rpc_removed(self, key: str) -> None:
-        if self._rpc_queue is not None and self._connection is not None:
+        conn = self.connection
+        if self._rpc_queue is not None and conn.robust is not None:
             try:
-                await self._rpc_queue.unbind(self._sub_msg_exchange, routing_key=f"{defaults.RPC_PREFIX}.{key}")
+                await self._rpc_queue.unbind(conn.sub_msg_exchange, routing_key=f"{defaults.RPC_PREFIX}.{key}")
             except SETTLE_ERRORS:
                 LOGGER.debug("could not unbind %s", key, exc_info=True)
 
@@ -203,47 +370,31 @@ class RmqCommunicator(RmqRequests):
             return  # consumed without ack (the RPC queue's mode): dropped once, nothing to reply to
         key = (message.routing_key or "")[len(defaults.RPC_PREFIX) + 1 :]
         reply_to, correlation_id = message.reply_to, message.correlation_id
+        exchange = self.connection.fast_msg_exchange
 
-        async def send(reply: dict[str, Any]) -> None:
-            await self._send_reply(self._fast_msg_exchange, reply_to or "", correlation_id, reply)
+        async def send(reply: dict[str, object]) -> None:
+            await self.requests.send_reply(exchange, reply_to or "", correlation_id, reply)
 
         # aio-pika already runs this callback as a task of its own: handle the RPC here (no extra task and
         # loop turn before the reply), tracked so that close() cancels it like any spawned work
         task = asyncio.current_task()
         if task is not None:
-            self._running.add(task)
-        try:
-            await self._handle_rpc(key, message.body, send if reply_to else None, correlation_id)
-        finally:
-            if task is not None:
-                self._running.discard(task)
-
-    async def _send_reply(
-        self, exchange: aio_pika.abc.AbstractExchange, reply_to: str, correlation_id: str | None, reply: dict[str, Any]
-    ) -> None:
-        try:
-            data = self.codec.encode(reply)
-        except EncodeError as exc:
-            data = self.codec.encode(exception_reply(exc) | ({"host": reply["host"]} if "host" in reply else {}))
-        try:
-            await self._publish(
-                exchange, data, reply_to, mandatory=False, correlation_id=correlation_id, user_id=self.reply_user
-            )
-        except (ConnectionLost, ProcessUnreachable):
-            LOGGER.warning("could not send a reply to %s: the connection is down", reply_to)
+            self.connection.track(task)
+        await self._handle_rpc(key, message.body, send if reply_to else None, correlation_id)
 
     async def _on_broadcast_subscribers_changed(self) -> None:
         if self._broadcast_queue is not None:
             return
         await self._ready()
-        await self._guarded(self._shielded(self._declare_broadcast_queue()))
+        await self.connection.guarded(self.connection.shielded(self._declare_broadcast_queue()))
 
     async def _declare_broadcast_queue(self) -> None:
-        async with self._declare_lock:
+        conn = self.connection
+        async with conn.declare_lock:
             if self._broadcast_queue is None:
-                spec = _topology.broadcast_queue(testing_mode=self.testing_mode)
-                queue = await self._sub_channel.declare_queue(**spec.declare_kwargs())
-                await queue.bind(self._sub_msg_exchange, routing_key=defaults.BROADCAST_KEY)
+                spec = _topology.broadcast_queue(testing_mode=conn.testing_mode)
+                queue = await conn.sub_channel.declare_queue(**spec.declare_kwargs())
+                await queue.bind(conn.sub_msg_exchange, routing_key=defaults.BROADCAST_KEY)
                 await queue.consume(self._on_broadcast, no_ack=True)
                 self._broadcast_queue = queue
 
@@ -257,13 +408,14 @@ class RmqCommunicator(RmqRequests):
         queue, which RabbitMQ deletes when the connection closes or dies (the socket closes with the process)."""
         if self._liveness is None:
             await self._ready()
+            conn = self.connection
             name = f"{self.task_queue_name}.worker.{uuid.uuid4().hex}"
 
             async def declare() -> None:
                 spec = _topology.QueueSpec(name, exclusive=True, arguments={"x-queue-type": "classic"})
-                await self._sub_channel.declare_queue(**spec.declare_kwargs())
+                await conn.sub_channel.declare_queue(**spec.declare_kwargs())
 
-            await self._guarded(self._shielded(declare()))
+            await conn.guarded(conn.shielded(declare()))
             self._liveness = name
         return self._liveness
 
@@ -277,7 +429,7 @@ class RmqCommunicator(RmqRequests):
             return True
         await self._ready()
         try:
-            async with self._probe_channel() as channel:
+            async with self.connection.probe_channel() as channel:
                 await channel.queue_declare(queue=token, passive=True)
             return True  # ours, or not exclusive: it exists
         except aiormq.exceptions.ChannelLockedResource:
@@ -287,20 +439,12 @@ class RmqCommunicator(RmqRequests):
         except SETTLE_ERRORS:
             return None
 
-    # -- tasks (one TaskQueue per queue name: rmq/_tasks.py) ---------------------------------------
-    def _queue(self, queue: str | None = None, prefetch_count: int | None = None) -> TaskQueue:
-        name = queue_name(self.task_queue_name, queue)
-        found = self._task_queues.get(name)
-        if found is None:
-            prefetch = self.task_prefetch_count if prefetch_count is None else prefetch_count
-            found = self._task_queues[name] = TaskQueue(self, name, prefetch)
-        return found
-
-    async def _on_task_subscribers_changed(self, queue: str | None = None) -> None:
+    # -- tasks (the task queues: rmq/_tasks.py) ----------------------------------------------------
+    async def _on_task_subscribers_changed(self, queue: str | None = None, prefetch_count: int | None = None) -> None:
+        if prefetch_count is not None:
+            self.tasks.set_prefetch(queue, prefetch_count)
         await self._ready()
-        target = self._queue(queue)
-        target.subscribers = self._subscribers_of(queue)
-        await self._guarded(target.update_consumer())  # e.g. a user who may not consume: AccessRefused
+        await self.tasks.subscribers_changed(queue, self._subscribers_of(queue))
 
     async def pull_task(self, timeout: float, *, queue: str | None = None) -> PulledTask | None:
         """Take the next task of ``queue`` with ``basic.get`` (unacked until settled: transports/_pulled.py).
@@ -310,26 +454,7 @@ class RmqCommunicator(RmqRequests):
         self._accepting()
         await self._ready()
         await self._handovers.wait(timeout)
-        target = self._queue(queue)
-
-        async def get() -> PulledTask | None:
-            while True:
-                declared = await target.ensure()
-                message = await declared.get(no_ack=False, fail=False, timeout=timeout)
-                if message is None:
-                    return None
-                if _frames.refused(message, "task"):
-                    await message.reject(requeue=False)  # as a consumed one: settled once, no reply
-                    continue
-                pulled = await take(RmqIncoming(message, self._send_task_reply), message.body, self.codec)
-                if pulled is not None:
-                    return pulled
-
-        result: PulledTask | None = await self._guarded(get())
-        return result
-
-    def _set_prefetch(self, queue: str | None, prefetch_count: int) -> None:
-        self._queue(queue, prefetch_count).prefetch_count = prefetch_count
+        return await self.connection.guarded(self.tasks.pull(timeout, queue))
 
     @property
     def consuming(self) -> bool:
@@ -338,31 +463,15 @@ class RmqCommunicator(RmqRequests):
         False with no task subscriber, while the connection is down, or after the broker cancelled a
         consumer until it is consuming again (the queue's watchdog, rmq/_tasks.py). A supervisor can poll it.
         """
-        active = [tq for tq in self._task_queues.values() if tq.subscribers]
-        return bool(active) and all(tq.consuming for tq in active)
+        return self.tasks.consuming
 
     def consuming_queues(self) -> dict[str, bool]:
         """``{queue name: consuming}`` for each task queue this communicator has subscribers for."""
-        return {tq.name: tq.consuming for tq in self._task_queues.values() if tq.subscribers}
+        return self.tasks.consuming_queues()
 
-    async def release_tasks(self, suspend: Awaitable[Any] | None = None) -> None:
+    async def release_tasks(self, suspend: Awaitable[object] | None = None) -> None:
         """Stop consuming, await ``suspend`` (checkpoint the work), then nack every task in progress."""
-        self._releasing = True
-        for tq in list(self._task_queues.values()):
-            await tq.stop_consuming()
-        if suspend is not None:
-            await suspend
-        tasks = list(self._inflight)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=defaults.CLOSE_TIMEOUT)
-
-    async def _send_task_reply(self, message: aio_pika.abc.AbstractIncomingMessage, reply: dict[str, Any]) -> None:
-        if message.reply_to:
-            await self._send_reply(
-                self._fast_task_exchange, message.reply_to, message.correlation_id, {**reply, "host": host_info()}
-            )
+        await self.tasks.release(suspend)
 
 
 def _then(first: Callable[[], None], then: Callable[[], None] | None) -> Callable[[], None]:
@@ -383,17 +492,19 @@ class NamedTaskQueue:
     def __init__(self, comm: RmqCommunicator, name: str, prefetch_count: int | None = None) -> None:
         self.comm, self.name, self.prefetch_count = comm, name, prefetch_count
 
-    async def task_send(self, task: Any, no_reply: bool = False) -> Any:
+    async def task_send(self, task: object, no_reply: bool = False) -> Any:
         """Queue ``task`` on this queue; its final result (None with ``no_reply``, once the broker has it)."""
         return await self.comm.task_send(task, no_reply, queue=self.name)
 
-    async def add_task_subscriber(self, subscriber: Callable[..., Any], identifier: Any = None) -> Any:
+    async def add_task_subscriber(
+        self, subscriber: Callable[..., object], identifier: Hashable | None = None
+    ) -> Hashable:
         """Receive this queue's tasks; returns the identifier."""
         return await self.comm.add_task_subscriber(
             subscriber, identifier, queue=self.name, prefetch_count=self.prefetch_count
         )
 
-    async def remove_task_subscriber(self, identifier: Any) -> None:
+    async def remove_task_subscriber(self, identifier: Hashable) -> None:
         """Stop receiving this queue's tasks through ``identifier`` (ValueError if unknown, as kiwipy)."""
         await self.comm.remove_task_subscriber(identifier, queue=self.name)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any
 
 import pika
 import pika.exceptions
@@ -31,7 +30,7 @@ def _parameters(url: str, timeout: float) -> pika.URLParameters:
     return params
 
 
-def inspect_task_queue(url: str | Sequence[str], name: str, timeout: float) -> dict[str, Any]:
+def inspect_task_queue(url: str | Sequence[str], name: str, timeout: float) -> dict[str, object]:
     """``{"queue", "exists", "messages", "consumers"}`` of queue ``name`` on the first broker that answers.
 
     Raises :class:`BrokerUnavailable` if none answers (or all refuse the credentials) and
@@ -72,7 +71,7 @@ def inspect_task_queue(url: str | Sequence[str], name: str, timeout: float) -> d
     raise BrokerUnavailable(failure or "no broker address to inspect the task queue at")
 
 
-async def inspect_task_queue_async(url: str | Sequence[str], name: str, timeout: float) -> dict[str, Any]:
+async def inspect_task_queue_async(url: str | Sequence[str], name: str, timeout: float) -> dict[str, object]:
     """``{"queue", "exists", "messages", "consumers"}`` of task queue ``name``, within ``timeout`` seconds."""
     try:
         return await asyncio.wait_for(asyncio.to_thread(inspect_task_queue, url, name, timeout), timeout + 1.0)

@@ -17,7 +17,8 @@ import functools
 import logging
 import threading
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
+from types import TracebackType
 from typing import Any, TypeVar
 
 from .. import defaults
@@ -28,13 +29,14 @@ from ..errors import TimeoutError as PCTimeoutError
 __all__ = ["LoopThread", "ControllerFuture", "AsyncFn", "with_deadline", "run_on", "spawn_on", "post"]
 
 T = TypeVar("T")
+V = TypeVar("V")
 LOGGER = logging.getLogger(__name__)
 
 AsyncFn = Callable[..., Awaitable[T]]
 """What crosses the thread boundary: a coroutine function (or any callable returning an awaitable)."""
 
 
-def _refuse_coroutine(fn: Any) -> None:
+def _refuse_coroutine(fn: object) -> None:
     if asyncio.iscoroutine(fn):
         fn.close()
         raise TypeError(
@@ -45,7 +47,16 @@ def _refuse_coroutine(fn: Any) -> None:
 class ControllerFuture(concurrent.futures.Future[T]):
     """A ``concurrent.futures.Future`` that refuses to block the loop thread that must complete it."""
 
-    _loop_thread: threading.Thread | None = None
+    def __init__(self, loop_thread: threading.Thread | None = None) -> None:
+        super().__init__()
+        self._loop_thread = loop_thread
+
+    def fail_in_forked_child(self, exc: BaseException) -> None:
+        """In a child of ``os.fork()``: fail with ``exc`` unless done, with a fresh condition (a parent's
+        thread may have held the one copied at the fork)."""
+        if not self.done():
+            self._condition = threading.Condition()
+            _settle(self.set_exception, exc)
 
     def _check_thread(self) -> None:
         if not self.done() and threading.current_thread() is self._loop_thread:
@@ -62,12 +73,12 @@ class ControllerFuture(concurrent.futures.Future[T]):
         self._check_thread()
         return super().exception(timeout)
 
-    def __await__(self) -> Any:
+    def __await__(self) -> Generator[object, None, T]:
         """Await from any event loop (e.g. a notebook cell): ``await future``."""
         return asyncio.wrap_future(self).__await__()
 
 
-def _copy_outcome(source: asyncio.Future[Any], dest: concurrent.futures.Future[Any]) -> None:
+def _copy_outcome(source: asyncio.Future[T], dest: concurrent.futures.Future[T]) -> None:
     if source.cancelled():
         if not dest.done():
             dest.cancel()
@@ -81,7 +92,7 @@ def _copy_outcome(source: asyncio.Future[Any], dest: concurrent.futures.Future[A
         _settle(dest.set_result, source.result())
 
 
-def _settle(setter: Callable[[Any], None], value: Any) -> None:
+def _settle(setter: Callable[[V], None], value: V) -> None:
     """Settle a future unless another thread (a cancel, a close) settled it first."""
     try:
         setter(value)
@@ -104,10 +115,10 @@ class _Inbox:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._calls: collections.deque[Callable[[], None]] = collections.deque()
+        self._calls: collections.deque[Callable[[], object]] = collections.deque()
         self._wake_pending = False
 
-    def post(self, fn: Callable[[], None]) -> bool:
+    def post(self, fn: Callable[[], object]) -> bool:
         """Queue ``fn`` for the loop's thread; False if the loop is closed (``fn`` will not run)."""
         loop = self._loop
         if loop.is_closed():
@@ -115,15 +126,15 @@ class _Inbox:
         self._calls.append(fn)
         if self._wake_pending:
             return True
-        if asyncio._get_running_loop() is loop:  # the loop's own thread: no pipe to write, no race
+        if _running_loop() is loop:  # the loop's own thread: no pipe to write, no race
             self._wake_pending = True
-            loop.call_soon(self._drain)
+            loop.call_soon(self.drain)
             return True
-        # a race with _drain at worst schedules one drain too many; a call is never left behind, since
-        # _drain clears the flag before it empties the inbox and a post appends before it reads the flag
+        # a race with drain at worst schedules one drain too many; a call is never left behind, since
+        # drain clears the flag before it empties the inbox and a post appends before it reads the flag
         try:
             self._wake_pending = True
-            loop.call_soon_threadsafe(self._drain)
+            loop.call_soon_threadsafe(self.drain)
         except RuntimeError:  # closed meanwhile
             self._wake_pending = False
             return False
@@ -134,7 +145,8 @@ class _Inbox:
             raise
         return True
 
-    def _drain(self) -> None:
+    def drain(self) -> None:
+        """Run the calls posted so far, in order (on the loop's thread)."""
         self._wake_pending = False
         calls = self._calls
         while calls:
@@ -149,6 +161,14 @@ class _Inbox:
                 )
 
 
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread, or None."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 _INBOXES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Inbox] = weakref.WeakKeyDictionary()
 _INBOXES_LOCK = threading.Lock()
 
@@ -156,44 +176,67 @@ _INBOXES_LOCK = threading.Lock()
 def _inbox(loop: asyncio.AbstractEventLoop) -> _Inbox:
     # an attribute of the loop where it takes one (asyncio's own loops): a WeakKeyDictionary lookup makes
     # a weak reference per call, and a busy worker posts thousands of calls a second
-    inbox: _Inbox | None = getattr(loop, "_process_comms_inbox", None)
+    inbox: _Inbox | None = getattr(loop, "process_comms_inbox", None)
     if inbox is not None:
         return inbox
     with _INBOXES_LOCK:
-        inbox = getattr(loop, "_process_comms_inbox", None) or _INBOXES.get(loop)
+        inbox = getattr(loop, "process_comms_inbox", None) or _INBOXES.get(loop)
         if inbox is None:
             inbox = _Inbox(loop)
             try:
-                loop._process_comms_inbox = inbox  # type: ignore[attr-defined]
+                loop.process_comms_inbox = inbox  # type: ignore[attr-defined]
             except AttributeError:  # a loop with slots (uvloop): the weak mapping holds it
                 _INBOXES[loop] = inbox
     return inbox
 
 
-def post(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> bool:
+def post(loop: asyncio.AbstractEventLoop, fn: Callable[..., object], *args: object) -> bool:
     """``loop.call_soon_threadsafe(fn, *args)`` through the loop's inbox (one wake-up per burst, in order
     with :func:`run_on`); False, ``fn`` uncalled, if the loop is closed."""
     return _inbox(loop).post(functools.partial(fn, *args) if args else fn)
 
 
 class LoopThread:
-    """An asyncio event loop running on a named daemon thread, with an explicit, idempotent stop."""
+    """An asyncio event loop running on a named daemon thread, with an explicit, idempotent stop.
 
-    def __init__(self, name: str = "process-comms-loop") -> None:
+    ``with LoopThread() as lt:`` runs the loop for the block and stops it (joining the thread) at its end,
+    so the thread's life is visible in the code (as anyio's ``start_blocking_portal``). A bare
+    ``LoopThread()`` starts at once too (``start=False`` defers it to :meth:`start`); :meth:`stop` ends it.
+    """
+
+    def __init__(self, name: str = "process-comms-loop", *, start: bool = True) -> None:
         self.loop = asyncio.new_event_loop()
-        self._tasks: set[asyncio.Future[Any]] = set()
+        self._tasks: set[asyncio.Task[object]] = set()
         self._futures: set[ControllerFuture[Any]] = set()
         self._inbox = _inbox(self.loop)  # calls posted by other threads: one wake-up per burst
         self._stopping = False
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        """Start the loop's thread and wait until the loop runs; idempotent."""
+        if self._thread.is_alive() or self._started.is_set():
+            return
+        if self._stopping:
+            raise CommunicatorClosed(f"the event-loop thread {self._thread.name!r} was stopped; make a new one")
         self._thread.start()
         if not self._started.wait(defaults.CLOSE_TIMEOUT):
             self._stopping = True
             raise CommunicatorClosed(
-                f"the event-loop thread {name!r} did not start within {defaults.CLOSE_TIMEOUT} s; "
+                f"the event-loop thread {self._thread.name!r} did not start within {defaults.CLOSE_TIMEOUT} s; "
                 "the process may be out of threads or memory"
             )
+
+    def __enter__(self) -> LoopThread:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
 
     @property
     def thread(self) -> threading.Thread:
@@ -208,7 +251,7 @@ class LoopThread:
         finally:
             try:
                 self._stopping = True
-                self._inbox._drain()  # calls posted too late: stop() failed their futures, so they start nothing
+                self._inbox.drain()  # calls posted too late: stop() failed their futures, so they start nothing
                 pending = [t for t in asyncio.all_tasks(self.loop) if not t.done()]
                 for task in pending:
                     task.cancel()
@@ -228,18 +271,17 @@ class LoopThread:
         """True until stop() has been called and the loop has finished."""
         return self._thread.is_alive() and not self.loop.is_closed()
 
-    def start_task_soon(self, fn: AsyncFn[T], *args: Any) -> ControllerFuture[T]:
+    def start_task_soon(self, fn: AsyncFn[T], *args: object) -> ControllerFuture[T]:
         """Run ``await fn(*args)`` as a task on the loop and return at once; cancelling the future cancels the task.
 
         ``fn(*args)`` is called on the loop thread; if the loop has stopped, the future fails with
         :class:`CommunicatorClosed` and ``fn`` is never called.
         """
         _refuse_coroutine(fn)
-        fut: ControllerFuture[T] = ControllerFuture()
-        fut._loop_thread = self._thread
-        started: list[asyncio.Future[Any]] = []
+        fut: ControllerFuture[T] = ControllerFuture(self._thread)
+        started: list[asyncio.Task[T]] = []
 
-        def on_done(f: concurrent.futures.Future[Any]) -> None:
+        def on_done(f: concurrent.futures.Future[T]) -> None:
             self._futures.discard(f)
             if f.cancelled() and started:
                 self.call_soon(started[0].cancel)
@@ -273,21 +315,30 @@ class LoopThread:
             return False
         return self._inbox.post(fn)
 
-    def run_sync(self, fn: AsyncFn[T], *args: Any, timeout: float | None = None) -> T:
-        """Run ``await fn(*args)`` on the loop and block for its result, at most ``timeout`` seconds."""
+    def run_sync(self, fn: AsyncFn[T], *args: object, timeout: float | None = None) -> T:
+        """Run ``await fn(*args)`` on the loop and block for its result, at most ``timeout`` seconds
+        (None: :data:`~process_comms.defaults.CLOSE_TIMEOUT`)."""
         _refuse_coroutine(fn)
         if self.in_loop_thread():
             raise DeadlockError("cannot block on the event-loop thread for work that must run on it")
         fut = self.start_task_soon(fn, *args)
+        limit = timeout if timeout is not None else defaults.CLOSE_TIMEOUT
         try:
-            return fut.result(timeout if timeout is not None else defaults.CLOSE_TIMEOUT)
+            return fut.result(limit)
         except concurrent.futures.TimeoutError:
             fut.cancel()
-            raise PCTimeoutError(f"the operation did not finish within {timeout} s") from None
+            raise PCTimeoutError(f"the operation did not finish within {limit} s") from None
 
-    def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+    def call_soon(self, fn: Callable[..., object], *args: object) -> None:
         """Run ``fn(*args)`` on the loop thread soon (thread-safe); ignored once the loop is closed."""
         post(self.loop, fn, *args)
+
+    def disown(self, reason: str) -> None:
+        """In a child of ``os.fork()`` (where this thread does not exist): take no more calls and fail those in
+        flight with :class:`CommunicatorClosed` (``reason``), never waiting on the loop."""
+        self._stopping = True
+        for fut in list(self._futures):
+            fut.fail_in_forked_child(CommunicatorClosed(reason))
 
     def stop(self, timeout: float = defaults.CLOSE_TIMEOUT) -> None:
         """Fail the calls still in flight with CommunicatorClosed, stop the loop and join the thread; idempotent."""
@@ -302,7 +353,7 @@ class LoopThread:
                 self._thread.join(timeout)
 
 
-def run_on(loop: asyncio.AbstractEventLoop, fn: AsyncFn[T], *args: Any) -> concurrent.futures.Future[T]:
+def run_on(loop: asyncio.AbstractEventLoop, fn: AsyncFn[T], *args: object) -> concurrent.futures.Future[T]:
     """Run ``await fn(*args)`` on another thread's ``loop``; on a closed loop the future fails, ``fn`` uncalled.
 
     The thread-safe counterpart of :meth:`LoopThread.start_task_soon` for a loop this module does not own
@@ -327,7 +378,7 @@ def run_on(loop: asyncio.AbstractEventLoop, fn: AsyncFn[T], *args: Any) -> concu
     return fut
 
 
-def spawn_on(loop: asyncio.AbstractEventLoop, fn: AsyncFn[Any], *args: Any) -> None:
+def spawn_on(loop: asyncio.AbstractEventLoop, fn: AsyncFn[object], *args: object) -> None:
     """Start ``await fn(*args)`` on ``loop`` (any thread) and forget it: :func:`run_on` without its
     ``concurrent.futures.Future`` (a lock and a condition each), for work whose outcome no one awaits, such
     as a process's state broadcast. A failure is logged; on a closed loop ``fn`` is not called."""
@@ -345,7 +396,7 @@ def spawn_on(loop: asyncio.AbstractEventLoop, fn: AsyncFn[Any], *args: Any) -> N
         LOGGER.debug("not started, the event loop is closed: %r", fn)
 
 
-def _log_failure(task: asyncio.Future[Any]) -> None:
+def _log_failure(task: asyncio.Task[object]) -> None:
     if not task.cancelled() and task.exception() is not None:
         LOGGER.error("work started with spawn_on failed", exc_info=task.exception())
 
