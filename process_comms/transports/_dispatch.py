@@ -27,7 +27,6 @@ from ..errors import (
     TaskRejected,
 )
 from ..wire.codec import Codec
-from ..wire.messages import Pid
 from ..wire.replies import (
     CANCELLED_KEY,
     PENDING_KEY,
