@@ -7,7 +7,7 @@ import concurrent.futures
 import contextlib
 import json
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -21,14 +21,11 @@ from ..transports.threaded import ThreadCommunicator
 from ..urls import mask_url
 from ..wire.messages import Pid
 from ..wire.messages import parse_pid as _parse_pid
-from .main import EXIT_BROKER, EXIT_OK, EXIT_USAGE, PROG, CliError, Scrubber, describe, exit_code_for, print_error
+from ._output import PROG, Scrubber, print_error
+from .base import EXIT_BROKER, EXIT_OK, EXIT_USAGE, CliError, describe, exit_code_for
 
 if TYPE_CHECKING:
     from ..client.records import RecordStore
-
-    SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
-    #: What each command module's ``run`` is: the parsed arguments and the context in, the exit code out.
-    Run = Callable[[argparse.Namespace, "Context"], int]
 
 __all__ = [
     "GRACE",
@@ -66,6 +63,8 @@ class Context:
     scrub: Scrubber
     out: TextIO = field(default_factory=lambda: sys.stdout)
     err: TextIO = field(default_factory=lambda: sys.stderr)
+    #: The whole command's parser, for the commands that describe the command line (``completion``).
+    parser: argparse.ArgumentParser | None = None
 
     @property
     def json(self) -> bool:
@@ -80,7 +79,8 @@ class Context:
     @property
     def store(self) -> str | None:
         """The store URL: ``--store``, else the profile's (``store = ...``), if either names one."""
-        return getattr(self.args, "store", None) or None
+        store: str | None = self.args.store  # set for every command: base.add_command, config.apply_profile
+        return store or None
 
     @property
     def task_queue(self) -> str:

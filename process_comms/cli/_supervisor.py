@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .main import EXIT_ERROR, CliError
+from .base import EXIT_ERROR, CliError
 
 __all__ = [
     "INSTALL_HINT",

@@ -12,10 +12,12 @@ import argparse
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .main import EXIT_OK, PROG, add_command
+from ._output import PROG
+from .base import EXIT_OK, CliError, Parser, add_command
 
 if TYPE_CHECKING:
-    from ._common import Context, SubParsers
+    from ._common import Context
+    from .base import SubParsers
 
 __all__ = ["SHELLS", "register", "run", "script"]
 
@@ -49,9 +51,16 @@ def register(subparsers: SubParsers) -> None:
     p.set_defaults(run=run, needs_broker=False)
 
 
+def _arguments(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    """Every argument of one of our parsers (:class:`.base.Parser` keeps the list)."""
+    if not isinstance(parser, Parser):
+        raise TypeError(f"completion describes a {PROG} parser (base.Parser), not {type(parser).__name__}")
+    return parser.arguments
+
+
 def _options(parser: argparse.ArgumentParser, skip: set[str]) -> list[_Option]:
     options = []
-    for action in parser._actions:
+    for action in _arguments(parser):
         flags = [flag for flag in action.option_strings if flag not in skip]
         if flags and action.help is not argparse.SUPPRESS:
             choices = [str(choice) for choice in action.choices or ()]
@@ -65,16 +74,17 @@ def _model(parser: argparse.ArgumentParser) -> tuple[list[_Option], list[_Comman
     global_flags = {flag for option in global_options for flag in option.flags}
     global_options = [option for option in global_options if option.flags != ["--version"]]  # before a command only
     commands: list[_Command] = []
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            helps = {choice.dest: str(choice.help or "") for choice in action._choices_actions}
-            for name, sub in action.choices.items():
-                command = _Command(name, helps.get(name, ""), _options(sub, global_flags))
-                for positional in sub._actions:
-                    if not positional.option_strings and positional.dest != "help":
-                        command.pids = command.pids or positional.metavar == "PID"
-                        command.choices += [str(choice) for choice in positional.choices or ()]
-                commands.append(command)
+    for action in _arguments(parser):
+        if action.nargs != argparse.PARSER or not isinstance(action.choices, dict):
+            continue  # not the subcommands (base.add_subcommands)
+        for name, sub in action.choices.items():
+            # base.add_command gives each command its help text as its description too
+            command = _Command(name, str(sub.description or ""), _options(sub, global_flags))
+            for positional in _arguments(sub):
+                if not positional.option_strings and positional.dest != "help":
+                    command.pids = command.pids or positional.metavar == "PID"
+                    command.choices += [str(choice) for choice in positional.choices or ()]
+            commands.append(command)
     return global_options, commands
 
 
@@ -295,9 +305,9 @@ def script(shell: str, parser: argparse.ArgumentParser) -> str:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    """Print the script; nothing is sent to the broker."""
-    from .main import build_parser
-
-    ctx.out.write(script(args.shell, build_parser()))
+    """Print the script of the parser that parsed this command line; nothing is sent to the broker."""
+    if ctx.parser is None:
+        raise CliError("completion needs the command's parser: run it through process-comms")
+    ctx.out.write(script(args.shell, ctx.parser))
     ctx.out.flush()
     return EXIT_OK

@@ -26,7 +26,7 @@ from typing import Any
 
 from .. import defaults
 from ..transports.rmq._topology import QUEUE_TYPES
-from .main import DEFAULT_TIMEOUT, EXIT_USAGE, CliError
+from .base import DEFAULT_TIMEOUT, EXIT_USAGE, CliError
 
 if sys.version_info >= (3, 11):
     import tomllib

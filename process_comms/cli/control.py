@@ -11,10 +11,11 @@ from ..client.controller import RemoteProcessController
 from ..client.thread_controller import RemoteProcessThreadController
 from ..wire.messages import is_terminal, state_name
 from ._common import GRACE, connect_from, report, unique_pids, wait_many
-from .main import EXIT_OK, EXIT_USAGE, CliError, add_command
+from .base import EXIT_OK, EXIT_USAGE, CliError, add_command
 
 if TYPE_CHECKING:
-    from ._common import Context, SubParsers
+    from ._common import Context
+    from .base import SubParsers
 
 __all__ = ["register", "run"]
 

@@ -22,12 +22,23 @@ from typing import TYPE_CHECKING
 from ..urls import mask_url
 from . import _supervisor
 from ._supervisor import WATCHER, Files
+from .base import (
+    ENV_BROKER,
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_USAGE,
+    CliError,
+    add_command,
+    add_subcommands,
+    int_at_least,
+    positive_float,
+)
 from .config import ENV_PROFILE
-from .main import ENV_BROKER, EXIT_ERROR, EXIT_OK, EXIT_USAGE, CliError, add_command, int_at_least, positive_float
 from .worker import parse_queue, queues_of
 
 if TYPE_CHECKING:
-    from ._common import Context, SubParsers
+    from ._common import Context
+    from .base import SubParsers
 
 __all__ = ["DEFAULT_PROFILE", "STOP_TIMEOUT", "register"]
 
@@ -50,7 +61,7 @@ LOG_LINES = 50
 def register(subparsers: SubParsers) -> None:
     """Add ``daemon`` and its actions."""
     p = add_command(subparsers, "daemon", "run N workers in the background, restarted when they die (per profile)")
-    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True, parser_class=type(p))
+    actions = add_subcommands(p, "action", "ACTION")
 
     start = add_command(
         actions, "start", "start the daemon with N workers (default 1); returns once each is ready (--timeout)"

@@ -21,11 +21,13 @@ from ..dashboard._settings import (
     DashboardSettings,
 )
 from ._common import add_store_option, record_store
-from .main import EXIT_BROKER, EXIT_ERROR, EXIT_OK, EXIT_USAGE, CliError, add_command, int_at_least, setup_logging
+from ._output import setup_logging
+from .base import EXIT_BROKER, EXIT_ERROR, EXIT_OK, EXIT_USAGE, CliError, add_command, int_at_least
 
 if TYPE_CHECKING:
     from ..client.records import RecordStore
-    from ._common import Context, SubParsers
+    from ._common import Context
+    from .base import SubParsers
 
 __all__ = ["register", "run"]
 

@@ -14,19 +14,11 @@ from ..errors import TimeoutError as PCTimeoutError
 from ..wire.launch_options import LABEL_MAX_CHARS, check_label, check_time_limit
 from ..wire.loaders import ObjectLoader
 from ._common import GRACE, connect_from, is_tty, parse_pid
-from .main import (
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    EXIT_TIMEOUT,
-    EXIT_USAGE,
-    CliError,
-    add_command,
-    describe,
-    positive_float,
-)
+from .base import EXIT_INTERRUPTED, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, CliError, add_command, describe, positive_float
 
 if TYPE_CHECKING:
-    from ._common import Context, SubParsers
+    from ._common import Context
+    from .base import SubParsers
 
 __all__ = ["register", "run"]
 

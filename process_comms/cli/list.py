@@ -13,10 +13,11 @@ from ..wire.listing import ACTIVE_STATES, SORTS
 from ..wire.messages import TERMINAL_STATES
 from ._common import GRACE, add_store_option, connect_from, from_store, record_store
 from ._records import age, host_text, parse_since
-from .main import EXIT_OK, EXIT_USAGE, CliError, add_command, int_at_least
+from .base import EXIT_OK, EXIT_USAGE, CliError, add_command, int_at_least
 
 if TYPE_CHECKING:
-    from ._common import Context, SubParsers
+    from ._common import Context
+    from .base import SubParsers
 
 __all__ = ["COLUMNS", "register", "run"]
 

@@ -12,10 +12,11 @@ from ..wire.messages import is_terminal
 from ._common import GRACE, add_store_option, connect_from, from_store, record_store
 from ._common import parse_pid as _parse_pid
 from ._records import when
-from .main import EXIT_OK, add_command
+from .base import EXIT_OK, add_command
 
 if TYPE_CHECKING:
-    from ._common import Context, SubParsers
+    from ._common import Context
+    from .base import SubParsers
 
 __all__ = ["FOLLOW_INTERVAL", "register", "run"]
 

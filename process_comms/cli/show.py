@@ -10,10 +10,11 @@ from ..client.thread_controller import RemoteProcessThreadController
 from ..wire.messages import is_kill_request
 from ._common import GRACE, add_store_option, connect_from, from_store, record_store, report, unique_pids, wait_many
 from ._records import host_text, when
-from .main import EXIT_OK, add_command
+from .base import EXIT_OK, add_command
 
 if TYPE_CHECKING:
-    from ._common import Context, SubParsers
+    from ._common import Context
+    from .base import SubParsers
 
 __all__ = ["register", "run"]
 

@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Any
 from ..client.display import PROGRESS_COLUMNS, StatusTable
 from ..client.thread_controller import RemoteProcessThreadController
 from ._common import GRACE, add_store_option, connect_from, from_store, record_store, report, unique_pids, wait_many
-from .main import EXIT_OK, add_command
+from .base import EXIT_OK, add_command
 
 if TYPE_CHECKING:
-    from ._common import Context, SubParsers
+    from ._common import Context
+    from .base import SubParsers
 
 __all__ = ["register", "run"]
 

@@ -17,10 +17,12 @@ from ..client.thread_controller import RemoteProcessThreadController
 from ..transports.base import BroadcastFilter
 from ..wire.messages import state_transition
 from ._common import GRACE, connect_from, is_tty, parse_pid, unique_pids
-from .main import EXIT_OK, EXIT_TIMEOUT, PROG, CliError, add_command, int_at_least, positive_float
+from ._output import PROG
+from .base import EXIT_OK, EXIT_TIMEOUT, CliError, add_command, int_at_least, positive_float
 
 if TYPE_CHECKING:
-    from ._common import Context, SubParsers
+    from ._common import Context
+    from .base import SubParsers
 
 __all__ = ["register", "run"]
 

@@ -17,10 +17,12 @@ from ..urls import mask_url
 from ..wire.loaders import AllowListLoader
 from ..worker.persistence import MEMORY_RECORD_BYTES
 from ..worker.worker import Worker
-from .main import EXIT_OK, EXIT_USAGE, CliError, add_command, int_at_least, setup_logging
+from ._output import setup_logging
+from .base import EXIT_OK, EXIT_USAGE, CliError, add_command, int_at_least
 
 if TYPE_CHECKING:
-    from ._common import Context, SubParsers
+    from ._common import Context
+    from .base import SubParsers
 
 __all__ = ["parse_queue", "queues_of", "register", "run"]
 

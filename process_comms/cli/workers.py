@@ -8,10 +8,11 @@ from typing import TYPE_CHECKING, Any
 from ..client.display import layout_columns
 from ..client.thread_controller import RemoteProcessThreadController
 from ._common import GRACE, connect_from
-from .main import EXIT_OK, add_command, positive_float
+from .base import EXIT_OK, add_command, positive_float
 
 if TYPE_CHECKING:
-    from ._common import Context, SubParsers
+    from ._common import Context
+    from .base import SubParsers
 
 __all__ = ["COLUMNS", "register", "run"]
 
