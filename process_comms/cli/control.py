@@ -49,7 +49,7 @@ def register(subparsers: SubParsers) -> None:
             p.add_argument(
                 "--force", action="store_true", help="mark killed at once, without waiting for the run to end"
             )
-        p.set_defaults(run=run)
+        p.set_defaults(run=run, message=None, force=False)  # the options it has override them
 
 
 def _broadcast(ctx: Context, intent: str, message: str | None, force: bool) -> int:
@@ -92,8 +92,8 @@ def _ended_ones(
 def run(args: argparse.Namespace, ctx: Context) -> int:
     """pause / play / kill: each PID (one line each), or every process by broadcast with --all."""
     intent: str = args.command
-    message: str | None = getattr(args, "message", None)
-    force: bool = bool(getattr(args, "force", False))
+    message: str | None = args.message  # None for play, which has no --message (register)
+    force: bool = bool(args.force)  # False but for kill
     if args.all and args.pids:
         raise CliError(f"{intent}: give PIDs or --all, not both", EXIT_USAGE)
     if not args.all and not args.pids:

@@ -106,7 +106,7 @@ def register(subparsers: SubParsers) -> None:
 
 # -- the state of one profile's daemon ---------------------------------------------------------------
 def _profile(args: argparse.Namespace) -> str:
-    return str(getattr(args, "profile", None) or os.environ.get(ENV_PROFILE) or DEFAULT_PROFILE)
+    return str(args.profile or os.environ.get(ENV_PROFILE) or DEFAULT_PROFILE)
 
 
 def _files(args: argparse.Namespace) -> Files:

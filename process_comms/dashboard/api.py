@@ -42,7 +42,7 @@ from ._body import BadRequest, read_json_body
 from ._settings import DashboardSettings
 from .events import EventHub
 from .metrics import CONTENT_TYPE_LATEST, DashboardMetrics
-from .queues import NO_WORKERS_API, inspect_queue
+from .queues import inspect_queue
 
 __all__ = ["ACTIONS", "MAX_LIMIT", "MAX_ROWS", "WORKERS_WITHIN", "BadRequest", "Dashboard", "JSON", "error_response"]
 
@@ -287,9 +287,9 @@ class Dashboard:
         if offset == 0:
             has_more = more is not None
         answer = {"processes": page, "offset": offset, "limit": limit, "has_more": has_more, "next": more}
-        source = one.get("source") if offset == 0 else getattr(rows, "source", None)
+        source = one.get("source") if offset == 0 else rows.source
         if source == FROM_STORE:  # no worker answered: say where the page came from
-            reason = one.get("source_reason") if offset == 0 else getattr(rows, "source_reason", None)
+            reason = one.get("source_reason") if offset == 0 else rows.source_reason
             answer.update(source=source, source_reason=self.settings.scrub(str(reason)))
         return JSON(answer)
 
@@ -345,10 +345,7 @@ class Dashboard:
 
     async def _workers(self) -> dict[str, Any]:
         """The workers that answer within :data:`WORKERS_WITHIN` (host, queues, slots used/total, uptime)."""
-        list_workers = getattr(self.controller, "list_workers", None)
-        if list_workers is None:  # a client without the call: say so instead of an empty list
-            return {"available": False, "reason": NO_WORKERS_API, "rows": []}
-        rows: list[dict[str, Any]] = await list_workers(WORKERS_WITHIN)
+        rows = await self.controller.list_workers(WORKERS_WITHIN)
         self.metrics.set_worker_slots(rows)
         return {"available": True, "within": WORKERS_WITHIN, "rows": rows}
 
