@@ -22,7 +22,6 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from .. import defaults
 from ..transports.rmq._topology import QUEUE_TYPES
@@ -73,13 +72,13 @@ def _usage(message: str) -> CliError:
     return CliError(message, EXIT_USAGE)
 
 
-def _text(value: Any, key: str, where: str) -> str:
+def _text(value: object, key: str, where: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise _usage(f"{key} in {where} must be a non-empty string")
     return value.strip()
 
 
-def _parse(name: str, table: Any, where: str) -> Profile:
+def _parse(name: str, table: object, where: str) -> Profile:
     if not isinstance(table, dict):
         raise _usage(f"{where} must be a table ([profiles.{name}])")
     unknown = sorted(set(table) - set(_KEYS))

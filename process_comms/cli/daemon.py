@@ -150,7 +150,7 @@ def _not_running(files: Files, args: argparse.Namespace) -> CliError:
 
 
 def _pids(files: Files, ctx: Context) -> list[int]:
-    return sorted(int(pid) for pid in _supervisor.call(files, "list", ctx.timeout, name=WATCHER)["pids"])
+    return sorted(_supervisor.numbers_in(_supervisor.call(files, "list", ctx.timeout, name=WATCHER), "pids"))
 
 
 # -- actions ----------------------------------------------------------------------------------------
@@ -284,7 +284,9 @@ def _status(args: argparse.Namespace, ctx: Context) -> int:
     if pid is None:
         raise _not_running(files, args)
     pids = _pids(files, ctx)
-    wanted = int(_supervisor.call(files, "numprocesses", ctx.timeout, name=WATCHER)["numprocesses"])
+    wanted = int(
+        _supervisor.number_in(_supervisor.call(files, "numprocesses", ctx.timeout, name=WATCHER), "numprocesses")
+    )
     if ctx.json:
         ctx.print_json(
             {
@@ -308,13 +310,14 @@ def _change(args: argparse.Namespace, ctx: Context, command: str) -> int:
     if _running(files, ctx) is None:
         raise _not_running(files, args)
     if command == "decr":
-        current = int(_supervisor.call(files, "numprocesses", ctx.timeout, name=WATCHER)["numprocesses"])
+        answer = _supervisor.call(files, "numprocesses", ctx.timeout, name=WATCHER)
+        current = int(_supervisor.number_in(answer, "numprocesses"))
         if args.number > current:
             raise CliError(f"only {current} worker(s) run: cannot stop {args.number}", EXIT_USAGE)
     stop_timeout = float(json.loads(files.spec.read_text())["stop_timeout"])
     # decr waits for the stopped workers, each up to its grace: the answer may take that long
     answer = _supervisor.call(files, command, ctx.timeout + stop_timeout, name=WATCHER, nb=args.number, waiting=True)
-    count = int(answer["numprocesses"])
+    count = int(_supervisor.number_in(answer, "numprocesses"))
     if ctx.json:
         ctx.print_json({"profile": _profile(args), "numprocesses": count})
     else:

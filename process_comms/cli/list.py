@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypedDict
 
 from ..client.display import layout_columns, progress_text
 from ..client.thread_controller import RemoteProcessThreadController
@@ -58,16 +58,23 @@ def register(subparsers: SubParsers) -> None:
     p.set_defaults(run=run)
 
 
-def _query(args: argparse.Namespace) -> dict[str, Any]:
+class _Query(TypedDict):
+    states: list[str] | None
+    label: str | None
+    sort: str | None
+    reverse: bool
+
+
+def _query(args: argparse.Namespace) -> _Query:
     """The listing's states (``--state`` repeated, ``--active``), label and order, as the controller takes them."""
     states = [*(args.state or ()), *(ACTIVE_STATES if args.active else ())]
     if args.label is not None and len(args.label) > LABEL_MAX_CHARS:
         raise CliError(f"--label: at most {LABEL_MAX_CHARS} characters, not {len(args.label)}", EXIT_USAGE)
     unique = list(dict.fromkeys(states)) or None
-    return {"states": unique, "label": args.label, "sort": args.sort, "reverse": args.reverse}
+    return {"states": unique, "label": args.label, "sort": args.sort, "reverse": bool(args.reverse)}
 
 
-def _row(summary: dict[str, Any]) -> list[str]:
+def _row(summary: dict[str, object]) -> list[str]:
     paused = summary.get("paused")
     return [
         str(summary.get("pid")),

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..client.display import PROGRESS_COLUMNS, StatusTable
 from ..client.thread_controller import RemoteProcessThreadController
@@ -37,8 +37,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         futures = {key: controller.get_status(pid, ctx.timeout) for key, pid in pids}
         results = wait_many(futures, ctx.timeout + GRACE, ctx.err)
     code = EXIT_OK
-    records: list[dict[str, Any]] = []
-    statuses: dict[str, Mapping[str, Any]] = {}
+    records: list[dict[str, object]] = []
+    statuses: dict[str, Mapping[str, object]] = {}
     for key, outcome in results.items():
         status = outcome if isinstance(outcome, dict | BaseException) else {"state": str(outcome)}
         code = max(code, report(ctx, records, key, status))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..client.display import layout_columns
 from ..client.thread_controller import RemoteProcessThreadController
@@ -33,7 +33,7 @@ def register(subparsers: SubParsers) -> None:
     p.set_defaults(run=run)
 
 
-def _duration(seconds: Any) -> str:
+def _duration(seconds: object) -> str:
     if not isinstance(seconds, (int, float)):
         return "-"
     for unit, size in (("d", 86400.0), ("h", 3600.0), ("m", 60.0)):
@@ -42,8 +42,9 @@ def _duration(seconds: Any) -> str:
     return f"{int(seconds)}s"
 
 
-def _queues_text(info: dict[str, Any]) -> str:
-    slots: dict[str, Any] = info["slots"] if isinstance(info.get("slots"), dict) else {}
+def _queues_text(info: dict[str, object]) -> str:
+    given = info.get("slots")
+    slots: dict[str, object] = given if isinstance(given, dict) else {}
     parts = []
     for name, counts in sorted(slots.items()):
         counts = counts if isinstance(counts, dict) else {}
@@ -52,15 +53,16 @@ def _queues_text(info: dict[str, Any]) -> str:
     return ", ".join(parts) or "-"
 
 
-def _health(info: dict[str, Any]) -> str:
+def _health(info: dict[str, object]) -> str:
     if info.get("consuming"):
         return "consuming"
-    queues: dict[str, Any] = info["queues"] if isinstance(info.get("queues"), dict) else {}
+    given = info.get("queues")
+    queues: dict[str, object] = given if isinstance(given, dict) else {}
     idle = sorted(name for name, consuming in queues.items() if not consuming)
     return f"not consuming: {', '.join(idle)}" if idle else "not consuming"
 
 
-def _row(info: dict[str, Any]) -> list[str]:
+def _row(info: dict[str, object]) -> list[str]:
     return [
         str(info.get("worker") or "-"),
         str(info.get("host") or "-"),
