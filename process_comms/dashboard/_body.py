@@ -6,7 +6,6 @@ before parsing: ``json.loads`` of a deeply nested text raises ``RecursionError``
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from starlette.requests import Request
 
@@ -50,7 +49,7 @@ def json_depth(raw: bytes, limit: int) -> int:
     return deepest
 
 
-async def read_json_body(request: Request) -> dict[str, Any]:
+async def read_json_body(request: Request) -> dict[str, object]:
     """The body as a JSON object (``{}`` when empty), or ``BadRequest`` saying what is wrong with it."""
     declared = request.headers.get("content-length")
     if declared is not None:

@@ -11,8 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from ..errors import ProcessCommsError
 from ..transports.base import AsyncCommunicator, BroadcastFilter
@@ -25,10 +24,10 @@ MAX_QUEUED = 2000
 #: Seconds between keep-alive comments on an idle stream (proxies close silent connections).
 KEEPALIVE_SECONDS = 15.0
 
-Event = dict[str, Any]
+Event = dict[str, object]
 
 
-def sse(event: str, data: Any) -> str:
+def sse(event: str, data: object) -> str:
     """One server-sent event: ``event: NAME`` and its JSON ``data`` line."""
     return f"event: {event}\ndata: {json.dumps(data, default=str, separators=(',', ':'))}\n\n"
 
@@ -42,7 +41,7 @@ class EventHub:
         self._max_queued = max_queued
         self._streams: set[asyncio.Queue[Event | None]] = set()
         self._core: AsyncCommunicator | None = None
-        self._identifier: Any = None
+        self._identifier: object = None
         self._closed = False
 
     @property
@@ -56,7 +55,7 @@ class EventHub:
         listener = BroadcastFilter(self._on_state, subject="state_changed.*")
         self._identifier = await core.add_broadcast_subscriber(listener)
 
-    def _on_state(self, _comm: Any, _body: Any, sender: Any, subject: Any, _cid: Any) -> None:
+    def _on_state(self, _comm: object, _body: object, sender: object, subject: object, _cid: object) -> None:
         transition = state_transition(subject)
         if transition is None or sender is None:
             return
@@ -75,7 +74,7 @@ class EventHub:
                     queue.get_nowait()
             queue.put_nowait(event)
 
-    async def stream(self, is_disconnected: Callable[[], Any]) -> AsyncIterator[str]:
+    async def stream(self, is_disconnected: Callable[[], Awaitable[bool]]) -> AsyncIterator[str]:
         """The text of one SSE stream: a ``hello``, then events as they come, until closed or disconnected."""
         queue: asyncio.Queue[Event | None] = asyncio.Queue(self._max_queued)
         self._streams.add(queue)
