@@ -1,4 +1,4 @@
-"""The ``process-comms dashboard``: a live web page and an HTTP API over one asyncio controller (issue 18).
+"""The ``process-comms dashboard``: a live web page and an HTTP API over one asyncio controller (docs/dashboard.md).
 
 It needs only the broker: process records come from the fleet's workers (``list_processes``,
 ``get_process``; with ``--store URL`` or a profile's store, from that store, read-only, when no worker
