@@ -5,7 +5,6 @@ from __future__ import annotations
 #: Exchange and queue names as kiwipy 0.9 declares them.
 MESSAGE_EXCHANGE = "kiwipy.messages"
 TASK_EXCHANGE = "kiwipy.tasks"
-TASK_QUEUE = "kiwipy.tasks"
 RPC_PREFIX = "[rpc]"
 BROADCAST_KEY = "[broadcast]"
 

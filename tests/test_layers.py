@@ -54,12 +54,37 @@ def layer_of(module: str) -> str:
     raise AssertionError(f"{module} belongs to no layer: add it to tests/test_layers.py and CONTRIBUTING.md")
 
 
-def imported_modules(path: Path, known: set[str]) -> set[str]:
-    """Every module of ours that ``path`` imports, with relative imports resolved."""
+def module_level_nodes(tree: ast.Module) -> list[ast.stmt]:
+    """The statements that run when the module is imported: its body, into ``if``/``try``/``with`` blocks, but
+    not into functions, classes or ``if TYPE_CHECKING:`` blocks."""
+    found: list[ast.stmt] = []
+    pending: list[ast.stmt] = list(tree.body)
+    while pending:
+        node = pending.pop(0)
+        found.append(node)
+        if isinstance(node, ast.If):
+            test = node.test
+            type_checking = (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+                isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+            )
+            pending += node.orelse if type_checking else [*node.body, *node.orelse]
+        elif isinstance(node, ast.Try):
+            pending += [*node.body, *[s for h in node.handlers for s in h.body], *node.orelse, *node.finalbody]
+        elif isinstance(node, ast.With):
+            pending += node.body
+    return found
+
+
+def imported_modules(path: Path, known: set[str], module_level: bool = False) -> set[str]:
+    """Every module of ours that ``path`` imports, with relative imports resolved.
+
+    With ``module_level``, only the imports that run when the module is imported (:func:`module_level_nodes`).
+    """
     name = module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    tree = ast.parse(path.read_text(), str(path))
+    for node in module_level_nodes(tree) if module_level else ast.walk(tree):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):

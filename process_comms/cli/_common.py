@@ -7,9 +7,9 @@ import concurrent.futures
 import contextlib
 import json
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, TextIO, TypedDict, TypeVar
 
 from .. import defaults
 from ..client.display import Progress
@@ -21,14 +21,11 @@ from ..transports.threaded import ThreadCommunicator
 from ..urls import mask_url
 from ..wire.messages import Pid
 from ..wire.messages import parse_pid as _parse_pid
-from .main import EXIT_BROKER, EXIT_OK, EXIT_USAGE, PROG, CliError, Scrubber, describe, exit_code_for, print_error
+from ._output import PROG, Scrubber, print_error
+from .base import EXIT_BROKER, EXIT_OK, EXIT_USAGE, CliError, describe, exit_code_for
 
 if TYPE_CHECKING:
     from ..client.records import RecordStore
-
-    SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
-    #: What each command module's ``run`` is: the parsed arguments and the context in, the exit code out.
-    Run = Callable[[argparse.Namespace, "Context"], int]
 
 __all__ = [
     "GRACE",
@@ -51,7 +48,19 @@ GRACE = 2.0
 _BAR_WIDTH = 20
 
 
-def _json_default(value: Any) -> Any:
+T = TypeVar("T")
+
+
+class CommOptions(TypedDict):
+    """The exchange and queue names and the connect deadline, as :func:`process_comms.connect` takes them."""
+
+    message_exchange: str
+    task_exchange: str
+    task_queue: str
+    connect_timeout: float
+
+
+def _json_default(value: object) -> object:
     if isinstance(value, (set, frozenset, tuple)):
         return list(value)
     return str(value)
@@ -66,6 +75,8 @@ class Context:
     scrub: Scrubber
     out: TextIO = field(default_factory=lambda: sys.stdout)
     err: TextIO = field(default_factory=lambda: sys.stderr)
+    #: The whole command's parser, for the commands that describe the command line (``completion``).
+    parser: argparse.ArgumentParser | None = None
 
     @property
     def json(self) -> bool:
@@ -80,18 +91,19 @@ class Context:
     @property
     def store(self) -> str | None:
         """The store URL: ``--store``, else the profile's (``store = ...``), if either names one."""
-        return getattr(self.args, "store", None) or None
+        store: str | None = self.args.store  # set for every command: base.add_command, config.apply_profile
+        return store or None
 
     @property
     def task_queue(self) -> str:
         """The task queue's name: --task-queue, else the task exchange's name (as the library does)."""
         return str(self.args.task_queue or self.args.task_exchange)
 
-    def comm_options(self) -> dict[str, Any]:
+    def comm_options(self) -> CommOptions:
         """Exchange and queue names for :func:`process_comms.connect`."""
         return {
-            "message_exchange": self.args.message_exchange,
-            "task_exchange": self.args.task_exchange,
+            "message_exchange": str(self.args.message_exchange),
+            "task_exchange": str(self.args.task_exchange),
             "task_queue": self.task_queue,
             "connect_timeout": min(self.timeout, defaults.CONNECT_TIMEOUT),
         }
@@ -100,7 +112,7 @@ class Context:
         """One line on stdout (flushed: others may be reading it line by line)."""
         print(text, file=self.out, flush=True)
 
-    def print_json(self, value: Any) -> None:
+    def print_json(self, value: object) -> None:
         """``value`` as one line of JSON on stdout."""
         self.print(json.dumps(value, default=_json_default, sort_keys=True))
 
@@ -147,7 +159,7 @@ def record_store(ctx: Context) -> Iterator[RecordStore | None]:
         store.close()
 
 
-def from_store(ctx: Context, reason: Any) -> str:
+def from_store(ctx: Context, reason: object) -> str:
     """The line saying that an answer was read from the store, and why."""
     return f"from the store {mask_url(ctx.store or '')}: {reason or 'no worker answered'}"
 
@@ -166,9 +178,9 @@ def parse_pid(text: str) -> Pid:
     return pid
 
 
-def unique_pids(texts: Sequence[str]) -> list[tuple[str, Any]]:
+def unique_pids(texts: Sequence[str]) -> list[tuple[str, Pid]]:
     """``[(display form, pid)]`` in order, without duplicates; the display form is what routing uses."""
-    seen: dict[str, Any] = {}
+    seen: dict[str, Pid] = {}
     for text in texts:
         pid = parse_pid(text)
         seen.setdefault(str(pid), pid)
@@ -185,12 +197,13 @@ def is_tty(stream: TextIO) -> bool:
 
 
 def wait_many(
-    futures: Mapping[str, concurrent.futures.Future[Any]], timeout: float, progress_stream: TextIO | None = None
-) -> dict[str, Any]:
+    futures: Mapping[str, concurrent.futures.Future[T]], timeout: float, progress_stream: TextIO | None = None
+) -> dict[str, T | BaseException]:
     """Wait for many futures under one deadline; ``{pid: result or exception}``, with a TTY progress bar.
 
     Outcomes as :func:`process_comms.wait_all` gives them; what did not answer in time is then cancelled.
     """
+    results: dict[str, T | BaseException]
     if progress_stream is None or len(futures) < 2 or not is_tty(progress_stream):
         results = wait_all(futures, timeout)
     else:
@@ -202,7 +215,7 @@ def wait_many(
 
 
 # -- output ----------------------------------------------------------------------------------------
-def report(ctx: Context, records: list[dict[str, Any]], key: str, outcome: Any) -> int:
+def report(ctx: Context, records: list[dict[str, object]], key: str, outcome: object) -> int:
     """Add one PID's outcome to the JSON records and report a failure at once; return its exit code."""
     if isinstance(outcome, BaseException):
         text = describe(outcome)

@@ -6,7 +6,6 @@ import argparse
 import datetime
 import re
 import time
-from typing import Any
 
 __all__ = ["age", "host_text", "parse_since", "when"]
 
@@ -27,7 +26,7 @@ def parse_since(text: str) -> float:
         ) from None
 
 
-def age(ctime: Any, now: float | None = None) -> str:
+def age(ctime: object, now: float | None = None) -> str:
     """How long ago ``ctime`` (epoch seconds) was: ``12s``, ``5m``, ``3h``, ``2d``."""
     if not isinstance(ctime, (int, float)):
         return ""
@@ -38,14 +37,14 @@ def age(ctime: Any, now: float | None = None) -> str:
     return f"{int(seconds)}s"
 
 
-def when(stamp: Any) -> str:
+def when(stamp: object) -> str:
     """Epoch seconds as local ISO time (to the second), or ``-``."""
     if not isinstance(stamp, (int, float)):
         return "-"
     return datetime.datetime.fromtimestamp(float(stamp)).isoformat(sep=" ", timespec="seconds")
 
 
-def host_text(host: Any) -> str:
+def host_text(host: object) -> str:
     """A record's worker: ``hostname:os-pid``."""
     if isinstance(host, dict) and host.get("hostname"):
         return f"{host['hostname']}:{host.get('pid', '?')}"

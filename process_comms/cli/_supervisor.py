@@ -23,9 +23,8 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-from .main import EXIT_ERROR, CliError
+from .base import EXIT_ERROR, CliError
 
 __all__ = [
     "INSTALL_HINT",
@@ -116,14 +115,33 @@ class Files:
         return int(text) if text.isdigit() else None
 
 
-def call(files: Files, command: str, timeout: float, **properties: Any) -> dict[str, Any]:
+def number_in(answer: Mapping[str, object], key: str) -> float:
+    """The number ``answer[key]`` of a circus answer or of the daemon's spec file (JSON both); else CliError."""
+    value = answer.get(key)
+    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise CliError(f"the daemon's {key} is {value!r}, not a number", EXIT_ERROR)
+
+
+def numbers_in(answer: Mapping[str, object], key: str) -> list[int]:
+    """The list of integers ``answer[key]`` (the workers' pids); else CliError."""
+    values = answer.get(key)
+    if isinstance(values, list):
+        return [int(number_in({key: value}, key)) for value in values]
+    raise CliError(f"the daemon's {key} is {values!r}, not a list", EXIT_ERROR)
+
+
+def call(files: Files, command: str, timeout: float, **properties: object) -> dict[str, object]:
     """Send one circus command to the supervisor and return its answer; no answer in ``timeout`` raises CliError."""
     from circus.client import CircusClient
     from circus.exc import CallError
 
     client = CircusClient(endpoint=files.endpoint(files.control), timeout=timeout)
     try:
-        answer: dict[str, Any] = client.call({"command": command, "properties": properties})
+        answer: dict[str, object] = client.call({"command": command, "properties": properties})
     except CallError as exc:
         raise CliError(f"the daemon's supervisor did not answer {command!r}: {exc}", EXIT_ERROR) from None
     finally:
@@ -134,10 +152,12 @@ def call(files: Files, command: str, timeout: float, **properties: Any) -> dict[
     return answer
 
 
-def _watcher(spec: Mapping[str, Any], files: Files) -> dict[str, Any]:
-    argv: list[str] = list(spec["argv"])
+def _watcher(spec: Mapping[str, object], files: Files) -> dict[str, object]:
+    argv = spec["argv"]
+    if not isinstance(argv, list) or not argv:
+        raise CliError(f"the daemon's spec {files.spec} has no command (argv)", EXIT_ERROR)
 
-    def stream(path: Path) -> dict[str, Any]:
+    def stream(path: Path) -> dict[str, object]:
         return {
             "class": "circus.stream.FileStream",
             "filename": str(path),
@@ -148,12 +168,12 @@ def _watcher(spec: Mapping[str, Any], files: Files) -> dict[str, Any]:
 
     return {
         "name": WATCHER,
-        "cmd": argv[0],
-        "args": argv[1:],
-        "numprocesses": int(spec["numprocesses"]),
+        "cmd": str(argv[0]),
+        "args": [str(arg) for arg in argv[1:]],
+        "numprocesses": int(number_in(spec, "numprocesses")),
         "working_dir": spec["cwd"],
         "copy_env": True,  # the environment `daemon start` gave the supervisor: the broker URL, PYTHONPATH
-        "graceful_timeout": float(spec["stop_timeout"]),  # SIGTERM, then SIGKILL after this many seconds
+        "graceful_timeout": number_in(spec, "stop_timeout"),  # SIGTERM, then SIGKILL after this many seconds
         "stop_signal": 15,
         "respawn": True,
         "max_retry": MAX_RETRY,

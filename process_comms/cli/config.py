@@ -22,11 +22,10 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from .. import defaults
 from ..transports.rmq._topology import QUEUE_TYPES
-from .main import DEFAULT_TIMEOUT, EXIT_USAGE, CliError
+from .base import DEFAULT_TIMEOUT, EXIT_USAGE, CliError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -73,13 +72,13 @@ def _usage(message: str) -> CliError:
     return CliError(message, EXIT_USAGE)
 
 
-def _text(value: Any, key: str, where: str) -> str:
+def _text(value: object, key: str, where: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise _usage(f"{key} in {where} must be a non-empty string")
     return value.strip()
 
 
-def _parse(name: str, table: Any, where: str) -> Profile:
+def _parse(name: str, table: object, where: str) -> Profile:
     if not isinstance(table, dict):
         raise _usage(f"{where} must be a table ([profiles.{name}])")
     unknown = sorted(set(table) - set(_KEYS))
@@ -133,26 +132,29 @@ def load_profile(name: str, path: Path | None = None) -> Profile:
 def apply_profile(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Profile | None:
     """Fill the global options of ``args`` in place: the command line, then ``--prefix``, the profile, the defaults.
 
+    ``args`` is what :func:`.main.build_parser` parsed: every global option, ``store`` and ``task_queue_type``
+    are attributes of it (None when not given; :func:`.base.add_command`).
+
     Afterwards ``args.message_exchange``, ``args.task_exchange`` and ``args.timeout`` are set, ``args.task_queue``
     is a name or None (the task exchange's name, as kiwipy does), ``args.broker`` a URL or None (then
     ``PROCESS_COMMS_BROKER``), ``args.store`` a URL or None. Returns the profile used, if any.
     """
     env = os.environ if env is None else env
-    name = getattr(args, "profile", None) or env.get(ENV_PROFILE) or None
+    name = args.profile or env.get(ENV_PROFILE) or None
     profile = load_profile(name, config_path(env)) if name else None
     names: dict[str, str] = dict(profile.names or {}) if profile else {}
-    if getattr(args, "prefix", None):
+    if args.prefix:
         names = prefix_names(args.prefix)  # the command line's convention replaces the profile's names
     fallback = {"message_exchange": defaults.MESSAGE_EXCHANGE, "task_exchange": defaults.TASK_EXCHANGE}
     for key in NAME_OPTIONS:
-        if getattr(args, key, None) is None:
+        if getattr(args, key) is None:
             setattr(args, key, names.get(key, fallback.get(key)))
-    if getattr(args, "broker", None) is None and profile is not None:
+    if args.broker is None and profile is not None:
         args.broker = profile.broker
-    if getattr(args, "timeout", None) is None:
+    if args.timeout is None:
         args.timeout = profile.timeout if profile and profile.timeout else DEFAULT_TIMEOUT
-    if getattr(args, "store", None) is None:
+    if args.store is None:
         args.store = profile.store if profile else None
-    if getattr(args, "task_queue_type", None) is None:  # the worker's option; the profile's for any command
+    if args.task_queue_type is None:  # the worker's option; the profile's for any command
         args.task_queue_type = profile.task_queue_type if profile else None
     return profile

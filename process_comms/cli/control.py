@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING
 
 from ..client.controller import RemoteProcessController
 from ..client.thread_controller import RemoteProcessThreadController
-from ..wire.messages import is_terminal, state_name
+from ..wire.messages import Pid, is_terminal, state_name
 from ._common import GRACE, connect_from, report, unique_pids, wait_many
-from .main import EXIT_OK, EXIT_USAGE, CliError, add_command
+from .base import EXIT_OK, EXIT_USAGE, CliError, add_command
 
 if TYPE_CHECKING:
-    from ._common import Context, SubParsers
+    from ._common import Context
+    from .base import SubParsers
 
 __all__ = ["register", "run"]
 
@@ -48,7 +49,7 @@ def register(subparsers: SubParsers) -> None:
             p.add_argument(
                 "--force", action="store_true", help="mark killed at once, without waiting for the run to end"
             )
-        p.set_defaults(run=run)
+        p.set_defaults(run=run, message=None, force=False)  # the options it has override them
 
 
 def _broadcast(ctx: Context, intent: str, message: str | None, force: bool) -> int:
@@ -57,7 +58,7 @@ def _broadcast(ctx: Context, intent: str, message: str | None, force: bool) -> i
     with connect_from(ctx) as comm:
         core = RemoteProcessController(comm, rpc_timeout=ctx.timeout)
         window = min(ALL_ANSWER_WINDOW, ctx.timeout)
-        broadcast: dict[str, Callable[[], Coroutine[Any, Any, dict[Any, Any] | None]]] = {
+        broadcast: dict[str, Callable[[], Awaitable[Mapping[object, object] | None]]] = {
             "pause": lambda: core.pause_all(message, answers_within=window),
             "play": lambda: core.play_all(answers_within=window),
             "kill": lambda: core.kill_all(message, answers_within=window),
@@ -75,7 +76,7 @@ def _broadcast(ctx: Context, intent: str, message: str | None, force: bool) -> i
 
 
 def _ended_ones(
-    ctx: Context, controller: RemoteProcessThreadController, pids: dict[str, Any], results: dict[str, Any]
+    ctx: Context, controller: RemoteProcessThreadController, pids: dict[str, Pid], results: Mapping[str, object]
 ) -> dict[str, bool]:
     """``{pid: False}`` for the played pids that had ended: ``play_process`` answers True for them, as plumpy
     does (an ended process is not paused), but "playing" would be the wrong word (``pause`` says "ended")."""
@@ -91,8 +92,8 @@ def _ended_ones(
 def run(args: argparse.Namespace, ctx: Context) -> int:
     """pause / play / kill: each PID (one line each), or every process by broadcast with --all."""
     intent: str = args.command
-    message: str | None = getattr(args, "message", None)
-    force: bool = bool(getattr(args, "force", False))
+    message: str | None = args.message  # None for play, which has no --message (register)
+    force: bool = bool(args.force)  # False but for kill
     if args.all and args.pids:
         raise CliError(f"{intent}: give PIDs or --all, not both", EXIT_USAGE)
     if not args.all and not args.pids:
@@ -102,7 +103,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     pids = unique_pids(args.pids)
     with connect_from(ctx) as comm:
         controller = RemoteProcessThreadController(comm, rpc_timeout=ctx.timeout)
-        calls: dict[str, Callable[[Any], concurrent.futures.Future[Any]]] = {
+        calls: dict[str, Callable[[Pid], concurrent.futures.Future[bool]]] = {
             "pause": lambda pid: controller.pause_process(pid, message, ctx.timeout),
             "play": lambda pid: controller.play_process(pid, ctx.timeout),
             "kill": lambda pid: controller.kill_process(pid, message, force, ctx.timeout),
@@ -112,7 +113,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         if intent == "play":
             results.update(_ended_ones(ctx, controller, dict(pids), results))
     code = EXIT_OK
-    records: list[dict[str, Any]] = []
+    records: list[dict[str, object]] = []
     for key, outcome in results.items():
         code = max(code, report(ctx, records, key, outcome))
         if not isinstance(outcome, BaseException) and not ctx.json:

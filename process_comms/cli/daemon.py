@@ -22,12 +22,23 @@ from typing import TYPE_CHECKING
 from ..urls import mask_url
 from . import _supervisor
 from ._supervisor import WATCHER, Files
+from .base import (
+    ENV_BROKER,
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_USAGE,
+    CliError,
+    add_command,
+    add_subcommands,
+    int_at_least,
+    positive_float,
+)
 from .config import ENV_PROFILE
-from .main import ENV_BROKER, EXIT_ERROR, EXIT_OK, EXIT_USAGE, CliError, add_command, int_at_least, positive_float
 from .worker import parse_queue, queues_of
 
 if TYPE_CHECKING:
-    from ._common import Context, SubParsers
+    from ._common import Context
+    from .base import SubParsers
 
 __all__ = ["DEFAULT_PROFILE", "STOP_TIMEOUT", "register"]
 
@@ -50,7 +61,7 @@ LOG_LINES = 50
 def register(subparsers: SubParsers) -> None:
     """Add ``daemon`` and its actions."""
     p = add_command(subparsers, "daemon", "run N workers in the background, restarted when they die (per profile)")
-    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True, parser_class=type(p))
+    actions = add_subcommands(p, "action", "ACTION")
 
     start = add_command(
         actions, "start", "start the daemon with N workers (default 1); returns once each is ready (--timeout)"
@@ -95,7 +106,7 @@ def register(subparsers: SubParsers) -> None:
 
 # -- the state of one profile's daemon ---------------------------------------------------------------
 def _profile(args: argparse.Namespace) -> str:
-    return str(getattr(args, "profile", None) or os.environ.get(ENV_PROFILE) or DEFAULT_PROFILE)
+    return str(args.profile or os.environ.get(ENV_PROFILE) or DEFAULT_PROFILE)
 
 
 def _files(args: argparse.Namespace) -> Files:
@@ -139,7 +150,7 @@ def _not_running(files: Files, args: argparse.Namespace) -> CliError:
 
 
 def _pids(files: Files, ctx: Context) -> list[int]:
-    return sorted(int(pid) for pid in _supervisor.call(files, "list", ctx.timeout, name=WATCHER)["pids"])
+    return sorted(_supervisor.numbers_in(_supervisor.call(files, "list", ctx.timeout, name=WATCHER), "pids"))
 
 
 # -- actions ----------------------------------------------------------------------------------------
@@ -273,7 +284,9 @@ def _status(args: argparse.Namespace, ctx: Context) -> int:
     if pid is None:
         raise _not_running(files, args)
     pids = _pids(files, ctx)
-    wanted = int(_supervisor.call(files, "numprocesses", ctx.timeout, name=WATCHER)["numprocesses"])
+    wanted = int(
+        _supervisor.number_in(_supervisor.call(files, "numprocesses", ctx.timeout, name=WATCHER), "numprocesses")
+    )
     if ctx.json:
         ctx.print_json(
             {
@@ -297,13 +310,14 @@ def _change(args: argparse.Namespace, ctx: Context, command: str) -> int:
     if _running(files, ctx) is None:
         raise _not_running(files, args)
     if command == "decr":
-        current = int(_supervisor.call(files, "numprocesses", ctx.timeout, name=WATCHER)["numprocesses"])
+        answer = _supervisor.call(files, "numprocesses", ctx.timeout, name=WATCHER)
+        current = int(_supervisor.number_in(answer, "numprocesses"))
         if args.number > current:
             raise CliError(f"only {current} worker(s) run: cannot stop {args.number}", EXIT_USAGE)
     stop_timeout = float(json.loads(files.spec.read_text())["stop_timeout"])
     # decr waits for the stopped workers, each up to its grace: the answer may take that long
     answer = _supervisor.call(files, command, ctx.timeout + stop_timeout, name=WATCHER, nb=args.number, waiting=True)
-    count = int(answer["numprocesses"])
+    count = int(_supervisor.number_in(answer, "numprocesses"))
     if ctx.json:
         ctx.print_json({"profile": _profile(args), "numprocesses": count})
     else:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+import socket
+from types import FrameType
+from typing import TYPE_CHECKING
 
 from ..dashboard._settings import (
     DEFAULT_HOST,
@@ -21,11 +23,13 @@ from ..dashboard._settings import (
     DashboardSettings,
 )
 from ._common import add_store_option, record_store
-from .main import EXIT_BROKER, EXIT_ERROR, EXIT_OK, EXIT_USAGE, CliError, add_command, int_at_least, setup_logging
+from ._output import setup_logging
+from .base import EXIT_BROKER, EXIT_ERROR, EXIT_OK, EXIT_USAGE, CliError, add_command, int_at_least
 
 if TYPE_CHECKING:
     from ..client.records import RecordStore
-    from ._common import Context, SubParsers
+    from ._common import Context
+    from .base import SubParsers
 
 __all__ = ["register", "run"]
 
@@ -83,13 +87,13 @@ async def _serve(settings: DashboardSettings, port: int, ctx: Context, store: Re
     class Server(uvicorn.Server):
         """uvicorn's server: says when it listens, ends the event streams and exits 0 on SIGTERM/SIGINT."""
 
-        async def startup(self, sockets: Any = None) -> None:
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets)
             if self.started:
                 bound = self.servers[0].sockets[0].getsockname()[1]
                 ctx.print(f"dashboard ready at {_url(settings.host, int(bound))}")
 
-        def handle_exit(self, sig: int, frame: Any) -> None:
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             super().handle_exit(sig, frame)
             self._captured_signals.clear()  # stopping is this command's normal end: do not raise the signal again
             loop.call_soon_threadsafe(board.hub.end_streams)

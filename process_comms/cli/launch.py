@@ -6,7 +6,7 @@ import argparse
 import concurrent.futures
 import json
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..client.thread_controller import RemoteProcessThreadController
 from ..errors import InvalidLaunchOption
@@ -14,19 +14,11 @@ from ..errors import TimeoutError as PCTimeoutError
 from ..wire.launch_options import LABEL_MAX_CHARS, check_label, check_time_limit
 from ..wire.loaders import ObjectLoader
 from ._common import GRACE, connect_from, is_tty, parse_pid
-from .main import (
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    EXIT_TIMEOUT,
-    EXIT_USAGE,
-    CliError,
-    add_command,
-    describe,
-    positive_float,
-)
+from .base import EXIT_INTERRUPTED, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, CliError, add_command, describe, positive_float
 
 if TYPE_CHECKING:
-    from ._common import Context, SubParsers
+    from ._common import Context
+    from .base import SubParsers
 
 __all__ = ["register", "run"]
 
@@ -34,11 +26,11 @@ __all__ = ["register", "run"]
 class _NameOnlyLoader(ObjectLoader):
     """Identifies a class by the ``module:Name`` given, without importing it: only the worker loads code."""
 
-    def load_object(self, identifier: str) -> Any:
+    def load_object(self, identifier: str) -> object:
         """Never called on the client: the worker loads (and allow-lists) the class."""
         raise CliError("the command line does not import process classes")
 
-    def identify_object(self, obj: Any) -> str:
+    def identify_object(self, obj: object) -> str:
         """The identifier as given (validated by :func:`_check_class_name`)."""
         return str(obj)
 
@@ -81,7 +73,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         check_label(args.label), check_time_limit(args.time_limit)
     except InvalidLaunchOption as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
-    init_kwargs: dict[str, Any] | None = None
+    init_kwargs: dict[str, object] | None = None
     if args.inputs is not None:
         try:
             inputs = json.loads(args.inputs)

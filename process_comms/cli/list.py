@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypedDict
 
 from ..client.display import layout_columns, progress_text
 from ..client.thread_controller import RemoteProcessThreadController
@@ -14,10 +14,11 @@ from ..wire.listing import ACTIVE_STATES, SORTS
 from ..wire.messages import TERMINAL_STATES
 from ._common import GRACE, add_store_option, connect_from, from_store, record_store
 from ._records import age, host_text, parse_since
-from .main import EXIT_OK, EXIT_USAGE, CliError, add_command, int_at_least
+from .base import EXIT_OK, EXIT_USAGE, CliError, add_command, int_at_least
 
 if TYPE_CHECKING:
-    from ._common import Context, SubParsers
+    from ._common import Context
+    from .base import SubParsers
 
 __all__ = ["COLUMNS", "register", "run"]
 
@@ -58,16 +59,23 @@ def register(subparsers: SubParsers) -> None:
     p.set_defaults(run=run)
 
 
-def _query(args: argparse.Namespace) -> dict[str, Any]:
+class _Query(TypedDict):
+    states: list[str] | None
+    label: str | None
+    sort: str | None
+    reverse: bool
+
+
+def _query(args: argparse.Namespace) -> _Query:
     """The listing's states (``--state`` repeated, ``--active``), label and order, as the controller takes them."""
     states = [*(args.state or ()), *(ACTIVE_STATES if args.active else ())]
     if args.label is not None and len(args.label) > LABEL_MAX_CHARS:
         raise CliError(f"--label: at most {LABEL_MAX_CHARS} characters, not {len(args.label)}", EXIT_USAGE)
     unique = list(dict.fromkeys(states)) or None
-    return {"states": unique, "label": args.label, "sort": args.sort, "reverse": args.reverse}
+    return {"states": unique, "label": args.label, "sort": args.sort, "reverse": bool(args.reverse)}
 
 
-def _row(summary: Mapping[str, Any]) -> list[str]:
+def _row(summary: Mapping[str, object]) -> list[str]:
     paused = summary.get("paused")
     return [
         str(summary.get("pid")),

@@ -29,52 +29,56 @@ bounded by ``--timeout`` (default 30 s), except ``worker`` (runs until SIGTERM/S
 ``--count``/``--seconds`` (runs until Ctrl-C). Output is for humans by default; ``--json`` prints JSON
 (pids as strings). Errors are one line on stderr: ``process-comms: error: ...``.
 
-Exit codes:
-  0  ok
-  1  generic error (including a task queue that does not exist, for `queue`)
-  2  usage error (bad arguments, no broker URL, an invalid pid: empty, with * or #, or too long;
-     a `worker --allow` module that cannot be imported)
-  3  unreachable pid: no worker holds the process (ProcessUnreachable)
-  4  timeout: no answer within --timeout (TimeoutError); the remote action may still happen
-     (`launch` names the pid it sent)
-  5  rejected: the worker refused the task, e.g. a class it does not allow (TaskRejected)
-  6  broker unavailable: unreachable, refused the credentials, or the connection was lost
-  7  remote failure: the process excepted or was killed (RemoteError, ProcessKilled)
-  130 interrupted (Ctrl-C), except for `watch`, where Ctrl-C is the normal end (0)
-With several PIDs every pid gets its line and the exit code is the highest of their codes.
+The exit codes are defined in :mod:`.base`; this docstring ends with their table, as ``--help`` does.
 """
 
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import importlib.metadata
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
+from collections.abc import Sequence
+from typing import NoReturn
 from urllib.parse import urlsplit
 
-from .. import defaults
-from ..errors import (
-    BrokerUnavailable,
-    InvalidPid,
-    ProcessCommsError,
-    ProcessUnreachable,
-    RemoteError,
-    TaskRejected,
-)
-from ..errors import TimeoutError as PCTimeoutError
 from ..urls import mask_url, split_urls
+from . import completion, control, dashboard, launch, permissions, queue, report, show, status, watch, worker
+from . import daemon as daemon_command
+from . import list as list_command
+from . import workers as workers_command
+from ._common import Context, parse_pid, wait_many
 from ._output import PROG, Scrubber, mask_urls, print_error, setup_logging
+from .base import (
+    DEFAULT_TIMEOUT,
+    ENV_BROKER,
+    EPILOG,
+    EXIT_BROKER,
+    EXIT_CODES,
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_REJECTED,
+    EXIT_REMOTE,
+    EXIT_TIMEOUT,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    CliError,
+    Parser,
+    add_command,
+    add_global_options,
+    add_subcommands,
+    describe,
+    exit_code_for,
+)
+from .config import apply_profile
 
-if TYPE_CHECKING:
-    # the command modules import the exit codes from here, so this module imports them only when it runs
-    # a command (in build_parser and main), never at import time
-    from ._common import SubParsers
+__doc__ = f"{__doc__}\nExit codes:\n{EXIT_CODES}"
 
 __all__ = [
+    "DEFAULT_TIMEOUT",
+    "ENV_BROKER",
     "EXIT_BROKER",
     "EXIT_ERROR",
     "EXIT_INTERRUPTED",
@@ -84,173 +88,39 @@ __all__ = [
     "EXIT_TIMEOUT",
     "EXIT_UNREACHABLE",
     "EXIT_USAGE",
+    "COMMANDS",
     "CliError",
     "add_command",
     "build_parser",
+    "describe",
     "exit_code_for",
     "main",
     "PROG",
     "Scrubber",
     "mask_urls",
+    "parse_pid",
     "print_error",
     "setup_logging",
+    "wait_many",
 ]
 
-ENV_BROKER = "PROCESS_COMMS_BROKER"
-DEFAULT_TIMEOUT = 30.0
-
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-EXIT_UNREACHABLE = 3
-EXIT_TIMEOUT = 4
-EXIT_REJECTED = 5
-EXIT_BROKER = 6
-EXIT_REMOTE = 7
-EXIT_INTERRUPTED = 130
-
-_EPILOG = "exit codes:\n" + (__doc__ or "Exit codes:\n").split("Exit codes:\n", 1)[1]  # one text for both
-
-
-class CliError(Exception):
-    """An error the command reports in one line, with the exit code it means."""
-
-    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def exit_code_for(exc: BaseException) -> int:
-    """The exit code that an exception means (see the module docstring)."""
-    if isinstance(exc, CliError):
-        return exc.code
-    if isinstance(exc, (PCTimeoutError, TimeoutError, concurrent.futures.TimeoutError)):
-        return EXIT_TIMEOUT
-    if isinstance(exc, ProcessUnreachable):
-        return EXIT_UNREACHABLE
-    if isinstance(exc, TaskRejected):
-        return EXIT_REJECTED
-    if isinstance(exc, BrokerUnavailable):  # also ConnectionLost
-        return EXIT_BROKER
-    if isinstance(exc, RemoteError):  # also ProcessKilled
-        return EXIT_REMOTE
-    if isinstance(exc, InvalidPid):
-        return EXIT_USAGE
-    return EXIT_ERROR
-
-
-def describe(exc: BaseException) -> str:
-    """One line saying what went wrong."""
-    if isinstance(exc, (ProcessCommsError, CliError)):
-        text = str(exc) or type(exc).__name__
-    elif isinstance(exc, (concurrent.futures.TimeoutError, TimeoutError)) and not str(exc):
-        text = "no answer in time"
-    elif isinstance(exc, concurrent.futures.CancelledError):
-        text = "the call was cancelled"
-    else:
-        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return " ".join(text.split())
-
-
-# -- parser ----------------------------------------------------------------------------------------
-class _Parser(argparse.ArgumentParser):
-    """An argument parser whose usage errors are one line (exit code 2), like every other error."""
-
-    def error(self, message: str) -> NoReturn:
-        """Print the usage error in one line (any URL password masked) and exit with code 2."""
-        self.exit(EXIT_USAGE, f"{PROG}: error: {mask_urls(message)} (see {self.prog} --help)\n")
-
-
-def positive_float(text: str) -> float:
-    """An argparse type: a number greater than 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0: {text!r}")
-    return value
-
-
-def int_at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse type: an integer no smaller than ``minimum``."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be {minimum} or more: {text!r}")
-        return value
-
-    return parse
-
-
-def _add_global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
-    """The options every command takes (after the command too: there they only override what was given).
-
-    Unset options stay None here; :func:`.config.apply_profile` fills them from the profile or the defaults.
-    """
-
-    def default(value: Any) -> Any:
-        return argparse.SUPPRESS if suppress else value
-
-    group = parser.add_argument_group("global options")
-    group.add_argument(
-        "--profile",
-        metavar="P",
-        default=default(None),
-        help="a profile of the config file (default: $PROCESS_COMMS_PROFILE)",
-    )
-    group.add_argument(
-        "--broker",
-        metavar="URL",
-        default=default(None),
-        help=f"amqp:// URL(s), comma-separated (default: ${ENV_BROKER})",
-    )
-    group.add_argument("--json", action="store_true", default=default(False), help="print JSON")
-    group.add_argument(
-        "--timeout",
-        metavar="S",
-        type=positive_float,
-        default=default(None),
-        help=f"seconds to wait for any answer (default {DEFAULT_TIMEOUT:g})",
-    )
-    group.add_argument(
-        "--prefix",
-        metavar="NAME",
-        default=default(None),
-        help="name the exchanges and the task queue NAME.messages, NAME.tasks, NAME.process.queue",
-    )
-    group.add_argument(
-        "--message-exchange",
-        metavar="N",
-        default=default(None),
-        help=f"exchange of RPCs and broadcasts (default {defaults.MESSAGE_EXCHANGE})",
-    )
-    group.add_argument(
-        "--task-exchange",
-        metavar="N",
-        default=default(None),
-        help=f"exchange of tasks (default {defaults.TASK_EXCHANGE})",
-    )
-    group.add_argument(
-        "--task-queue", metavar="N", default=default(None), help="queue of tasks (default: the task exchange's name)"
-    )
-
-
-def add_command(subparsers: SubParsers, name: str, help_text: str) -> argparse.ArgumentParser:
-    """A command's parser, with the global options and the exit-code epilog (for ``register``)."""
-    parser = subparsers.add_parser(
-        name,
-        help=help_text,
-        description=help_text,
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _add_global_options(parser, suppress=True)
-    return parser
+#: Every command module, in the order ``--help`` lists them; each has ``register(subparsers)``.
+COMMANDS = (
+    worker,
+    launch,
+    status,
+    list_command,
+    show,
+    report,
+    control,
+    watch,
+    queue,
+    permissions,
+    completion,
+    dashboard,
+    workers_command,
+    daemon_command,
+)
 
 
 def version() -> str:
@@ -261,39 +131,18 @@ def version() -> str:
         return "unknown (not installed)"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> Parser:
     """The argument parser of ``process-comms`` (usage errors exit with code 2 in one line)."""
-    # imported here, not at module level: see TYPE_CHECKING above
-    from . import completion, control, dashboard, launch, permissions, queue, report, show, status, watch, worker
-    from . import daemon as daemon_command
-    from . import list as list_command
-    from . import workers as workers_command
-
-    parser = _Parser(
+    parser = Parser(
         prog=PROG,
         description="Run a worker, launch processes and control them over a message broker.",
-        epilog=_EPILOG,
+        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {version()}")
-    _add_global_options(parser, suppress=False)
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
-    for command in (
-        worker,
-        launch,
-        status,
-        list_command,
-        show,
-        report,
-        control,
-        watch,
-        queue,
-        permissions,
-        completion,
-        dashboard,
-        workers_command,
-        daemon_command,
-    ):
+    add_global_options(parser, suppress=False)
+    subparsers = add_subcommands(parser, "command", "COMMAND")
+    for command in COMMANDS:
         command.register(subparsers)
     return parser
 
@@ -315,16 +164,14 @@ def _broker_url(args: argparse.Namespace) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``process-comms`` with ``argv`` (default: the command line) and return its exit code."""
-    from ._common import Context
-    from .config import apply_profile
-
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     scrub = Scrubber(args.broker or os.environ.get(ENV_BROKER))
     try:
         apply_profile(args)  # a missing profile or a bad config file: one line, exit 2
         scrub = Scrubber(args.broker or os.environ.get(ENV_BROKER))
-        needs_broker = getattr(args, "needs_broker", True)  # False for commands that only print (permissions)
-        ctx = Context(args=args, broker=_broker_url(args) if needs_broker else "", scrub=scrub)
+        needs_broker: bool = args.needs_broker  # False for commands that only print (permissions): base.add_command
+        ctx = Context(args=args, broker=_broker_url(args) if needs_broker else "", scrub=scrub, parser=parser)
         if args.command != "worker":
             # a client reports its errors itself, in one line: library logs would only repeat them
             setup_logging("ERROR", scrub, tracebacks=False)
@@ -345,15 +192,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - every error is one line and an exit code, never a traceback
         print_error(describe(exc), scrub, sys.stderr)
         return exit_code_for(exc)
-
-
-def __getattr__(name: str) -> Any:
-    """``parse_pid`` and ``wait_many`` live in :mod:`._common`; found here too, where they always were."""
-    if name in ("parse_pid", "wait_many"):
-        from . import _common
-
-        return getattr(_common, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _entry() -> NoReturn:

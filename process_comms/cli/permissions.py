@@ -10,10 +10,11 @@ import argparse
 from typing import TYPE_CHECKING
 
 from ..transports.rmq.permissions import rabbitmqctl_lines
-from .main import EXIT_OK, add_command
+from .base import EXIT_OK, add_command
 
 if TYPE_CHECKING:
-    from ._common import Context, SubParsers
+    from ._common import Context
+    from .base import SubParsers
 
 __all__ = ["register", "run"]
 

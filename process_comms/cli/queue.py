@@ -8,10 +8,11 @@ from typing import TYPE_CHECKING
 from ..errors import AccessRefused, BrokerUnavailable
 from ..transports.rmq.inspect import inspect_task_queue
 from ..urls import mask_url
-from .main import EXIT_BROKER, EXIT_ERROR, EXIT_OK, EXIT_USAGE, CliError, add_command, describe
+from .base import EXIT_BROKER, EXIT_ERROR, EXIT_OK, EXIT_USAGE, CliError, add_command, describe
 
 if TYPE_CHECKING:
-    from ._common import Context, SubParsers
+    from ._common import Context
+    from .base import SubParsers
 
 __all__ = ["register", "run"]
 

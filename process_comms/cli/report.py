@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..client.thread_controller import RemoteProcessThreadController
 from ..wire.messages import is_terminal
+from ..wire.types import Pid
 from ._common import GRACE, add_store_option, connect_from, from_store, record_store
 from ._common import parse_pid as _parse_pid
 from ._records import when
-from .main import EXIT_OK, add_command
+from .base import EXIT_OK, add_command
 
 if TYPE_CHECKING:
-    from ._common import Context, SubParsers
+    from ._common import Context
+    from .base import SubParsers
 
 __all__ = ["FOLLOW_INTERVAL", "register", "run"]
 
@@ -39,11 +41,11 @@ def register(subparsers: SubParsers) -> None:
     p.set_defaults(run=run)
 
 
-def _print_line(ctx: Context, line: dict[str, Any]) -> None:
+def _print_line(ctx: Context, line: dict[str, object]) -> None:
     ctx.print(f"{when(line.get('time'))} {line.get('level', '')}: {line.get('text', '')}")
 
 
-def _follow(ctx: Context, controller: RemoteProcessThreadController, pid: Any, key: str) -> int:
+def _follow(ctx: Context, controller: RemoteProcessThreadController, pid: Pid, key: str) -> int:
     """Print the record's lines, then new ones every FOLLOW_INTERVAL, until the process ends; Ctrl-C ends it too."""
     seen = 0  # lines printed so far, counting those the record dropped (it keeps the newest MAX_LOG_LINES)
     try:
@@ -75,7 +77,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         if args.follow:
             return _follow(ctx, controller, pid, args.pid)
         record = controller.get_process(pid, ctx.timeout).result(ctx.timeout + GRACE)
-    lines: list[dict[str, Any]] = [line for line in record.get("log") or [] if isinstance(line, dict)]
+    lines: list[dict[str, object]] = [line for line in record.get("log") or [] if isinstance(line, dict)]
     if ctx.json:
         answer = {"pid": args.pid, "log": lines, "dropped": record.get("log_dropped", 0)}
         if record.get("source") == "store":

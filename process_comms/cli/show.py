@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from ..client.thread_controller import RemoteProcessThreadController
 from ..wire.messages import is_kill_request
 from ._common import GRACE, add_store_option, connect_from, from_store, record_store, report, unique_pids, wait_many
 from ._records import host_text, when
-from .main import EXIT_OK, add_command
+from .base import EXIT_OK, add_command
 
 if TYPE_CHECKING:
-    from ._common import Context, SubParsers
+    from ._common import Context
+    from .base import SubParsers
 
 __all__ = ["register", "run"]
 
@@ -26,11 +28,11 @@ def register(subparsers: SubParsers) -> None:
     p.set_defaults(run=run)
 
 
-def _json(value: Any) -> str:
+def _json(value: object) -> str:
     return json.dumps(value, default=str, sort_keys=True)
 
 
-def record_lines(record: dict[str, Any]) -> list[str]:
+def record_lines(record: Mapping[str, object]) -> list[str]:
     """A record for people: one ``name: value`` line each, then the history, the exception's traceback."""
     state = f"{record.get('state_name') or '-'}" + (" (paused)" if record.get("paused") else "")
     if is_kill_request(record):  # a tombstone, not a process (worker/records_service.py)
@@ -54,8 +56,8 @@ def record_lines(record: dict[str, Any]) -> list[str]:
     ]
     if record.get("state_name") == "finished":
         lines.append(f"outputs:   {_json(record.get('outputs'))}")
-    history = record.get("history") or []
-    if history:
+    history = record.get("history")
+    if isinstance(history, list) and history:
         lines.append("history:")
         for entry in history:
             if isinstance(entry, dict):
@@ -76,7 +78,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         futures = {key: controller.get_process(pid, ctx.timeout) for key, pid in pids}
         results = wait_many(futures, ctx.timeout + GRACE, ctx.err)
     code = EXIT_OK
-    records: list[dict[str, Any]] = []
+    records: list[dict[str, object]] = []
     shown = 0
     for key, outcome in results.items():
         code = max(code, report(ctx, records, key, outcome))

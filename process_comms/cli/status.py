@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..client.display import PROGRESS_COLUMNS, StatusTable
 from ..client.thread_controller import RemoteProcessThreadController
 from ._common import GRACE, add_store_option, connect_from, from_store, record_store, report, unique_pids, wait_many
-from .main import EXIT_OK, add_command
+from .base import EXIT_OK, add_command
 
 if TYPE_CHECKING:
-    from ._common import Context, SubParsers
+    from ._common import Context
+    from .base import SubParsers
 
 __all__ = ["register", "run"]
 
@@ -36,8 +37,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         futures = {key: controller.get_status(pid, ctx.timeout) for key, pid in pids}
         results = wait_many(futures, ctx.timeout + GRACE, ctx.err)
     code = EXIT_OK
-    records: list[dict[str, Any]] = []
-    statuses: dict[str, Mapping[str, Any]] = {}
+    records: list[dict[str, object]] = []
+    statuses: dict[str, Mapping[str, object]] = {}
     for key, outcome in results.items():
         status = outcome if isinstance(outcome, dict | BaseException) else {"state": str(outcome)}
         code = max(code, report(ctx, records, key, status))

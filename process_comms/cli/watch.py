@@ -11,16 +11,18 @@ import datetime
 import queue
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..client.thread_controller import RemoteProcessThreadController
 from ..transports.base import BroadcastFilter
 from ..wire.messages import state_transition
 from ._common import GRACE, connect_from, is_tty, parse_pid, unique_pids
-from .main import EXIT_OK, EXIT_TIMEOUT, PROG, CliError, add_command, int_at_least, positive_float
+from ._output import PROG
+from .base import EXIT_OK, EXIT_TIMEOUT, CliError, add_command, int_at_least, positive_float
 
 if TYPE_CHECKING:
-    from ._common import Context, SubParsers
+    from ._common import Context
+    from .base import SubParsers
 
 __all__ = ["register", "run"]
 
@@ -46,10 +48,10 @@ class _LoopSafe:
 
     loop_safe = True
 
-    def __init__(self, subscriber: Callable[..., Any]) -> None:
+    def __init__(self, subscriber: Callable[..., object]) -> None:
         self._subscriber = subscriber
 
-    def __call__(self, *args: Any) -> Any:
+    def __call__(self, *args: object) -> object:
         return self._subscriber(*args)
 
 
@@ -82,7 +84,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     # loop thread delivering events can never block on it (with queue.Queue, close() then waited in vain)
     events: queue.SimpleQueue[tuple[float, str, str, str]] = queue.SimpleQueue()
 
-    def on_event(_comm: Any, _body: Any, sender: Any, subject: Any, _cid: Any) -> None:
+    def on_event(_comm: object, _body: object, sender: object, subject: object, _cid: object) -> None:
         transition = state_transition(subject)
         if transition is None or (wanted and str(sender) not in wanted):
             return

@@ -8,8 +8,9 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import TYPE_CHECKING, TypedDict
 
 from ..errors import LoadError
 from ..transports.rmq._topology import QUEUE_TYPES
@@ -18,10 +19,12 @@ from ..wire.loaders import AllowListLoader
 from ..wire.names import DEFAULT_QUEUE
 from ..worker.persistence import MEMORY_RECORD_BYTES
 from ..worker.worker import Worker
-from .main import EXIT_OK, EXIT_USAGE, CliError, add_command, int_at_least, setup_logging
+from ._output import setup_logging
+from .base import EXIT_OK, EXIT_USAGE, CliError, add_command, int_at_least
 
 if TYPE_CHECKING:
-    from ._common import Context, SubParsers
+    from ._common import Context
+    from .base import SubParsers
 
 __all__ = ["parse_queue", "queues_of", "register", "run"]
 
@@ -67,7 +70,11 @@ def _check_allowed(modules: Sequence[str]) -> None:
             raise CliError(f"--allow {module}: {exc}; the worker did not start", EXIT_USAGE) from None
 
 
-def _queue_type(args: argparse.Namespace) -> dict[str, Any]:
+class _QueueType(TypedDict, total=False):
+    task_queue_type: str
+
+
+def _queue_type(args: argparse.Namespace) -> _QueueType:
     """``task_queue_type`` for ``connect()``: --task-queue-type, else the profile's, else the library's default."""
     return {"task_queue_type": args.task_queue_type} if args.task_queue_type else {}
 
@@ -165,7 +172,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     stop_signals = {signal.SIGTERM, signal.SIGINT}
     use_sigwait = hasattr(signal, "pthread_sigmask") and hasattr(signal, "sigwait")
     stop_event = threading.Event()
-    old_handlers: dict[int, Any] = {}
+    old_handlers: dict[int, Callable[[int, FrameType | None], object] | int | None] = {}
     if use_sigwait:
         # block before any thread starts: every thread inherits the mask and only sigwait() sees the signals
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)

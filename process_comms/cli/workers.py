@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..client.display import layout_columns
 from ..client.thread_controller import RemoteProcessThreadController
 from ._common import GRACE, connect_from
-from .main import EXIT_OK, add_command, positive_float
+from .base import EXIT_OK, add_command, positive_float
 
 if TYPE_CHECKING:
-    from ._common import Context, SubParsers
+    from ._common import Context
+    from .base import SubParsers
 
 __all__ = ["COLUMNS", "register", "run"]
 
@@ -33,7 +34,7 @@ def register(subparsers: SubParsers) -> None:
     p.set_defaults(run=run)
 
 
-def _duration(seconds: Any) -> str:
+def _duration(seconds: object) -> str:
     if not isinstance(seconds, (int, float)):
         return "-"
     for unit, size in (("d", 86400.0), ("h", 3600.0), ("m", 60.0)):
@@ -42,8 +43,9 @@ def _duration(seconds: Any) -> str:
     return f"{int(seconds)}s"
 
 
-def _queues_text(info: Mapping[str, Any]) -> str:
-    slots: dict[str, Any] = info["slots"] if isinstance(info.get("slots"), dict) else {}
+def _queues_text(info: Mapping[str, object]) -> str:
+    given = info.get("slots")
+    slots: dict[str, object] = given if isinstance(given, dict) else {}
     parts = []
     for name, counts in sorted(slots.items()):
         counts = counts if isinstance(counts, dict) else {}
@@ -52,15 +54,16 @@ def _queues_text(info: Mapping[str, Any]) -> str:
     return ", ".join(parts) or "-"
 
 
-def _health(info: Mapping[str, Any]) -> str:
+def _health(info: Mapping[str, object]) -> str:
     if info.get("consuming"):
         return "consuming"
-    queues: dict[str, Any] = info["queues"] if isinstance(info.get("queues"), dict) else {}
+    given = info.get("queues")
+    queues: dict[str, object] = given if isinstance(given, dict) else {}
     idle = sorted(name for name, consuming in queues.items() if not consuming)
     return f"not consuming: {', '.join(idle)}" if idle else "not consuming"
 
 
-def _row(info: Mapping[str, Any]) -> list[str]:
+def _row(info: Mapping[str, object]) -> list[str]:
     return [
         str(info.get("worker") or "-"),
         str(info.get("host") or "-"),

@@ -13,7 +13,7 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TypedDict
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -42,7 +42,7 @@ from ._body import BadRequest, read_json_body
 from ._settings import DashboardSettings
 from .events import EventHub
 from .metrics import CONTENT_TYPE_LATEST, DashboardMetrics
-from .queues import inspect_queue
+from .queues import QueueDepth, inspect_queue
 
 __all__ = ["ACTIONS", "MAX_LIMIT", "MAX_ROWS", "WORKERS_WITHIN", "BadRequest", "Dashboard", "JSON", "error_response"]
 
@@ -111,13 +111,22 @@ def _bool_param(request: Request, name: str) -> bool:
     return text in _YES
 
 
-def _list_filters(request: Request) -> tuple[str | None, dict[str, Any]]:
+class _Filters(TypedDict, total=False):
+    """The keyword filters of ``list_processes_page`` and ``list_processes``."""
+
+    states: list[str]
+    label: str
+    sort: str
+    reverse: bool
+
+
+def _list_filters(request: Request) -> tuple[str | None, _Filters]:
     """``state`` (repeatable; ``active`` adds the unended states) and the keyword filters ``label``, ``sort`` and
     ``reverse`` of ``list_processes_page``: each keyword passed only when given (one state goes as ``state``)."""
     states = [state for state in request.query_params.getlist("state") if state]
     if _bool_param(request, "active"):
         states += [state for state in ACTIVE_STATES if state not in states]
-    keywords: dict[str, Any] = {}
+    keywords: _Filters = {}
     if len(states) > 1:
         keywords["states"] = states
     label = request.query_params.get("label") or None
@@ -349,7 +358,7 @@ class Dashboard:
         self.metrics.set_worker_slots(rows)
         return {"available": True, "within": WORKERS_WITHIN, "rows": rows}
 
-    async def _inspect(self) -> dict[str, Any]:
+    async def _inspect(self) -> QueueDepth:
         s = self.settings
         queue = await inspect_queue(s.urls, s.task_queue_name, s.timeout)
         self.metrics.queue_messages.labels(queue=queue["queue"]).set(queue["messages"])

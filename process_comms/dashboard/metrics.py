@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import time
 from collections import Counter as Tally
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-
-from ..wire.types import WorkerInfo
 
 __all__ = ["CONTENT_TYPE_LATEST", "DashboardMetrics"]
 
@@ -96,7 +94,7 @@ class DashboardMetrics:
         for state, count in Tally(states).items():
             self.processes.labels(state=state or "unknown").set(count)
 
-    def set_worker_slots(self, workers: Sequence[WorkerInfo]) -> None:
+    def set_worker_slots(self, workers: Sequence[Mapping[str, object]]) -> None:
         """Slots used and total per worker and queue (a total of no limit is not exported)."""
         self.worker_slots.clear()
         for info in workers:
