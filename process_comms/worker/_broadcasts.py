@@ -2,43 +2,40 @@
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import functools
 import logging
-from typing import TYPE_CHECKING, Any
 
-from ..transports._loop import AsyncFn, run_on
-from ..transports.base import AsyncCommunicator, InvalidTask
+from ..transports.base import InvalidTask
 from ..wire.messages import ANSWER_PREFIX, MESSAGE_TEXT_KEY, Intent, Pid, wire_text
+from ._link import CommLink
+from .process import Process
 
-if TYPE_CHECKING:
-    from .process import Process
-
-__all__ = ["BroadcastsMixin"]
+__all__ = ["Broadcasts"]
 
 LOGGER = logging.getLogger("process_comms.worker.launcher")
 
 
-class BroadcastsMixin:
-    """Subscribes a launcher to broadcasts once per communicator and hands them to its live processes."""
+class Broadcasts:
+    """Subscribes a launcher to broadcasts once per communicator and hands them to its live processes
+    (``processes``: the launcher's own map, shared)."""
 
-    _broadcast_ids: dict[int, Any]
-    _processes: dict[str, Process]
+    def __init__(self, processes: dict[str, Process]) -> None:
+        self._processes = processes
+        self._ids: dict[int, object] = {}
 
-    async def _ensure_broadcasts(self, core: AsyncCommunicator, comm_loop: asyncio.AbstractEventLoop) -> None:
-        if id(core) in self._broadcast_ids:
+    async def ensure(self, link: CommLink) -> None:
+        """Subscribe to ``link``'s communicator's broadcasts (once for each communicator)."""
+        if id(link.core) in self._ids:
             return
-        self._broadcast_ids[id(core)] = None
+        self._ids[id(link.core)] = None
 
-        def on_broadcast(_comm: Any, body: Any, _sender: Any, subject: Any, correlation_id: Any) -> None:
-            self._on_broadcast(core, comm_loop, body, subject, correlation_id)
+        def on_broadcast(_comm: object, body: object, _sender: object, subject: object, correlation_id: object) -> None:
+            self.deliver(link, body, subject, correlation_id)
 
-        self._broadcast_ids[id(core)] = await self._on_comm_loop(comm_loop, core.add_broadcast_subscriber, on_broadcast)
+        self._ids[id(link.core)] = await link.call(link.core.add_broadcast_subscriber, on_broadcast)
 
-    def _on_broadcast(
-        self, core: AsyncCommunicator, comm_loop: asyncio.AbstractEventLoop, body: Any, subject: Any, cid: Any
-    ) -> None:
+    def deliver(self, link: CommLink, body: object, subject: object, cid: object) -> None:
         """``play``/``pause``/``kill`` broadcasts reach every live process (``force_kill`` is ignored, as in plumpy).
 
         With a correlation id, each process answers with an ``intent_result.<intent>`` broadcast (sender = its
@@ -53,28 +50,14 @@ class BroadcastsMixin:
             LOGGER.warning("dropped a %s broadcast: %s", subject, exc)
             return
         for proc in list(self._processes.values()):
-            fut = proc._schedule(str(subject), text, False)
+            fut = proc.handle_intent(str(subject), text, False)
             if cid is not None:
-                fut.add_done_callback(functools.partial(self._answer, core, comm_loop, proc.pid, subject, cid))
+                fut.add_done_callback(functools.partial(_answer, link, proc.pid, str(subject), cid))
 
-    @staticmethod
-    def _answer(
-        core: AsyncCommunicator,
-        comm_loop: asyncio.AbstractEventLoop,
-        pid: Pid,
-        subject: str,
-        cid: Any,
-        fut: concurrent.futures.Future[Any],
-    ) -> None:
-        result = False if fut.cancelled() or fut.exception() is not None else fut.result()
-        answer = functools.partial(
-            core.broadcast_send, result, sender=pid, subject=f"{ANSWER_PREFIX}{subject}", correlation_id=cid
-        )
-        run_on(comm_loop, answer)
 
-    @staticmethod
-    async def _on_comm_loop(comm_loop: asyncio.AbstractEventLoop, fn: AsyncFn[Any], *args: Any) -> Any:
-        """``await fn(*args)`` on the communicator's loop (directly when already on it)."""
-        if asyncio.get_running_loop() is comm_loop:
-            return await fn(*args)
-        return await asyncio.wrap_future(run_on(comm_loop, fn, *args))
+def _answer(link: CommLink, pid: Pid, subject: str, cid: object, fut: concurrent.futures.Future[bool]) -> None:
+    result = False if fut.cancelled() or fut.exception() is not None else fut.result()
+    answer = functools.partial(
+        link.core.broadcast_send, result, sender=pid, subject=f"{ANSWER_PREFIX}{subject}", correlation_id=cid
+    )
+    link.send(answer)

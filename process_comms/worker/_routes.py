@@ -18,20 +18,22 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Protocol
 
 from .. import defaults
-from ..transports._loop import post, run_on
-from ..transports.base import AsyncCommunicator
+from ..transports._loop import post
 from ..wire.messages import Pid
-from .process import EndedRun
+from ._link import CommLink
+from .process import EndedRun, Process, RecordSink
 
-if TYPE_CHECKING:
-    from .process import Process
-    from .records import RecordWriter
+__all__ = ["Routes"]
 
-__all__ = ["RoutesMixin"]
+
+class WhenWritten(RecordSink, Protocol):
+    """A record sink that says when a process's record is written (records.py's ``RecordWriter``)."""
+
+    def when_written(self, proc: Process, callback: Callable[[], None]) -> None: ...
 
 
 class _Route:
@@ -43,19 +45,21 @@ class _Route:
     def __init__(self, proc: Process) -> None:
         self.proc: Process | EndedRun = proc
 
-    def __call__(self, comm: Any, msg: Any) -> Any:
-        return self.proc._on_rpc(comm, msg)
+    def __call__(self, comm: object, msg: object) -> object:
+        return self.proc.handle_rpc(comm, msg)
 
 
-class RoutesMixin:
-    """Binds, holds and removes the RPC routes of a launcher's processes (all on the launcher's loop)."""
+class Routes:
+    """Binds, holds and removes the RPC routes of a launcher's processes (all on the launcher's loop).
 
-    loop: asyncio.AbstractEventLoop
-    records: RecordWriter | None
-    _processes: dict[str, Process]
-    _on_comm_loop: Callable[..., Awaitable[Any]]
+    ``processes`` is the launcher's own map of its live processes (by ``str(pid)``), shared, not copied."""
 
-    def _init_routes(self) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, records: WhenWritten | None, processes: dict[str, Process]
+    ) -> None:
+        self.loop = loop
+        self.records = records
+        self._processes = processes
         #: Ended processes whose last record write, or the removal of their route after it, is in flight.
         self._ending: dict[str, Process] = {}
         #: Routes being removed, by key: resolved once unroutable (a new run of the pid waits for it).
@@ -74,9 +78,10 @@ class RoutesMixin:
         """The ended processes still held (their record or their route's removal in flight), by ``str(pid)``."""
         return dict(self._ending)
 
-    async def _bind_route(self, proc: Process, core: AsyncCommunicator, comm_loop: asyncio.AbstractEventLoop) -> None:
-        """Bind the route of ``proc``'s pid, or take it over from an ended run still held. The caller puts
-        ``proc`` in ``_processes`` before its next await, so the held run does not remove the route."""
+    async def bind(self, proc: Process, link: CommLink) -> None:
+        """Bind the route of ``proc``'s pid, or take it over from an ended run still held (its runtime's
+        ``route_gone`` is resolved once the route is gone). The caller puts ``proc`` in the processes before
+        its next await, so the held run does not remove the route."""
         key = str(proc.pid)
         while (unbinding := self._unbinding.get(key)) is not None:
             # bounded: an unbind stuck on a lost connection leaves the old subscriber, and the add below
@@ -84,40 +89,36 @@ class RoutesMixin:
             if not (await asyncio.wait({unbinding}, timeout=defaults.RPC_TIMEOUT))[0]:
                 break
         route = self._routes.get(key)
-        proc._route_gone = self.loop.create_future()
         if route is not None and key in self._ending and key not in self._processes:
             route.proc = proc
             return
         route = _Route(proc)
-        await self._on_comm_loop(comm_loop, core.add_rpc_subscriber, route, key)  # DuplicateSubscriber if live
+        await link.call(link.core.add_rpc_subscriber, route, key)  # DuplicateSubscriber if live
         self._routes[key] = route
 
-    def _let_go_route(
-        self, proc: Process, core: AsyncCommunicator | None, comm_loop: asyncio.AbstractEventLoop | None
-    ) -> None:
+    def let_go(self, proc: Process, link: CommLink) -> None:
         """``proc`` has ended or been suspended: remove its route, after its record is written if it ended."""
         key = str(proc.pid)
-        if core is None or comm_loop is None:
-            return
         if proc.state.terminal and self.records is not None:
             self._ending[key] = proc
-            self.records.when_written(proc, functools.partial(self._after_record, proc, core, comm_loop))
+            self.records.when_written(proc, functools.partial(self._after_record, proc, link))
         elif key not in self._processes:
-            self._unbind(proc, core, comm_loop)
+            self._unbind(proc, link)
 
-    def _after_record(self, proc: Process, core: AsyncCommunicator, comm_loop: asyncio.AbstractEventLoop) -> None:
+    def _after_record(self, proc: Process, link: CommLink) -> None:
         key = str(proc.pid)
         if key in self._processes:  # a new run of this pid took the route over
             if self._ending.get(key) is proc:
                 del self._ending[key]
             return
-        self._unbind(proc, core, comm_loop)
+        self._unbind(proc, link)
 
-    def _unbind(self, proc: Process, core: AsyncCommunicator, comm_loop: asyncio.AbstractEventLoop) -> None:
+    def _unbind(self, proc: Process, link: CommLink) -> None:
         key = str(proc.pid)
         unbound = self.loop.create_future()
         self._unbinding[key] = unbound
         route = self._routes.get(key)
+        gone = proc.runtime.route_gone if proc.runtime is not None else None
 
         def done() -> None:
             if self._unbinding.get(key) is unbound:
@@ -129,10 +130,15 @@ class RoutesMixin:
             if route is not None and route.proc is proc and proc.state.terminal:
                 route.proc = EndedRun(proc)  # what a request routed before the unbind is answered with
             unbound.set_result(None)
-            if proc._route_gone is not None and not proc._route_gone.done():
-                proc._route_gone.set_result(None)
+            if gone is not None and not gone.done():
+                gone.set_result(None)
 
-        def settled(_: Any) -> None:
-            post(self.loop, done)  # not posted once the loop is gone: the launcher is closed
+        async def remove() -> None:
+            try:
+                await link.core.remove_rpc_subscriber(key)
+            except Exception:  # noqa: BLE001 - on a lost connection the route went with it
+                pass
+            finally:
+                post(self.loop, done)  # not posted once the loop is gone: the launcher is closed
 
-        run_on(comm_loop, core.remove_rpc_subscriber, key).add_done_callback(settled)
+        link.send(remove)

@@ -163,8 +163,11 @@ class RecordsService:
         prune_interval: float = RECORD_PRUNE_INTERVAL,
     ) -> None:
         self.launcher = launcher
+        assert launcher.persister is not None, "records need a persister"
         self.persister = launcher.persister
         self.core, self.comm_loop = core, comm_loop
+        #: The launcher's link to ``core``: every crossing to the communicator's loop goes through it.
+        self.link = launcher.link(core, comm_loop)
         self.max_age, self.max_count, self.prune_interval = max_age, max_count, prune_interval
         #: How long, and how many, kill requests for unknown pids are kept (:meth:`kill`).
         self.kill_request_max_age, self.kill_request_max_count = KILL_REQUEST_MAX_AGE, KILL_REQUEST_MAX_COUNT
@@ -221,7 +224,7 @@ class RecordsService:
             return await asyncio.wait_for(self.core.rpc_send(pid, MessageBuilder.status()), LIVE_CHECK_TIMEOUT)
 
         try:
-            status = await self.launcher._on_comm_loop(self.comm_loop, ask)
+            status = await self.link.call(ask)
         except (ProcessCommsError, TimeoutError):
             return None
         return status if isinstance(status, dict) else None
@@ -283,7 +286,9 @@ class RecordsService:
         requests for unknown pids are no processes and are left out (unless asked for by their state)."""
         states, label = query.states, query.label
         requests = states is not None and KILL_REQUESTED in states
-        extra = {key: value for key, value in (("states", states), ("label", label)) if value is not None}
+        extra: dict[str, Any] = {
+            key: value for key, value in (("states", states), ("label", label)) if value is not None
+        }
         rows: list[dict[str, Any]] = await self._store(
             functools.partial(self.persister.list_records, None, limit, since, class_name, before, **extra)
         )
@@ -374,9 +379,7 @@ class RecordsService:
     async def _trim_kill_requests(self) -> None:
         """Delete the kill requests older than ``kill_request_max_age`` and those beyond the newest
         ``kill_request_max_count``."""
-        delete = getattr(self.persister, "delete_records", None)
-        if delete is None:
-            return
+        delete = self.persister.delete_records
         async with self._trimming:  # one at a time: the last one reads every request added before it
             self._untrimmed = 0
             cap, cutoff = max(self.kill_request_max_count, 0), time.time() - self.kill_request_max_age
@@ -435,7 +438,7 @@ class RecordsService:
             return await asyncio.wait_for(self.core.rpc_send(pid, MessageBuilder.status()), LIVE_CHECK_TIMEOUT)
 
         try:
-            await self.launcher._on_comm_loop(self.comm_loop, ask)
+            await self.link.call(ask)
         except ProcessUnreachable:
             return True
         except (ProcessCommsError, TimeoutError):
@@ -446,7 +449,7 @@ class RecordsService:
         """Mark lost (``excepted``, exception ``ProcessLost``) the records of unpersisted processes whose holder
         is gone: its liveness token and the process's route both gone for :data:`LOST_GRACE` seconds. A
         persisted one is left alone: its task goes back to the queue and another worker continues it."""
-        own = {token for token in self.launcher._tokens.values() if token is not None}
+        own = self.launcher.tokens()
         seen: dict[str, tuple[Pid, str]] = {}
         limit = LOST_SWEEP_LIMIT * len(UNENDED_STATES)  # one store round trip for every state not ended
         read = functools.partial(self.persister.list_records, None, limit, None, None, states=UNENDED_STATES)
@@ -459,7 +462,7 @@ class RecordsService:
         marked: list[Pid] = []
         now = asyncio.get_running_loop().time()
         for key, (pid, token) in seen.items():
-            if key in self._persisted or await self.launcher._is_alive(token, self.core, self.comm_loop) is not False:
+            if key in self._persisted or await self.link.is_alive(token) is not False:
                 self._gone.pop(key, None)
                 continue
             since = self._gone.setdefault(key, (token, now))[1]
