@@ -6,20 +6,35 @@ the object loader's identifier, as plumpy's bundles do.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..wire.loaders import ObjectLoader, get_object_loader
+from ..wire.messages import Pid
 from ._state import ProcessState
 
-if TYPE_CHECKING:
-    from .process import Process
-
-__all__ = ["META_KEY", "bundle_of", "restore"]
+__all__ = ["META_KEY", "Bundled", "bundle_of", "restore"]
 
 META_KEY = "!!meta"
 
 
-def bundle_of(proc: Process, loader: ObjectLoader | None = None) -> dict[str, Any]:
+class Bundled(Protocol):
+    """What a checkpoint keeps of a process (process.py's ``Process``)."""
+
+    pid: Pid
+    ctime: float
+    inputs: dict[str, Any]
+    state: ProcessState
+    paused: bool
+    status: str | None
+    progress: dict[str, Any]
+    outputs: dict[str, Any] | None
+    exception: str | None
+    label: str | None
+    time_limit: float | None
+    deadline: float | None
+
+
+def bundle_of(proc: Bundled, loader: ObjectLoader | None = None) -> dict[str, Any]:
     """The checkpoint of ``proc``."""
     return {
         META_KEY: {"class_name": (loader or get_object_loader()).identify_object(type(proc))},
@@ -38,7 +53,7 @@ def bundle_of(proc: Process, loader: ObjectLoader | None = None) -> dict[str, An
     }
 
 
-def restore(proc: Process, bundle: dict[str, Any]) -> None:
+def restore(proc: Bundled, bundle: dict[str, Any]) -> None:
     """Set the saved attributes of ``proc`` (made with ``inputs`` and ``pid`` already) from ``bundle``."""
     proc.ctime = float(bundle.get("ctime", proc.ctime))
     proc.progress = dict(bundle.get("progress") or {})

@@ -27,6 +27,7 @@ import threading
 import time
 import traceback
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -118,17 +119,17 @@ class Runtime:
 class _RecordingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
     """The process's ``logger``: logs as usual and keeps lines of INFO and above in the process's record."""
 
-    def __init__(self, logger: logging.Logger, owner: Recorded) -> None:
+    def __init__(self, logger: logging.Logger, add_line: Callable[[str, str], None]) -> None:
         super().__init__(logger, {})
-        self._owner = owner
+        self._add_line = add_line
 
-    def log(self, level: int, msg: Any, *args: Any, **kwargs: Any) -> None:
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
         if level >= logging.INFO:
             try:
                 text = str(msg) % args if args else str(msg)
             except (TypeError, ValueError):
                 text = f"{msg} {args}"
-            self._owner._add_log_line(logging.getLevelName(level), text)
+            self._add_line(logging.getLevelName(level), text)
         super().log(level, msg, *args, **kwargs)
 
 
@@ -174,7 +175,7 @@ class Recorded:
         """A logger for this process: its INFO-and-above lines also go to the process's record."""
         if self._logger is None:
             name = f"process_comms.processes.{type(self).__module__}.{type(self).__qualname__}"
-            self._logger = _RecordingLogger(logging.getLogger(name), self)
+            self._logger = _RecordingLogger(logging.getLogger(name), self._add_log_line)
         return self._logger
 
     # -- what the runtime calls ----------------------------------------------------------------------------
@@ -665,7 +666,7 @@ class Process(Recorded):
 
     async def _execute(self) -> None:
         assert self._done is not None
-        _module_logs.running(self)  # this task's own context: its module's log lines go to its record
+        _module_logs.running(self._add_log_line)  # this task's own context: its module's log lines go to its record
         await self.pause_point()
         self._transition(ProcessState.RUNNING)
         try:

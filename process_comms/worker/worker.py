@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from .. import defaults
 from ..errors import DuplicateSubscriber
@@ -32,6 +32,16 @@ from .records_service import RecordsService
 __all__ = ["Worker"]
 
 LOGGER = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class BrokerQueues(Protocol):
+    """A communicator with named task queues on a broker (the RabbitMQ back end; the embedded one has none)."""
+
+    task_queue_name: str
+    task_prefetch_count: int
+
+    def consuming_queues(self) -> dict[str, bool]: ...
 
 
 class Worker:
@@ -87,7 +97,8 @@ class Worker:
             self._module_logs = True
         self._started_at = time.monotonic()
         if self._queues is None:  # the default queue, with the communicator's prefetch count (as before issue 15)
-            slots = int(getattr(self.communicator.core, "task_prefetch_count", 0) or 0)
+            core = self.communicator.core
+            slots = int(core.task_prefetch_count or 0) if isinstance(core, BrokerQueues) else 0
             self._slots[DEFAULT_QUEUE] = SlotCounter(self.launcher, DEFAULT_QUEUE, slots)
             self.communicator.add_task_subscriber(self._slots[DEFAULT_QUEUE])
         else:
@@ -114,9 +125,8 @@ class Worker:
         and ``slots`` ({name: {"used": n, "total": n or None for no limit}})."""
         core = self.communicator.core
         running = self._started_at is not None and not self._stopped.is_set() and not self.communicator.is_closed()
-        by_broker_name = getattr(core, "consuming_queues", None)
-        broker_names = by_broker_name() if callable(by_broker_name) else None
-        task_queue = str(getattr(core, "task_queue_name", ""))
+        broker_names = core.consuming_queues() if isinstance(core, BrokerQueues) else None
+        task_queue = core.task_queue_name if isinstance(core, BrokerQueues) else ""
         queues: dict[str, bool] = {}
         for name in self._slots:
             if broker_names is None:  # the embedded back end: one answer for all
@@ -146,7 +156,7 @@ class Worker:
         service = RecordsService(
             self.launcher, core, self.communicator.loop, max_age=max_age, max_count=max_count, prune_interval=interval
         )
-        route = records_route(str(getattr(core, "task_queue_name", "embedded")))
+        route = records_route(core.task_queue_name if isinstance(core, BrokerQueues) else "embedded")
 
         async def subscribe() -> None:
             try:
