@@ -2,7 +2,7 @@
 
 ``controller.list_workers(within)`` broadcasts :data:`WORKERS_SUBJECT` with a correlation id; every
 worker answers with an ``intent_result.workers`` broadcast (sender: its id, body: :meth:`Worker.info`),
-as processes answer ``pause_all(answers_within=...)`` (_broadcasts.py): one round trip for the fleet.
+as processes answer ``pause_all(answers_within=...)`` (_routes.py, Broadcasts): one round trip for the fleet.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 from ..transports._loop import run_on
 from ..transports.base import CURRENT_DELIVERY, AsyncCommunicator
 from ..wire.messages import ANSWER_PREFIX
+from .launcher import Answer, ProcessLauncher
 
 __all__ = ["DEFAULT_QUEUE", "WORKERS_SUBJECT", "SlotCounter", "WorkersAnswer", "check_queues"]
 
@@ -52,20 +53,20 @@ class SlotCounter:
     #: Called on the communicator's loop directly, as the launcher it wraps.
     loop_safe = True
 
-    def __init__(self, launcher: Callable[[Any, Any], concurrent.futures.Future[Any]], queue: str, slots: int) -> None:
+    def __init__(self, launcher: ProcessLauncher, queue: str, slots: int) -> None:
         self.launcher, self.queue, self.slots = launcher, queue, slots
         self.used = 0
         self._lock = threading.Lock()
 
-    def __call__(self, communicator: Any, task: Any) -> concurrent.futures.Future[Any]:
-        fut = self.launcher(communicator, task)  # a task refused here raises: it took no slot
-        delivery = CURRENT_DELIVERY.get()
-        pending = [f for f in (fut, delivery.hold if delivery is not None else None) if f is not None]
+    def __call__(self, communicator: object, task: object) -> concurrent.futures.Future[Answer]:
+        # a task refused here raises: it took no slot
+        fut, hold = self.launcher.accept(communicator, task, CURRENT_DELIVERY.get())
+        pending: list[concurrent.futures.Future[Any]] = [f for f in (fut, hold) if f is not None]
         left = [len(pending)]
         with self._lock:
             self.used += 1
 
-        def settled(_f: Any) -> None:
+        def settled(_f: object) -> None:
             with self._lock:
                 left[0] -= 1
                 if left[0] == 0:

@@ -16,14 +16,14 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, TypeAlias, cast
+from typing import Any, NamedTuple, TypeAlias, cast
 
 import kiwipy
 
 from .. import defaults
 from ..errors import LoadError, PersistenceError
 from ..transports._loop import LoopThread, run_on
-from ..transports.base import CURRENT_DELIVERY, AsyncCommunicator, InvalidTask
+from ..transports.base import CURRENT_DELIVERY, AsyncCommunicator, Delivery, InvalidTask
 from ..wire.launch_options import launch_options_of
 from ..wire.loaders import AllowListLoader, ObjectLoader, get_object_loader
 from ..wire.messages import (
@@ -42,13 +42,11 @@ from ..wire.messages import (
     Pid,
     wire_bool,
 )
-from ._broadcasts import Broadcasts
-from ._bundle import META_KEY
 from ._claims import Claims, in_executor, token_of
 from ._link import CommLink, HasCore
 from ._pids import Pids, PidUse, answer_from_record, refuse
-from ._routes import Routes
-from ._state import KilledError
+from ._routes import Broadcasts, Routes
+from ._state import META_KEY, KilledError
 from ._tasking import LAUNCH_PID_NAMESPACE, TaskContext, hold_for, log_end, release, task_identity
 from .persistence import Persister
 from .process import Process, Runtime
@@ -60,6 +58,13 @@ LOGGER = logging.getLogger(__name__)
 
 #: What a task handler returns: a pid (nowait, create) or the outputs.
 Answer: TypeAlias = "Pid | dict[str, Any]"
+
+
+class Accepted(NamedTuple):
+    """A task the launcher took: the future of its answer, and its hold (its ack waits for it), if any."""
+
+    future: concurrent.futures.Future[Answer]
+    hold: concurrent.futures.Future[None] | None
 
 
 class ProcessLauncher:
@@ -172,13 +177,18 @@ class ProcessLauncher:
     # -- task entry point (called on the communicator's loop) ------------------------------------
     def __call__(self, communicator: object, task: object) -> concurrent.futures.Future[Answer]:
         """Validate ``task`` at once (errors are terminal replies) and handle it on the launcher's loop."""
+        return self.accept(communicator, task, CURRENT_DELIVERY.get())[0]
+
+    def accept(self, communicator: object, task: object, delivery: Delivery | None) -> Accepted:
+        """:meth:`__call__` with the transport's ``delivery`` of ``task`` passed in: the future of the task's
+        answer, and the task's hold (None, or a future its ack waits for: a persisted ``nowait`` launch)."""
         try:
-            return self._accept(communicator, task)
+            return self._accept(communicator, task, delivery)
         except (kiwipy.TaskRejected, InvalidTask, LoadError) as exc:
             LOGGER.info("task rejected: %s", exc)
             raise
 
-    def _accept(self, communicator: object, task: object) -> concurrent.futures.Future[Answer]:
+    def _accept(self, communicator: object, task: object, delivery: Delivery | None) -> Accepted:
         if not isinstance(task, dict) or not isinstance(task.get(TASK_KEY), str):
             raise InvalidTask("a task body must be a mapping with a 'task' name and its 'args'")
         kind = task[TASK_KEY]
@@ -188,7 +198,6 @@ class ProcessLauncher:
         if not isinstance(args, dict):
             raise InvalidTask(f"the args of a {kind} task must be a mapping")
         link = self._link_of(communicator)
-        delivery = CURRENT_DELIVERY.get()  # the transport's word on this delivery: read here only, then passed
         hold: concurrent.futures.Future[None] | None = None
         work: Callable[[], Awaitable[Answer]]
         if kind == CONTINUE_TASK:
@@ -244,7 +253,7 @@ class ProcessLauncher:
                 )
         fut: concurrent.futures.Future[Answer] = run_on(self.loop, work)
         fut.add_done_callback(lambda f: release(hold) if f.cancelled() or f.exception() is not None else None)
-        return fut
+        return Accepted(fut, hold)
 
     def _load_class(self, identifier: object) -> type[Process]:
         try:

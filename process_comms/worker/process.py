@@ -50,10 +50,8 @@ from ..wire.messages import (
 )
 from ..wire.status import LOST_TYPE, status_of_record
 from . import _module_logs
-from ._bundle import bundle_of, restore
-from ._history import add_history
 from ._link import CommLink
-from ._state import KilledError, ProcessState, Suspended
+from ._state import KilledError, ProcessState, Suspended, add_history, bundle_of, restore
 from .persistence._records import safe_value
 
 __all__ = ["Process", "ProcessState", "KilledError", "Recorded", "Runtime", "Suspended"]  # 3 from ._state

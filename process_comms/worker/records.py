@@ -1,13 +1,13 @@
 """Process records (issue 14): what a worker writes about every process it runs, persisted or not.
 
-A record is a JSON-safe dict: pid, class, inputs, state history with timestamps, worker host and OS pid,
-progress, outputs, exception (type, message, traceback) and the process's own log lines
-(:meth:`Recorded.report` and :attr:`Recorded.logger`). :class:`RecordWriter` writes them through the
-worker's persister, coalescing the changes of a short window into one batch: on the loop when the store
+A record is a JSON-safe dict: pid, class, inputs, state history with timestamps, worker host and OS pid, progress,
+outputs, exception (type, message, traceback) and the process's own log lines (:meth:`Recorded.report` and
+:attr:`Recorded.logger`; ``Recorded`` lives in process.py, re-exported here). :class:`RecordWriter` writes them
+through the worker's persister, coalescing the changes of a short window into one batch: on the loop when the store
 can write at once (memory, a local SQLite file nobody else holds), else on the executor. A write never ends a
-process, and one record never takes its batch with it: a failed batch is written record by record, and a
-record whose write fails is tried again with back-off, then given up with an error naming its pid. The
-history is bounded (:mod:`._history`).
+process, and one record never takes its batch with it: a failed batch is written record by record, and a record
+whose write fails is tried again with back-off, then given up with an error naming its pid. The history is bounded
+(:func:`._state.add_history`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..transports._loop import post
-from ._history import CYCLE_EVENT, MAX_HISTORY
+from ._state import CYCLE_EVENT, MAX_HISTORY
 from .persistence import Persister
 from .process import MAX_LOG_CHARS, MAX_LOG_LINES, Recorded
 
