@@ -7,12 +7,12 @@ as processes answer ``pause_all(answers_within=...)`` (_routes.py, Broadcasts): 
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import functools
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from ..transports._loop import run_on
 from ..transports.base import CURRENT_DELIVERY, AsyncCommunicator
@@ -61,7 +61,9 @@ class SlotCounter:
     def __call__(self, communicator: object, task: object) -> concurrent.futures.Future[Answer]:
         # a task refused here raises: it took no slot
         fut, hold = self.launcher.accept(communicator, task, CURRENT_DELIVERY.get())
-        pending: list[concurrent.futures.Future[Any]] = [f for f in (fut, hold) if f is not None]
+        pending: list[concurrent.futures.Future[Answer] | concurrent.futures.Future[None]] = [fut]
+        if hold is not None:
+            pending.append(hold)
         left = [len(pending)]
         with self._lock:
             self.used += 1
@@ -83,10 +85,16 @@ class WorkersAnswer:
     #: Called on the communicator's loop directly: it only schedules the answer.
     loop_safe = True
 
-    def __init__(self, worker_id: str, info: Callable[[], dict[str, Any]], core: AsyncCommunicator, loop: Any) -> None:
+    def __init__(
+        self,
+        worker_id: str,
+        info: Callable[[], dict[str, object]],
+        core: AsyncCommunicator,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
         self.worker_id, self.info, self.core, self.loop = worker_id, info, core, loop
 
-    def __call__(self, _comm: Any, _body: Any, _sender: Any, subject: Any, correlation_id: Any) -> None:
+    def __call__(self, _comm: object, _body: object, _sender: object, subject: object, correlation_id: object) -> None:
         if subject != WORKERS_SUBJECT or correlation_id is None:
             return
         answer = functools.partial(
@@ -99,6 +107,6 @@ class WorkersAnswer:
         run_on(self.loop, answer).add_done_callback(_log_failure)
 
 
-def _log_failure(fut: concurrent.futures.Future[Any]) -> None:
+def _log_failure(fut: concurrent.futures.Future[bool]) -> None:
     if not fut.cancelled() and fut.exception() is not None:
         LOGGER.warning("could not answer a workers request: %s", fut.exception())

@@ -25,7 +25,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple, cast
 
 from ..errors import DuplicatePid, RemoteError
 from ..transports.base import host_info
@@ -49,7 +49,7 @@ class PidUse(NamedTuple):
     or its record)."""
 
     again: bool
-    record: dict[str, Any] | None = None
+    record: dict[str, object] | None = None
     proc: Process | None = None
 
 
@@ -100,7 +100,9 @@ class Pids:
             return _NEW
         keeps = self.keeps
 
-        def traces() -> tuple[dict[str, Any] | None, bool]:  # one thread hop for both reads: launches with a pid pay it
+        def traces() -> tuple[
+            dict[str, object] | None, bool
+        ]:  # one thread hop for both reads: launches with a pid pay it
             record = store.load_record(pid) if keeps else None
             return record, record is None and bool(store.get_process_checkpoints(pid))
 
@@ -121,13 +123,13 @@ class Pids:
 
     @staticmethod
     async def _drop_killed(
-        store: Persister, pid: Pid, request: dict[str, Any], cls: type, inputs: object, task_id: str | None
+        store: Persister, pid: Pid, request: dict[str, object], cls: type, inputs: object, task_id: str | None
     ) -> None:
         """Record the process of a kill request as killed before it ran (with the task's class and inputs), and
         raise KilledError: its task is dropped."""
         now = time.time()
         text = str(request.get("status") or KILLED_BEFORE_RUN)
-        history = [h for h in request.get("history") or () if isinstance(h, dict)]
+        history = [h for h in cast("list[object]", request.get("history") or ()) if isinstance(h, dict)]
         record = {
             "pid": pid,
             "class": f"{cls.__module__}:{cls.__qualname__}",
@@ -151,7 +153,7 @@ class Pids:
         raise KilledError(text)
 
 
-def answer_from_record(pid: Pid, record: dict[str, Any]) -> dict[str, Any] | None:
+def answer_from_record(pid: Pid, record: dict[str, object]) -> dict[str, object] | None:
     """What the first run of a task answered, from its record if it ended (its outputs, or the error it
     raised); None if it had not ended (its worker died while it ran)."""
     state = record.get("state_name")
@@ -160,8 +162,9 @@ def answer_from_record(pid: Pid, record: dict[str, Any]) -> dict[str, Any] | Non
     if state == "killed":
         raise KilledError(str(record.get("status") or "killed"))
     if state == "excepted":
-        info: dict[str, Any] = record["exception"] if isinstance(record.get("exception"), dict) else {}
+        exception = record.get("exception")
+        info: dict[str, object] = exception if isinstance(exception, dict) else {}
         message = str(info.get("message") or f"process {pid} excepted")
-        raise RemoteError(message, info.get("type"), info.get("traceback"))
+        raise RemoteError(message, cast("str | None", info.get("type")), cast("str | None", info.get("traceback")))
     outputs = record.get("outputs")
     return dict(outputs) if isinstance(outputs, dict) else {}

@@ -10,7 +10,7 @@ running/waiting back-and-forth into one entry, and drops the oldest entries past
 from __future__ import annotations
 
 import enum
-from typing import Any, Protocol
+from typing import Protocol, cast
 
 from ..errors import ProcessCommsError, ProcessKilled
 from ..wire.loaders import ObjectLoader, get_object_loader
@@ -66,19 +66,19 @@ class Bundled(Protocol):
 
     pid: Pid
     ctime: float
-    inputs: dict[str, Any]
+    inputs: dict[str, object]
     state: ProcessState
     paused: bool
     status: str | None
-    progress: dict[str, Any]
-    outputs: dict[str, Any] | None
+    progress: dict[str, object]
+    outputs: dict[str, object] | None
     exception: str | None
     label: str | None
     time_limit: float | None
     deadline: float | None
 
 
-def bundle_of(proc: Bundled, loader: ObjectLoader | None = None) -> dict[str, Any]:
+def bundle_of(proc: Bundled, loader: ObjectLoader | None = None) -> dict[str, object]:
     """The checkpoint of ``proc``."""
     return {
         META_KEY: {"class_name": (loader or get_object_loader()).identify_object(type(proc))},
@@ -97,17 +97,19 @@ def bundle_of(proc: Bundled, loader: ObjectLoader | None = None) -> dict[str, An
     }
 
 
-def restore(proc: Bundled, bundle: dict[str, Any]) -> None:
+def restore(proc: Bundled, bundle: dict[str, object]) -> None:
     """Set the saved attributes of ``proc`` (made with ``inputs`` and ``pid`` already) from ``bundle``."""
-    proc.ctime = float(bundle.get("ctime", proc.ctime))
-    proc.progress = dict(bundle.get("progress") or {})
+    # the bundle holds what bundle_of wrote (a persister stores it as JSON): its values have those types
+    proc.ctime = float(cast("float", bundle.get("ctime", proc.ctime)))
+    proc.progress = dict(cast("dict[str, object]", bundle.get("progress") or {}))
     proc.paused = bool(bundle.get("paused", False))
-    proc.status = bundle.get("status")
+    proc.status = cast("str | None", bundle.get("status"))
     proc.state = ProcessState(bundle.get("state", "created"))
-    proc.outputs = bundle.get("outputs")
-    proc.exception = bundle.get("exception")
-    proc.label = bundle.get("label")
-    proc.time_limit, proc.deadline = bundle.get("time_limit"), bundle.get("deadline")  # absolute: the same here
+    proc.outputs = cast("dict[str, object] | None", bundle.get("outputs"))
+    proc.exception = cast("str | None", bundle.get("exception"))
+    proc.label = cast("str | None", bundle.get("label"))
+    limits = cast("tuple[float | None, float | None]", (bundle.get("time_limit"), bundle.get("deadline")))
+    proc.time_limit, proc.deadline = limits  # absolute: the same here
     if not proc.state.terminal:
         proc.state = ProcessState.CREATED  # it runs again from its progress
 
@@ -121,7 +123,7 @@ _CYCLE_EVENTS = ("running", "waiting")
 CYCLE_EVENT = "running/waiting"
 
 
-def add_history(history: list[dict[str, Any]], entry: dict[str, Any]) -> list[dict[str, Any]]:
+def add_history(history: list[dict[str, object]], entry: dict[str, object]) -> list[dict[str, object]]:
     """``history`` with ``entry`` added, bounded: a running/waiting back-and-forth (every ``sleep`` adds a pair)
     is folded into one :data:`CYCLE_EVENT` entry (``count`` transitions, first ``time``, ``last`` time) before
     the newest entry, and past :data:`MAX_HISTORY` entries the oldest after the first are dropped (counted in
@@ -138,7 +140,7 @@ def add_history(history: list[dict[str, Any]], entry: dict[str, Any]) -> list[di
     ):
         before = history[-2]
         if before.get("event") == CYCLE_EVENT:  # one more turn of the cycle: fold ``last`` into it
-            before["count"] = int(before.get("count") or 0) + 1
+            before["count"] = int(cast("int", before.get("count") or 0)) + 1
             before["last"] = last.get("time")
             history[-1] = entry
             return history
@@ -148,6 +150,6 @@ def add_history(history: list[dict[str, Any]], entry: dict[str, Any]) -> list[di
     if len(history) > MAX_HISTORY:
         drop = len(history) - MAX_HISTORY
         first = dict(history[0])
-        first["dropped"] = int(first.get("dropped") or 0) + drop
+        first["dropped"] = int(cast("int", first.get("dropped") or 0)) + drop
         history[:] = [first, *history[1 + drop :]]
     return history

@@ -57,7 +57,7 @@ __all__ = ["ProcessLauncher"]
 LOGGER = logging.getLogger(__name__)
 
 #: What a task handler returns: a pid (nowait, create) or the outputs.
-Answer: TypeAlias = "Pid | dict[str, Any]"
+Answer: TypeAlias = "Pid | dict[str, object]"
 
 
 class Accepted(NamedTuple):
@@ -313,7 +313,7 @@ class ProcessLauncher:
         process_class: object,
         persist: bool,
         init_args: Iterable[object] | None = None,
-        init_kwargs: dict[str, Any] | None = None,
+        init_kwargs: dict[str, object] | None = None,
     ) -> Pid:
         """Create (and with ``persist`` checkpoint) a process of ``process_class`` (a loader identifier); its pid."""
         cls, init_kwargs = self._class_of(process_class), init_kwargs or {}
@@ -335,13 +335,13 @@ class ProcessLauncher:
         persist: bool,
         nowait: bool,
         init_args: Iterable[object] | None = None,
-        init_kwargs: dict[str, Any] | None = None,
+        init_kwargs: dict[str, object] | None = None,
     ) -> Answer:
         """Run a new process of ``process_class`` (a loader identifier): its pid with ``nowait``, else its outputs."""
         context = self._context(_communicator)
         cls = self._class_of(process_class)
         init_args, init_kwargs = init_args or (), init_kwargs or {}
-        old: dict[str, Any] | None = None
+        old: dict[str, object] | None = None
         vetted = "pid" in init_kwargs and not context.fresh(init_kwargs["pid"])
         if vetted:
             # a pid the task names is used once (_pids.py): refused, or the same task again
@@ -430,12 +430,12 @@ class ProcessLauncher:
         core: AsyncCommunicator | None = None,
         comm_loop: asyncio.AbstractEventLoop | None = None,
         persist: bool = False,
-    ) -> asyncio.Future[dict[str, Any]]:
+    ) -> asyncio.Future[dict[str, object]]:
         """Wire ``proc`` to the communicator (RPC route, broadcasts) and start it on this loop."""
         link = self.link(core, comm_loop) if core is not None and comm_loop is not None else None
         return await self._start(proc, link, persist)
 
-    async def _start(self, proc: Process, link: CommLink | None, persist: bool) -> asyncio.Future[dict[str, Any]]:
+    async def _start(self, proc: Process, link: CommLink | None, persist: bool) -> asyncio.Future[dict[str, object]]:
         key = str(proc.pid)
         routed = not proc.state.terminal and link is not None
         holder = (self.owner, await token_of(link)) if self.records is not None else (None, None)
@@ -478,7 +478,7 @@ class ProcessLauncher:
         done.add_done_callback(cleanup)
         return done
 
-    async def _killed_record(self, pid: Pid) -> dict[str, Any] | None:
+    async def _killed_record(self, pid: Pid) -> dict[str, object] | None:
         """The record of ``pid`` (None without records); KilledError if it says killed: a killed process is
         never run again (a queued task killed before it started, an orphan killed after its worker died)."""
         if self.records is None:

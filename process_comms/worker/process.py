@@ -29,7 +29,7 @@ import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from .. import defaults
 from ..errors import PersistenceError, ProcessLost, RemoteError
@@ -64,7 +64,7 @@ MAX_LOG_LINES = 1000
 MAX_LOG_CHARS = 2000
 
 
-def rpc_intent(msg: Any) -> str:
+def rpc_intent(msg: object) -> str:
     """The intent of a process RPC, after every check of it: the one home of the rules for a process's
     messages (a live process and an ended run's :class:`EndedRun` answer the same messages alike).
 
@@ -135,9 +135,9 @@ class Recorded:
     """What a :class:`Process` keeps for its record: its history, log lines and exception (the first half of a
     process; records.py writes it)."""
 
-    pid: Any
+    pid: Pid
     ctime: float
-    inputs: dict[str, Any]
+    inputs: dict[str, Any]  # what authors read: their own values
     paused: bool
     status: str | None
     progress: dict[str, Any]
@@ -149,12 +149,12 @@ class Recorded:
     deadline: float | None
 
     def _init_record(self) -> None:
-        self._history: list[dict[str, Any]] = [{"event": "created", "time": self.ctime}]
+        self._history: list[dict[str, object]] = [{"event": "created", "time": self.ctime}]
         #: made with the first line: an empty bounded deque is 0.6 kB, and most processes log nothing
-        self._log_lines: collections.deque[dict[str, Any]] | None = None
+        self._log_lines: collections.deque[dict[str, object]] | None = None
         self._log_dropped = 0
         self._log_lock = threading.Lock()
-        self._exception_info: dict[str, Any] | None = None
+        self._exception_info: dict[str, object] | None = None
         self._recorder: RecordSink | None = None
         self._logger: _RecordingLogger | None = None
         #: The correlation id of the task that launched this pid: its redelivery is no new launch (_pids.py).
@@ -177,7 +177,7 @@ class Recorded:
         return self._logger
 
     # -- what the runtime calls ----------------------------------------------------------------------------
-    def _lines(self) -> collections.deque[dict[str, Any]]:
+    def _lines(self) -> collections.deque[dict[str, object]]:
         """The log lines, made on first use (under ``_log_lock``)."""
         if self._log_lines is None:
             self._log_lines = collections.deque(maxlen=MAX_LOG_LINES)
@@ -194,7 +194,7 @@ class Recorded:
 
     def _note(self, event: str, message: str | None = None, urgent: bool = False) -> None:
         """Add ``event`` (a state name, ``paused``, ``played``...) to the history, with its time and message."""
-        entry: dict[str, Any] = {"event": event, "time": time.time()}
+        entry: dict[str, object] = {"event": event, "time": time.time()}
         if message is not None:
             entry["message"] = message
         self._history = add_history(self._history, entry)
@@ -209,7 +209,7 @@ class Recorded:
             await self._recorder.flush()
 
     @property
-    def exception_info(self) -> dict[str, Any] | None:
+    def exception_info(self) -> dict[str, object] | None:
         """The exception it ended with (type, message, traceback) as its record keeps it, else None."""
         return self._exception_info
 
@@ -218,14 +218,14 @@ class Recorded:
         """The correlation id of the task that launched this pid: its redelivery is no new launch (_pids.py)."""
         return self._task_id
 
-    def restore_record(self, old: dict[str, Any] | None, task_id: str | None = None) -> None:
+    def restore_record(self, old: dict[str, object] | None, task_id: str | None = None) -> None:
         """Continue the history and log of an earlier record of this pid (a continued process); ``task_id``
         names the task that launches it now."""
         if task_id is not None:
             self._task_id = task_id
         if not isinstance(old, dict):
             return
-        history = [h for h in old.get("history") or () if isinstance(h, dict)]
+        history = [h for h in cast("list[object]", old.get("history") or ()) if isinstance(h, dict)]
         if history:
             self._history = add_history(history, {"event": "continued", "time": time.time()})
         lines = old.get("log")
@@ -235,16 +235,21 @@ class Recorded:
                 for line in reversed(lines[-MAX_LOG_LINES:]):
                     if len(kept) < MAX_LOG_LINES:
                         kept.appendleft(line)
-                self._log_dropped += int(old.get("log_dropped") or 0)
+                self._log_dropped += int(cast("int", old.get("log_dropped") or 0))
         exception = old.get("exception")
         if isinstance(exception, dict) and self._exception_info is None:
             self._exception_info = exception
-        if self._task_id is None and isinstance(old.get(RECORD_TASK_ID_KEY), str):
-            self._task_id = old[RECORD_TASK_ID_KEY]
-        if isinstance(old.get("deadline"), (int, float)):  # the same launch again: its deadline holds
-            self.label, self.time_limit, self.deadline = old.get("label"), old.get("time_limit"), old["deadline"]
+        old_task, deadline = old.get(RECORD_TASK_ID_KEY), old.get("deadline")
+        if self._task_id is None and isinstance(old_task, str):
+            self._task_id = old_task
+        if isinstance(deadline, (int, float)):  # the same launch again: its deadline holds
+            self.label, self.time_limit = (
+                cast("str | None", old.get("label")),
+                cast("float | None", old.get("time_limit")),
+            )
+            self.deadline = deadline
 
-    def record(self) -> dict[str, Any]:
+    def record(self) -> dict[str, object]:
         """This process's record now: a JSON-safe dict (values JSON cannot hold are stored as their repr)."""
         proc: Process = self  # type: ignore[assignment]
         with self._log_lock:
@@ -310,7 +315,7 @@ class Process(Recorded):
     add lines to its log there.
     """
 
-    def __init__(self, inputs: dict[str, Any] | None = None, pid: Pid = None, **kwargs: Any) -> None:
+    def __init__(self, inputs: dict[str, Any] | None = None, pid: Pid = None, **kwargs: object) -> None:
         """Create a process with ``inputs`` (available as ``self.inputs``) and an optional ``pid``."""
         if kwargs:
             raise TypeError(f"{type(self).__name__}() got unexpected keyword arguments {sorted(kwargs)}")
@@ -336,13 +341,13 @@ class Process(Recorded):
         self.runtime: Runtime | None = None
         self._link: CommLink | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
-        self._task: asyncio.Task[Any] | None = None
+        self._task: asyncio.Task[None] | None = None
         self._play: asyncio.Event | None = None
         self._kill_requested: str | None = None
         self._suspending = False
         #: Why this process is being abandoned by its worker (:meth:`abandon`), else None.
         self._lost_reason: str | None = None
-        self._done: asyncio.Future[dict[str, Any]] | None = None
+        self._done: asyncio.Future[dict[str, object]] | None = None
         self._final_broadcast: tuple[ProcessState, ProcessState] | None = None
         self._init_record()
 
@@ -351,7 +356,7 @@ class Process(Recorded):
         """The work: return the outputs dict (or None). May be ``async def``; a plain one runs on a thread."""
         raise NotImplementedError(f"{type(self).__name__} must override run()")
 
-    async def checkpoint(self, **progress: Any) -> None:
+    async def checkpoint(self, **progress: object) -> None:
         """Record progress (JSON-safe values), save it if a persister is set, and honour pause/kill.
 
         A save that fails is logged at ERROR and the process keeps running (its stored checkpoint is the
@@ -369,7 +374,7 @@ class Process(Recorded):
                 )
         await self.pause_point()
 
-    def checkpoint_blocking(self, **progress: Any) -> None:
+    def checkpoint_blocking(self, **progress: object) -> None:
         """:meth:`checkpoint` for a plain (threaded) ``run``: blocks while paused, raises if killed."""
         assert self.loop is not None, "checkpoint_blocking() is for a run() on a worker thread"
         run_on(self.loop, functools.partial(self.checkpoint, **progress)).result()
@@ -393,7 +398,7 @@ class Process(Recorded):
         await self.pause_point()
 
     # -- status and persistence ---------------------------------------------------------------------
-    def status_info(self) -> dict[str, Any]:
+    def status_info(self) -> dict[str, object]:
         """The status dict: plumpy's keys (``ctime``, ``paused``, ``process_string``, ``state``) and more.
 
         Once ended, the status its record gives (outputs or exception included, wire/status.py): who asks
@@ -421,15 +426,15 @@ class Process(Recorded):
     def __repr__(self) -> str:
         return f"<{type(self).__name__} pid={self.pid} state={self.state.value} paused={self.paused}>"
 
-    def save(self, loader: ObjectLoader | None = None) -> dict[str, Any]:
+    def save(self, loader: ObjectLoader | None = None) -> dict[str, object]:
         """The checkpoint: plain, JSON-safe data, never pickle (:func:`._bundle.bundle_of`)."""
         return bundle_of(self, loader)
 
     @classmethod
-    def recreate_from(cls, bundle: dict[str, Any]) -> Process:
+    def recreate_from(cls, bundle: dict[str, object]) -> Process:
         """Rebuild a process from its checkpoint; it runs again from ``self.progress``."""
         proc = cls.__new__(cls)
-        Process.__init__(proc, inputs=bundle.get("inputs"), pid=bundle["pid"])
+        Process.__init__(proc, inputs=cast("dict[str, object] | None", bundle.get("inputs")), pid=bundle["pid"])
         restore(proc, bundle)
         proc.on_recreated()
         return proc
@@ -608,7 +613,7 @@ class Process(Recorded):
         self._recorder = runtime.recorder
         self._holder = runtime.holder
 
-    def start(self) -> asyncio.Future[dict[str, Any]]:
+    def start(self) -> asyncio.Future[dict[str, object]]:
         """Start running on the current loop; the future resolves to the outputs or fails (killed/excepted)."""
         loop = asyncio.get_running_loop()
         self.loop = loop
@@ -726,7 +731,7 @@ class Process(Recorded):
             except Exception:
                 LOGGER.exception("could not save the final checkpoint of %s", self.pid)
 
-    def wait_done(self) -> asyncio.Future[dict[str, Any]]:
+    def wait_done(self) -> asyncio.Future[dict[str, object]]:
         """The future of the outputs (after start())."""
         assert self._done is not None, "the process has not been started"
         return self._done

@@ -16,7 +16,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 from ..transports._loop import post
 from ._state import CYCLE_EVENT, MAX_HISTORY
@@ -225,7 +224,7 @@ class RecordWriter:
         for proc, exc in failed:
             self._retry_later(proc, exc)
 
-    async def _save(self, records: list[dict[str, Any]]) -> None:
+    async def _save(self, records: list[dict[str, object]]) -> None:
         if not self.persister.save_records_nowait(records):  # else written here: no thread hop
             await self.loop.run_in_executor(None, self.persister.save_records, records)
 
@@ -266,7 +265,7 @@ class RecordWriter:
             self._start()
 
 
-def _record_of(proc: Recorded) -> dict[str, Any]:
+def _record_of(proc: Recorded) -> dict[str, object]:
     """``proc``'s record; if building it raises, a stand-in with what is known, so the write still says where the
     process is (its state) rather than nothing."""
     try:

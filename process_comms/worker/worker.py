@@ -82,7 +82,7 @@ class Worker:
         self.records: RecordsService | None = None
         self._queues = check_queues(queues) if queues is not None else None
         self._slots: dict[str, SlotCounter] = {}
-        self._answer_id: Any = None
+        self._answer_id: object = None
         self._started_at: float | None = None
         self._stopped = threading.Event()
         self._lock = threading.Lock()
@@ -120,7 +120,7 @@ class Worker:
         """``{queue: slots}`` this worker consumes (0: no limit)."""
         return {name: counter.slots for name, counter in self._slots.items()}
 
-    def health(self) -> dict[str, Any]:
+    def health(self) -> dict[str, object]:
         """For supervisors: ``consuming`` (every queue delivers tasks here), ``queues`` ({name: consuming})
         and ``slots`` ({name: {"used": n, "total": n or None for no limit}})."""
         core = self.communicator.core
@@ -137,7 +137,7 @@ class Worker:
         slots = {name: {"used": c.used, "total": c.slots or None} for name, c in self._slots.items()}
         return {"consuming": bool(queues) and all(queues.values()), "queues": queues, "slots": slots}
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> dict[str, object]:
         """What ``process-comms workers`` lists: :meth:`health` with the host, OS pid, uptime and processes."""
         uptime = 0.0 if self._started_at is None else time.monotonic() - self._started_at
         return {
@@ -172,7 +172,7 @@ class Worker:
     def __enter__(self) -> Worker:
         return self.start()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     async def _release(self) -> tuple[list[Pid], list[Pid]]:
