@@ -34,7 +34,7 @@ from typing import Any, Protocol, cast
 from .. import defaults
 from ..errors import PersistenceError, ProcessLost, RemoteError
 from ..transports._loop import run_on
-from ..transports.base import host_info
+from ..transports.base import AsyncCommunicator, host_info
 from ..wire.launch_options import time_limit_reason
 from ..wire.loaders import ObjectLoader
 from ..wire.messages import (
@@ -604,8 +604,24 @@ class Process(Recorded):
             self._done.set_exception(KilledError(text))
             self._done.exception()  # mark retrieved: nobody may be waiting
 
-    def attach(self, runtime: Runtime) -> None:
-        """Bind to what it runs with (called by the launcher): its loop, communicator, persister, recorder."""
+    def attach(
+        self,
+        runtime: Runtime | asyncio.AbstractEventLoop,
+        communicator: AsyncCommunicator | None = None,
+        comm_loop: asyncio.AbstractEventLoop | None = None,
+        persister: Checkpointer | None = None,
+    ) -> None:
+        """Bind to what it runs with (called by the launcher): its loop, communicator, persister, recorder.
+
+        The older form, ``attach(loop, communicator, comm_loop, persister)``, still binds loop, communicator
+        and persister."""
+        if not isinstance(runtime, Runtime):
+            link = (
+                CommLink(communicator, comm_loop, runtime)
+                if communicator is not None and comm_loop is not None
+                else None
+            )
+            runtime = Runtime(runtime, link, persister)
         self.runtime = runtime
         self.loop = runtime.loop
         self._link = runtime.link

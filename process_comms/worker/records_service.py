@@ -234,7 +234,7 @@ class RecordsService:
         """The status of ``pid`` from its own route (another worker runs it), or None if no worker holds it."""
 
         async def ask() -> object:
-            return await asyncio.wait_for(self.core.rpc_send(pid, MessageBuilder.status()), LIVE_CHECK_TIMEOUT)
+            return await asyncio.wait_for(self.link.core.rpc_send(pid, MessageBuilder.status()), LIVE_CHECK_TIMEOUT)
 
         try:
             status = await self.link.call(ask)
@@ -449,7 +449,7 @@ class RecordsService:
         """True only if the broker says no one holds ``pid``'s route (a timeout proves nothing)."""
 
         async def ask() -> object:
-            return await asyncio.wait_for(self.core.rpc_send(pid, MessageBuilder.status()), LIVE_CHECK_TIMEOUT)
+            return await asyncio.wait_for(self.link.core.rpc_send(pid, MessageBuilder.status()), LIVE_CHECK_TIMEOUT)
 
         try:
             await self.link.call(ask)
