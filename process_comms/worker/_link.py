@@ -1,9 +1,9 @@
 """The one object that crosses from the launcher's loop to the communicator's loop and back.
 
-A worker runs two event loops (CONTRIBUTING.md, "The worker"): the communicator's (AMQP I/O) and the
-launcher's (the processes). Everything a process or the launcher asks of the communicator goes through
-the :class:`CommLink` of that communicator: :meth:`CommLink.call` when the answer is awaited (a route's
-bind, the liveness token), :meth:`CommLink.send` when it is not (state broadcasts, answers, unbinds).
+A worker runs two event loops (CONTRIBUTING.md, "The worker: threads, loops and one launch"): the communicator's
+(AMQP I/O) and the launcher's (the processes). Everything a process or the launcher asks of the communicator
+goes through the :class:`CommLink` of that communicator: :meth:`CommLink.call` when the answer is awaited (a
+route's bind, the liveness token), :meth:`CommLink.send` when it is not (state broadcasts, answers, unbinds).
 The sends of one turn of the launcher's loop cross together, in order, in one hand-over.
 """
 
@@ -41,7 +41,9 @@ class CommLink:
 
     __slots__ = ("_alive", "_outbox", "_token", "_tokened", "core", "crossings", "home", "loop")
 
-    def __init__(self, core: AsyncCommunicator, loop: asyncio.AbstractEventLoop, home: asyncio.AbstractEventLoop):
+    def __init__(
+        self, core: AsyncCommunicator, loop: asyncio.AbstractEventLoop, home: asyncio.AbstractEventLoop
+    ) -> None:
         self.core = core
         #: The communicator's loop.
         self.loop = loop

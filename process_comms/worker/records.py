@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 
 from ..transports._loop import post
-from ._state import CYCLE_EVENT, MAX_HISTORY
+from ._state import CYCLE_EVENT, MAX_HISTORY, ProcessState
 from .persistence import Persister
 from .process import MAX_LOG_CHARS, MAX_LOG_LINES, Recorded
 
@@ -271,14 +271,14 @@ def _record_of(proc: Recorded) -> dict[str, object]:
     try:
         return proc.record()
     except Exception as exc:  # noqa: BLE001 - a record that cannot be built must not take its batch with it
-        state = proc.state.value
+        state = proc.state.value if isinstance(proc.state, ProcessState) else None  # as far as it is known
         now = time.time()
         return {
             "pid": proc.pid,
             "class": f"{type(proc).__module__}:{type(proc).__qualname__}",
             "state_name": state,
             "status": f"its record could not be built: {type(exc).__name__}",
-            "ctime": proc.ctime,
+            "ctime": proc.ctime if isinstance(proc.ctime, (int, float)) else now,
             "mtime": now,
             "progress": {},
         }
