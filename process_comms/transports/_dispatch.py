@@ -63,7 +63,7 @@ class Delivery:
 
     correlation_id: str | None
     redelivered: bool
-    hold: concurrent.futures.Future[object] | None = None
+    hold: concurrent.futures.Future[None] | None = None
 
 
 #: The delivery of the task being dispatched, readable by task subscribers (e.g. for idempotent launches).

@@ -19,16 +19,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TypeVar
 
-from ..transports.base import AsyncCommunicator
 from ..wire.messages import Pid
+from ._link import ALIVE_CACHE, CommLink
+from .persistence import ClaimHolder, Persister
+from .process import Process
 
-if TYPE_CHECKING:
-    from .persistence import ClaimHolder
-    from .process import Process
+__all__ = ["ALIVE_CACHE", "Claims", "RENEW_INTERVAL_MAX", "TAKEOVER_GRACE", "WAIT_LOG_INTERVAL"]
 
-__all__ = ["ALIVE_CACHE", "ClaimsMixin", "RENEW_INTERVAL_MAX", "TAKEOVER_GRACE", "WAIT_LOG_INTERVAL"]
+T = TypeVar("T")
 
 LOGGER = logging.getLogger("process_comms.worker.launcher")
 
@@ -39,58 +40,47 @@ RENEW_INTERVAL_MAX = 1.0
 TAKEOVER_GRACE = 2.5 * RENEW_INTERVAL_MAX
 #: Seconds between two looks at a claim whose holder's connection is gone (during the grace).
 GRACE_POLL = 0.25
-#: Seconds one answer of ``is_alive`` serves every pid waiting on the same holder.
-ALIVE_CACHE = 0.5
 #: Seconds between two "waiting for worker" lines about the same pid (the first is logged at once).
 WAIT_LOG_INTERVAL = 60.0
 
 
-class ClaimsMixin:
-    """Takes, renews and takes over the store's claims on the persisted processes a launcher runs."""
+async def in_executor(fn: Callable[..., T], *args: object) -> T:
+    """``fn(*args)`` on the default executor (a store's blocking call)."""
+    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
-    persister: Any
-    owner: str
-    claim_ttl: float
-    _claimed: set[str]
-    _renewer: asyncio.Task[None] | None
-    _processes: dict[str, Process]
-    _tokens: dict[int, str | None]
-    _alive: dict[str, tuple[bool | None, float]]
-    _on_comm_loop: Any  # BroadcastsMixin's: ``await fn(*args)`` on the communicator's loop
 
-    async def _store(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+async def token_of(link: CommLink | None) -> str | None:
+    """This worker's liveness token on ``link`` (None without a communicator, or if it cannot get one)."""
+    if link is None:
+        return None
+    try:
+        return await link.liveness_token()
+    except Exception:  # noqa: BLE001 - without a token, other workers fall back on the TTL rule
+        LOGGER.warning("no liveness token: other workers take over this worker's processes by claim TTL")
+        return None
 
-    async def _token(self, core: AsyncCommunicator | None, comm_loop: asyncio.AbstractEventLoop | None) -> str | None:
-        """This launcher's liveness token on ``core`` (None without a communicator, or if it cannot get one)."""
-        if core is None or comm_loop is None:
-            return None
-        if id(core) not in self._tokens:
-            try:
-                self._tokens[id(core)] = await self._on_comm_loop(comm_loop, core.liveness_token)
-            except Exception:  # noqa: BLE001 - without a token, other workers fall back on the TTL rule
-                LOGGER.warning("no liveness token: other workers take over this worker's processes by claim TTL")
-                return None
-        return self._tokens[id(core)]
 
-    async def _is_alive(
-        self, token: str | None, core: AsyncCommunicator | None, comm_loop: asyncio.AbstractEventLoop | None
-    ) -> bool | None:
-        """Whether the holder of ``token`` is connected: True, False, or None (no token, or cannot tell)."""
-        if token is None or core is None or comm_loop is None:
-            return None
-        now = time.monotonic()
-        cached = self._alive.get(token)
-        if cached is not None and now - cached[1] < ALIVE_CACHE:
-            return cached[0]
-        try:
-            alive: bool | None = await self._on_comm_loop(comm_loop, core.is_alive, token)
-        except Exception:  # noqa: BLE001 - the broker cannot tell now: the TTL rule decides
-            alive = None
-        self._alive[token] = (alive, now)
-        if len(self._alive) > 1024:
-            self._alive = {key: value for key, value in self._alive.items() if now - value[1] < ALIVE_CACHE}
-        return alive
+class Claims:
+    """Takes, renews and takes over the store's claims on the persisted processes a launcher runs
+    (``processes``: the launcher's own map of its live processes, shared)."""
+
+    def __init__(self, persister: Persister, owner: str, claim_ttl: float, processes: dict[str, Process]) -> None:
+        self.persister = persister
+        self.owner = owner
+        self.claim_ttl = claim_ttl
+        self._processes = processes
+        self._claimed: set[str] = set()
+        self._renewer: asyncio.Task[None] | None = None
+
+    def holds(self, pid: Pid) -> bool:
+        """Whether this launcher holds the claim on ``pid``."""
+        return str(pid) in self._claimed
+
+    def let_go(self, pid: Pid) -> None:
+        """``pid``'s process ended here: give its claim up (on the executor, not waited for)."""
+        if str(pid) in self._claimed:
+            self._claimed.discard(str(pid))
+            asyncio.get_running_loop().run_in_executor(None, self.persister.release, pid, self.owner)
 
     def _lapsed(self, holder: ClaimHolder) -> bool:
         """The TTL rule, by this worker's own ``claim_ttl`` from the holder's last renewal."""
@@ -99,23 +89,16 @@ class ClaimsMixin:
             return now - holder.renewed_at > self.claim_ttl
         return holder.expires_at < now  # a row from an older release: its owner's TTL
 
-    async def _claim(
-        self,
-        pid: Pid,
-        core: AsyncCommunicator | None = None,
-        comm_loop: asyncio.AbstractEventLoop | None = None,
-    ) -> None:
+    async def claim(self, pid: Pid, link: CommLink | None = None) -> None:
         """Own ``pid``'s claim, waiting while another live worker holds it (it runs the process now)."""
-        token = await self._token(core, comm_loop)
+        token = await token_of(link)
         gone: tuple[ClaimHolder, float] | None = None  # a holder whose connection is gone, and since when
         logged_at: float | None = None
         while True:
-            holder: ClaimHolder | None = await self._store(
-                self.persister.try_claim, pid, self.owner, self.claim_ttl, token
-            )
+            holder = await in_executor(self.persister.try_claim, pid, self.owner, self.claim_ttl, token)
             if holder is None:
                 break
-            alive = await self._is_alive(holder.token, core, comm_loop)
+            alive = await link.is_alive(holder.token) if link is not None else None
             now = time.monotonic()
             delay = self._renew_interval()
             if alive is False:
@@ -142,16 +125,16 @@ class ClaimsMixin:
             self._renewer = asyncio.get_running_loop().create_task(self._renew_claims(), name="process-comms-claims")
 
     async def _take_over(self, pid: Pid, token: str | None, holder: ClaimHolder, why: str) -> bool:
-        taken: bool = await self._store(self.persister.take_over, pid, self.owner, self.claim_ttl, token, holder)
+        taken = await in_executor(self.persister.take_over, pid, self.owner, self.claim_ttl, token, holder)
         if taken:
             LOGGER.info("process %s: took it over from worker %s, which %s", pid, holder.owner, why)
         return taken
 
-    async def _unclaim(self, pid: Pid) -> None:
+    async def unclaim(self, pid: Pid) -> None:
         """Give the claim on ``pid`` up (its process did not start here)."""
         self._claimed.discard(str(pid))
         try:
-            await self._store(self.persister.release, pid, self.owner)
+            await in_executor(self.persister.release, pid, self.owner)
         except Exception:  # the claim then lapses by its TTL
             LOGGER.warning("could not release the claim on process %s", pid, exc_info=True)
 
@@ -166,7 +149,7 @@ class ClaimsMixin:
             await asyncio.sleep(self._renew_interval())
             pids = [proc.pid for key in list(self._claimed) if (proc := self._processes.get(key)) is not None]
             try:
-                gone = await self._store(self.persister.renew_claims, self.owner, self.claim_ttl, pids)
+                gone = await in_executor(self.persister.renew_claims, self.owner, self.claim_ttl, pids)
             except Exception:  # tried again at the next renewal
                 LOGGER.warning("could not renew the claims of this worker's processes", exc_info=True)
                 continue

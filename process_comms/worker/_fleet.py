@@ -2,22 +2,23 @@
 
 ``controller.list_workers(within)`` broadcasts :data:`WORKERS_SUBJECT` with a correlation id; every
 worker answers with an ``intent_result.workers`` broadcast (sender: its id, body: :meth:`Worker.info`),
-as processes answer ``pause_all(answers_within=...)`` (_broadcasts.py): one round trip for the fleet.
+as processes answer ``pause_all(answers_within=...)`` (_routes.py, Broadcasts): one round trip for the fleet.
 """
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import functools
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from ..transports.base import CURRENT_DELIVERY, AsyncCommunicator
 from ..transports.loop import run_on
 from ..wire.messages import ANSWER_PREFIX
 from ..wire.names import DEFAULT_QUEUE, WORKERS_SUBJECT
+from .launcher import Answer, ProcessLauncher
 
 __all__ = ["DEFAULT_QUEUE", "WORKERS_SUBJECT", "SlotCounter", "WorkersAnswer", "check_queues"]
 
@@ -48,20 +49,22 @@ class SlotCounter:
     #: Called on the communicator's loop directly, as the launcher it wraps.
     loop_safe = True
 
-    def __init__(self, launcher: Callable[[Any, Any], concurrent.futures.Future[Any]], queue: str, slots: int) -> None:
+    def __init__(self, launcher: ProcessLauncher, queue: str, slots: int) -> None:
         self.launcher, self.queue, self.slots = launcher, queue, slots
         self.used = 0
         self._lock = threading.Lock()
 
-    def __call__(self, communicator: Any, task: Any) -> concurrent.futures.Future[Any]:
-        fut = self.launcher(communicator, task)  # a task refused here raises: it took no slot
-        delivery = CURRENT_DELIVERY.get()
-        pending = [f for f in (fut, delivery.hold if delivery is not None else None) if f is not None]
+    def __call__(self, communicator: object, task: object) -> concurrent.futures.Future[Answer]:
+        # a task refused here raises: it took no slot
+        fut, hold = self.launcher.accept(communicator, task, CURRENT_DELIVERY.get())
+        pending: list[concurrent.futures.Future[Answer] | concurrent.futures.Future[None]] = [fut]
+        if hold is not None:
+            pending.append(hold)
         left = [len(pending)]
         with self._lock:
             self.used += 1
 
-        def settled(_f: Any) -> None:
+        def settled(_f: object) -> None:
             with self._lock:
                 left[0] -= 1
                 if left[0] == 0:
@@ -78,10 +81,16 @@ class WorkersAnswer:
     #: Called on the communicator's loop directly: it only schedules the answer.
     loop_safe = True
 
-    def __init__(self, worker_id: str, info: Callable[[], dict[str, Any]], core: AsyncCommunicator, loop: Any) -> None:
+    def __init__(
+        self,
+        worker_id: str,
+        info: Callable[[], dict[str, object]],
+        core: AsyncCommunicator,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
         self.worker_id, self.info, self.core, self.loop = worker_id, info, core, loop
 
-    def __call__(self, _comm: Any, _body: Any, _sender: Any, subject: Any, correlation_id: Any) -> None:
+    def __call__(self, _comm: object, _body: object, _sender: object, subject: object, correlation_id: object) -> None:
         if subject != WORKERS_SUBJECT or correlation_id is None:
             return
         answer = functools.partial(
@@ -94,6 +103,6 @@ class WorkersAnswer:
         run_on(self.loop, answer).add_done_callback(_log_failure)
 
 
-def _log_failure(fut: concurrent.futures.Future[Any]) -> None:
+def _log_failure(fut: concurrent.futures.Future[bool]) -> None:
     if not fut.cancelled() and fut.exception() is not None:
         LOGGER.warning("could not answer a workers request: %s", fut.exception())

@@ -17,25 +17,23 @@ import contextvars
 import logging
 import threading
 import weakref
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .records import Recorded
+from collections.abc import Callable
 
 __all__ = ["ProcessLogHandler", "install", "running", "uninstall"]
 
 #: A weak reference: contexts outlive the run (a timer or task started in it keeps a copy), the process must not
 #: (tests/test_records_in_flight.py checks that an ended process is let go).
-_RUNNING: contextvars.ContextVar[weakref.ref[Recorded] | None] = contextvars.ContextVar(
+_RUNNING: contextvars.ContextVar[weakref.WeakMethod[Callable[[str, str], None]] | None] = contextvars.ContextVar(
     "process_comms_running", default=None
 )
 #: Loggers whose lines never go to a record from here (the library's, and the process's own ``logger``).
 _OWN_PREFIX = "process_comms."
 
 
-def running(process: Recorded) -> None:
-    """Mark the current context (a process's run task) as running ``process``."""
-    _RUNNING.set(weakref.ref(process))
+def running(add_line: Callable[[str, str], None]) -> None:
+    """Mark the current context (a process's run task) as running the process whose ``add_line(level, text)``
+    (a bound method: held weakly) keeps its record's log lines."""
+    _RUNNING.set(weakref.WeakMethod(add_line))
 
 
 class ProcessLogHandler(logging.Handler):
@@ -46,11 +44,11 @@ class ProcessLogHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         ref = _RUNNING.get()
-        process = None if ref is None else ref()
-        if process is None or record.name.startswith(_OWN_PREFIX) or record.name == "process_comms":
+        add_line = None if ref is None else ref()
+        if add_line is None or record.name.startswith(_OWN_PREFIX) or record.name == "process_comms":
             return
         try:
-            process._add_log_line(record.levelname, record.getMessage())
+            add_line(record.levelname, record.getMessage())
         except Exception:  # noqa: BLE001 - a bad format string is logging's to report, as for any handler
             self.handleError(record)
 

@@ -24,19 +24,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple, cast
 
 from ..errors import DuplicatePid, RemoteError
 from ..transports.base import host_info
 from ..wire.messages import RECORD_TASK_ID_KEY, TERMINAL_STATES, Pid, is_kill_request
+from ._claims import in_executor
 from ._state import KilledError
-from ._tasking import _TaskExtras
+from ._tasking import TaskContext
+from .persistence import Persister
+from .process import Process
 
-if TYPE_CHECKING:
-    from .launcher import ProcessLauncher
-    from .process import Process
-
-__all__ = ["KILLED_BEFORE_RUN", "PidUse", "answer_from_record", "refuse", "vet_pid"]
+__all__ = ["KILLED_BEFORE_RUN", "PidUse", "Pids", "answer_from_record", "refuse"]
 
 LOGGER = logging.getLogger("process_comms.worker.launcher")  # the worker's log lines keep their logger name
 
@@ -49,17 +49,17 @@ class PidUse(NamedTuple):
     or its record)."""
 
     again: bool
-    record: dict[str, Any] | None = None
+    record: dict[str, object] | None = None
     proc: Process | None = None
 
 
 _NEW = PidUse(False)
 
 
-def _same_task(task_id: Any, extras: _TaskExtras) -> bool:
-    if isinstance(task_id, str) and extras.task_id is not None:
-        return task_id == extras.task_id
-    return extras.redelivered
+def _same_task(task_id: object, context: TaskContext) -> bool:
+    if isinstance(task_id, str) and context.task_id is not None:
+        return task_id == context.task_id
+    return context.redelivered
 
 
 def refuse(pid: Pid, what: str) -> DuplicatePid:
@@ -70,85 +70,90 @@ def refuse(pid: Pid, what: str) -> DuplicatePid:
     )
 
 
-async def _call(fn: Any, *args: Any) -> Any:
-    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+class Pids:
+    """Vets the pids that launches and creates name (``held``: the launcher's processes, live or ending)."""
 
+    def __init__(self, store: Persister | None, keeps: bool, held: Callable[[Pid], Process | None]) -> None:
+        self.store = store
+        self.keeps = keeps
+        self.held = held
+        #: pids whose launch is between its check and its start here
+        self.launching: set[str] = set()
 
-async def vet_pid(launcher: ProcessLauncher, pid: Pid, extras: _TaskExtras, cls: type, inputs: Any) -> PidUse:
-    """Whether a launch (or create) of ``pid`` by the task ``extras`` describes may run: a new pid, or the
-    same task again; raises DuplicatePid for a used pid, KilledError for one killed before it ran."""
-    held = launcher.held(pid)
-    if held is not None:
-        if _same_task(held._task_id, extras):
-            return PidUse(True, None, held)
-        raise refuse(pid, f"{held.state.value} on this worker")
-    key = str(pid)
-    if key in launcher._launching:  # another launch of it is between this check and its start here
-        raise refuse(pid, "being launched on this worker")
-    task = asyncio.current_task()  # the launch's own task: held() answers for the pid once it started
-    if task is not None:
-        launcher._launching.add(key)
-        task.add_done_callback(lambda _: launcher._launching.discard(key))
-    store = launcher.persister
-    if store is None:  # a worker without a store keeps nothing of ended processes: nothing to check
+    async def vet(self, pid: Pid, context: TaskContext, cls: type, inputs: object) -> PidUse:
+        """Whether a launch (or create) of ``pid`` by the task ``context`` describes may run: a new pid, or the
+        same task again; raises DuplicatePid for a used pid, KilledError for one killed before it ran."""
+        held = self.held(pid)
+        if held is not None:
+            if _same_task(held.task_id, context):
+                return PidUse(True, None, held)
+            raise refuse(pid, f"{held.state.value} on this worker")
+        key = str(pid)
+        if key in self.launching:  # another launch of it is between this check and its start here
+            raise refuse(pid, "being launched on this worker")
+        task = asyncio.current_task()  # the launch's own task: held() answers for the pid once it started
+        if task is not None:
+            self.launching.add(key)
+            task.add_done_callback(lambda _: self.launching.discard(key))
+        store = self.store
+        if store is None:  # a worker without a store keeps nothing of ended processes: nothing to check
+            return _NEW
+        keeps = self.keeps
+
+        def traces() -> tuple[
+            dict[str, object] | None, bool
+        ]:  # one thread hop for both reads: launches with a pid pay it
+            record = store.load_record(pid) if keeps else None
+            return record, record is None and bool(store.get_process_checkpoints(pid))
+
+        record, checkpointed = await in_executor(traces)
+        if isinstance(record, dict):
+            if is_kill_request(record):
+                await self._drop_killed(store, pid, record, cls, inputs, context.task_id)
+            if not _same_task(record.get(RECORD_TASK_ID_KEY), context):
+                raise refuse(pid, f"its record says {record.get('state_name') or 'nothing'}")
+            if record.get("state_name") == "killed":  # an orphan killed after its worker died: never run again
+                raise KilledError(str(record.get("status") or "killed"))
+            return PidUse(True, record)
+        if checkpointed:
+            if context.redelivered:
+                return PidUse(True)
+            raise refuse(pid, "it has a checkpoint")
         return _NEW
-    keeps = launcher.records is not None
 
-    def traces() -> tuple[Any, bool]:  # one thread hop for both reads: launches with a pid pay it
-        record = store.load_record(pid) if keeps else None
-        return record, record is None and bool(store.get_process_checkpoints(pid))
-
-    record, checkpointed = await _call(traces)
-    if isinstance(record, dict):
-        if is_kill_request(record):
-            await _drop_killed(launcher, pid, record, cls, inputs, extras.task_id)
-        if not _same_task(record.get(RECORD_TASK_ID_KEY), extras):
-            raise refuse(pid, f"its record says {record.get('state_name') or 'nothing'}")
-        if record.get("state_name") == "killed":  # an orphan killed after its worker died: never run again
-            raise KilledError(str(record.get("status") or "killed"))
-        return PidUse(True, record)
-    if checkpointed:
-        if extras.redelivered:
-            return PidUse(True)
-        raise refuse(pid, "it has a checkpoint")
-    return _NEW
-
-
-async def _drop_killed(
-    launcher: ProcessLauncher, pid: Pid, request: dict[str, Any], cls: type, inputs: Any, task_id: str | None
-) -> None:
-    """Record the process of a kill request as killed before it ran (with the task's class and inputs), and
-    raise KilledError: its task is dropped."""
-    now = time.time()
-    text = str(request.get("status") or KILLED_BEFORE_RUN)
-    history = [h for h in request.get("history") or () if isinstance(h, dict)]
-    record = {
-        "pid": pid,
-        "class": f"{cls.__module__}:{cls.__qualname__}",
-        "inputs": inputs if isinstance(inputs, dict) else {},
-        "state_name": "killed",
-        "paused": False,
-        "status": text,
-        "progress": {},
-        "outputs": None,
-        "exception": None,
-        "history": [*history, {"event": "killed", "time": now, "message": f"its task was dropped: {text}"}],
-        "host": host_info(),
-        "persisted": False,
-        "ctime": request.get("ctime") or now,
-        "mtime": now,
-        RECORD_TASK_ID_KEY: task_id,
-    }
-    store = launcher.persister
-    delete = getattr(store, "delete_records", None)
-    if delete is not None:  # a store keeps a pid's first inputs: the request's empty ones would stay
-        await _call(delete, [pid])
-    await _call(store.save_records, [record])
-    LOGGER.info("task of process %s dropped: a kill was requested before it ran (%s)", pid, text)
-    raise KilledError(text)
+    @staticmethod
+    async def _drop_killed(
+        store: Persister, pid: Pid, request: dict[str, object], cls: type, inputs: object, task_id: str | None
+    ) -> None:
+        """Record the process of a kill request as killed before it ran (with the task's class and inputs), and
+        raise KilledError: its task is dropped."""
+        now = time.time()
+        text = str(request.get("status") or KILLED_BEFORE_RUN)
+        history = [h for h in cast("list[object]", request.get("history") or ()) if isinstance(h, dict)]
+        record = {
+            "pid": pid,
+            "class": f"{cls.__module__}:{cls.__qualname__}",
+            "inputs": inputs if isinstance(inputs, dict) else {},
+            "state_name": "killed",
+            "paused": False,
+            "status": text,
+            "progress": {},
+            "outputs": None,
+            "exception": None,
+            "history": [*history, {"event": "killed", "time": now, "message": f"its task was dropped: {text}"}],
+            "host": host_info(),
+            "persisted": False,
+            "ctime": request.get("ctime") or now,
+            "mtime": now,
+            RECORD_TASK_ID_KEY: task_id,
+        }
+        await in_executor(store.delete_records, [pid])  # a store keeps a pid's first inputs: the request's would stay
+        await in_executor(store.save_records, [record])
+        LOGGER.info("task of process %s dropped: a kill was requested before it ran (%s)", pid, text)
+        raise KilledError(text)
 
 
-def answer_from_record(pid: Pid, record: dict[str, Any]) -> dict[str, Any] | None:
+def answer_from_record(pid: Pid, record: dict[str, object]) -> dict[str, object] | None:
     """What the first run of a task answered, from its record if it ended (its outputs, or the error it
     raised); None if it had not ended (its worker died while it ran)."""
     state = record.get("state_name")
@@ -157,8 +162,9 @@ def answer_from_record(pid: Pid, record: dict[str, Any]) -> dict[str, Any] | Non
     if state == "killed":
         raise KilledError(str(record.get("status") or "killed"))
     if state == "excepted":
-        info: dict[str, Any] = record["exception"] if isinstance(record.get("exception"), dict) else {}
+        exception = record.get("exception")
+        info: dict[str, object] = exception if isinstance(exception, dict) else {}
         message = str(info.get("message") or f"process {pid} excepted")
-        raise RemoteError(message, info.get("type"), info.get("traceback"))
+        raise RemoteError(message, cast("str | None", info.get("type")), cast("str | None", info.get("traceback")))
     outputs = record.get("outputs")
     return dict(outputs) if isinstance(outputs, dict) else {}

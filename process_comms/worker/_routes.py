@@ -12,26 +12,36 @@ that holds the route, so a new run of a pid (a launch that reuses it) takes the 
 ended one instead of failing with ``DuplicateSubscriber``, and a route being removed is waited for
 first. Once removed, the communicator keeps the subscriber a while for requests routed before the
 unbind (``transports/base.py``, ``RETIRED_RPC_SECONDS``): they get the last run's answer.
+
+:class:`Broadcasts` is the other way a process is reached: ``play``/``pause``/``kill`` broadcasts, subscribed
+once per communicator and handed to every live process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+import logging
+from collections.abc import Callable
+from typing import Protocol
 
 from .. import defaults
-from ..transports.base import AsyncCommunicator
-from ..transports.loop import post, run_on
-from ..wire.messages import Pid
-from .process import EndedRun
+from ..transports.base import InvalidTask
+from ..transports.loop import post
+from ..wire.messages import ANSWER_PREFIX, MESSAGE_TEXT_KEY, Intent, Pid, wire_text
+from ._link import CommLink
+from .process import EndedRun, Process, RecordSink
 
-if TYPE_CHECKING:
-    from .process import Process
-    from .records import RecordWriter
+__all__ = ["Broadcasts", "Routes"]
 
-__all__ = ["RoutesMixin"]
+LOGGER = logging.getLogger("process_comms.worker.launcher")
+
+
+class WhenWritten(RecordSink, Protocol):
+    """A record sink that says when a process's record is written (records.py's ``RecordWriter``)."""
+
+    def when_written(self, proc: Process, callback: Callable[[], None]) -> None: ...
 
 
 class _Route:
@@ -43,19 +53,21 @@ class _Route:
     def __init__(self, proc: Process) -> None:
         self.proc: Process | EndedRun = proc
 
-    def __call__(self, comm: Any, msg: Any) -> Any:
-        return self.proc._on_rpc(comm, msg)
+    def __call__(self, comm: object, msg: object) -> object:
+        return self.proc.handle_rpc(comm, msg)
 
 
-class RoutesMixin:
-    """Binds, holds and removes the RPC routes of a launcher's processes (all on the launcher's loop)."""
+class Routes:
+    """Binds, holds and removes the RPC routes of a launcher's processes (all on the launcher's loop).
 
-    loop: asyncio.AbstractEventLoop
-    records: RecordWriter | None
-    _processes: dict[str, Process]
-    _on_comm_loop: Callable[..., Awaitable[Any]]
+    ``processes`` is the launcher's own map of its live processes (by ``str(pid)``), shared, not copied."""
 
-    def _init_routes(self) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, records: WhenWritten | None, processes: dict[str, Process]
+    ) -> None:
+        self.loop = loop
+        self.records = records
+        self._processes = processes
         #: Ended processes whose last record write, or the removal of their route after it, is in flight.
         self._ending: dict[str, Process] = {}
         #: Routes being removed, by key: resolved once unroutable (a new run of the pid waits for it).
@@ -63,7 +75,7 @@ class RoutesMixin:
         #: The bound routes, by key.
         self._routes: dict[str, _Route] = {}
 
-    def held(self, pid: Pid) -> Process | None:
+    def held(self, pid: object) -> Process | None:
         """The process of ``pid`` if this launcher holds it: live, or ended with its last record write (or
         the removal of its route after it) in flight, so who asks about it is answered by the process."""
         key = str(pid)
@@ -74,9 +86,10 @@ class RoutesMixin:
         """The ended processes still held (their record or their route's removal in flight), by ``str(pid)``."""
         return dict(self._ending)
 
-    async def _bind_route(self, proc: Process, core: AsyncCommunicator, comm_loop: asyncio.AbstractEventLoop) -> None:
-        """Bind the route of ``proc``'s pid, or take it over from an ended run still held. The caller puts
-        ``proc`` in ``_processes`` before its next await, so the held run does not remove the route."""
+    async def bind(self, proc: Process, link: CommLink) -> None:
+        """Bind the route of ``proc``'s pid, or take it over from an ended run still held (its runtime's
+        ``route_gone`` is resolved once the route is gone). The caller puts ``proc`` in the processes before
+        its next await, so the held run does not remove the route."""
         key = str(proc.pid)
         while (unbinding := self._unbinding.get(key)) is not None:
             # bounded: an unbind stuck on a lost connection leaves the old subscriber, and the add below
@@ -84,40 +97,36 @@ class RoutesMixin:
             if not (await asyncio.wait({unbinding}, timeout=defaults.RPC_TIMEOUT))[0]:
                 break
         route = self._routes.get(key)
-        proc._route_gone = self.loop.create_future()
         if route is not None and key in self._ending and key not in self._processes:
             route.proc = proc
             return
         route = _Route(proc)
-        await self._on_comm_loop(comm_loop, core.add_rpc_subscriber, route, key)  # DuplicateSubscriber if live
+        await link.call(link.core.add_rpc_subscriber, route, key)  # DuplicateSubscriber if live
         self._routes[key] = route
 
-    def _let_go_route(
-        self, proc: Process, core: AsyncCommunicator | None, comm_loop: asyncio.AbstractEventLoop | None
-    ) -> None:
+    def let_go(self, proc: Process, link: CommLink) -> None:
         """``proc`` has ended or been suspended: remove its route, after its record is written if it ended."""
         key = str(proc.pid)
-        if core is None or comm_loop is None:
-            return
         if proc.state.terminal and self.records is not None:
             self._ending[key] = proc
-            self.records.when_written(proc, functools.partial(self._after_record, proc, core, comm_loop))
+            self.records.when_written(proc, functools.partial(self._after_record, proc, link))
         elif key not in self._processes:
-            self._unbind(proc, core, comm_loop)
+            self._unbind(proc, link)
 
-    def _after_record(self, proc: Process, core: AsyncCommunicator, comm_loop: asyncio.AbstractEventLoop) -> None:
+    def _after_record(self, proc: Process, link: CommLink) -> None:
         key = str(proc.pid)
         if key in self._processes:  # a new run of this pid took the route over
             if self._ending.get(key) is proc:
                 del self._ending[key]
             return
-        self._unbind(proc, core, comm_loop)
+        self._unbind(proc, link)
 
-    def _unbind(self, proc: Process, core: AsyncCommunicator, comm_loop: asyncio.AbstractEventLoop) -> None:
+    def _unbind(self, proc: Process, link: CommLink) -> None:
         key = str(proc.pid)
         unbound = self.loop.create_future()
         self._unbinding[key] = unbound
         route = self._routes.get(key)
+        gone = proc.runtime.route_gone if proc.runtime is not None else None
 
         def done() -> None:
             if self._unbinding.get(key) is unbound:
@@ -129,10 +138,63 @@ class RoutesMixin:
             if route is not None and route.proc is proc and proc.state.terminal:
                 route.proc = EndedRun(proc)  # what a request routed before the unbind is answered with
             unbound.set_result(None)
-            if proc._route_gone is not None and not proc._route_gone.done():
-                proc._route_gone.set_result(None)
+            if gone is not None and not gone.done():
+                gone.set_result(None)
 
-        def settled(_: Any) -> None:
-            post(self.loop, done)  # not posted once the loop is gone: the launcher is closed
+        async def remove() -> None:
+            try:
+                await link.core.remove_rpc_subscriber(key)
+            except Exception:  # noqa: BLE001 - on a lost connection the route went with it
+                pass
+            finally:
+                post(self.loop, done)  # not posted once the loop is gone: the launcher is closed
 
-        run_on(comm_loop, core.remove_rpc_subscriber, key).add_done_callback(settled)
+        link.send(remove)
+
+
+# -- broadcasts: play/pause/kill to every live process --------------------------------------------------
+class Broadcasts:
+    """Subscribes a launcher to broadcasts once per communicator and hands them to its live processes
+    (``processes``: the launcher's own map, shared)."""
+
+    def __init__(self, processes: dict[str, Process]) -> None:
+        self._processes = processes
+        self._ids: dict[int, object] = {}
+
+    async def ensure(self, link: CommLink) -> None:
+        """Subscribe to ``link``'s communicator's broadcasts (once for each communicator)."""
+        if id(link.core) in self._ids:
+            return
+        self._ids[id(link.core)] = None
+
+        def on_broadcast(_comm: object, body: object, _sender: object, subject: object, correlation_id: object) -> None:
+            self.deliver(link, body, subject, correlation_id)
+
+        self._ids[id(link.core)] = await link.call(link.core.add_broadcast_subscriber, on_broadcast)
+
+    def deliver(self, link: CommLink, body: object, subject: object, cid: object) -> None:
+        """``play``/``pause``/``kill`` broadcasts reach every live process (``force_kill`` is ignored, as in plumpy).
+
+        With a correlation id, each process answers with an ``intent_result.<intent>`` broadcast (sender = its
+        pid, body = its result), so a controller can tell which processes acted (plumpy processes do not).
+        """
+        if subject not in (Intent.PLAY, Intent.PAUSE, Intent.KILL):
+            return
+        text = body.get(MESSAGE_TEXT_KEY) if isinstance(body, dict) and subject != Intent.PLAY else None
+        try:  # the text becomes each process's status, saved by every checkpoint: a str or None only
+            text = wire_text(text, f"text of a {subject} broadcast")
+        except InvalidTask as exc:
+            LOGGER.warning("dropped a %s broadcast: %s", subject, exc)
+            return
+        for proc in list(self._processes.values()):
+            fut = proc.handle_intent(str(subject), text, False)
+            if cid is not None:
+                fut.add_done_callback(functools.partial(_answer, link, proc.pid, str(subject), cid))
+
+
+def _answer(link: CommLink, pid: Pid, subject: str, cid: object, fut: concurrent.futures.Future[bool]) -> None:
+    result = False if fut.cancelled() or fut.exception() is not None else fut.result()
+    answer = functools.partial(
+        link.core.broadcast_send, result, sender=pid, subject=f"{ANSWER_PREFIX}{subject}", correlation_id=cid
+    )
+    link.send(answer)

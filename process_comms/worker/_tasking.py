@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
-import contextvars
 import logging
 import uuid
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import NamedTuple
 
-from ..transports.base import CURRENT_DELIVERY, AsyncCommunicator, Delivery
+from ..transports.base import Delivery
 from ..wire.launch_options import LaunchOptions
+from ..wire.messages import Pid
+from ._link import CommLink
+from .process import Process
 
-if TYPE_CHECKING:
-    from .process import Process
-
-__all__ = ["LAUNCH_PID_NAMESPACE", "_EXTRAS", "_TaskExtras", "_log_end", "_release", "hold_for", "task_identity"]
+__all__ = ["LAUNCH_PID_NAMESPACE", "TaskContext", "hold_for", "log_end", "release", "task_identity"]
 
 LOGGER = logging.getLogger("process_comms.worker.launcher")  # the worker's log lines keep their logger name
 
@@ -23,35 +21,39 @@ LOGGER = logging.getLogger("process_comms.worker.launcher")  # the worker's log 
 LAUNCH_PID_NAMESPACE = uuid.UUID("6f1c2a4e-3b5d-4c2a-9e1f-0d7b8a9c6e21")
 
 
-class _TaskExtras(NamedTuple):
-    """What a hook needs beyond plumpy's arguments: the async core, its loop, the task's hold, and who the
-    task is (its correlation id, and whether the broker delivered it before: worker/_pids.py)."""
+class TaskContext(NamedTuple):
+    """What a handler needs beyond plumpy's arguments: the link to the communicator the task came from, the
+    task's hold (its ack waits for it), and who the task is (its correlation id, and whether the broker
+    delivered it before: worker/_pids.py)."""
 
-    core: AsyncCommunicator | None
-    comm_loop: asyncio.AbstractEventLoop | None
-    hold: concurrent.futures.Future[Any] | None
+    link: CommLink | None
+    hold: concurrent.futures.Future[None] | None
     task_id: str | None = None
     redelivered: bool = False
     #: Our options of a launch or create (label, time limit), read beside plumpy's args (wire/launch_options.py).
     options: LaunchOptions = LaunchOptions()
 
+    def fresh(self, pid: Pid) -> bool:
+        """True for the pid a persisted launch derived from its task at its first delivery: new by construction."""
+        return (
+            not self.redelivered and self.task_id is not None and pid == uuid.uuid5(LAUNCH_PID_NAMESPACE, self.task_id)
+        )
 
-#: The extras of the task whose hook runs in this context (set by ``ProcessLauncher._hook``).
-_EXTRAS: contextvars.ContextVar[_TaskExtras | None] = contextvars.ContextVar("_EXTRAS", default=None)
 
-
-def _release(hold: concurrent.futures.Future[Any] | None) -> None:
+def release(hold: concurrent.futures.Future[None] | None) -> None:
+    """Let the task of ``hold`` be acked (its process ended, or its launch failed)."""
     if hold is not None and not hold.done():
         hold.set_result(None)
 
 
-def hold_for(wanted: bool) -> concurrent.futures.Future[Any] | None:
-    """For a persisted process answered at once (nowait): keep its task until the process ends."""
-    delivery = CURRENT_DELIVERY.get()
+def hold_for(delivery: Delivery | None, wanted: bool) -> concurrent.futures.Future[None] | None:
+    """For a persisted process answered at once (nowait): keep its task until the process ends. The hold is
+    handed to the transport on ``delivery`` (it acks the task once the hold completes) and returned."""
     if not wanted or delivery is None:
         return None
-    delivery.hold = concurrent.futures.Future()
-    return delivery.hold
+    hold: concurrent.futures.Future[None] = concurrent.futures.Future()
+    delivery.hold = hold
+    return hold
 
 
 def task_identity(delivery: Delivery | None) -> tuple[str | None, bool]:
@@ -59,10 +61,10 @@ def task_identity(delivery: Delivery | None) -> tuple[str | None, bool]:
     return (None, False) if delivery is None else (delivery.correlation_id, delivery.redelivered)
 
 
-def _log_end(proc: Process, seconds: float) -> None:
+def log_end(proc: Process, seconds: float) -> None:
     """The worker's INFO line for a process that ended here (an exception with its traceback)."""
     state = proc.state.value if proc.state.terminal else f"{proc.state.value}, handed back"
-    info = proc._exception_info if proc.state.value == "excepted" else None
+    info = proc.exception_info if proc.state.value == "excepted" else None
     if info is not None:  # the frames under the one-line error (no "Traceback" header: that marks a worker crash)
         frames = str(info.get("traceback") or "").rstrip().splitlines()[1:-1]
         error = f"{info.get('type')}: {info.get('message')}"

@@ -17,35 +17,54 @@ blocking the process's loop.
 from __future__ import annotations
 
 import asyncio
+import collections
+import concurrent.futures
 import contextvars
 import functools
 import inspect
 import logging
+import threading
 import time
 import traceback
 import uuid
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
 
 from .. import defaults
 from ..errors import PersistenceError, ProcessLost, RemoteError
 from ..transports.base import AsyncCommunicator, host_info
-from ..transports.loop import run_on, spawn_on
+from ..transports.loop import run_on
 from ..wire.launch_options import time_limit_reason
 from ..wire.loaders import ObjectLoader
-from ..wire.messages import FORCE_KILL_KEY, INTENT_KEY, MESSAGE_TEXT_KEY, RELEASE_KEY, Intent, Pid, wire_bool, wire_text
+from ..wire.messages import (
+    FORCE_KILL_KEY,
+    INTENT_KEY,
+    MESSAGE_TEXT_KEY,
+    RECORD_TASK_ID_KEY,
+    RELEASE_KEY,
+    Intent,
+    Pid,
+    wire_bool,
+    wire_text,
+)
 from ..wire.status import LOST_TYPE, status_of_record
 from . import _module_logs
-from ._bundle import bundle_of, restore
-from ._state import KilledError, ProcessState, Suspended
+from ._link import CommLink
+from ._state import KilledError, ProcessState, Suspended, add_history, bundle_of, restore
 from .persistence._records import safe_value
-from .records import Recorded
 
-__all__ = ["Process", "ProcessState", "KilledError", "Suspended"]  # the last three re-exported from ._state
+__all__ = ["Process", "ProcessState", "KilledError", "Recorded", "Runtime", "Suspended"]  # 3 from ._state
 
 LOGGER = logging.getLogger(__name__)
 
+#: Log lines a record keeps (the newest; the count of dropped ones is kept too).
+MAX_LOG_LINES = 1000
+#: Longest log line kept, in characters.
+MAX_LOG_CHARS = 2000
 
-def rpc_intent(msg: Any) -> str:
+
+def rpc_intent(msg: object) -> str:
     """The intent of a process RPC, after every check of it: the one home of the rules for a process's
     messages (a live process and an ended run's :class:`EndedRun` answer the same messages alike).
 
@@ -66,6 +85,202 @@ def rpc_intent(msg: Any) -> str:
     return str(intent)
 
 
+class RecordSink(Protocol):
+    """Where a process's record changes go (records.py's ``RecordWriter``)."""
+
+    def touch(self, proc: Recorded, urgent: bool = False) -> None: ...
+
+    async def flush(self) -> None: ...
+
+
+class Checkpointer(Protocol):
+    """What a process needs of its persister: saving its checkpoint (persistence/_base.py)."""
+
+    def save_checkpoint(self, process: Process, tag: str | None = None) -> None: ...
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What a process runs with, given to it as one object when it is attached (:meth:`Process.attach`):
+    the loop it runs on, the link to the communicator that controls it, its persister, where its record goes,
+    who holds it (``(worker id, liveness token)``, named in its record), and the future its launcher resolves
+    once its route is gone (worker/_routes.py)."""
+
+    loop: asyncio.AbstractEventLoop
+    link: CommLink | None = None
+    persister: Checkpointer | None = None
+    recorder: RecordSink | None = None
+    holder: tuple[str | None, str | None] = (None, None)
+    route_gone: asyncio.Future[None] | None = None
+
+
+class _RecordingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """The process's ``logger``: logs as usual and keeps lines of INFO and above in the process's record."""
+
+    def __init__(self, logger: logging.Logger, add_line: Callable[[str, str], None]) -> None:
+        super().__init__(logger, {})
+        self._add_line = add_line
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if level >= logging.INFO:
+            try:
+                text = str(msg) % args if args else str(msg)
+            except (TypeError, ValueError):
+                text = f"{msg} {args}"
+            self._add_line(logging.getLevelName(level), text)
+        super().log(level, msg, *args, **kwargs)
+
+
+class Recorded:
+    """What a :class:`Process` keeps for its record: its history, log lines and exception (the first half of a
+    process; records.py writes it)."""
+
+    pid: Pid
+    ctime: float
+    inputs: dict[str, Any]  # what authors read: their own values
+    paused: bool
+    status: str | None
+    progress: dict[str, Any]
+    outputs: dict[str, Any] | None
+    persister: Checkpointer | None
+    state: ProcessState
+    label: str | None
+    time_limit: float | None
+    deadline: float | None
+
+    def _init_record(self) -> None:
+        self._history: list[dict[str, object]] = [{"event": "created", "time": self.ctime}]
+        #: made with the first line: an empty bounded deque is 0.6 kB, and most processes log nothing
+        self._log_lines: collections.deque[dict[str, object]] | None = None
+        self._log_dropped = 0
+        self._log_lock = threading.Lock()
+        self._exception_info: dict[str, object] | None = None
+        self._recorder: RecordSink | None = None
+        self._logger: _RecordingLogger | None = None
+        #: The correlation id of the task that launched this pid: its redelivery is no new launch (_pids.py).
+        self._task_id: str | None = None
+        #: ``(worker id, liveness token)`` of the worker that runs this process (set by its launcher): the
+        #: fleet marks the record lost once that token is gone (records_service.py, ``sweep_lost``)
+        self._holder: tuple[str | None, str | None] = (None, None)
+
+    # -- what authors call ------------------------------------------------------------------------------
+    def report(self, text: str) -> None:
+        """Add a line to this process's log (``process-comms report PID`` shows it); safe from any thread."""
+        self._add_log_line("REPORT", str(text))
+
+    @property
+    def logger(self) -> logging.LoggerAdapter:  # type: ignore[type-arg]
+        """A logger for this process: its INFO-and-above lines also go to the process's record."""
+        if self._logger is None:
+            name = f"process_comms.processes.{type(self).__module__}.{type(self).__qualname__}"
+            self._logger = _RecordingLogger(logging.getLogger(name), self._add_log_line)
+        return self._logger
+
+    # -- what the runtime calls ----------------------------------------------------------------------------
+    def _lines(self) -> collections.deque[dict[str, object]]:
+        """The log lines, made on first use (under ``_log_lock``)."""
+        if self._log_lines is None:
+            self._log_lines = collections.deque(maxlen=MAX_LOG_LINES)
+        return self._log_lines
+
+    def _add_log_line(self, level: str, text: str) -> None:
+        line = {"time": time.time(), "level": level, "text": text[:MAX_LOG_CHARS]}
+        with self._log_lock:
+            lines = self._lines()
+            if len(lines) == lines.maxlen:
+                self._log_dropped += 1
+            lines.append(line)
+        self._touch_record()
+
+    def _note(self, event: str, message: str | None = None, urgent: bool = False) -> None:
+        """Add ``event`` (a state name, ``paused``, ``played``...) to the history, with its time and message."""
+        entry: dict[str, object] = {"event": event, "time": time.time()}
+        if message is not None:
+            entry["message"] = message
+        self._history = add_history(self._history, entry)
+        self._touch_record(urgent)
+
+    def _touch_record(self, urgent: bool = False) -> None:
+        if self._recorder is not None:
+            self._recorder.touch(self, urgent)
+
+    async def _flush_record(self) -> None:
+        if self._recorder is not None:
+            await self._recorder.flush()
+
+    @property
+    def exception_info(self) -> dict[str, object] | None:
+        """The exception it ended with (type, message, traceback) as its record keeps it, else None."""
+        return self._exception_info
+
+    @property
+    def task_id(self) -> str | None:
+        """The correlation id of the task that launched this pid: its redelivery is no new launch (_pids.py)."""
+        return self._task_id
+
+    def restore_record(self, old: dict[str, object] | None, task_id: str | None = None) -> None:
+        """Continue the history and log of an earlier record of this pid (a continued process); ``task_id``
+        names the task that launches it now."""
+        if task_id is not None:
+            self._task_id = task_id
+        if not isinstance(old, dict):
+            return
+        history = [h for h in cast("list[object]", old.get("history") or ()) if isinstance(h, dict)]
+        if history:
+            self._history = add_history(history, {"event": "continued", "time": time.time()})
+        lines = old.get("log")
+        if isinstance(lines, list):
+            with self._log_lock:
+                kept = self._lines()
+                for line in reversed(lines[-MAX_LOG_LINES:]):
+                    if len(kept) < MAX_LOG_LINES:
+                        kept.appendleft(line)
+                self._log_dropped += int(cast("int", old.get("log_dropped") or 0))
+        exception = old.get("exception")
+        if isinstance(exception, dict) and self._exception_info is None:
+            self._exception_info = exception
+        old_task, deadline = old.get(RECORD_TASK_ID_KEY), old.get("deadline")
+        if self._task_id is None and isinstance(old_task, str):
+            self._task_id = old_task
+        if isinstance(deadline, (int, float)):  # the same launch again: its deadline holds
+            self.label, self.time_limit = (
+                cast("str | None", old.get("label")),
+                cast("float | None", old.get("time_limit")),
+            )
+            self.deadline = deadline
+
+    def record(self) -> dict[str, object]:
+        """This process's record now: a JSON-safe dict (values JSON cannot hold are stored as their repr)."""
+        proc: Process = self  # type: ignore[assignment]
+        with self._log_lock:
+            lines, dropped = list(self._log_lines or ()), self._log_dropped
+        return {
+            "pid": proc.pid,
+            "class": f"{type(proc).__module__}:{type(proc).__qualname__}",
+            "inputs": proc.inputs,
+            "state_name": proc.state.value,
+            "paused": proc.paused,
+            "status": proc.status,
+            "progress": dict(proc.progress),
+            "outputs": proc.outputs,
+            "exception": self._exception_info,
+            "history": list(self._history),
+            "worker": self._holder[0],
+            "token": self._holder[1],
+            "log": lines,
+            "log_dropped": dropped,
+            "host": host_info(),
+            "persisted": proc.persister is not None,
+            "ctime": proc.ctime,
+            # an ended process's record has one mtime, its end: the same answer from it and from the store
+            "mtime": self._history[-1]["time"] if proc.state.terminal else time.time(),
+            RECORD_TASK_ID_KEY: self._task_id,
+            "label": proc.label,
+            "time_limit": proc.time_limit,
+            "deadline": proc.deadline,
+        }
+
+
 class EndedRun:
     """What a process's route answers once the process has ended and its route is gone: the requests
     routed before the unbind (``transports/base.py``, ``RETIRED_RPC_SECONDS``) get the answers the
@@ -80,7 +295,8 @@ class EndedRun:
         self._status = proc.status_info()
         self._killed = proc.state is ProcessState.KILLED
 
-    def _on_rpc(self, _comm: Any, msg: Any) -> Any:
+    def handle_rpc(self, _comm: object, msg: object) -> object:
+        """Answer a process RPC as the process did when it ended."""
         # as Process: status as it ended; play True, pause (and release) False, kill True if it was killed
         intent = rpc_intent(msg)
         if intent == Intent.STATUS:
@@ -99,7 +315,7 @@ class Process(Recorded):
     add lines to its log there.
     """
 
-    def __init__(self, inputs: dict[str, Any] | None = None, pid: Pid | None = None, **kwargs: Any) -> None:
+    def __init__(self, inputs: dict[str, Any] | None = None, pid: Pid | None = None, **kwargs: object) -> None:
         """Create a process with ``inputs`` (available as ``self.inputs``) and an optional ``pid``."""
         if kwargs:
             raise TypeError(f"{type(self).__name__}() got unexpected keyword arguments {sorted(kwargs)}")
@@ -116,25 +332,23 @@ class Process(Recorded):
         #: A name to find this process by (``launch_process(label=...)``), kept in its record and checkpoint.
         self.label: str | None = None
         #: Its time limit in seconds and the absolute deadline (epoch seconds) it set: kept in the checkpoint,
-        #: so a worker that continues it keeps the deadline (:meth:`_set_limits`).
+        #: so a worker that continues it keeps the deadline (:meth:`set_limits`).
         self.time_limit: float | None = None
         self.deadline: float | None = None
         self._limit_kill: asyncio.Task[bool] | None = None
-        self.persister: Any = None
-        self._communicator: AsyncCommunicator | None = None
-        self._comm_loop: asyncio.AbstractEventLoop | None = None
+        self.persister: Checkpointer | None = None
+        #: What it runs with, once attached by its launcher (:class:`Runtime`).
+        self.runtime: Runtime | None = None
+        self._link: CommLink | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
-        self._task: asyncio.Task[Any] | None = None
+        self._task: asyncio.Task[None] | None = None
         self._play: asyncio.Event | None = None
         self._kill_requested: str | None = None
         self._suspending = False
         #: Why this process is being abandoned by its worker (:meth:`abandon`), else None.
         self._lost_reason: str | None = None
-        self._done: asyncio.Future[dict[str, Any]] | None = None
-        self._broadcast_id: Any = None
+        self._done: asyncio.Future[dict[str, object]] | None = None
         self._final_broadcast: tuple[ProcessState, ProcessState] | None = None
-        #: Resolved by the launcher once this process's route is gone (worker/_routes.py).
-        self._route_gone: asyncio.Future[None] | None = None
         self._init_record()
 
     # -- what authors override and call -----------------------------------------------------------
@@ -142,7 +356,7 @@ class Process(Recorded):
         """The work: return the outputs dict (or None). May be ``async def``; a plain one runs on a thread."""
         raise NotImplementedError(f"{type(self).__name__} must override run()")
 
-    async def checkpoint(self, **progress: Any) -> None:
+    async def checkpoint(self, **progress: object) -> None:
         """Record progress (JSON-safe values), save it if a persister is set, and honour pause/kill.
 
         A save that fails is logged at ERROR and the process keeps running (its stored checkpoint is the
@@ -160,7 +374,7 @@ class Process(Recorded):
                 )
         await self.pause_point()
 
-    def checkpoint_blocking(self, **progress: Any) -> None:
+    def checkpoint_blocking(self, **progress: object) -> None:
         """:meth:`checkpoint` for a plain (threaded) ``run``: blocks while paused, raises if killed."""
         assert self.loop is not None, "checkpoint_blocking() is for a run() on a worker thread"
         run_on(self.loop, functools.partial(self.checkpoint, **progress)).result()
@@ -184,7 +398,7 @@ class Process(Recorded):
         await self.pause_point()
 
     # -- status and persistence ---------------------------------------------------------------------
-    def status_info(self) -> dict[str, Any]:
+    def status_info(self) -> dict[str, object]:
         """The status dict: plumpy's keys (``ctime``, ``paused``, ``process_string``, ``state``) and more.
 
         Once ended, the status its record gives (outputs or exception included, wire/status.py): who asks
@@ -212,15 +426,17 @@ class Process(Recorded):
     def __repr__(self) -> str:
         return f"<{type(self).__name__} pid={self.pid} state={self.state.value} paused={self.paused}>"
 
-    def save(self, loader: ObjectLoader | None = None) -> dict[str, Any]:
+    def save(self, loader: ObjectLoader | None = None) -> dict[str, object]:
         """The checkpoint: plain, JSON-safe data, never pickle (:func:`._bundle.bundle_of`)."""
         return bundle_of(self, loader)
 
     @classmethod
-    def recreate_from(cls, bundle: dict[str, Any]) -> Process:
+    def recreate_from(cls, bundle: dict[str, object]) -> Process:
         """Rebuild a process from its checkpoint; it runs again from ``self.progress``."""
         proc = cls.__new__(cls)
-        Process.__init__(proc, inputs=bundle.get("inputs"), pid=bundle["pid"])
+        Process.__init__(
+            proc, inputs=cast("dict[str, object] | None", bundle.get("inputs")), pid=cast("Pid | None", bundle["pid"])
+        )
         restore(proc, bundle)
         proc.on_recreated()
         return proc
@@ -230,18 +446,18 @@ class Process(Recorded):
 
     # -- runtime ------------------------------------------------------------------------------------
     def _broadcast_state(self, old: ProcessState | None, new: ProcessState) -> None:
-        comm, loop = self._communicator, self._comm_loop
-        if comm is None or loop is None:
+        link = self._link
+        if link is None:
             return
         subject = f"state_changed.{old.value if old else None}.{new.value}"
 
         async def send() -> None:
             try:
-                await comm.broadcast_send(None, sender=self.pid, subject=subject)
+                await link.core.broadcast_send(None, sender=self.pid, subject=subject)
             except Exception as exc:  # noqa: BLE001 - a lost notification must never fail the process
                 LOGGER.warning("could not broadcast %s for %s: %s", subject, self.pid, exc)
 
-        spawn_on(loop, send)
+        link.send(send)
 
     def _transition(self, new: ProcessState) -> None:
         old, self.state = self.state, new
@@ -252,18 +468,22 @@ class Process(Recorded):
             else:
                 self._broadcast_state(old, new)
 
-    def _on_rpc(self, _comm: Any, msg: Any) -> Any:
+    def handle_rpc(self, _comm: object, msg: object) -> object:
         """RPC entry, called on the communicator's loop: status at once, the rest on the process's loop."""
         intent = rpc_intent(msg)
         if intent == Intent.STATUS:
             return self.status_info()
+        assert isinstance(msg, dict)
         text = None if intent == Intent.PLAY else msg.get(MESSAGE_TEXT_KEY)
         if intent == Intent.PAUSE and wire_bool(msg, RELEASE_KEY, False):
             assert self.loop is not None
             return run_on(self.loop, self.release, text)
-        return self._schedule(intent, text, wire_bool(msg, FORCE_KILL_KEY, False))
+        return self.handle_intent(intent, text, wire_bool(msg, FORCE_KILL_KEY, False))
 
-    def _schedule(self, intent: str, text: Any, force: bool) -> Any:
+    _on_rpc = handle_rpc
+
+    def handle_intent(self, intent: str, text: str | None, force: bool) -> concurrent.futures.Future[bool]:
+        """Play, pause or kill on the process's loop (from any thread): the future of its answer."""
         assert self.loop is not None
         if intent == Intent.PLAY:
             return run_on(self.loop, self.play)
@@ -336,8 +556,9 @@ class Process(Recorded):
             ) from None
         self._note("released", message)
         await self.suspend()
-        if self._route_gone is not None:  # answered once its route is gone: who asks next finds no worker
-            await asyncio.wait({self._route_gone}, timeout=defaults.RPC_TIMEOUT)
+        gone = self.runtime.route_gone if self.runtime is not None else None
+        if gone is not None:  # answered once its route is gone: who asks next finds no worker
+            await asyncio.wait({gone}, timeout=defaults.RPC_TIMEOUT)
         return True
 
     async def suspend(self) -> None:
@@ -387,18 +608,30 @@ class Process(Recorded):
 
     def attach(
         self,
-        loop: asyncio.AbstractEventLoop,
-        communicator: AsyncCommunicator | None,
-        comm_loop: asyncio.AbstractEventLoop | None,
-        persister: Any = None,
+        runtime: Runtime | asyncio.AbstractEventLoop,
+        communicator: AsyncCommunicator | None = None,
+        comm_loop: asyncio.AbstractEventLoop | None = None,
+        persister: Checkpointer | None = None,
     ) -> None:
-        """Bind to the loop it runs on and the communicator that controls it (called by the launcher)."""
-        self.loop = loop
-        self._communicator = communicator
-        self._comm_loop = comm_loop
-        self.persister = persister
+        """Bind to what it runs with (called by the launcher): its loop, communicator, persister, recorder.
 
-    def start(self) -> asyncio.Future[dict[str, Any]]:
+        The older form, ``attach(loop, communicator, comm_loop, persister)``, still binds loop, communicator
+        and persister."""
+        if not isinstance(runtime, Runtime):
+            link = (
+                CommLink(communicator, comm_loop, runtime)
+                if communicator is not None and comm_loop is not None
+                else None
+            )
+            runtime = Runtime(runtime, link, persister)
+        self.runtime = runtime
+        self.loop = runtime.loop
+        self._link = runtime.link
+        self.persister = runtime.persister
+        self._recorder = runtime.recorder
+        self._holder = runtime.holder
+
+    def start(self) -> asyncio.Future[dict[str, object]]:
         """Start running on the current loop; the future resolves to the outputs or fails (killed/excepted)."""
         loop = asyncio.get_running_loop()
         self.loop = loop
@@ -410,14 +643,15 @@ class Process(Recorded):
             self._play.set()
         if self.state.terminal:
             self._settle_terminal()
-            return self._done
-        self._broadcast_state(None, ProcessState.CREATED)
-        self._task = loop.create_task(self._execute(), name=f"process-{self.pid}")
-        self._arm_deadline(loop)
+        else:
+            self._broadcast_state(None, ProcessState.CREATED)
+            self._task = loop.create_task(self._execute(), name=f"process-{self.pid}")
+            self._arm_deadline(loop)
+        self._touch_record()
         return self._done
 
     # -- the time limit ---------------------------------------------------------------------------------
-    def _set_limits(self, seconds: float | None, label: str | None = None) -> None:
+    def set_limits(self, seconds: float | None, label: str | None = None) -> None:
         """Give a new process its label and its time limit: a deadline of now plus ``seconds`` (wall clock,
         so it holds on another worker that continues it from its checkpoint)."""
         self.label = label
@@ -453,7 +687,7 @@ class Process(Recorded):
 
     async def _execute(self) -> None:
         assert self._done is not None
-        _module_logs.running(self)  # this task's own context: its module's log lines go to its record
+        _module_logs.running(self._add_log_line)  # this task's own context: its module's log lines go to its record
         await self.pause_point()
         self._transition(ProcessState.RUNNING)
         try:
@@ -500,7 +734,8 @@ class Process(Recorded):
             self._done.set_result(self.outputs)
 
     async def _save_checkpoint(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self.persister.save_checkpoint, self)
+        if self.persister is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.persister.save_checkpoint, self)
 
     async def _save_final(self) -> None:
         # The record's write is not waited for: its launcher keeps an ended process's route bound until it
@@ -514,7 +749,7 @@ class Process(Recorded):
             except Exception:
                 LOGGER.exception("could not save the final checkpoint of %s", self.pid)
 
-    def wait_done(self) -> asyncio.Future[dict[str, Any]]:
+    def wait_done(self) -> asyncio.Future[dict[str, object]]:
         """The future of the outputs (after start())."""
         assert self._done is not None, "the process has not been started"
         return self._done

@@ -1,32 +1,26 @@
 """Process records (issue 14): what a worker writes about every process it runs, persisted or not.
 
-A record is a JSON-safe dict: pid, class, inputs, state history with timestamps, worker host and OS pid,
-progress, outputs, exception (type, message, traceback) and the process's own log lines
-(:meth:`Recorded.report` and :attr:`Recorded.logger`). :class:`RecordWriter` writes them through the
-worker's persister, coalescing the changes of a short window into one batch: on the loop when the store
+A record is a JSON-safe dict: pid, class, inputs, state history with timestamps, worker host and OS pid, progress,
+outputs, exception (type, message, traceback) and the process's own log lines (:meth:`Recorded.report` and
+:attr:`Recorded.logger`; ``Recorded`` lives in process.py, re-exported here). :class:`RecordWriter` writes them
+through the worker's persister, coalescing the changes of a short window into one batch: on the loop when the store
 can write at once (memory, a local SQLite file nobody else holds), else on the executor. A write never ends a
-process, and one record never takes its batch with it: a failed batch is written record by record, and a
-record whose write fails is tried again with back-off, then given up with an error naming its pid. The
-history is bounded (:mod:`._history`).
+process, and one record never takes its batch with it: a failed batch is written record by record, and a record
+whose write fails is tried again with back-off, then given up with an error naming its pid. The history is bounded
+(:func:`._state.add_history`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
-import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
 
-from ..transports.base import host_info
 from ..transports.loop import post
-from ..wire.messages import RECORD_TASK_ID_KEY
-from ._history import CYCLE_EVENT, MAX_HISTORY, add_history
-
-if TYPE_CHECKING:
-    from .process import Process
+from ._state import CYCLE_EVENT, MAX_HISTORY, ProcessState
+from .persistence import Persister
+from .process import MAX_LOG_CHARS, MAX_LOG_LINES, Recorded
 
 __all__ = [
     "CYCLE_EVENT",
@@ -52,10 +46,6 @@ RECORD_FLUSH_DELAY = 0.2
 #: Seconds the end of a process waits for other ends to share its write (its reply does not wait: the
 #: launcher keeps the process's route bound until its record is written).
 RECORD_END_DELAY = 0.05
-#: Log lines a record keeps (the newest; the count of dropped ones is kept too).
-MAX_LOG_LINES = 1000
-#: Longest log line kept, in characters.
-MAX_LOG_CHARS = 2000
 #: Seconds the records of ended processes are kept (30 days).
 RECORD_MAX_AGE = 30 * 24 * 3600.0
 #: Records kept at most (the oldest ended ones go first).
@@ -68,151 +58,6 @@ RECORD_WRITE_ATTEMPTS = 6
 RECORD_RETRY_DELAY = 0.5
 #: Longest wait between two tries of a record write (0.5 + 1 + 2 + 4 + 8 s: given up about 15 s after the first).
 RECORD_RETRY_MAX_DELAY = 8.0
-
-
-class _RecordingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """The process's ``logger``: logs as usual and keeps lines of INFO and above in the process's record."""
-
-    def __init__(self, logger: logging.Logger, owner: Recorded) -> None:
-        super().__init__(logger, {})
-        self._owner = owner
-
-    def log(self, level: int, msg: Any, *args: Any, **kwargs: Any) -> None:
-        if level >= logging.INFO:
-            try:
-                text = str(msg) % args if args else str(msg)
-            except (TypeError, ValueError):
-                text = f"{msg} {args}"
-            self._owner._add_log_line(logging.getLevelName(level), text)
-        super().log(level, msg, *args, **kwargs)
-
-
-class Recorded:
-    """What a :class:`~process_comms.worker.process.Process` keeps for its record (a mixin)."""
-
-    pid: Any
-    ctime: float
-    inputs: dict[str, Any]
-    paused: bool
-    status: str | None
-    progress: dict[str, Any]
-    outputs: dict[str, Any] | None
-    persister: Any
-
-    def _init_record(self) -> None:
-        self._history: list[dict[str, Any]] = [{"event": "created", "time": self.ctime}]
-        #: made with the first line: an empty bounded deque is 0.6 kB, and most processes log nothing
-        self._log_lines: collections.deque[dict[str, Any]] | None = None
-        self._log_dropped = 0
-        self._log_lock = threading.Lock()
-        self._exception_info: dict[str, Any] | None = None
-        self._recorder: RecordWriter | None = None
-        self._logger: _RecordingLogger | None = None
-        #: The correlation id of the task that launched this pid: its redelivery is no new launch (_pids.py).
-        self._task_id: str | None = None
-        #: ``(worker id, liveness token)`` of the worker that runs this process (set by its launcher): the
-        #: fleet marks the record lost once that token is gone (records_service.py, ``sweep_lost``)
-        self._holder: tuple[str | None, str | None] = (None, None)
-
-    # -- what authors call ------------------------------------------------------------------------------
-    def report(self, text: str) -> None:
-        """Add a line to this process's log (``process-comms report PID`` shows it); safe from any thread."""
-        self._add_log_line("REPORT", str(text))
-
-    @property
-    def logger(self) -> logging.LoggerAdapter:  # type: ignore[type-arg]
-        """A logger for this process: its INFO-and-above lines also go to the process's record."""
-        if self._logger is None:
-            name = f"process_comms.processes.{type(self).__module__}.{type(self).__qualname__}"
-            self._logger = _RecordingLogger(logging.getLogger(name), self)
-        return self._logger
-
-    # -- what the runtime calls ----------------------------------------------------------------------------
-    def _lines(self) -> collections.deque[dict[str, Any]]:
-        """The log lines, made on first use (under ``_log_lock``)."""
-        if self._log_lines is None:
-            self._log_lines = collections.deque(maxlen=MAX_LOG_LINES)
-        return self._log_lines
-
-    def _add_log_line(self, level: str, text: str) -> None:
-        line = {"time": time.time(), "level": level, "text": text[:MAX_LOG_CHARS]}
-        with self._log_lock:
-            lines = self._lines()
-            if len(lines) == lines.maxlen:
-                self._log_dropped += 1
-            lines.append(line)
-        self._touch_record()
-
-    def _note(self, event: str, message: str | None = None, urgent: bool = False) -> None:
-        """Add ``event`` (a state name, ``paused``, ``played``...) to the history, with its time and message."""
-        entry: dict[str, Any] = {"event": event, "time": time.time()}
-        if message is not None:
-            entry["message"] = message
-        self._history = add_history(self._history, entry)
-        self._touch_record(urgent)
-
-    def _touch_record(self, urgent: bool = False) -> None:
-        if self._recorder is not None:
-            self._recorder.touch(self, urgent)
-
-    async def _flush_record(self) -> None:
-        if self._recorder is not None:
-            await self._recorder.flush()
-
-    def _restore_record(self, old: dict[str, Any] | None) -> None:
-        """Continue the history and log of an earlier record of this pid (a continued process)."""
-        if not isinstance(old, dict):
-            return
-        history = [h for h in old.get("history") or () if isinstance(h, dict)]
-        if history:
-            self._history = add_history(history, {"event": "continued", "time": time.time()})
-        lines = old.get("log")
-        if isinstance(lines, list):
-            with self._log_lock:
-                kept = self._lines()
-                for line in reversed(lines[-MAX_LOG_LINES:]):
-                    if len(kept) < MAX_LOG_LINES:
-                        kept.appendleft(line)
-                self._log_dropped += int(old.get("log_dropped") or 0)
-        exception = old.get("exception")
-        if isinstance(exception, dict) and self._exception_info is None:
-            self._exception_info = exception
-        if self._task_id is None and isinstance(old.get(RECORD_TASK_ID_KEY), str):
-            self._task_id = old[RECORD_TASK_ID_KEY]
-        if isinstance(old.get("deadline"), (int, float)):  # the same launch again: its deadline holds
-            proc: Process = self  # type: ignore[assignment]
-            proc.label, proc.time_limit, proc.deadline = old.get("label"), old.get("time_limit"), old["deadline"]
-
-    def record(self) -> dict[str, Any]:
-        """This process's record now: a JSON-safe dict (values JSON cannot hold are stored as their repr)."""
-        proc: Process = self  # type: ignore[assignment]
-        with self._log_lock:
-            lines, dropped = list(self._log_lines or ()), self._log_dropped
-        return {
-            "pid": proc.pid,
-            "class": f"{type(proc).__module__}:{type(proc).__qualname__}",
-            "inputs": proc.inputs,
-            "state_name": proc.state.value,
-            "paused": proc.paused,
-            "status": proc.status,
-            "progress": dict(proc.progress),
-            "outputs": proc.outputs,
-            "exception": self._exception_info,
-            "history": list(self._history),
-            "worker": self._holder[0],
-            "token": self._holder[1],
-            "log": lines,
-            "log_dropped": dropped,
-            "host": host_info(),
-            "persisted": proc.persister is not None,
-            "ctime": proc.ctime,
-            # an ended process's record has one mtime, its end: the same answer from it and from the store
-            "mtime": self._history[-1]["time"] if proc.state.terminal else time.time(),
-            RECORD_TASK_ID_KEY: self._task_id,
-            "label": proc.label,
-            "time_limit": proc.time_limit,
-            "deadline": proc.deadline,
-        }
 
 
 class RecordWriter:
@@ -230,7 +75,7 @@ class RecordWriter:
 
     def __init__(
         self,
-        persister: Any,
+        persister: Persister,
         loop: asyncio.AbstractEventLoop,
         delay: float = RECORD_FLUSH_DELAY,
         end_delay: float = RECORD_END_DELAY,
@@ -379,9 +224,8 @@ class RecordWriter:
         for proc, exc in failed:
             self._retry_later(proc, exc)
 
-    async def _save(self, records: list[dict[str, Any]]) -> None:
-        nowait = getattr(self.persister, "save_records_nowait", None)  # a duck-typed store may lack it
-        if nowait is None or not nowait(records):  # else written here: no thread hop
+    async def _save(self, records: list[dict[str, object]]) -> None:
+        if not self.persister.save_records_nowait(records):  # else written here: no thread hop
             await self.loop.run_in_executor(None, self.persister.save_records, records)
 
     def _retry_later(self, proc: Recorded, exc: BaseException) -> None:
@@ -421,20 +265,20 @@ class RecordWriter:
             self._start()
 
 
-def _record_of(proc: Recorded) -> dict[str, Any]:
+def _record_of(proc: Recorded) -> dict[str, object]:
     """``proc``'s record; if building it raises, a stand-in with what is known, so the write still says where the
     process is (its state) rather than nothing."""
     try:
         return proc.record()
     except Exception as exc:  # noqa: BLE001 - a record that cannot be built must not take its batch with it
-        state = getattr(getattr(proc, "state", None), "value", None)
+        state = proc.state.value if isinstance(proc.state, ProcessState) else None  # as far as it is known
         now = time.time()
         return {
             "pid": proc.pid,
             "class": f"{type(proc).__module__}:{type(proc).__qualname__}",
             "state_name": state,
             "status": f"its record could not be built: {type(exc).__name__}",
-            "ctime": getattr(proc, "ctime", now),
+            "ctime": proc.ctime if isinstance(proc.ctime, (int, float)) else now,
             "mtime": now,
             "progress": {},
         }

@@ -18,7 +18,8 @@ import functools
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 from ..errors import ProcessCommsError, ProcessUnreachable
 from ..transports.base import AsyncCommunicator, InvalidTask
@@ -60,6 +61,8 @@ __all__ = [
     "parse_cursor",
 ]
 
+T = TypeVar("T")
+
 LOGGER = logging.getLogger(__name__)
 
 #: Seconds a worker waits for a live process on another worker to answer its status, for a listing.
@@ -85,18 +88,28 @@ KILL_REQUEST_TRIM_ROUNDS = 20
 LIST_PAGE_BYTES = 1024 * 1024
 
 
-def _cursor(rows: list[dict[str, Any]], skip: frozenset[str], before: float | None) -> str:
+def _ctime(row: dict[str, object]) -> float:
+    """A summary's creation time (0 when it has none)."""
+    return float(cast("float", row.get("ctime") or 0.0))
+
+
+def _mtime(row: dict[str, object]) -> float:
+    """A summary's last change (0 when it has none)."""
+    return float(cast("float", row.get("mtime") or 0))
+
+
+def _cursor(rows: list[dict[str, object]], skip: frozenset[str], before: float | None) -> str:
     """The cursor of the page after ``rows`` (newest first): created at or before the last row's ``ctime``,
     less the pids already given at that very time (they may share it)."""
-    last = float(rows[-1].get("ctime") or 0.0)
-    same = {str(row.get("pid")) for row in rows if float(row.get("ctime") or 0.0) == last}
+    last = _ctime(rows[-1])
+    same = {str(row.get("pid")) for row in rows if _ctime(row) == last}
     if before == last:
         same |= skip
     text = json.dumps([last, sorted(same)], separators=(",", ":"))
     return base64.urlsafe_b64encode(text.encode("utf-8")).decode("ascii")
 
 
-def parse_cursor(cursor: Any) -> tuple[float | None, frozenset[str]]:
+def parse_cursor(cursor: object) -> tuple[float | None, frozenset[str]]:
     """``(before, pids to skip)`` of a listing cursor (None: the first page); InvalidTask if it is not one."""
     if cursor is None:
         return None, frozenset()
@@ -109,10 +122,10 @@ def parse_cursor(cursor: Any) -> tuple[float | None, frozenset[str]]:
     raise InvalidTask(f"not a listing cursor: {str(cursor)[:80]!r} (pass the 'more' of a listing's answer)")
 
 
-def _page(rows: list[dict[str, Any]], limit: int) -> tuple[list[dict[str, Any]], bool]:
+def _page(rows: list[dict[str, object]], limit: int) -> tuple[list[dict[str, object]], bool]:
     """The first of ``rows`` up to ``limit`` rows and :data:`LIST_PAGE_BYTES` (at least one); and whether rows
     are left."""
-    page: list[dict[str, Any]] = []
+    page: list[dict[str, object]] = []
     used = 0
     for row in rows[:limit]:
         size = len(json.dumps(row, default=str, separators=(",", ":"))) + 1
@@ -141,7 +154,7 @@ class _Query(NamedTuple):
     reverse: bool = False
 
 
-def _order(msg: dict[str, Any]) -> tuple[Any, Any]:
+def _order(msg: dict[str, object]) -> tuple[Any, Any]:
     """The ``sort`` and ``reverse`` a listing request asks for (absent: newest first)."""
     return msg.get("sort"), msg.get("reverse", False)
 
@@ -163,8 +176,11 @@ class RecordsService:
         prune_interval: float = RECORD_PRUNE_INTERVAL,
     ) -> None:
         self.launcher = launcher
+        assert launcher.persister is not None, "records need a persister"
         self.persister = launcher.persister
         self.core, self.comm_loop = core, comm_loop
+        #: The launcher's link to ``core``: every crossing to the communicator's loop goes through it.
+        self.link = launcher.link(core, comm_loop)
         self.max_age, self.max_count, self.prune_interval = max_age, max_count, prune_interval
         #: How long, and how many, kill requests for unknown pids are kept (:meth:`kill`).
         self.kill_request_max_age, self.kill_request_max_count = KILL_REQUEST_MAX_AGE, KILL_REQUEST_MAX_COUNT
@@ -178,7 +194,7 @@ class RecordsService:
         self._persisted: dict[str, str] = {}
 
     # -- the RPC entry (on the communicator's loop) ---------------------------------------------------
-    def __call__(self, _comm: Any, msg: Any) -> concurrent.futures.Future[Any]:
+    def __call__(self, _comm: object, msg: object) -> concurrent.futures.Future[object]:
         """Validate a records request and answer it on the launcher's loop."""
         if not isinstance(msg, dict) or msg.get(INTENT_KEY) != RECORDS_INTENT:
             raise InvalidTask("a records request is a mapping with intent 'records'")
@@ -211,30 +227,30 @@ class RecordsService:
         raise InvalidTask(f"unknown records op {op!r}: expected get, list or kill")
 
     # -- the answers (on the launcher's loop) ---------------------------------------------------------
-    async def _store(self, fn: Any, *args: Any) -> Any:
+    async def _store(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
-    async def _live_status(self, pid: Pid | None) -> dict[str, Any] | None:
+    async def _live_status(self, pid: object) -> dict[str, object] | None:
         """The status of ``pid`` from its own route (another worker runs it), or None if no worker holds it."""
 
-        async def ask() -> Any:
-            return await asyncio.wait_for(self.core.rpc_send(pid, MessageBuilder.status()), LIVE_CHECK_TIMEOUT)
+        async def ask() -> object:
+            return await asyncio.wait_for(self.link.core.rpc_send(pid, MessageBuilder.status()), LIVE_CHECK_TIMEOUT)
 
         try:
-            status = await self.launcher._on_comm_loop(self.comm_loop, ask)
+            status = await self.link.call(ask)
         except (ProcessCommsError, TimeoutError):
             return None
         return status if isinstance(status, dict) else None
 
     @staticmethod
-    def _with_live(record: dict[str, Any], status: dict[str, Any] | None) -> dict[str, Any]:
+    def _with_live(record: dict[str, object], status: dict[str, object] | None) -> dict[str, object]:
         if status is None:
             return {**record, "live": False}
-        live: dict[str, Any] = {k: status[k] for k in ("paused", "status", "progress", "host") if k in status}
+        live: dict[str, object] = {k: status[k] for k in ("paused", "status", "progress", "host") if k in status}
         live["state_name"] = state_name(status.get("state")) or record.get("state_name")
         return {**record, **live, "live": True}
 
-    async def get(self, pid: Pid) -> dict[str, Any] | None:
+    async def get(self, pid: Pid) -> dict[str, object] | None:
         """The whole record of ``pid`` (``live`` says whether a worker runs it now), or None."""
         proc = self.launcher.held(pid)
         if proc is not None:
@@ -262,7 +278,7 @@ class RecordsService:
         since: float | None,
         class_name: str | None,
         cursor: tuple[float | None, frozenset[str]],
-    ) -> dict[str, Any]:
+    ) -> dict[str, object]:
         """One page of record summaries, live and ended (live state from the live processes): at most ``limit``
         rows and :data:`LIST_PAGE_BYTES`; ``more`` is the cursor of the next page, or None. Newest first pages
         with the cursor; another order (wire/listing.py) sorts the newest ``limit`` matches: one page, no cursor."""
@@ -278,13 +294,15 @@ class RecordsService:
 
     async def _rows(
         self, query: _Query, limit: int, since: float | None, class_name: str | None, before: float | None
-    ) -> list[dict[str, Any]]:
+    ) -> list[dict[str, object]]:
         """Up to ``limit`` summaries created at or before ``before``, newest first, live ones merged in; kill
         requests for unknown pids are no processes and are left out (unless asked for by their state)."""
         states, label = query.states, query.label
         requests = states is not None and KILL_REQUESTED in states
-        extra = {key: value for key, value in (("states", states), ("label", label)) if value is not None}
-        rows: list[dict[str, Any]] = await self._store(
+        extra: dict[str, Any] = {
+            key: value for key, value in (("states", states), ("label", label)) if value is not None
+        }
+        rows: list[dict[str, object]] = await self._store(
             functools.partial(self.persister.list_records, None, limit, since, class_name, before, **extra)
         )
         if not requests and len(rows) == limit and any(map(is_kill_request, rows)):
@@ -303,27 +321,25 @@ class RecordsService:
             summary = summary_of(proc.record())
             if (since is None or proc.ctime >= since) and class_name in (None, summary["class"]):
                 by_pid[str(proc.pid)] = {**summary, "live": live}
-        settled: list[dict[str, Any]] = []  # held here, or ended: no need to ask their routes
-        others: list[dict[str, Any]] = []
+        settled: list[dict[str, object]] = []  # held here, or ended: no need to ask their routes
+        others: list[dict[str, object]] = []
         for row in by_pid.values():
             (settled if "live" in row or row.get("state_name") in TERMINAL_STATES else others).append(row)
         statuses = await asyncio.gather(*(self._live_status(row.get("pid")) for row in others))
         merged = [{**row, "live": row.get("live", False)} for row in settled]
         merged += [self._with_live(row, status) for row, status in zip(others, statuses, strict=True)]
         merged = [row for row in merged if row_matches(row, states, label)]  # live state may differ from stored
-        merged.sort(key=lambda row: float(row.get("ctime") or 0.0), reverse=True)
+        merged.sort(key=_ctime, reverse=True)
         return merged
 
     async def list(
         self, query: _Query | str | None, limit: int, since: float | None, class_name: str | None
-    ) -> list[dict[str, Any]]:
+    ) -> list[dict[str, object]]:
         """The first page of a listing as a plain list (what a client older than pages asks for)."""
-        rows: list[dict[str, Any]] = (await self.list_page(query, limit, since, class_name, (None, frozenset())))[
-            "processes"
-        ]
-        return rows
+        page = await self.list_page(query, limit, since, class_name, (None, frozenset()))
+        return cast("list[dict[str, object]]", page["processes"])
 
-    async def kill(self, pid: Pid, message: str | None) -> dict[str, Any]:
+    async def kill(self, pid: Pid, message: str | None) -> dict[str, object]:
         """Kill ``pid`` where no worker runs it: a task still queued, a parked process, or an orphan whose
         worker died. Its record says ``killed`` and no worker runs it again (the launcher checks)."""
         proc = self.launcher.held(pid)
@@ -339,14 +355,17 @@ class RecordsService:
             return await self._request_kill(pid, message)
         now, text = time.time(), message or "killed before a worker ran it"
         record = dict(record)
-        history = [*(record.get("history") or []), {"event": "killed", "time": now, "message": text}]
+        history = [
+            *cast("list[object]", record.get("history") or []),
+            {"event": "killed", "time": now, "message": text},
+        ]
         record.update(state_name="killed", status=text, history=history, mtime=now, paused=False)
         record.setdefault("progress", {})
         await self._store(self.persister.save_records, [record])
         LOGGER.info("process %s marked killed: no worker runs it (%s)", pid, text)
         return {"killed": True, "known": True, "state_name": "killed"}
 
-    async def _request_kill(self, pid: Pid, message: str | None) -> dict[str, Any]:
+    async def _request_kill(self, pid: Pid, message: str | None) -> dict[str, object]:
         """Keep a kill request for ``pid``, which no worker has run: not a process, a tombstone that a task of
         that pid still queued meets (the worker drops it: worker/_pids.py). Lists leave it out; it expires
         after ``kill_request_max_age`` seconds and about ``kill_request_max_count`` are kept (the trim is
@@ -374,16 +393,14 @@ class RecordsService:
     async def _trim_kill_requests(self) -> None:
         """Delete the kill requests older than ``kill_request_max_age`` and those beyond the newest
         ``kill_request_max_count``."""
-        delete = getattr(self.persister, "delete_records", None)
-        if delete is None:
-            return
+        delete = self.persister.delete_records
         async with self._trimming:  # one at a time: the last one reads every request added before it
             self._untrimmed = 0
             cap, cutoff = max(self.kill_request_max_count, 0), time.time() - self.kill_request_max_age
             page = cap + max(cap, 100)
             for _ in range(KILL_REQUEST_TRIM_ROUNDS):  # a burst may have added more than a page: a round deletes
                 rows = await self._store(self.persister.list_records, KILL_REQUESTED, page, None, None)  # its excess
-                old = [r.get("pid") for i, r in enumerate(rows) if i >= cap or float(r.get("mtime") or 0) < cutoff]
+                old = [r.get("pid") for i, r in enumerate(rows) if i >= cap or _mtime(r) < cutoff]
                 if old:
                     await self._store(delete, old)
                 if len(rows) < page:
@@ -431,11 +448,11 @@ class RecordsService:
     async def _route_gone(self, pid: Pid) -> bool:
         """True only if the broker says no one holds ``pid``'s route (a timeout proves nothing)."""
 
-        async def ask() -> Any:
-            return await asyncio.wait_for(self.core.rpc_send(pid, MessageBuilder.status()), LIVE_CHECK_TIMEOUT)
+        async def ask() -> object:
+            return await asyncio.wait_for(self.link.core.rpc_send(pid, MessageBuilder.status()), LIVE_CHECK_TIMEOUT)
 
         try:
-            await self.launcher._on_comm_loop(self.comm_loop, ask)
+            await self.link.call(ask)
         except ProcessUnreachable:
             return True
         except (ProcessCommsError, TimeoutError):
@@ -446,12 +463,12 @@ class RecordsService:
         """Mark lost (``excepted``, exception ``ProcessLost``) the records of unpersisted processes whose holder
         is gone: its liveness token and the process's route both gone for :data:`LOST_GRACE` seconds. A
         persisted one is left alone: its task goes back to the queue and another worker continues it."""
-        own = {token for token in self.launcher._tokens.values() if token is not None}
+        own = self.launcher.tokens()
         seen: dict[str, tuple[Pid, str]] = {}
         limit = LOST_SWEEP_LIMIT * len(UNENDED_STATES)  # one store round trip for every state not ended
         read = functools.partial(self.persister.list_records, None, limit, None, None, states=UNENDED_STATES)
         for row in await self._store(read):
-            token, pid = row.get("token"), row.get("pid")
+            token, pid = row.get("token"), cast(Pid, row.get("pid"))  # a pid the store kept
             if isinstance(token, str) and token not in own and self.launcher.held(pid) is None:
                 seen[str(pid)] = (pid, token)
         self._gone = {key: value for key, value in self._gone.items() if key in seen and value[0] == seen[key][1]}
@@ -459,7 +476,7 @@ class RecordsService:
         marked: list[Pid] = []
         now = asyncio.get_running_loop().time()
         for key, (pid, token) in seen.items():
-            if key in self._persisted or await self.launcher._is_alive(token, self.core, self.comm_loop) is not False:
+            if key in self._persisted or await self.link.is_alive(token) is not False:
                 self._gone.pop(key, None)
                 continue
             since = self._gone.setdefault(key, (token, now))[1]

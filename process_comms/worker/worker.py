@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from .. import defaults
 from ..errors import DuplicateSubscriber
@@ -32,6 +32,16 @@ from .records_service import RecordsService
 __all__ = ["Worker"]
 
 LOGGER = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class BrokerQueues(Protocol):
+    """A communicator with named task queues on a broker (the RabbitMQ back end; the embedded one has none)."""
+
+    task_queue_name: str
+    task_prefetch_count: int
+
+    def consuming_queues(self) -> dict[str, bool]: ...
 
 
 class Worker:
@@ -72,7 +82,7 @@ class Worker:
         self.records: RecordsService | None = None
         self._queues = check_queues(queues) if queues is not None else None
         self._slots: dict[str, SlotCounter] = {}
-        self._answer_id: Any = None
+        self._answer_id: object = None
         self._started_at: float | None = None
         self._stopped = threading.Event()
         self._lock = threading.Lock()
@@ -87,7 +97,8 @@ class Worker:
             self._module_logs = True
         self._started_at = time.monotonic()
         if self._queues is None:  # the default queue, with the communicator's prefetch count (as before issue 15)
-            slots = int(getattr(self.communicator.core, "task_prefetch_count", 0) or 0)
+            core = self.communicator.core
+            slots = int(core.task_prefetch_count or 0) if isinstance(core, BrokerQueues) else 0
             self._slots[DEFAULT_QUEUE] = SlotCounter(self.launcher, DEFAULT_QUEUE, slots)
             self.communicator.add_task_subscriber(self._slots[DEFAULT_QUEUE])
         else:
@@ -109,14 +120,13 @@ class Worker:
         """``{queue: slots}`` this worker consumes (0: no limit)."""
         return {name: counter.slots for name, counter in self._slots.items()}
 
-    def health(self) -> dict[str, Any]:
+    def health(self) -> dict[str, object]:
         """For supervisors: ``consuming`` (every queue delivers tasks here), ``queues`` ({name: consuming})
         and ``slots`` ({name: {"used": n, "total": n or None for no limit}})."""
         core = self.communicator.core
         running = self._started_at is not None and not self._stopped.is_set() and not self.communicator.is_closed()
-        by_broker_name = getattr(core, "consuming_queues", None)
-        broker_names = by_broker_name() if callable(by_broker_name) else None
-        task_queue = str(getattr(core, "task_queue_name", ""))
+        broker_names = core.consuming_queues() if isinstance(core, BrokerQueues) else None
+        task_queue = core.task_queue_name if isinstance(core, BrokerQueues) else ""
         queues: dict[str, bool] = {}
         for name in self._slots:
             if broker_names is None:  # the embedded back end: one answer for all
@@ -127,7 +137,7 @@ class Worker:
         slots = {name: {"used": c.used, "total": c.slots or None} for name, c in self._slots.items()}
         return {"consuming": bool(queues) and all(queues.values()), "queues": queues, "slots": slots}
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> dict[str, object]:
         """What ``process-comms workers`` lists: :meth:`health` with the host, OS pid, uptime and processes."""
         uptime = 0.0 if self._started_at is None else time.monotonic() - self._started_at
         return {
@@ -146,7 +156,7 @@ class Worker:
         service = RecordsService(
             self.launcher, core, self.communicator.loop, max_age=max_age, max_count=max_count, prune_interval=interval
         )
-        route = records_route(str(getattr(core, "task_queue_name", "embedded")))
+        route = records_route(core.task_queue_name if isinstance(core, BrokerQueues) else "embedded")
 
         async def subscribe() -> None:
             try:
@@ -162,7 +172,7 @@ class Worker:
     def __enter__(self) -> Worker:
         return self.start()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     async def _release(self) -> tuple[list[Pid], list[Pid]]:

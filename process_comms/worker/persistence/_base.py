@@ -47,7 +47,7 @@ class Bundle(dict):  # type: ignore[type-arg]
     """The saved state of a process: a plain JSON-safe dict (UUID values allowed)."""
 
 
-def _encode(value: Any, what: str) -> str:
+def _encode(value: object, what: str) -> str:
     """Encode ``value`` to JSON text, refusing anything that would not come back equal."""
     try:
         text: str = _codec.encode(value).decode("utf-8")
@@ -59,7 +59,7 @@ def _encode(value: Any, what: str) -> str:
     return text
 
 
-def _pid_key(pid: Pid | None) -> str:
+def _pid_key(pid: object) -> str:
     """Return the storage key of ``pid``: its JSON text, which keeps ``1``, ``"1"`` and UUIDs apart."""
     if type(pid) is uuid.UUID:  # the common pid: its text is known without a JSON round trip
         return f'{{"__uuid__":"{pid}"}}'
@@ -92,7 +92,7 @@ def _load(text: str | bytes) -> Bundle:
         raise PersistenceError(f"stored checkpoint cannot be decoded: {exc}") from exc
 
 
-def _bundle_text(bundle: Any) -> str:
+def _bundle_text(bundle: object) -> str:
     if not isinstance(bundle, dict):
         raise PersistenceError(f"a checkpoint must be a dict, not {type(bundle).__name__}")
     return _encode(bundle, "checkpoint state")
@@ -112,7 +112,7 @@ class Persister(abc.ABC):
         self.save_bundle(process.pid, process.save(), tag)
 
     @abc.abstractmethod
-    def save_bundle(self, pid: Pid, bundle: dict[str, Any], tag: str | None = None) -> None:
+    def save_bundle(self, pid: Pid, bundle: dict[str, object], tag: str | None = None) -> None:
         """Store ``bundle`` as the checkpoint of ``pid`` under ``tag``, replacing any previous one."""
 
     @abc.abstractmethod
@@ -167,11 +167,11 @@ class Persister(abc.ABC):
     #: True for stores that keep process records (the memory and SQL stores do).
     keeps_records: bool = False
 
-    def save_records(self, records: Sequence[dict[str, Any]]) -> None:
+    def save_records(self, records: Sequence[dict[str, object]]) -> None:
         """Store (insert or replace) the process records given, in one batch; the inputs of a pid are kept
         from its first write."""
 
-    def save_records_nowait(self, records: Sequence[dict[str, Any]]) -> bool:
+    def save_records_nowait(self, records: Sequence[dict[str, object]]) -> bool:
         """Store the records now if that cannot wait (on a lock, the server or the disk); False if it would.
 
         A writer on an event loop calls this first and hands the records to a thread only when it says False:
@@ -179,7 +179,7 @@ class Persister(abc.ABC):
         """
         return False
 
-    def load_record(self, pid: Pid) -> dict[str, Any] | None:
+    def load_record(self, pid: Pid) -> dict[str, object] | None:
         """The record of ``pid`` (a JSON-safe dict), or None if there is none."""
         return None
 
@@ -193,7 +193,7 @@ class Persister(abc.ABC):
         *,
         states: Sequence[str] | None = None,
         label: str | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[dict[str, object]]:
         """Record summaries, newest first (by ``ctime``): at most ``limit``, filtered by state name (``state``,
         and any of ``states``), creation time (``since``; ``before``: created at or before it, for the next page;
         epoch seconds), class (``module:Name``) and label (a case-sensitive substring of the record's label)."""

@@ -55,11 +55,11 @@ _MAX_DEPTH = 8
 RecordTexts = tuple[str, str, str]
 
 
-def _text(value: Any) -> str:
+def _text(value: object) -> str:
     return _codec.encode(value).decode("utf-8")
 
 
-def _fits(value: Any) -> bool:
+def _fits(value: object) -> bool:
     try:
         _text(value)
         return True
@@ -67,7 +67,7 @@ def _fits(value: Any) -> bool:
         return False
 
 
-def _repr(value: Any) -> str:
+def _repr(value: object) -> str:
     """``repr(value)``, bounded; a placeholder naming the type if even that raises (an int of 5,000 digits)."""
     try:
         return repr(value)[:_MAX_REPR]
@@ -99,7 +99,7 @@ def bounded_progress(progress: Any) -> Any:
         size = len(_text(progress).encode("utf-8"))
     if size <= SUMMARY_PROGRESS_BYTES:
         return progress
-    kept: dict[str, Any] = {}
+    kept: dict[str, object] = {}
     room = SUMMARY_PROGRESS_BYTES - 64  # the cut marker's own room
     for key, value in progress.items():
         cost = len(_text({key: value}).encode("utf-8"))
@@ -111,7 +111,7 @@ def bounded_progress(progress: Any) -> Any:
     return kept
 
 
-def summary_of(record: dict[str, Any], encodable: bool = False) -> dict[str, Any]:
+def summary_of(record: dict[str, object], encodable: bool = False) -> dict[str, object]:
     """The summary of a JSON-safe record (what a listing carries): :data:`SUMMARY_KEYS`, with the progress and
     the status bounded (a listing holds many summaries; ``show`` has the whole record). ``encodable``: the record
     is known to be JSON-safe (no check)."""
@@ -126,7 +126,7 @@ def summary_of(record: dict[str, Any], encodable: bool = False) -> dict[str, Any
     return summary
 
 
-def _summary_error(exception: Any) -> str | None:
+def _summary_error(exception: object) -> str | None:
     """``"Type: message"`` of a record's exception, at most :data:`SUMMARY_ERROR_CHARS` (the traceback stays in
     the record); None without one."""
     if not isinstance(exception, dict):
@@ -135,7 +135,7 @@ def _summary_error(exception: Any) -> str | None:
     return text if len(text) <= SUMMARY_ERROR_CHARS else text[: SUMMARY_ERROR_CHARS - 3] + "..."
 
 
-def record_texts(record: dict[str, Any]) -> RecordTexts:
+def record_texts(record: dict[str, object]) -> RecordTexts:
     """Encode a record for a store; values JSON cannot hold (or whose repr raises) are kept as a marker."""
     if not isinstance(record, dict) or "pid" not in record:
         raise PersistenceError("a process record must be a dict with a 'pid'")
@@ -153,19 +153,19 @@ def record_texts(record: dict[str, Any]) -> RecordTexts:
     return _text(summary_of(body, encodable=True)), body_text, inputs_text
 
 
-def decode_summary(text: str | bytes) -> dict[str, Any]:
+def decode_summary(text: str | bytes) -> dict[str, object]:
     """A stored summary, decoded."""
     try:
-        value: dict[str, Any] = _codec.decode(text)
+        value: dict[str, object] = _codec.decode(text)
     except DecodeError as exc:
         raise PersistenceError(f"stored record summary cannot be decoded: {exc}") from exc
     return value
 
 
-def decode_record(body: str | bytes, inputs: str | bytes) -> dict[str, Any]:
+def decode_record(body: str | bytes, inputs: str | bytes) -> dict[str, object]:
     """A stored record (its body and its inputs), decoded into one dict."""
     try:
-        record: dict[str, Any] = _codec.decode(body)
+        record: dict[str, object] = _codec.decode(body)
         record["inputs"] = _codec.decode(inputs)
     except DecodeError as exc:
         raise PersistenceError(f"stored record cannot be decoded: {exc}") from exc

@@ -49,7 +49,7 @@ class InMemoryPersister(Persister):
         self._store: dict[tuple[str, str], str] = {}
         self._claims: dict[str, ClaimHolder] = {}
         #: pid key -> (summary, decoded summary, body, inputs)
-        self._records: dict[str, tuple[str, dict[str, Any], str, str]] = {}
+        self._records: dict[str, tuple[str, dict[str, Any], str, str]] = {}  # a summary: ctime, mtime are floats
         self.max_record_bytes = max_record_bytes
         #: What the kept records cost, as counted against ``max_record_bytes``.
         self.record_bytes = 0
@@ -63,13 +63,13 @@ class InMemoryPersister(Persister):
         bundle = process.save() if self.loader is None else process.save(self.loader)  # type: ignore[call-arg]
         self.save_bundle(process.pid, bundle, tag)
 
-    def save_records(self, records: Sequence[dict[str, Any]]) -> None:
+    def save_records(self, records: Sequence[dict[str, object]]) -> None:
         """Keep each record as JSON text (its inputs from the first write of its pid)."""
         encoded = self._encode_records(records)
         with self._lock:
             self._keep_records(encoded)
 
-    def save_records_nowait(self, records: Sequence[dict[str, Any]]) -> bool:
+    def save_records_nowait(self, records: Sequence[dict[str, object]]) -> bool:
         """Keep the records now unless another thread holds the store (then False)."""
         encoded = self._encode_records(records)
         if not self._lock.acquire(blocking=False):
@@ -81,7 +81,7 @@ class InMemoryPersister(Persister):
         return True
 
     @staticmethod
-    def _encode_records(records: Sequence[dict[str, Any]]) -> list[tuple[str, RecordTexts]]:
+    def _encode_records(records: Sequence[dict[str, object]]) -> list[tuple[str, RecordTexts]]:
         return [(_pid_key(r.get("pid")), record_texts(r)) for r in records]
 
     def _keep_records(self, encoded: list[tuple[str, RecordTexts]]) -> None:
@@ -106,7 +106,7 @@ class InMemoryPersister(Persister):
             self.record_bytes -= _cost(self._records.pop(key))
             self.records_evicted += 1
 
-    def load_record(self, pid: Pid) -> dict[str, Any] | None:
+    def load_record(self, pid: Pid) -> dict[str, object] | None:
         """A fresh copy of the record of ``pid``, or None."""
         with self._lock:
             entry = self._records.get(_pid_key(pid))
@@ -122,7 +122,7 @@ class InMemoryPersister(Persister):
         *,
         states: Sequence[str] | None = None,
         label: str | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[dict[str, object]]:
         """Record summaries, newest first."""
         with self._lock:
             rows = [(s[1], s[0]) for s in self._records.values()]
@@ -204,7 +204,7 @@ class InMemoryPersister(Persister):
             if holder is not None and holder.owner == owner:
                 del self._claims[key]
 
-    def save_bundle(self, pid: Pid, bundle: dict[str, Any], tag: str | None = None) -> None:
+    def save_bundle(self, pid: Pid, bundle: dict[str, object], tag: str | None = None) -> None:
         """Store a JSON copy of ``bundle`` for ``pid`` under ``tag``."""
         key, text = (_pid_key(pid), _check_tag(tag)), _bundle_text(bundle)
         with self._lock:
@@ -249,6 +249,6 @@ class InMemoryPersister(Persister):
         return "InMemoryPersister()" if self.loader is None else f"InMemoryPersister(loader={self.loader!r})"
 
 
-def _cost(entry: tuple[str, dict[str, Any], str, str]) -> int:
+def _cost(entry: tuple[str, dict[str, object], str, str]) -> int:
     """What one kept record counts against ``max_record_bytes``."""
     return len(entry[0]) + len(entry[2]) + len(entry[3]) + _RECORD_OVERHEAD

@@ -12,7 +12,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from ...errors import PersistenceError, StoreUnavailable
 from ...urls import mask_url
@@ -254,7 +254,7 @@ class SqlPersister(Persister):
         cursor = conn.execute(self._sql(template), tuple(params))
         return list(cursor.fetchall()) if cursor.description else []
 
-    def save_bundle(self, pid: Pid, bundle: dict[str, Any], tag: str | None = None) -> None:
+    def save_bundle(self, pid: Pid, bundle: dict[str, object], tag: str | None = None) -> None:
         """Upsert ``bundle`` as the checkpoint of ``pid`` under ``tag``."""
         key, text = _pid_key(pid), _bundle_text(bundle)
         self._execute(_UPSERT, (key, _check_tag(tag), key, text))
@@ -323,13 +323,13 @@ class SqlPersister(Persister):
 
     keeps_records = True
 
-    def save_records(self, records: Sequence[dict[str, Any]]) -> None:
+    def save_records(self, records: Sequence[dict[str, object]]) -> None:
         """Upsert the records in one transaction (the inputs column keeps its first value)."""
         statements = self._record_statements(records)
         if statements:
             self._run(statements)
 
-    def save_records_nowait(self, records: Sequence[dict[str, Any]]) -> bool:
+    def save_records_nowait(self, records: Sequence[dict[str, object]]) -> bool:
         """Upsert the records now if that cannot wait: a SQLite file that no thread or process is writing, and
         a WAL that needs no checkpoint (that is left to :meth:`save_records`, on a thread). False otherwise."""
         if not self._dialect.local:
@@ -358,7 +358,7 @@ class SqlPersister(Persister):
         finally:
             self._lock.release()
 
-    def _record_statements(self, records: Sequence[dict[str, Any]]) -> list[tuple[str, list[Any]]]:
+    def _record_statements(self, records: Sequence[dict[str, object]]) -> list[tuple[str, list[Any]]]:
         """The upserts of ``records``: multi-row statements of :data:`_RECORD_ROWS_PER_STATEMENT`, so the driver
         crosses into the database (and gives up the GIL) once per statement, not once per row."""
         rows: dict[str, tuple[Any, ...]] = {}
@@ -369,8 +369,8 @@ class SqlPersister(Persister):
                 key,
                 str(record.get("class") or ""),
                 str(record.get("state_name") or ""),
-                float(record.get("ctime") or time.time()),
-                float(record.get("mtime") or time.time()),
+                float(cast("float", record.get("ctime") or time.time())),
+                float(cast("float", record.get("mtime") or time.time())),
                 summary,
                 body,
                 inputs,
@@ -382,7 +382,7 @@ class SqlPersister(Persister):
             for chunk in (values[i : i + step] for i in range(0, len(values), step))
         ]
 
-    def load_record(self, pid: Pid) -> dict[str, Any] | None:
+    def load_record(self, pid: Pid) -> dict[str, object] | None:
         """The record of ``pid``, decoded afresh, or None."""
         rows = self._execute(_RECORD_LOAD, (_pid_key(pid),))
         return decode_record(rows[0][0], rows[0][1]) if rows else None
@@ -397,7 +397,7 @@ class SqlPersister(Persister):
         *,
         states: Sequence[str] | None = None,
         label: str | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[dict[str, object]]:
         """Record summaries, newest first (the ``ctime`` index serves the order); the label is read from the
         summary's JSON (no column of its own: a store an older release made needs no migration)."""
         where: list[str] = []

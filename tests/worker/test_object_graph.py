@@ -1,0 +1,81 @@
+"""The worker as one object graph (issue 26): no import cycle inside ``process_comms/worker`` (not even under
+``TYPE_CHECKING``), and one object, the launcher's ``CommLink``, that crosses to the communicator's loop, a
+launch's state broadcasts crossing together (CONTRIBUTING.md, "The worker: threads, loops and one launch")."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import process_comms
+from process_comms import ProcessLauncher
+from process_comms.worker.persistence import InMemoryPersister
+from tests.faults._support import wait_until
+
+T = 30.0
+WORKER = Path(process_comms.__file__).parent / "worker"
+
+
+def _module(path: Path) -> str:
+    parts = path.relative_to(WORKER.parent.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _worker_imports() -> dict[str, set[str]]:
+    """``module -> worker modules it imports`` at module level (``if TYPE_CHECKING:`` blocks included)."""
+    modules = {_module(path): path for path in WORKER.rglob("*.py")}
+    edges: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        body = list(ast.parse(path.read_text()).body)
+        body += [node for block in body if isinstance(block, ast.If) for node in block.body]
+        for node in body:
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            for alias in node.names:
+                found = f"{target}.{alias.name}" if f"{target}.{alias.name}" in modules else target
+                if found in modules and found != name:
+                    edges[name].add(found)
+    return edges
+
+
+def test_the_worker_modules_import_each_other_without_a_cycle() -> None:
+    edges = _worker_imports()
+    done: set[str] = set()
+
+    def visit(name: str, path: list[str]) -> None:
+        if name in path:
+            raise AssertionError("import cycle: " + " -> ".join([*path[path.index(name) :], name]))
+        if name in done:
+            return
+        for target in sorted(edges[name]):
+            visit(target, [*path, name])
+        done.add(name)
+
+    for name in sorted(edges):
+        visit(name, [])
+
+
+def test_a_launch_crosses_to_the_communicators_loop_through_one_link_a_few_times() -> None:
+    with process_comms.connect() as comm, ProcessLauncher(persister=InMemoryPersister()) as launcher:  # embedded
+        comm.add_task_subscriber(launcher)
+        controller = process_comms.RemoteProcessThreadController(comm)
+        inputs = {"inputs": {"a": 1, "b": 2}}
+        assert controller.launch_process("tests.procs:Add", init_kwargs=inputs).result(T) == {"sum": 3}  # warm
+        link = launcher.link(comm.core, comm.loop)  # the one link of this communicator, made by the first task
+        before, launches = link.crossings, 20
+        for _ in range(launches):
+            assert controller.launch_process("tests.procs:Add", init_kwargs=inputs, persist=True).result(T) == {
+                "sum": 3
+            }
+        wait_until(lambda: not launcher.processes and not launcher.ending, T, "every route to be removed")
+        per_launch = (link.crossings - before) / launches
+        # the route's bind (there and back), the state broadcasts (together), the route's removal; was 6 one-way
+        # hand-overs and a round trip before the link gathered the broadcasts
+        print(f"{per_launch:.2f} crossings to the communicator's loop per launch")
+        assert per_launch <= 5.0, per_launch
