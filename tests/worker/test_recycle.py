@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 import process_comms
-from process_comms.transports.base import HandBack
 from process_comms.worker.persistence import InMemoryPersister
 from tests.conftest import BROKER_URL, rmq_options
 from tests.faults._support import wait_until
@@ -60,30 +59,6 @@ def test_a_recycled_worker_hands_the_next_task_to_another_and_stops_once_its_pro
     finally:
         for comm in made:
             comm.close()
-
-
-def test_a_redelivered_task_handed_back_is_requeued_not_answered(broker_url: str, names: dict[str, str]) -> None:
-    """A plain refusal of a task delivered before is answered with TaskRejected; a hand-back never is."""
-    calls: list[bool] = []
-
-    def subscriber(_comm: Any, task: Any) -> Any:
-        calls.append(True)
-        if len(calls) == 1:
-            raise process_comms.TaskRejected("not now")  # requeued once: delivered again, redelivered
-        if len(calls) == 2:
-            raise HandBack("recycling")  # redelivered, handed back: requeued again
-        return task
-
-    subscriber.loop_safe = True  # type: ignore[attr-defined]
-    worker_comm = process_comms.connect(BROKER_URL, **rmq_options(names))
-    client = process_comms.connect(BROKER_URL, **rmq_options(names))
-    try:
-        worker_comm.add_task_subscriber(subscriber)
-        assert client.task_send({"x": 1}).result(T) == {"x": 1}
-        assert len(calls) == 3
-    finally:
-        worker_comm.close()
-        client.close()
 
 
 def test_a_graceful_stop_while_recycling_wins(comm_factory: Any) -> None:
