@@ -43,7 +43,8 @@ def test_a_recycled_worker_hands_the_next_task_to_another_and_stops_once_its_pro
         assert first.recycled and first._recycle is not None
         # the 4th, delivered past the limit (before or after the worker's subscription left), is handed back
         wait_until(lambda: "task handed back to its queue" in caplog.text, T, "the 4th task handed back")
-        assert not first.health()["consuming"]  # its consumer is cancelled: the queue's other workers take tasks
+        # its consumer is cancelled: the queue's other workers take the tasks
+        wait_until(lambda: not first.health()["consuming"], T, "the recycling worker's consumer cancelled")
         wait_until(lambda: sum(f.done() for f in launches) == 3, T, "the 3 pids answered")
         assert len(first.launcher.processes) == 3  # the 4th is back in the queue: not dropped, not run
         with process_comms.Worker(communicator=second_comm, persister=InMemoryPersister()) as second:
