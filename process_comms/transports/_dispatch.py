@@ -68,7 +68,8 @@ class Delivery:
 
 
 class HandBack(TaskRejected):
-    """Raised by a task subscriber that takes no more tasks (a worker recycling itself, worker/_recycle.py):
+    """Raised by a loop-safe task subscriber (one called on the communicator's loop, ``loop_safe = True``) that
+    takes no more tasks (a worker recycling itself, worker/_recycle.py):
     unless a later subscriber takes it, the task goes back to its queue at once for another consumer,
     whether it was delivered before or not (a plain refusal of a redelivered task is answered instead)."""
 
