@@ -68,10 +68,10 @@ class Delivery:
 
 
 class HandBack(TaskRejected):
-    """Raised by a loop-safe task subscriber (one called on the communicator's loop, ``loop_safe = True``) that
-    takes no more tasks (a worker recycling itself, worker/_recycle.py):
-    unless a later subscriber takes it, the task goes back to its queue at once for another consumer,
-    whether it was delivered before or not (a plain refusal of a redelivered task is answered instead)."""
+    """Raised by a loop-safe task subscriber (``loop_safe = True``: called on the communicator's loop) that takes
+    no more tasks (a worker recycling itself, worker/_recycle.py): unless a later subscriber takes it, the task
+    goes back to its queue at once for another consumer, whether it was delivered before or not (a plain
+    refusal of a redelivered task is answered instead)."""
 
 
 #: The delivery of the task being dispatched, readable by task subscribers (e.g. for idempotent launches).
