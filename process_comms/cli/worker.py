@@ -125,9 +125,9 @@ def register(subparsers: SubParsers) -> None:
         type=int_at_least(0),
         default=0,
         help=(
-            "after N processes take no more tasks, and exit (code 0) once they have ended, so that a supervisor "
-            "(process-comms daemon) starts a fresh worker: the memory a peak left behind goes back "
-            "(default 0: no limit)"
+            "recycle this worker: after N processes it takes no more tasks (those delivered meanwhile go back to "
+            "the queue) and exits (code 0) once they have ended, so that its supervisor (process-comms daemon) "
+            "starts a fresh one and the memory a peak left behind goes back (default 0: no limit)"
         ),
     )
     p.add_argument(
