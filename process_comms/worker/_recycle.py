@@ -89,11 +89,7 @@ class Recycler:
         return fut
 
     async def _retire(self) -> None:
-        for core, identifier, queue in self._subscriptions:
-            try:
-                await core.remove_task_subscriber(identifier, queue=queue)
-            except Exception:  # its tasks are handed back all the same
-                LOGGER.warning("could not stop consuming task queue %r", queue, exc_info=True)
+        await asyncio.shield(self._stop_taking())  # a stop meanwhile (cancel) ends the wait below, not this
         while self._settling:
             await asyncio.wait(list(self._settling))
         # processes answered at once (a nowait launch, not persisted) hold no task: they end here too
@@ -105,6 +101,13 @@ class Recycler:
             self.handed_back,
         )
         threading.Thread(target=self._done, name="process-comms-recycle").start()
+
+    async def _stop_taking(self) -> None:
+        for core, identifier, queue in self._subscriptions:
+            try:
+                await core.remove_task_subscriber(identifier, queue=queue)
+            except Exception:  # its tasks are handed back all the same
+                LOGGER.warning("could not stop consuming task queue %r", queue, exc_info=True)
 
     async def _processes_ended(self) -> None:
         """On the launcher's loop: until no process runs here."""

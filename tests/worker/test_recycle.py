@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 import process_comms
+from process_comms.transports.rmq.inspect import inspect_task_queue
 from process_comms.worker.persistence import InMemoryPersister
 from tests.conftest import BROKER_URL, rmq_options
 from tests.faults._support import wait_until
@@ -21,6 +22,10 @@ T = 30.0
 def _waiters(ctl: Any, n: int) -> list[concurrent.futures.Future[Any]]:
     """``n`` launches of a Waiter (answered at once with its pid: nowait), sent before any worker takes them."""
     return [ctl.launch_process(Waiter, init_kwargs={"inputs": {"seconds": 600}}, nowait=True) for _ in range(n)]
+
+
+def _queued(names: dict[str, str]) -> int:
+    return int(inspect_task_queue(BROKER_URL, names["task_queue"], T)["messages"])
 
 
 def test_max_processes_must_be_positive() -> None:
@@ -37,6 +42,7 @@ def test_a_recycled_worker_hands_the_next_task_to_another_and_stops_once_its_pro
     try:
         ctl = process_comms.RemoteProcessThreadController(client)
         launches = _waiters(ctl, 4)  # queued before the worker starts: all four are delivered to it at once
+        wait_until(lambda: _queued(names) == 4, T, "the 4 launch tasks in the queue")
         first = process_comms.Worker(communicator=first_comm, persister=InMemoryPersister(), max_processes=3)
         first.start()
         three = wait_until(lambda: len(first.launcher.processes) == 3 and first.launcher.processes, T, "3 processes")
