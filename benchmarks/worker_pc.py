@@ -37,6 +37,12 @@ def main() -> int:
         action="store_true",
         help="run a process_comms.Worker (records service, workers answer) instead of a bare ProcessLauncher",
     )
+    parser.add_argument(
+        "--max-processes",
+        type=int,
+        default=0,
+        help="with --fleet-worker: recycle after this many processes (exit once they ended; 0: never)",
+    )
     args = parser.parse_args()
 
     stop = threading.Event()
@@ -63,7 +69,12 @@ def main() -> int:
     persister = process_comms.get_persister(args.persister)
     worker: process_comms.Worker | None = None
     if args.fleet_worker:
-        worker = process_comms.Worker(persister=persister, communicator=comm, records=not args.no_records)
+        worker = process_comms.Worker(
+            persister=persister,
+            communicator=comm,
+            records=not args.no_records,
+            max_processes=args.max_processes or None,
+        )
         launcher = worker.launcher
         worker.start()
     else:
@@ -77,8 +88,8 @@ def main() -> int:
         yappi.start()
     try:
         print(f"READY {os.getpid()}", flush=True)
-        while not stop.wait(0.5):
-            pass
+        while not stop.wait(0.5) and not (worker is not None and worker.wait(0)):
+            pass  # until stopped, or recycled after --max-processes
     finally:
 
         def close() -> None:

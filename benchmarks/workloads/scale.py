@@ -8,7 +8,10 @@ quiet until killed. Measured, for ``--processes N`` (default 10,000) on ``--work
 
 * launch: ``N`` nowait launches issued at once, seconds until every pid is back, and the workers' CPU per launch;
 * status p50 on one pid with all ``N`` alive, against the same with one process alive (idle);
-* the workers' memory (VmRSS, summed) idle, with all alive (kB per process) and once all have ended;
+* the workers' memory (VmRSS, summed) idle, with all alive (kB per process) and once all have ended; with
+  ``--max-processes N`` each worker recycles itself after N processes (``Worker(max_processes=N)``): once all
+  have ended it exits and a fresh one is started in its place (as ``process-comms daemon`` does), and "after"
+  is the fresh workers' memory, measured as idle was (one process alive, the status calls made);
 * ``kill_all``: seconds from the broadcast until the workers report no live process, and their CPU per end
   (the kill, the record and the unbind, until the bindings are back);
 * bindings on the message exchange (``rabbitmqctl list_bindings``): idle, loaded, and seconds until back;
@@ -19,6 +22,7 @@ quiet until killed. Measured, for ``--processes N`` (default 10,000) on ``--work
 Usage::
 
     python -m benchmarks.workloads.scale [--url amqp://...] [--processes 10000] [--workers 1] [--status-calls 300]
+                                         [--max-processes N]
 """
 
 from __future__ import annotations
@@ -121,18 +125,22 @@ def _status_p50(ctl: process_comms.RemoteProcessThreadController, pid: Any, call
     return statistics.median(times)
 
 
-def run(url: str, processes: int, status_calls: int, log_dir: Path, workers: int = 1) -> dict[str, float]:
+def run(
+    url: str, processes: int, status_calls: int, log_dir: Path, workers: int = 1, max_processes: int = 0
+) -> dict[str, float]:
     prefix = f"pc-bench-scale-{uuid.uuid4().hex[:8]}"
     names = {
         "message_exchange": f"{prefix}.messages",
         "task_exchange": f"{prefix}.tasks",
         "task_queue": f"{prefix}.queue",
     }
-    fleet = []
-    for i in range(workers):
+
+    def start_worker(i: int, name: str) -> Worker:
         store = f"sqlite:///{log_dir / f'scale-{i}.db'}"
         argv = ["--url", url, *flags(names), "--fleet-worker", "--persister", store]
-        fleet.append(Worker(f"scale-{i}", "worker_pc.py", argv, log_dir))
+        return Worker(name, "worker_pc.py", [*argv, "--max-processes", str(max_processes)], log_dir)
+
+    fleet = [start_worker(i, f"scale-{i}") for i in range(workers)]
 
     def rss_kb() -> int:
         return sum(_rss_kb(worker.proc.pid) for worker in fleet)
@@ -197,6 +205,18 @@ def run(url: str, processes: int, status_calls: int, log_dir: Path, workers: int
             print(f"  bindings not back to {idle_bindings} within {limit:.0f} s: last counts {seen[-5:]}")
             out["bindings back s"] = float("nan")
         out["worker CPU ms per end"] = (cpu_s() - cpu) * 1000 / processes  # kill, record, unbind: all ended
+        if max_processes:  # each recycles itself once its processes have ended: a fresh one takes its place
+            for worker in fleet:
+                _until("the recycled worker exits", lambda w=worker: w.proc.poll() is not None, every=0.1)
+                out["recycled exit code"] = max(out.get("recycled exit code", 0), worker.proc.returncode or 0)
+                worker.stop()
+            fleet[:] = [start_worker(i, f"scale-fresh-{i}") for i in range(workers)]
+            for worker in fleet:
+                worker.wait_ready(60)
+            _until("every fresh worker answers", lambda: len(ctl.list_workers(within=0.5).result(30)) == workers)
+            fresh = ctl.launch_process(PcWaiter, init_kwargs=waiter, nowait=True).result(30)
+            _status_p50(ctl, fresh, status_calls)  # as before idle was measured
+            gc.collect()
         out["worker RSS after MB"] = rss_kb() / 1024
         out["RSS after / idle"] = out["worker RSS after MB"] / out["worker RSS idle MB"]
         out.update(asyncio.run(_binding_rates(url)))
@@ -213,9 +233,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--processes", type=int, default=10_000)
     parser.add_argument("--workers", type=int, default=1, help="workers sharing the task queue (own OS processes)")
     parser.add_argument("--status-calls", type=int, default=300)
+    parser.add_argument(
+        "--max-processes",
+        type=int,
+        default=0,
+        help="each worker recycles itself after this many processes (0: never); use --processes / --workers",
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        for name, value in run(args.url, args.processes, args.status_calls, Path(tmp), args.workers).items():
+        results = run(args.url, args.processes, args.status_calls, Path(tmp), args.workers, args.max_processes)
+        for name, value in results.items():
             print(f"{name:28s} {value:10.2f}")
 
 

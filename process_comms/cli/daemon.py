@@ -77,6 +77,7 @@ def register(subparsers: SubParsers) -> None:
     start.add_argument("--prefetch", metavar="N", type=int_at_least(0), default=0, help=as_worker)
     start.add_argument("--claim-ttl", metavar="S", type=positive_float, help=as_worker)
     start.add_argument("--records", choices=("on", "off"), help=as_worker)
+    start.add_argument("--max-processes", metavar="N", type=int_at_least(0), help=as_worker)
     start.add_argument(
         "--log-level", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], help=as_worker
     )
@@ -165,7 +166,7 @@ def _worker_argv(args: argparse.Namespace, ctx: Context, persister: str) -> list
         argv += ["--allow", module]
     for name, slots in args.queues or ():
         argv += ["--queue", name if slots is None else f"{name}={slots}"]
-    for option in ("slots", "claim_ttl", "records", "log_level"):
+    for option in ("slots", "claim_ttl", "records", "max_processes", "log_level"):
         if getattr(args, option) is not None:
             argv += [f"--{option.replace('_', '-')}", str(getattr(args, option))]
     return argv

@@ -128,6 +128,17 @@ def register(subparsers: SubParsers) -> None:
         ),
     )
     p.add_argument(
+        "--max-processes",
+        metavar="N",
+        type=int_at_least(0),
+        default=0,
+        help=(
+            "recycle this worker: after N processes it takes no more tasks (those delivered meanwhile go back to "
+            "the queue) and exits (code 0) once they have ended, so that its supervisor (process-comms daemon) "
+            "starts a fresh one and the memory a peak left behind goes back (default 0: no limit)"
+        ),
+    )
+    p.add_argument(
         "--records",
         choices=("on", "off"),
         default="on",
@@ -155,6 +166,23 @@ def register(subparsers: SubParsers) -> None:
     p.set_defaults(run=run)
 
 
+#: Seconds between two looks at a worker that may stop by itself (--max-processes) while waiting for a signal.
+_STOP_LOOK = 0.25
+
+
+def _wait_for_stop(worker: Worker, signals: set[signal.Signals], stop_event: threading.Event | None) -> int | None:
+    """The stop signal received (blocked signals, or ``stop_event`` set by their handlers), or None once the
+    worker stopped by itself (it recycled itself after --max-processes)."""
+    while not worker.wait(0):
+        if stop_event is None:
+            info = signal.sigtimedwait(signals, _STOP_LOOK)
+            if info is not None:
+                return info.si_signo
+        elif stop_event.wait(_STOP_LOOK):  # pragma: no cover - platforms without sigtimedwait
+            return signal.SIGTERM
+    return None
+
+
 def run(args: argparse.Namespace, ctx: Context) -> int:
     """Run a worker until SIGTERM/SIGINT, then stop gracefully (running processes are handed back)."""
     queues = queues_of(args.queues, args.slots, args.prefetch)  # a usage error before anything starts
@@ -170,7 +198,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     _check_allowed(args.allow)
     log = logging.getLogger("process_comms.cli")
     stop_signals = {signal.SIGTERM, signal.SIGINT}
-    use_sigwait = hasattr(signal, "pthread_sigmask") and hasattr(signal, "sigwait")
+    use_sigwait = hasattr(signal, "pthread_sigmask") and hasattr(signal, "sigtimedwait")
     stop_event = threading.Event()
     old_handlers: dict[int, Callable[[int, FrameType | None], object] | int | None] = {}
     if use_sigwait:
@@ -188,6 +216,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             task_prefetch_count=args.prefetch,
             claim_ttl=args.claim_ttl,
             records=args.records == "on",
+            max_processes=args.max_processes or None,
             **ctx.comm_options(),
             **_queue_type(args),
         )
@@ -204,12 +233,14 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             list(args.allow),
         )
         ctx.print("worker ready")
-        if use_sigwait:
-            signum = signal.sigwait(stop_signals)
-        else:  # pragma: no cover
-            while not stop_event.wait(0.5):
-                pass
-            signum = signal.SIGTERM
+        signum = _wait_for_stop(worker, stop_signals, stop_event if not use_sigwait else None)
+        if signum is None:
+            log.info(
+                "worker recycled: its %d processes (--max-processes) have ended; exiting so that a fresh worker"
+                " takes over",
+                args.max_processes,
+            )
+            return EXIT_OK
         log.info("received %s: stopping gracefully", signal.Signals(signum).name)
         worker.stop(graceful=True)  # logs what it handed back and what it could not
         return EXIT_OK

@@ -66,6 +66,13 @@ class Delivery:
     hold: concurrent.futures.Future[None] | None = None
 
 
+class HandBack(TaskRejected):
+    """Raised by a loop-safe task subscriber (``loop_safe = True``: called on the communicator's loop) that takes
+    no more tasks (a worker recycling itself, worker/_recycle.py): unless a later subscriber takes it, the task
+    goes back to its queue at once for another consumer, whether it was delivered before or not (a plain
+    refusal of a redelivered task is answered instead)."""
+
+
 #: The delivery of the task being dispatched, readable by task subscribers (e.g. for idempotent launches).
 CURRENT_DELIVERY: contextvars.ContextVar[Delivery | None] = contextvars.ContextVar("CURRENT_DELIVERY", default=None)
 
@@ -150,7 +157,8 @@ async def settle_task(
     """The one task-settlement rule of every back end.
 
     A malformed task is rejected with an error reply (never requeued to loop forever). A task every
-    subscriber refused is requeued once, then replied to with one ``TaskRejected``.
+    subscriber refused is requeued once, then replied to with one ``TaskRejected``; one handed back
+    (:class:`HandBack`, or no subscriber left) is requeued, however often it was delivered.
     A held task (:class:`Delivery`) is replied to at once and acked only when its hold completes. While
     ``releasing()``, a finished task is handed back instead of acked, so the next worker continues it.
     """
@@ -164,7 +172,14 @@ async def settle_task(
     delivery = Delivery(incoming.correlation_id, incoming.redelivered)
     CURRENT_DELIVERY.set(delivery)
     no_reply = not incoming.wants_reply(no_reply)
-    reply = await dispatch_task(subscribers, facade, task, None if no_reply else incoming.reply)
+    try:
+        if not subscribers:  # delivered as the last subscriber left (its consumer not yet cancelled)
+            raise HandBack("no task subscriber left here")
+        reply = await dispatch_task(subscribers, facade, task, None if no_reply else incoming.reply)
+    except HandBack as exc:
+        LOGGER.debug("task handed back to its queue: %s", exc)
+        await incoming.requeue()  # for another consumer: nothing ran here
+        return
     if delivery.hold is not None and reply is not None and not releasing():
         if not no_reply:
             await incoming.reply(reply)  # the caller has its answer now; the task stays ours until the work ends
@@ -272,10 +287,15 @@ async def respond(value_or_call: object, send: SendReply | None, *, call: bool =
 async def dispatch_task(
     subscribers: list[TaskSubscriber], comm: object, task: object, send: SendReply | None
 ) -> dict[str, object] | None:
-    """Offer ``task`` to each subscriber in turn; return the final reply, or None if every one rejected it."""
+    """Offer ``task`` to each subscriber in turn; return the final reply, or None if every one rejected it
+    (:class:`HandBack` if one of them handed it back)."""
+    handed_back: HandBack | None = None
     for subscriber in subscribers:
         try:
             value = subscriber(comm, task)
+        except HandBack as exc:
+            handed_back = exc
+            continue
         except kiwipy.TaskRejected:
             continue
         except Exception as exc:  # noqa: BLE001
@@ -283,6 +303,8 @@ async def dispatch_task(
         if isinstance(value, CallbackFuture) and await _refused(value):
             continue  # refused on its callback thread: the next subscriber may take it
         return await respond(value, send, call=False)
+    if handed_back is not None:
+        raise handed_back
     return None
 
 

@@ -13,12 +13,13 @@ import functools
 import logging
 import threading
 from collections.abc import Callable, Mapping
+from typing import Protocol
 
-from ..transports.base import CURRENT_DELIVERY, AsyncCommunicator
+from ..transports.base import CURRENT_DELIVERY, AsyncCommunicator, Delivery
 from ..transports.loop import run_on
 from ..wire.messages import ANSWER_PREFIX
 from ..wire.names import DEFAULT_QUEUE, WORKERS_SUBJECT
-from .launcher import Answer, ProcessLauncher
+from .launcher import Accepted, Answer
 
 __all__ = ["DEFAULT_QUEUE", "WORKERS_SUBJECT", "SlotCounter", "WorkersAnswer", "check_queues"]
 
@@ -39,6 +40,12 @@ def check_queues(queues: Mapping[str, int]) -> dict[str, int]:
     return checked
 
 
+class Acceptor(Protocol):
+    """What takes a queue's tasks: the launcher (launcher.py), or a recycling worker's wrapper of it (_recycle.py)."""
+
+    def accept(self, communicator: object, task: object, delivery: Delivery | None) -> Accepted: ...
+
+
 class SlotCounter:
     """The launcher as one queue's task subscriber, counting that queue's tasks in progress here.
 
@@ -49,7 +56,7 @@ class SlotCounter:
     #: Called on the communicator's loop directly, as the launcher it wraps.
     loop_safe = True
 
-    def __init__(self, launcher: ProcessLauncher, queue: str, slots: int) -> None:
+    def __init__(self, launcher: Acceptor, queue: str, slots: int) -> None:
         self.launcher, self.queue, self.slots = launcher, queue, slots
         self.used = 0
         self._lock = threading.Lock()

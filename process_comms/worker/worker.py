@@ -24,6 +24,7 @@ from ..wire.messages import Pid, records_route
 from ..wire.names import queue_name
 from . import _module_logs
 from ._fleet import DEFAULT_QUEUE, SlotCounter, WorkersAnswer, check_queues
+from ._recycle import Recycler
 from .launcher import ProcessLauncher
 from .persistence import Persister, get_persister
 from .records import RECORD_MAX_AGE, RECORD_MAX_COUNT, RECORD_PRUNE_INTERVAL
@@ -60,6 +61,7 @@ class Worker:
         record_max_count: int = RECORD_MAX_COUNT,
         record_prune_interval: float = RECORD_PRUNE_INTERVAL,
         queues: Mapping[str, int] | None = None,
+        max_processes: int | None = None,
         **options: Any,
     ) -> None:
         """``persister`` is a Persister or a URL (``sqlite:///file.db``, ``postgresql://...``).
@@ -71,6 +73,10 @@ class Worker:
         With ``records`` (the default) every process run here gets a record in the persister, kept
         ``record_max_age`` seconds after it ended and at most ``record_max_count`` of them; the worker
         answers record queries of the fleet (``list_processes``, ``get_process``...).
+
+        ``max_processes``: after that many processes (launch and continue tasks) it takes no more tasks,
+        and once they have all ended it stops by itself and :meth:`wait` returns (its supervisor starts a
+        fresh worker: memory back after a peak, as Celery's ``worker_max_tasks_per_child``). None: no limit.
         """
         self.persister: Persister = persister if isinstance(persister, Persister) else get_persister(persister)
         self._own_comm = communicator is None
@@ -85,6 +91,8 @@ class Worker:
         self._answer_id: object = None
         self._started_at: float | None = None
         self._stopped = threading.Event()
+        self._ended = threading.Event()
+        self._recycle = Recycler(self.launcher, max_processes, self.stop) if max_processes else None
         self._lock = threading.Lock()
         self._module_logs = False  # the handler that keeps module-logger lines in records (_module_logs.py)
 
@@ -99,17 +107,29 @@ class Worker:
         if self._queues is None:  # the default queue, with the communicator's prefetch count (as before issue 15)
             core = self.communicator.core
             slots = int(core.task_prefetch_count or 0) if isinstance(core, BrokerQueues) else 0
-            self._slots[DEFAULT_QUEUE] = SlotCounter(self.launcher, DEFAULT_QUEUE, slots)
-            self.communicator.add_task_subscriber(self._slots[DEFAULT_QUEUE])
+            self._slots[DEFAULT_QUEUE] = SlotCounter(self._recycle or self.launcher, DEFAULT_QUEUE, slots)
+            self._subscribed(DEFAULT_QUEUE, self.communicator.add_task_subscriber(self._slots[DEFAULT_QUEUE]))
         else:
             for name, slots in self._queues.items():
-                self._slots[name] = SlotCounter(self.launcher, name, slots)
-                self.communicator.add_task_subscriber(self._slots[name], queue=name, prefetch_count=slots)
+                self._slots[name] = SlotCounter(self._recycle or self.launcher, name, slots)
+                subscription = self.communicator.add_task_subscriber(
+                    self._slots[name], queue=name, prefetch_count=slots
+                )
+                self._subscribed(name, subscription)
         core = self.communicator.core
         answer = WorkersAnswer(self.launcher.owner, self.info, core, self.communicator.loop)
         self._answer_id = self.communicator.add_broadcast_subscriber(answer)
         LOGGER.info("worker %s taking tasks from %s on %r", self.launcher.owner, dict(self.slots()), self.communicator)
         return self
+
+    def _subscribed(self, queue: str, identifier: Any) -> None:
+        if self._recycle is not None:  # cancelled when it has taken its max_processes (_recycle.py)
+            self._recycle.subscribed(self.communicator.core, identifier, queue)
+
+    @property
+    def recycled(self) -> bool:
+        """True once it took its ``max_processes`` (it takes no more tasks; it stops when they have ended)."""
+        return self._recycle is not None and self._recycle.full
 
     @property
     def worker_id(self) -> str:
@@ -192,6 +212,14 @@ class Worker:
             if self._stopped.is_set():
                 return []
             self._stopped.set()
+        if self._recycle is not None:
+            self._recycle.cancel()  # this stop wins over a recycling under way (_recycle.py)
+        try:
+            return self._stop(graceful, timeout)
+        finally:
+            self._ended.set()
+
+    def _stop(self, graceful: bool, timeout: float) -> list[Pid]:
         handed_back: list[Pid] = []
         lost: list[Pid] = []
         if graceful and not self.communicator.is_closed():
@@ -224,5 +252,6 @@ class Worker:
         return handed_back
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until :meth:`stop` is called (True) or ``timeout`` passes (False)."""
-        return self._stopped.wait(timeout)
+        """Block until the worker has stopped (True): :meth:`stop` was called, or it recycled itself after
+        ``max_processes``; False once ``timeout`` passes."""
+        return self._ended.wait(timeout)
