@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 
 import process_comms
-
-from .brokers import rabbit_cluster, spare_broker  # noqa: F401 (fixtures: extra RabbitMQ nodes, tests/brokers.py)
+from tests.brokers import rabbit_cluster, spare_broker  # noqa: F401 (fixtures: extra RabbitMQ nodes, tests/brokers.py)
 
 BROKER_URL = os.environ.get("PROCESS_COMMS_TEST_BROKER", "amqp://guest:guest@127.0.0.1:5672/")
 POSTGRES_URL = os.environ.get("PROCESS_COMMS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")

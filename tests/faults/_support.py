@@ -15,8 +15,7 @@ from typing import Any
 import pytest
 
 import process_comms
-
-from ..conftest import BROKER_URL, delete_broker_objects
+from tests.conftest import BROKER_URL, delete_broker_objects
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,9 +14,9 @@ import yaml
 
 import process_comms
 import process_comms.wire.codec
+from tests.conftest import BROKER_URL, rabbitmqctl
 from tests.procs import Waiter
 
-from ..conftest import BROKER_URL, rabbitmqctl
 from ._support import Workers, controller, delete_broker_objects, wait_until
 
 pytestmark = pytest.mark.broker  # every test talks to RabbitMQ, some through module-level helpers

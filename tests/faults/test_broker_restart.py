@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 import process_comms
+from tests.brokers import RabbitNode
 from tests.procs import Add, Waiter
 
-from ..brokers import RabbitNode
 from ._support import Workers, controller, wait_until
 
 pytestmark = pytest.mark.slow

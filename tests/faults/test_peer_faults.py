@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 import process_comms
+from tests.conftest import BROKER_URL
 
-from ..conftest import BROKER_URL
 from ._support import ROOT, controller, wait_until
 
 pytestmark = pytest.mark.slow

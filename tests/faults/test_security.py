@@ -10,8 +10,7 @@ import pytest
 
 import process_comms
 from process_comms.urls import mask_url
-
-from ..conftest import rabbitmqctl
+from tests.conftest import rabbitmqctl
 
 
 @pytest.fixture

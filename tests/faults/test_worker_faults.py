@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import rabbitmqctl
 from tests.procs import Steps
 
-from ..conftest import rabbitmqctl
 from ._support import controller, wait_until
 
 
