@@ -21,6 +21,7 @@ import pytest
 from process_comms.cli import main as cli
 from process_comms.cli.config import ENV_PROFILE
 from tests.cli.test_commands import rmq_cleanup  # noqa: F401 - a fixture: deletes the test's queue and exchanges
+from tests.waiting import wait_until
 
 psutil = pytest.importorskip("psutil")  # installed with circus (the `daemon` extra, in the `test` extra)
 
@@ -54,18 +55,6 @@ def _started_here(state: Path) -> list[int]:
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             pass
     return found
-
-
-def _until(check: Callable[[], Any], what: str, timeout: float = SETTLE_TIMEOUT) -> Any:
-    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout} s")
-        time.sleep(0.2)
 
 
 class Daemon:
@@ -135,7 +124,12 @@ def test_start_kill_incr_decr_logs_stop(daemon: Daemon) -> None:
     assert first["numprocesses"] == 2 and len(first["workers"]) == 2, first
     assert (daemon.dir / "daemon.pid").read_text().strip() == str(first["supervisor"])
     assert {first["supervisor"], *first["workers"]} <= set(_started_here(daemon.state))
-    assert _until(lambda: daemon.fleet_pids() == set(first["workers"]), "both workers answer `workers`")
+    assert wait_until(
+        lambda: daemon.fleet_pids() == set(first["workers"]),
+        SETTLE_TIMEOUT,
+        "both workers answer `workers`",
+        interval=0.2,
+    )
 
     again = daemon.run("daemon", "start", "--allow", "tests.procs")  # the profile's store: no --persister
     assert again.returncode == 1 and "already runs" in again.stderr, again.stderr
@@ -147,19 +141,31 @@ def test_start_kill_incr_decr_logs_stop(daemon: Daemon) -> None:
         now = daemon.status()
         return now if victim not in now["workers"] and len(now["workers"]) == 2 else None
 
-    replaced = _until(replaced_status, "the supervisor replaces the killed worker")
+    replaced = wait_until(replaced_status, SETTLE_TIMEOUT, "the supervisor replaces the killed worker", interval=0.2)
     assert replaced["supervisor"] == first["supervisor"]
-    assert _until(lambda: daemon.fleet_pids() == set(replaced["workers"]), "the new worker answers `workers`")
+    assert wait_until(
+        lambda: daemon.fleet_pids() == set(replaced["workers"]),
+        SETTLE_TIMEOUT,
+        "the new worker answers `workers`",
+        interval=0.2,
+    )
 
     assert "3 worker(s)" in daemon.ok("daemon", "incr").stdout
     three = daemon.status()
     assert three["numprocesses"] == 3 and len(three["workers"]) == 3, three
-    assert _until(lambda: daemon.fleet_pids() == set(three["workers"]), "three workers answer `workers`")
+    assert wait_until(
+        lambda: daemon.fleet_pids() == set(three["workers"]),
+        SETTLE_TIMEOUT,
+        "three workers answer `workers`",
+        interval=0.2,
+    )
 
     assert "1 worker(s)" in daemon.ok("daemon", "decr", "2").stdout
     one = daemon.status()
     assert one["numprocesses"] == 1 and len(one["workers"]) == 1, one
-    assert _until(lambda: daemon.fleet_pids() == set(one["workers"]), "one worker answers `workers`")
+    assert wait_until(
+        lambda: daemon.fleet_pids() == set(one["workers"]), SETTLE_TIMEOUT, "one worker answers `workers`", interval=0.2
+    )
     too_many = daemon.run("daemon", "decr", "5")
     assert too_many.returncode == 2 and "only 1 worker(s) run" in too_many.stderr, too_many.stderr
 
@@ -185,14 +191,24 @@ def test_start_kill_incr_decr_logs_stop(daemon: Daemon) -> None:
 def test_stop_hands_back_a_running_process(daemon: Daemon) -> None:
     daemon.ok("daemon", "start", "1", "--allow", "tests.procs")
     pid = daemon.ok("launch", "tests.procs:Waiter", "--nowait", "--persist").stdout.strip()
-    assert _until(lambda: "waiting" in daemon.run("status", pid).stdout, "the daemon's worker runs the process")
+    assert wait_until(
+        lambda: "waiting" in daemon.run("status", pid).stdout,
+        SETTLE_TIMEOUT,
+        "the daemon's worker runs the process",
+        interval=0.2,
+    )
     daemon.status()
     daemon.ok("daemon", "stop")
     logs = daemon.ok("daemon", "logs").stdout
     assert f"handed back 1 process(es) to the queue: ['{pid}']" in logs, logs
     assert all(_gone(one) for one in daemon.seen)
     daemon.ok("daemon", "start", "1", "--allow", "tests.procs")  # a new worker continues it
-    assert _until(lambda: "waiting" in daemon.run("status", pid).stdout, "the next daemon continues the process")
+    assert wait_until(
+        lambda: "waiting" in daemon.run("status", pid).stdout,
+        SETTLE_TIMEOUT,
+        "the next daemon continues the process",
+        interval=0.2,
+    )
     daemon.status()
 
 

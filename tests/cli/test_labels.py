@@ -13,7 +13,7 @@ from process_comms.cli import main as cli
 from process_comms.wire.launch_options import LABEL_MAX_CHARS
 from tests.cli.test_commands import Run, rmq_cleanup, run  # noqa: F401 (fixtures)
 from tests.cli.test_records import worker  # noqa: F401 (fixture)
-from tests.faults._support import wait_until
+from tests.waiting import wait_until
 
 T = 60.0
 

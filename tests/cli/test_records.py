@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +28,7 @@ from tests.cli.test_commands import (  # noqa: F401 (fixtures)
     rmq_cleanup,
     run,
 )
+from tests.waiting import wait_until
 
 PROCS = "tests.worker.records_procs"
 
@@ -154,11 +154,13 @@ def test_ctrl_c_on_a_waiting_launch_prints_the_pid_to_kill(
         env=_env(),
     )
     try:
-        deadline = time.monotonic() + READY_TIMEOUT
-        listed: list[dict[str, object]] = []
-        while not listed:  # the process runs on the worker: the launch waits for its outputs now
-            assert time.monotonic() < deadline, "the launched process never showed up in `list`"
-            listed = json.loads(run("--json", "list", "--state", "waiting").stdout or "[]")
+        # the process runs on the worker: the launch waits for its outputs now
+        listed: list[dict[str, object]] = wait_until(
+            lambda: json.loads(run("--json", "list", "--state", "waiting").stdout or "[]"),
+            READY_TIMEOUT,
+            "the launched process to show up in `list`",
+            interval=0,  # each poll is a subprocess already
+        )
         launch.send_signal(signal.SIGINT)
         out, err = launch.communicate(timeout=STOP_TIMEOUT)
     finally:

@@ -9,7 +9,6 @@ import json
 import signal
 import sqlite3
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -32,6 +31,7 @@ from tests.cli.test_commands import (  # noqa: F401 (fixtures)
     run,
 )
 from tests.store_fleet import PROCS, StoppedFleet, pg_schema, start_cli_worker, stopped_fleet  # noqa: F401 (fixtures)
+from tests.waiting import wait_until
 
 #: The line a command prints first when the store answered because no worker is up.
 FROM_STORE = "from the store "
@@ -197,10 +197,11 @@ def test_a_worker_that_answers_beats_the_store_and_one_that_does_not_falls_back(
         assert LineReader(worker.stdout).next(READY_TIMEOUT) == "worker ready", err_path.read_text()
         sleeper = run("launch", f"{PROCS}:Sleeper", "--nowait").stdout.strip()
         with process_comms.open_record_store(url, timeout=10) as store:
-            deadline = time.monotonic() + READY_TIMEOUT
-            while (store.load_record(parse_pid(sleeper)) or {}).get("state_name") != "waiting":
-                assert time.monotonic() < deadline, "the sleeper's record never reached the store"
-                time.sleep(0.05)
+            wait_until(
+                lambda: (store.load_record(parse_pid(sleeper)) or {}).get("state_name") == "waiting",
+                READY_TIMEOUT,
+                "the sleeper's record to reach the store",
+            )
 
         fleet = run("--json", "list", "--store", url)
         assert fleet.returncode == 0, fleet.stderr

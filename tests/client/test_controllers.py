@@ -37,7 +37,7 @@ from process_comms import (
 )
 from tests import procs
 from tests.conftest import BROKER_URL, rmq_options
-from tests.faults._support import wait_until
+from tests.waiting import wait_until
 
 R = TypeVar("R")
 
@@ -227,14 +227,13 @@ def poll_status(
     ctl: RemoteProcessThreadController, pid: Any, predicate: Callable[[dict[str, Any]], bool], timeout: float = T
 ) -> dict[str, Any]:
     """Ask for ``pid``'s status until ``predicate`` holds (for fire-and-forget broadcasts); bounded."""
-    deadline = time.monotonic() + timeout
-    interval = threading.Event()  # never set: a bounded pause between status round trips
-    while True:
-        status: dict[str, Any] = ctl.get_status(pid).result(T)
-        if predicate(status):
-            return status
-        assert time.monotonic() < deadline, f"status of {pid} never matched within {timeout} s: last {status}"
-        interval.wait(0.01)
+    last: list[dict[str, Any]] = [{}]
+
+    def matched() -> tuple[dict[str, Any]] | None:
+        last[0] = ctl.get_status(pid).result(T)
+        return (last[0],) if predicate(last[0]) else None
+
+    return wait_until(matched, timeout, lambda: f"the status of {pid} to match: last {last[0]}", interval=0.01)[0]
 
 
 def silent_subscriber(received: threading.Event | None = None) -> Callable[[Any, Any], Any]:

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from tests.cli.test_commands import (
     _one_line_error,
 )
 from tests.conftest import delete_broker_objects
+from tests.waiting import wait_until
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("starlette")
@@ -94,17 +95,6 @@ def start_dashboard(
     return Served(args, tmp / f"dashboard-{uuid.uuid4().hex[:6]}.err", "dashboard ready at http://127.0.0.1:", env)
 
 
-def wait_until(predicate: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
-    """Poll ``predicate`` until it is truthy (bounded by ``timeout``); its value."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 @dataclass
 class Fleet:
     """A worker, a dashboard and a controller on one installation's names."""
@@ -159,7 +149,7 @@ def test_processes_are_listed_newest_first_filtered_and_paged(fleet: Fleet) -> N
     for pid in adds:
         assert fleet.controller.wait_for_process(uuid.UUID(pid), WAIT).result(WAIT + 2) == "finished"
     holder = fleet.launch(f"{PROCS}:Holder")
-    wait_until(lambda: fleet.record(holder)["state_name"] == "waiting", "the holder to wait")
+    wait_until(lambda: fleet.record(holder)["state_name"] == "waiting", WAIT, "the holder to wait")
 
     listing = fleet.client.get("/api/processes").json()
     mine = [row for row in listing["processes"] if row["pid"] in {*adds, holder}]
@@ -235,7 +225,7 @@ def test_queues_show_the_task_queue_and_its_worker(fleet: Fleet) -> None:
 # -- actions -----------------------------------------------------------------------------------------
 def test_pause_play_and_kill_answer_and_take_effect(fleet: Fleet) -> None:
     pid = fleet.launch(f"{PROCS}:Holder")
-    wait_until(lambda: fleet.record(pid)["state_name"] == "waiting", "the holder to wait")
+    wait_until(lambda: fleet.record(pid)["state_name"] == "waiting", WAIT, "the holder to wait")
 
     paused = fleet.client.post(f"/api/processes/{pid}/pause", json={"message": "from the test"})
     assert paused.status_code == 200, paused.text
@@ -312,7 +302,7 @@ def test_metrics_are_prometheus_text_that_its_parser_reads(fleet: Fleet) -> None
     pid = fleet.launch(f"{PROCS}:Stepper", n=1, delay=0.0)
     assert fleet.controller.wait_for_process(uuid.UUID(pid), WAIT).result(WAIT + 2) == "finished"
     held = fleet.launch(f"{PROCS}:Holder")
-    wait_until(lambda: fleet.record(held)["state_name"] == "waiting", "the holder to wait")
+    wait_until(lambda: fleet.record(held)["state_name"] == "waiting", WAIT, "the holder to wait")
     assert fleet.client.post(f"/api/processes/{held}/pause").status_code == 200
     assert fleet.client.post(f"/api/processes/{uuid.uuid4()}/play").status_code == 404
 

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from tests.cli.test_commands import _env, _global_options
-from tests.dashboard.test_api import PROCS, RECORDS_PROCS, WAIT, Fleet, Served, fleet, wait_until  # noqa: F401 (fixture)
+from tests.dashboard.test_api import PROCS, RECORDS_PROCS, WAIT, Fleet, Served, fleet  # noqa: F401 (fixture)
+from tests.waiting import wait_until
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("starlette")
@@ -200,7 +201,7 @@ def test_the_listing_filters_by_several_states_and_a_label_and_sorts(fleet: Flee
     unlabelled = launch(f"{PROCS}:Holder", None)
     for pid, state in ((done, "finished"), (broken, "excepted")):
         assert fleet.controller.wait_for_process(uuid.UUID(pid), WAIT).result(WAIT + 2) == state
-    wait_until(lambda: fleet.record(held)["state_name"] == "waiting", "the holder to wait")
+    wait_until(lambda: fleet.record(held)["state_name"] == "waiting", WAIT, "the holder to wait")
 
     def pids(**params: Any) -> list[str]:
         response = fleet.client.get("/api/processes", params=params)

@@ -6,11 +6,9 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -139,13 +137,3 @@ def controller(prefix: str, broker_url: str = BROKER_URL) -> process_comms.Remot
         task_queue=f"{prefix}.process.queue",
     )
     return process_comms.RemoteProcessThreadController(comm)
-
-
-def wait_until(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")

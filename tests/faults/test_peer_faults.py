@@ -12,8 +12,9 @@ import pytest
 
 import process_comms
 from tests.conftest import BROKER_URL
+from tests.waiting import wait_until
 
-from ._support import ROOT, controller, wait_until
+from ._support import ROOT, controller
 
 pytestmark = pytest.mark.slow
 

@@ -9,8 +9,9 @@ import pytest
 
 from tests.conftest import rabbitmqctl
 from tests.procs import Steps
+from tests.waiting import wait_until
 
-from ._support import controller, wait_until
+from ._support import controller
 
 
 def steps_logged(log: Path) -> list[tuple[str, int]]:

@@ -20,8 +20,9 @@ import pytest
 
 import process_comms
 from tests.conftest import BROKER_URL, delete_broker_objects, rabbitmqctl
-from tests.faults._support import Workers, controller, wait_until
+from tests.faults._support import Workers, controller
 from tests.procs import Add
+from tests.waiting import wait_until
 
 T = 30.0
 

@@ -13,7 +13,7 @@ import pytest
 
 import process_comms
 from tests.brokers import RabbitNode
-from tests.faults._support import wait_until
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.broker
 

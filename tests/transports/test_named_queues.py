@@ -10,8 +10,8 @@ import pytest
 import process_comms
 from process_comms.transports.rmq._tasks import queue_name
 from tests.conftest import rabbitmqctl
-from tests.faults._support import wait_until
 from tests.procs import Add
+from tests.waiting import wait_until
 
 T = 20.0
 

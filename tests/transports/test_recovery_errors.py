@@ -11,7 +11,7 @@ import pytest
 import process_comms
 from tests.brokers import RabbitNode
 from tests.conftest import BROKER_URL, delete_broker_objects
-from tests.faults._support import wait_until
+from tests.waiting import wait_until
 
 T = 20.0
 

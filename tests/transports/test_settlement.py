@@ -13,19 +13,12 @@ from typing import Any
 import pytest
 
 from process_comms import EmbeddedCommunicator, InMemoryPersister, ProcessLauncher, RemoteProcessController
-from process_comms._compat import timeout
 from process_comms.transports.base import settle_task
 from process_comms.wire.codec import get_codec
 from tests import procs
+from tests.waiting import wait_until_async
 
 T = 10.0
-
-
-async def _until(predicate: Any, what: str) -> None:
-    async with timeout(T):
-        while not predicate():
-            await asyncio.sleep(0.005)  # polling a condition under a deadline, not sleeping to synchronise
-    assert predicate(), what
 
 
 def test_embedded_holds_a_persisted_nowait_launch_until_its_process_ends() -> None:
@@ -41,7 +34,7 @@ def test_embedded_holds_a_persisted_nowait_launch_until_its_process_ends() -> No
                 # the caller has its pid, and the task is still held by the worker that runs the process
                 assert len(comm._inflight) == 1
                 assert await asyncio.wait_for(ctl.kill_process(pid), T) is True
-                await _until(lambda: not comm._inflight, "the held task is settled once its process ended")
+                await wait_until_async(lambda: not comm._inflight, T, "the held task is settled once its process ended")
                 assert not comm._tasks  # acked, not handed back
 
     asyncio.run(main())
@@ -56,7 +49,7 @@ def test_embedded_does_not_hold_a_non_persisted_nowait_launch() -> None:
                 pid = await asyncio.wait_for(
                     ctl.launch_process(procs.Waiter, init_kwargs={"inputs": {}}, nowait=True), T
                 )
-                await _until(lambda: not comm._inflight, "a non-persisted launch is settled at once")
+                await wait_until_async(lambda: not comm._inflight, T, "a non-persisted launch is settled at once")
                 assert await asyncio.wait_for(ctl.kill_process(pid), T) is True
 
     asyncio.run(main())

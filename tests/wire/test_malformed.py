@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,7 @@ from process_comms.wire.codec import JsonCodec, YamlCodec
 from process_comms.wire.messages import state_from_subject, wire_bool, wire_text
 from tests import procs
 from tests.conftest import rmq_options
+from tests.waiting import wait_until
 
 T = 15  # seconds: the bound of every wait in this module
 
@@ -260,16 +261,6 @@ def rig(broker_url: str, names: dict[str, str]) -> Iterator[Rig]:
         launcher.close()
 
 
-def wait_until(predicate: Callable[[], Any], what: str) -> Any:
-    deadline = time.monotonic() + T
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)  # polling a condition under a deadline
-    raise AssertionError(f"timed out after {T} s waiting for {what}")
-
-
 def encode(obj: Any) -> bytes:
     return YamlCodec().encode(obj)
 
@@ -277,7 +268,7 @@ def encode(obj: Any) -> bytes:
 def launch_saver(rig: Rig) -> uuid.UUID:
     """Launch a persisted Saver (its route exists on return) and wait for its first stored checkpoint."""
     pid = rig.ctl.launch_process(Saver, init_kwargs={"inputs": {}}, persist=True, nowait=True).result(T)
-    wait_until(lambda: stored_step(rig, pid) >= 1, "the first checkpoint")
+    wait_until(lambda: stored_step(rig, pid) >= 1, T, "the first checkpoint", interval=0.02)
     return pid  # type: ignore[no-any-return]
 
 
@@ -292,12 +283,16 @@ def assert_alive_and_unpaused(rig: Rig, pid: Any) -> None:
     status = rig.ctl.get_status(pid).result(T)
     assert status["state_name"] == "running" and status["paused"] is False, status
     step = stored_step(rig, pid)
-    wait_until(lambda: stored_step(rig, pid) > step, "a later checkpoint")  # it still runs and still saves
+    wait_until(
+        lambda: stored_step(rig, pid) > step, T, "a later checkpoint", interval=0.02
+    )  # it still runs and still saves
 
 
 def kill(rig: Rig, pid: Any) -> None:
     assert rig.ctl.kill_process(pid).result(T) is True
-    wait_until(lambda: rig.persister.load_checkpoint(pid)["state"] == "killed", "the final checkpoint")
+    wait_until(
+        lambda: rig.persister.load_checkpoint(pid)["state"] == "killed", T, "the final checkpoint", interval=0.02
+    )
 
 
 # -- recursive anchors on the real broker ----------------------------------------------------------
@@ -359,7 +354,7 @@ def test_a_task_flag_that_is_not_a_boolean_is_refused_and_nothing_runs(rig: Rig,
     good = uuid.uuid4()
     add = {"inputs": {"a": 2, "b": 3}, "pid": good}
     assert rig.ctl.launch_process(procs.Add, init_kwargs=add).result(T) == {"sum": 5}
-    wait_until(lambda: rig.states.saw(good, "finished"), "the good process's final broadcast")
+    wait_until(lambda: rig.states.saw(good, "finished"), T, "the good process's final broadcast", interval=0.02)
     assert rig.states.senders() == {str(good)}
     assert len(rig.peer.final_replies(cid)) == 1
 
@@ -462,7 +457,7 @@ def test_a_pause_broadcast_with_a_text_that_is_not_a_string_is_dropped(
     pid = launch_saver(rig)
     envelope = b"{body: {intent: pause, message: .nan}, sender: null, subject: pause, correlation_id: null}"
     rig.peer.broadcast(envelope)
-    wait_until(lambda: "dropped a pause broadcast" in caplog.text, "the worker to drop the broadcast")
+    wait_until(lambda: "dropped a pause broadcast" in caplog.text, T, "the worker to drop the broadcast", interval=0.02)
     assert_alive_and_unpaused(rig, pid)
     kill(rig, pid)
 
@@ -476,7 +471,7 @@ def test_a_failed_checkpoint_save_is_logged_and_the_process_keeps_running(
     caplog.set_level(logging.ERROR, logger="process_comms.worker.process")
     pid = launch_saver(rig)
     rig.persister.failing.set()
-    wait_until(lambda: "could not save a checkpoint" in caplog.text, "the failed save to be logged")
+    wait_until(lambda: "could not save a checkpoint" in caplog.text, T, "the failed save to be logged", interval=0.02)
     assert any(r.levelno == logging.ERROR for r in caplog.records if "could not save" in r.getMessage())
     status = rig.ctl.get_status(pid).result(T)  # still alive: before, it excepted with a "running" record
     assert status["state_name"] == "running", status

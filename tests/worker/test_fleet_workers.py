@@ -20,8 +20,9 @@ from process_comms.client import controller as controller_module
 from process_comms.worker import _fleet
 from process_comms.worker.persistence import InMemoryPersister
 from tests.conftest import BROKER_URL
-from tests.faults._support import ROOT, controller, prefix, wait_until, workers
+from tests.faults._support import ROOT, controller, prefix, workers
 from tests.procs import Steps
+from tests.waiting import wait_until
 from tests.worker.test_takeover import steps_logged
 
 __all__ = ["prefix", "workers"]  # fixtures

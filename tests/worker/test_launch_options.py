@@ -26,8 +26,9 @@ from process_comms.wire.launch_options import (
 from process_comms.wire.listing import ACTIVE_STATES, check_listing, sort_rows
 from process_comms.wire.messages import create_launch_body
 from process_comms.worker.persistence import InMemoryPersister, Persister
-from tests.faults._support import ROOT, controller, prefix, wait_until, workers
+from tests.faults._support import ROOT, controller, prefix, workers
 from tests.procs import Add, Waiter
+from tests.waiting import wait_until
 from tests.worker.test_persistence import persister, pg_table
 
 __all__ = ["persister", "pg_table", "prefix", "workers"]  # fixtures

@@ -17,7 +17,7 @@ import pytest
 
 import process_comms
 from tests.conftest import BROKER_URL
-from tests.faults._support import wait_until
+from tests.waiting import wait_until
 
 T = 20.0
 

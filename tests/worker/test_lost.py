@@ -26,8 +26,9 @@ from process_comms.client.records import status_from_record
 from process_comms.worker.persistence import SqlPersister
 from tests.conftest import BROKER_URL, rmq_options
 from tests.dashboard.test_api import start_dashboard
-from tests.faults._support import controller, prefix, wait_until, workers
+from tests.faults._support import controller, prefix, workers
 from tests.procs import Add, Steps, Waiter
+from tests.waiting import wait_until
 from tests.worker.test_takeover import steps_logged
 
 __all__ = ["prefix", "workers"]  # fixtures

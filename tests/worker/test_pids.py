@@ -27,8 +27,9 @@ from process_comms.worker.persistence import InMemoryPersister
 from tests.cli.test_commands import Run, rmq_cleanup, run  # noqa: F401 (fixtures)
 from tests.cli.test_records import worker  # noqa: F401 (fixture)
 from tests.conftest import BROKER_URL, rmq_options
-from tests.faults._support import Workers, controller, prefix, wait_until, workers  # noqa: F401 (fixtures)
+from tests.faults._support import Workers, controller, prefix, workers  # noqa: F401 (fixtures)
 from tests.procs import Add, Steps, Waiter
+from tests.waiting import wait_until
 from tests.worker.test_persistence import pg_table  # noqa: F401 (fixture)
 from tests.worker.test_records_store import persister, record  # noqa: F401 (fixture)
 

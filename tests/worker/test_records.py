@@ -13,8 +13,9 @@ import pytest
 
 import process_comms
 from process_comms.client.records import NO_RECORDS_WORKER
-from tests.faults._support import Workers, controller, prefix, wait_until  # noqa: F401 (fixture)
+from tests.faults._support import Workers, controller, prefix  # noqa: F401 (fixture)
 from tests.procs import Add, Fails, Steps, Waiter
+from tests.waiting import wait_until
 
 T = 20.0
 

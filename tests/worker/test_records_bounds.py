@@ -22,8 +22,8 @@ from process_comms.worker.records import CYCLE_EVENT, MAX_HISTORY
 from tests.cli.test_commands import Run, _global_options, rmq_cleanup, run  # noqa: F401 (fixtures)
 from tests.conftest import BROKER_URL
 from tests.dashboard.test_api import Served
-from tests.faults._support import wait_until
 from tests.procs import Add, Waiter
+from tests.waiting import wait_until
 from tests.worker.records_bounds_procs import HugeOutput, Napper
 
 pytestmark = pytest.mark.broker

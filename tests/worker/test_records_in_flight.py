@@ -17,8 +17,8 @@ import pytest
 import process_comms
 from process_comms.worker.persistence import InMemoryPersister
 from tests.conftest import BROKER_URL
-from tests.faults._support import wait_until
 from tests.procs import Add, Waiter
+from tests.waiting import wait_until
 
 T = 20.0
 

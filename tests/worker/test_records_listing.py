@@ -20,7 +20,7 @@ from process_comms.worker.persistence import InMemoryPersister
 from process_comms.worker.persistence._records import CUT_KEY, SUMMARY_PROGRESS_BYTES
 from tests.cli.test_commands import Run, rmq_cleanup, run  # noqa: F401 (fixtures)
 from tests.dashboard.test_api import httpx, start_dashboard
-from tests.faults._support import wait_until
+from tests.waiting import wait_until
 from tests.worker.records_bounds_procs import Bloated
 
 pytestmark = pytest.mark.broker

@@ -22,8 +22,9 @@ import pytest
 import process_comms
 from process_comms.worker._claims import TAKEOVER_GRACE
 from process_comms.worker.persistence import InMemoryPersister, Persister, SqlPersister
-from tests.faults._support import controller, prefix, wait_until, workers
+from tests.faults._support import controller, prefix, workers
 from tests.procs import Steps
+from tests.waiting import wait_until
 from tests.worker.test_persistence import PG_URL, _pg_admin, persister, pg_table
 
 __all__ = ["persister", "pg_table", "prefix", "workers"]  # fixtures
