@@ -25,6 +25,7 @@ import pytest
 
 import process_comms
 from process_comms.cli import main as cli
+from tests.conftest import broker_url_as
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "process_comms.cli"]
@@ -205,7 +206,7 @@ def test_missing_broker_is_a_usage_error() -> None:
 
 def test_wrong_password_exits_6_without_printing_it(run: Run, names: dict[str, str]) -> None:
     secret = f"not-the-password-{uuid.uuid4().hex[:8]}"
-    bad = _global_options(f"amqp://guest:{secret}@127.0.0.1:5672/", names)
+    bad = _global_options(broker_url_as("guest", secret), names)
     commands = [
         ["status", "1"],
         ["launch", "tests.procs:Add"],

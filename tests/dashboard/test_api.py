@@ -27,7 +27,7 @@ from tests.cli.test_commands import (
     _global_options,
     _one_line_error,
 )
-from tests.conftest import delete_broker_objects
+from tests.conftest import broker_url_as, delete_broker_objects
 from tests.waiting import wait_until
 
 httpx = pytest.importorskip("httpx")
@@ -370,7 +370,7 @@ def test_no_broker_password_in_pages_or_errors(fleet: Fleet, broker_url: str, tm
     for path in ("/", "/api/info", "/api/queues", "/metrics"):
         assert "guest:guest@" not in fleet.client.get(path).text
     secret = "pw-that-must-not-show"
-    url = f"amqp://guest:{secret}@127.0.0.1:5672/"
+    url = broker_url_as("guest", secret)
     result = subprocess.run(
         [*CLI, "--broker", url, "--timeout", "5", "dashboard", "--port", "0"],
         capture_output=True,

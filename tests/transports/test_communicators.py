@@ -11,7 +11,7 @@ import pytest
 
 import process_comms
 from process_comms import BroadcastFilter
-from tests.conftest import BROKER_URL, rmq_options
+from tests.conftest import BROKER_URL, broker_url_as, rmq_options
 
 T = 10.0
 
@@ -188,7 +188,7 @@ def test_blocking_on_a_future_from_the_loop_thread_raises(comm: Any) -> None:
 
 def test_bad_credentials_fail_at_connect_with_a_masked_url(broker_url: str) -> None:
     with pytest.raises(process_comms.BrokerUnavailable) as info:
-        process_comms.connect("amqp://guest:wrong-secret@127.0.0.1:5672/", connect_timeout=5)
+        process_comms.connect(broker_url_as("guest", "wrong-secret"), connect_timeout=5)
     assert "wrong-secret" not in str(info.value)
     assert "***" in str(info.value)
 

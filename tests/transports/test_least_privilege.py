@@ -19,7 +19,7 @@ import pytest
 
 import process_comms
 from process_comms.transports.rmq.permissions import least_privilege, rabbitmqctl_lines
-from tests.conftest import rabbitmqctl
+from tests.conftest import BROKER_URL, broker_url_as, rabbitmqctl
 
 pytestmark = pytest.mark.broker
 
@@ -34,7 +34,7 @@ class Users:
         self.worker, self.client, self.other = f"pc-worker-{tag}", f"pc-client-{tag}", f"pc-other-{tag}"
 
     def url(self, user: str) -> str:
-        return f"amqp://{user}:{self.password}@127.0.0.1:5672/"
+        return broker_url_as(user, self.password)
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ def users(names: dict[str, str], broker_url: str) -> Iterator[Users]:
     finally:
         for user in (made.worker, made.client, made.other):
             rabbitmqctl("delete_user", user)
-        connection = pika.BlockingConnection(pika.URLParameters("amqp://guest:guest@127.0.0.1:5672/"))
+        connection = pika.BlockingConnection(pika.URLParameters(BROKER_URL))
         try:
             channel = connection.channel()
             channel.queue_delete(names["task_queue"])
@@ -147,7 +147,7 @@ def _answer_one_rpc(users: Users, route: str, replies: list[tuple[str, bytes]]) 
     """Act as a worker with raw pika: take one request on ``route``, then send ``replies`` as (user, body)."""
     names = users.names
     as_worker = pika.BlockingConnection(pika.URLParameters(users.url(users.worker)))
-    forger = pika.BlockingConnection(pika.URLParameters("amqp://guest:guest@127.0.0.1:5672/"))  # full permissions
+    forger = pika.BlockingConnection(pika.URLParameters(BROKER_URL))  # full permissions
     try:
         channel = as_worker.channel()
         queue = channel.queue_declare(f"amq_{uuid.uuid4().hex}", exclusive=True).method.queue

@@ -93,6 +93,7 @@ def test_a_task_queue_declared_otherwise_is_used_as_it_is(
     assert _queue_info(durable_names["task_queue"])["type"] == "quorum"  # untouched
 
 
+@pytest.mark.broker  # reaches BROKER_URL directly, not through the broker_url fixture
 def test_a_testing_mode_communicator_reconnects_at_once_after_the_last_one_closed(names: dict[str, str]) -> None:
     """Testing mode's exchanges are auto-delete: the broker drops them once the last communicator's bindings
     go, which can fall between a new communicator's declare and its first bind (NOT_FOUND). Before, that

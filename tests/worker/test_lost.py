@@ -177,6 +177,7 @@ def test_when_the_dead_worker_was_the_only_one_the_next_to_start_marks_its_proce
 
 
 # -- one interpreter ----------------------------------------------------------------------------------------------
+@pytest.mark.broker  # reaches BROKER_URL directly, not through the broker_url fixture
 def test_a_forged_terminal_broadcast_does_not_end_a_wait(names: dict[str, str], tmp_path: Path) -> None:
     options = rmq_options(names)
     with (
@@ -203,6 +204,7 @@ def test_a_forged_terminal_broadcast_does_not_end_a_wait(names: dict[str, str], 
         assert ctl.wait_for_process(pid, timeout=T).result(T) == "killed"
 
 
+@pytest.mark.broker  # reaches BROKER_URL directly, not through the broker_url fixture
 def test_the_status_right_after_the_end_is_the_records_answer(names: dict[str, str], tmp_path: Path) -> None:
     """Before: the still-held process answered without ``outputs`` (about 1 run in 7), the record with them."""
     options = rmq_options(names)
@@ -225,6 +227,7 @@ def test_the_status_right_after_the_end_is_the_records_answer(names: dict[str, s
         print(f"answered by the holder right after the end: {by_holder} of 40")
 
 
+@pytest.mark.broker  # reaches BROKER_URL directly, not through the broker_url fixture
 def test_pid_and_token_name_the_holder_in_the_record(names: dict[str, str], tmp_path: Path) -> None:
     options = rmq_options(names)
     with (

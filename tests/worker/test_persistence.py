@@ -26,9 +26,10 @@ from process_comms.worker.persistence import (
     SqlPersister,
     get_persister,
 )
+from tests.conftest import POSTGRES_URL
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-PG_URL = os.environ.get("PROCESS_COMMS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+PG_URL = POSTGRES_URL  # PROCESS_COMMS_TEST_POSTGRES, or 127.0.0.1:5432/test
 TIMEOUT = 60.0
 
 

@@ -67,6 +67,7 @@ def test_cli_launch_of_a_finished_pid_is_refused_and_its_record_is_unchanged(run
     assert [h["event"] for h in record["history"]].count("finished") == 1
 
 
+@pytest.mark.broker  # reaches BROKER_URL directly, not through the broker_url fixture
 @pytest.mark.parametrize("store", ["sqlite", "memory", "records off"])
 def test_both_controllers_refuse_a_used_pid_and_continue_still_works(
     names: dict[str, str], tmp_path: Path, store: str
@@ -202,6 +203,7 @@ def test_cli_kill_of_an_unknown_pid_leaves_no_phantom(run: Run, worker: Path) ->
     assert [(str(r["pid"]), r["state_name"]) for r in listed] == [(unknown[0], "killed")]
 
 
+@pytest.mark.broker  # reaches BROKER_URL directly, not through the broker_url fixture
 @pytest.mark.parametrize("kind", ["sqlite", "memory"])
 def test_kill_requests_for_unknown_pids_are_capped_and_expire(names: dict[str, str], tmp_path: Path, kind: str) -> None:
     url = f"sqlite:///{tmp_path}/store.db"
@@ -227,6 +229,7 @@ def test_kill_requests_for_unknown_pids_are_capped_and_expire(names: dict[str, s
         fleet.stop()
 
 
+@pytest.mark.broker  # reaches BROKER_URL directly, not through the broker_url fixture
 def test_two_launches_of_one_new_pid_at_once_run_one_process(names: dict[str, str], tmp_path: Path) -> None:
     """Both arrive before either has a record: the worker's check of the store alone would let both run."""
     fleet = _worker(names, f"sqlite:///{tmp_path}/store.db")

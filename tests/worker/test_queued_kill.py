@@ -17,6 +17,8 @@ import process_comms
 from tests.conftest import BROKER_URL
 from tests.procs import Steps, Waiter
 
+pytestmark = pytest.mark.broker  # every test talks to RabbitMQ at BROKER_URL, not through the broker_url fixture
+
 T = 20.0
 
 

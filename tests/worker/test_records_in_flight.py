@@ -20,6 +20,8 @@ from tests.conftest import BROKER_URL
 from tests.procs import Add, Waiter
 from tests.waiting import wait_until
 
+pytestmark = pytest.mark.broker  # every test talks to RabbitMQ at BROKER_URL, not through the broker_url fixture
+
 T = 20.0
 
 
