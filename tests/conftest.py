@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
+import threading
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -12,11 +15,19 @@ from typing import Any
 import pytest
 
 import process_comms
-
-from .brokers import rabbit_cluster, spare_broker  # noqa: F401 (fixtures: extra RabbitMQ nodes, tests/brokers.py)
+from tests.brokers import rabbit_cluster, spare_broker  # noqa: F401 (fixtures: extra RabbitMQ nodes, tests/brokers.py)
 
 BROKER_URL = os.environ.get("PROCESS_COMMS_TEST_BROKER", "amqp://guest:guest@127.0.0.1:5672/")
 POSTGRES_URL = os.environ.get("PROCESS_COMMS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+_BROKER = urllib.parse.urlsplit(BROKER_URL)
+#: Host and port of the test broker (every test reaches it through BROKER_URL, or ``broker_url_as``).
+BROKER_HOST, BROKER_PORT = _BROKER.hostname or "127.0.0.1", _BROKER.port or 5672
+
+
+def broker_url_as(user: str, password: str) -> str:
+    """BROKER_URL with other credentials (a user a test made, a wrong password)."""
+    user, password = urllib.parse.quote(user, safe=""), urllib.parse.quote(password, safe="")
+    return urllib.parse.urlunsplit(_BROKER._replace(netloc=f"{user}:{password}@{BROKER_HOST}:{BROKER_PORT}"))
 
 
 # Fixtures and parameters that reach a real service: tests using them get the marker automatically,
@@ -54,9 +65,69 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT))
 
 
+# -- the guard: under `-m "not broker ..."`, a test that connects to the broker fails, saying so --------------
+# That selection must pass with no RabbitMQ; a test that reaches the broker some way this file cannot see
+# (BROKER_URL used directly, a module-level helper) would only fail where RabbitMQ is missing. An audit hook
+# (sys.addaudithook, event "socket.connect") sees every connection this interpreter opens; one to the
+# broker's port while a test without the `broker` marker runs (setup or call) fails that test, naming it.
+# Connections from subprocesses are not seen: run the selection with PROCESS_COMMS_TEST_BROKER pointing at
+# a closed port (CONTRIBUTING.md, "Running the tests") to catch those too; then the guard watches only the
+# default port 5672, where a URL written out in a test, bypassing BROKER_URL, would still find a broker.
+_BROKER_PORTS: set[int] = set()
+_guard = {"on": False, "test": ""}  # on: the selection leaves broker tests out; test: an unmarked test runs
+_unmarked_connects: list[str] = []
+_guard_lock = threading.Lock()
+
+
+def _broker_guard(event: str, args: tuple[Any, ...]) -> None:
+    if event != "socket.connect" or not _guard["test"]:
+        return
+    address = args[1]
+    if isinstance(address, tuple) and len(address) >= 2 and address[1] in _BROKER_PORTS:
+        with _guard_lock:
+            _unmarked_connects.append(f"{address[0]}:{address[1]}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if "not broker" in (config.option.markexpr or ""):
+        _guard["on"] = True
+        # BROKER_URL's port only if a broker answers there: a closed one fails every connection by itself,
+        # and tests that connect to a closed port on purpose (127.0.0.1:1) are not using a broker
+        _BROKER_PORTS.update({5672, BROKER_PORT} if _broker_answers() else {5672})
+        sys.addaudithook(_broker_guard)  # for the rest of the session: audit hooks cannot be removed
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if _guard["on"] and item.get_closest_marker("broker") is None:
+        with _guard_lock:
+            _unmarked_connects.clear()  # what an earlier test's teardown opened is not this test's
+        _guard["test"] = item.nodeid
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    try:
+        return (yield)
+    finally:
+        with _guard_lock:
+            seen, _unmarked_connects[:] = sorted(set(_unmarked_connects)), []
+        if seen and _guard["test"] == item.nodeid:
+            pytest.fail(
+                f"{item.nodeid} connected to the broker ({', '.join(seen)}) without the `broker` marker: "
+                "mark it (@pytest.mark.broker, or pytestmark in its module) or use the broker_url fixture",
+                pytrace=False,
+            )
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    _guard["test"] = ""
+
+
 def _broker_answers() -> bool:
     try:
-        socket.create_connection(("127.0.0.1", 5672), 2).close()
+        socket.create_connection((BROKER_HOST, BROKER_PORT), 2).close()
         return True
     except OSError:
         return False

@@ -77,7 +77,7 @@ class Ticker(Process):
 
 
 class ManyInts(Process):
-    """Finishes with ``n`` ints as its outputs (tests/test_large_outputs.py: as large as a workflow's may be)."""
+    """Finishes with ``n`` ints as its outputs (tests/wire/test_large_outputs.py: as large as a workflow's may be)."""
 
     async def run(self) -> dict[str, Any]:
         return {"values": list(range(int(self.inputs["n"])))}

@@ -1,5 +1,5 @@
 """A store written by a real CLI worker that then stopped, in SQLite or PostgreSQL, and a fingerprint of what it
-holds: the shared setup of tests/test_cli_store.py and tests/test_dashboard_store.py (no tests here)."""
+holds: the shared setup of tests/cli/test_store.py and tests/dashboard/test_store.py (no tests here)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,7 @@ from typing import Any
 import pytest
 
 from process_comms.worker.persistence import DEFAULT_TABLE
-
-from .conftest import POSTGRES_URL
-from .test_cli import (  # noqa: F401 (rmq_cleanup: a fixture)
+from tests.cli.test_commands import (  # noqa: F401 (rmq_cleanup: a fixture)
     CLI,
     READY_TIMEOUT,
     ROOT,
@@ -30,9 +28,10 @@ from .test_cli import (  # noqa: F401 (rmq_cleanup: a fixture)
     _global_options,
     rmq_cleanup,
 )
+from tests.conftest import POSTGRES_URL
 
 #: Where the record tests' process classes live (a CLI worker imports them).
-PROCS = "tests.test_records_procs"
+PROCS = "tests.worker.records_procs"
 
 
 @dataclass

@@ -17,8 +17,8 @@ import pika
 import pytest
 from pika.exceptions import AMQPConnectionError, ChannelClosedByBroker
 
-from .brokers import RabbitCluster, RabbitNode, beams_under
-from .conftest import BROKER_URL, rabbitmqctl
+from tests.brokers import RabbitCluster, RabbitNode, beams_under
+from tests.conftest import BROKER_URL, rabbitmqctl
 
 
 def _params(url: str) -> pika.URLParameters:

@@ -25,8 +25,7 @@ from typing import Any
 import pytest
 
 import process_comms
-
-from .conftest import delete_broker_objects
+from tests.conftest import delete_broker_objects
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 120.0

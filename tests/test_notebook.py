@@ -26,8 +26,7 @@ from nbclient import NotebookClient
 
 import process_comms
 from process_comms.client.display import Progress, status_table
-
-from .conftest import delete_broker_objects
+from tests.conftest import delete_broker_objects
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "examples" / "notebook.ipynb"

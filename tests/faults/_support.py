@@ -6,17 +6,14 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 import process_comms
-
-from ..conftest import BROKER_URL, delete_broker_objects
+from tests.conftest import BROKER_URL, delete_broker_objects
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -140,13 +137,3 @@ def controller(prefix: str, broker_url: str = BROKER_URL) -> process_comms.Remot
         task_queue=f"{prefix}.process.queue",
     )
     return process_comms.RemoteProcessThreadController(comm)
-
-
-def wait_until(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")

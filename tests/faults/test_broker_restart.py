@@ -9,7 +9,6 @@ suite's RabbitMQ on 5672.
 from __future__ import annotations
 
 import concurrent.futures
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,10 +17,11 @@ from typing import Any
 import pytest
 
 import process_comms
+from tests.brokers import RabbitNode
 from tests.procs import Add, Waiter
+from tests.waiting import wait_until
 
-from ..brokers import RabbitNode
-from ._support import Workers, controller, wait_until
+from ._support import Workers, controller
 
 pytestmark = pytest.mark.slow
 
@@ -42,15 +42,16 @@ def workers(prefix: str, tmp_path: Path, spare_broker: RabbitNode) -> Iterator[W
 
 def _eventually(ctl: process_comms.RemoteProcessThreadController, call: Any, timeout: float = 60) -> Any:
     """Retry a call until the clients have reconnected (each try is itself bounded)."""
-    deadline = time.monotonic() + timeout
-    last: BaseException | None = None
-    while time.monotonic() < deadline:
+    last: list[BaseException | None] = [None]
+
+    def answered() -> tuple[Any] | None:
         try:
-            return call().result(5)
+            return (call().result(5),)
         except (process_comms.BrokerUnavailable, process_comms.ProcessUnreachable, process_comms.TimeoutError) as exc:
-            last = exc
-            time.sleep(0.2)
-    raise AssertionError(f"no recovery within {timeout} s: {last!r}")
+            last[0] = exc
+            return None
+
+    return wait_until(answered, timeout, lambda: f"a recovery: {last[0]!r}", interval=0.2)[0]
 
 
 def test_forced_close_of_all_connections(prefix: str, workers: Any, spare_broker: RabbitNode) -> None:

@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 
 import process_comms
+from tests.conftest import BROKER_URL
+from tests.waiting import wait_until
 
-from ..conftest import BROKER_URL
-from ._support import ROOT, controller, wait_until
+from ._support import ROOT, controller
 
 pytestmark = pytest.mark.slow
 

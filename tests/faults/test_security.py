@@ -10,8 +10,7 @@ import pytest
 
 import process_comms
 from process_comms.urls import mask_url
-
-from ..conftest import rabbitmqctl
+from tests.conftest import broker_url_as, rabbitmqctl
 
 
 @pytest.fixture
@@ -29,7 +28,7 @@ def test_wrong_password_is_a_clear_error_without_the_password(
     name, _ = user
     caplog.set_level(logging.DEBUG)
     with pytest.raises(process_comms.BrokerUnavailable) as info:
-        process_comms.connect(f"amqp://{name}:not-the-password@127.0.0.1:5672/", connect_timeout=5)
+        process_comms.connect(broker_url_as(name, "not-the-password"), connect_timeout=5)
     message = str(info.value)
     assert "refused" in message or "credentials" in message, message
     assert "not-the-password" not in message
@@ -42,7 +41,7 @@ def test_user_without_vhost_permission_is_refused_at_connect(
     name, password = user
     caplog.set_level(logging.DEBUG)
     with pytest.raises(process_comms.BrokerUnavailable) as info:
-        process_comms.connect(f"amqp://{name}:{password}@127.0.0.1:5672/", connect_timeout=5)
+        process_comms.connect(broker_url_as(name, password), connect_timeout=5)
     assert password not in str(info.value)
     assert password not in caplog.text
     assert "***" in str(info.value)
@@ -51,7 +50,7 @@ def test_user_without_vhost_permission_is_refused_at_connect(
 def test_user_with_permission_connects(user: tuple[str, str]) -> None:
     name, password = user
     rabbitmqctl("set_permissions", "-p", "/", name, ".*", ".*", ".*")
-    with process_comms.connect(f"amqp://{name}:{password}@127.0.0.1:5672/", testing_mode=True) as comm:
+    with process_comms.connect(broker_url_as(name, password), testing_mode=True) as comm:
         assert password not in repr(comm)
         assert password not in repr(comm.core)
 

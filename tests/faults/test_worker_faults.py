@@ -7,10 +7,11 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import rabbitmqctl
 from tests.procs import Steps
+from tests.waiting import wait_until
 
-from ..conftest import rabbitmqctl
-from ._support import controller, wait_until
+from ._support import controller
 
 
 def steps_logged(log: Path) -> list[tuple[str, int]]:

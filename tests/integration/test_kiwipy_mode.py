@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 import process_comms
-from tests.conftest import BROKER_URL, rmq_options
+from tests.conftest import BROKER_HOST, BROKER_PORT, BROKER_URL, rmq_options
 from tests.integration.test_plumpy_compat import T, _delete_declared, aiida_names  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.broker
@@ -198,7 +198,7 @@ def test_connect_takes_kiwipy_keywords_and_speaks_with_its_encoder(shared: dict[
     [
         BROKER_URL,
         {"url": BROKER_URL},
-        {"host": "127.0.0.1", "port": 5672, "login": "guest", "password": "guest", "virtualhost": "/"},
+        {"host": BROKER_HOST, "port": BROKER_PORT, "login": "guest", "password": "guest", "virtualhost": "/"},
     ],
 )
 def test_connection_params_forms(params: Any, names: dict[str, str]) -> None:

@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import kiwipy
 import kiwipy.rmq
@@ -38,6 +38,7 @@ from process_comms.wire.messages import create_create_body
 from tests import procs
 from tests.conftest import BROKER_URL, rabbitmqctl
 from tests.integration.peers import pc_procs, plumpy_procs
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.broker  # every test talks to RabbitMQ, some through module-level helpers
 
@@ -47,8 +48,6 @@ WORKDIR = Path(__file__).resolve().parents[2]
 PLUMPY_STATUS_KEYS = {"ctime", "paused", "process_string", "state"}
 #: Our processes leave ``waiting`` when a kill cancels their sleep, so the kill lands in either state.
 KILLED_SUBJECTS = ("state_changed.running.killed", "state_changed.waiting.killed")
-
-R = TypeVar("R")
 
 
 # -- helpers -----------------------------------------------------------------------------------------
@@ -79,18 +78,6 @@ def _delete_declared() -> Iterator[None]:
     yield
     while _DECLARED:
         _delete(_DECLARED.pop())
-
-
-def poll_until(probe: Callable[[], R], what: str, timeout: float = T, interval: float = 0.02) -> R:
-    """Call ``probe`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what} (last value {value!r})")
-        threading.Event().wait(interval)
 
 
 def unwrap(fut: Any, timeout: float = T) -> Any:
@@ -308,9 +295,9 @@ def test_our_broadcasts_pause_play_kill_all_plumpy_processes(plumpy_worker: Peer
         return [fut.result(T)["paused"] for fut in futures.values()]
 
     controller.pause_all("paused by a test")
-    poll_until(lambda: all(paused()), "every plumpy process to be paused")
+    wait_until(lambda: all(paused()), T, "every plumpy process to be paused", interval=0.02)
     controller.play_all()
-    poll_until(lambda: not any(paused()), "every plumpy process to be played")
+    wait_until(lambda: not any(paused()), T, "every plumpy process to be played", interval=0.02)
 
     controller.kill_all("killed by a test")
     assert sorted(killed.wait(), key=str) == sorted(((pid, "state_changed.waiting.killed") for pid in pids), key=str)
@@ -405,10 +392,10 @@ def test_plumpy_thread_controller_broadcasts_reach_our_processes(pc_worker: Peer
         return [controller.get_status(pid).result(T)["paused"] for pid in pids]
 
     controller.pause_all("paused by plumpy")
-    poll_until(lambda: all(paused()), "our processes to be paused by plumpy's pause_all")
+    wait_until(lambda: all(paused()), T, "our processes to be paused by plumpy's pause_all", interval=0.02)
     assert {controller.get_status(pid).result(T)["status"] for pid in pids} == {"paused by plumpy"}
     controller.play_all()
-    poll_until(lambda: not any(paused()), "our processes to be played by plumpy's pause_all")
+    wait_until(lambda: not any(paused()), T, "our processes to be played by plumpy's pause_all", interval=0.02)
 
     controller.kill_all("killed by plumpy")
     seen = killed.wait()
@@ -608,7 +595,9 @@ def test_conformance_observed_by_the_broker(broker_url: str, our_comm: Any) -> N
             pid = controller.launch_process(pc_procs.Idle, nowait=True).result(T)
             assert controller.get_status(pid).result(T)["state"] == "ProcessState.WAITING"
             controller.pause_all("conformance")
-            poll_until(lambda: controller.get_status(pid).result(T)["paused"], "the pause_all broadcast")
+            wait_until(
+                lambda: controller.get_status(pid).result(T)["paused"], T, "the pause_all broadcast", interval=0.02
+            )
 
             exchanges = json.loads(
                 rabbitmqctl(
