@@ -8,11 +8,12 @@ import sys
 from pathlib import Path
 
 import process_comms
+from tests.cli.test_commands import rmq_cleanup  # noqa: F401 - a fixture of the daemon fixture
+from tests.cli.test_daemon import SETTLE_TIMEOUT, Daemon, daemon
 from tests.conftest import BROKER_URL
-from tests.faults._support import ROOT, controller, prefix, wait_until
+from tests.faults._support import ROOT, controller, prefix
 from tests.procs import Add
-from tests.test_cli import rmq_cleanup  # noqa: F401 - a fixture of the daemon fixture
-from tests.test_cli_daemon import Daemon, _until, daemon
+from tests.waiting import wait_until
 
 __all__ = ["daemon", "prefix"]  # fixtures
 
@@ -51,10 +52,17 @@ def test_the_daemon_starts_a_fresh_worker_after_a_recycle(daemon: Daemon, names:
     comm = process_comms.connect(BROKER_URL, **names)
     with process_comms.RemoteProcessThreadController(comm) as ctl:
         assert [ctl.launch_process(Add, init_kwargs=ADD).result(T) for _ in range(2)] == [{"sum": 5}] * 2
-        fresh = _until(lambda: set(daemon.status()["workers"]) - set(first), "a fresh worker after the recycle")
+        fresh = wait_until(
+            lambda: set(daemon.status()["workers"]) - set(first),
+            SETTLE_TIMEOUT,
+            "a fresh worker after the recycle",
+            interval=0.2,
+        )
         assert first[0] not in daemon.status()["workers"]
         # the fresh worker takes tasks
-        _until(lambda: daemon.fleet_pids() == fresh, "the fresh worker to answer `workers`")
+        wait_until(
+            lambda: daemon.fleet_pids() == fresh, SETTLE_TIMEOUT, "the fresh worker to answer `workers`", interval=0.2
+        )
         assert ctl.launch_process(Add, init_kwargs=ADD).result(T) == {"sum": 5}
     log = (daemon.dir / "worker.log").read_text()
     assert f"[{first[0]}]" in log and "worker recycled" in log, log

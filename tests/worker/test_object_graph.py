@@ -10,7 +10,7 @@ from pathlib import Path
 import process_comms
 from process_comms import ProcessLauncher
 from process_comms.worker.persistence import InMemoryPersister
-from tests.faults._support import wait_until
+from tests.waiting import wait_until
 
 T = 30.0
 WORKER = Path(process_comms.__file__).parent / "worker"

@@ -13,8 +13,8 @@ import process_comms
 from process_comms.transports.rmq.inspect import inspect_task_queue
 from process_comms.worker.persistence import InMemoryPersister
 from tests.conftest import BROKER_URL, rmq_options
-from tests.faults._support import wait_until
 from tests.procs import Add, Waiter
+from tests.waiting import wait_until
 
 T = 30.0
 
