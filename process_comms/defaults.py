@@ -25,7 +25,7 @@ MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 #: values raise EncodeError when encoded.
 MAX_NESTING_DEPTH = 100
 #: Largest body in block YAML (what kiwipy peers write) that is decoded: PyYAML spends ~1 s and ~40 MB per
-#: MiB on it (tests/test_decode_cost.py). Our own encoder writes block YAML only for bytes, sets and dates,
+#: MiB on it (tests/wire/test_decode_cost.py). Our own encoder writes block YAML only for bytes, sets and dates,
 #: and refuses it over this size, so that what it writes is always decoded.
 MAX_BLOCK_YAML_BYTES = 1024 * 1024
 

@@ -9,7 +9,7 @@ Generated here from the argparse parser (:class:`.base.Parser` keeps its argumen
 on argparse, not click, so click's completion does not apply; shtab writes static bash and zsh scripts but has no
 fish (https://github.com/tqdm/shtab/issues/134, open); argcomplete covers bash, zsh and fish but runs the
 command itself on every Tab (a Python start and the CLI's imports per key press) through its own shell function,
-where these scripts answer commands, options and choices without starting Python (tests/test_cli_profiles.py
+where these scripts answer commands, options and choices without starting Python (tests/cli/test_profiles.py
 runs them in bash, zsh and fish).
 """
 

@@ -2,7 +2,7 @@
 
 plumpy's calls return what plumpy's ``RemoteProcessThreadController`` returns (client/_plumpy.py says what that
 is and why); the rest is our facade's, flat and bounded. It is a class of its own because it is not a facade
-over the asyncio controller: plumpy's calls go straight to the communicator (tests/test_facade_parity.py holds
+over the asyncio controller: plumpy's calls go straight to the communicator (tests/client/test_facade_parity.py holds
 the facade to a line per method).
 """
 

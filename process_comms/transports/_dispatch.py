@@ -134,7 +134,7 @@ async def decode(codec: Codec, body: bytes) -> Any:
     """``codec.decode(body)``; a body over :data:`~process_comms.defaults.DECODE_INLINE_BYTES` off the I/O loop.
 
     Large bodies are decoded one at a time on one thread of this process, so the loop keeps answering
-    other calls meanwhile and at most one large message is being decoded at once (tests/test_decode_cost.py,
+    other calls meanwhile and at most one large message is being decoded at once (tests/wire/test_decode_cost.py,
     RELIABILITY.md "Bad input"); small ones, nearly all, are decoded in place (a thread hop costs ~50 µs).
     """
     if len(body) <= defaults.DECODE_INLINE_BYTES:

@@ -154,10 +154,10 @@ _LIVE_TOKENS: set[str] = set()
 class Handovers:
     """Messages that callers handed over and the broker has not confirmed yet; ``close()`` waits for them.
 
-    The rule (RELIABILITY.md, "close right after fire-and-forget sends"; tests/test_handover.py): every
-    message handed over before ``close()`` is published and confirmed before the connection closes, bounded
-    by :data:`process_comms.defaults.CLOSE_FLUSH_TIMEOUT`; what is still unconfirmed then is logged by count
-    and its caller's future fails with :class:`CommunicatorClosed`.
+    The rule (RELIABILITY.md, "close right after fire-and-forget sends";
+    tests/transports/test_close_hands_over.py): every message handed over before ``close()`` is published and
+    confirmed before the connection closes, bounded by :data:`process_comms.defaults.CLOSE_FLUSH_TIMEOUT`; what
+    is still unconfirmed then is logged by count and its caller's future fails with :class:`CommunicatorClosed`.
     """
 
     def __init__(self) -> None:

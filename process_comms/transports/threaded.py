@@ -50,7 +50,8 @@ _OPEN_LOCK = threading.Lock()
 
 @atexit.register
 def _close_at_exit() -> None:
-    """A script that ends without ``close()`` still delivers its fire-and-forget sends (tests/test_handover.py)."""
+    """A script that ends without ``close()`` still delivers its fire-and-forget sends
+    (tests/transports/test_close_hands_over.py)."""
     with _OPEN_LOCK:
         open_now = list(_OPEN)
     for comm in open_now:

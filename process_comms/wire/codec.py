@@ -4,7 +4,7 @@ Messages are data, never code: the YAML decoder knows plain types, ``!!python/tu
 only, and refuses every other tag (``!!python/object/apply``, ``!!python/name``, AiiDA tags, ...).
 
 The codecs are symmetric: whatever they encode under :data:`DEFAULT_MAX_MESSAGE_BYTES`, they decode back
-(tests/test_codec_symmetry.py); a value over it, nested deeper than :data:`MAX_NESTING_DEPTH` or that no
+(tests/wire/test_codec_symmetry.py); a value over it, nested deeper than :data:`MAX_NESTING_DEPTH` or that no
 receiver could read back as it was raises :class:`~process_comms.errors.EncodeError` before anything is sent.
 """
 
@@ -38,7 +38,7 @@ DEFAULT_MAX_MESSAGE_BYTES = defaults.MAX_MESSAGE_BYTES
 #: Largest block-YAML body decoded (1 MiB): :data:`process_comms.defaults.MAX_BLOCK_YAML_BYTES`. Our
 #: messages are flow YAML that is also JSON plus a few tags, read by a JSON parser at about 10-40 ms per
 #: MiB up to DEFAULT_MAX_MESSAGE_BYTES; block YAML (what kiwipy peers send) costs PyYAML about 1 s and
-#: 40 MB per MiB, so 8 MiB of it held a worker for 10-20 s (tests/test_decode_cost.py).
+#: 40 MB per MiB, so 8 MiB of it held a worker for 10-20 s (tests/wire/test_decode_cost.py).
 DEFAULT_MAX_YAML_BYTES = defaults.MAX_BLOCK_YAML_BYTES
 #: Deepest nesting of containers a message may hold: :data:`process_comms.defaults.MAX_NESTING_DEPTH`.
 MAX_NESTING_DEPTH = defaults.MAX_NESTING_DEPTH

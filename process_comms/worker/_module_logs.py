@@ -22,7 +22,7 @@ from collections.abc import Callable
 __all__ = ["ProcessLogHandler", "install", "running", "uninstall"]
 
 #: A weak reference: contexts outlive the run (a timer or task started in it keeps a copy), the process must not
-#: (tests/test_records_in_flight.py checks that an ended process is let go).
+#: (tests/worker/test_records_in_flight.py checks that an ended process is let go).
 _RUNNING: contextvars.ContextVar[weakref.WeakMethod[Callable[[str, str], None]] | None] = contextvars.ContextVar(
     "process_comms_running", default=None
 )

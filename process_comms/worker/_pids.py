@@ -13,7 +13,7 @@ nothing of its record or checkpoint changes, unless the task is the *same task* 
   the broker's ``redelivered`` flag decides.
 
 A kill request for a pid no worker has run (records_service.py) becomes the record of a process killed
-before it ran, and the task is dropped (tests/test_queued_kill.py). Two launches of one new pid at once on one
+before it ran, and the task is dropped (tests/worker/test_queued_kill.py). Two launches of one new pid at once on one
 worker run one process (the other is refused). On two workers, both may pass the check before either has
 written a record: a persisted one then waits for the other's claim and finds its checkpoint (refused); two
 runs of a pid that is not persisted are not prevented (the check reads the store, it does not lock it).

@@ -425,7 +425,7 @@ async def _beyond_cancel(publish: Coroutine[object, None, T]) -> T:
     the return (a deadline, ``wait_for_process`` cancelling its status poll as the process ends and its route
     goes) cancels the future, and the return then raises ``InvalidStateError`` inside the channel's reader:
     the channel wedges, and its close times out into ``504 CHANNEL_ERROR``, which closes the connection.
-    Run as a task of its own, the publish completes whatever the caller does (tests/test_rmq_cancel.py).
+    Run as a task of its own, the publish completes whatever the caller does (tests/transports/test_cancelled_calls.py).
     """
     task = asyncio.get_running_loop().create_task(publish)
     task.add_done_callback(_retrieve)

@@ -4,7 +4,7 @@ pamqp, under aiormq, decodes every AMQP short string (``correlation_id``, ``repl
 and the other basic properties, and header-table keys) as strict UTF-8 (``pamqp.decode.short_str``).
 One message whose property holds other bytes makes the frame reader raise ``UnicodeDecodeError``,
 aiormq closes the connection, the broker redelivers the message to the next consumer, and the loop
-repeats for ever (RELIABILITY.md, tests/test_poison_headers.py). AMQP 0-9-1 says short strings carry UTF-8
+repeats for ever (RELIABILITY.md, tests/transports/test_poison_headers.py). AMQP 0-9-1 says short strings carry UTF-8
 (https://www.rabbitmq.com/resources/specs/amqp0-9-1.pdf, 4.2.5.3), and RabbitMQ passes them through
 unchecked.
 

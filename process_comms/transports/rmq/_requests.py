@@ -4,7 +4,7 @@ kiwipy's reply path (https://github.com/aiidateam/kiwipy/tree/master/src/kiwipy/
 ``reply_to`` (our reply queue, bound to the exchange with its own name) and a ``correlation_id``; the
 replier publishes to that routing key. A reply that no call waits for (late, or stray) is dropped; with
 ``trusted_reply_users``, so is one whose RabbitMQ-validated ``user_id`` is not a trusted worker's
-(RELIABILITY.md, tests/test_least_privilege.py).
+(RELIABILITY.md, tests/transports/test_least_privilege.py).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Least-privilege RabbitMQ users for one installation: a worker user and a client user
-(docs/security.md, tests/test_least_privilege.py).
+(docs/security.md, tests/transports/test_least_privilege.py).
 
 With full vhost permissions any user of the vhost can read every request and task, forge replies,
 answer for pids nobody holds, take tasks and delete the task queue. RabbitMQ's permissions
