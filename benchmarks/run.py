@@ -39,7 +39,7 @@ from benchmarks.workloads.thread_controllers import Bench
 
 #: ``--quick``: the workloads of issue 26's targets table, at this scale (a run of a few minutes).
 QUICK_WORKLOADS = ("a", "c", "d", "e", "f", "g", "h")
-QUICK_SCALE = 0.25
+QUICK_SCALE = 0.5
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -70,7 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="issue 26's rows only (a, c-h; the floor g) at a quarter scale unless --only/--scale say otherwise",
+        help="issue 26's rows only (a, c-h; the floor g) at half scale unless --only/--scale say otherwise",
     )
     parser.add_argument("--no-plumpy", action="store_true", help="skip plumpy (process_comms and the floor only)")
     parser.add_argument("--output", default=str(HERE / "results.md"), help="markdown output ('' for none)")

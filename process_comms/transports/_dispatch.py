@@ -26,6 +26,7 @@ from ..errors import (
     InvalidPid,
     TaskRejected,
 )
+from ..wire import extensions
 from ..wire.codec import Codec
 from ..wire.messages import Pid
 from ..wire.replies import (
@@ -165,7 +166,8 @@ async def settle_task(
     delivery = Delivery(incoming.correlation_id, incoming.redelivered)
     CURRENT_DELIVERY.set(delivery)
     no_reply = not incoming.wants_reply(no_reply)
-    reply = await dispatch_task(subscribers, facade, task, None if no_reply else incoming.reply)
+    pending = not no_reply and extensions.wants_pending(getattr(incoming, "headers", None))
+    reply = await dispatch_task(subscribers, facade, task, incoming.reply if pending else None)
     if delivery.hold is not None and reply is not None and not releasing():
         if not no_reply:
             await incoming.reply(reply)  # the caller has its answer now; the task stays ours until the work ends

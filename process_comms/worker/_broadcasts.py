@@ -6,10 +6,11 @@ import asyncio
 import concurrent.futures
 import functools
 import logging
+import re
 from typing import TYPE_CHECKING, Any
 
 from ..transports._loop import AsyncFn, run_on
-from ..transports.base import AsyncCommunicator, InvalidTask
+from ..transports.base import AsyncCommunicator, BroadcastFilter, InvalidTask
 from ..wire.messages import ANSWER_PREFIX, MESSAGE_TEXT_KEY, Intent, Pid, wire_text
 
 if TYPE_CHECKING:
@@ -34,7 +35,9 @@ class BroadcastsMixin:
         def on_broadcast(_comm: Any, body: Any, _sender: Any, subject: Any, correlation_id: Any) -> None:
             self._on_broadcast(core, comm_loop, body, subject, correlation_id)
 
-        self._broadcast_ids[id(core)] = await self._on_comm_loop(comm_loop, core.add_broadcast_subscriber, on_broadcast)
+        # the subjects it acts on, so that a communicator of ours drops the rest undecoded (wire/extensions.py)
+        wanted = BroadcastFilter(on_broadcast, subject=re.compile(f"({Intent.PLAY}|{Intent.PAUSE}|{Intent.KILL})$"))
+        self._broadcast_ids[id(core)] = await self._on_comm_loop(comm_loop, core.add_broadcast_subscriber, wanted)
 
     def _on_broadcast(
         self, core: AsyncCommunicator, comm_loop: asyncio.AbstractEventLoop, body: Any, subject: Any, cid: Any

@@ -85,6 +85,10 @@ class WorkersAnswer:
     def __init__(self, worker_id: str, info: Callable[[], dict[str, Any]], core: AsyncCommunicator, loop: Any) -> None:
         self.worker_id, self.info, self.core, self.loop = worker_id, info, core, loop
 
+    def is_filtered(self, _sender: Any, subject: Any) -> bool:
+        """kiwipy's filter question: a communicator of ours drops what every subscriber filters out undecoded."""
+        return bool(subject != WORKERS_SUBJECT)
+
     def __call__(self, _comm: Any, _body: Any, _sender: Any, subject: Any, correlation_id: Any) -> None:
         if subject != WORKERS_SUBJECT or correlation_id is None:
             return

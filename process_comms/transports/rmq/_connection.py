@@ -361,13 +361,14 @@ class RmqConnection(AsyncCommunicator):
         correlation_id: str | None = None,
         reply_to: str | None = None,
         user_id: str | None = None,
+        headers: dict[str, Any] | None = None,
     ) -> None:
         # the properties aio_pika.Message would build, without building a Message (12 µs a publish)
         properties = aiormq.spec.Basic.Properties(
             correlation_id=correlation_id,
             reply_to=reply_to,
             delivery_mode=delivery_mode.value,
-            headers={},
+            headers={} if headers is None else headers,
             user_id=user_id,
         )
         owner = cast(aio_pika.Exchange, exchange).channel  # every exchange here is one aio-pika declared

@@ -105,6 +105,7 @@ class RmqRequests(RmqConnection):
         on_pending: Callable[[], None] | None,
         on_published: Callable[[], None],
         correlation_id: str | None = None,
+        headers: dict[str, Any] | None = None,
     ) -> Any:
         """Publish a request (mandatory: unroutable fails) with our reply queue; await the reply if asked.
 
@@ -125,6 +126,7 @@ class RmqRequests(RmqConnection):
                 delivery_mode=delivery_mode,
                 correlation_id=correlation_id,
                 reply_to=reply_to,
+                headers=headers,
             )
             on_published()
             if not wait_for_reply:

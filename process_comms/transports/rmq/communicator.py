@@ -25,6 +25,7 @@ import aiormq.exceptions
 
 from ... import defaults
 from ...errors import CommunicatorClosed, ConnectionLost, EncodeError, ProcessUnreachable
+from ...wire import extensions
 from .._pulled import PulledTask, iterate_tasks, next_task, take
 from ..base import exception_reply, host_info, routing_id
 from . import _frames, _topology
@@ -140,6 +141,7 @@ class RmqCommunicator(RmqRequests):
                 wait_for_reply=not no_reply,
                 on_pending=on_pending,
                 on_published=published,
+                headers=extensions.task_headers(wants_pending=on_pending is not None),
             )
 
         async def send(published: Callable[[], None]) -> Any:
@@ -167,7 +169,10 @@ class RmqCommunicator(RmqRequests):
         data = self.codec.encode({"body": body, "sender": sender, "subject": subject, "correlation_id": correlation_id})
         with self._handovers.handed_over():
             await self._ready()
-            await self._guarded(self._publish(self._fast_msg_exchange, data, defaults.BROADCAST_KEY, mandatory=False))
+            headers = extensions.broadcast_headers(subject, sender)
+            await self._guarded(
+                self._publish(self._fast_msg_exchange, data, defaults.BROADCAST_KEY, mandatory=False, headers=headers)
+            )
         return True
 
     # -- subscriptions ---------------------------------------------------------------------------
@@ -248,6 +253,8 @@ class RmqCommunicator(RmqRequests):
                 self._broadcast_queue = queue
 
     async def _on_broadcast(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        if extensions.broadcast_unwanted(message.headers, self._broadcast_subscribers.values()):
+            return  # a broadcast of ours that no local subscriber wants: not decoded (wire/extensions.py)
         if not _frames.refused(message, "broadcast"):
             await self._handle_broadcast(message.body)
 
