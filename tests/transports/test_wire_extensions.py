@@ -26,7 +26,7 @@ from process_comms.wire import extensions
 from process_comms.wire.codec import YamlCodec
 from process_comms.wire.messages import create_launch_body
 from tests import procs
-from tests.conftest import BROKER_URL, delete_broker_objects
+from tests.conftest import BROKER_URL, delete_broker_objects, rabbitmqctl
 
 T = 10.0
 
@@ -228,3 +228,27 @@ def test_values_a_header_cannot_carry_exactly_get_no_headers() -> None:
     assert extensions.broadcast_unwanted({}, []) is False  # kiwipy's broadcast: always decoded
     assert extensions.wants_pending({}) and extensions.wants_pending(None)
     assert not extensions.wants_pending(extensions.task_headers(wants_pending=False))
+
+
+def test_routes_bound_without_bind_ok_are_in_place_before_the_pid_is_named(worker: dict[str, Any]) -> None:
+    """The first route bind waits for bind-ok, later ones go on the reply channel without it (rmq/_nowait.py):
+    whoever learns a pid from the launch's reply can reach it at once, and the route goes when it ends."""
+    controller = process_comms.RemoteProcessThreadController(worker["client"])
+    pids = []
+    for _ in range(20):
+        pid = controller.launch_process(procs.Waiter, nowait=True).result(T)
+        assert controller.get_status(pid).result(T)["state"]  # routable at once: no ProcessUnreachable
+        pids.append(pid)
+    assert worker["server"].core._nowait_binds is True
+    for pid in pids:
+        assert controller.kill_process(pid).result(T) is True
+    keys = {f"[rpc].{pid}" for pid in pids}
+    deadline = time.monotonic() + 30
+    while True:  # the routes go with the processes (the robust queue forgot the bindings it was told of)
+        listed = rabbitmqctl("list_bindings", "source_name", "routing_key")
+        if not keys & {line.split("\t")[-1] for line in listed.splitlines()}:
+            break
+        assert time.monotonic() < deadline, "routes still bound after their processes ended"
+        time.sleep(0.2)
+    rpc_queue = worker["server"].core._rpc_queue
+    assert not keys & {key for (_, key) in rpc_queue._bindings}

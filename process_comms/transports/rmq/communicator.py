@@ -31,6 +31,7 @@ from ..base import exception_reply, host_info, routing_id
 from . import _frames, _topology
 from ._connection import SETTLE_ERRORS
 from ._incoming import RmqIncoming
+from ._nowait import bind_nowait
 from ._requests import RmqRequests
 from ._tasks import DEFAULT_QUEUE, TaskQueue, queue_name
 
@@ -51,6 +52,8 @@ class RmqCommunicator(RmqRequests):
         if not isinstance(queue_expires, int) or isinstance(queue_expires, bool) or queue_expires <= 0:
             raise ValueError(f"queue_expires must be a positive number of milliseconds, not {queue_expires!r}")
         self.queue_expires = queue_expires
+        #: set once a route bind waited for bind-ok (we may bind): later ones go without it (rmq/_nowait.py)
+        self._nowait_binds = False
 
     async def close(self) -> None:
         """Hand its calls to its own subscribers over (``_hand_over_own_calls``), then close; idempotent."""
@@ -192,7 +195,11 @@ class RmqCommunicator(RmqRequests):
 
         async def bind() -> None:
             queue = await self._ensure_rpc_queue()
+            if self._nowait_binds:  # an earlier bind was allowed: no bind-ok on the launch's path (_nowait.py)
+                await bind_nowait(queue, self._sub_msg_exchange, f"{defaults.RPC_PREFIX}.{key}", self._fast_channel)
+                return
             await queue.bind(self._sub_msg_exchange, routing_key=f"{defaults.RPC_PREFIX}.{key}")
+            self._nowait_binds = True
 
         await self._guarded(self._shielded(bind()))
 
