@@ -39,6 +39,7 @@ SENDER = "x-pc-sender"
 SENDER_TYPE = "x-pc-sender-type"
 
 _SENDER_TYPES: dict[str, type] = {"str": str, "int": int, "uuid": uuid.UUID}
+_KIND_OF = {cls: name for name, cls in _SENDER_TYPES.items()}
 _NO_HEADERS: dict[str, Any] = {}
 
 
@@ -61,7 +62,7 @@ def broadcast_headers(subject: Any, sender: Any) -> dict[str, Any]:
     if subject is not None:
         headers[SUBJECT] = subject
     if sender is not None:
-        kind = next((name for name, cls in _SENDER_TYPES.items() if type(sender) is cls), None)
+        kind = _KIND_OF.get(type(sender))
         if kind is None:
             return _NO_HEADERS
         headers[SENDER], headers[SENDER_TYPE] = str(sender), kind
