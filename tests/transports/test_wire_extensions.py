@@ -9,6 +9,7 @@ of ours drops a broadcast that no local subscriber wants without decoding it.
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import threading
 import time
 import uuid
@@ -252,3 +253,28 @@ def test_routes_bound_without_bind_ok_are_in_place_before_the_pid_is_named(worke
         time.sleep(0.2)
     rpc_queue = worker["server"].core._rpc_queue
     assert not keys & {key for (_, key) in rpc_queue._bindings}
+
+
+def test_routes_bound_without_bind_ok_come_back_after_a_reconnect(worker: dict[str, Any]) -> None:
+    """aio-pika's robust queue re-binds what it was told of: a route bound without bind-ok survives a forced close."""
+    controller = process_comms.RemoteProcessThreadController(worker["client"])
+    pids = [controller.launch_process(procs.Waiter, nowait=True).result(T) for _ in range(3)]
+    assert worker["server"].core._nowait_binds is True  # the second and third went without bind-ok
+    closed = 0
+    for line in rabbitmqctl("list_connections", "pid", "client_properties").splitlines():
+        name, _, props = line.partition("\t")
+        if f":{os.getpid()}" in props and "process_comms" in props:
+            rabbitmqctl("close_connection", name, "test: routes bound without bind-ok come back")
+            closed += 1
+    assert closed >= 2
+    deadline = time.monotonic() + 30
+    for pid in pids:
+        while True:
+            try:
+                assert controller.get_status(pid, timeout=2).result(5)["state"]
+                break
+            except (process_comms.ProcessUnreachable, process_comms.TimeoutError, process_comms.ConnectionLost):
+                assert time.monotonic() < deadline, f"{pid} not reachable after the reconnect"
+                time.sleep(0.1)
+    for pid in pids:
+        assert controller.kill_process(pid).result(T) is True
