@@ -12,6 +12,7 @@ Usage::
     /tmp/venv/bin/python benchmarks/run.py                     # full scale, writes benchmarks/results.md
     /tmp/venv/bin/python benchmarks/run.py --scale 0.1         # quick smoke run
     /tmp/venv/bin/python benchmarks/run.py --only a,b,g        # some workloads (a-h, costs, codec, facade)
+    /tmp/venv/bin/python benchmarks/run.py --quick             # issue 26's rows only, in a few minutes
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ from benchmarks.workers import Worker
 from benchmarks.workloads.in_process import bench_codec, bench_facade
 from benchmarks.workloads.records import bench_costs
 from benchmarks.workloads.thread_controllers import Bench
+
+#: ``--quick``: the workloads of issue 26's targets table, at this scale (a run of a few minutes).
+QUICK_WORKLOADS = ("a", "c", "d", "e", "f", "g", "h")
+QUICK_SCALE = 0.5
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,9 +67,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1.0,
         help="wake plumpy's worker loop every N ms in a-h (hides its lost wake-ups; 0 = as wired)",
     )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="issue 26's rows only (a, c-h; the floor g) at half scale unless --only/--scale say otherwise",
+    )
     parser.add_argument("--no-plumpy", action="store_true", help="skip plumpy (process_comms and the floor only)")
     parser.add_argument("--output", default=str(HERE / "results.md"), help="markdown output ('' for none)")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.only = args.only or ",".join(QUICK_WORKLOADS)
+        if args.scale == 1.0:
+            args.scale = QUICK_SCALE
     only = [w.strip() for w in args.only.split(",") if w.strip()] or list(ALL_WORKLOADS)
     unknown = sorted(set(only) - set(ALL_WORKLOADS))
     if unknown:

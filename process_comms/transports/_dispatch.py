@@ -26,6 +26,7 @@ from ..errors import (
     InvalidPid,
     TaskRejected,
 )
+from ..wire import extensions
 from ..wire.codec import Codec
 from ..wire.replies import (
     CANCELLED_KEY,
@@ -172,10 +173,11 @@ async def settle_task(
     delivery = Delivery(incoming.correlation_id, incoming.redelivered)
     CURRENT_DELIVERY.set(delivery)
     no_reply = not incoming.wants_reply(no_reply)
+    pending = not no_reply and extensions.wants_pending(getattr(incoming, "headers", None))
     try:
         if not subscribers:  # delivered as the last subscriber left (its consumer not yet cancelled)
             raise HandBack("no task subscriber left here")
-        reply = await dispatch_task(subscribers, facade, task, None if no_reply else incoming.reply)
+        reply = await dispatch_task(subscribers, facade, task, incoming.reply if pending else None)
     except HandBack as exc:
         LOGGER.debug("task handed back to its queue: %s", exc)
         await incoming.requeue()  # for another consumer: nothing ran here

@@ -97,6 +97,10 @@ class WorkersAnswer:
     ) -> None:
         self.worker_id, self.info, self.core, self.loop = worker_id, info, core, loop
 
+    def is_filtered(self, _sender: object, subject: object) -> bool:
+        """kiwipy's filter question: a communicator of ours drops what every subscriber filters out undecoded."""
+        return bool(subject != WORKERS_SUBJECT)
+
     def __call__(self, _comm: object, _body: object, _sender: object, subject: object, correlation_id: object) -> None:
         if subject != WORKERS_SUBJECT or correlation_id is None:
             return

@@ -23,11 +23,12 @@ import asyncio
 import concurrent.futures
 import functools
 import logging
+import re
 from collections.abc import Callable
 from typing import Protocol
 
 from .. import defaults
-from ..transports.base import InvalidTask
+from ..transports.base import BroadcastFilter, InvalidTask
 from ..transports.loop import post
 from ..wire.messages import ANSWER_PREFIX, MESSAGE_TEXT_KEY, Intent, Pid, wire_text
 from ._link import CommLink
@@ -170,7 +171,9 @@ class Broadcasts:
         def on_broadcast(_comm: object, body: object, _sender: object, subject: object, correlation_id: object) -> None:
             self.deliver(link, body, subject, correlation_id)
 
-        self._ids[id(link.core)] = await link.call(link.core.add_broadcast_subscriber, on_broadcast)
+        # the subjects it acts on, so that a communicator of ours drops the rest undecoded (wire/extensions.py)
+        wanted = BroadcastFilter(on_broadcast, subject=re.compile(f"({Intent.PLAY}|{Intent.PAUSE}|{Intent.KILL})$"))
+        self._ids[id(link.core)] = await link.call(link.core.add_broadcast_subscriber, wanted)
 
     def deliver(self, link: CommLink, body: object, subject: object, cid: object) -> None:
         """``play``/``pause``/``kill`` broadcasts reach every live process (``force_kill`` is ignored, as in plumpy).

@@ -24,6 +24,7 @@ import aiormq
 import aiormq.abc
 import aiormq.exceptions
 import yarl
+from pamqp.common import FieldTable
 
 from ... import defaults
 from ..._compat import TIMEOUT_ERRORS, cancelling, counts_cancellations
@@ -357,13 +358,14 @@ class RmqConnection:
         correlation_id: str | None = None,
         reply_to: str | None = None,
         user_id: str | None = None,
+        headers: dict[str, object] | None = None,
     ) -> None:
         # the properties aio_pika.Message would build, without building a Message (12 µs a publish)
         properties = aiormq.spec.Basic.Properties(
             correlation_id=correlation_id,
             reply_to=reply_to,
             delivery_mode=delivery_mode.value,
-            headers={},
+            headers=cast("FieldTable", {} if headers is None else headers),  # our extensions: str, bool values
             user_id=user_id,
         )
         owner = cast(aio_pika.Exchange, exchange).channel  # every exchange here is one aio-pika declared

@@ -30,6 +30,11 @@ class RmqIncoming:
         return bool(self._message.redelivered)
 
     @property
+    def headers(self) -> dict[str, object]:
+        """The task's AMQP headers (our wire extensions, wire/extensions.py; kiwipy sends none)."""
+        return dict(self._message.headers or {})
+
+    @property
     def correlation_id(self) -> str | None:
         return self._message.correlation_id
 

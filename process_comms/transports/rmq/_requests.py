@@ -133,6 +133,7 @@ class RmqRequests:
         on_pending: Callable[[], None] | None,
         on_published: Callable[[], None],
         correlation_id: str | None = None,
+        headers: dict[str, object] | None = None,
     ) -> object:
         """Publish a request (mandatory: unroutable fails) with our reply queue; await the reply if asked.
 
@@ -153,6 +154,7 @@ class RmqRequests:
                 delivery_mode=delivery_mode,
                 correlation_id=correlation_id,
                 reply_to=reply_to,
+                headers=headers,
             )
             on_published()
             if not wait_for_reply:

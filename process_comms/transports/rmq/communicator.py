@@ -27,6 +27,7 @@ import aiormq.exceptions
 
 from ... import defaults
 from ...errors import CommunicatorClosed, ProcessUnreachable
+from ...wire import extensions
 from ...wire.codec import Codec
 from .._dispatch import routing_id
 from .._pulled import PulledTask, iterate_tasks, next_task
@@ -34,6 +35,7 @@ from ..base import AsyncCommunicator, Handovers
 from . import _frames, _topology
 from ._connection import RmqConnection, SslOptions
 from ._errors import SETTLE_ERRORS
+from ._nowait import bind_nowait
 from ._requests import RmqRequests
 from ._tasks import DEFAULT_QUEUE, TaskQueues
 
@@ -103,6 +105,8 @@ class RmqCommunicator(AsyncCommunicator):
         #: Sends handed over and not yet confirmed by the broker: close() publishes them first.
         self._handovers = Handovers()
         self._closing = False
+        #: set once a route bind waited for bind-ok (we may bind): later ones go without it (rmq/_nowait.py)
+        self._nowait_binds = False
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.url} exchanges={self.message_exchange_name},{self.task_exchange_name}>"
@@ -298,6 +302,7 @@ class RmqCommunicator(AsyncCommunicator):
                 wait_for_reply=not no_reply,
                 on_pending=on_pending,
                 on_published=published,
+                headers=extensions.task_headers(wants_pending=on_pending is not None),
             )
 
         async def send(published: Callable[[], None]) -> object:
@@ -326,7 +331,11 @@ class RmqCommunicator(AsyncCommunicator):
         conn = self.connection
         with self._handovers.handed_over():
             await self._ready()
-            await conn.guarded(conn.publish(conn.fast_msg_exchange, data, defaults.BROADCAST_KEY, mandatory=False))
+            headers = extensions.broadcast_headers(subject, sender)
+            publish = conn.publish(
+                conn.fast_msg_exchange, data, defaults.BROADCAST_KEY, mandatory=False, headers=headers
+            )
+            await conn.guarded(publish)
         return True
 
     # -- subscriptions ---------------------------------------------------------------------------
@@ -353,7 +362,11 @@ class RmqCommunicator(AsyncCommunicator):
 
         async def bind() -> None:
             queue = await self._ensure_rpc_queue()
+            if self._nowait_binds:  # an earlier bind was allowed: no bind-ok on the launch's path (_nowait.py)
+                await bind_nowait(queue, conn.sub_msg_exchange, f"{defaults.RPC_PREFIX}.{key}", conn.fast_channel)
+                return
             await queue.bind(conn.sub_msg_exchange, routing_key=f"{defaults.RPC_PREFIX}.{key}")
+            self._nowait_binds = True
 
         await conn.guarded(conn.shielded(bind()))
 
@@ -399,6 +412,8 @@ class RmqCommunicator(AsyncCommunicator):
                 self._broadcast_queue = queue
 
     async def _on_broadcast(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        if extensions.broadcast_unwanted(message.headers, self._broadcast_subscribers.values()):
+            return  # a broadcast of ours that no local subscriber wants: not decoded (wire/extensions.py)
         if not _frames.refused(message, "broadcast"):
             await self._handle_broadcast(message.body)
 
