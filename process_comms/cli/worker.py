@@ -176,7 +176,9 @@ def _wait_for_stop(worker: Worker, signals: set[signal.Signals], stop_event: thr
     while not worker.wait(0):
         if stop_event is None:
             info = signal.sigtimedwait(signals, _STOP_LOOK)
-            if info is not None:
+            # only a signal asked for: after a SIGSTOP/SIGCONT that outlasts the timeout, CPython 3.10-3.13 can
+            # return a siginfo of garbage (si_signo 1 seen here) instead of None (tests/cli/test_worker_signals.py)
+            if info is not None and info.si_signo in signals:
                 return info.si_signo
         elif stop_event.wait(_STOP_LOOK):  # pragma: no cover - platforms without sigtimedwait
             return signal.SIGTERM
