@@ -55,6 +55,7 @@ class Recycler:
         self._retiring: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._cancelled = False
+        self._lock = threading.Lock()  # the subscriptions and the retiring task: noted from the worker's thread
 
     @property
     def full(self) -> bool:
@@ -62,8 +63,14 @@ class Recycler:
         return self.taken >= self.limit
 
     def subscribed(self, core: AsyncCommunicator, identifier: Any, queue: str) -> None:
-        """Note a task subscription of the worker's (cancelled when the limit is reached)."""
-        self._subscriptions.append((core, identifier, queue))
+        """Note a task subscription of the worker's (cancelled when the limit is reached). From the worker's
+        thread: tasks may be delivered, and the limit reached, before the subscription's identifier is back
+        here; then it is cancelled at once (else its tasks would be handed back and redelivered for ever)."""
+        with self._lock:
+            self._subscriptions.append((core, identifier, queue))
+            loop = self._loop if self._retiring is not None else None
+        if loop is not None:
+            asyncio.run_coroutine_threadsafe(self._stop_taking(), loop)
 
     def __call__(self, communicator: object, task: object) -> concurrent.futures.Future[Answer]:
         return self.accept(communicator, task, CURRENT_DELIVERY.get())[0]
@@ -88,8 +95,9 @@ class Recycler:
                 self.launcher.owner,
                 self.limit,
             )
-            self._loop = asyncio.get_running_loop()
-            self._retiring = self._loop.create_task(self._retire())
+            with self._lock:
+                self._loop = asyncio.get_running_loop()
+                self._retiring = self._loop.create_task(self._retire())
         return accepted
 
     async def _retire(self) -> None:
@@ -107,7 +115,12 @@ class Recycler:
         threading.Thread(target=self._done, name="process-comms-recycle").start()
 
     async def _stop_taking(self) -> None:
-        for core, identifier, queue in self._subscriptions:
+        """Cancel every subscription noted so far (each once)."""
+        while True:
+            with self._lock:
+                if not self._subscriptions:
+                    return
+                core, identifier, queue = self._subscriptions.pop(0)
             try:
                 await core.remove_task_subscriber(identifier, queue=queue)
             except Exception:  # its tasks are handed back all the same

@@ -68,6 +68,39 @@ def test_a_recycled_worker_hands_the_next_task_to_another_and_stops_once_its_pro
             comm.close()
 
 
+def test_a_worker_full_before_its_subscription_is_noted_still_stops_consuming(
+    broker_url: str, names: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tasks queued before the worker starts can arrive while ``add_task_subscriber`` is still returning, so the
+    limit (1) is reached before the worker has noted the subscription (seen on a loaded CI machine; forced here
+    by noting it only once the limit is reached). Before the fix the recycler had nothing to cancel then, and
+    handed the next tasks back to itself for ever (a hot loop of redeliveries)."""
+    noted = process_comms.Worker._subscribed
+
+    def noted_late(worker: process_comms.Worker, queue: str, identifier: Any) -> None:
+        wait_until(lambda: worker.recycled, T, "the limit reached before the subscription is noted")
+        noted(worker, queue, identifier)
+
+    monkeypatch.setattr(process_comms.Worker, "_subscribed", noted_late)
+    made = [process_comms.connect(BROKER_URL, **rmq_options(names)) for _ in range(2)]
+    worker_comm, client = made
+    try:
+        ctl = process_comms.RemoteProcessThreadController(client)
+        _waiters(ctl, 3)
+        wait_until(lambda: _queued(names) == 3, T, "the 3 launch tasks in the queue")
+        worker = process_comms.Worker(communicator=worker_comm, persister=InMemoryPersister(), max_processes=1)
+        worker.start()
+        try:
+            wait_until(lambda: len(worker.launcher.processes) == 1, T, "its one process")
+            wait_until(lambda: not worker.health()["consuming"], T, "the recycling worker's consumer cancelled")
+            wait_until(lambda: _queued(names) == 2, T, "the other 2 tasks back in the queue")
+        finally:
+            worker.stop()
+    finally:
+        for comm in made:
+            comm.close()
+
+
 def test_a_graceful_stop_while_recycling_wins(comm_factory: Any) -> None:
     comm, client = comm_factory(), comm_factory()
     worker = process_comms.Worker(communicator=comm, persister=InMemoryPersister(), max_processes=1).start()
