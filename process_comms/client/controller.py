@@ -20,7 +20,6 @@ from ..errors import TimeoutError as PCTimeoutError
 from ..transports.base import AsyncCommunicator, BroadcastFilter
 from ..transports.loop import AsyncFn, ControllerFuture, LoopThread, with_deadline
 from ..transports.threaded import ThreadCommunicator
-from ..wire.launch_options import with_launch_options
 from ..wire.loaders import ObjectLoader
 from ..wire.messages import (
     ANSWER_PREFIX,
@@ -37,10 +36,10 @@ from ..wire.messages import (
     state_from_subject,
     state_name,
     wire_text,
+    with_launch_options,
 )
-from ..wire.names import WORKERS_SUBJECT
 from ..wire.status import is_lost
-from ..wire.types import ProcessPage, ProcessRecord, ProcessStatus, WorkerInfo
+from ..wire.types import WORKERS_SUBJECT, ProcessPage, ProcessRecord, ProcessStatus, WorkerInfo
 from ._kiwipy import KiwipyAdapter, is_foreign, unwrap_ours
 from ._plumpy import ControllerApi, PlumpyShape, check_api
 from .records import ProcessListing, RecordQueries, RecordStore, epoch, lost_error

@@ -8,8 +8,7 @@ import uuid
 from typing import NamedTuple
 
 from ..transports.base import Delivery
-from ..wire.launch_options import LaunchOptions
-from ..wire.messages import Pid
+from ..wire.messages import LaunchOptions, Pid
 from ._link import CommLink
 from .process import Process
 

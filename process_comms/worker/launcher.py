@@ -24,7 +24,6 @@ from .. import defaults
 from ..errors import LoadError, PersistenceError
 from ..transports.base import CURRENT_DELIVERY, AsyncCommunicator, Delivery, InvalidTask
 from ..transports.loop import LoopThread, run_on
-from ..wire.launch_options import launch_options_of
 from ..wire.loaders import AllowListLoader, ObjectLoader, get_object_loader
 from ..wire.messages import (
     ARGS_KEY,
@@ -40,6 +39,7 @@ from ..wire.messages import (
     TASK_ARGS,
     TASK_KEY,
     Pid,
+    launch_options_of,
     wire_bool,
 )
 from ._claims import Claims, in_executor, token_of

@@ -35,7 +35,6 @@ from .. import defaults
 from ..errors import PersistenceError, ProcessLost, RemoteError
 from ..transports.base import AsyncCommunicator, host_info
 from ..transports.loop import run_on
-from ..wire.launch_options import time_limit_reason
 from ..wire.loaders import ObjectLoader
 from ..wire.messages import (
     FORCE_KILL_KEY,
@@ -45,6 +44,7 @@ from ..wire.messages import (
     RELEASE_KEY,
     Intent,
     Pid,
+    time_limit_reason,
     wire_bool,
     wire_text,
 )

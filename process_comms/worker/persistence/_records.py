@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...errors import DecodeError, PersistenceError
-from ...wire.states import TERMINAL_STATES
+from ...wire.types import TERMINAL_STATES
 from ._base import _codec
 
 __all__ = [
