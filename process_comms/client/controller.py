@@ -188,7 +188,7 @@ class RemoteProcessController(RecordQueries):
         options: Mapping[str, object] | None = None,
     ) -> object:
         create = create_create_body(process_class, init_args, init_kwargs, persist=True, loader=loader)
-        create.update(options or {})  # our launch options, if any (wire/launch_options.py)
+        create.update(options or {})  # our launch options, if any (wire/messages.py)
         pid = await self._task(create, False, timeout)
         return await self._task(create_continue_body(pid, nowait=nowait), no_reply, timeout)
 
@@ -361,7 +361,7 @@ class RemoteProcessController(RecordQueries):
         ``queue``: a named task queue (``"gpu"``), consumed by the workers started with ``--queue gpu``.
         ``label``: a name to find the process by (at most ``LABEL_MAX_CHARS`` characters), kept in its record.
         ``time_limit``: seconds after which its worker kills it (paused or not; a worker that continues it keeps
-        the deadline). Both travel where a plumpy worker ignores them (wire/launch_options.py);
+        the deadline). Both travel where a plumpy worker ignores them (wire/messages.py);
         ``InvalidLaunchOption`` if out of bounds, before anything is sent.
         """
         body = create_launch_body(process_class, init_args, init_kwargs, persist, loader, nowait)

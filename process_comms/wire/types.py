@@ -177,7 +177,7 @@ ProcessRecord = TypedDict(
     total=False,
 )
 
-#: One row of a process listing: a record's summary (worker/persistence/_records.py ``SUMMARY_KEYS``, plus
+#: One row of a process listing: a record's summary (worker/persistence/_base.py ``SUMMARY_KEYS``, plus
 #: ``error`` and, from the fleet, ``live``).
 ProcessSummary = TypedDict(
     "ProcessSummary",
