@@ -9,9 +9,8 @@ from typing import TYPE_CHECKING, TypedDict
 
 from ..client.display import layout_columns, progress_text
 from ..client.thread_controller import RemoteProcessThreadController
-from ..wire.launch_options import LABEL_MAX_CHARS
 from ..wire.listing import ACTIVE_STATES, SORTS
-from ..wire.messages import TERMINAL_STATES
+from ..wire.messages import LABEL_MAX_CHARS, TERMINAL_STATES
 from ._common import GRACE, add_store_option, connect_from, from_store, record_store
 from ._records import age, host_text, parse_since
 from .base import EXIT_OK, EXIT_USAGE, CliError, add_command, int_at_least

@@ -16,7 +16,7 @@ from ..errors import LoadError
 from ..transports.rmq._topology import QUEUE_TYPES
 from ..urls import mask_url
 from ..wire.loaders import AllowListLoader
-from ..wire.names import DEFAULT_QUEUE
+from ..wire.types import DEFAULT_QUEUE
 from ..worker.persistence import MEMORY_RECORD_BYTES
 from ..worker.worker import Worker
 from ._output import setup_logging

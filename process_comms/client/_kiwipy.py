@@ -42,7 +42,7 @@ from ..errors import TimeoutError as PCTimeoutError
 from ..transports.base import AsyncCommunicator
 from ..transports.kiwipy_async import KiwipyAsyncCommunicator
 from ..transports.loop import AsyncFn, ControllerFuture, LoopThread
-from ..wire.names import DEFAULT_QUEUE, queue_name
+from ..wire.types import DEFAULT_QUEUE, queue_name
 
 __all__ = ["KiwipyAdapter", "KiwipyPortal", "is_foreign", "unwrap_ours"]
 
@@ -294,7 +294,7 @@ class KiwipyAdapter(AsyncCommunicator):
         base = self._task_queue
         if base is None or not isinstance(self.kiwi, _HasTaskQueue):
             raise TaskRejected(f"named task queue {queue!r}: this communicator has no task_queue(name)")
-        named = await self._call("task_queue", queue_name(base, queue))  # our broker name (wire/names.py)
+        named = await self._call("task_queue", queue_name(base, queue))  # our broker name (wire/types.py)
         return await KiwipyAdapter(named).task_send(task, no_reply)
 
     async def broadcast_send(

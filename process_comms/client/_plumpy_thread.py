@@ -11,9 +11,16 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ..wire.launch_options import with_launch_options
 from ..wire.loaders import ObjectLoader
-from ..wire.messages import Intent, MessageBuilder, MessageType, Pid, create_continue_body, create_launch_body
+from ..wire.messages import (
+    Intent,
+    MessageBuilder,
+    MessageType,
+    Pid,
+    create_continue_body,
+    create_launch_body,
+    with_launch_options,
+)
 from ._plumpy import ControllerApi, PlumpyShape, kiwipy_shaped
 from .thread_controller import RemoteProcessThreadController
 

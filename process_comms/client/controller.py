@@ -20,7 +20,6 @@ from ..errors import TimeoutError as PCTimeoutError
 from ..transports.base import AsyncCommunicator, BroadcastFilter
 from ..transports.loop import AsyncFn, ControllerFuture, LoopThread, with_deadline
 from ..transports.threaded import ThreadCommunicator
-from ..wire.launch_options import with_launch_options
 from ..wire.loaders import ObjectLoader
 from ..wire.messages import (
     ANSWER_PREFIX,
@@ -37,10 +36,10 @@ from ..wire.messages import (
     state_from_subject,
     state_name,
     wire_text,
+    with_launch_options,
 )
-from ..wire.names import WORKERS_SUBJECT
 from ..wire.status import is_lost
-from ..wire.types import ProcessPage, ProcessRecord, ProcessStatus, WorkerInfo
+from ..wire.types import WORKERS_SUBJECT, ProcessPage, ProcessRecord, ProcessStatus, WorkerInfo
 from ._kiwipy import KiwipyAdapter, is_foreign, unwrap_ours
 from ._plumpy import ControllerApi, PlumpyShape, check_api
 from .records import ProcessListing, RecordQueries, RecordStore, epoch, lost_error
@@ -189,7 +188,7 @@ class RemoteProcessController(RecordQueries):
         options: Mapping[str, object] | None = None,
     ) -> object:
         create = create_create_body(process_class, init_args, init_kwargs, persist=True, loader=loader)
-        create.update(options or {})  # our launch options, if any (wire/launch_options.py)
+        create.update(options or {})  # our launch options, if any (wire/messages.py)
         pid = await self._task(create, False, timeout)
         return await self._task(create_continue_body(pid, nowait=nowait), no_reply, timeout)
 
@@ -362,7 +361,7 @@ class RemoteProcessController(RecordQueries):
         ``queue``: a named task queue (``"gpu"``), consumed by the workers started with ``--queue gpu``.
         ``label``: a name to find the process by (at most ``LABEL_MAX_CHARS`` characters), kept in its record.
         ``time_limit``: seconds after which its worker kills it (paused or not; a worker that continues it keeps
-        the deadline). Both travel where a plumpy worker ignores them (wire/launch_options.py);
+        the deadline). Both travel where a plumpy worker ignores them (wire/messages.py);
         ``InvalidLaunchOption`` if out of bounds, before anything is sent.
         """
         body = create_launch_body(process_class, init_args, init_kwargs, persist, loader, nowait)

@@ -30,7 +30,6 @@ from ..errors import (
     ProcessCommsError,
 )
 from ..wire.codec import Codec, get_codec
-from ..wire.names import DEFAULT_QUEUE
 from ..wire.replies import (
     CANCELLED_KEY,
     ERROR_TYPE_KEY,
@@ -42,6 +41,7 @@ from ..wire.replies import (
     parse_task_envelope,
     reply_outcome,
 )
+from ..wire.types import DEFAULT_QUEUE
 from ._dispatch import (
     CURRENT_DELIVERY,
     BroadcastSubscriber,

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import CommunicatorClosed, DecodeError, EncodeError, ProcessUnreachable
 from ..wire.codec import Codec
-from ..wire.names import DEFAULT_QUEUE
+from ..wire.types import DEFAULT_QUEUE
 from ._dispatch import SendReply
 from ._pulled import PulledTask, take
 from .base import (

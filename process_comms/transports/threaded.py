@@ -25,7 +25,7 @@ import kiwipy
 
 from .. import defaults
 from ..errors import CommunicatorClosed
-from ..wire.names import DEFAULT_QUEUE
+from ..wire.types import DEFAULT_QUEUE
 from ._pulled import PulledTask
 from ._thread_tasks import ThreadPulledTask, iterate_blocking, next_task_blocking
 from .base import AsyncCommunicator, BrokerBacked, CallbackFuture

@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Final, TypeVar
 
 from ..errors import InvalidTask
-from .launch_options import check_label
-from .states import ACTIVE_STATES
+from .messages import check_label
+from .types import ACTIVE_STATES
 
 __all__ = [
     "ACTIVE_STATES",

@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final, cast
 
-from .states import UNENDED_STATES
-from .types import ProcessStatus
+from .types import UNENDED_STATES, ProcessStatus
 
 __all__ = ["LOST_TYPE", "UNENDED_STATES", "is_lost", "lost_record", "status_of_record"]
 

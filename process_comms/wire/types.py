@@ -1,16 +1,29 @@
-"""The protocol's data with types: a pid, a process's status, its record, a listing's summary, a worker's info.
+"""The protocol's vocabulary: a process's states, the names both sides spell alike, and the data with types
+(a pid, a process's status, its record, a listing's summary, a worker's info).
 
-These describe the dicts that travel (they stay plain dicts on the wire: a plumpy peer sends and reads the
-same). Every key is optional to the type checker (``total=False``): a peer may leave one out, and a reader
-uses ``.get`` where it must. ``tests/wire/test_types.py`` checks the keys against what the worker builds.
+The state values are the strings plumpy 0.26's ``plumpy.ProcessState`` carries (``src/plumpy/base/state_machine.py``
+and ``src/plumpy/process_states.py`` in https://github.com/aiidateam/plumpy), so a state travels as the same
+bytes whichever side sends it. The dicts stay plain dicts on the wire (a plumpy peer sends and reads the same):
+every key is optional to the type checker (``total=False``), a peer may leave one out, and a reader uses ``.get``
+where it must. ``tests/wire/test_types.py`` compares the states with plumpy's and checks the keys against what
+the worker builds.
 """
 
 from __future__ import annotations
 
+import enum
 import uuid
-from typing import TypeAlias, TypedDict, Union
+from typing import Final, TypeAlias, TypedDict, Union
 
 __all__ = [
+    "ACTIVE_STATES",
+    "DEFAULT_QUEUE",
+    "TERMINAL_STATES",
+    "UNENDED_STATES",
+    "WORKERS_SUBJECT",
+    "ProcessState",
+    "is_terminal",
+    "queue_name",
     "ExceptionInfo",
     "HistoryEvent",
     "HostInfo",
@@ -23,6 +36,60 @@ __all__ = [
     "WorkerInfo",
 ]
 
+
+# -- a process's states, named as plumpy names them: the one home of the state names ---------------------------
+class ProcessState(str, enum.Enum):
+    """A process's state; a ``str`` so that its value is what travels (``ProcessState.RUNNING == "running"``)."""
+
+    CREATED = "created"
+    RUNNING = "running"
+    WAITING = "waiting"
+    FINISHED = "finished"
+    EXCEPTED = "excepted"
+    KILLED = "killed"
+
+    def __str__(self) -> str:  # as a plain Enum's, on every Python (3.10 formats a str mix-in by its value)
+        return f"ProcessState.{self.name}"
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+    @property
+    def terminal(self) -> bool:
+        """True for finished, excepted and killed."""
+        return self in (ProcessState.FINISHED, ProcessState.EXCEPTED, ProcessState.KILLED)
+
+
+#: Process states after which nothing more happens.
+TERMINAL_STATES: Final = (ProcessState.FINISHED.value, ProcessState.EXCEPTED.value, ProcessState.KILLED.value)
+#: The states of a process that has not ended (someone must hold it, or it is lost or parked).
+UNENDED_STATES: Final = (ProcessState.CREATED.value, ProcessState.RUNNING.value, ProcessState.WAITING.value)
+#: What ``--active`` means: the states of a process that has not ended.
+ACTIVE_STATES: Final = UNENDED_STATES
+
+
+def is_terminal(state: str | None) -> bool:
+    """True if ``state`` (a short state name such as ``finished``) is one after which nothing happens."""
+    return state in TERMINAL_STATES
+
+
+# -- the names both sides of the protocol must spell alike: broadcast subjects and task queue names ---------------
+#: The subject of the ``workers`` broadcast request (client/controller.py sends it, worker/_fleet.py answers it).
+WORKERS_SUBJECT: Final = "workers"
+#: The name callers give for the installation's default task queue (as ``launch_process(queue=...)`` takes it).
+DEFAULT_QUEUE: Final = "default"
+
+
+def queue_name(task_queue: str, queue: str | None) -> str:
+    """The broker's name of task queue ``queue`` (None or ``default``: the default task queue itself)."""
+    if queue is None or queue == DEFAULT_QUEUE:
+        return task_queue
+    if not queue or any(ch in queue for ch in "#*") or len(queue.encode()) > 200:
+        raise ValueError(f"invalid task queue name {queue!r}: use letters, digits, '-', '_' or '.'")
+    return f"{task_queue}.{queue}"
+
+
+# -- the data with types -----------------------------------------------------------------------------------------
 #: A process id: what the codecs carry as a key (a UUID, an int or a string; plumpy's are UUIDs); its ``str()``
 #: is its routing key.
 Pid: TypeAlias = Union[uuid.UUID, int, str]
@@ -110,7 +177,7 @@ ProcessRecord = TypedDict(
     total=False,
 )
 
-#: One row of a process listing: a record's summary (worker/persistence/_records.py ``SUMMARY_KEYS``, plus
+#: One row of a process listing: a record's summary (worker/persistence/_base.py ``SUMMARY_KEYS``, plus
 #: ``error`` and, from the fleet, ``live``).
 ProcessSummary = TypedDict(
     "ProcessSummary",

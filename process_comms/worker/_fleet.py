@@ -18,7 +18,7 @@ from typing import Protocol
 from ..transports.base import CURRENT_DELIVERY, AsyncCommunicator, Delivery
 from ..transports.loop import run_on
 from ..wire.messages import ANSWER_PREFIX
-from ..wire.names import DEFAULT_QUEUE, WORKERS_SUBJECT
+from ..wire.types import DEFAULT_QUEUE, WORKERS_SUBJECT
 from .launcher import Accepted, Answer
 
 __all__ = ["DEFAULT_QUEUE", "WORKERS_SUBJECT", "SlotCounter", "WorkersAnswer", "check_queues"]

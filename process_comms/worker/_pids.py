@@ -22,6 +22,7 @@ runs of a pid that is not persisted are not prevented (the check reads the store
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import time
 from collections.abc import Callable
@@ -29,10 +30,10 @@ from typing import NamedTuple, cast
 
 from ..errors import DuplicatePid, RemoteError
 from ..transports.base import host_info
-from ..wire.messages import RECORD_TASK_ID_KEY, TERMINAL_STATES, Pid, is_kill_request
+from ..wire.messages import RECORD_TASK_ID_KEY, TERMINAL_STATES, LaunchOptions, Pid, is_kill_request
 from ._claims import in_executor
+from ._link import CommLink
 from ._state import KilledError
-from ._tasking import TaskContext
 from .persistence import Persister
 from .process import Process
 
@@ -54,6 +55,19 @@ class PidUse(NamedTuple):
 
 
 _NEW = PidUse(False)
+
+
+class TaskContext(NamedTuple):
+    """What a handler needs beyond plumpy's arguments: the link to the communicator the task came from, the
+    task's hold (its ack waits for it), who the task is (its correlation id, and whether the broker delivered
+    it before: the same task, below) and our options of a launch or create (label, time limit,
+    wire/messages.py)."""
+
+    link: CommLink | None
+    hold: concurrent.futures.Future[None] | None
+    task_id: str | None = None
+    redelivered: bool = False
+    options: LaunchOptions = LaunchOptions()
 
 
 def _same_task(task_id: object, context: TaskContext) -> bool:

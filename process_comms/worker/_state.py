@@ -14,7 +14,7 @@ from typing import Protocol, cast
 from ..errors import ProcessCommsError, ProcessKilled
 from ..wire.loaders import ObjectLoader, get_object_loader
 from ..wire.messages import Pid
-from ..wire.states import ProcessState  # re-exported: its home is wire/states.py
+from ..wire.types import ProcessState  # re-exported: its home is wire/types.py
 
 __all__ = [
     "CYCLE_EVENT",

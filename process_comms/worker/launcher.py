@@ -24,7 +24,6 @@ from .. import defaults
 from ..errors import LoadError, PersistenceError
 from ..transports.base import CURRENT_DELIVERY, AsyncCommunicator, Delivery, InvalidTask
 from ..transports.loop import LoopThread, run_on
-from ..wire.launch_options import launch_options_of
 from ..wire.loaders import AllowListLoader, ObjectLoader, get_object_loader
 from ..wire.messages import (
     ARGS_KEY,
@@ -40,14 +39,14 @@ from ..wire.messages import (
     TASK_ARGS,
     TASK_KEY,
     Pid,
+    launch_options_of,
     wire_bool,
 )
 from ._claims import Claims, in_executor, token_of
 from ._link import CommLink, HasCore
-from ._pids import Pids, PidUse, answer_from_record, refuse
+from ._pids import Pids, PidUse, TaskContext, answer_from_record, refuse
 from ._routes import Broadcasts, Routes
 from ._state import META_KEY, KilledError
-from ._tasking import LAUNCH_PID_NAMESPACE, TaskContext, hold_for, log_end, release, task_identity
 from .persistence import Persister
 from .process import Process, Runtime
 from .records import RecordWriter
@@ -58,6 +57,52 @@ LOGGER = logging.getLogger(__name__)
 
 #: What a task handler returns: a pid (nowait, create) or the outputs.
 Answer: TypeAlias = "Pid | dict[str, object]"
+
+
+#: Namespace of the pids derived from a launch task's correlation id (same task, same pid).
+LAUNCH_PID_NAMESPACE = uuid.UUID("6f1c2a4e-3b5d-4c2a-9e1f-0d7b8a9c6e21")
+
+
+def hold_for(delivery: Delivery | None, wanted: bool) -> concurrent.futures.Future[None] | None:
+    """For a persisted process answered at once (nowait): keep its task until the process ends. The hold is
+    handed to the transport on ``delivery`` (it acks the task once the hold completes) and returned."""
+    if not wanted or delivery is None:
+        return None
+    hold: concurrent.futures.Future[None] = concurrent.futures.Future()
+    delivery.hold = hold
+    return hold
+
+
+def release(hold: concurrent.futures.Future[None] | None) -> None:
+    """Let the task of ``hold`` be acked (its process ended, or its launch failed)."""
+    if hold is not None and not hold.done():
+        hold.set_result(None)
+
+
+def task_identity(delivery: Delivery | None) -> tuple[str | None, bool]:
+    """Who a delivered task is: its correlation id and whether the broker delivered it before (_pids.py)."""
+    return (None, False) if delivery is None else (delivery.correlation_id, delivery.redelivered)
+
+
+def fresh(context: TaskContext, pid: Pid) -> bool:
+    """True for the pid a persisted launch derived from its task at its first delivery: new by construction."""
+    return (
+        not context.redelivered
+        and context.task_id is not None
+        and pid == uuid.uuid5(LAUNCH_PID_NAMESPACE, context.task_id)
+    )
+
+
+def log_end(proc: Process, seconds: float) -> None:
+    """The worker's INFO line for a process that ended here (an exception with its traceback)."""
+    state = proc.state.value if proc.state.terminal else f"{proc.state.value}, handed back"
+    info = proc.exception_info if proc.state.value == "excepted" else None
+    if info is not None:  # the frames under the one-line error (no "Traceback" header: that marks a worker crash)
+        frames = str(info.get("traceback") or "").rstrip().splitlines()[1:-1]
+        error = f"{info.get('type')}: {info.get('message')}"
+        LOGGER.info("process %s ended: excepted after %.3f s: %s\n%s", proc.pid, seconds, error, "\n".join(frames))
+    else:
+        LOGGER.info("process %s ended: %s after %.3f s", proc.pid, state, seconds)
 
 
 class Accepted(NamedTuple):
@@ -227,7 +272,7 @@ class ProcessLauncher:
                 raise InvalidTask("init_args must be a list (or null) and init_kwargs a mapping (or null)")
             # the hooks get the task's own values, as plumpy passes them (None when the task says null)
             hook_args = args.get(ARGS_KEY)
-            options = launch_options_of(task)  # ours, beside plumpy's args (wire/launch_options.py)
+            options = launch_options_of(task)  # ours, beside plumpy's args (wire/messages.py)
             if kind == CREATE_TASK:
                 context = TaskContext(link, None, *task_identity(delivery), options)
                 work = functools.partial(
@@ -343,7 +388,7 @@ class ProcessLauncher:
         init_args, init_kwargs = init_args or (), init_kwargs or {}
         old: dict[str, object] | None = None
         named = cast("Pid | None", init_kwargs.get("pid"))  # the task names it: vetted here (_pids.py)
-        vetted = named is not None and not context.fresh(named)
+        vetted = named is not None and not fresh(context, named)
         if vetted:
             # a pid the task names is used once (_pids.py): refused, or the same task again
             use = await self.pids.vet(cast(Pid, named), context, cls, init_kwargs.get("inputs"))

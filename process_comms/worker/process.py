@@ -27,6 +27,7 @@ import threading
 import time
 import traceback
 import uuid
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
@@ -35,7 +36,6 @@ from .. import defaults
 from ..errors import PersistenceError, ProcessLost, RemoteError
 from ..transports.base import AsyncCommunicator, host_info
 from ..transports.loop import run_on
-from ..wire.launch_options import time_limit_reason
 from ..wire.loaders import ObjectLoader
 from ..wire.messages import (
     FORCE_KILL_KEY,
@@ -45,14 +45,14 @@ from ..wire.messages import (
     RELEASE_KEY,
     Intent,
     Pid,
+    time_limit_reason,
     wire_bool,
     wire_text,
 )
 from ..wire.status import LOST_TYPE, status_of_record
-from . import _module_logs
 from ._link import CommLink
 from ._state import KilledError, ProcessState, Suspended, add_history, bundle_of, restore
-from .persistence._records import safe_value
+from .persistence._base import safe_value
 
 __all__ = ["Process", "ProcessState", "KilledError", "Recorded", "Runtime", "Suspended"]  # 3 from ._state
 
@@ -112,6 +112,16 @@ class Runtime:
     recorder: RecordSink | None = None
     holder: tuple[str | None, str | None] = (None, None)
     route_gone: asyncio.Future[None] | None = None
+
+
+#: The process whose run this context is (set as its run task starts, ``Process._execute``): asyncio gives every
+#: task its own copy of the context, so it names this process in its run and in the tasks and executor calls
+#: it starts, and nothing else. The handler of _module_logs.py reads it to keep the lines the process's
+#: module logs in its record. A weak reference: contexts outlive the run (a timer or task started in it keeps
+#: a copy), the process must not (tests/worker/test_records_in_flight.py checks that an ended process is let go).
+RUNNING: contextvars.ContextVar[weakref.WeakMethod[Callable[[str, str], None]] | None] = contextvars.ContextVar(
+    "process_comms_running", default=None
+)
 
 
 class _RecordingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -687,7 +697,7 @@ class Process(Recorded):
 
     async def _execute(self) -> None:
         assert self._done is not None
-        _module_logs.running(self._add_log_line)  # this task's own context: its module's log lines go to its record
+        RUNNING.set(weakref.WeakMethod(self._add_log_line))  # this task's context: its module's lines go to its record
         await self.pause_point()
         self._transition(ProcessState.RUNNING)
         try:

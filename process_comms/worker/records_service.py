@@ -43,7 +43,7 @@ from ..wire.messages import (
     wire_text,
 )
 from ..wire.status import UNENDED_STATES, lost_record
-from .persistence._records import bounded_progress, safe_value, summary_of
+from .persistence._base import bounded_progress, safe_value, summary_of
 from .records import RECORD_MAX_AGE, RECORD_MAX_COUNT, RECORD_PRUNE_INTERVAL
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ KILL_REQUEST_TRIM_ROUNDS = 20
 
 #: Bytes of summaries one listing answer carries at most (JSON; the wire's limit is 8 MiB): the rest of a
 #: listing is a next page, asked for with the answer's ``more`` cursor. Each summary is bounded
-#: (:func:`~.persistence._records.summary_of`), so a page of the default 100 rows is never cut by it.
+#: (:func:`~.persistence._base.summary_of`), so a page of the default 100 rows is never cut by it.
 LIST_PAGE_BYTES = 1024 * 1024
 
 

@@ -21,7 +21,7 @@ from ..transports.connect import connect
 from ..transports.loop import run_on
 from ..transports.threaded import ThreadCommunicator
 from ..wire.messages import Pid, records_route
-from ..wire.names import queue_name
+from ..wire.types import queue_name
 from . import _module_logs
 from ._fleet import DEFAULT_QUEUE, SlotCounter, WorkersAnswer, check_queues
 from ._recycle import Recycler

@@ -11,10 +11,12 @@ from ...wire.listing import row_matches
 from ...wire.loaders import ObjectLoader
 from ...wire.messages import Pid
 from ._base import (
+    TERMINAL_STATE_NAMES,
     Bundle,
     ClaimHolder,
     PersistedCheckpoint,
     Persister,
+    RecordTexts,
     _bundle_text,
     _check_tag,
     _decode_pid,
@@ -22,8 +24,10 @@ from ._base import (
     _missing,
     _pid_key,
     _Process,
+    decode_record,
+    decode_summary,
+    record_texts,
 )
-from ._records import TERMINAL_STATE_NAMES, RecordTexts, decode_record, decode_summary, record_texts
 
 __all__ = ["MEMORY_RECORD_BYTES", "InMemoryPersister"]
 

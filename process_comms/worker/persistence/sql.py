@@ -28,9 +28,11 @@ from ._base import (
     _load,
     _missing,
     _pid_key,
+    decode_record,
+    decode_summary,
+    record_texts,
 )
 from ._dialects import _dialect_for
-from ._records import decode_record, decode_summary, record_texts
 
 __all__ = ["DEFAULT_TABLE", "SqlPersister"]
 
