@@ -1,7 +1,8 @@
 """Wire extensions between two process_comms ends, carried in AMQP message headers that kiwipy ignores.
 
-kiwipy and plumpy send every message with an empty ``headers`` table and never read it
-(shared/wire-protocol.md §2.1), so a header is a way for two ends of ours to agree on something per message
+kiwipy and plumpy send every message with an empty ``headers`` table and never read it (kiwipy builds its
+messages in https://github.com/aiidateam/kiwipy/blob/main/src/kiwipy/rmq/messages.py), so a header is a way for
+two ends of ours to agree on something per message
 while a kiwipy or plumpy peer sees exactly kiwipy's wire. Each extension is negotiated by the message that
 carries it: an end that does not send the header gets kiwipy's behaviour, an end that does not read it
 (kiwipy, plumpy, an older process_comms) ignores it.

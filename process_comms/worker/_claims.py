@@ -3,7 +3,7 @@
 A claim in the store names its owner, the owner's liveness token (an exclusive broker queue that dies
 with the owner's connection: ``AsyncCommunicator.liveness_token``) and when it was last renewed. A worker
 that finds a pid claimed by another owner asks the broker whether that owner's connection lives
-(issue 15, "Takeover in seconds"):
+(RELIABILITY.md, "Faults": takeover in seconds):
 
 * alive: wait, however long (a slow worker is never doubled);
 * gone: take the claim over (a compare-and-swap on the holder as read) once the holder has also not

@@ -1,4 +1,4 @@
-"""A worker in a fleet (issue 15): its queues and slots, its health, and its answer to ``workers``.
+"""A worker in a fleet (docs/fleet.md, "Workers"): its queues and slots, its health, and its answer to ``workers``.
 
 ``controller.list_workers(within)`` broadcasts :data:`WORKERS_SUBJECT` with a correlation id; every
 worker answers with an ``intent_result.workers`` broadcast (sender: its id, body: :meth:`Worker.info`),

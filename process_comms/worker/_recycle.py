@@ -1,4 +1,5 @@
-"""A worker that recycles itself (issue 26): after ``max_processes`` processes it takes no more tasks, lets
+"""A worker that recycles itself (docs/performance.md, "Memory"): after ``max_processes`` processes it takes
+no more tasks, lets
 what it holds run to its end, then stops, so that its supervisor starts a fresh one and the memory the
 peak left behind (pymalloc and malloc arenas: docs/performance.md, "Memory") goes back with the old one.
 

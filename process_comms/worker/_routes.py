@@ -1,7 +1,7 @@
 """A launcher's per-process RPC routes, and how an ended process keeps its route until its record is written.
 
 kiwipy's wire format routes an RPC to a process by its own route (``[rpc].<pid>``). A process's reply no
-longer waits for its record to be stored (issue 16's launch rate); instead the ended process stays
+longer waits for its record to be stored (the launch rate: docs/performance.md); instead the ended process stays
 *held* with its route bound until the record is written, so whoever asks about it meanwhile is answered
 by the process itself, and the fleet's record queries find it in memory (docs/performance.md, "What
 records cost"). Only ended processes are held: a suspended one (released, or its worker stopping) is

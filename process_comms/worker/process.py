@@ -296,7 +296,7 @@ class EndedRun:
     routed before the unbind (``transports/base.py``, ``RETIRED_RPC_SECONDS``) get the answers the
     process gave, from its final status, without the process itself. A communicator keeps up to 1,024
     of these for a minute; holding the processes, with their tasks, inputs, outputs and tracebacks, kept
-    1,024 ended processes' memory in every busy worker (issue 16)."""
+    1,024 ended processes' memory in every busy worker (docs/performance.md, "Memory")."""
 
     __slots__ = ("_killed", "_status")
 
@@ -646,7 +646,7 @@ class Process(Recorded):
         loop = asyncio.get_running_loop()
         self.loop = loop
         self._done = loop.create_future()
-        # made when first paused: an asyncio.Event is 0.8 kB, and most processes are never paused (issue 16)
+        # made when first paused: an asyncio.Event is 0.8 kB, and most processes are never paused (docs/performance.md)
         if self.paused:
             self._play = asyncio.Event()
         elif self._play is not None:

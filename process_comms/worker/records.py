@@ -1,4 +1,5 @@
-"""Process records (issue 14): what a worker writes about every process it runs, persisted or not.
+"""Process records (docs/fleet.md, "Who answers for a process"): what a worker writes about every process it
+runs, persisted or not.
 
 A record is a JSON-safe dict: pid, class, inputs, state history with timestamps, worker host and OS pid, progress,
 outputs, exception (type, message, traceback) and the process's own log lines (:meth:`Recorded.report` and

@@ -1,4 +1,5 @@
-"""Ask the fleet, not a database (issue 14): every worker answers record queries on one shared RPC route.
+"""Ask the fleet, not a database (docs/fleet.md, "Who answers for a process"): every worker answers record
+queries on one shared RPC route.
 
 Each worker of an installation subscribes ``__records__.<task queue name>``; the broker gives every
 worker's RPC queue a copy of a query and the client takes the first answer. A worker answers from its

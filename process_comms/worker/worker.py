@@ -104,7 +104,7 @@ class Worker:
             _module_logs.install()
             self._module_logs = True
         self._started_at = time.monotonic()
-        if self._queues is None:  # the default queue, with the communicator's prefetch count (as before issue 15)
+        if self._queues is None:  # the default queue, with the communicator's prefetch count (as before named queues)
             core = self.communicator.core
             slots = int(core.task_prefetch_count or 0) if isinstance(core, BrokerQueues) else 0
             self._slots[DEFAULT_QUEUE] = SlotCounter(self._recycle or self.launcher, DEFAULT_QUEUE, slots)

@@ -3,7 +3,8 @@
 State is stored as JSON text written by :class:`~process_comms.wire.codec.JsonCodec` (never pickled), so
 a bundle must be a JSON-safe dict (UUIDs allowed) that survives a round trip unchanged.
 
-A process record (issue 14) is a JSON-safe dict written by the worker (see :mod:`process_comms.worker.records`);
+A process record (docs/fleet.md, "Who answers for a process") is a JSON-safe dict written by the worker (see
+:mod:`process_comms.worker.records`);
 the store keeps its inputs once (they never change), the rest as one text, and a summary for listing: what a
 summary holds, how a record is encoded and how a value that JSON cannot hold is kept as its ``repr`` are below.
 """
@@ -59,7 +60,7 @@ class PersistedCheckpoint(NamedTuple):
 
 class ClaimHolder(NamedTuple):
     """Who holds the claim on a pid: the owner, its liveness token (None: unknown), when the claim lapses by
-    the owner's TTL and when it was last renewed (epoch seconds; None in rows written before issue 15)."""
+    the owner's TTL and when it was last renewed (epoch seconds; None in rows written before claims had liveness)."""
 
     owner: str
     token: str | None
@@ -316,7 +317,7 @@ class Persister(abc.ABC):
     def release(self, pid: Pid, owner: str) -> None:
         """Give up ``owner``'s claim on ``pid`` (no error if it holds none)."""
 
-    # -- claims with liveness (issue 15, "Takeover in seconds"); the defaults fall back on claim() ------------
+    # -- claims with liveness (RELIABILITY.md, "Faults": takeover); the defaults fall back on claim() ------------
     def try_claim(self, pid: Pid, owner: str, ttl: float, token: str | None = None) -> ClaimHolder | None:
         """Take or renew the claim on ``pid`` if it is free or ``owner``'s (None: ``owner`` holds it now, with
         ``token``, its liveness token); else leave it and return its holder. A lapsed claim is not taken here:
@@ -333,7 +334,7 @@ class Persister(abc.ABC):
         that ``owner`` no longer holds."""
         return [pid for pid in pids if not self.claim(pid, owner, ttl)]
 
-    # -- process records (issue 14); a store without them keeps none, and says so ------------------------
+    # -- process records (docs/fleet.md); a store without them keeps none, and says so ------------------------
     #: True for stores that keep process records (the memory and SQL stores do).
     keeps_records: bool = False
 

@@ -51,7 +51,7 @@ _CLAIMS_DDL = (
     "CREATE TABLE IF NOT EXISTS {table}_claims (pid_key TEXT PRIMARY KEY, owner TEXT NOT NULL, "
     "expires_at DOUBLE PRECISION NOT NULL, token TEXT, renewed_at DOUBLE PRECISION)"
 )
-#: Columns of the claims table added after its first release (issue 15): added to older tables on open.
+#: Columns of the claims table added after its first release (liveness): added to older tables on open.
 _CLAIMS_ADDED = (("token", "TEXT"), ("renewed_at", "DOUBLE PRECISION"))
 _UPSERT = (
     "INSERT INTO {table} (pid_key, tag, pid_json, bundle, updated_at) VALUES ({p}, {p}, {p}, {p}, CURRENT_TIMESTAMP) "
@@ -83,7 +83,7 @@ _TAKE_OVER = (
 )
 _RENEW = "UPDATE {table}_claims SET expires_at = {p}, renewed_at = {p} WHERE owner = {p}"
 _OWNED = "SELECT pid_key FROM {table}_claims WHERE owner = {p}"
-# process records (issue 14): inputs are written once (the upsert leaves them), the summary is what lists read
+# process records (docs/fleet.md): inputs are written once (the upsert leaves them), the summary is what lists read
 _RECORDS_DDL = (
     "CREATE TABLE IF NOT EXISTS {table}_records (pid_key TEXT PRIMARY KEY, class_name TEXT NOT NULL, "
     "state TEXT NOT NULL, ctime DOUBLE PRECISION NOT NULL, mtime DOUBLE PRECISION NOT NULL, "
