@@ -1,4 +1,4 @@
-"""Wire compatibility with plumpy 0.26 + kiwipy 0.9 on a real RabbitMQ (shared/wire-protocol.md).
+"""Wire compatibility with plumpy 0.26 + kiwipy 0.9 on a real RabbitMQ (kiwipy: https://github.com/aiidateam/kiwipy/blob/main/src/kiwipy/rmq/communicator.py).
 
 Peers run in separate OS processes (``tests/integration/peers``): a plumpy worker wired like an AiiDA
 daemon, and a process_comms worker. Clients run in this process: ours (thread and asyncio controllers)

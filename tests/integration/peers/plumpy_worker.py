@@ -21,8 +21,9 @@ from . import plumpy_procs
 
 
 async def _tick() -> None:
-    # Works around plumpy's lost wake-up (wire-protocol.md §9): LoopCommunicator adds done callbacks
-    # to this loop's futures from the communicator thread, which does not wake an idle loop.
+    # Works around plumpy's lost wake-up (the `wakeup` row of benchmarks/workloads/thread_controllers.py
+    # measures it): LoopCommunicator adds done callbacks to this loop's futures from the communicator thread,
+    # which does not wake an idle loop.
     while True:
         await asyncio.sleep(0.02)
 
