@@ -43,7 +43,7 @@ import pamqp.encode
 from aiormq.abc import ChannelFrame
 from pamqp.common import FieldTable
 
-__all__ = ["bind_nowait", "marshal_publish", "publish_nowait"]
+__all__ = ["bind_nowait", "marshal_publish", "publish_nowait", "unbind_pipelined"]
 
 _FRAME_END = b"\xce"
 #: A frame's header: type (1 method, 2 content header, 3 body), channel, payload size (AMQP 0-9-1, 4.2.3).
@@ -123,16 +123,28 @@ def marshal_publish(
 
 
 class _Turns:
-    """Our writes on one aiormq channel that wait for room in the write queue, in the order they were made."""
+    """Our writes on one aiormq channel that wait for room in the write queue, in the order they were made; and
+    the unbinds whose ``unbind-ok`` is still to be read (:func:`unbind_pipelined`)."""
 
-    __slots__ = ("lock", "waiting")
+    __slots__ = ("lock", "unbinder", "unbinds", "waiting")
 
     def __init__(self) -> None:
         self.waiting = 0
         self.lock = asyncio.Lock()  # FIFO: the waiting writes go in the order they came
+        #: Unbinds to write: their frame, and the future their caller awaits.
+        self.unbinds: list[tuple[bytes, asyncio.Future[None]]] = []
+        #: The task that writes them and reads their ``unbind-ok``s while it holds aiormq's channel lock.
+        self.unbinder: object = None
 
 
 _TURNS: weakref.WeakKeyDictionary[aiormq.Channel, _Turns] = weakref.WeakKeyDictionary()
+
+
+def _turns(channel: aiormq.Channel) -> _Turns:
+    turns = _TURNS.get(channel)
+    if turns is None:
+        turns = _TURNS[channel] = _Turns()
+    return turns
 
 
 async def _write(channel: aiormq.Channel, payload: bytes) -> None:
@@ -141,9 +153,7 @@ async def _write(channel: aiormq.Channel, payload: bytes) -> None:
         raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
     queue = channel.write_queue
     frame = ChannelFrame(payload=payload, should_close=False)
-    turns = _TURNS.get(channel)
-    if turns is None:
-        turns = _TURNS[channel] = _Turns()
+    turns = _turns(channel)
     if not turns.waiting and not queue.full():
         queue.put_nowait(frame)
         return
@@ -200,3 +210,62 @@ async def bind_nowait(
     bindings: Any = getattr(queue, "_bindings", None)
     if isinstance(bindings, dict):  # aio-pika's RobustQueue: restored on reconnect, forgotten by its unbind()
         bindings[(exchange, routing_key)] = {"arguments": None}
+
+
+async def unbind_pipelined(
+    queue: aio_pika.abc.AbstractQueue,
+    exchange: aio_pika.abc.AbstractExchange,
+    routing_key: str,
+    channel: aio_pika.abc.AbstractChannel,
+) -> None:
+    """``queue.unbind(exchange, routing_key)`` on ``channel``, returning once the broker's ``unbind-ok`` came.
+
+    AMQP 0-9-1 gives ``queue.unbind`` no ``nowait``, so its answer has to be read. aiormq's ``queue_unbind``
+    holds the channel's lock (and a task of its own) for each round trip; here the unbinds made meanwhile share
+    one: a task holds the lock while any are outstanding, writes them in one piece and reads their answers in
+    order (no aiormq call on the channel can take an ``unbind-ok`` for its own answer while it does). On the
+    channel of the route's bind, the unbind follows it. The futures are the channel's (``create_future``): when
+    it closes, aiormq fails them with its error, as it does its own calls'. The robust queue forgets the binding,
+    as its own ``unbind`` does.
+    """
+    underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
+    if underlay.is_closed:
+        raise aiormq.exceptions.ChannelInvalidStateError(f"{underlay!r} closed")
+    frame = pamqp.commands.Queue.Unbind(queue=queue.name, exchange=exchange.name, routing_key=routing_key)
+    payload = ChannelFrame.marshall(channel_number=underlay.number, frames=[frame]).payload
+    done: asyncio.Future[None] = underlay.create_future()
+    turns = _turns(underlay)
+    turns.unbinds.append((payload, done))
+    if turns.unbinder is None:
+        turns.unbinder = underlay.create_task(_unbinder(underlay, turns))  # aiormq cancels it when the channel closes
+    await done
+    bindings: Any = getattr(queue, "_bindings", None)
+    if isinstance(bindings, dict):
+        bindings.pop((exchange, routing_key), None)
+
+
+async def _unbinder(channel: aiormq.Channel, turns: _Turns) -> None:
+    """Write the waiting unbinds and read their ``unbind-ok``s, holding the channel's lock until none is left."""
+    batch: list[tuple[bytes, asyncio.Future[None]]] = []
+    try:
+        async with channel.lock:
+            while turns.unbinds:
+                batch, turns.unbinds = turns.unbinds, []
+                await _write(channel, b"".join(payload for payload, _ in batch))
+                for index, (_, done) in enumerate(batch):
+                    answer = await channel.rpc_frames.get()
+                    channel.rpc_frames.task_done()
+                    if not isinstance(answer, pamqp.commands.Queue.UnbindOk):
+                        batch = batch[index:]
+                        raise aiormq.exceptions.InvalidFrameError(answer)
+                    if not done.done():  # its caller may have stopped waiting
+                        done.set_result(None)
+                batch = []
+    except BaseException as exc:
+        for _, done in (*batch, *turns.unbinds):
+            if not done.done():
+                done.set_exception(exc if isinstance(exc, Exception) else aiormq.exceptions.ChannelInvalidStateError())
+        turns.unbinds = []
+        raise
+    finally:
+        turns.unbinder = None
