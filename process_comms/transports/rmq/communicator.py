@@ -359,6 +359,12 @@ class RmqCommunicator(AsyncCommunicator):
     async def _on_rpc_added(self, key: str) -> None:
         await self._ready()
         conn = self.connection
+        if self._nowait_binds and self._rpc_queue is not None:
+            # one frame put on the channel whole (_nowait.py): no broker round trip that a caller's cancel could
+            # cut in half, so no task of its own (a cancel before the write leaves no binding, as no subscriber)
+            route = f"{defaults.RPC_PREFIX}.{key}"
+            await conn.guarded(bind_nowait(self._rpc_queue, conn.sub_msg_exchange, route, conn.fast_channel))
+            return
 
         async def bind() -> None:
             queue = await self._ensure_rpc_queue()
