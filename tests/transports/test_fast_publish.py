@@ -173,6 +173,24 @@ def test_a_publish_on_a_closed_channel_raises_connection_lost(names: dict[str, s
     assert isinstance(beneath, ConnectionLost), beneath
 
 
+async def _named_on_the_reply_channel(worker: RmqCommunicator, client: RmqCommunicator) -> None:
+    """Return once ``client`` has a broadcast that ``worker`` sent after its last bind: a nowait bind is in place
+    before the worker's later publishes are routed, so a client learns a route's name only that way (_nowait.py)."""
+    token = uuid.uuid4().hex
+    heard = asyncio.Event()
+
+    def on_broadcast(_comm: Any, body: Any, *_rest: Any) -> None:
+        if body == token:
+            heard.set()
+
+    identifier = await asyncio.wait_for(client.add_broadcast_subscriber(on_broadcast), T)
+    try:
+        await asyncio.wait_for(worker.broadcast_send(token), T)
+        await asyncio.wait_for(heard.wait(), T)
+    finally:
+        await asyncio.wait_for(client.remove_broadcast_subscriber(identifier), T)
+
+
 async def _unbinds_together(names: dict[str, str]) -> tuple[list[BaseException], list[str]]:
     """Routes added, then removed all at once (their unbinds share round trips): each is gone, the rest work."""
     worker = RmqCommunicator(BROKER_URL, **rmq_options(names))
@@ -185,6 +203,7 @@ async def _unbinds_together(names: dict[str, str]) -> tuple[list[BaseException],
             await asyncio.wait_for(worker.add_rpc_subscriber(lambda _c, msg: msg, key), T)
         assert worker._nowait_binds is True
         await asyncio.wait_for(asyncio.gather(*(worker.remove_rpc_subscriber(key) for key in keys[:50])), T)
+        await _named_on_the_reply_channel(worker, client)
         outcomes: list[BaseException] = []
         for key in keys[:50:7]:
             try:
@@ -203,3 +222,44 @@ def test_unbinds_in_flight_together_each_remove_their_route(names: dict[str, str
     unreachable, answers = asyncio.run(asyncio.wait_for(_unbinds_together(names), 6 * T))
     assert len(unreachable) == len(range(0, 50, 7))
     assert len(answers) == 10
+
+
+async def _unbinds_as_the_channel_closes(names: dict[str, str]) -> tuple[int, str]:
+    """Unbinds in flight while the channel they go on closes: every removal returns (none waits for an answer
+    that will not come), and the reopened channel binds and routes as before."""
+    worker = RmqCommunicator(BROKER_URL, **rmq_options(names))
+    client = RmqCommunicator(BROKER_URL, **rmq_options(names))
+    try:
+        await asyncio.wait_for(worker.connect(), T)
+        await asyncio.wait_for(client.connect(), T)
+        keys = [uuid.uuid4().hex for _ in range(40)]
+        for key in keys:
+            await asyncio.wait_for(worker.add_rpc_subscriber(lambda _c, msg: msg, key), T)
+        conn = worker.connection
+        underlay = await conn.fast_channel.get_underlay_channel()
+        removals = [asyncio.ensure_future(worker.remove_rpc_subscriber(key)) for key in keys]
+        await asyncio.sleep(0)  # the first unbinds are written; the rest queue behind them
+        await asyncio.wait_for(underlay.close(), T)
+        done, pending = await asyncio.wait(removals, timeout=T)
+        assert not pending, f"{len(pending)} removals still waiting after the channel closed"
+        fresh = uuid.uuid4().hex
+        deadline = asyncio.get_running_loop().time() + T
+        while True:  # the robust channel reopens on its own; until then a bind may fail like any broker call
+            try:
+                await asyncio.wait_for(worker.add_rpc_subscriber(lambda _c, msg: msg, fresh), T)
+                break
+            except ConnectionLost:
+                assert asyncio.get_running_loop().time() < deadline, "the channel did not come back"
+                await asyncio.sleep(0.05)
+        await _named_on_the_reply_channel(worker, client)
+        answer = await asyncio.wait_for(client.rpc_send(fresh, "after"), T)
+        return len(done), answer
+    finally:
+        await asyncio.wait_for(client.close(), T)
+        await asyncio.wait_for(worker.close(), T)
+
+
+def test_unbinds_in_flight_when_their_channel_closes_all_return(names: dict[str, str], broker_url: str) -> None:
+    returned, answer = asyncio.run(asyncio.wait_for(_unbinds_as_the_channel_closes(names), 6 * T))
+    assert returned == 40
+    assert answer == "after"
