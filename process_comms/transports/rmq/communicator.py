@@ -35,7 +35,7 @@ from ..base import AsyncCommunicator, Handovers
 from . import _frames, _topology
 from ._connection import RmqConnection, SslOptions
 from ._errors import SETTLE_ERRORS
-from ._nowait import bind_nowait
+from ._nowait import bind_nowait, unbind_pipelined
 from ._requests import RmqRequests
 from ._tasks import DEFAULT_QUEUE, TaskQueues
 
@@ -359,6 +359,12 @@ class RmqCommunicator(AsyncCommunicator):
     async def _on_rpc_added(self, key: str) -> None:
         await self._ready()
         conn = self.connection
+        if self._nowait_binds and self._rpc_queue is not None:
+            # one frame put on the channel whole (_nowait.py): no broker round trip that a caller's cancel could
+            # cut in half, so no task of its own (a cancel before the write leaves no binding, as no subscriber)
+            route = f"{defaults.RPC_PREFIX}.{key}"
+            await conn.guarded(bind_nowait(self._rpc_queue, conn.sub_msg_exchange, route, conn.fast_channel))
+            return
 
         async def bind() -> None:
             queue = await self._ensure_rpc_queue()
@@ -373,8 +379,12 @@ class RmqCommunicator(AsyncCommunicator):
     async def _on_rpc_removed(self, key: str) -> None:
         conn = self.connection
         if self._rpc_queue is not None and conn.robust is not None:
+            route = f"{defaults.RPC_PREFIX}.{key}"
             try:
-                await self._rpc_queue.unbind(conn.sub_msg_exchange, routing_key=f"{defaults.RPC_PREFIX}.{key}")
+                if self._nowait_binds:  # on the channel of the route's bind, after it; unbinds share round trips
+                    await unbind_pipelined(self._rpc_queue, conn.sub_msg_exchange, route, conn.fast_channel)
+                else:
+                    await self._rpc_queue.unbind(conn.sub_msg_exchange, routing_key=route)
             except SETTLE_ERRORS:
                 LOGGER.debug("could not unbind %s", key, exc_info=True)
 
