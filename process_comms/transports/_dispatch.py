@@ -15,7 +15,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, cast
 
 import kiwipy
@@ -111,10 +111,6 @@ class IncomingTask(Protocol):
     def correlation_id(self) -> str | None:
         """The sender's correlation id (a persisted launch derives its pid from it)."""
 
-    @property
-    def headers(self) -> Mapping[str, object] | None:
-        """The delivery's AMQP headers, where a back end has them (our wire extensions: wire/extensions.py)."""
-
     async def ack(self) -> bool:
         """Settle the task as done; False if it could not be (it will be delivered again)."""
 
@@ -177,7 +173,7 @@ async def settle_task(
     delivery = Delivery(incoming.correlation_id, incoming.redelivered)
     CURRENT_DELIVERY.set(delivery)
     no_reply = not incoming.wants_reply(no_reply)
-    pending = not no_reply and extensions.wants_pending(incoming.headers)
+    pending = not no_reply and extensions.wants_pending(getattr(incoming, "headers", None))
     try:
         if not subscribers:  # delivered as the last subscriber left (its consumer not yet cancelled)
             raise HandBack("no task subscriber left here")

@@ -226,11 +226,6 @@ class _EmbeddedIncoming:
         self._requeue = comm.requeue
         self.settled = False
 
-    @property
-    def headers(self) -> None:
-        """In-process tasks carry no AMQP headers: each gets kiwipy's replies."""
-        return None
-
     async def ack(self) -> bool:
         self.settled = True
         return True
