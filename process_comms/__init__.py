@@ -40,13 +40,6 @@ from .transports.loop import ControllerFuture
 from .transports.rmq import RmqCommunicator
 from .transports.threaded import ThreadCommunicator
 from .wire.codec import Codec, JsonCodec, YamlCodec, get_codec
-from .wire.loaders import (
-    AllowListLoader,
-    DefaultObjectLoader,
-    ObjectLoader,
-    get_object_loader,
-    set_object_loader,
-)
 from .wire.messages import (
     ARGS_KEY,
     CONTINUE_TASK,
@@ -64,12 +57,17 @@ from .wire.messages import (
     TAG_KEY,
     TASK_ARGS,
     TASK_KEY,
+    AllowListLoader,
+    DefaultObjectLoader,
     Intent,
     MessageBuilder,
+    ObjectLoader,
     Pid,
     create_continue_body,
     create_create_body,
     create_launch_body,
+    get_object_loader,
+    set_object_loader,
 )
 from .wire.types import ProcessPage, ProcessRecord, ProcessStatus, ProcessSummary, WorkerInfo
 from .worker.launcher import ProcessLauncher

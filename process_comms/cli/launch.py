@@ -11,8 +11,7 @@ from typing import TYPE_CHECKING
 from ..client.thread_controller import RemoteProcessThreadController
 from ..errors import InvalidLaunchOption
 from ..errors import TimeoutError as PCTimeoutError
-from ..wire.loaders import ObjectLoader
-from ..wire.messages import LABEL_MAX_CHARS, check_label, check_time_limit
+from ..wire.messages import LABEL_MAX_CHARS, ObjectLoader, check_label, check_time_limit
 from ._common import GRACE, connect_from, is_tty, parse_pid
 from .base import EXIT_INTERRUPTED, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, CliError, add_command, describe, positive_float
 

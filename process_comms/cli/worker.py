@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, TypedDict
 from ..errors import LoadError
 from ..transports.rmq._topology import QUEUE_TYPES
 from ..urls import mask_url
-from ..wire.loaders import AllowListLoader
+from ..wire.messages import AllowListLoader
 from ..wire.types import DEFAULT_QUEUE
 from ..worker.persistence import MEMORY_RECORD_BYTES
 from ..worker.worker import Worker

@@ -31,8 +31,7 @@ from ..transports.base import AsyncCommunicator
 from ..transports.connect import KiwipyThreadCommunicator
 from ..transports.loop import with_deadline
 from ..transports.threaded import ThreadCommunicator
-from ..wire.loaders import ObjectLoader
-from ..wire.messages import MessageType, Pid, create_continue_body, create_create_body
+from ..wire.messages import MessageType, ObjectLoader, Pid, create_continue_body, create_create_body
 from ._kiwipy import unwrap_ours
 
 __all__ = ["ControllerApi", "PlumpyShape", "bounded", "check_api", "kiwipy_shaped"]

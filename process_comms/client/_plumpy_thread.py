@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ..wire.loaders import ObjectLoader
 from ..wire.messages import (
     Intent,
     MessageBuilder,
     MessageType,
+    ObjectLoader,
     Pid,
     create_continue_body,
     create_launch_body,

@@ -20,7 +20,6 @@ from ..errors import TimeoutError as PCTimeoutError
 from ..transports.base import AsyncCommunicator, BroadcastFilter
 from ..transports.loop import AsyncFn, ControllerFuture, LoopThread, with_deadline
 from ..transports.threaded import ThreadCommunicator
-from ..wire.loaders import ObjectLoader
 from ..wire.messages import (
     ANSWER_PREFIX,
     RELEASE_KEY,
@@ -28,17 +27,18 @@ from ..wire.messages import (
     Intent,
     MessageBuilder,
     MessageType,
+    ObjectLoader,
     Pid,
     create_continue_body,
     create_create_body,
     create_launch_body,
+    is_lost,
     is_terminal,
     state_from_subject,
     state_name,
     wire_text,
     with_launch_options,
 )
-from ..wire.status import is_lost
 from ..wire.types import WORKERS_SUBJECT, ProcessPage, ProcessRecord, ProcessStatus, WorkerInfo
 from ._kiwipy import KiwipyAdapter, is_foreign, unwrap_ours
 from ._plumpy import ControllerApi, PlumpyShape, check_api

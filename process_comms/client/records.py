@@ -26,15 +26,18 @@ from ..wire.messages import (
     RECORD_OP_GET,
     RECORD_OP_KILL,
     RECORD_OP_LIST,
+    UNENDED_STATES,
     MessageBuilder,
     MessageType,
     Pid,
     is_kill_request,
+    is_lost,
     is_terminal,
+    lost_record,
     records_request,
     records_route,
+    status_of_record,
 )
-from ..wire.status import UNENDED_STATES, is_lost, lost_record, status_of_record
 from ..wire.types import ProcessPage, ProcessRecord, ProcessStatus, ProcessSummary
 
 T = TypeVar("T")
@@ -113,7 +116,7 @@ async def ask_records(core: AsyncCommunicator, op: str, deadline: float, **field
         raise ProcessUnreachable(f"{NO_RECORDS_WORKER} (task queue {route.split('.', 1)[1]!r})") from None
 
 
-#: The status dict of a stored record: the one rule lives in wire/status.py (a worker answers with it too).
+#: The status dict of a stored record: the one rule lives in wire/messages.py (a worker answers with it too).
 status_from_record = status_of_record
 
 
@@ -140,7 +143,7 @@ def outputs_of(pid: Pid, record: Mapping[str, object]) -> dict[str, object] | No
 
 
 def lost_error(pid: Pid, record_or_status: Mapping[str, object]) -> ProcessLost:
-    """The error a caller gets for a process whose record says it was lost (wire/status.py, ``is_lost``)."""
+    """The error a caller gets for a process whose record says it was lost (wire/messages.py, ``is_lost``)."""
     exception = record_or_status.get("exception")
     reason = exception.get("message") if isinstance(exception, dict) else None
     return ProcessLost(f"process {pid} was lost: {reason or 'its worker is gone'}")

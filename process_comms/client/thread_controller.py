@@ -11,8 +11,7 @@ from typing import cast
 
 from ..transports.loop import ControllerFuture
 from ..transports.threaded import ThreadCommunicator
-from ..wire.loaders import ObjectLoader
-from ..wire.messages import MessageType, Pid
+from ..wire.messages import MessageType, ObjectLoader, Pid
 from ..wire.types import ProcessPage, ProcessRecord, ProcessStatus, WorkerInfo
 from ._kiwipy import KiwipyPortal, is_foreign, unwrap_ours
 from ._plumpy import ControllerApi, check_api

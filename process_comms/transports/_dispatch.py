@@ -26,15 +26,15 @@ from ..errors import (
     InvalidPid,
     TaskRejected,
 )
-from ..wire import extensions
 from ..wire.codec import Codec
-from ..wire.replies import (
+from ..wire.messages import (
     CANCELLED_KEY,
     PENDING_KEY,
     RESULT_KEY,
     exception_reply,
     parse_task_envelope,
     reply_outcome,
+    wants_pending,
 )
 
 LOGGER = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ async def settle_task(
     delivery = Delivery(incoming.correlation_id, incoming.redelivered)
     CURRENT_DELIVERY.set(delivery)
     no_reply = not incoming.wants_reply(no_reply)
-    pending = not no_reply and extensions.wants_pending(getattr(incoming, "headers", None))
+    pending = not no_reply and wants_pending(getattr(incoming, "headers", None))
     try:
         if not subscribers:  # delivered as the last subscriber left (its consumer not yet cancelled)
             raise HandBack("no task subscriber left here")

@@ -31,7 +31,7 @@ from .._compat import timeout as _timeout
 from ..errors import QueueEmpty
 from ..errors import TimeoutError as PCTimeoutError
 from ..wire.codec import Codec
-from ..wire.replies import exception_reply, parse_task_envelope
+from ..wire.messages import exception_reply, parse_task_envelope
 from ._dispatch import IncomingTask, decode, respond
 from .loop import post
 

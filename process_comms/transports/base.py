@@ -30,7 +30,7 @@ from ..errors import (
     ProcessCommsError,
 )
 from ..wire.codec import Codec, get_codec
-from ..wire.replies import (
+from ..wire.messages import (
     CANCELLED_KEY,
     ERROR_TYPE_KEY,
     EXCEPTION_KEY,

@@ -171,7 +171,7 @@ class Broadcasts:
         def on_broadcast(_comm: object, body: object, _sender: object, subject: object, correlation_id: object) -> None:
             self.deliver(link, body, subject, correlation_id)
 
-        # the subjects it acts on, so that a communicator of ours drops the rest undecoded (wire/extensions.py)
+        # the subjects it acts on, so that a communicator of ours drops the rest undecoded (wire/messages.py)
         wanted = BroadcastFilter(on_broadcast, subject=re.compile(f"({Intent.PLAY}|{Intent.PAUSE}|{Intent.KILL})$"))
         self._ids[id(link.core)] = await link.call(link.core.add_broadcast_subscriber, wanted)
 

@@ -12,8 +12,7 @@ from __future__ import annotations
 from typing import Protocol, cast
 
 from ..errors import ProcessCommsError, ProcessKilled
-from ..wire.loaders import ObjectLoader, get_object_loader
-from ..wire.messages import Pid
+from ..wire.messages import ObjectLoader, Pid, get_object_loader
 from ..wire.types import ProcessState  # re-exported: its home is wire/types.py
 
 __all__ = [

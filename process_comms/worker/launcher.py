@@ -24,7 +24,6 @@ from .. import defaults
 from ..errors import LoadError, PersistenceError
 from ..transports.base import CURRENT_DELIVERY, AsyncCommunicator, Delivery, InvalidTask
 from ..transports.loop import LoopThread, run_on
-from ..wire.loaders import AllowListLoader, ObjectLoader, get_object_loader
 from ..wire.messages import (
     ARGS_KEY,
     CONTINUE_TASK,
@@ -38,7 +37,10 @@ from ..wire.messages import (
     TAG_KEY,
     TASK_ARGS,
     TASK_KEY,
+    AllowListLoader,
+    ObjectLoader,
     Pid,
+    get_object_loader,
     launch_options_of,
     wire_bool,
 )

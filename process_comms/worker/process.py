@@ -36,20 +36,21 @@ from .. import defaults
 from ..errors import PersistenceError, ProcessLost, RemoteError
 from ..transports.base import AsyncCommunicator, host_info
 from ..transports.loop import run_on
-from ..wire.loaders import ObjectLoader
 from ..wire.messages import (
     FORCE_KILL_KEY,
     INTENT_KEY,
+    LOST_TYPE,
     MESSAGE_TEXT_KEY,
     RECORD_TASK_ID_KEY,
     RELEASE_KEY,
     Intent,
+    ObjectLoader,
     Pid,
+    status_of_record,
     time_limit_reason,
     wire_bool,
     wire_text,
 )
-from ..wire.status import LOST_TYPE, status_of_record
 from ._link import CommLink
 from ._state import KilledError, ProcessState, Suspended, add_history, bundle_of, restore
 from .persistence._base import safe_value
@@ -411,7 +412,7 @@ class Process(Recorded):
     def status_info(self) -> dict[str, object]:
         """The status dict: plumpy's keys (``ctime``, ``paused``, ``process_string``, ``state``) and more.
 
-        Once ended, the status its record gives (outputs or exception included, wire/status.py): who asks
+        Once ended, the status its record gives (outputs or exception included, wire/messages.py): who asks
         gets the same answer whether the worker still holds the process or the fleet's record answers."""
         if self.state.terminal:
             # as the store keeps it: a value no codec can hold is its marker there and here
@@ -582,7 +583,7 @@ class Process(Recorded):
         await asyncio.wait({task}, timeout=10)
 
     async def abandon(self, reason: str) -> None:
-        """Stop running here for good and end ``excepted`` as lost (:data:`~..wire.status.LOST_TYPE`, saying
+        """Stop running here for good and end ``excepted`` as lost (:data:`~..wire.messages.LOST_TYPE`, saying
         ``reason``): what a stopping worker does with a process it cannot hand back (not persisted)."""
         if self.state.terminal:
             return

@@ -37,13 +37,14 @@ from ..wire.messages import (
     RECORD_OP_LIST,
     RECORDS_INTENT,
     TERMINAL_STATES,
+    UNENDED_STATES,
     MessageBuilder,
     Pid,
     is_kill_request,
+    lost_record,
     state_name,
     wire_text,
 )
-from ..wire.status import UNENDED_STATES, lost_record
 from .persistence._base import bounded_progress, safe_value, summary_of
 from .records import RECORD_MAX_AGE, RECORD_MAX_COUNT, RECORD_PRUNE_INTERVAL
 

@@ -1,6 +1,6 @@
 """A mixed fleet: one plumpy worker and one of ours on one task queue, driven by our controller and plumpy's.
 
-Issue 26's "compatibility proven, not assumed": our wire extensions (wire/extensions.py: no ``pending`` reply
+Issue 26's "compatibility proven, not assumed": our wire extensions (wire/messages.py: no ``pending`` reply
 for our controllers, broadcast headers, route binds without ``bind-ok``) are negotiated per message, so each
 task, reply and broadcast must work whichever kind of worker takes it and whichever kind of client sent it.
 The same class name runs on both workers (tests/integration/peers/mixed_procs.py) and says which engine ran it.

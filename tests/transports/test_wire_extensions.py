@@ -1,4 +1,4 @@
-"""Wire extensions between two ends of ours (wire/extensions.py), and kiwipy's wire where a peer is not ours.
+"""Wire extensions between two ends of ours (wire/messages.py), and kiwipy's wire where a peer is not ours.
 
 A raw pika spy bound with ``#`` to both exchanges sees every task, reply and broadcast: our controller's task
 says it wants no ``pending`` reply and gets only the final one, a kiwipy client's task gets the ``pending``
@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 import process_comms
-from process_comms.wire import extensions
+from process_comms.wire import messages as extensions  # our AMQP header extensions live in messages
 from process_comms.wire.codec import YamlCodec
 from process_comms.wire.messages import create_launch_body
 from tests import procs

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 import process_comms
 from process_comms import defaults
-from process_comms.wire import _flowyaml as flowyaml
+from process_comms.wire import codec as flowyaml  # the flow-YAML fast path lives in the codec
 from process_comms.wire.codec import DEFAULT_MAX_MESSAGE_BYTES, MAX_NESTING_DEPTH, JsonCodec, YamlCodec
 from process_comms.worker.persistence._records import decode_record, record_texts
 

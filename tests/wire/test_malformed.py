@@ -33,7 +33,7 @@ from process_comms import (
     ThreadCommunicator,
 )
 from process_comms.errors import InvalidTask
-from process_comms.wire import _flowyaml as flowyaml
+from process_comms.wire import codec as flowyaml  # the flow-YAML fast path lives in the codec
 from process_comms.wire.codec import JsonCodec, YamlCodec
 from process_comms.wire.messages import state_from_subject, wire_bool, wire_text
 from tests import procs

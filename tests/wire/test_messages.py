@@ -21,7 +21,7 @@ import yaml
 import process_comms
 from process_comms.wire import messages
 from process_comms.wire.codec import YamlCodec
-from process_comms.wire.loaders import DefaultObjectLoader, ObjectLoader
+from process_comms.wire.messages import DefaultObjectLoader, ObjectLoader
 
 PID = uuid.UUID("7fc10d11-f540-4696-b868-e7a6cceed24f")
 CLASS_ID = "collections:OrderedDict"

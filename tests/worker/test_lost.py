@@ -1,7 +1,7 @@
 """A process's state is never a guess: one authority per process, and a terminal state for the lost.
 
 While a worker holds a process the process answers, once no one holds it its record answers, and the two
-answers are the same (wire/status.py). A process whose worker stopped or died without handing it back (it
+answers are the same (wire/messages.py). A process whose worker stopped or died without handing it back (it
 was not persisted) ends ``excepted`` with a ``ProcessLost`` exception in its record: marked by the stopping
 worker itself, or by another worker of the fleet once the holder's liveness token is gone
 (worker/records_service.py, ``sweep_lost``); a waiter gets :class:`process_comms.ProcessLost`. A

@@ -31,7 +31,7 @@ class RmqIncoming:
 
     @property
     def headers(self) -> dict[str, object]:
-        """The task's AMQP headers (our wire extensions, wire/extensions.py; kiwipy sends none)."""
+        """The task's AMQP headers (our wire extensions, wire/messages.py; kiwipy sends none)."""
         return dict(self._message.headers or {})
 
     @property

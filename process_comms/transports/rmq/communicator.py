@@ -27,8 +27,8 @@ import aiormq.exceptions
 
 from ... import defaults
 from ...errors import CommunicatorClosed, ProcessUnreachable
-from ...wire import extensions
 from ...wire.codec import Codec
+from ...wire.messages import broadcast_headers, broadcast_unwanted, task_headers
 from .._dispatch import routing_id
 from .._pulled import PulledTask, iterate_tasks, next_task
 from ..base import AsyncCommunicator, Handovers
@@ -302,7 +302,7 @@ class RmqCommunicator(AsyncCommunicator):
                 wait_for_reply=not no_reply,
                 on_pending=on_pending,
                 on_published=published,
-                headers=extensions.task_headers(wants_pending=on_pending is not None),
+                headers=task_headers(wants_pending=on_pending is not None),
             )
 
         async def send(published: Callable[[], None]) -> object:
@@ -331,7 +331,7 @@ class RmqCommunicator(AsyncCommunicator):
         conn = self.connection
         with self._handovers.handed_over():
             await self._ready()
-            headers = extensions.broadcast_headers(subject, sender)
+            headers = broadcast_headers(subject, sender)
             publish = conn.publish(
                 conn.fast_msg_exchange, data, defaults.BROADCAST_KEY, mandatory=False, headers=headers
             )
@@ -422,8 +422,8 @@ class RmqCommunicator(AsyncCommunicator):
                 self._broadcast_queue = queue
 
     async def _on_broadcast(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        if extensions.broadcast_unwanted(message.headers, self._broadcast_subscribers.values()):
-            return  # a broadcast of ours that no local subscriber wants: not decoded (wire/extensions.py)
+        if broadcast_unwanted(message.headers, self._broadcast_subscribers.values()):
+            return  # a broadcast of ours that no local subscriber wants: not decoded (wire/messages.py)
         if not _frames.refused(message, "broadcast"):
             await self._handle_broadcast(message.body)
 

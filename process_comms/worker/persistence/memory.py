@@ -8,8 +8,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ...wire.listing import row_matches
-from ...wire.loaders import ObjectLoader
-from ...wire.messages import Pid
+from ...wire.messages import ObjectLoader, Pid
 from ._base import (
     TERMINAL_STATE_NAMES,
     Bundle,
