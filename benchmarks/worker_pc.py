@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import process_comms
+import process_comms.worker.worker
 from benchmarks import bench_procs  # noqa: F401  (importable before the first task arrives)
 
 
@@ -42,6 +43,12 @@ def main() -> int:
         type=int,
         default=0,
         help="with --fleet-worker: recycle after this many processes (exit once they ended; 0: never)",
+    )
+    parser.add_argument(
+        "--no-tune-gc",
+        dest="tune_gc",
+        action="store_false",
+        help="keep CPython's garbage-collector thresholds (process-comms worker tunes them once started)",
     )
     args = parser.parse_args()
 
@@ -80,6 +87,8 @@ def main() -> int:
     else:
         launcher = process_comms.ProcessLauncher(persister=persister, records=not args.no_records)
         comm.add_task_subscriber(launcher)
+    if args.tune_gc:  # as `process-comms worker` does once started
+        process_comms.worker.worker.tune_gc()
     profile = os.environ.get("PC_BENCH_YAPPI")  # a file: CPU profile of every thread, written at exit
     if profile:
         import yappi

@@ -18,7 +18,7 @@ from ..urls import mask_url
 from ..wire.messages import AllowListLoader
 from ..wire.types import DEFAULT_QUEUE
 from ..worker.persistence import MEMORY_RECORD_BYTES
-from ..worker.worker import Worker
+from ..worker.worker import GC_THRESHOLDS, Worker, tune_gc
 from ._output import setup_logging
 from .base import EXIT_OK, EXIT_USAGE, CliError, add_command, int_at_least
 
@@ -157,6 +157,15 @@ def register(subparsers: SubParsers) -> None:
         ),
     )
     p.add_argument(
+        "--no-tune-gc",
+        dest="tune_gc",
+        action="store_false",
+        help=(
+            "keep CPython's garbage-collector thresholds (by default a started worker freezes its start-up objects"
+            " and collects less often: process_comms.worker.worker.tune_gc)"
+        ),
+    )
+    p.add_argument(
         "--log-level",
         default="INFO",
         type=str.upper,
@@ -234,6 +243,11 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             worker.slots(),
             list(args.allow),
         )
+        if args.tune_gc:
+            frozen = tune_gc()
+            log.info(
+                "garbage collector tuned for a worker: thresholds %s, %d start-up objects frozen", GC_THRESHOLDS, frozen
+            )
         ctx.print("worker ready")
         signum = _wait_for_stop(worker, stop_signals, stop_event if not use_sigwait else None)
         if signum is None:
