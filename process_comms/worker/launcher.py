@@ -46,9 +46,8 @@ from ._claims import Claims, in_executor, token_of
 from ._link import CommLink, HasCore
 from ._pids import Pids, PidUse, TaskContext, answer_from_record, refuse
 from ._routes import Broadcasts, Routes
-from ._state import META_KEY, KilledError
 from .persistence import Persister
-from .process import Process, Runtime
+from .process import META_KEY, KilledError, Process, Runtime
 from .records import RecordWriter
 
 __all__ = ["ProcessLauncher"]

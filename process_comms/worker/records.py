@@ -8,7 +8,7 @@ through the worker's persister, coalescing the changes of a short window into on
 can write at once (memory, a local SQLite file nobody else holds), else on the executor. A write never ends a
 process, and one record never takes its batch with it: a failed batch is written record by record, and a record
 whose write fails is tried again with back-off, then given up with an error naming its pid. The history is bounded
-(:func:`._state.add_history`).
+(:func:`.process.add_history`).
 """
 
 from __future__ import annotations
@@ -19,9 +19,8 @@ import time
 from collections.abc import Callable
 
 from ..transports.loop import post
-from ._state import CYCLE_EVENT, MAX_HISTORY, ProcessState
 from .persistence import Persister
-from .process import MAX_LOG_CHARS, MAX_LOG_LINES, Recorded
+from .process import CYCLE_EVENT, MAX_HISTORY, MAX_LOG_CHARS, MAX_LOG_LINES, ProcessState, Recorded
 
 __all__ = [
     "CYCLE_EVENT",
