@@ -229,7 +229,7 @@ class Runtime:
     """What a process runs with, given to it as one object when it is attached (:meth:`Process.attach`):
     the loop it runs on, the link to the communicator that controls it, its persister, where its record goes,
     who holds it (``(worker id, liveness token)``, named in its record), and the future its launcher resolves
-    once its route is gone (worker/_routes.py)."""
+    once its route is gone (worker/launcher.py, Routes)."""
 
     loop: asyncio.AbstractEventLoop
     link: CommLink | None = None
@@ -844,7 +844,7 @@ class Process(Recorded):
                 return
             if self._suspending and self._kill_requested is None:
                 await self._save_final()  # state stays running: the next worker continues from here
-                await self._flush_record()  # only an ended process is held after its run (worker/_routes.py)
+                await self._flush_record()  # only an ended process is held after its run (worker/launcher.py, Routes)
                 if not self._done.done():
                     self._done.set_exception(Suspended(f"process {self.pid} was suspended by its worker"))
                     self._done.exception()
@@ -876,7 +876,7 @@ class Process(Recorded):
 
     async def _save_final(self) -> None:
         # The record's write is not waited for: its launcher keeps an ended process's route bound until it
-        # is written (worker/_routes.py), so who asks meanwhile is answered by the process.
+        # is written (worker/launcher.py, Routes), so who asks meanwhile is answered by the process.
         if self._final_broadcast is not None:
             self._broadcast_state(*self._final_broadcast)
             self._final_broadcast = None
