@@ -58,12 +58,11 @@ from ..wire.messages import (
     wire_bool,
     wire_text,
 )
-from ._claims import Claims, in_executor, token_of
 from ._link import CommLink, HasCore
 from ._pids import Pids, PidUse, TaskContext, answer_from_record, refuse
 from .persistence import Persister
 from .process import META_KEY, EndedRun, KilledError, Process, RecordSink, Runtime
-from .records import RecordWriter
+from .records import Claims, RecordWriter, in_executor, token_of
 
 __all__ = ["Broadcasts", "ProcessLauncher", "Routes", "SlotCounter"]
 
