@@ -11,8 +11,9 @@ This module holds the launcher and how tasks reach it and processes are reached 
   are in records.py, the pids in _pids.py, the :class:`~._link.CommLink` in _link.py);
 * **routes**: :class:`Routes`, each process's RPC route, held until its record is written;
 * **broadcasts**: :class:`Broadcasts`, ``play``/``pause``/``kill`` to every live process;
-* **the slot counter**: :class:`SlotCounter`, the launcher as one queue's task subscriber (worker.py makes one
-  for each queue).
+* **the fleet**: a worker's queues (:func:`check_queues`), :class:`SlotCounter` (the launcher as one queue's task
+  subscriber, counting its slots; worker.py makes one for each queue) and :class:`WorkersAnswer` (the worker's
+  answer to a ``workers`` broadcast).
 """
 
 from __future__ import annotations
@@ -58,13 +59,23 @@ from ..wire.messages import (
     wire_bool,
     wire_text,
 )
+from ..wire.types import DEFAULT_QUEUE, WORKERS_SUBJECT
 from ._link import CommLink, HasCore
 from ._pids import Pids, PidUse, TaskContext, answer_from_record, refuse
 from .persistence import Persister
 from .process import META_KEY, EndedRun, KilledError, Process, RecordSink, Runtime
 from .records import Claims, RecordWriter, in_executor, token_of
 
-__all__ = ["Broadcasts", "ProcessLauncher", "Routes", "SlotCounter"]
+__all__ = [
+    "DEFAULT_QUEUE",
+    "WORKERS_SUBJECT",
+    "Broadcasts",
+    "ProcessLauncher",
+    "Routes",
+    "SlotCounter",
+    "WorkersAnswer",
+    "check_queues",
+]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -107,7 +118,7 @@ def fresh(context: TaskContext, pid: Pid) -> bool:
     )
 
 
-# -- the launcher ---------------------------------------------------------------------------------------
+# -- the launcher -------------------------------------------------------------------------------------
 def log_end(proc: Process, seconds: float) -> None:
     """The worker's INFO line for a process that ended here (an exception with its traceback)."""
     state = proc.state.value if proc.state.terminal else f"{proc.state.value}, handed back"
@@ -700,7 +711,7 @@ class Routes:
         link.send(remove)
 
 
-# -- broadcasts: play/pause/kill to every live process --------------------------------------------------
+# -- broadcasts: play/pause/kill to every live process ------------------------------------------------
 # :class:`Broadcasts` is the other way a process is reached: ``play``/``pause``/``kill`` broadcasts, subscribed
 # once per communicator and handed to every live process.
 class Broadcasts:
@@ -752,9 +763,31 @@ def _answer(link: CommLink, pid: Pid, subject: str, cid: object, fut: concurrent
     link.send(answer)
 
 
-# -- the slot counter: the launcher as one queue's task subscriber --------------------------------------
+# -- the fleet: a worker's queues and slots (the slot counter), its answer to ``workers`` -------------
+# A worker in a fleet (docs/fleet.md, "Workers"): its queues and slots, its health, and its answer to ``workers``.
+#
+# ``controller.list_workers(within)`` broadcasts :data:`WORKERS_SUBJECT` with a correlation id; every
+# worker answers with an ``intent_result.workers`` broadcast (sender: its id, body: :meth:`Worker.info`),
+# as processes answer ``pause_all(answers_within=...)`` (Broadcasts, above): one round trip for the fleet.
+FLEET_LOGGER = logging.getLogger("process_comms.worker")  # the worker's log lines keep their logger name
+
+
+def check_queues(queues: Mapping[str, int]) -> dict[str, int]:
+    """``{queue name: slots}`` checked: names non-empty strings, slots integers of 0 or more (0: no limit)."""
+    if not queues:
+        raise ValueError("queues must name at least one task queue")
+    checked: dict[str, int] = {}
+    for name, slots in queues.items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a task queue name must be a non-empty string, not {name!r}")
+        if not isinstance(slots, int) or isinstance(slots, bool) or slots < 0:
+            raise ValueError(f"the slots of queue {name!r} must be an integer of 0 or more (0: no limit): {slots!r}")
+        checked[name] = slots
+    return checked
+
+
 class Acceptor(Protocol):
-    """What takes a queue's tasks: the launcher (launcher.py), or a recycling worker's wrapper of it (_recycle.py)."""
+    """What takes a queue's tasks: the launcher, or a recycling worker's wrapper of it (_recycle.py)."""
 
     def accept(self, communicator: object, task: object, delivery: Delivery | None) -> Accepted: ...
 
@@ -793,3 +826,40 @@ class SlotCounter:
         for f in pending:
             f.add_done_callback(settled)
         return fut
+
+
+class WorkersAnswer:
+    """The broadcast subscriber that answers a ``workers`` request with the worker's :meth:`info`."""
+
+    #: Called on the communicator's loop directly: it only schedules the answer.
+    loop_safe = True
+
+    def __init__(
+        self,
+        worker_id: str,
+        info: Callable[[], dict[str, object]],
+        core: AsyncCommunicator,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.worker_id, self.info, self.core, self.loop = worker_id, info, core, loop
+
+    def is_filtered(self, _sender: object, subject: object) -> bool:
+        """kiwipy's filter question: a communicator of ours drops what every subscriber filters out undecoded."""
+        return bool(subject != WORKERS_SUBJECT)
+
+    def __call__(self, _comm: object, _body: object, _sender: object, subject: object, correlation_id: object) -> None:
+        if subject != WORKERS_SUBJECT or correlation_id is None:
+            return
+        answer = functools.partial(
+            self.core.broadcast_send,
+            self.info(),
+            sender=self.worker_id,
+            subject=f"{ANSWER_PREFIX}{WORKERS_SUBJECT}",
+            correlation_id=correlation_id,
+        )
+        run_on(self.loop, answer).add_done_callback(_log_failure)
+
+
+def _log_failure(fut: concurrent.futures.Future[bool]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        FLEET_LOGGER.warning("could not answer a workers request: %s", fut.exception())

@@ -78,7 +78,7 @@ MAX_LOG_LINES = 1000
 MAX_LOG_CHARS = 2000
 
 
-# -- states: the two ways a run ends other than by returning (killed, suspended) ------------------------
+# -- states: the two ways a run ends other than by returning (killed, suspended) ----------------------
 class KilledError(ProcessKilled):
     """Raised to a waiter when the process it waits for was killed (reply type ``KilledError``)."""
 
@@ -249,7 +249,7 @@ RUNNING: contextvars.ContextVar[weakref.WeakMethod[Callable[[str, str], None]] |
 )
 
 
-# -- the record: what the record writer reads, and what a gone route answers with ------------------------
+# -- the record: what the record writer reads, and what a gone route answers with ---------------------
 class _RecordingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
     """The process's ``logger``: logs as usual and keeps lines of INFO and above in the process's record."""
 
@@ -444,7 +444,7 @@ class EndedRun:
         return self._killed
 
 
-# -- the process ----------------------------------------------------------------------------------------
+# -- the process --------------------------------------------------------------------------------------
 class Process(Recorded):
     """Base class of remotely controllable processes; override :meth:`run`.
 

@@ -73,7 +73,7 @@ RECORD_RETRY_DELAY = 0.5
 RECORD_RETRY_MAX_DELAY = 8.0
 
 
-# -- records --------------------------------------------------------------------------------------------
+# -- records ------------------------------------------------------------------------------------------
 class RecordWriter:
     """Writes the records of one launcher's processes through its persister.
 
@@ -298,7 +298,7 @@ def _record_of(proc: Recorded) -> dict[str, object]:
         }
 
 
-# -- claims ---------------------------------------------------------------------------------------------
+# -- claims -------------------------------------------------------------------------------------------
 # The launcher's claims on persisted processes: one worker runs a pid at a time (see RELIABILITY.md).
 #
 # A claim in the store names its owner, the owner's liveness token (an exclusive broker queue that dies

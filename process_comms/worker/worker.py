@@ -2,102 +2,38 @@
 
 ``process-comms worker`` runs one. A graceful stop takes no new tasks, checkpoints the running
 processes and hands their tasks back to the queue, so another worker continues each of them.
-
-This module holds the worker and its place in a fleet (docs/fleet.md, "Workers"), in sections: its queues
-(:func:`check_queues`; the slots of each are counted by launcher.py's ``SlotCounter``), its answer to a
-``workers`` request (:class:`WorkersAnswer`), and :class:`Worker` itself.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import functools
 import logging
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 from .. import defaults
 from ..errors import DuplicateSubscriber
-from ..transports.base import AsyncCommunicator
 from ..transports.connect import connect
 from ..transports.loop import run_on
 from ..transports.threaded import ThreadCommunicator
-from ..wire.messages import ANSWER_PREFIX, Pid, records_route
-from ..wire.types import DEFAULT_QUEUE, WORKERS_SUBJECT, queue_name
+from ..wire.messages import Pid, records_route
+from ..wire.types import DEFAULT_QUEUE, queue_name
 from . import _module_logs
 from ._recycle import Recycler
-from .launcher import ProcessLauncher, SlotCounter
+from .launcher import ProcessLauncher, SlotCounter, WorkersAnswer, check_queues
 from .persistence import Persister, get_persister
 from .records import RECORD_MAX_AGE, RECORD_MAX_COUNT, RECORD_PRUNE_INTERVAL
 from .records_service import RecordsService
 
-__all__ = ["DEFAULT_QUEUE", "WORKERS_SUBJECT", "Worker", "WorkersAnswer", "check_queues"]
+__all__ = ["Worker"]
 
 LOGGER = logging.getLogger(__name__)
 
 
-# -- its queues ------------------------------------------------------------------------------------------
-def check_queues(queues: Mapping[str, int]) -> dict[str, int]:
-    """``{queue name: slots}`` checked: names non-empty strings, slots integers of 0 or more (0: no limit)."""
-    if not queues:
-        raise ValueError("queues must name at least one task queue")
-    checked: dict[str, int] = {}
-    for name, slots in queues.items():
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"a task queue name must be a non-empty string, not {name!r}")
-        if not isinstance(slots, int) or isinstance(slots, bool) or slots < 0:
-            raise ValueError(f"the slots of queue {name!r} must be an integer of 0 or more (0: no limit): {slots!r}")
-        checked[name] = slots
-    return checked
-
-
-# -- its answer to ``workers`` ----------------------------------------------------------------------------
-# ``controller.list_workers(within)`` broadcasts :data:`WORKERS_SUBJECT` with a correlation id; every
-# worker answers with an ``intent_result.workers`` broadcast (sender: its id, body: :meth:`Worker.info`),
-# as processes answer ``pause_all(answers_within=...)`` (launcher.py, Broadcasts): one round trip for the fleet.
-class WorkersAnswer:
-    """The broadcast subscriber that answers a ``workers`` request with the worker's :meth:`info`."""
-
-    #: Called on the communicator's loop directly: it only schedules the answer.
-    loop_safe = True
-
-    def __init__(
-        self,
-        worker_id: str,
-        info: Callable[[], dict[str, object]],
-        core: AsyncCommunicator,
-        loop: asyncio.AbstractEventLoop,
-    ) -> None:
-        self.worker_id, self.info, self.core, self.loop = worker_id, info, core, loop
-
-    def is_filtered(self, _sender: object, subject: object) -> bool:
-        """kiwipy's filter question: a communicator of ours drops what every subscriber filters out undecoded."""
-        return bool(subject != WORKERS_SUBJECT)
-
-    def __call__(self, _comm: object, _body: object, _sender: object, subject: object, correlation_id: object) -> None:
-        if subject != WORKERS_SUBJECT or correlation_id is None:
-            return
-        answer = functools.partial(
-            self.core.broadcast_send,
-            self.info(),
-            sender=self.worker_id,
-            subject=f"{ANSWER_PREFIX}{WORKERS_SUBJECT}",
-            correlation_id=correlation_id,
-        )
-        run_on(self.loop, answer).add_done_callback(_log_failure)
-
-
-def _log_failure(fut: concurrent.futures.Future[bool]) -> None:
-    if not fut.cancelled() and fut.exception() is not None:
-        LOGGER.warning("could not answer a workers request: %s", fut.exception())
-
-
-# -- the worker -----------------------------------------------------------------------------------------
 @runtime_checkable
 class BrokerQueues(Protocol):
     """A communicator with named task queues on a broker (the RabbitMQ back end; the embedded one has none)."""
