@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 __all__ = ["register", "run"]
 
 #: Seconds ``--all`` listens for the answers of the processes it reached (at most --timeout): process_comms
-#: processes answer a broadcast at once (process_comms/worker/_routes.py), plumpy ones never do.
+#: processes answer a broadcast at once (process_comms/worker/launcher.py, Broadcasts), plumpy ones never do.
 ALL_ANSWER_WINDOW = 2.0
 
 _DONE_TEXT = {

@@ -74,7 +74,7 @@ def is_terminal(state: str | None) -> bool:
 
 
 # -- the names both sides of the protocol must spell alike: broadcast subjects and task queue names ---------------
-#: The subject of the ``workers`` broadcast request (client/controller.py sends it, worker/_fleet.py answers it).
+#: The subject of the ``workers`` broadcast request (client/controller.py sends it, worker/worker.py answers it).
 WORKERS_SUBJECT: Final = "workers"
 #: The name callers give for the installation's default task queue (as ``launch_process(queue=...)`` takes it).
 DEFAULT_QUEUE: Final = "default"

@@ -31,11 +31,10 @@ from typing import NamedTuple, cast
 from ..errors import DuplicatePid, RemoteError
 from ..transports.base import host_info
 from ..wire.messages import RECORD_TASK_ID_KEY, TERMINAL_STATES, LaunchOptions, Pid, is_kill_request
-from ._claims import in_executor
 from ._link import CommLink
-from ._state import KilledError
 from .persistence import Persister
-from .process import Process
+from .process import KilledError, Process
+from .records import in_executor
 
 __all__ = ["KILLED_BEFORE_RUN", "PidUse", "Pids", "answer_from_record", "refuse"]
 

@@ -3,6 +3,17 @@ running processes and wires each to the communicator, so it can be paused, kille
 (processes started by a bare plumpy launcher cannot be). What it must not run (unknown task type,
 malformed body, a class it may not load) gets one terminal error reply, never a requeue loop or a
 message held forever: see the "Bad input" section of RELIABILITY.md.
+
+This module holds the launcher and how tasks reach it and processes are reached through it, in sections:
+
+* **a delivery, read once**: the task's hold and identity (:func:`hold_for`, :func:`task_identity`, :func:`fresh`);
+* **the launcher**: :class:`ProcessLauncher`, a few collaborators with names (the claims and the records' writer
+  are in records.py, the pids in _pids.py, the :class:`~._link.CommLink` in _link.py);
+* **routes**: :class:`Routes`, each process's RPC route, held until its record is written;
+* **broadcasts**: :class:`Broadcasts`, ``play``/``pause``/``kill`` to every live process;
+* **the fleet**: a worker's queues (:func:`check_queues`), :class:`SlotCounter` (the launcher as one queue's task
+  subscriber, counting its slots; worker.py makes one for each queue) and :class:`WorkersAnswer` (the worker's
+  answer to a ``workers`` broadcast).
 """
 
 from __future__ import annotations
@@ -12,24 +23,28 @@ import concurrent.futures
 import functools
 import logging
 import os
+import re
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, NamedTuple, TypeAlias, cast
+from typing import Any, NamedTuple, Protocol, TypeAlias, cast
 
 import kiwipy
 
 from .. import defaults
 from ..errors import LoadError, PersistenceError
-from ..transports.base import CURRENT_DELIVERY, AsyncCommunicator, Delivery, InvalidTask
-from ..transports.loop import LoopThread, run_on
+from ..transports.base import CURRENT_DELIVERY, AsyncCommunicator, BroadcastFilter, Delivery, InvalidTask
+from ..transports.loop import LoopThread, post, run_on
 from ..wire.messages import (
+    ANSWER_PREFIX,
     ARGS_KEY,
     CONTINUE_TASK,
     CREATE_TASK,
     KWARGS_KEY,
     LAUNCH_TASK,
+    MESSAGE_TEXT_KEY,
     NOWAIT_KEY,
     PERSIST_KEY,
     PID_KEY,
@@ -38,22 +53,31 @@ from ..wire.messages import (
     TASK_ARGS,
     TASK_KEY,
     AllowListLoader,
+    Intent,
     ObjectLoader,
     Pid,
     get_object_loader,
     launch_options_of,
     wire_bool,
+    wire_text,
 )
-from ._claims import Claims, in_executor, token_of
+from ..wire.types import DEFAULT_QUEUE, WORKERS_SUBJECT
 from ._link import CommLink, HasCore
 from ._pids import Pids, PidUse, TaskContext, answer_from_record, refuse
-from ._routes import Broadcasts, Routes
-from ._state import META_KEY, KilledError
 from .persistence import Persister
-from .process import Process, Runtime
-from .records import RecordWriter
+from .process import META_KEY, EndedRun, KilledError, Process, RecordSink, Runtime
+from .records import Claims, RecordWriter, in_executor, token_of
 
-__all__ = ["ProcessLauncher"]
+__all__ = [
+    "DEFAULT_QUEUE",
+    "WORKERS_SUBJECT",
+    "Broadcasts",
+    "ProcessLauncher",
+    "Routes",
+    "SlotCounter",
+    "WorkersAnswer",
+    "check_queues",
+]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -65,6 +89,7 @@ Answer: TypeAlias = "Pid | dict[str, object]"
 LAUNCH_PID_NAMESPACE = uuid.UUID("6f1c2a4e-3b5d-4c2a-9e1f-0d7b8a9c6e21")
 
 
+# -- a delivery, read once: its hold and who its task is ----------------------------------------------
 def hold_for(delivery: Delivery | None, wanted: bool) -> concurrent.futures.Future[None] | None:
     """For a persisted process answered at once (nowait): keep its task until the process ends. The hold is
     handed to the transport on ``delivery`` (it acks the task once the hold completes) and returned."""
@@ -95,6 +120,7 @@ def fresh(context: TaskContext, pid: Pid) -> bool:
     )
 
 
+# -- the launcher -------------------------------------------------------------------------------------
 def log_end(proc: Process, seconds: float) -> None:
     """The worker's INFO line for a process that ended here (an exception with its traceback)."""
     state = proc.state.value if proc.state.terminal else f"{proc.state.value}, handed back"
@@ -501,7 +527,7 @@ class ProcessLauncher:
             assert link is not None
             try:
                 await self.routes.bind(proc, link)
-                self._processes[key] = proc  # before the next await: a held run of the pid sees it (_routes.py)
+                self._processes[key] = proc  # before the next await: a held run of the pid sees it (Routes, below)
                 await self.broadcasts.ensure(link)
             except BaseException:
                 if self._processes.get(key) is proc:
@@ -556,3 +582,286 @@ def _limit(proc: Process, context: TaskContext) -> None:
     """Give a new process the task's label and time limit (before its first checkpoint, which keeps them)."""
     if context.options.label is not None or context.options.time_limit is not None:
         proc.set_limits(context.options.time_limit, context.options.label)
+
+
+# -- routes: each process's RPC route, held until its record is written -------------------------------
+# A launcher's per-process RPC routes, and how an ended process keeps its route until its record is written.
+#
+# kiwipy's wire format routes an RPC to a process by its own route (``[rpc].<pid>``). A process's reply no
+# longer waits for its record to be stored (the launch rate: docs/performance.md); instead the ended process stays
+# *held* with its route bound until the record is written, so whoever asks about it meanwhile is answered
+# by the process itself, and the fleet's record queries find it in memory (docs/performance.md, "What
+# records cost"). Only ended processes are held: a suspended one (released, or its worker stopping) is
+# written before it lets go, since a held one would answer a ``play`` it can no longer act on.
+#
+# A route's subscriber is a :class:`_Route`, not the process itself: it answers for the run of the pid
+# that holds the route, so a new run of a pid (a launch that reuses it) takes the route over from a held,
+# ended one instead of failing with ``DuplicateSubscriber``, and a route being removed is waited for
+# first. Once removed, the communicator keeps the subscriber a while for requests routed before the
+# unbind (``transports/base.py``, ``RETIRED_RPC_SECONDS``): they get the last run's answer.
+class WhenWritten(RecordSink, Protocol):
+    """A record sink that says when a process's record is written (records.py's ``RecordWriter``)."""
+
+    def when_written(self, proc: Process, callback: Callable[[], None]) -> None: ...
+
+
+class _Route:
+    """The subscriber of one pid's route (on the communicator's loop): its run answers, and once the route
+    is gone and the run has ended, an :class:`EndedRun` of it (the process itself is let go)."""
+
+    __slots__ = ("proc",)
+
+    def __init__(self, proc: Process) -> None:
+        self.proc: Process | EndedRun = proc
+
+    def __call__(self, comm: object, msg: object) -> object:
+        return self.proc.handle_rpc(comm, msg)
+
+
+class Routes:
+    """Binds, holds and removes the RPC routes of a launcher's processes (all on the launcher's loop).
+
+    ``processes`` is the launcher's own map of its live processes (by ``str(pid)``), shared, not copied."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, records: WhenWritten | None, processes: dict[str, Process]
+    ) -> None:
+        self.loop = loop
+        self.records = records
+        self._processes = processes
+        #: Ended processes whose last record write, or the removal of their route after it, is in flight.
+        self._ending: dict[str, Process] = {}
+        #: Routes being removed, by key: resolved once unroutable (a new run of the pid waits for it).
+        self._unbinding: dict[str, asyncio.Future[None]] = {}
+        #: The bound routes, by key.
+        self._routes: dict[str, _Route] = {}
+
+    def held(self, pid: object) -> Process | None:
+        """The process of ``pid`` if this launcher holds it: live, or ended with its last record write (or
+        the removal of its route after it) in flight, so who asks about it is answered by the process."""
+        key = str(pid)
+        return self._processes.get(key) or self._ending.get(key)
+
+    @property
+    def ending(self) -> dict[str, Process]:
+        """The ended processes still held (their record or their route's removal in flight), by ``str(pid)``."""
+        return dict(self._ending)
+
+    async def bind(self, proc: Process, link: CommLink) -> None:
+        """Bind the route of ``proc``'s pid, or take it over from an ended run still held (its runtime's
+        ``route_gone`` is resolved once the route is gone). The caller puts ``proc`` in the processes before
+        its next await, so the held run does not remove the route."""
+        key = str(proc.pid)
+        while (unbinding := self._unbinding.get(key)) is not None:
+            # bounded: an unbind stuck on a lost connection leaves the old subscriber, and the add below
+            # then fails with DuplicateSubscriber instead of this run waiting for ever
+            if not (await asyncio.wait({unbinding}, timeout=defaults.RPC_TIMEOUT))[0]:
+                break
+        route = self._routes.get(key)
+        if route is not None and key in self._ending and key not in self._processes:
+            route.proc = proc
+            return
+        route = _Route(proc)
+        await link.call(link.core.add_rpc_subscriber, route, key)  # DuplicateSubscriber if live
+        self._routes[key] = route
+
+    def let_go(self, proc: Process, link: CommLink) -> None:
+        """``proc`` has ended or been suspended: remove its route, after its record is written if it ended."""
+        key = str(proc.pid)
+        if proc.state.terminal and self.records is not None:
+            self._ending[key] = proc
+            self.records.when_written(proc, functools.partial(self._after_record, proc, link))
+        elif key not in self._processes:
+            self._unbind(proc, link)
+
+    def _after_record(self, proc: Process, link: CommLink) -> None:
+        key = str(proc.pid)
+        if key in self._processes:  # a new run of this pid took the route over
+            if self._ending.get(key) is proc:
+                del self._ending[key]
+            return
+        self._unbind(proc, link)
+
+    def _unbind(self, proc: Process, link: CommLink) -> None:
+        key = str(proc.pid)
+        unbound = self.loop.create_future()
+        self._unbinding[key] = unbound
+        route = self._routes.get(key)
+        gone = proc.runtime.route_gone if proc.runtime is not None else None
+
+        def done() -> None:
+            if self._unbinding.get(key) is unbound:
+                del self._unbinding[key]
+            if self._ending.get(key) is proc:
+                del self._ending[key]
+            if route is not None and self._routes.get(key) is route:
+                del self._routes[key]
+            if route is not None and route.proc is proc and proc.state.terminal:
+                route.proc = EndedRun(proc)  # what a request routed before the unbind is answered with
+            unbound.set_result(None)
+            if gone is not None and not gone.done():
+                gone.set_result(None)
+
+        async def remove() -> None:
+            try:
+                await link.core.remove_rpc_subscriber(key)
+            except Exception:  # noqa: BLE001 - on a lost connection the route went with it
+                pass
+            finally:
+                post(self.loop, done)  # not posted once the loop is gone: the launcher is closed
+
+        link.send(remove)
+
+
+# -- broadcasts: play/pause/kill to every live process ------------------------------------------------
+# :class:`Broadcasts` is the other way a process is reached: ``play``/``pause``/``kill`` broadcasts, subscribed
+# once per communicator and handed to every live process.
+class Broadcasts:
+    """Subscribes a launcher to broadcasts once per communicator and hands them to its live processes
+    (``processes``: the launcher's own map, shared)."""
+
+    def __init__(self, processes: dict[str, Process]) -> None:
+        self._processes = processes
+        self._ids: dict[int, object] = {}
+
+    async def ensure(self, link: CommLink) -> None:
+        """Subscribe to ``link``'s communicator's broadcasts (once for each communicator)."""
+        if id(link.core) in self._ids:
+            return
+        self._ids[id(link.core)] = None
+
+        def on_broadcast(_comm: object, body: object, _sender: object, subject: object, correlation_id: object) -> None:
+            self.deliver(link, body, subject, correlation_id)
+
+        # the subjects it acts on, so that a communicator of ours drops the rest undecoded (wire/extensions.py)
+        wanted = BroadcastFilter(on_broadcast, subject=re.compile(f"({Intent.PLAY}|{Intent.PAUSE}|{Intent.KILL})$"))
+        self._ids[id(link.core)] = await link.call(link.core.add_broadcast_subscriber, wanted)
+
+    def deliver(self, link: CommLink, body: object, subject: object, cid: object) -> None:
+        """``play``/``pause``/``kill`` broadcasts reach every live process (``force_kill`` is ignored, as in plumpy).
+
+        With a correlation id, each process answers with an ``intent_result.<intent>`` broadcast (sender = its
+        pid, body = its result), so a controller can tell which processes acted (plumpy processes do not).
+        """
+        if subject not in (Intent.PLAY, Intent.PAUSE, Intent.KILL):
+            return
+        text = body.get(MESSAGE_TEXT_KEY) if isinstance(body, dict) and subject != Intent.PLAY else None
+        try:  # the text becomes each process's status, saved by every checkpoint: a str or None only
+            text = wire_text(text, f"text of a {subject} broadcast")
+        except InvalidTask as exc:
+            LOGGER.warning("dropped a %s broadcast: %s", subject, exc)
+            return
+        for proc in list(self._processes.values()):
+            fut = proc.handle_intent(str(subject), text, False)
+            if cid is not None:
+                fut.add_done_callback(functools.partial(_answer, link, proc.pid, str(subject), cid))
+
+
+def _answer(link: CommLink, pid: Pid, subject: str, cid: object, fut: concurrent.futures.Future[bool]) -> None:
+    result = False if fut.cancelled() or fut.exception() is not None else fut.result()
+    answer = functools.partial(
+        link.core.broadcast_send, result, sender=pid, subject=f"{ANSWER_PREFIX}{subject}", correlation_id=cid
+    )
+    link.send(answer)
+
+
+# -- the fleet: a worker's queues and slots (the slot counter), its answer to ``workers`` -------------
+# A worker in a fleet (docs/fleet.md, "Workers"): its queues and slots, its health, and its answer to ``workers``.
+#
+# ``controller.list_workers(within)`` broadcasts :data:`WORKERS_SUBJECT` with a correlation id; every
+# worker answers with an ``intent_result.workers`` broadcast (sender: its id, body: :meth:`Worker.info`),
+# as processes answer ``pause_all(answers_within=...)`` (Broadcasts, above): one round trip for the fleet.
+FLEET_LOGGER = logging.getLogger("process_comms.worker")  # the worker's log lines keep their logger name
+
+
+def check_queues(queues: Mapping[str, int]) -> dict[str, int]:
+    """``{queue name: slots}`` checked: names non-empty strings, slots integers of 0 or more (0: no limit)."""
+    if not queues:
+        raise ValueError("queues must name at least one task queue")
+    checked: dict[str, int] = {}
+    for name, slots in queues.items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a task queue name must be a non-empty string, not {name!r}")
+        if not isinstance(slots, int) or isinstance(slots, bool) or slots < 0:
+            raise ValueError(f"the slots of queue {name!r} must be an integer of 0 or more (0: no limit): {slots!r}")
+        checked[name] = slots
+    return checked
+
+
+class Acceptor(Protocol):
+    """What takes a queue's tasks: the launcher, or a recycling worker's wrapper of it (_recycle.py)."""
+
+    def accept(self, communicator: object, task: object, delivery: Delivery | None) -> Accepted: ...
+
+
+class SlotCounter:
+    """The launcher as one queue's task subscriber, counting that queue's tasks in progress here.
+
+    A task is in progress until the launcher's future is done and, for a persisted ``nowait`` launch, until
+    its held delivery is released (the process ended): as long as it takes one of the queue's slots.
+    """
+
+    #: Called on the communicator's loop directly, as the launcher it wraps.
+    loop_safe = True
+
+    def __init__(self, launcher: Acceptor, queue: str, slots: int) -> None:
+        self.launcher, self.queue, self.slots = launcher, queue, slots
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, communicator: object, task: object) -> concurrent.futures.Future[Answer]:
+        # a task refused here raises: it took no slot
+        fut, hold = self.launcher.accept(communicator, task, CURRENT_DELIVERY.get())
+        pending: list[concurrent.futures.Future[Answer] | concurrent.futures.Future[None]] = [fut]
+        if hold is not None:
+            pending.append(hold)
+        left = [len(pending)]
+        with self._lock:
+            self.used += 1
+
+        def settled(_f: object) -> None:
+            with self._lock:
+                left[0] -= 1
+                if left[0] == 0:
+                    self.used -= 1
+
+        for f in pending:
+            f.add_done_callback(settled)
+        return fut
+
+
+class WorkersAnswer:
+    """The broadcast subscriber that answers a ``workers`` request with the worker's :meth:`info`."""
+
+    #: Called on the communicator's loop directly: it only schedules the answer.
+    loop_safe = True
+
+    def __init__(
+        self,
+        worker_id: str,
+        info: Callable[[], dict[str, object]],
+        core: AsyncCommunicator,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.worker_id, self.info, self.core, self.loop = worker_id, info, core, loop
+
+    def is_filtered(self, _sender: object, subject: object) -> bool:
+        """kiwipy's filter question: a communicator of ours drops what every subscriber filters out undecoded."""
+        return bool(subject != WORKERS_SUBJECT)
+
+    def __call__(self, _comm: object, _body: object, _sender: object, subject: object, correlation_id: object) -> None:
+        if subject != WORKERS_SUBJECT or correlation_id is None:
+            return
+        answer = functools.partial(
+            self.core.broadcast_send,
+            self.info(),
+            sender=self.worker_id,
+            subject=f"{ANSWER_PREFIX}{WORKERS_SUBJECT}",
+            correlation_id=correlation_id,
+        )
+        run_on(self.loop, answer).add_done_callback(_log_failure)
+
+
+def _log_failure(fut: concurrent.futures.Future[bool]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        FLEET_LOGGER.warning("could not answer a workers request: %s", fut.exception())

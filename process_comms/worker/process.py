@@ -12,6 +12,20 @@ return the outputs dict. The rules a controller can rely on:
 
 Every state transition is broadcast as ``state_changed.<from>.<to>`` (sender = pid) without ever
 blocking the process's loop.
+
+This module holds all of :class:`Process`, in sections:
+
+* **states**: :class:`ProcessState` (its home is wire/types.py) and the two ways a run can end other than by
+  returning (:class:`KilledError`, :class:`Suspended`);
+* **the checkpoint bundle**: what :meth:`Process.save` writes and :meth:`Process.recreate_from` reads
+  (:func:`bundle_of`, :func:`restore`), plain JSON-safe data (never pickle); ``!!meta`` names the class with
+  the object loader's identifier, as plumpy's bundles do;
+* **the record's history**: bounded (:func:`add_history`), a sleeping process's running/waiting back-and-forth
+  folded into one entry, the oldest entries dropped past a count;
+* **what a process runs with**: the checks of its messages (:func:`rpc_intent`) and its :class:`Runtime`;
+* **the record**: :class:`Recorded` (what the record writer reads) and :class:`EndedRun` (what a gone
+  route answers with);
+* **the process**: :class:`Process`.
 """
 
 from __future__ import annotations
@@ -33,7 +47,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 from .. import defaults
-from ..errors import PersistenceError, ProcessLost, RemoteError
+from ..errors import PersistenceError, ProcessCommsError, ProcessKilled, ProcessLost, RemoteError
 from ..transports.base import AsyncCommunicator, host_info
 from ..transports.loop import run_on
 from ..wire.messages import (
@@ -46,16 +60,17 @@ from ..wire.messages import (
     Intent,
     ObjectLoader,
     Pid,
+    get_object_loader,
     status_of_record,
     time_limit_reason,
     wire_bool,
     wire_text,
 )
+from ..wire.types import ProcessState  # re-exported: its home is wire/types.py
 from ._link import CommLink
-from ._state import KilledError, ProcessState, Suspended, add_history, bundle_of, restore
 from .persistence._base import safe_value
 
-__all__ = ["Process", "ProcessState", "KilledError", "Recorded", "Runtime", "Suspended"]  # 3 from ._state
+__all__ = ["Process", "ProcessState", "KilledError", "Recorded", "Runtime", "Suspended"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -65,6 +80,117 @@ MAX_LOG_LINES = 1000
 MAX_LOG_CHARS = 2000
 
 
+# -- states: the two ways a run ends other than by returning (killed, suspended) ----------------------
+class KilledError(ProcessKilled):
+    """Raised to a waiter when the process it waits for was killed (reply type ``KilledError``)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "KilledError")
+
+
+class Suspended(ProcessCommsError):
+    """The worker stopped running the process (graceful shutdown); its task was handed back."""
+
+
+# -- the checkpoint bundle ----------------------------------------------------------------------------
+META_KEY = "!!meta"
+
+
+class Bundled(Protocol):
+    """What a checkpoint keeps of a process (:class:`Process`)."""
+
+    pid: Pid
+    ctime: float
+    inputs: dict[str, object]
+    state: ProcessState
+    paused: bool
+    status: str | None
+    progress: dict[str, object]
+    outputs: dict[str, object] | None
+    exception: str | None
+    label: str | None
+    time_limit: float | None
+    deadline: float | None
+
+
+def bundle_of(proc: Bundled, loader: ObjectLoader | None = None) -> dict[str, object]:
+    """The checkpoint of ``proc``."""
+    return {
+        META_KEY: {"class_name": (loader or get_object_loader()).identify_object(type(proc))},
+        "pid": proc.pid,
+        "ctime": proc.ctime,
+        "inputs": proc.inputs,
+        "state": proc.state.value,
+        "paused": proc.paused,
+        "status": proc.status,
+        "progress": proc.progress,
+        "outputs": proc.outputs,
+        "exception": proc.exception,
+        "label": proc.label,
+        "time_limit": proc.time_limit,
+        "deadline": proc.deadline,
+    }
+
+
+def restore(proc: Bundled, bundle: dict[str, object]) -> None:
+    """Set the saved attributes of ``proc`` (made with ``inputs`` and ``pid`` already) from ``bundle``."""
+    # the bundle holds what bundle_of wrote (a persister stores it as JSON): its values have those types
+    proc.ctime = float(cast("float", bundle.get("ctime", proc.ctime)))
+    proc.progress = dict(cast("dict[str, object]", bundle.get("progress") or {}))
+    proc.paused = bool(bundle.get("paused", False))
+    proc.status = cast("str | None", bundle.get("status"))
+    proc.state = ProcessState(bundle.get("state", "created"))
+    proc.outputs = cast("dict[str, object] | None", bundle.get("outputs"))
+    proc.exception = cast("str | None", bundle.get("exception"))
+    proc.label = cast("str | None", bundle.get("label"))
+    limits = cast("tuple[float | None, float | None]", (bundle.get("time_limit"), bundle.get("deadline")))
+    proc.time_limit, proc.deadline = limits  # absolute: the same here
+    if not proc.state.terminal:
+        proc.state = ProcessState.CREATED  # it runs again from its progress
+
+
+# -- the record's history -----------------------------------------------------------------------------
+#: History entries a record keeps: the first (``created``) and the newest; the count of dropped ones is kept.
+MAX_HISTORY = 200
+#: Events whose back-and-forth (every ``sleep``) is folded into one entry with a count, first and last times.
+_CYCLE_EVENTS = ("running", "waiting")
+#: The event of that folded entry.
+CYCLE_EVENT = "running/waiting"
+
+
+def add_history(history: list[dict[str, object]], entry: dict[str, object]) -> list[dict[str, object]]:
+    """``history`` with ``entry`` added, bounded: a running/waiting back-and-forth (every ``sleep`` adds a pair)
+    is folded into one :data:`CYCLE_EVENT` entry (``count`` transitions, first ``time``, ``last`` time) before
+    the newest entry, and past :data:`MAX_HISTORY` entries the oldest after the first are dropped (counted in
+    the first entry's ``dropped``). Mutates and returns ``history``."""
+    event, last = entry.get("event"), history[-1] if history else None
+    if (
+        event in _CYCLE_EVENTS
+        and "message" not in entry
+        and last is not None
+        and last.get("event") in _CYCLE_EVENTS
+        and last.get("event") != event
+        and "message" not in last
+        and len(history) >= 2
+    ):
+        before = history[-2]
+        if before.get("event") == CYCLE_EVENT:  # one more turn of the cycle: fold ``last`` into it
+            before["count"] = int(cast("int", before.get("count") or 0)) + 1
+            before["last"] = last.get("time")
+            history[-1] = entry
+            return history
+        if before.get("event") == event and "message" not in before:  # event, other, event: a cycle starts
+            history[-1] = {"event": CYCLE_EVENT, "count": 1, "time": last.get("time"), "last": last.get("time")}
+    history.append(entry)
+    if len(history) > MAX_HISTORY:
+        drop = len(history) - MAX_HISTORY
+        first = dict(history[0])
+        first["dropped"] = int(cast("int", first.get("dropped") or 0)) + drop
+        history[:] = [first, *history[1 + drop :]]
+    return history
+
+
+# -- what a process answers and runs with -------------------------------------------------------------
 def rpc_intent(msg: object) -> str:
     """The intent of a process RPC, after every check of it: the one home of the rules for a process's
     messages (a live process and an ended run's :class:`EndedRun` answer the same messages alike).
@@ -105,7 +231,7 @@ class Runtime:
     """What a process runs with, given to it as one object when it is attached (:meth:`Process.attach`):
     the loop it runs on, the link to the communicator that controls it, its persister, where its record goes,
     who holds it (``(worker id, liveness token)``, named in its record), and the future its launcher resolves
-    once its route is gone (worker/_routes.py)."""
+    once its route is gone (worker/launcher.py, Routes)."""
 
     loop: asyncio.AbstractEventLoop
     link: CommLink | None = None
@@ -125,6 +251,7 @@ RUNNING: contextvars.ContextVar[weakref.WeakMethod[Callable[[str, str], None]] |
 )
 
 
+# -- the record: what the record writer reads, and what a gone route answers with ---------------------
 class _RecordingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
     """The process's ``logger``: logs as usual and keeps lines of INFO and above in the process's record."""
 
@@ -319,6 +446,7 @@ class EndedRun:
         return self._killed
 
 
+# -- the process --------------------------------------------------------------------------------------
 class Process(Recorded):
     """Base class of remotely controllable processes; override :meth:`run`.
 
@@ -718,7 +846,7 @@ class Process(Recorded):
                 return
             if self._suspending and self._kill_requested is None:
                 await self._save_final()  # state stays running: the next worker continues from here
-                await self._flush_record()  # only an ended process is held after its run (worker/_routes.py)
+                await self._flush_record()  # only an ended process is held after its run (worker/launcher.py, Routes)
                 if not self._done.done():
                     self._done.set_exception(Suspended(f"process {self.pid} was suspended by its worker"))
                     self._done.exception()
@@ -750,7 +878,7 @@ class Process(Recorded):
 
     async def _save_final(self) -> None:
         # The record's write is not waited for: its launcher keeps an ended process's route bound until it
-        # is written (worker/_routes.py), so who asks meanwhile is answered by the process.
+        # is written (worker/launcher.py, Routes), so who asks meanwhile is answered by the process.
         if self._final_broadcast is not None:
             self._broadcast_state(*self._final_broadcast)
             self._final_broadcast = None

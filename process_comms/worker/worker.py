@@ -22,11 +22,10 @@ from ..transports.connect import connect
 from ..transports.loop import run_on
 from ..transports.threaded import ThreadCommunicator
 from ..wire.messages import Pid, records_route
-from ..wire.types import queue_name
+from ..wire.types import DEFAULT_QUEUE, queue_name
 from . import _module_logs
-from ._fleet import DEFAULT_QUEUE, SlotCounter, WorkersAnswer, check_queues
 from ._recycle import Recycler
-from .launcher import ProcessLauncher
+from .launcher import ProcessLauncher, SlotCounter, WorkersAnswer, check_queues
 from .persistence import Persister, get_persister
 from .records import RECORD_MAX_AGE, RECORD_MAX_COUNT, RECORD_PRUNE_INTERVAL
 from .records_service import RecordsService

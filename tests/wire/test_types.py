@@ -16,7 +16,8 @@ from process_comms.transports.rmq import _tasks
 from process_comms.wire import listing, messages, names, states, status
 from process_comms.wire.codec import JsonCodec, YamlCodec
 from process_comms.wire.types import Pid, ProcessPage, ProcessRecord, ProcessStatus, ProcessSummary, WorkerInfo
-from process_comms.worker import _fleet, _state
+from process_comms.worker import launcher as _fleet  # the fleet (queues, slots, workers answer) lives in launcher.py
+from process_comms.worker import process as _state  # states, bundle and history live in process.py
 from process_comms.worker.persistence import InMemoryPersister, _records
 from tests.procs import Add
 

@@ -17,7 +17,7 @@ from process_comms.cli import workers as workers_cli
 from process_comms.cli.main import CliError
 from process_comms.cli.worker import parse_queue, queues_of
 from process_comms.client import controller as controller_module
-from process_comms.worker import _fleet
+from process_comms.worker import launcher as _fleet  # the fleet (queues, slots, workers answer) lives in launcher.py
 from process_comms.worker.persistence import InMemoryPersister
 from tests.conftest import BROKER_URL
 from tests.faults._support import ROOT, controller, prefix, workers

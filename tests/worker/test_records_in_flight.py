@@ -1,6 +1,6 @@
 """A reply does not wait for its process's record (issue 16's launch rate), and nothing is lost by it:
 until the record is written, the worker keeps the ended process's route bound and answers for it from
-memory (process_comms/worker/_routes.py, docs/performance.md "What records cost")."""
+memory (process_comms/worker/launcher.py, Routes; docs/performance.md "What records cost")."""
 
 from __future__ import annotations
 

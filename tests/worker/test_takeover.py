@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 import process_comms
-from process_comms.worker._claims import TAKEOVER_GRACE
 from process_comms.worker.persistence import InMemoryPersister, Persister, SqlPersister
+from process_comms.worker.records import TAKEOVER_GRACE
 from tests.faults._support import controller, prefix, workers
 from tests.procs import Steps
 from tests.waiting import wait_until
