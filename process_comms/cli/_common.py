@@ -15,7 +15,7 @@ from .. import defaults
 from ..client.display import Progress
 from ..client.futures import wait_all
 from ..errors import InvalidPid, ProcessUnreachable
-from ..transports._dispatch import routing_id
+from ..transports.base import routing_id
 from ..transports.connect import connect
 from ..transports.threaded import ThreadCommunicator
 from ..urls import mask_url

@@ -32,7 +32,7 @@ from ..errors import QueueEmpty
 from ..errors import TimeoutError as PCTimeoutError
 from ..wire.codec import Codec
 from ..wire.messages import exception_reply, parse_task_envelope
-from ._dispatch import IncomingTask, decode, respond
+from .base import IncomingTask, decode, respond
 from .loop import post
 
 __all__ = ["PulledTask", "TaskState", "iterate_tasks", "next_task", "pull", "take"]
@@ -167,7 +167,7 @@ class PulledTask:
 
 async def take(incoming: IncomingTask, body: bytes, codec: Codec) -> PulledTask | None:
     """A pulled delivery as a :class:`PulledTask`; a malformed one is rejected with an error reply (None),
-    as :func:`~._dispatch.settle_task` does for a delivered one."""
+    as :func:`~.base.settle_task` does for a delivered one."""
     try:
         task, no_reply = parse_task_envelope(await decode(codec, body))
     except Exception as exc:  # noqa: BLE001 - malformed tasks are settled, never handed out forever

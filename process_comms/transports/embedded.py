@@ -17,11 +17,11 @@ from typing import Any
 from ..errors import CommunicatorClosed, DecodeError, EncodeError, ProcessUnreachable
 from ..wire.codec import Codec
 from ..wire.types import DEFAULT_QUEUE
-from ._dispatch import SendReply
 from ._pulled import PulledTask, take
 from .base import (
     AsyncCommunicator,
     ReplyWaiter,
+    SendReply,
     exception_reply,
     host_info,
     routing_id,

@@ -181,7 +181,7 @@ class ThreadCommunicator(kiwipy.Communicator):
             raise CommunicatorClosed("the communicator is closed")
 
     #: Whether the future of a subscriber's call on a callback thread is a reply level of its own (a ``pending``
-    #: reply before the result): ours, True; kiwipy's mode, False (``CallbackFuture`` in transports/_dispatch.py).
+    #: reply before the result): ours, True; kiwipy's mode, False (``CallbackFuture`` in transports/base.py).
     _call_is_level = True
 
     def _threaded(self, subscriber: Callable[..., object], ordered: bool = False) -> Callable[..., object]:

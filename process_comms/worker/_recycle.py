@@ -84,7 +84,7 @@ class Recycler:
         accepted = self.launcher.accept(communicator, task, delivery)  # a task refused raises: it counts for nothing
         if isinstance(task, dict) and task.get(TASK_KEY) in (LAUNCH_TASK, CONTINUE_TASK):
             self.taken += 1
-        # a loop-safe subscriber is called inside the task that settles its delivery (transports/_dispatch.py,
+        # a loop-safe subscriber is called inside the task that settles its delivery (transports/base.py,
         # settle_task): once it is done, the task is acked and its reply sent
         settling = asyncio.current_task()
         if settling is not None:

@@ -36,7 +36,7 @@ def test_max_processes_must_be_positive() -> None:
 def test_a_recycled_worker_hands_the_next_task_to_another_and_stops_once_its_processes_end(
     broker_url: str, names: dict[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="process_comms.transports._dispatch")
+    caplog.set_level(logging.DEBUG, logger="process_comms.transports.base")
     made = [process_comms.connect(BROKER_URL, **rmq_options(names)) for _ in range(3)]
     first_comm, second_comm, client = made
     try:

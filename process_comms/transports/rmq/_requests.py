@@ -22,7 +22,7 @@ import yarl
 from ...errors import ConnectionLost, DecodeError, EncodeError, ProcessUnreachable
 from ...wire.codec import Codec
 from ...wire.messages import exception_reply
-from .._dispatch import ReplyWaiter, decode
+from ..base import ReplyWaiter, decode
 from . import _frames, _topology
 from ._connection import RmqConnection
 

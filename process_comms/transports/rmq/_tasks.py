@@ -25,8 +25,8 @@ from ..._compat import TIMEOUT_ERRORS
 from ...errors import ProcessCommsError, ProcessUnreachable
 from ...wire.codec import Codec
 from ...wire.names import DEFAULT_QUEUE, queue_name  # re-exported: their old home
-from .._dispatch import TaskSubscriber, host_info, settle_task
 from .._pulled import PulledTask, take
+from ..base import TaskSubscriber, host_info, settle_task
 from . import _frames, _topology
 from ._connection import RmqConnection
 from ._errors import SETTLE_ERRORS

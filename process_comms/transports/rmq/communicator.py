@@ -29,9 +29,8 @@ from ... import defaults
 from ...errors import CommunicatorClosed, ProcessUnreachable
 from ...wire.codec import Codec
 from ...wire.messages import broadcast_headers, broadcast_unwanted, task_headers
-from .._dispatch import routing_id
 from .._pulled import PulledTask, iterate_tasks, next_task
-from ..base import AsyncCommunicator, Handovers
+from ..base import AsyncCommunicator, Handovers, routing_id
 from . import _frames, _topology
 from ._connection import RmqConnection, SslOptions
 from ._errors import SETTLE_ERRORS
