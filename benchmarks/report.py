@@ -158,13 +158,15 @@ class RowMetrics:
 
 
 def row_metrics(
+    key: str,
     pc: Result,
     pl: Result | None,
     raw_p50: float | None,
     raw_ops: float | None = None,
     launch_ops: float | None = None,
 ) -> RowMetrics:
-    """One run's metrics of a row whose process_comms side ran."""
+    """One run's metrics of row ``key``, whose process_comms side ran. The shares of the floors' rates are only
+    for the pipelined rows (the share of the launch-shaped floor only for the launch rows, d and h.d)."""
     if pc.error:
         return RowMetrics(pc_failed=True, pl_failed=pl is not None and bool(pl.error))
     pc_p50 = pc.p(50)
@@ -173,8 +175,8 @@ def row_metrics(
         ratio=pc.ops / pl.ops if pl is not None and pl.ops and pc.ops else None,
         raw_measured=raw_p50 is not None,
         p50_ratio=pc_p50 / raw_p50 if raw_p50 and pc_p50 is not None else None,
-        raw_share=pc.ops / raw_ops if raw_ops and pc.ops else None,
-        launch_share=pc.ops / launch_ops if launch_ops and pc.ops else None,
+        raw_share=pc.ops / raw_ops if raw_ops and pc.ops and FLOOR[key][0] == "g.pipe+confirms" else None,
+        launch_share=pc.ops / launch_ops if launch_ops and pc.ops and key in NEED_RAW_SHARE else None,
         cpu_ms=pc.cpu_worker / pc.ok * 1000 if pc.cpu_worker is not None and pc.ok else None,
         issue_us=pc.issue_us,
         lag_ms=pc.max_lag_ms,
@@ -230,7 +232,7 @@ def verdict(
 ) -> str:
     if pc is None:
         return "not run"
-    return judge(key, row_metrics(pc, pl, raw_p50, raw_ops, launch_ops))
+    return judge(key, row_metrics(key, pc, pl, raw_p50, raw_ops, launch_ops))
 
 
 def median_metrics(runs: list[RowMetrics]) -> RowMetrics:
@@ -314,7 +316,7 @@ def comparison_metrics(results: list[Result]) -> dict[str, RowMetrics | None]:
         if row is None:
             continue
         pc, pl, _raw, _floor_key, _calls, raw_p50, raw_ops, launch_ops = row
-        out[key] = None if pc is None else row_metrics(pc, pl, raw_p50, raw_ops, launch_ops)
+        out[key] = None if pc is None else row_metrics(key, pc, pl, raw_p50, raw_ops, launch_ops)
     return out
 
 
@@ -365,9 +367,13 @@ def repeat_table(runs: list[list[Result]]) -> str:
         )
     floors = []
     for workload, label in (("g.pipe+confirms", "raw pipelined (echo)"), (LAUNCH_FLOOR, "launch-shaped floor")):
-        rates = [r.ops for results in runs for r in results if r.workload == workload and r.impl == RAW and r.ops]
-        if rates:
-            floors.append(f"{label} {_spread(rates, '{:,.0f}')} ops/s")
+        done = [r for results in runs for r in results if r.workload == workload and r.impl == RAW and r.ops]
+        if done:
+            cpu = [r.cpu_worker / r.ok * 1000 for r in done if r.cpu_worker is not None]
+            floors.append(
+                f"{label} {_spread([r.ops for r in done if r.ops], '{:,.0f}')} ops/s, "
+                f"its worker's CPU {_spread(cpu, '{:.2f}')} ms/op"
+            )
     table = md_table(
         [
             "wl",

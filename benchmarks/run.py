@@ -11,7 +11,7 @@ Usage::
 
     /tmp/venv/bin/python benchmarks/run.py                     # full scale, writes benchmarks/results.md
     /tmp/venv/bin/python benchmarks/run.py --scale 0.1         # quick smoke run
-    /tmp/venv/bin/python benchmarks/run.py --only a,b,g        # some workloads (a-h, costs, codec, facade)
+    /tmp/venv/bin/python benchmarks/run.py --only a,b,g        # some workloads (a-h, g.l, costs, codec, facade)
     /tmp/venv/bin/python benchmarks/run.py --quick             # issue 26's rows only, in a few minutes
     /tmp/venv/bin/python benchmarks/run.py --quick --repeat 3  # the same 3 times: median and range per ratio
 """
