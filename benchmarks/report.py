@@ -288,7 +288,8 @@ def _row(
         floor_key = "a, interleaved, +confirms"
     if by.get((key, RAW)) is not None:  # a floor interleaved with the libraries in this workload
         floor_key, calls, raw = f"{key}, interleaved, +confirms", 1, by[(key, RAW)]
-    raw_p50 = raw.p(50) * calls if raw is not None and raw.p(50) is not None else None
+    one = raw.p(50) if raw is not None else None
+    raw_p50 = one * calls if one is not None else None
     return pc, pl, raw, floor_key, calls, raw_p50, _ops(by, "g.pipe+confirms"), _ops(by, LAUNCH_FLOOR)
 
 
@@ -467,10 +468,11 @@ def build_tables(results: list[Result]) -> tuple[str, str, dict[str, str]]:
         raw_text = raw_cell(key, raw, raw_p50, floor_key, calls)
         raw_ratio = f"{pc_p50 / raw_p50:.2f}x" if pc_p50 is not None and raw_p50 else "-"
         threaded = by.get((key, RAW_T))
-        if threaded is not None and threaded.p(50) is not None and pc_p50 is not None:
+        threaded_p50 = threaded.p(50) if threaded is not None else None
+        if threaded_p50 is not None and pc_p50 is not None:
             # the floor for a blocking caller: raw aio-pika behind the same kind of thread hop
-            raw_text += f"; loop on a thread {fmt_ms(threaded.p(50))} ms"
-            raw_ratio += f" ({pc_p50 / threaded.p(50):.2f}x the threaded floor)"
+            raw_text += f"; loop on a thread {fmt_ms(threaded_p50)} ms"
+            raw_ratio += f" ({pc_p50 / threaded_p50:.2f}x the threaded floor)"
         comp_rows.append(
             [
                 key,

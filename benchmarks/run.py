@@ -1,7 +1,8 @@
 """Benchmark process_comms against plumpy 0.26 + kiwipy 0.9 on the same RabbitMQ broker.
 
-Each library gets a worker in a separate OS process (``worker_pc.py``, ``worker_plumpy.py``; the floor's
-echo server is ``worker_raw.py``) on its own, unique exchanges and task queue. The client side runs here:
+Each library gets a worker in a separate OS process (``worker_pc.py``, ``worker_plumpy.py``; the floors'
+are ``worker_raw.py``, an echo, and ``worker_raw_launch.py``, one launch's messages) on its own, unique
+exchanges and task queue. The client side runs here:
 process_comms' ``RemoteProcessThreadController`` / ``RemoteProcessController`` and plumpy's
 ``RemoteProcessThreadController`` / ``RemoteProcessController`` on a ``kiwipy.rmq.RmqThreadCommunicator``.
 The libraries run interleaved: one-at-a-time workloads in ABBA rounds, concurrent ones alternating who

@@ -33,7 +33,7 @@ import sys
 import threading
 import uuid
 from random import getrandbits
-from typing import Any
+from typing import Any, cast
 
 import aio_pika
 import aio_pika.abc
@@ -42,6 +42,7 @@ import pamqp.commands
 import yarl
 from aiormq.abc import ChannelFrame
 from pamqp.body import ContentBody
+from pamqp.common import FieldTable
 from pamqp.header import ContentHeader
 
 RPC_PREFIX = "[rpc]"
@@ -51,9 +52,9 @@ SUBJECTS = ("state_changed.None.created", "state_changed.created.running", "stat
 #: The final reply of ``PcTrivial`` as the library encodes it (66 bytes with its host).
 REPLY_BODY = b'{"result": {"ok": true}, "host": {"hostname": "vm", "pid": 8561}}\n'
 # queue arguments: process_comms/defaults.py and transports/rmq/_topology.py
-RPC_QUEUE_ARGS = {"x-queue-type": "classic", "x-message-ttl": 66_000, "x-expires": 60_000}
-BROADCAST_QUEUE_ARGS = {"x-queue-type": "classic", "x-message-ttl": 66_000}
-TESTING_TASK_QUEUE_ARGS = {"x-queue-type": "classic", "x-message-ttl": 604_800_000, "x-expires": 10_000}
+RPC_QUEUE_ARGS: FieldTable = {"x-queue-type": "classic", "x-message-ttl": 66_000, "x-expires": 60_000}
+BROADCAST_QUEUE_ARGS: FieldTable = {"x-queue-type": "classic", "x-message-ttl": 66_000}
+TESTING_TASK_QUEUE_ARGS: FieldTable = {"x-queue-type": "classic", "x-message-ttl": 604_800_000, "x-expires": 10_000}
 
 
 def broadcast_body(pid: str, subject: str) -> bytes:
@@ -175,7 +176,7 @@ async def serve(args: argparse.Namespace, stopped: asyncio.Event) -> None:
                 dropped += 1  # no local subscriber wants a state change: dropped on the header, as ours
 
         await broadcasts.consume(on_broadcast, no_ack=True)
-        writer = Writer(await fast.get_underlay_channel(), args.user)
+        writer = Writer(cast(aiormq.Channel, await fast.get_underlay_channel()), args.user)
         task_queue = await tasks.declare_queue(args.task_queue, durable=True, arguments=TESTING_TASK_QUEUE_ARGS)
         await task_queue.bind(task_exchange, routing_key=args.task_queue)
 
