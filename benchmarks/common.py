@@ -7,7 +7,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
-ALL_WORKLOADS = ("a", "b", "c", "d", "e", "f", "g", "h", "costs", "codec", "facade", "wakeup")
+ALL_WORKLOADS = ("a", "b", "c", "d", "e", "f", "g", "g.l", "h", "costs", "codec", "facade", "wakeup")
 #: Full-scale sizes (multiplied by --scale).
 SIZES = {
     "a": 1000,
@@ -18,6 +18,7 @@ SIZES = {
     "f": 200,
     "g.seq": 500,
     "g.pipe": 2000,
+    "g.l": 1000,
     "h.a": 500,
     "h.b": 2000,
     "h.d": 1000,
@@ -33,6 +34,8 @@ RAW = "raw aio-pika"
 RAW_T = "raw aio-pika, loop on a thread"
 PC_LOOP = "process_comms asyncio, own loop"
 ECHO_KEY = "[rpc].echo"
+#: The launch-shaped raw floor's result (workload g.l), pipelined with publisher confirms as g.pipe+confirms.
+LAUNCH_FLOOR = "g.l.pipe+confirms"
 
 
 def names(run_id: str, lib: str) -> dict[str, str]:

@@ -6,9 +6,11 @@ import argparse
 import datetime
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import aio_pika
@@ -18,6 +20,7 @@ import yaml
 
 import process_comms
 from benchmarks.common import (
+    LAUNCH_FLOOR,
     PC,
     PL,
     RAW,
@@ -95,6 +98,7 @@ DESCRIPTIONS = {
     "h.e": "asyncio ctl: pause + play, one at a time",
     "wakeup": "status to an idle worker, no waker (B1 probe)",
     "h.idle": "caller loop alone, no calls (lag baseline)",
+    "g.l.pipe+confirms": "raw launch-shaped: task, bind, 3 broadcasts, ack, reply, unbind; issued then awaited",
 }
 #: Which floor result a workload's p50 is compared with, and how many request/replies one op is.
 FLOOR = {
@@ -133,43 +137,126 @@ NEED_RAW_SHARE = {"d": 0.5, "h.d": 0.5}
 NEED_CPU_MS = {"d": 1.2, "h.d": 1.2}
 
 
-def verdict(key: str, pc: Result | None, pl: Result | None, raw_p50: float | None, raw_ops: float | None = None) -> str:
-    if pc is None:
-        return "not run"
+@dataclass
+class RowMetrics:
+    """What a comparison row is judged on: from one run, or the medians over repeats (:func:`median_metrics`)."""
+
+    pc_failed: bool = False
+    pl_failed: bool = False
+    #: process_comms ops/s ÷ plumpy ops/s.
+    ratio: float | None = None
+    #: The raw floor's p50 (for this row) was measured; and process_comms' p50 ÷ that p50.
+    raw_measured: bool = False
+    p50_ratio: float | None = None
+    #: process_comms ops/s ÷ the raw pipelined (echo) rate, and ÷ the launch-shaped floor's rate.
+    raw_share: float | None = None
+    launch_share: float | None = None
+    cpu_ms: float | None = None
+    issue_us: float | None = None
+    lag_ms: float | None = None
+    ops: float | None = None
+
+
+def row_metrics(
+    key: str,
+    pc: Result,
+    pl: Result | None,
+    raw_p50: float | None,
+    raw_ops: float | None = None,
+    launch_ops: float | None = None,
+) -> RowMetrics:
+    """One run's metrics of row ``key``, whose process_comms side ran. The shares of the floors' rates are only
+    for the pipelined rows (the share of the launch-shaped floor only for the launch rows, d and h.d)."""
     if pc.error:
+        return RowMetrics(pc_failed=True, pl_failed=pl is not None and bool(pl.error))
+    pc_p50 = pc.p(50)
+    return RowMetrics(
+        pl_failed=pl is not None and bool(pl.error),
+        ratio=pc.ops / pl.ops if pl is not None and pl.ops and pc.ops else None,
+        raw_measured=raw_p50 is not None,
+        p50_ratio=pc_p50 / raw_p50 if raw_p50 and pc_p50 is not None else None,
+        raw_share=pc.ops / raw_ops if raw_ops and pc.ops and FLOOR[key][0] == "g.pipe+confirms" else None,
+        launch_share=pc.ops / launch_ops if launch_ops and pc.ops and key in NEED_RAW_SHARE else None,
+        cpu_ms=pc.cpu_worker / pc.ok * 1000 if pc.cpu_worker is not None and pc.ok else None,
+        issue_us=pc.issue_us,
+        lag_ms=pc.max_lag_ms,
+        ops=pc.ops,
+    )
+
+
+def judge(key: str, m: RowMetrics) -> str:
+    """The verdict on issue 26's targets for row ``key``; d and h.d also say their share of the launch floor."""
+    if m.pc_failed:
         return "MISS (process_comms failed)"
     misses: list[str] = []
-    ratio = pc.ops / pl.ops if pl is not None and pl.ops and pc.ops else None
     need = NEED_RATIO.get(key)
     if need is not None:
-        if pl is not None and pl.error and ratio is None:
+        if m.pl_failed and m.ratio is None:
             pass  # plumpy failed: the ratio is unbounded
-        elif ratio is None:
+        elif m.ratio is None:
             misses.append("no plumpy ratio")
-        elif ratio < need:
-            misses.append(f"ratio {ratio:.1f}x < {need}x")
+        elif m.ratio < need:
+            misses.append(f"ratio {m.ratio:.1f}x < {need}x")
     share = NEED_RAW_SHARE.get(key)
+    # explanatory, not a target: the share of the rate that the launch's own messages allow (workload g.l)
+    launch_note = f" ({m.launch_share:.0%} of the launch-shaped floor)" if share is not None and m.launch_share else ""
     if share is not None:
-        if raw_ops is None or not pc.ops:
+        if m.raw_share is None:
             misses.append("raw pipelined rate not measured")
-        elif pc.ops < share * raw_ops:
-            misses.append(f"{pc.ops / raw_ops:.0%} of the raw rate < {share:.0%}")
+        elif m.raw_share < share:
+            misses.append(f"{m.raw_share:.0%} of the raw rate < {share:.0%}{launch_note}")
+            launch_note = ""  # said beside the share of the echo floor
     cpu_limit = NEED_CPU_MS.get(key)
-    if cpu_limit is not None and pc.cpu_worker is not None and pc.ok:
-        cpu_ms = pc.cpu_worker / pc.ok * 1000
-        if cpu_ms > cpu_limit:
-            misses.append(f"worker CPU {cpu_ms:.1f} ms/launch > {cpu_limit}")
-    if key in ("a", "a.loop") and raw_p50 is not None and pc.p(50) is not None and pc.p(50) > 1.3 * raw_p50:
-        misses.append(f"p50 {pc.p(50) / raw_p50:.2f}x raw > 1.3x")
-    if key == "b" and pc.issue_us is not None and pc.issue_us >= 50:
-        misses.append(f"issue {pc.issue_us:.0f} µs ≥ 50")
-    if key.startswith("h.") and pc.max_lag_ms is not None and pc.max_lag_ms > 50:
-        misses.append(f"lag {pc.max_lag_ms:.0f} ms > 50")
-    if key in ("a", "a.loop") and raw_p50 is None:
+    if cpu_limit is not None and m.cpu_ms is not None and m.cpu_ms > cpu_limit:
+        misses.append(f"worker CPU {m.cpu_ms:.1f} ms/launch > {cpu_limit}")
+    if key in ("a", "a.loop") and m.p50_ratio is not None and m.p50_ratio > 1.3:
+        misses.append(f"p50 {m.p50_ratio:.2f}x raw > 1.3x")
+    if key == "b" and m.issue_us is not None and m.issue_us >= 50:
+        misses.append(f"issue {m.issue_us:.0f} µs ≥ 50")
+    if key.startswith("h.") and m.lag_ms is not None and m.lag_ms > 50:
+        misses.append(f"lag {m.lag_ms:.0f} ms > 50")
+    if key in ("a", "a.loop") and not m.raw_measured:
         misses.append("raw floor not measured")
     if not misses:
-        return "met" + (" (plumpy failed)" if pl is not None and pl.error else "")
-    return "MISS: " + "; ".join(misses)
+        return "met" + (" (plumpy failed)" if m.pl_failed else "") + launch_note
+    return "MISS: " + "; ".join(misses) + launch_note
+
+
+def verdict(
+    key: str,
+    pc: Result | None,
+    pl: Result | None,
+    raw_p50: float | None,
+    raw_ops: float | None = None,
+    launch_ops: float | None = None,
+) -> str:
+    if pc is None:
+        return "not run"
+    return judge(key, row_metrics(key, pc, pl, raw_p50, raw_ops, launch_ops))
+
+
+def median_metrics(runs: list[RowMetrics]) -> RowMetrics:
+    """The median of each metric over the runs where process_comms did not fail (failed if it failed in all)."""
+    ok = [m for m in runs if not m.pc_failed]
+    if not ok:
+        return RowMetrics(pc_failed=True, pl_failed=all(m.pl_failed for m in runs))
+
+    def med(name: str) -> float | None:
+        values = [v for m in ok if (v := getattr(m, name)) is not None]
+        return statistics.median(values) if values else None
+
+    return RowMetrics(
+        pl_failed=all(m.pl_failed for m in ok),
+        ratio=med("ratio"),
+        raw_measured=any(m.raw_measured for m in ok),
+        p50_ratio=med("p50_ratio"),
+        raw_share=med("raw_share"),
+        launch_share=med("launch_share"),
+        cpu_ms=med("cpu_ms"),
+        issue_us=med("issue_us"),
+        lag_ms=med("lag_ms"),
+        ops=med("ops"),
+    )
 
 
 def raw_cell(key: str, raw: Result | None, raw_p50: float | None, floor_key: str, calls: int) -> str:
@@ -185,6 +272,132 @@ def cpu_per_op(res: Result | None) -> str:
     if res is None or res.error or not res.ok or res.cpu_worker is None:
         return "-"
     return f"{res.cpu_worker / res.ok * 1000:.1f}"
+
+
+def _row(
+    by: dict[tuple[str, str], Result], key: str
+) -> tuple[Result | None, Result | None, Result | None, str, int, float | None, float | None, float | None] | None:
+    """Row ``key``'s results: process_comms, plumpy, its raw floor (which, how many calls an op), the floor's p50,
+    the raw pipelined (echo) rate and the launch-shaped floor's rate; None if neither library ran it."""
+    pc, pl = by.get((key, PC)), by.get((key, PL))
+    if pc is None and pl is None:
+        return None
+    floor_key, calls = FLOOR[key]
+    raw = by.get((floor_key, RAW))
+    if raw is not None and floor_key == "a":  # a.loop: a's interleaved floor
+        floor_key = "a, interleaved, +confirms"
+    if by.get((key, RAW)) is not None:  # a floor interleaved with the libraries in this workload
+        floor_key, calls, raw = f"{key}, interleaved, +confirms", 1, by[(key, RAW)]
+    one = raw.p(50) if raw is not None else None
+    raw_p50 = one * calls if one is not None else None
+    return pc, pl, raw, floor_key, calls, raw_p50, _ops(by, "g.pipe+confirms"), _ops(by, LAUNCH_FLOOR)
+
+
+def _ops(by: dict[tuple[str, str], Result], workload: str) -> float | None:
+    res = by.get((workload, RAW))
+    return res.ops if res is not None and not res.error else None
+
+
+def share_cell(key: str, pc: Result | None, raw_ops: float | None, launch_ops: float | None) -> str:
+    """A pipelined row's share of the raw pipelined (echo) rate; d and h.d also of the launch-shaped floor's."""
+    if FLOOR[key][0] != "g.pipe+confirms" or pc is None or not pc.ops or not raw_ops:
+        return "-"
+    text = f"{pc.ops / raw_ops:.0%}"
+    if key in NEED_RAW_SHARE and launch_ops:
+        text += f" (launch-shaped floor: {pc.ops / launch_ops:.0%})"
+    return text
+
+
+def comparison_metrics(results: list[Result]) -> dict[str, RowMetrics | None]:
+    """Each comparison row's metrics in one run (None: process_comms did not run it)."""
+    by = {(r.workload, r.impl): r for r in results}
+    out: dict[str, RowMetrics | None] = {}
+    for key in FLOOR:
+        row = _row(by, key)
+        if row is None:
+            continue
+        pc, pl, _raw, _floor_key, _calls, raw_p50, raw_ops, launch_ops = row
+        out[key] = None if pc is None else row_metrics(key, pc, pl, raw_p50, raw_ops, launch_ops)
+    return out
+
+
+def _spread(values: list[float], fmt: str) -> str:
+    """``median (min-max)`` of ``values`` formatted with ``fmt`` (a format spec and a unit)."""
+    if not values:
+        return "-"
+    text = fmt.format(statistics.median(values))
+    if len(values) > 1:
+        text += f" ({fmt.format(min(values))}-{fmt.format(max(values))})"
+    return text
+
+
+def repeat_table(runs: list[list[Result]]) -> str:
+    """Per comparison row over the repeats: the median and range of each ratio, and the verdict on the medians."""
+    per_run = [comparison_metrics(results) for results in runs]
+    rows = []
+    for key in FLOOR:
+        present = [m for run in per_run if (m := run.get(key)) is not None]
+        if not any(key in run for run in per_run):
+            continue
+        if not present:
+            rows.append([key, DESCRIPTIONS[key], *["-"] * 7, TARGETS[key], "not run", "-"])
+            continue
+        ok = [m for m in present if not m.pc_failed]
+
+        def values(name: str, metrics: list[RowMetrics] = ok) -> list[float]:
+            return [v for m in metrics if (v := getattr(m, name)) is not None]
+
+        pct = [100 * v for v in values("raw_share")], [100 * v for v in values("launch_share")]
+        met = sum(judge(key, m).startswith("met") for m in present)
+        failed = len(present) - len(ok)
+        rows.append(
+            [
+                key,
+                DESCRIPTIONS[key],
+                _spread(values("ops"), "{:,.0f}"),
+                _spread(values("ratio"), "{:.1f}x"),
+                _spread(values("p50_ratio"), "{:.2f}x"),
+                _spread(pct[0], "{:.0f} %"),
+                _spread(pct[1], "{:.0f} %"),
+                _spread(values("cpu_ms"), "{:.2f}"),
+                _spread(values("lag_ms"), "{:.0f}") if key.startswith("h.") else "-",
+                TARGETS[key],
+                judge(key, median_metrics(present)) + (f" (process_comms failed in {failed})" if failed else ""),
+                f"{met} of {len(present)}",
+            ]
+        )
+    floors = []
+    for workload, label in (("g.pipe+confirms", "raw pipelined (echo)"), (LAUNCH_FLOOR, "launch-shaped floor")):
+        done = [r for results in runs for r in results if r.workload == workload and r.impl == RAW and r.ops]
+        if done:
+            cpu = [r.cpu_worker / r.ok * 1000 for r in done if r.cpu_worker is not None]
+            floors.append(
+                f"{label} {_spread([r.ops for r in done if r.ops], '{:,.0f}')} ops/s, "
+                f"its worker's CPU {_spread(cpu, '{:.2f}')} ms/op"
+            )
+    table = md_table(
+        [
+            "wl",
+            "what",
+            "pc ops/s",
+            "pc ÷ plumpy ops/s",
+            "pc p50 ÷ raw p50",
+            "pc ops/s ÷ raw pipelined",
+            "pc ops/s ÷ launch-shaped floor",
+            "worker CPU ms/op pc",
+            "caller loop lag max ms",
+            "target",
+            "verdict on the medians",
+            "runs met",
+        ],
+        rows,
+    )
+    note = (
+        f"Median (min-max) over {len(runs)} repeats, each a run of the selected workloads on the same workers "
+        "(libraries interleaved within each as in a single run); ratios are taken within each repeat, then their "
+        "median. The verdict is judged on the medians."
+    )
+    return note + ("\n\nFloors: " + "; ".join(floors) + "." if floors else "") + "\n\n" + table
 
 
 def build_tables(results: list[Result]) -> tuple[str, str, dict[str, str]]:
@@ -234,21 +447,13 @@ def build_tables(results: list[Result]) -> tuple[str, str, dict[str, str]]:
     comp_rows = []
     verdicts: dict[str, str] = {}
     for key in FLOOR:
-        pc, pl = by.get((key, PC)), by.get((key, PL))
-        if pc is None and pl is None:
+        row = _row(by, key)
+        if row is None:
             continue
-        floor_key, calls = FLOOR[key]
-        raw = by.get((floor_key, RAW))
-        if by.get((floor_key, RAW)) is not None and floor_key == "a":  # a.loop: a's interleaved floor
-            floor_key = "a, interleaved, +confirms"
-        if by.get((key, RAW)) is not None:  # a floor interleaved with the libraries in this workload
-            floor_key, calls, raw = f"{key}, interleaved, +confirms", 1, by[(key, RAW)]
-        raw_p50 = raw.p(50) * calls if raw is not None and raw.p(50) is not None else None
+        pc, pl, raw, floor_key, calls, raw_p50, raw_ops, launch_ops = row
         ratio = pc.ops / pl.ops if pc is not None and pl is not None and pc.ops and pl.ops else None
         pc_p50 = pc.p(50) if pc is not None and not pc.error else None
-        pipelined = by.get(("g.pipe+confirms", RAW))
-        raw_ops = pipelined.ops if pipelined is not None and not pipelined.error else None
-        verdicts[key] = verdict(key, pc, pl, raw_p50, raw_ops)
+        verdicts[key] = verdict(key, pc, pl, raw_p50, raw_ops, launch_ops)
 
         def cell(res: Result | None) -> str:
             if res is None:
@@ -263,10 +468,11 @@ def build_tables(results: list[Result]) -> tuple[str, str, dict[str, str]]:
         raw_text = raw_cell(key, raw, raw_p50, floor_key, calls)
         raw_ratio = f"{pc_p50 / raw_p50:.2f}x" if pc_p50 is not None and raw_p50 else "-"
         threaded = by.get((key, RAW_T))
-        if threaded is not None and threaded.p(50) is not None and pc_p50 is not None:
+        threaded_p50 = threaded.p(50) if threaded is not None else None
+        if threaded_p50 is not None and pc_p50 is not None:
             # the floor for a blocking caller: raw aio-pika behind the same kind of thread hop
-            raw_text += f"; loop on a thread {fmt_ms(threaded.p(50))} ms"
-            raw_ratio += f" ({pc_p50 / threaded.p(50):.2f}x the threaded floor)"
+            raw_text += f"; loop on a thread {fmt_ms(threaded_p50)} ms"
+            raw_ratio += f" ({pc_p50 / threaded_p50:.2f}x the threaded floor)"
         comp_rows.append(
             [
                 key,
@@ -276,9 +482,7 @@ def build_tables(results: list[Result]) -> tuple[str, str, dict[str, str]]:
                 raw_text,
                 f"{ratio:.1f}x" if ratio is not None else ("∞ (plumpy failed)" if pl is not None and pl.error else "-"),
                 raw_ratio,
-                f"{pc.ops / raw_ops:.0%}"
-                if FLOOR[key][0] == "g.pipe+confirms" and pc is not None and pc.ops and raw_ops
-                else "-",
+                share_cell(key, pc, raw_ops, launch_ops),
                 f"{cpu_per_op(pc)} / {cpu_per_op(pl)}",
                 TARGETS[key],
                 verdicts[key],
@@ -401,6 +605,12 @@ NOTES = [
     "- raw floor: bare aio-pika request/reply to an echo server in its own OS process (no codec, no dispatch); "
     "'x2' where one op is two request/replies (pause + play). The h rows compare the caller-loop lag with the "
     "floor's own lag when it runs in the caller's loop.",
+    "- launch-shaped floor (g.l): a bare aio-pika client and worker (`worker_raw_launch.py`) exchanging, per op, "
+    "the AMQP messages of one launch in d: the task (confirmed, mandatory, persistent, to the durable task queue), "
+    "the route's `queue.bind` (nowait), three `state_changed` broadcasts (delivered to the worker's broadcast "
+    "queue, dropped on their header), the task's ack, the final reply, the route's `queue.unbind` (its `unbind-ok` "
+    "read); fixed bodies of the real sizes, no codec, no dispatch; pipelined as d. d and h.d print their share of "
+    "it beside the share of the echo floor: what the protocol's messages allow, not a target.",
     "- The broker and the 2 CPUs are shared with other sessions (tests, fault injection); compare the libraries "
     "within one run (they are interleaved), not across runs.",
 ]

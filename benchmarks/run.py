@@ -1,7 +1,8 @@
 """Benchmark process_comms against plumpy 0.26 + kiwipy 0.9 on the same RabbitMQ broker.
 
-Each library gets a worker in a separate OS process (``worker_pc.py``, ``worker_plumpy.py``; the floor's
-echo server is ``worker_raw.py``) on its own, unique exchanges and task queue. The client side runs here:
+Each library gets a worker in a separate OS process (``worker_pc.py``, ``worker_plumpy.py``; the floors'
+are ``worker_raw.py``, an echo, and ``worker_raw_launch.py``, one launch's messages) on its own, unique
+exchanges and task queue. The client side runs here:
 process_comms' ``RemoteProcessThreadController`` / ``RemoteProcessController`` and plumpy's
 ``RemoteProcessThreadController`` / ``RemoteProcessController`` on a ``kiwipy.rmq.RmqThreadCommunicator``.
 The libraries run interleaved: one-at-a-time workloads in ABBA rounds, concurrent ones alternating who
@@ -11,8 +12,9 @@ Usage::
 
     /tmp/venv/bin/python benchmarks/run.py                     # full scale, writes benchmarks/results.md
     /tmp/venv/bin/python benchmarks/run.py --scale 0.1         # quick smoke run
-    /tmp/venv/bin/python benchmarks/run.py --only a,b,g        # some workloads (a-h, costs, codec, facade)
+    /tmp/venv/bin/python benchmarks/run.py --only a,b,g        # some workloads (a-h, g.l, costs, codec, facade)
     /tmp/venv/bin/python benchmarks/run.py --quick             # issue 26's rows only, in a few minutes
+    /tmp/venv/bin/python benchmarks/run.py --quick --repeat 3  # the same 3 times: median and range per ratio
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import ALL_WORKLOADS, DEFAULT_URL, HERE, PC, flags, names, short_error
 from benchmarks.measure import IDLE_CPU_RATE, Result, measure_idle_cpu
-from benchmarks.report import build_tables, environment, render
+from benchmarks.report import build_tables, environment, render, repeat_table
 from benchmarks.sides import PcSide, PlumpySide, Side
 from benchmarks.workers import Worker
 from benchmarks.workloads.in_process import bench_codec, bench_facade
@@ -38,8 +40,10 @@ from benchmarks.workloads.records import bench_costs
 from benchmarks.workloads.thread_controllers import Bench
 
 #: ``--quick``: the workloads of issue 26's targets table, at this scale (a run of a few minutes).
-QUICK_WORKLOADS = ("a", "c", "d", "e", "f", "g", "h")
+QUICK_WORKLOADS = ("a", "c", "d", "e", "f", "g", "g.l", "h")
 QUICK_SCALE = 0.5
+#: Workloads with no comparison row (no ratio to take a median of): run in the first repeat only.
+ONCE = ("costs", "codec", "facade", "wakeup")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -70,11 +74,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="issue 26's rows only (a, c-h; the floor g) at half scale unless --only/--scale say otherwise",
+        help="issue 26's rows only (a, c-h; the floors g and g.l) at half scale unless --only/--scale say otherwise",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run the selected workloads N times on the same workers; print each ratio's median and range",
     )
     parser.add_argument("--no-plumpy", action="store_true", help="skip plumpy (process_comms and the floor only)")
     parser.add_argument("--output", default=str(HERE / "results.md"), help="markdown output ('' for none)")
     args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     if args.quick:
         args.only = args.only or ",".join(QUICK_WORKLOADS)
         if args.scale == 1.0:
@@ -104,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     cost_rows: list[tuple[str, str, float, str, float]] = []
     failures: list[str] = []
     raw_exchange = f"pcbench-{run_id}-raw.messages" if {"a", "g"} & set(args.selected) else None
+    launch_floor_names = names(run_id, "rawlaunch") if "g.l" in args.selected else None
+    runs: list[list[Result]] = []
     t_begin = time.perf_counter()
     try:
         pc_names, pl_names = names(run_id, "pc"), names(run_id, "plumpy")
@@ -127,6 +141,15 @@ def main(argv: list[str] | None = None) -> int:
             workers.append(
                 Worker("worker_raw", "worker_raw.py", ["--url", args.url, "--exchange", raw_exchange], log_dir)
             )
+        if launch_floor_names is not None:
+            workers.append(
+                Worker(
+                    "worker_raw_launch",
+                    "worker_raw_launch.py",
+                    ["--url", args.url, *flags(launch_floor_names)],
+                    log_dir,
+                )
+            )
         for worker in workers:
             worker.wait_ready(60)
         measure_idle_cpu([w.proc.pid for w in workers])
@@ -141,24 +164,34 @@ def main(argv: list[str] | None = None) -> int:
         for side in sides:
             side.worker_pid = by_name.get("worker_pc" if side.name == PC else "worker_plumpy")
         bench = Bench(args, sides, raw_exchange, by_name.get("worker_raw"))
+        bench.launch_floor_names = launch_floor_names
+        bench.launch_floor_pid = by_name.get("worker_raw_launch")
         if broker:
             bench.setup()
-        for workload in args.selected:
-            try:
-                if workload == "codec":
-                    bench.log("codec: encode + decode per message")
-                    codec_rows = bench_codec(bench.n("codec"))
-                elif workload == "facade":
-                    bench.log("facade: thread facade overhead on the embedded default (no broker)")
-                    facade_rows = bench_facade(bench.n("facade"))
-                elif workload == "costs":
-                    bench.log("costs: launch rate with records on/off and a quorum/classic task queue")
-                    cost_rows = bench_costs(args.url, bench.n("costs"), max(2, args.rounds * 2))
-                else:
-                    getattr(bench, f"w_{workload}")()
-            except Exception as exc:  # noqa: BLE001 - one workload failing must not stop the others
-                failures.append(f"{workload}: {short_error(exc)}")
-                bench.log(f"workload {workload} failed: {short_error(exc)}")
+        for repeat in range(1, args.repeat + 1):
+            if args.repeat > 1:
+                bench.log(f"repeat {repeat} of {args.repeat}")
+            bench.results = []
+            for workload in args.selected:
+                if repeat > 1 and workload in ONCE:
+                    continue
+                try:
+                    if workload == "codec":
+                        bench.log("codec: encode + decode per message")
+                        codec_rows = bench_codec(bench.n("codec"))
+                    elif workload == "facade":
+                        bench.log("facade: thread facade overhead on the embedded default (no broker)")
+                        facade_rows = bench_facade(bench.n("facade"))
+                    elif workload == "costs":
+                        bench.log("costs: launch rate with records on/off and a quorum/classic task queue")
+                        cost_rows = bench_costs(args.url, bench.n("costs"), max(2, args.rounds * 2))
+                    else:
+                        getattr(bench, "w_" + workload.replace(".", "_"))()
+                except Exception as exc:  # noqa: BLE001 - one workload failing must not stop the others
+                    where = f" (repeat {repeat})" if args.repeat > 1 else ""
+                    failures.append(f"{workload}{where}: {short_error(exc)}")
+                    bench.log(f"workload {workload} failed: {short_error(exc)}")
+            runs.append(bench.results)
         if broker:
             bench.teardown()
         results = bench.results
@@ -169,7 +202,15 @@ def main(argv: list[str] | None = None) -> int:
             worker.stop()
     load_end = os.getloadavg()
 
-    detail, comparison, _verdicts = build_tables(results)
+    if len(runs) > 1:
+        tables = [build_tables(run) for run in runs]
+        comparison = "\n\n".join(
+            [repeat_table(runs)]
+            + [f"### Repeat {i} of {len(runs)}\n\n{comp}" for i, (_, comp, _) in enumerate(tables, 1)]
+        )
+        detail = "\n\n".join(f"### Repeat {i} of {len(runs)}\n\n{det}" for i, (det, _, _) in enumerate(tables, 1))
+    else:
+        detail, comparison, _verdicts = build_tables(results)
     doc = render(
         args,
         env,

@@ -1,4 +1,8 @@
-"""Workload g: the raw aio-pika request/reply floor (echo server in its own OS process)."""
+"""Workloads g and g.l: the raw aio-pika floors, their servers in their own OS processes.
+
+g: a request/reply echo (``worker_raw.py``), 2 messages an op. g.l: launch-shaped (``worker_raw_launch.py``),
+the messages one launch of a plumpy-compatible process passes, with no codec, no dispatch and no process.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import yaml
 
 from benchmarks.common import (
     ECHO_KEY,
+    LAUNCH_FLOOR,
     RAW,
     short_error,
 )
@@ -109,3 +114,97 @@ async def raw_floor(
     finally:
         await asyncio.wait_for(connection.close(), 10)
     return results
+
+
+#: The task of row d as our controller sends it (``launch_process(PcTrivial, nowait=False)``, 181 bytes).
+LAUNCH_TASK_BODY = (
+    b'!!python/tuple [{"task": "launch", "args": {"process_class": "benchmarks.bench_procs:PcTrivial", '
+    b'"persist": false, "nowait": false, "init_args": null, "init_kwargs": null}}, false]\n'
+)
+
+
+async def launch_floor(
+    url: str, exchange_names: dict[str, str], n: int, T: float, BT: float, worker_pid: int | None
+) -> list[Result]:
+    """The launch-shaped floor, pipelined as row d: ``n`` tasks issued, then every final reply awaited.
+
+    The client side of one launch with bare aio-pika (``worker_raw_launch.py`` is the worker's): the task
+    published with publisher confirms, ``mandatory``, persistent, with ``x-pc-no-pending`` (our controllers'),
+    to the task exchange; the final reply on the client's exclusive task reply queue, bound to the task exchange
+    by its own name, consumed without acks (process_comms/transports/rmq/_requests.py, _topology.py).
+    """
+    task_exchange, task_queue = exchange_names["task_exchange"], exchange_names["task_queue"]
+    connection = await asyncio.wait_for(aio_pika.connect(url), 15)
+    try:
+        pub = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        sub = await connection.channel()
+        exchange = await pub.declare_exchange(task_exchange, aio_pika.ExchangeType.TOPIC, auto_delete=True)
+        sub_exchange = await sub.declare_exchange(task_exchange, aio_pika.ExchangeType.TOPIC, auto_delete=True)
+        reply_queue = await sub.declare_queue(
+            f"{task_exchange}-reply-{uuid.uuid4()}",
+            exclusive=True,
+            auto_delete=True,
+            arguments={"x-queue-type": "classic", "x-expires": 60_000},
+        )
+        await reply_queue.bind(sub_exchange, routing_key=reply_queue.name)
+        waiters: dict[str, asyncio.Future[bytes]] = {}
+
+        async def on_reply(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            fut = waiters.pop(message.correlation_id or "", None)
+            if fut is not None and not fut.done():
+                fut.set_result(message.body)
+
+        await reply_queue.consume(on_reply, no_ack=True)
+
+        async def launch() -> bytes:
+            cid = str(uuid.uuid4())
+            fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+            waiters[cid] = fut
+            try:
+                await exchange.publish(
+                    aio_pika.Message(
+                        LAUNCH_TASK_BODY,
+                        correlation_id=cid,
+                        reply_to=reply_queue.name,
+                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                        headers={"x-pc-no-pending": True},
+                    ),
+                    routing_key=task_queue,
+                    mandatory=True,
+                )
+                return await asyncio.wait_for(fut, BT)
+            finally:
+                waiters.pop(cid, None)
+
+        for _ in range(20):  # warm-up
+            await asyncio.wait_for(launch(), T)
+        res = Result(LAUNCH_FLOOR, RAW, n)
+
+        async def timed() -> float | None:
+            t0 = time.perf_counter()
+            try:
+                await launch()
+            except Exception as exc:  # noqa: BLE001
+                res.notes.append(short_error(exc))
+                return None
+            return time.perf_counter() - t0
+
+        monitor = LagMonitor()
+        ticker = asyncio.create_task(monitor.run())
+        await asyncio.sleep(0.02)
+        monitor.reset()
+        meter = CpuMeter(worker_pid)
+        t_start = time.perf_counter()
+        lats = await asyncio.wait_for(asyncio.gather(*(timed() for _ in range(n))), BT + 10)
+        res.wall = time.perf_counter() - t_start
+        res.latencies = [x for x in lats if x is not None]
+        res.ok = len(res.latencies)
+        if not res.ok:
+            res.error = f"failed: no launch answered ({'; '.join(sorted(set(res.notes)))[:140]})"
+        elif res.notes:
+            failed = len(res.notes)
+            res.notes = [f"{failed} of {n} failed: {res.notes[-1]}"]
+        await stop_monitor(monitor, ticker, res)
+        return [meter.stop(res)]
+    finally:
+        await asyncio.wait_for(connection.close(), 10)

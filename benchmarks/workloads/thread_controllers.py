@@ -37,7 +37,7 @@ from benchmarks.report import fmt_ms, fmt_ops
 from benchmarks.sides import PcLoopSide, PlumpySide, RawSide, RawThreadSide, Side
 from benchmarks.workers import Worker
 from benchmarks.workloads.asyncio_controllers import AsyncioWorkloads
-from benchmarks.workloads.raw_floor import raw_floor
+from benchmarks.workloads.raw_floor import launch_floor, raw_floor
 
 
 class Bench(AsyncioWorkloads):
@@ -51,6 +51,9 @@ class Bench(AsyncioWorkloads):
         self.sides = sides
         self.raw_exchange = raw_exchange
         self.results: list[Result] = []
+        #: The launch-shaped floor's exchange names and worker pid (``worker_raw_launch.py``), when it runs.
+        self.launch_floor_names: dict[str, str] | None = None
+        self.launch_floor_pid: int | None = None
         self.live: dict[str, Any] = {}
         self.broken: dict[str, str] = {}
         self.order_flip = False
@@ -338,6 +341,17 @@ class Bench(AsyncioWorkloads):
             raw_floor(
                 self.args.url, self.raw_exchange, self.n("g.seq"), self.n("g.pipe"), self.T, self.BT, self.raw_pid
             )
+        ):
+            self.results.append(res)
+            self.report(res)
+
+    # -- g.l: the launch-shaped raw floor --------------------------------------------------------
+    def w_g_l(self) -> None:
+        n = self.n("g.l")
+        self.log(f"g.l: launch-shaped floor, {n} issued then awaited (task, bind, 3 broadcasts, ack, reply, unbind)")
+        assert self.launch_floor_names is not None
+        for res in asyncio.run(
+            launch_floor(self.args.url, self.launch_floor_names, n, self.T, self.BT, self.launch_floor_pid)
         ):
             self.results.append(res)
             self.report(res)
