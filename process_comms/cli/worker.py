@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -212,6 +213,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     use_sigwait = hasattr(signal, "pthread_sigmask") and hasattr(signal, "sigtimedwait")
     stop_event = threading.Event()
     old_handlers: dict[int, Callable[[int, FrameType | None], object] | int | None] = {}
+    old_gc = gc.get_threshold()
     if use_sigwait:
         # block before any thread starts: every thread inherits the mask and only sigwait() sees the signals
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
@@ -261,6 +263,9 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         worker.stop(graceful=True)  # logs what it handed back and what it could not
         return EXIT_OK
     finally:
+        if args.tune_gc:  # a host that runs the command in its own interpreter gets its collector back
+            gc.set_threshold(*old_gc)
+            gc.unfreeze()
         if use_sigwait:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         for signum_, handler in old_handlers.items():  # pragma: no cover
