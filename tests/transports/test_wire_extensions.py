@@ -232,7 +232,7 @@ def test_values_a_header_cannot_carry_exactly_get_no_headers() -> None:
 
 
 def test_routes_bound_without_bind_ok_are_in_place_before_the_pid_is_named(worker: dict[str, Any]) -> None:
-    """The first route bind waits for bind-ok, later ones go on the reply channel without it (rmq/_nowait.py):
+    """The first route bind waits for bind-ok, later ones go on the reply channel without it (rmq/_connection.py):
     whoever learns a pid from the launch's reply can reach it at once, and the route goes when it ends."""
     controller = process_comms.RemoteProcessThreadController(worker["client"])
     pids = []

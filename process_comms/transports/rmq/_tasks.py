@@ -1,10 +1,15 @@
-"""Task queues on RabbitMQ: the default one and named ones, each declared, consumed and watched on its own.
+"""Task queues on RabbitMQ: the default one and named ones, each declared, consumed and watched on its own; and a
+task delivery with its settle verbs.
 
 A communicator sends tasks to any of its installation's task queues and consumes those it has
 subscribers for. Each consumed queue has a channel of its own, so its prefetch count is a per-queue
 limit on the tasks in progress (a worker's "slots" for that queue). Queue names: the default task queue
 is ``task_queue`` (kiwipy's); a named queue ``gpu`` is ``<task_queue>.gpu`` (:func:`queue_name`), so it
 stays in the installation's namespace and in the least-privilege patterns.
+
+Its parts: :class:`TaskQueues` (a communicator's task queues, the tasks in progress, their hand-back),
+:class:`TaskQueue` (one queue: declaration, consumer, watchdog, settlement) and :class:`RmqIncoming` (a task
+delivery with the settle verbs of :class:`~process_comms.transports.base.IncomingTask`).
 """
 
 from __future__ import annotations
@@ -27,28 +32,32 @@ from ...wire.codec import Codec
 from ...wire.names import DEFAULT_QUEUE, queue_name  # re-exported: their old home
 from .._dispatch import TaskSubscriber, host_info, settle_task
 from .._pulled import PulledTask, take
-from . import _frames, _topology
-from ._connection import RmqConnection
+from . import _topology
+from ._connection import RmqConnection, refused
 from ._errors import SETTLE_ERRORS
-from ._incoming import RmqIncoming
-from ._requests import RmqRequests
 
-__all__ = ["DEFAULT_QUEUE", "TaskQueue", "TaskQueues", "queue_name"]
+__all__ = ["DEFAULT_QUEUE", "Replier", "RmqIncoming", "TaskQueue", "TaskQueues", "queue_name"]
 
 LOGGER = logging.getLogger(__name__)
+
+Replier = Callable[[aio_pika.abc.AbstractExchange, str, "str | None", dict[str, object]], Awaitable[None]]
+"""Sends a reply to another's request: ``(exchange, reply_to, correlation_id, reply)``."""
 
 
 class TaskQueues:
     """A communicator's task queues by broker name (made on first use), and the tasks in progress from them.
 
-    ``facade`` gives the object handed to task subscribers as their ``communicator`` argument (the
-    communicator's, which a thread-facing wrapper replaces after construction).
+    ``codec`` decodes the task bodies; ``replier`` sends a task's reply (the communicator's
+    :meth:`~.communicator.RmqRequests.send_reply`); ``facade`` gives the object handed to task subscribers as
+    their ``communicator`` argument (the communicator's, which a thread-facing wrapper replaces after
+    construction).
     """
 
     def __init__(
         self,
         connection: RmqConnection,
-        requests: RmqRequests,
+        codec: Codec,
+        replier: Replier,
         facade: Callable[[], object],
         *,
         task_queue: str,
@@ -57,7 +66,9 @@ class TaskQueues:
     ) -> None:
         _topology.task_queue(task_queue, testing_mode=connection.testing_mode, queue_type=queue_type)  # validate
         self.connection = connection
-        self.requests = requests
+        #: The codec task bodies are decoded with.
+        self.codec = codec
+        self.replier = replier
         self.facade = facade
         #: The broker name of the default task queue (kiwipy's ``task_queue``).
         self.default_name = task_queue
@@ -69,11 +80,6 @@ class TaskQueues:
         self.inflight: set[asyncio.Task[None]] = set()
         #: True once release() has begun: no task is taken on, those in progress are handed back.
         self.releasing = False
-
-    @property
-    def codec(self) -> Codec:
-        """The codec task bodies are decoded with."""
-        return self.requests.codec
 
     def get(self, queue: str | None = None, prefetch_count: int | None = None) -> TaskQueue:
         """Task queue ``queue`` (None or ``default``: the default one), made on first use."""
@@ -125,7 +131,7 @@ class TaskQueues:
     async def send_reply(self, message: aio_pika.abc.AbstractIncomingMessage, reply: dict[str, object]) -> None:
         """Reply to a task's sender (if it asked for replies), naming this host."""
         if message.reply_to:
-            await self.requests.send_reply(
+            await self.replier(
                 self.connection.fast_task_exchange,
                 message.reply_to,
                 message.correlation_id,
@@ -140,7 +146,7 @@ class TaskQueues:
             message = await declared.get(no_ack=False, fail=False, timeout=timeout)
             if message is None:
                 return None
-            if _frames.refused(message, "task"):
+            if refused(message, "task"):
                 await message.reject(requeue=False)  # as a consumed one: settled once, no reply
                 continue
             pulled = await take(RmqIncoming(message, self.send_reply), message.body, self.codec)
@@ -364,7 +370,7 @@ class TaskQueue:
 
     # -- settling --------------------------------------------------------------------------------
     async def _on_task(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        if _frames.refused(message, "task"):
+        if refused(message, "task"):
             try:  # settled once: never requeued (it would come back for ever), no reply (nowhere valid)
                 await message.reject(requeue=False)
             except SETTLE_ERRORS:
@@ -469,3 +475,51 @@ class _Outage:
             time.monotonic() - self.since,
             self.attempts,
         )
+
+
+# == a task delivery: its settle verbs =================================================================================
+
+ReplySender = Callable[[aio_pika.abc.AbstractIncomingMessage, dict[str, object]], Awaitable[None]]
+"""Sends a task's reply (:meth:`TaskQueues.send_reply`)."""
+
+
+class RmqIncoming:
+    """An aio-pika task delivery with the settle verbs of :class:`~process_comms.transports.base.IncomingTask`."""
+
+    __slots__ = ("_message", "_send_reply")
+
+    def __init__(self, message: aio_pika.abc.AbstractIncomingMessage, send_reply: ReplySender) -> None:
+        self._message, self._send_reply = message, send_reply
+
+    @property
+    def redelivered(self) -> bool:
+        return bool(self._message.redelivered)
+
+    @property
+    def headers(self) -> dict[str, object]:
+        """The task's AMQP headers (our wire extensions, wire/extensions.py; kiwipy sends none)."""
+        return dict(self._message.headers or {})
+
+    @property
+    def correlation_id(self) -> str | None:
+        return self._message.correlation_id
+
+    async def ack(self) -> bool:
+        try:
+            await self._message.ack()
+        except SETTLE_ERRORS:
+            LOGGER.warning("could not ack a task: the channel closed; the broker will redeliver it")
+            return False
+        return True
+
+    async def requeue(self) -> None:
+        await self._message.nack(requeue=True)
+
+    def wants_reply(self, no_reply: bool) -> bool:
+        return bool(self._message.reply_to) and not no_reply
+
+    async def reject(self) -> None:
+        await self._message.reject(requeue=False)
+
+    async def reply(self, reply: dict[str, object]) -> None:
+        await self._send_reply(self._message, reply)
