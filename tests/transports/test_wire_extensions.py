@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 import process_comms
+from process_comms.transports.rmq._connection import DeliveryFilter
 from process_comms.wire import extensions
 from process_comms.wire.codec import YamlCodec
 from process_comms.wire.messages import create_launch_body
@@ -207,6 +208,57 @@ def test_own_broadcasts_are_dropped_when_no_subscriber_wants_them(broker_url: st
             comm.close()
     subjects = [m["subject"] for m in codec.decoded if isinstance(m, dict) and "subject" in m and "body" in m]
     assert subjects == ["pause"]  # none of the processes' own state_changed broadcasts
+
+
+def test_unwanted_broadcasts_are_dropped_beneath_aio_pika_again_after_a_reconnect(
+    broker_url: str, names: dict[str, str]
+) -> None:
+    """The filter in front of aio-pika's consumer (rmq/_connection.py ``filter_deliveries``) is back on the channel
+    aio-pika consumes on after a reconnect; wanted broadcasts arrive, unwanted ones are never decoded."""
+    codec = CountingCodec()
+    listener = process_comms.connect(broker_url, testing_mode=False, codec=codec, **names)
+    sender = process_comms.connect(broker_url, testing_mode=False, **names)
+    got: list[Any] = []
+
+    def on_wanted(_comm: Any, body: Any, _sender: Any, _subject: Any, _cid: Any) -> None:
+        got.append(body)
+
+    async def filtered() -> bool:
+        core = listener.core  # type: ignore[attr-defined]
+        channel = await core.connection.sub_channel.get_underlay_channel()
+        return any(isinstance(c, DeliveryFilter) for c in channel.consumers.values())
+
+    def delivered(body: str) -> None:
+        deadline = time.monotonic() + 30
+        while body not in got:  # sent again until it arrives: the listener may still be reconnecting
+            assert time.monotonic() < deadline, f"{body!r} never arrived"
+            try:
+                sender.broadcast_send(body, sender="me", subject="wanted").result(T)
+            except (process_comms.ConnectionLost, process_comms.BrokerUnavailable):
+                pass  # the sender is reconnecting too
+            time.sleep(0.1)
+
+    try:
+        listener.add_broadcast_subscriber(process_comms.BroadcastFilter(on_wanted, subject="wanted"))
+        delivered("before")
+        assert listener.submit(filtered).result(T) is True
+        closed = 0
+        for line in rabbitmqctl("list_connections", "pid", "client_properties").splitlines():
+            name, _, props = line.partition("\t")
+            if f":{os.getpid()}" in props and "process_comms" in props:
+                rabbitmqctl("close_connection", name, "test: the delivery filter comes back")
+                closed += 1
+        assert closed >= 2
+        delivered("after")
+        assert listener.submit(filtered).result(T) is True
+        for i in range(5):
+            sender.broadcast_send(i, sender="me", subject="unwanted").result(T)
+        delivered("last")
+    finally:
+        for comm in (listener, sender):
+            comm.close()
+    decoded = {m.get("body") for m in codec.decoded if isinstance(m, dict) and "subject" in m}
+    assert decoded == {"before", "after", "last"}  # the unwanted ones were never decoded
 
 
 @pytest.mark.parametrize("sender", [None, "a-worker", 42, uuid.uuid4()])

@@ -37,6 +37,13 @@ later publish. aiormq's own calls on the channel (none on ``fast_channel`` after
 their frames and ours interleave only between whole frame sets, which AMQP allows. The connection's write
 queue is bounded (aiormq's ``FRAME_BUFFER_SIZE``), so a writer that falls behind still holds publishers back.
 
+**Deliveries dropped beneath aio-pika** (:func:`filter_deliveries`): aiormq hands each delivery to its
+consumer, aio-pika's, which builds an ``IncomingMessage`` (every property copied) and a task of its own before
+our callback sees it. A delivery whose headers say that no one here wants it (our own broadcasts, back to the
+worker that sent them) is dropped in front of aio-pika's consumer, in aiormq's task. aio-pika's robust queue
+keeps its own consumer and consumes again with it after a reconnect, on a new channel: the filter is put back
+by the first delivery that reaches our callback there.
+
 **Frames read leniently** (:func:`lenient`, :func:`refused`): frames a peer got wrong must not cost us the
 connection. pamqp, under aiormq, decodes every AMQP short string (``correlation_id``, ``reply_to``,
 ``message_id`` and the other basic properties, and header-table keys) as strict UTF-8
@@ -100,7 +107,9 @@ from ._failover import FailoverWatch, connect_first
 __all__ = [
     "RmqConnection",
     "SslOptions",
+    "DeliveryFilter",
     "bind_nowait",
+    "filter_deliveries",
     "install",
     "lenient",
     "malformed_property",
@@ -748,6 +757,39 @@ async def _unbinder(channel: aiormq.Channel, turns: _Turns) -> None:
         raise
     finally:
         turns.unbinder = None
+
+
+# == deliveries dropped beneath aio-pika ===============================================================================
+
+
+class DeliveryFilter:
+    """A consumer of an aiormq channel in front of another (``passing``, aio-pika's): a delivery whose headers
+    ``unwanted`` says no one wants goes no further (see the module docstring)."""
+
+    __slots__ = ("passing", "unwanted")
+
+    def __init__(self, passing: aiormq.abc.ConsumerCallback, unwanted: Callable[[FieldTable | None], bool]) -> None:
+        self.passing, self.unwanted = passing, unwanted
+
+    def __call__(self, message: aiormq.abc.DeliveredMessage) -> aiormq.abc.CallbackCoro:
+        if self.unwanted(message.header.properties.headers):
+            return _dropped()
+        return self.passing(message)
+
+
+async def _dropped() -> None:
+    """Nothing: aiormq runs what a consumer returns as a task."""
+
+
+def filter_deliveries(
+    channel: aiormq.abc.AbstractChannel, consumer_tag: str | None, unwanted: Callable[[FieldTable | None], bool]
+) -> None:
+    """Put a :class:`DeliveryFilter` in front of ``channel``'s consumer ``consumer_tag`` (none there, or one
+    already: nothing to do)."""
+    consumers = cast(aiormq.Channel, channel).consumers
+    current = consumers.get(consumer_tag or "")
+    if current is not None and not isinstance(current, DeliveryFilter):
+        consumers[consumer_tag or ""] = DeliveryFilter(current, unwanted)
 
 
 # == frames read leniently: short strings that are not UTF-8 ===========================================================

@@ -17,12 +17,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from typing import cast
 
 import aio_pika
 import aio_pika.abc
 import aiormq
+import aiormq.abc
 import aiormq.exceptions
 
 from ... import defaults
@@ -266,7 +267,7 @@ class TaskQueue:
             return
         queue = await self.ensure()
         if self.subscribers and self.consumer_tag is None:
-            self.consumer_tag = await _consume(queue, self._on_task)
+            self.consumer_tag = await _consume(queue, self._on_delivery)
             self.lost = False
             if self._watch is None or self._watch.done():
                 self._watch = asyncio.get_running_loop().create_task(self._watch_consumer())
@@ -352,7 +353,7 @@ class TaskQueue:
         broker or the closed channel already ended it."""
         self.queue = None
         queue = await self._declare()
-        tag = await _consume(queue, self._on_task)
+        tag = await _consume(queue, self._on_delivery)
         if not self.subscribers:  # the last subscriber left meanwhile
             await queue.cancel(tag)
             self.consumer_tag = None
@@ -369,14 +370,14 @@ class TaskQueue:
                 LOGGER.debug("could not cancel the task consumer of %r", self.name, exc_info=True)
 
     # -- settling --------------------------------------------------------------------------------
-    async def _on_task(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+    def _on_delivery(self, delivered: aiormq.abc.DeliveredMessage) -> Coroutine[object, None, None] | None:
+        """A task delivered (called in the task aiormq makes for each delivery, :func:`_consume`): its settling
+        goes on as a task of ours, which a closing channel does not cancel."""
+        message = aio_pika.IncomingMessage(delivered, no_ack=False)
         if refused(message, "task"):
-            try:  # settled once: never requeued (it would come back for ever), no reply (nowhere valid)
-                await message.reject(requeue=False)
-            except SETTLE_ERRORS:
-                LOGGER.debug("could not reject a malformed task", exc_info=True)
-            return
+            return _reject_malformed(message)  # awaited in aiormq's task
         self.owner.take_on(asyncio.get_running_loop().create_task(self._handle(message)))
+        return None
 
     async def _handle(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
         owner = self.owner
@@ -398,16 +399,32 @@ class TaskQueue:
             raise
 
 
+async def _reject_malformed(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+    try:  # settled once: never requeued (it would come back for ever), no reply (nowhere valid)
+        await message.reject(requeue=False)
+    except SETTLE_ERRORS:
+        LOGGER.debug("could not reject a malformed task", exc_info=True)
+
+
 async def _consume(
-    queue: aio_pika.abc.AbstractQueue, callback: Callable[[aio_pika.abc.AbstractIncomingMessage], Awaitable[None]]
+    queue: aio_pika.abc.AbstractQueue,
+    on_delivery: Callable[[aiormq.abc.DeliveredMessage], Coroutine[object, None, None] | None],
 ) -> str:
-    """Consume ``queue``; not aio-pika-robust: on a reconnection aio-pika would declare the queue again
-    before anything else, and a refused declaration (its classic queue's node down: ``404 NOT_FOUND``)
-    fails the whole reconnection, every route with it (``RobustConnection._on_connected``). The
-    queue's watchdog (:meth:`TaskQueue._watch_consumer`) consumes again instead."""
-    if isinstance(queue, aio_pika.abc.AbstractRobustQueue):
-        return str(await queue.consume(callback, robust=False))
-    return str(await queue.consume(callback))
+    """Consume ``queue`` with aiormq's consumer beneath aio-pika: aiormq calls ``on_delivery`` in the task it
+    makes for each delivery (and awaits what it returns, if anything); aio-pika's consumer would make a second
+    task, and ``on_delivery`` makes the :class:`aio_pika.IncomingMessage` that aio-pika would.
+
+    Not aio-pika-robust: on a reconnection aio-pika would declare the queue again before anything else, and a
+    refused declaration (its classic queue's node down: ``404 NOT_FOUND``) fails the whole reconnection, every
+    route with it (``RobustConnection._on_connected``). The queue's watchdog (:meth:`TaskQueue._watch_consumer`)
+    consumes again instead."""
+    channel = await queue.channel.get_underlay_channel()
+    # aiormq wraps a callback that is not a coroutine function (aiormq/tools.py ``awaitable``)
+    callback = cast(aiormq.abc.ConsumerCallback, on_delivery)
+    ok = await channel.basic_consume(queue=queue.name, consumer_callback=callback)
+    if ok.consumer_tag is None:  # pamqp types it optional; the broker always names it
+        raise aiormq.exceptions.InvalidFrameError(ok)
+    return ok.consumer_tag
 
 
 async def _wait(event: asyncio.Event, timeout: float) -> bool:

@@ -26,7 +26,7 @@ import dataclasses
 import logging
 import ssl
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Hashable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Hashable, Mapping, Sequence
 from typing import Any, Literal
 
 import aio_pika
@@ -43,7 +43,7 @@ from .._dispatch import ReplyWaiter, decode, routing_id
 from .._pulled import PulledTask, iterate_tasks, next_task
 from ..base import AsyncCommunicator, Handovers
 from . import _topology
-from ._connection import RmqConnection, SslOptions, bind_nowait, refused, unbind_pipelined
+from ._connection import RmqConnection, SslOptions, bind_nowait, filter_deliveries, refused, unbind_pipelined
 from ._errors import SETTLE_ERRORS
 from ._tasks import DEFAULT_QUEUE, TaskQueues
 
@@ -430,11 +430,19 @@ class RmqCommunicator(AsyncCommunicator):
                 spec = _topology.broadcast_queue(testing_mode=conn.testing_mode)
                 queue = await conn.sub_channel.declare_queue(**spec.declare_kwargs())
                 await queue.bind(conn.sub_msg_exchange, routing_key=defaults.BROADCAST_KEY)
-                await queue.consume(self._on_broadcast, no_ack=True)
+                tag = await queue.consume(self._on_broadcast, no_ack=True)
+                # the broadcasts no subscriber here wants go no further than aiormq's task (_connection.py)
+                filter_deliveries(await conn.sub_channel.get_underlay_channel(), tag, self._broadcast_unwanted)
                 self._broadcast_queue = queue
 
+    def _broadcast_unwanted(self, headers: Mapping[str, object] | None) -> bool:
+        return extensions.broadcast_unwanted(headers, self._broadcast_subscribers.values())
+
     async def _on_broadcast(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        if extensions.broadcast_unwanted(message.headers, self._broadcast_subscribers.values()):
+        with contextlib.suppress(aiormq.exceptions.ChannelInvalidStateError):  # a closed channel: nothing to filter
+            # the first delivery on a new channel (aio-pika consumed again after a reconnect) puts the filter back
+            filter_deliveries(message.channel, message.consumer_tag, self._broadcast_unwanted)
+        if self._broadcast_unwanted(message.headers):
             return  # a broadcast of ours that no local subscriber wants: not decoded (wire/extensions.py)
         if not refused(message, "broadcast"):
             await self._handle_broadcast(message.body)
