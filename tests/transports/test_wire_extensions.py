@@ -307,6 +307,23 @@ def test_routes_bound_without_bind_ok_are_in_place_before_the_pid_is_named(worke
     assert not keys & {key for (_, key) in rpc_queue._bindings}
 
 
+def test_a_communicator_reaches_its_own_routes_bound_without_bind_ok_at_once(
+    broker_url: str, names: dict[str, str]
+) -> None:
+    """A request from the communicator itself goes on another channel than the route's nowait bind and may overtake
+    it: it is sent again once the broker has handled the bind (rmq/_connection.py ``barrier``), so a route answers
+    as soon as add_rpc_subscriber returned, as kiwipy's does."""
+    comm = process_comms.connect(broker_url, testing_mode=False, **names)
+    try:
+        comm.add_rpc_subscriber(lambda _comm, msg: msg, "first")  # waits for bind-ok: the later ones do not
+        for i in range(100):
+            comm.add_rpc_subscriber(lambda _comm, msg: msg, f"route-{i}")
+            assert comm.rpc_send(f"route-{i}", i).result(T) == i
+        assert comm.core._nowait_binds is True  # type: ignore[attr-defined]
+    finally:
+        comm.close()
+
+
 def test_routes_bound_without_bind_ok_come_back_after_a_reconnect(worker: dict[str, Any]) -> None:
     """aio-pika's robust queue re-binds what it was told of: a route bound without bind-ok survives a forced close."""
     controller = process_comms.RemoteProcessThreadController(worker["client"])

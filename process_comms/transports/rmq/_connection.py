@@ -9,7 +9,8 @@ declared comes from :mod:`._topology`. Its three parts, in this order:
 publish, and the guard that turns what a closing or lost connection does to broker work into typed errors.
 
 **Frames written in one piece** (:func:`publish_nowait`, :func:`bind_nowait`, :func:`unbind_pipelined`): a
-route's ``queue.bind`` and ``queue.unbind``, and unconfirmed publishes, straight onto a channel.
+route's ``queue.bind`` and ``queue.unbind``, and unconfirmed publishes, straight onto a channel; :func:`barrier`
+waits until the broker has handled what was written on a channel.
 
 *The bind.* A worker binds a process's route (``[rpc].<pid>``) before anything names the pid: its replies and
 state broadcasts. AMQP 0-9-1 orders the methods of one channel, and RabbitMQ's channel process handles them one at
@@ -21,7 +22,9 @@ launch's critical path. aiormq 6.9 has the ``nowait`` argument but still waits f
 waits for every synchronous method), which never comes: the frame is written here directly. The robust queue is
 told of the binding so that it re-binds it after a reconnect, as for one made with ``queue.bind``. A bind the
 broker refuses closes that channel instead of raising here: the communicator makes its first route bind with
-``bind-ok`` (which finds a missing permission) and only later ones without.
+``bind-ok`` (which finds a missing permission) and only later ones without. A request published on another
+channel (a communicator calling its own new route at once) may overtake the bind: the communicator sends it
+again once :func:`barrier` returned.
 
 *The publishes.* aiormq's ``Channel.basic_publish`` takes the channel's lock, builds and validates pamqp
 objects, marshals them one by one, and then waits, lock held, until the connection's writer task has written
@@ -108,6 +111,7 @@ __all__ = [
     "RmqConnection",
     "SslOptions",
     "DeliveryFilter",
+    "barrier",
     "bind_nowait",
     "filter_deliveries",
     "install",
@@ -730,6 +734,14 @@ async def unbind_pipelined(
     bindings: Any = getattr(queue, "_bindings", None)
     if isinstance(bindings, dict):
         bindings.pop((exchange, routing_key), None)
+
+
+async def barrier(channel: aio_pika.abc.AbstractChannel) -> None:
+    """Return once the broker has handled every frame written on ``channel`` before: a ``basic.qos`` that changes
+    nothing (the channel has no consumer) and its ``qos-ok``, which comes after them (AMQP orders a channel's
+    methods). A request that a nowait bind's route did not take yet can go again after it."""
+    underlay = await channel.get_underlay_channel()
+    await underlay.basic_qos(prefetch_count=0)
 
 
 async def _unbinder(channel: aiormq.Channel, turns: _Turns) -> None:

@@ -43,7 +43,15 @@ from .._dispatch import ReplyWaiter, decode, routing_id
 from .._pulled import PulledTask, iterate_tasks, next_task
 from ..base import AsyncCommunicator, Handovers
 from . import _topology
-from ._connection import RmqConnection, SslOptions, bind_nowait, filter_deliveries, refused, unbind_pipelined
+from ._connection import (
+    RmqConnection,
+    SslOptions,
+    barrier,
+    bind_nowait,
+    filter_deliveries,
+    refused,
+    unbind_pipelined,
+)
 from ._errors import SETTLE_ERRORS
 from ._tasks import DEFAULT_QUEUE, TaskQueues
 
@@ -270,8 +278,9 @@ class RmqCommunicator(AsyncCommunicator):
             with self._call_to_self(key) as correlation_id, self._handovers.handed_over() as confirmed:
                 published = _then(confirmed, on_sent)
                 await self._ready()
-                return await conn.guarded(
-                    self.requests.request(
+
+                def request() -> Awaitable[object]:
+                    return self.requests.request(
                         "rpc",
                         conn.pub_msg_exchange,
                         body,
@@ -282,7 +291,16 @@ class RmqCommunicator(AsyncCommunicator):
                         on_published=published,
                         correlation_id=correlation_id,
                     )
-                )
+
+                try:
+                    return await conn.guarded(request())
+                except ProcessUnreachable:
+                    if not (self._nowait_binds and key in self._rpc_subscribers):
+                        raise
+                # our own route, bound without bind-ok on another channel (_connection.py): the request may have
+                # overtaken the bind. Once the broker has answered on the bind's channel, the route is there.
+                await conn.guarded(barrier(conn.fast_channel))
+                return await conn.guarded(request())
         except ProcessUnreachable:
             raise ProcessUnreachable(
                 f"process {key} is not reachable: no worker holds it (is a worker running? has it ended?)"
