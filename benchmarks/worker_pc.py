@@ -20,8 +20,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import process_comms
 from benchmarks import bench_procs  # noqa: F401  (importable before the first task arrives)
-from process_comms import defaults
-from process_comms.cli.worker import freeze_start_up, tuned_gc
 
 
 def main() -> int:
@@ -45,18 +43,7 @@ def main() -> int:
         default=0,
         help="with --fleet-worker: recycle after this many processes (exit once they ended; 0: never)",
     )
-    parser.add_argument(
-        "--gc-threshold",
-        type=int,
-        default=defaults.WORKER_GC_THRESHOLD,
-        help="as `process-comms worker --gc-threshold` (0: Python's collector as it is)",
-    )
     args = parser.parse_args()
-    with tuned_gc(args.gc_threshold):
-        return _run(args)
-
-
-def _run(args: argparse.Namespace) -> int:
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -99,7 +86,6 @@ def _run(args: argparse.Namespace) -> int:
 
         yappi.set_clock_type("cpu")
         yappi.start()
-    freeze_start_up(args.gc_threshold)
     try:
         print(f"READY {os.getpid()}", flush=True)
         while not stop.wait(0.5) and not (worker is not None and worker.wait(0)):

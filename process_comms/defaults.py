@@ -61,6 +61,3 @@ CONSUMER_RETRY_MAX = 10.0
 RECOVERY_WINDOW = 30.0
 #: Seconds a worker's claim on a persisted process lasts unless renewed (renewed every third of it).
 CLAIM_TTL = 30.0
-#: ``process-comms worker``'s threshold of the garbage collector's youngest generation (Python's is 700), set
-#: with ``gc.freeze()`` of what start-up made (cli/worker.py ``tuned_gc``); 0 leaves the collector as it is.
-WORKER_GC_THRESHOLD = 50_000

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import gc
 import logging
 import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, TypedDict
 
-from .. import defaults
 from ..errors import LoadError
 from ..transports.rmq._topology import QUEUE_TYPES
 from ..urls import mask_url
@@ -29,7 +26,7 @@ if TYPE_CHECKING:
     from ._common import Context
     from .base import SubParsers
 
-__all__ = ["freeze_start_up", "parse_queue", "queues_of", "register", "run", "tuned_gc"]
+__all__ = ["parse_queue", "queues_of", "register", "run"]
 
 
 def parse_queue(text: str) -> tuple[str, int | None]:
@@ -160,17 +157,6 @@ def register(subparsers: SubParsers) -> None:
         ),
     )
     p.add_argument(
-        "--gc-threshold",
-        metavar="N",
-        type=int_at_least(0),
-        default=defaults.WORKER_GC_THRESHOLD,
-        help=(
-            "collect the garbage collector's youngest generation after N allocations instead of Python's 700, and"
-            " freeze what start-up made (gc.freeze) so that no collection walks it again: less CPU per task, a"
-            f" few ms per collection (default {defaults.WORKER_GC_THRESHOLD}; 0: leave the collector alone)"
-        ),
-    )
-    p.add_argument(
         "--log-level",
         default="INFO",
         type=str.upper,
@@ -182,34 +168,6 @@ def register(subparsers: SubParsers) -> None:
 
 #: Seconds between two looks at a worker that may stop by itself (--max-processes) while waiting for a signal.
 _STOP_LOOK = 0.25
-
-
-@contextlib.contextmanager
-def tuned_gc(threshold: int) -> Iterator[None]:
-    """Within the block, the youngest generation is collected after ``threshold`` allocations (0: unchanged);
-    :func:`freeze_start_up` freezes what exists then. Restored on the way out.
-
-    Only for a process this command owns (a library must not change its host's collector): a worker's objects
-    die young, but each collection walks every young object that still lives, so Python's threshold of 700 makes
-    many short walks and some long ones of the whole heap (measured: about 0.25 ms of a 1.3 ms launch; 0.03 ms
-    with ``gc.freeze()`` and 50,000).
-    """
-    if not threshold:
-        yield
-        return
-    before = gc.get_threshold()
-    gc.set_threshold(threshold, *before[1:])
-    try:
-        yield
-    finally:
-        gc.unfreeze()
-        gc.set_threshold(*before)
-
-
-def freeze_start_up(threshold: int) -> None:
-    """Move everything start-up made (modules, classes, the worker itself) out of the collector's reach."""
-    if threshold:
-        gc.freeze()
 
 
 def _wait_for_stop(worker: Worker, signals: set[signal.Signals], stop_event: threading.Event | None) -> int | None:
@@ -244,7 +202,6 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     stop_signals = {signal.SIGTERM, signal.SIGINT}
     use_sigwait = hasattr(signal, "pthread_sigmask") and hasattr(signal, "sigtimedwait")
     stop_event = threading.Event()
-    stack = contextlib.ExitStack()
     old_handlers: dict[int, Callable[[int, FrameType | None], object] | int | None] = {}
     if use_sigwait:
         # block before any thread starts: every thread inherits the mask and only sigwait() sees the signals
@@ -253,7 +210,6 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         for sig in stop_signals:
             old_handlers[sig] = signal.signal(sig, lambda *_: stop_event.set())
     try:
-        stack.enter_context(tuned_gc(args.gc_threshold))
         worker = Worker(
             ctx.broker,
             queues=queues,
@@ -278,7 +234,6 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             worker.slots(),
             list(args.allow),
         )
-        freeze_start_up(args.gc_threshold)
         ctx.print("worker ready")
         signum = _wait_for_stop(worker, stop_signals, stop_event if not use_sigwait else None)
         if signum is None:
@@ -292,7 +247,6 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         worker.stop(graceful=True)  # logs what it handed back and what it could not
         return EXIT_OK
     finally:
-        stack.close()
         if use_sigwait:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         for signum_, handler in old_handlers.items():  # pragma: no cover
