@@ -8,7 +8,7 @@ _connection.py's; kiwipy's wire: /work/shared/wire-protocol.md, sections 1 and 3
 1. the task, published by the client with publisher confirms, ``mandatory``, persistent, to the task exchange
    and from there to the durable task queue; delivered to this worker (manual ack);
 2. ``queue.bind`` of the process's route ``[rpc].<pid>`` on the worker's exclusive RPC queue, with ``nowait``, on
-   the channel of the worker's later publishes (process_comms/transports/rmq/_nowait.py says why that is safe);
+   the channel of the worker's later publishes (process_comms/transports/rmq/_connection.py says why that is safe);
 3. three ``state_changed`` broadcasts (created, running, finished) to ``[broadcast]`` on the message exchange,
    with our ``x-pc-*`` headers, delivered to every broadcast queue: in row d only the worker's own (the client
    subscribes to no broadcast then), where the worker drops them on the ``x-pc-subject`` header undecoded;

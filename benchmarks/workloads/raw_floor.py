@@ -131,7 +131,7 @@ async def launch_floor(
     The client side of one launch with bare aio-pika (``worker_raw_launch.py`` is the worker's): the task
     published with publisher confirms, ``mandatory``, persistent, with ``x-pc-no-pending`` (our controllers'),
     to the task exchange; the final reply on the client's exclusive task reply queue, bound to the task exchange
-    by its own name, consumed without acks (process_comms/transports/rmq/_requests.py, _topology.py).
+    by its own name, consumed without acks (process_comms/transports/rmq/communicator.py, _topology.py).
     """
     task_exchange, task_queue = exchange_names["task_exchange"], exchange_names["task_queue"]
     connection = await asyncio.wait_for(aio_pika.connect(url), 15)

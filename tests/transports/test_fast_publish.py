@@ -1,4 +1,4 @@
-"""The fast channel's writes (rmq/_nowait.py): pamqp's bytes, in the order they were made, typed errors as before.
+"""The fast channel's writes (rmq/_connection.py): pamqp's bytes, in the order they were made, typed errors as before.
 
 Unconfirmed, non-mandatory publishes (replies, broadcasts) are marshalled in one pass and put on the
 connection's write queue without aiormq's lock and drain wait; a route's nowait bind goes the same way and
@@ -20,7 +20,7 @@ from pamqp.header import ContentHeader
 
 from process_comms import ConnectionLost, ProcessUnreachable
 from process_comms.transports.rmq import RmqCommunicator
-from process_comms.transports.rmq._nowait import bind_nowait, marshal_publish
+from process_comms.transports.rmq._connection import bind_nowait, marshal_publish
 from tests.conftest import BROKER_URL, rmq_options
 
 T = 10.0
@@ -175,7 +175,7 @@ def test_a_publish_on_a_closed_channel_raises_connection_lost(names: dict[str, s
 
 async def _named_on_the_reply_channel(worker: RmqCommunicator, client: RmqCommunicator) -> None:
     """Return once ``client`` has a broadcast that ``worker`` sent after its last bind: a nowait bind is in place
-    before the worker's later publishes are routed, so a client learns a route's name only that way (_nowait.py)."""
+    before the worker's later publishes are routed, so a client learns a route's name only that way (_connection.py)."""
     token = uuid.uuid4().hex
     heard = asyncio.Event()
 

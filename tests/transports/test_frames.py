@@ -1,4 +1,4 @@
-"""pamqp's lenient short-string decoder is ours alone (process_comms/transports/rmq/_frames.py): our
+"""pamqp's lenient short-string decoder is ours alone (process_comms/transports/rmq/_connection.py): our
 connections survive a peer's malformed property, every other pamqp user decodes as pamqp does."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pamqp.decode
 import pytest
 
 import process_comms
-from process_comms.transports.rmq import _frames
+from process_comms.transports.rmq import _connection as _frames
 
 NOT_UTF8 = b"\x02\xff\xfe"  # a short string of two bytes that are not UTF-8
 

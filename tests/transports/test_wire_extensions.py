@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 import process_comms
+from process_comms.transports.rmq._connection import DeliveryFilter
 from process_comms.wire import messages as extensions  # our AMQP header extensions live in messages
 from process_comms.wire.codec import YamlCodec
 from process_comms.wire.messages import create_launch_body
@@ -209,6 +210,57 @@ def test_own_broadcasts_are_dropped_when_no_subscriber_wants_them(broker_url: st
     assert subjects == ["pause"]  # none of the processes' own state_changed broadcasts
 
 
+def test_unwanted_broadcasts_are_dropped_beneath_aio_pika_again_after_a_reconnect(
+    broker_url: str, names: dict[str, str]
+) -> None:
+    """The filter in front of aio-pika's consumer (rmq/_connection.py ``filter_deliveries``) is back on the channel
+    aio-pika consumes on after a reconnect; wanted broadcasts arrive, unwanted ones are never decoded."""
+    codec = CountingCodec()
+    listener = process_comms.connect(broker_url, testing_mode=False, codec=codec, **names)
+    sender = process_comms.connect(broker_url, testing_mode=False, **names)
+    got: list[Any] = []
+
+    def on_wanted(_comm: Any, body: Any, _sender: Any, _subject: Any, _cid: Any) -> None:
+        got.append(body)
+
+    async def filtered() -> bool:
+        core = listener.core  # type: ignore[attr-defined]
+        channel = await core.connection.sub_channel.get_underlay_channel()
+        return any(isinstance(c, DeliveryFilter) for c in channel.consumers.values())
+
+    def delivered(body: str) -> None:
+        deadline = time.monotonic() + 30
+        while body not in got:  # sent again until it arrives: the listener may still be reconnecting
+            assert time.monotonic() < deadline, f"{body!r} never arrived"
+            try:
+                sender.broadcast_send(body, sender="me", subject="wanted").result(T)
+            except (process_comms.ConnectionLost, process_comms.BrokerUnavailable):
+                pass  # the sender is reconnecting too
+            time.sleep(0.1)
+
+    try:
+        listener.add_broadcast_subscriber(process_comms.BroadcastFilter(on_wanted, subject="wanted"))
+        delivered("before")
+        assert listener.submit(filtered).result(T) is True
+        closed = 0
+        for line in rabbitmqctl("list_connections", "pid", "client_properties").splitlines():
+            name, _, props = line.partition("\t")
+            if f":{os.getpid()}" in props and "process_comms" in props:
+                rabbitmqctl("close_connection", name, "test: the delivery filter comes back")
+                closed += 1
+        assert closed >= 2
+        delivered("after")
+        assert listener.submit(filtered).result(T) is True
+        for i in range(5):
+            sender.broadcast_send(i, sender="me", subject="unwanted").result(T)
+        delivered("last")
+    finally:
+        for comm in (listener, sender):
+            comm.close()
+    decoded = {m.get("body") for m in codec.decoded if isinstance(m, dict) and "subject" in m}
+    assert decoded == {"before", "after", "last"}  # the unwanted ones were never decoded
+
+
 @pytest.mark.parametrize("sender", [None, "a-worker", 42, uuid.uuid4()])
 def test_broadcast_headers_rebuild_subject_and_sender_exactly(sender: Any) -> None:
     headers = extensions.broadcast_headers("state_changed.running.finished", sender)
@@ -232,7 +284,7 @@ def test_values_a_header_cannot_carry_exactly_get_no_headers() -> None:
 
 
 def test_routes_bound_without_bind_ok_are_in_place_before_the_pid_is_named(worker: dict[str, Any]) -> None:
-    """The first route bind waits for bind-ok, later ones go on the reply channel without it (rmq/_nowait.py):
+    """The first route bind waits for bind-ok, later ones go on the reply channel without it (rmq/_connection.py):
     whoever learns a pid from the launch's reply can reach it at once, and the route goes when it ends."""
     controller = process_comms.RemoteProcessThreadController(worker["client"])
     pids = []
@@ -253,6 +305,23 @@ def test_routes_bound_without_bind_ok_are_in_place_before_the_pid_is_named(worke
         time.sleep(0.2)
     rpc_queue = worker["server"].core._rpc_queue
     assert not keys & {key for (_, key) in rpc_queue._bindings}
+
+
+def test_a_communicator_reaches_its_own_routes_bound_without_bind_ok_at_once(
+    broker_url: str, names: dict[str, str]
+) -> None:
+    """A request from the communicator itself goes on another channel than the route's nowait bind and may overtake
+    it: it is sent again once the broker has handled the bind (rmq/_connection.py ``barrier``), so a route answers
+    as soon as add_rpc_subscriber returned, as kiwipy's does."""
+    comm = process_comms.connect(broker_url, testing_mode=False, **names)
+    try:
+        comm.add_rpc_subscriber(lambda _comm, msg: msg, "first")  # waits for bind-ok: the later ones do not
+        for i in range(100):
+            comm.add_rpc_subscriber(lambda _comm, msg: msg, f"route-{i}")
+            assert comm.rpc_send(f"route-{i}", i).result(T) == i
+        assert comm.core._nowait_binds is True  # type: ignore[attr-defined]
+    finally:
+        comm.close()
 
 
 def test_routes_bound_without_bind_ok_come_back_after_a_reconnect(worker: dict[str, Any]) -> None:

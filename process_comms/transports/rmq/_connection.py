@@ -1,21 +1,84 @@
-"""The RabbitMQ connection: connect and close, channels and exchanges, publishing, guarded broker work.
+"""The RabbitMQ connection: connect and close, channels and exchanges, publishing, guarded broker work; the frames
+it writes in one piece, and the frames it reads leniently.
 
 One collaborator of :class:`~process_comms.transports.rmq.RmqCommunicator`; the requests and replies
-(:mod:`._requests`) and the task queues (:mod:`._tasks`) publish and declare through it. What is
-declared comes from :mod:`._topology`.
+(:class:`~.communicator.RmqRequests`) and the task queues (:mod:`._tasks`) publish and declare through it. What is
+declared comes from :mod:`._topology`. Its three parts, in this order:
+
+**The connection** (:class:`RmqConnection`): one robust aio-pika connection, its channels and exchanges, each
+publish, and the guard that turns what a closing or lost connection does to broker work into typed errors.
+
+**Frames written in one piece** (:func:`publish_nowait`, :func:`bind_nowait`, :func:`unbind_pipelined`): a
+route's ``queue.bind`` and ``queue.unbind``, and unconfirmed publishes, straight onto a channel; :func:`barrier`
+waits until the broker has handled what was written on a channel.
+
+*The bind.* A worker binds a process's route (``[rpc].<pid>``) before anything names the pid: its replies and
+state broadcasts. AMQP 0-9-1 orders the methods of one channel, and RabbitMQ's channel process handles them one at
+a time, completing a ``queue.bind`` (the binding is in the broker's routing table) before it routes the next
+``basic.publish`` of that channel, whether or not it sends ``bind-ok``. So a bind sent with ``nowait`` on the
+channel that carries our replies and broadcasts (``fast_channel``) is in place before any of them is routed,
+and so before anyone who learns the pid from them can send it an RPC: the broker round trip leaves the
+launch's critical path. aiormq 6.9 has the ``nowait`` argument but still waits for ``bind-ok`` (``Channel.rpc``
+waits for every synchronous method), which never comes: the frame is written here directly. The robust queue is
+told of the binding so that it re-binds it after a reconnect, as for one made with ``queue.bind``. A bind the
+broker refuses closes that channel instead of raising here: the communicator makes its first route bind with
+``bind-ok`` (which finds a missing permission) and only later ones without. A request published on another
+channel (a communicator calling its own new route at once) may overtake the bind: the communicator sends it
+again once :func:`barrier` returned.
+
+*The publishes.* aiormq's ``Channel.basic_publish`` takes the channel's lock, builds and validates pamqp
+objects, marshals them one by one, and then waits, lock held, until the connection's writer task has written
+the frames to the socket: two task switches and a lock hand-over per publish, which for a channel without
+publisher confirms buys nothing (the bytes are no more delivered once in the socket). :func:`publish_nowait`
+marshals ``basic.publish``, the content header and the body in one pass (the same bytes pamqp writes,
+tests/transports/test_fast_publish.py) and puts them on the connection's write queue in one piece.
+
+*Order.* Every write here goes through :func:`_write`: straight onto the write queue when it has room and
+none of our writes on that channel is waiting for room; otherwise in turn behind the waiting ones (a FIFO lock).
+So the writes of one channel reach the socket in the order they were made: a nowait bind stays ahead of every
+later publish. aiormq's own calls on the channel (none on ``fast_channel`` after connect) keep their own lock;
+their frames and ours interleave only between whole frame sets, which AMQP allows. The connection's write
+queue is bounded (aiormq's ``FRAME_BUFFER_SIZE``), so a writer that falls behind still holds publishers back.
+
+**Deliveries dropped beneath aio-pika** (:func:`filter_deliveries`): aiormq hands each delivery to its
+consumer, aio-pika's, which builds an ``IncomingMessage`` (every property copied) and a task of its own before
+our callback sees it. A delivery whose headers say that no one here wants it (our own broadcasts, back to the
+worker that sent them) is dropped in front of aio-pika's consumer, in aiormq's task. aio-pika's robust queue
+keeps its own consumer and consumes again with it after a reconnect, on a new channel: the filter is put back
+by the first delivery that reaches our callback there.
+
+**Frames read leniently** (:func:`lenient`, :func:`refused`): frames a peer got wrong must not cost us the
+connection. pamqp, under aiormq, decodes every AMQP short string (``correlation_id``, ``reply_to``,
+``message_id`` and the other basic properties, and header-table keys) as strict UTF-8
+(``pamqp.decode.short_str``). One message whose property holds other bytes makes the frame reader raise
+``UnicodeDecodeError``, aiormq closes the connection, the broker redelivers the message to the next consumer, and
+the loop repeats for ever (RELIABILITY.md, tests/transports/test_poison_headers.py). AMQP 0-9-1 says short
+strings carry UTF-8 (https://www.rabbitmq.com/resources/specs/amqp0-9-1.pdf, 4.2.5.3), and RabbitMQ passes them
+through unchecked. :func:`install` puts a decoder in pamqp's place that, for our own connections only, decodes
+with ``surrogateescape``: the frame is read, and a property that was not UTF-8 arrives with lone surrogates,
+which :func:`malformed_property` finds so that the message is settled as malformed. Valid UTF-8 decodes exactly
+as before. Our connections are those opened inside :func:`lenient` (the connection's reader and reconnection
+tasks are made there, and a task keeps the context it was made in); every other pamqp user in the interpreter
+(kiwipy, pika-free aiormq code) decodes strictly as pamqp does (tests/transports/test_frames.py). Installing
+twice is harmless.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
+import re
 import socket
 import ssl
+import struct
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
-from typing import TypeVar, cast
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
+from random import getrandbits
+from typing import Any, TypeVar, cast
 
 import aio_pika
 import aio_pika.abc
@@ -23,7 +86,12 @@ import aio_pika.exceptions
 import aiormq
 import aiormq.abc
 import aiormq.exceptions
+import pamqp.commands
+import pamqp.common
+import pamqp.decode
+import pamqp.encode
 import yarl
+from aiormq.abc import ChannelFrame
 from pamqp.common import FieldTable
 
 from ... import defaults
@@ -35,14 +103,30 @@ from ...errors import (
     ProcessUnreachable,
 )
 from ...urls import mask_url, split_urls
-from . import _frames, _topology
+from . import _topology
 from ._errors import CONNECTION_ERRORS, SETTLE_ERRORS, access_refused, describe_connect_error
 from ._failover import FailoverWatch, connect_first
-from ._nowait import publish_nowait
 
-__all__ = ["RmqConnection"]
+__all__ = [
+    "RmqConnection",
+    "SslOptions",
+    "DeliveryFilter",
+    "barrier",
+    "bind_nowait",
+    "filter_deliveries",
+    "install",
+    "lenient",
+    "malformed_property",
+    "marshal_publish",
+    "publish_nowait",
+    "refused",
+    "unbind_pipelined",
+]
 
 LOGGER = logging.getLogger(__name__)
+
+
+# == the connection ====================================================================================================
 
 T = TypeVar("T")
 
@@ -147,8 +231,8 @@ class RmqConnection:
             for attempt in range(1, _DECLARE_ATTEMPTS + 1):
                 try:
                     # a peer's malformed property must not drop our connection: its tasks (reader,
-                    # reconnection) are made here, so they decode short strings leniently (rmq/_frames.py)
-                    with _frames.lenient():
+                    # reconnection) are made here, so they decode short strings leniently (frames read leniently, below)
+                    with lenient():
                         return await self._connect_once()
                 except _ExchangeVanished as vanished:
                     if attempt == _DECLARE_ATTEMPTS:
@@ -367,7 +451,7 @@ class RmqConnection:
             if owner.is_closed:
                 raise aiormq.exceptions.ChannelInvalidStateError(f"{owner!r} is closed")
             if not mandatory and not owner.publisher_confirms:
-                # nothing to wait for (no confirm, no return): frames straight onto the channel, in order (_nowait.py)
+                # nothing to wait for (no confirm, no return): frames straight onto the channel, in order (below)
                 await publish_nowait(
                     owner,
                     exchange.name,
@@ -448,3 +532,365 @@ async def _beyond_cancel(publish: Coroutine[object, None, T]) -> T:
     task = asyncio.get_running_loop().create_task(publish)
     task.add_done_callback(_retrieve)
     return await asyncio.shield(task)
+
+
+# == frames written in one piece: the route's bind and unbind, unconfirmed publishes ===================================
+
+_FRAME_END = b"\xce"
+#: A frame's header: type (1 method, 2 content header, 3 body), channel, payload size (AMQP 0-9-1, 4.2.3).
+_FRAME_HEADER = struct.Struct(">BHI")
+#: ``basic.publish``'s class and method ids, then its reserved ``ticket`` (AMQP 0-9-1, 1.8.3.7).
+_PUBLISH_IDS = struct.pack(">HHH", 60, 40, 0)
+#: A content header's class id, weight and body size.
+_CONTENT_HEADER = struct.Struct(">HHQ")
+_SHORT = struct.Struct(">H")
+
+# the basic class's property flags (AMQP 0-9-1, 1.8.3.x; pamqp.commands.Basic.Properties.flags)
+_HEADERS, _DELIVERY_MODE, _CORRELATION_ID, _REPLY_TO, _MESSAGE_ID, _USER_ID = 8192, 4096, 1024, 512, 128, 16
+
+#: A version-4 UUID's fixed bits, as aiormq sets a ``message_id`` (``UUID(int=getrandbits(128), version=4).hex``).
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
+
+
+def _encode_short_str(value: str) -> bytes:
+    data = value.encode("utf-8")
+    if len(data) > 255:
+        raise ValueError(f"an AMQP short string holds at most 255 bytes: {value[:40]!r}...")
+    return bytes((len(data),)) + data
+
+
+def marshal_publish(
+    channel_number: int,
+    frame_max: int,
+    exchange: str,
+    routing_key: str,
+    body: bytes,
+    *,
+    delivery_mode: int = 1,
+    correlation_id: str | None = None,
+    reply_to: str | None = None,
+    user_id: str | None = None,
+    headers: FieldTable | None = None,
+    message_id: str | None = None,
+) -> bytes:
+    """``basic.publish`` (not mandatory), its content header and body frames, as aiormq's ``basic_publish`` writes them.
+
+    The properties are the ones ``RmqConnection.publish`` sets, encoded as pamqp encodes them (a property is
+    present unless None or empty; ``headers`` always, ``{}`` when None); ``message_id`` defaults to a random
+    UUID4 as aiormq's. ``frame_max``: the connection's negotiated frame size (bodies larger are split).
+    """
+    # the exchange, the routing key, then one byte of bits: mandatory and immediate off
+    method = _PUBLISH_IDS + _encode_short_str(exchange) + _encode_short_str(routing_key) + b"\x00"
+    flags = _HEADERS | _DELIVERY_MODE | _MESSAGE_ID
+    parts = [pamqp.encode.field_table(headers or {}), bytes((delivery_mode,))]
+    if correlation_id:
+        flags |= _CORRELATION_ID
+        parts.append(_encode_short_str(correlation_id))
+    if reply_to:
+        flags |= _REPLY_TO
+        parts.append(_encode_short_str(reply_to))
+    if not message_id:
+        message_id = f"{(getrandbits(128) & _UUID4_CLEAR) | _UUID4_SET:032x}"
+    parts.append(_encode_short_str(message_id))
+    if user_id:
+        flags |= _USER_ID
+        parts.append(_encode_short_str(user_id))
+    properties = b"".join(parts)
+    size = len(body)
+    header = _CONTENT_HEADER.pack(60, 0, size) + _SHORT.pack(flags) + properties
+    frames = [
+        _FRAME_HEADER.pack(1, channel_number, len(method)),
+        method,
+        _FRAME_END,
+        _FRAME_HEADER.pack(2, channel_number, len(header)),
+        header,
+        _FRAME_END,
+    ]
+    chunk = frame_max - 8  # a body frame's header and end byte count against frame_max
+    for start in range(0, size, chunk):
+        piece = body[start : start + chunk]
+        frames += (_FRAME_HEADER.pack(3, channel_number, len(piece)), piece, _FRAME_END)
+    return b"".join(frames)
+
+
+class _Turns:
+    """Our writes on one aiormq channel that wait for room in the write queue, in the order they were made; and
+    the unbinds whose ``unbind-ok`` is still to be read (:func:`unbind_pipelined`)."""
+
+    __slots__ = ("lock", "unbinder", "unbinds", "waiting")
+
+    def __init__(self) -> None:
+        self.waiting = 0
+        self.lock = asyncio.Lock()  # FIFO: the waiting writes go in the order they came
+        #: Unbinds to write: their frame, and the future their caller awaits.
+        self.unbinds: list[tuple[bytes, asyncio.Future[None]]] = []
+        #: The task that writes them and reads their ``unbind-ok``s while it holds aiormq's channel lock.
+        self.unbinder: object = None
+
+
+_TURNS: weakref.WeakKeyDictionary[aiormq.Channel, _Turns] = weakref.WeakKeyDictionary()
+
+
+def _turns(channel: aiormq.Channel) -> _Turns:
+    turns = _TURNS.get(channel)
+    if turns is None:
+        turns = _TURNS[channel] = _Turns()
+    return turns
+
+
+async def _write(channel: aiormq.Channel, payload: bytes) -> None:
+    """Put ``payload`` (whole frames) on ``channel``'s connection write queue after our earlier writes on it."""
+    if channel.is_closed:
+        raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
+    queue = channel.write_queue
+    frame = ChannelFrame(payload=payload, should_close=False)
+    turns = _turns(channel)
+    if not turns.waiting and not queue.full():
+        queue.put_nowait(frame)
+        return
+    turns.waiting += 1
+    try:
+        async with turns.lock:
+            await queue.put(frame)
+    finally:
+        turns.waiting -= 1
+
+
+async def publish_nowait(
+    channel: aio_pika.abc.AbstractChannel,
+    exchange: str,
+    routing_key: str,
+    body: bytes,
+    *,
+    delivery_mode: int = 1,
+    correlation_id: str | None = None,
+    reply_to: str | None = None,
+    user_id: str | None = None,
+    headers: FieldTable | None = None,
+) -> None:
+    """Publish (not mandatory, no confirm) on ``channel``: the frames go in one piece, without waiting for the socket.
+
+    Raises ``ChannelInvalidStateError`` for a closed channel, as aiormq's ``basic_publish`` does.
+    """
+    underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
+    payload = marshal_publish(
+        underlay.number,
+        underlay.connection.connection_tune.frame_max,
+        exchange,
+        routing_key,
+        body,
+        delivery_mode=delivery_mode,
+        correlation_id=correlation_id,
+        reply_to=reply_to,
+        user_id=user_id,
+        headers=headers,
+    )
+    await _write(underlay, payload)
+
+
+async def bind_nowait(
+    queue: aio_pika.abc.AbstractQueue,
+    exchange: aio_pika.abc.AbstractExchange,
+    routing_key: str,
+    channel: aio_pika.abc.AbstractChannel,
+) -> None:
+    """``queue.bind(exchange, routing_key)`` sent on ``channel`` without waiting for ``bind-ok``."""
+    underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
+    frame = pamqp.commands.Queue.Bind(queue=queue.name, exchange=exchange.name, routing_key=routing_key, nowait=True)
+    await _write(underlay, ChannelFrame.marshall(channel_number=underlay.number, frames=[frame]).payload)
+    bindings: Any = getattr(queue, "_bindings", None)
+    if isinstance(bindings, dict):  # aio-pika's RobustQueue: restored on reconnect, forgotten by its unbind()
+        bindings[(exchange, routing_key)] = {"arguments": None}
+
+
+async def unbind_pipelined(
+    queue: aio_pika.abc.AbstractQueue,
+    exchange: aio_pika.abc.AbstractExchange,
+    routing_key: str,
+    channel: aio_pika.abc.AbstractChannel,
+) -> None:
+    """``queue.unbind(exchange, routing_key)`` on ``channel``, returning once the broker's ``unbind-ok`` came.
+
+    AMQP 0-9-1 gives ``queue.unbind`` no ``nowait``, so its answer has to be read. aiormq's ``queue_unbind``
+    holds the channel's lock (and a task of its own) for each round trip; here the unbinds made meanwhile share
+    one: a task holds the lock while any are outstanding, writes them in one piece and reads their answers in
+    order (no aiormq call on the channel can take an ``unbind-ok`` for its own answer while it does). On the
+    channel of the route's bind, the unbind follows it. The futures are the channel's (``create_future``): when
+    it closes, aiormq fails them with its error, as it does its own calls'. The robust queue forgets the binding,
+    as its own ``unbind`` does.
+    """
+    underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
+    if underlay.is_closed:
+        raise aiormq.exceptions.ChannelInvalidStateError(f"{underlay!r} closed")
+    frame = pamqp.commands.Queue.Unbind(queue=queue.name, exchange=exchange.name, routing_key=routing_key)
+    payload = ChannelFrame.marshall(channel_number=underlay.number, frames=[frame]).payload
+    done: asyncio.Future[None] = underlay.create_future()
+    turns = _turns(underlay)
+    turns.unbinds.append((payload, done))
+    if turns.unbinder is None:
+        turns.unbinder = underlay.create_task(_unbinder(underlay, turns))  # aiormq cancels it when the channel closes
+    await done
+    bindings: Any = getattr(queue, "_bindings", None)
+    if isinstance(bindings, dict):
+        bindings.pop((exchange, routing_key), None)
+
+
+async def barrier(channel: aio_pika.abc.AbstractChannel) -> None:
+    """Return once the broker has handled every frame written on ``channel`` before: a ``basic.qos`` that changes
+    nothing (the channel has no consumer) and its ``qos-ok``, which comes after them (AMQP orders a channel's
+    methods). A request that a nowait bind's route did not take yet can go again after it."""
+    underlay = await channel.get_underlay_channel()
+    await underlay.basic_qos(prefetch_count=0)
+
+
+async def _unbinder(channel: aiormq.Channel, turns: _Turns) -> None:
+    """Write the waiting unbinds and read their ``unbind-ok``s, holding the channel's lock until none is left."""
+    batch: list[tuple[bytes, asyncio.Future[None]]] = []
+    try:
+        async with channel.lock:
+            while turns.unbinds:
+                batch, turns.unbinds = turns.unbinds, []
+                await _write(channel, b"".join(payload for payload, _ in batch))
+                for index, (_, done) in enumerate(batch):
+                    answer = await channel.rpc_frames.get()
+                    channel.rpc_frames.task_done()
+                    if not isinstance(answer, pamqp.commands.Queue.UnbindOk):
+                        batch = batch[index:]
+                        raise aiormq.exceptions.InvalidFrameError(answer)
+                    if not done.done():  # its caller may have stopped waiting
+                        done.set_result(None)
+                batch = []
+    except BaseException as exc:
+        for _, done in (*batch, *turns.unbinds):
+            if not done.done():
+                done.set_exception(exc if isinstance(exc, Exception) else aiormq.exceptions.ChannelInvalidStateError())
+        turns.unbinds = []
+        raise
+    finally:
+        turns.unbinder = None
+
+
+# == deliveries dropped beneath aio-pika ===============================================================================
+
+
+class DeliveryFilter:
+    """A consumer of an aiormq channel in front of another (``passing``, aio-pika's): a delivery whose headers
+    ``unwanted`` says no one wants goes no further (see the module docstring)."""
+
+    __slots__ = ("passing", "unwanted")
+
+    def __init__(self, passing: aiormq.abc.ConsumerCallback, unwanted: Callable[[FieldTable | None], bool]) -> None:
+        self.passing, self.unwanted = passing, unwanted
+
+    def __call__(self, message: aiormq.abc.DeliveredMessage) -> aiormq.abc.CallbackCoro:
+        if self.unwanted(message.header.properties.headers):
+            return _dropped()
+        return self.passing(message)
+
+
+async def _dropped() -> None:
+    """Nothing: aiormq runs what a consumer returns as a task."""
+
+
+def filter_deliveries(
+    channel: aiormq.abc.AbstractChannel, consumer_tag: str | None, unwanted: Callable[[FieldTable | None], bool]
+) -> None:
+    """Put a :class:`DeliveryFilter` in front of ``channel``'s consumer ``consumer_tag`` (none there, or one
+    already: nothing to do)."""
+    consumers = cast(aiormq.Channel, channel).consumers
+    current = consumers.get(consumer_tag or "")
+    if current is not None and not isinstance(current, DeliveryFilter):
+        consumers[consumer_tag or ""] = DeliveryFilter(current, unwanted)
+
+
+# == frames read leniently: short strings that are not UTF-8 ===========================================================
+
+#: Basic properties that are AMQP short strings (AMQP 0-9-1, section 1.8.3.x "basic" class properties).
+SHORT_STRING_PROPERTIES = (
+    "content_type",
+    "content_encoding",
+    "correlation_id",
+    "reply_to",
+    "expiration",
+    "message_id",
+    "type",
+    "user_id",
+    "app_id",
+)
+
+_SURROGATE = re.compile("[\udc80-\udcff]")
+
+#: True in the context of our own connections' tasks (:func:`lenient`).
+_LENIENT: contextvars.ContextVar[bool] = contextvars.ContextVar("process_comms_lenient_frames", default=False)
+
+#: pamqp's own decoder, used outside our connections.
+_STRICT: Callable[[bytes], tuple[int, str]] = pamqp.decode.short_str
+
+
+def _lenient_short_str(value: bytes) -> tuple[int, str]:
+    if not _LENIENT.get():
+        return _STRICT(value)
+    try:
+        length = pamqp.common.Struct.byte.unpack(value[0:1])[0]
+    except TypeError:
+        raise ValueError("Could not unpack short string value") from None
+    return length + 1, value[1 : length + 1].decode("utf-8", "surrogateescape")
+
+
+def install() -> None:
+    """Put the scoped decoder in pamqp's place (see the module docstring); idempotent."""
+    pamqp.decode.short_str = _lenient_short_str  # field tables look the function up by this name
+    pamqp.decode.METHODS["shortstr"] = _lenient_short_str  # basic properties go through this table
+
+
+@contextlib.contextmanager
+def lenient() -> Iterator[None]:
+    """Within the block (and in the tasks made in it: a connection's reader), short strings decode leniently."""
+    install()
+    token = _LENIENT.set(True)
+    try:
+        yield
+    finally:
+        _LENIENT.reset(token)
+
+
+def _short_strings(message: aio_pika.abc.AbstractIncomingMessage) -> tuple[tuple[str, object], ...]:
+    """``(name, value)`` of each short-string property of ``message`` (:data:`SHORT_STRING_PROPERTIES`)."""
+    return (
+        ("content_type", message.content_type),
+        ("content_encoding", message.content_encoding),
+        ("correlation_id", message.correlation_id),
+        ("reply_to", message.reply_to),
+        ("expiration", message.expiration),
+        ("message_id", message.message_id),
+        ("type", message.type),
+        ("user_id", message.user_id),
+        ("app_id", message.app_id),
+    )
+
+
+def malformed_property(message: aio_pika.abc.AbstractIncomingMessage) -> str | None:
+    """The name of the first short-string property of ``message`` that was not UTF-8, or None."""
+    for name, value in _short_strings(message):
+        if isinstance(value, str) and _SURROGATE.search(value):
+            return name
+    headers = message.headers or {}
+    if any(isinstance(key, str) and _SURROGATE.search(key) for key in headers):
+        return "headers"
+    return None
+
+
+def refused(message: aio_pika.abc.AbstractIncomingMessage, kind: str) -> bool:
+    """True (and logged at ERROR) if ``message`` has a property that was not UTF-8: settle it as malformed."""
+    name = malformed_property(message)
+    if name is None:
+        return False
+    LOGGER.error(
+        "refused a malformed %s from exchange %r, routing key %r: its %s is not UTF-8 (AMQP short strings must be)",
+        kind,
+        message.exchange,
+        message.routing_key,
+        name,
+    )
+    return True

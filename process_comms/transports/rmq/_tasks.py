@@ -1,10 +1,15 @@
-"""Task queues on RabbitMQ: the default one and named ones, each declared, consumed and watched on its own.
+"""Task queues on RabbitMQ: the default one and named ones, each declared, consumed and watched on its own; and a
+task delivery with its settle verbs.
 
 A communicator sends tasks to any of its installation's task queues and consumes those it has
 subscribers for. Each consumed queue has a channel of its own, so its prefetch count is a per-queue
 limit on the tasks in progress (a worker's "slots" for that queue). Queue names: the default task queue
 is ``task_queue`` (kiwipy's); a named queue ``gpu`` is ``<task_queue>.gpu`` (:func:`queue_name`), so it
 stays in the installation's namespace and in the least-privilege patterns.
+
+Its parts: :class:`TaskQueues` (a communicator's task queues, the tasks in progress, their hand-back),
+:class:`TaskQueue` (one queue: declaration, consumer, watchdog, settlement) and :class:`RmqIncoming` (a task
+delivery with the settle verbs of :class:`~process_comms.transports.base.IncomingTask`).
 """
 
 from __future__ import annotations
@@ -12,12 +17,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from typing import cast
 
 import aio_pika
 import aio_pika.abc
 import aiormq
+import aiormq.abc
 import aiormq.exceptions
 
 from ... import defaults
@@ -27,28 +33,32 @@ from ...wire.codec import Codec
 from ...wire.names import DEFAULT_QUEUE, queue_name  # re-exported: their old home
 from .._pulled import PulledTask, take
 from ..base import TaskSubscriber, host_info, settle_task
-from . import _frames, _topology
-from ._connection import RmqConnection
+from . import _topology
+from ._connection import RmqConnection, refused
 from ._errors import SETTLE_ERRORS
-from ._incoming import RmqIncoming
-from ._requests import RmqRequests
 
-__all__ = ["DEFAULT_QUEUE", "TaskQueue", "TaskQueues", "queue_name"]
+__all__ = ["DEFAULT_QUEUE", "Replier", "RmqIncoming", "TaskQueue", "TaskQueues", "queue_name"]
 
 LOGGER = logging.getLogger(__name__)
+
+Replier = Callable[[aio_pika.abc.AbstractExchange, str, "str | None", dict[str, object]], Awaitable[None]]
+"""Sends a reply to another's request: ``(exchange, reply_to, correlation_id, reply)``."""
 
 
 class TaskQueues:
     """A communicator's task queues by broker name (made on first use), and the tasks in progress from them.
 
-    ``facade`` gives the object handed to task subscribers as their ``communicator`` argument (the
-    communicator's, which a thread-facing wrapper replaces after construction).
+    ``codec`` decodes the task bodies; ``replier`` sends a task's reply (the communicator's
+    :meth:`~.communicator.RmqRequests.send_reply`); ``facade`` gives the object handed to task subscribers as
+    their ``communicator`` argument (the communicator's, which a thread-facing wrapper replaces after
+    construction).
     """
 
     def __init__(
         self,
         connection: RmqConnection,
-        requests: RmqRequests,
+        codec: Codec,
+        replier: Replier,
         facade: Callable[[], object],
         *,
         task_queue: str,
@@ -57,7 +67,9 @@ class TaskQueues:
     ) -> None:
         _topology.task_queue(task_queue, testing_mode=connection.testing_mode, queue_type=queue_type)  # validate
         self.connection = connection
-        self.requests = requests
+        #: The codec task bodies are decoded with.
+        self.codec = codec
+        self.replier = replier
         self.facade = facade
         #: The broker name of the default task queue (kiwipy's ``task_queue``).
         self.default_name = task_queue
@@ -69,11 +81,6 @@ class TaskQueues:
         self.inflight: set[asyncio.Task[None]] = set()
         #: True once release() has begun: no task is taken on, those in progress are handed back.
         self.releasing = False
-
-    @property
-    def codec(self) -> Codec:
-        """The codec task bodies are decoded with."""
-        return self.requests.codec
 
     def get(self, queue: str | None = None, prefetch_count: int | None = None) -> TaskQueue:
         """Task queue ``queue`` (None or ``default``: the default one), made on first use."""
@@ -125,7 +132,7 @@ class TaskQueues:
     async def send_reply(self, message: aio_pika.abc.AbstractIncomingMessage, reply: dict[str, object]) -> None:
         """Reply to a task's sender (if it asked for replies), naming this host."""
         if message.reply_to:
-            await self.requests.send_reply(
+            await self.replier(
                 self.connection.fast_task_exchange,
                 message.reply_to,
                 message.correlation_id,
@@ -140,7 +147,7 @@ class TaskQueues:
             message = await declared.get(no_ack=False, fail=False, timeout=timeout)
             if message is None:
                 return None
-            if _frames.refused(message, "task"):
+            if refused(message, "task"):
                 await message.reject(requeue=False)  # as a consumed one: settled once, no reply
                 continue
             pulled = await take(RmqIncoming(message, self.send_reply), message.body, self.codec)
@@ -260,7 +267,7 @@ class TaskQueue:
             return
         queue = await self.ensure()
         if self.subscribers and self.consumer_tag is None:
-            self.consumer_tag = await _consume(queue, self._on_task)
+            self.consumer_tag = await _consume(queue, self._on_delivery)
             self.lost = False
             if self._watch is None or self._watch.done():
                 self._watch = asyncio.get_running_loop().create_task(self._watch_consumer())
@@ -346,7 +353,7 @@ class TaskQueue:
         broker or the closed channel already ended it."""
         self.queue = None
         queue = await self._declare()
-        tag = await _consume(queue, self._on_task)
+        tag = await _consume(queue, self._on_delivery)
         if not self.subscribers:  # the last subscriber left meanwhile
             await queue.cancel(tag)
             self.consumer_tag = None
@@ -363,14 +370,14 @@ class TaskQueue:
                 LOGGER.debug("could not cancel the task consumer of %r", self.name, exc_info=True)
 
     # -- settling --------------------------------------------------------------------------------
-    async def _on_task(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        if _frames.refused(message, "task"):
-            try:  # settled once: never requeued (it would come back for ever), no reply (nowhere valid)
-                await message.reject(requeue=False)
-            except SETTLE_ERRORS:
-                LOGGER.debug("could not reject a malformed task", exc_info=True)
-            return
+    def _on_delivery(self, delivered: aiormq.abc.DeliveredMessage) -> Coroutine[object, None, None] | None:
+        """A task delivered (called in the task aiormq makes for each delivery, :func:`_consume`): its settling
+        goes on as a task of ours, which a closing channel does not cancel."""
+        message = aio_pika.IncomingMessage(delivered, no_ack=False)
+        if refused(message, "task"):
+            return _reject_malformed(message)  # awaited in aiormq's task
         self.owner.take_on(asyncio.get_running_loop().create_task(self._handle(message)))
+        return None
 
     async def _handle(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
         owner = self.owner
@@ -392,16 +399,32 @@ class TaskQueue:
             raise
 
 
+async def _reject_malformed(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+    try:  # settled once: never requeued (it would come back for ever), no reply (nowhere valid)
+        await message.reject(requeue=False)
+    except SETTLE_ERRORS:
+        LOGGER.debug("could not reject a malformed task", exc_info=True)
+
+
 async def _consume(
-    queue: aio_pika.abc.AbstractQueue, callback: Callable[[aio_pika.abc.AbstractIncomingMessage], Awaitable[None]]
+    queue: aio_pika.abc.AbstractQueue,
+    on_delivery: Callable[[aiormq.abc.DeliveredMessage], Coroutine[object, None, None] | None],
 ) -> str:
-    """Consume ``queue``; not aio-pika-robust: on a reconnection aio-pika would declare the queue again
-    before anything else, and a refused declaration (its classic queue's node down: ``404 NOT_FOUND``)
-    fails the whole reconnection, every route with it (``RobustConnection._on_connected``). The
-    queue's watchdog (:meth:`TaskQueue._watch_consumer`) consumes again instead."""
-    if isinstance(queue, aio_pika.abc.AbstractRobustQueue):
-        return str(await queue.consume(callback, robust=False))
-    return str(await queue.consume(callback))
+    """Consume ``queue`` with aiormq's consumer beneath aio-pika: aiormq calls ``on_delivery`` in the task it
+    makes for each delivery (and awaits what it returns, if anything); aio-pika's consumer would make a second
+    task, and ``on_delivery`` makes the :class:`aio_pika.IncomingMessage` that aio-pika would.
+
+    Not aio-pika-robust: on a reconnection aio-pika would declare the queue again before anything else, and a
+    refused declaration (its classic queue's node down: ``404 NOT_FOUND``) fails the whole reconnection, every
+    route with it (``RobustConnection._on_connected``). The queue's watchdog (:meth:`TaskQueue._watch_consumer`)
+    consumes again instead."""
+    channel = await queue.channel.get_underlay_channel()
+    # aiormq wraps a callback that is not a coroutine function (aiormq/tools.py ``awaitable``)
+    callback = cast(aiormq.abc.ConsumerCallback, on_delivery)
+    ok = await channel.basic_consume(queue=queue.name, consumer_callback=callback)
+    if ok.consumer_tag is None:  # pamqp types it optional; the broker always names it
+        raise aiormq.exceptions.InvalidFrameError(ok)
+    return ok.consumer_tag
 
 
 async def _wait(event: asyncio.Event, timeout: float) -> bool:
@@ -469,3 +492,51 @@ class _Outage:
             time.monotonic() - self.since,
             self.attempts,
         )
+
+
+# == a task delivery: its settle verbs =================================================================================
+
+ReplySender = Callable[[aio_pika.abc.AbstractIncomingMessage, dict[str, object]], Awaitable[None]]
+"""Sends a task's reply (:meth:`TaskQueues.send_reply`)."""
+
+
+class RmqIncoming:
+    """An aio-pika task delivery with the settle verbs of :class:`~process_comms.transports.base.IncomingTask`."""
+
+    __slots__ = ("_message", "_send_reply")
+
+    def __init__(self, message: aio_pika.abc.AbstractIncomingMessage, send_reply: ReplySender) -> None:
+        self._message, self._send_reply = message, send_reply
+
+    @property
+    def redelivered(self) -> bool:
+        return bool(self._message.redelivered)
+
+    @property
+    def headers(self) -> dict[str, object]:
+        """The task's AMQP headers (our wire extensions, wire/messages.py; kiwipy sends none)."""
+        return dict(self._message.headers or {})
+
+    @property
+    def correlation_id(self) -> str | None:
+        return self._message.correlation_id
+
+    async def ack(self) -> bool:
+        try:
+            await self._message.ack()
+        except SETTLE_ERRORS:
+            LOGGER.warning("could not ack a task: the channel closed; the broker will redeliver it")
+            return False
+        return True
+
+    async def requeue(self) -> None:
+        await self._message.nack(requeue=True)
+
+    def wants_reply(self, no_reply: bool) -> bool:
+        return bool(self._message.reply_to) and not no_reply
+
+    async def reject(self) -> None:
+        await self._message.reject(requeue=False)
+
+    async def reply(self, reply: dict[str, object]) -> None:
+        await self._send_reply(self._message, reply)

@@ -6,8 +6,16 @@ confirm), a reply that cannot be decoded fails its call instead of hanging it, a
 the calls in flight with :class:`ConnectionLost`, a malformed or rejected task is settled with an error
 reply instead of looping, and all RPC routes of one communicator share one exclusive queue.
 
-This module holds the kiwipy verbs (send, subscribe, consume tasks); the connection, publishing and
-request/reply are in :mod:`._connection`, the declarations in :mod:`._topology`.
+Its parts: :class:`RmqCommunicator` (the kiwipy verbs: send, subscribe, consume tasks, liveness),
+:class:`RmqRequests` (request and reply, which RPCs and tasks share) and :class:`NamedTaskQueue` (kiwipy's
+task-queue object). The connection, its channels, publishing and the frames written and read beneath aio-pika
+are in :mod:`._connection`, the task queues in :mod:`._tasks`, the declarations in :mod:`._topology`.
+
+**Request and reply** follow kiwipy's reply path (https://github.com/aiidateam/kiwipy/tree/master/src/kiwipy/rmq):
+a request carries ``reply_to`` (our reply queue, bound to the exchange with its own name) and a
+``correlation_id``; the replier publishes to that routing key. A reply that no call waits for (late, or stray)
+is dropped; with ``trusted_reply_users``, so is one whose RabbitMQ-validated ``user_id`` is not a trusted
+worker's (RELIABILITY.md, tests/transports/test_least_privilege.py).
 """
 
 from __future__ import annotations
@@ -18,29 +26,39 @@ import dataclasses
 import logging
 import ssl
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Hashable, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Hashable, Mapping, Sequence
+from typing import Any, Literal
 
 import aio_pika
 import aio_pika.abc
 import aiormq.exceptions
+import yarl
 
 from ... import defaults
-from ...errors import CommunicatorClosed, ProcessUnreachable
+from ...errors import CommunicatorClosed, ConnectionLost, DecodeError, EncodeError, ProcessUnreachable
 from ...wire.codec import Codec
-from ...wire.messages import broadcast_headers, broadcast_unwanted, task_headers
+from ...wire.messages import broadcast_headers, broadcast_unwanted, exception_reply, task_headers
 from .._pulled import PulledTask, iterate_tasks, next_task
-from ..base import AsyncCommunicator, Handovers, routing_id
-from . import _frames, _topology
-from ._connection import RmqConnection, SslOptions
+from ..base import AsyncCommunicator, Handovers, ReplyWaiter, decode, routing_id
+from . import _topology
+from ._connection import (
+    RmqConnection,
+    SslOptions,
+    barrier,
+    bind_nowait,
+    filter_deliveries,
+    refused,
+    unbind_pipelined,
+)
 from ._errors import SETTLE_ERRORS
-from ._nowait import bind_nowait, unbind_pipelined
-from ._requests import RmqRequests
 from ._tasks import DEFAULT_QUEUE, TaskQueues
 
-__all__ = ["NamedTaskQueue", "RmqCommunicator"]
+__all__ = ["NamedTaskQueue", "ReplyKind", "RmqCommunicator", "RmqRequests"]
 
 LOGGER = logging.getLogger(__name__)
+
+
+# == the communicator: the kiwipy verbs ================================================================================
 
 
 class RmqCommunicator(AsyncCommunicator):
@@ -90,7 +108,8 @@ class RmqCommunicator(AsyncCommunicator):
         self.requests = RmqRequests(self.connection, self.codec, trusted_reply_users)
         self.tasks = TaskQueues(
             self.connection,
-            self.requests,
+            self.codec,
+            self.requests.send_reply,
             lambda: self.facade,
             task_queue=task_queue if task_queue is not None else task_exchange,
             prefetch_count=task_prefetch_count,
@@ -104,7 +123,7 @@ class RmqCommunicator(AsyncCommunicator):
         #: Sends handed over and not yet confirmed by the broker: close() publishes them first.
         self._handovers = Handovers()
         self._closing = False
-        #: set once a route bind waited for bind-ok (we may bind): later ones go without it (rmq/_nowait.py)
+        #: set once a route bind waited for bind-ok (we may bind): later ones go without it (rmq/_connection.py)
         self._nowait_binds = False
 
     def __repr__(self) -> str:
@@ -257,8 +276,9 @@ class RmqCommunicator(AsyncCommunicator):
             with self._call_to_self(key) as correlation_id, self._handovers.handed_over() as confirmed:
                 published = _then(confirmed, on_sent)
                 await self._ready()
-                return await conn.guarded(
-                    self.requests.request(
+
+                def request() -> Awaitable[object]:
+                    return self.requests.request(
                         "rpc",
                         conn.pub_msg_exchange,
                         body,
@@ -269,7 +289,16 @@ class RmqCommunicator(AsyncCommunicator):
                         on_published=published,
                         correlation_id=correlation_id,
                     )
-                )
+
+                try:
+                    return await conn.guarded(request())
+                except ProcessUnreachable:
+                    if not (self._nowait_binds and key in self._rpc_subscribers):
+                        raise
+                # our own route, bound without bind-ok on another channel (_connection.py): the request may have
+                # overtaken the bind. Once the broker has answered on the bind's channel, the route is there.
+                await conn.guarded(barrier(conn.fast_channel))
+                return await conn.guarded(request())
         except ProcessUnreachable:
             raise ProcessUnreachable(
                 f"process {key} is not reachable: no worker holds it (is a worker running? has it ended?)"
@@ -359,7 +388,7 @@ class RmqCommunicator(AsyncCommunicator):
         await self._ready()
         conn = self.connection
         if self._nowait_binds and self._rpc_queue is not None:
-            # one frame put on the channel whole (_nowait.py): no broker round trip that a caller's cancel could
+            # one frame put on the channel whole (_connection.py): no broker round trip that a caller's cancel could
             # cut in half, so no task of its own (a cancel before the write leaves no binding, as no subscriber)
             route = f"{defaults.RPC_PREFIX}.{key}"
             await conn.guarded(bind_nowait(self._rpc_queue, conn.sub_msg_exchange, route, conn.fast_channel))
@@ -367,7 +396,7 @@ class RmqCommunicator(AsyncCommunicator):
 
         async def bind() -> None:
             queue = await self._ensure_rpc_queue()
-            if self._nowait_binds:  # an earlier bind was allowed: no bind-ok on the launch's path (_nowait.py)
+            if self._nowait_binds:  # an earlier bind was allowed: no bind-ok on the launch's path (_connection.py)
                 await bind_nowait(queue, conn.sub_msg_exchange, f"{defaults.RPC_PREFIX}.{key}", conn.fast_channel)
                 return
             await queue.bind(conn.sub_msg_exchange, routing_key=f"{defaults.RPC_PREFIX}.{key}")
@@ -388,7 +417,7 @@ class RmqCommunicator(AsyncCommunicator):
                 LOGGER.debug("could not unbind %s", key, exc_info=True)
 
     async def _on_rpc(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        if _frames.refused(message, "RPC"):
+        if refused(message, "RPC"):
             return  # consumed without ack (the RPC queue's mode): dropped once, nothing to reply to
         key = (message.routing_key or "")[len(defaults.RPC_PREFIX) + 1 :]
         reply_to, correlation_id = message.reply_to, message.correlation_id
@@ -417,13 +446,21 @@ class RmqCommunicator(AsyncCommunicator):
                 spec = _topology.broadcast_queue(testing_mode=conn.testing_mode)
                 queue = await conn.sub_channel.declare_queue(**spec.declare_kwargs())
                 await queue.bind(conn.sub_msg_exchange, routing_key=defaults.BROADCAST_KEY)
-                await queue.consume(self._on_broadcast, no_ack=True)
+                tag = await queue.consume(self._on_broadcast, no_ack=True)
+                # the broadcasts no subscriber here wants go no further than aiormq's task (_connection.py)
+                filter_deliveries(await conn.sub_channel.get_underlay_channel(), tag, self._broadcast_unwanted)
                 self._broadcast_queue = queue
 
+    def _broadcast_unwanted(self, headers: Mapping[str, object] | None) -> bool:
+        return broadcast_unwanted(headers, self._broadcast_subscribers.values())
+
     async def _on_broadcast(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        if broadcast_unwanted(message.headers, self._broadcast_subscribers.values()):
+        with contextlib.suppress(aiormq.exceptions.ChannelInvalidStateError):  # a closed channel: nothing to filter
+            # the first delivery on a new channel (aio-pika consumed again after a reconnect) puts the filter back
+            filter_deliveries(message.channel, message.consumer_tag, self._broadcast_unwanted)
+        if self._broadcast_unwanted(message.headers):
             return  # a broadcast of ours that no local subscriber wants: not decoded (wire/messages.py)
-        if not _frames.refused(message, "broadcast"):
+        if not refused(message, "broadcast"):
             await self._handle_broadcast(message.body)
 
     # -- liveness ------------------------------------------------------------------------------------
@@ -508,6 +545,165 @@ def _then(first: Callable[[], None], then: Callable[[], None] | None) -> Callabl
         then()
 
     return both
+
+
+# == request and reply: our reply queues, sending a request, matching its reply, replying ==============================
+
+ReplyKind = Literal["rpc", "task"]
+"""Which exchange a request goes to, and so which of our reply queues its reply comes back on."""
+
+
+class RmqRequests:
+    """Requests that wait for their reply, and replies to others' requests, over one :class:`RmqConnection`."""
+
+    def __init__(
+        self, connection: RmqConnection, codec: Codec, trusted_reply_users: Collection[str] | None = None
+    ) -> None:
+        self.connection = connection
+        self.codec = codec
+        #: Accept replies only from these broker users (RabbitMQ validates a message's ``user_id``):
+        #: a stray or forged reply is dropped and logged. None accepts every reply (kiwipy peers send none).
+        self.trusted_reply_users = None if trusted_reply_users is None else frozenset(trusted_reply_users)
+        #: Our declared reply queues by kind, on the current connection.
+        self.reply_queues: dict[ReplyKind, str] = {}
+        self._waiters: dict[str, ReplyWaiter] = {}
+        connection.on_connected(self.after_connect)
+        connection.on_lost(self.fail_all)
+
+    async def after_connect(self) -> None:
+        """On a fresh connection (also a retried connect) nothing is declared yet; in testing mode declare
+        the reply queues at once: auto-delete exchanges vanish with their last binding, and our reply
+        queues' bindings keep them alive for this communicator's life."""
+        self.reply_queues.clear()
+        if self.connection.testing_mode:
+            await self._declare_reply_queue("rpc")
+            await self._declare_reply_queue("task")
+
+    def fail_all(self, error: Exception) -> None:
+        """Fail every call waiting for a reply with ``error`` (the connection closed or dropped)."""
+        for waiter in list(self._waiters.values()):
+            waiter.fail(error)
+        self._waiters.clear()
+
+    async def reply_queue(self, kind: ReplyKind) -> str:
+        """Declare (once) our exclusive reply queue for ``kind`` and consume it; its name."""
+        name = self.reply_queues.get(kind)
+        if name is not None:
+            return name
+        return await self.connection.shielded(self._declare_reply_queue(kind))
+
+    async def _declare_reply_queue(self, kind: ReplyKind) -> str:
+        conn = self.connection
+        async with conn.declare_lock:
+            name = self.reply_queues.get(kind)
+            if name is not None:
+                return name
+            exchange_name = conn.message_exchange_name if kind == "rpc" else conn.task_exchange_name
+            exchange = conn.sub_msg_exchange if kind == "rpc" else conn.sub_task_exchange
+            spec = _topology.reply_queue(exchange_name, testing_mode=conn.testing_mode)
+            queue = await conn.sub_channel.declare_queue(**spec.declare_kwargs())
+            name = spec.name
+            await queue.bind(exchange, routing_key=name)
+            await queue.consume(self._on_reply, no_ack=True)
+            self.reply_queues[kind] = name
+            return name
+
+    @property
+    def reply_user(self) -> str | None:
+        """The broker user our replies name as ``user_id`` (RabbitMQ checks it is the one we logged in as).
+
+        Only for a URL that names its user and authenticates with it (not ``auth_mechanism=EXTERNAL``).
+        """
+        url = yarl.URL(self.connection.address)
+        if not url.user or url.query.get("auth_mechanism", "").upper() == "EXTERNAL":
+            return None
+        return url.user
+
+    async def _on_reply(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        if refused(message, "reply"):
+            return  # it cannot be matched to a call: that call gets its own typed error (a deadline)
+        trusted = self.trusted_reply_users
+        if trusted is not None and message.user_id not in trusted:
+            LOGGER.warning(
+                "dropped a reply from broker user %r (correlation id %s): not one of the trusted reply users",
+                message.user_id,
+                message.correlation_id,
+            )
+            return
+        waiter = self._waiters.get(message.correlation_id or "")
+        if waiter is None:
+            LOGGER.debug("dropped a reply for no call in flight (late, or stray): %s", message.correlation_id)
+            return
+        try:
+            reply: object = await decode(self.codec, message.body)
+        except DecodeError as exc:  # an undecodable reply fails its call instead of hanging it
+            reply = exc
+        waiter.feed(reply)
+
+    async def request(
+        self,
+        kind: ReplyKind,
+        exchange: aio_pika.abc.AbstractExchange,
+        body: bytes,
+        routing_key: str,
+        *,
+        delivery_mode: aio_pika.DeliveryMode,
+        wait_for_reply: bool,
+        on_pending: Callable[[], None] | None,
+        on_published: Callable[[], None],
+        correlation_id: str | None = None,
+        headers: dict[str, object] | None = None,
+    ) -> object:
+        """Publish a request (mandatory: unroutable fails) with our reply queue; await the reply if asked.
+
+        ``on_published`` is called once the broker has confirmed the request (see
+        :class:`~process_comms.transports.base.Handovers`); ``correlation_id``: the request's (default a new one).
+        """
+        reply_to = self.reply_queues.get(kind) or await self.reply_queue(kind)
+        correlation_id = correlation_id or str(uuid.uuid4())
+        waiter = ReplyWaiter(asyncio.get_running_loop(), on_pending)
+        if wait_for_reply:
+            self._waiters[correlation_id] = waiter
+        try:
+            await self.connection.publish(
+                exchange,
+                body,
+                routing_key,
+                mandatory=True,
+                delivery_mode=delivery_mode,
+                correlation_id=correlation_id,
+                reply_to=reply_to,
+                headers=headers,
+            )
+            on_published()
+            if not wait_for_reply:
+                return None
+            result: object = await waiter.future
+            return result
+        finally:
+            self._waiters.pop(correlation_id, None)
+
+    async def send_reply(
+        self,
+        exchange: aio_pika.abc.AbstractExchange,
+        reply_to: str,
+        correlation_id: str | None,
+        reply: dict[str, object],
+    ) -> None:
+        """Reply to another's request (best effort: a reply lost with the connection is its caller's deadline)."""
+        try:
+            data = self.codec.encode(reply)
+        except EncodeError as exc:
+            data = self.codec.encode(exception_reply(exc) | ({"host": reply["host"]} if "host" in reply else {}))
+        try:
+            await self.connection.publish(
+                exchange, data, reply_to, mandatory=False, correlation_id=correlation_id, user_id=self.reply_user
+            )
+        except (ConnectionLost, ProcessUnreachable):
+            LOGGER.warning("could not send a reply to %s: the connection is down", reply_to)
+
+
+# == kiwipy's task-queue object ========================================================================================
 
 
 class NamedTaskQueue:
