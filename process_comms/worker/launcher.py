@@ -80,6 +80,8 @@ __all__ = [
 ]
 
 LOGGER = logging.getLogger(__name__)
+#: Whether a communicator's type is a thread facade over an async core (``HasCore``), by type.
+_FACADE_TYPES: dict[type, bool] = {}
 
 #: What a task handler returns: a pid (nowait, create) or the outputs.
 Answer: TypeAlias = "Pid | dict[str, object]"
@@ -243,8 +245,12 @@ class ProcessLauncher:
         """The link of the communicator a task came from (an async core, or a thread facade over one)."""
         if isinstance(communicator, AsyncCommunicator):
             return self.link(communicator, asyncio.get_running_loop())
-        if isinstance(communicator, HasCore) and isinstance(communicator.core, AsyncCommunicator):
-            return self.link(communicator.core, communicator.loop)
+        kind = type(communicator)
+        facade = _FACADE_TYPES.get(kind)
+        if facade is None:  # a runtime protocol check costs tens of µs: once per type, not once per task
+            facade = _FACADE_TYPES[kind] = isinstance(communicator, HasCore)
+        if facade and isinstance(core := cast(HasCore, communicator).core, AsyncCommunicator):
+            return self.link(core, cast(HasCore, communicator).loop)
         return None
 
     # -- task entry point (called on the communicator's loop) ------------------------------------

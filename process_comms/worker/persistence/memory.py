@@ -102,10 +102,15 @@ class InMemoryPersister(Persister):
 
     def _evict(self, budget: int) -> None:
         """Drop ended records, first written first, until the rest cost at most ``budget``. Lock held."""
-        ended = [k for k, e in self._records.items() if e[1].get("state_name") in TERMINAL_STATE_NAMES]
-        for key in ended:
-            if self.record_bytes <= budget:
+        excess = self.record_bytes - budget
+        doomed = []
+        for key, entry in self._records.items():  # only as far as it must go, not every record on every write
+            if excess <= 0:
                 break
+            if entry[1].get("state_name") in TERMINAL_STATE_NAMES:
+                doomed.append(key)
+                excess -= _cost(entry)
+        for key in doomed:
             self.record_bytes -= _cost(self._records.pop(key))
             self.records_evicted += 1
 
