@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aio_pika
@@ -98,18 +99,7 @@ async def raw_floor(
                     return None
                 return time.perf_counter() - t0
 
-            monitor = LagMonitor()
-            ticker = asyncio.create_task(monitor.run())
-            await asyncio.sleep(0.02)
-            monitor.reset()
-            meter = CpuMeter(worker_pid)
-            t_start = time.perf_counter()
-            lats = await asyncio.wait_for(asyncio.gather(*(timed() for _ in range(n_pipe))), BT + 10)
-            res.wall = time.perf_counter() - t_start
-            res.latencies = [x for x in lats if x is not None]
-            res.ok = len(res.latencies)
-            await stop_monitor(monitor, ticker, res)
-            results.append(meter.stop(res))
+            results.append(await _gathered(res, worker_pid, timed, n_pipe, BT))
             await channel.close()
     finally:
         await asyncio.wait_for(connection.close(), 10)
@@ -189,22 +179,31 @@ async def launch_floor(
                 return None
             return time.perf_counter() - t0
 
-        monitor = LagMonitor()
-        ticker = asyncio.create_task(monitor.run())
-        await asyncio.sleep(0.02)
-        monitor.reset()
-        meter = CpuMeter(worker_pid)
-        t_start = time.perf_counter()
-        lats = await asyncio.wait_for(asyncio.gather(*(timed() for _ in range(n))), BT + 10)
-        res.wall = time.perf_counter() - t_start
-        res.latencies = [x for x in lats if x is not None]
-        res.ok = len(res.latencies)
+        res = await _gathered(res, worker_pid, timed, n, BT)
         if not res.ok:
             res.error = f"failed: no launch answered ({'; '.join(sorted(set(res.notes)))[:140]})"
         elif res.notes:
             failed = len(res.notes)
             res.notes = [f"{failed} of {n} failed: {res.notes[-1]}"]
-        await stop_monitor(monitor, ticker, res)
-        return [meter.stop(res)]
+        return [res]
     finally:
         await asyncio.wait_for(connection.close(), 10)
+
+
+async def _gathered(
+    res: Result, worker_pid: int | None, timed: Callable[[], Awaitable[float | None]], n: int, BT: float
+) -> Result:
+    """``n`` calls of ``timed`` issued together and awaited: wall time, latencies, the caller loop's lag and the
+    worker's CPU into ``res``."""
+    monitor = LagMonitor()
+    ticker = asyncio.create_task(monitor.run())
+    await asyncio.sleep(0.02)
+    monitor.reset()
+    meter = CpuMeter(worker_pid)
+    t_start = time.perf_counter()
+    lats = await asyncio.wait_for(asyncio.gather(*(timed() for _ in range(n))), BT + 10)
+    res.wall = time.perf_counter() - t_start
+    res.latencies = [x for x in lats if x is not None]
+    res.ok = len(res.latencies)
+    await stop_monitor(monitor, ticker, res)
+    return meter.stop(res)
