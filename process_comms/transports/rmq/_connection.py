@@ -739,9 +739,27 @@ async def unbind_pipelined(
 async def barrier(channel: aio_pika.abc.AbstractChannel) -> None:
     """Return once the broker has handled every frame written on ``channel`` before: a ``basic.qos`` that changes
     nothing (the channel has no consumer) and its ``qos-ok``, which comes after them (AMQP orders a channel's
-    methods). A request that a nowait bind's route did not take yet can go again after it."""
-    underlay = await channel.get_underlay_channel()
-    await underlay.basic_qos(prefetch_count=0)
+    methods). A request that a nowait bind's route did not take yet can go again after it.
+
+    The frame goes through our writes' order (:func:`_write`), not aiormq's ``basic_qos``: when the write queue is
+    full, aiormq's own put could overtake a bind still waiting its turn. Its answer is read holding the channel's
+    lock, as the unbinds' are, in a task of the channel's, so a caller's cancel cannot leave a ``qos-ok`` for
+    aiormq's next call to take as its own answer."""
+    underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
+    if underlay.is_closed:
+        raise aiormq.exceptions.ChannelInvalidStateError(f"{underlay!r} closed")
+    await asyncio.shield(underlay.create_task(_barrier(underlay)))  # aiormq cancels it if the channel closes
+
+
+async def _barrier(channel: aiormq.Channel) -> None:
+    frame = pamqp.commands.Basic.Qos(prefetch_count=0)
+    payload = ChannelFrame.marshall(channel_number=channel.number, frames=[frame]).payload
+    async with channel.lock:
+        await _write(channel, payload)
+        answer = await channel.rpc_frames.get()
+        channel.rpc_frames.task_done()
+    if not isinstance(answer, pamqp.commands.Basic.QosOk):
+        raise aiormq.exceptions.InvalidFrameError(answer)
 
 
 async def _unbinder(channel: aiormq.Channel, turns: _Turns) -> None:
