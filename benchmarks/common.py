@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import signal
+import sys
+import threading
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,3 +67,26 @@ def short_error(exc: BaseException) -> str:
     text = str(exc).splitlines()[0] if str(exc) else ""
     text = text[:140]
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def serve_until_stopped(serve: Callable[[asyncio.Event], Coroutine[object, None, None]]) -> int:
+    """Run ``serve(stopped)`` on a fresh loop until SIGTERM/SIGINT or until stdin closes (the runner's end): how
+    the bare floor workers (worker_raw.py, worker_raw_launch.py) live and stop."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    stopped = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stopped.set)
+    loop.add_signal_handler(signal.SIGINT, stopped.set)
+
+    def watch_stdin() -> None:
+        try:
+            sys.stdin.read()
+        finally:
+            loop.call_soon_threadsafe(stopped.set)
+
+    threading.Thread(target=watch_stdin, name="stdin-watch", daemon=True).start()
+    try:
+        loop.run_until_complete(serve(stopped))
+    finally:
+        loop.close()
+    return 0

@@ -11,11 +11,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import sys
-import threading
 
 import aio_pika
+
+from benchmarks.common import serve_until_stopped
 
 ECHO_KEY = "[rpc].echo"
 
@@ -51,24 +51,7 @@ def main() -> int:
     parser.add_argument("--reply-size", type=int, default=300)
     args = parser.parse_args()
 
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    stopped = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stopped.set)
-    loop.add_signal_handler(signal.SIGINT, stopped.set)
-
-    def watch_stdin() -> None:
-        try:
-            sys.stdin.read()
-        finally:
-            loop.call_soon_threadsafe(stopped.set)
-
-    threading.Thread(target=watch_stdin, name="stdin-watch", daemon=True).start()
-    try:
-        loop.run_until_complete(serve(args.url, args.exchange, args.reply_size, stopped))
-    finally:
-        loop.close()
-    return 0
+    return serve_until_stopped(lambda stopped: serve(args.url, args.exchange, args.reply_size, stopped))
 
 
 if __name__ == "__main__":

@@ -28,9 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import sys
-import threading
 import uuid
 from random import getrandbits
 from typing import Any, cast
@@ -44,6 +42,8 @@ from aiormq.abc import ChannelFrame
 from pamqp.body import ContentBody
 from pamqp.common import FieldTable
 from pamqp.header import ContentHeader
+
+from benchmarks.common import serve_until_stopped
 
 RPC_PREFIX = "[rpc]"
 BROADCAST_KEY = "[broadcast]"
@@ -220,24 +220,7 @@ def main() -> int:
     args = parser.parse_args()
     args.user = yarl.URL(args.url).user  # the replies' user_id, as the library's (the broker checks it)
 
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    stopped = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stopped.set)
-    loop.add_signal_handler(signal.SIGINT, stopped.set)
-
-    def watch_stdin() -> None:
-        try:
-            sys.stdin.read()
-        finally:
-            loop.call_soon_threadsafe(stopped.set)
-
-    threading.Thread(target=watch_stdin, name="stdin-watch", daemon=True).start()
-    try:
-        loop.run_until_complete(serve(args, stopped))
-    finally:
-        loop.close()
-    return 0
+    return serve_until_stopped(lambda stopped: serve(args, stopped))
 
 
 if __name__ == "__main__":
