@@ -143,7 +143,9 @@ LOST_SWEEP_INTERVAL = 1.0
 #: Seconds a holder must stay gone (its liveness token and the process's route both) before its unpersisted
 #: processes are marked lost: a worker whose connection the broker closed reconnects within them and runs on.
 LOST_GRACE = 2.0
-#: Records of each state that has not ended looked at per sweep, newest first.
+#: Records of each state that has not ended looked at per sweep: one page, newest first; the next sweep reads
+#: the page after it, and after the last page the newest again, so every unended record is looked at however
+#: many a fleet holds (a store of N unended records is gone through in N / (3 x this) sweeps).
 LOST_SWEEP_LIMIT = 1000
 
 
@@ -194,6 +196,11 @@ class RecordsService:
         self._gone: dict[str, tuple[str, float]] = {}
         #: pid keys of persisted records of gone holders: the broker hands their tasks to another worker
         self._persisted: dict[str, str] = {}
+        #: Where the sweep's next page of unended records starts (their ``ctime``; None: the newest), and the pid
+        #: keys seen (with their token) in this pass over them: at its end, ``_gone`` and ``_persisted`` keep
+        #: only those.
+        self._sweep_before: float | None = None
+        self._swept: dict[str, str] = {}
 
     # -- the RPC entry (on the communicator's loop) ---------------------------------------------------
     def __call__(self, _comm: object, msg: object) -> concurrent.futures.Future[object]:
@@ -461,6 +468,19 @@ class RecordsService:
             return False
         return False
 
+    def _page_on(self, rows: builtins.list[dict[str, object]], before: float | None) -> bool:
+        """Set where the next sweep reads: the page after ``rows`` (read from ``before``), or the newest again
+        once a page came back short (the last) or could not move on (a page of one ``ctime``); True then (the
+        pass over every unended record is over)."""
+        ctimes = [c for row in rows if isinstance(c := row.get("ctime"), (int, float))]
+        oldest = min(ctimes) if ctimes else None
+        stuck = oldest is None or (before is not None and oldest >= before)
+        if stuck or len(rows) < LOST_SWEEP_LIMIT * len(UNENDED_STATES):
+            self._sweep_before = None
+            return True
+        self._sweep_before = oldest  # the rows created at ``oldest`` come again: none is skipped
+        return False
+
     async def sweep_lost(self) -> builtins.list[Pid]:
         """Mark lost (``excepted``, exception ``ProcessLost``) the records of unpersisted processes whose holder
         is gone: its liveness token and the process's route both gone for :data:`LOST_GRACE` seconds. A
@@ -468,13 +488,21 @@ class RecordsService:
         own = self.launcher.tokens()
         seen: dict[str, tuple[Pid, str]] = {}
         limit = LOST_SWEEP_LIMIT * len(UNENDED_STATES)  # one store round trip for every state not ended
-        read = functools.partial(self.persister.list_records, None, limit, None, None, states=UNENDED_STATES)
-        for row in await self._store(read):
+        before = self._sweep_before
+        read = functools.partial(self.persister.list_records, None, limit, None, None, before, states=UNENDED_STATES)
+        rows = await self._store(read)
+        for row in rows:
             token, pid = row.get("token"), cast(Pid, row.get("pid"))  # a pid the store kept
             if isinstance(token, str) and token not in own and self.launcher.held(pid) is None:
                 seen[str(pid)] = (pid, token)
-        self._gone = {key: value for key, value in self._gone.items() if key in seen and value[0] == seen[key][1]}
-        self._persisted = {key: token for key, token in self._persisted.items() if seen.get(key, (0, ""))[1] == token}
+        self._swept.update((key, token) for key, (_, token) in seen.items())
+        for key, (_, token) in seen.items():  # taken over meanwhile: its gone holder's time starts again
+            if key in self._gone and self._gone[key][0] != token:
+                del self._gone[key]
+        if self._page_on(rows, before):  # a pass over every unended record ended: forget what it did not see
+            kept, self._swept = self._swept, {}
+            self._gone = {key: value for key, value in self._gone.items() if kept.get(key) == value[0]}
+            self._persisted = {key: token for key, token in self._persisted.items() if kept.get(key) == token}
         marked: list[Pid] = []
         now = asyncio.get_running_loop().time()
         for key, (pid, token) in seen.items():

@@ -277,3 +277,44 @@ def test_with_no_worker_up_the_store_answers_an_unended_unpersisted_record_as_lo
             assert rows[str(persisted)]["state_name"] == "waiting"  # the listing's summary tells them apart too
     finally:
         reader.close()
+
+
+@pytest.mark.broker  # reaches BROKER_URL directly, not through the broker_url fixture
+def test_a_gone_holders_record_behind_a_page_of_live_ones_is_still_marked_lost(
+    names: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: a sweep read only the newest ``LOST_SWEEP_LIMIT`` records of each unended state, so in a store with
+    more live processes than that (a fleet at scale), an older process of a dead worker was never looked at and
+    stayed ``waiting`` forever. The sweep now pages through them, a page a sweep (the page made small here), and
+    remembers since when a holder was gone across its pages."""
+    from process_comms.worker import records_service
+
+    monkeypatch.setattr(records_service, "LOST_SWEEP_LIMIT", 2)  # a page of 2 per unended state: 6 rows
+    options = rmq_options(names)
+    db = f"sqlite:///{tmp_path}/w.db"
+    now = time.time()
+
+    def record(token: str, ctime: float) -> dict[str, Any]:
+        pid = str(uuid.uuid4())
+        return {"pid": pid, "class": "tests.procs:Waiter", "state_name": "waiting", "persisted": False,
+                "token": token, "worker": "elsewhere", "ctime": ctime, "mtime": ctime, "history": []}  # fmt: skip
+
+    with process_comms.connect(BROKER_URL, **options) as holder:  # a live holder, not the sweeping worker
+        live = holder.submit(holder.core.liveness_token).result(T)
+        assert isinstance(live, str)
+        gone = record(f"pc-gone-{uuid.uuid4()}", now - 100)  # no queue of that name: its holder is gone
+        store = SqlPersister(db)
+        try:  # pages of 6 rows: the gone one comes in the second or third, the last (short) page is older
+            store.save_records([gone, *(record(live, now - 200 + i * 20) for i in range(17))])
+        finally:
+            store.close()
+        with process_comms.Worker(BROKER_URL, persister=db, **options) as worker:
+            wait_until(
+                lambda: (worker.persister.load_record(gone["pid"]) or {}).get("state_name") == "excepted",
+                T,
+                "the gone holder's record to be marked lost",
+            )
+            marked = worker.persister.load_record(gone["pid"])
+            assert marked["exception"]["type"] == "ProcessLost"
+            rows = worker.persister.list_records(None, 100, states=["waiting"])
+            assert len(rows) == 17 and all(row["token"] == live for row in rows)  # the live holder's: untouched
