@@ -41,6 +41,8 @@ PC_LOOP = "process_comms asyncio, own loop"
 ECHO_KEY = "[rpc].echo"
 #: The launch-shaped raw floor's result (workload g.l), pipelined with publisher confirms as g.pipe+confirms.
 LAUNCH_FLOOR = "g.l.pipe+confirms"
+#: The same launches one at a time (row c's shape).
+LAUNCH_FLOOR_SEQ = "g.l.seq+confirms"
 
 
 def names(run_id: str, lib: str) -> dict[str, str]:

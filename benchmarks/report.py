@@ -21,6 +21,7 @@ import yaml
 import process_comms
 from benchmarks.common import (
     LAUNCH_FLOOR,
+    LAUNCH_FLOOR_SEQ,
     PC,
     PL,
     RAW,
@@ -99,6 +100,7 @@ DESCRIPTIONS = {
     "wakeup": "status to an idle worker, no waker (B1 probe)",
     "h.idle": "caller loop alone, no calls (lag baseline)",
     "g.l.pipe+confirms": "raw launch-shaped: task, bind, 3 broadcasts, ack, reply, unbind; issued then awaited",
+    "g.l.seq+confirms": "raw launch-shaped: task, bind, 3 broadcasts, ack, reply, unbind; one at a time",
 }
 #: Which floor result a workload's p50 is compared with, and how many request/replies one op is.
 FLOOR = {
@@ -133,6 +135,9 @@ TARGETS = {
 NEED_RATIO = {"b": 4, "c": 5, "d": 8, "e": 4, "f": 4, "h.d": 8, "h.e": 4}
 #: Workloads that must reach half the raw floor's pipelined rate (issue 26: "at the speed of the wire").
 NEED_RAW_SHARE = {"d": 0.5, "h.d": 0.5}
+#: The launch rows and the launch-shaped floor each is set beside (explanatory, not a target): c one at a time,
+#: d and h.d issued then awaited.
+LAUNCH_ROWS = {"c": LAUNCH_FLOOR_SEQ, "d": LAUNCH_FLOOR, "h.d": LAUNCH_FLOOR}
 #: Worker CPU per launch (ms) that the launch-and-wait workloads must stay under (issue 26; 3.3 ms before).
 NEED_CPU_MS = {"d": 1.2, "h.d": 1.2}
 
@@ -166,7 +171,7 @@ def row_metrics(
     launch_ops: float | None = None,
 ) -> RowMetrics:
     """One run's metrics of row ``key``, whose process_comms side ran. The shares of the floors' rates are only
-    for the pipelined rows (the share of the launch-shaped floor only for the launch rows, d and h.d)."""
+    for the pipelined rows (the share of the launch-shaped floor only for the launch rows, c, d and h.d)."""
     if pc.error:
         return RowMetrics(pc_failed=True, pl_failed=pl is not None and bool(pl.error))
     pc_p50 = pc.p(50)
@@ -176,7 +181,7 @@ def row_metrics(
         raw_measured=raw_p50 is not None,
         p50_ratio=pc_p50 / raw_p50 if raw_p50 and pc_p50 is not None else None,
         raw_share=pc.ops / raw_ops if raw_ops and pc.ops and FLOOR[key][0] == "g.pipe+confirms" else None,
-        launch_share=pc.ops / launch_ops if launch_ops and pc.ops and key in NEED_RAW_SHARE else None,
+        launch_share=pc.ops / launch_ops if launch_ops and pc.ops and key in LAUNCH_ROWS else None,
         cpu_ms=pc.cpu_worker / pc.ok * 1000 if pc.cpu_worker is not None and pc.ok else None,
         issue_us=pc.issue_us,
         lag_ms=pc.max_lag_ms,
@@ -199,7 +204,7 @@ def judge(key: str, m: RowMetrics) -> str:
             misses.append(f"ratio {m.ratio:.1f}x < {need}x")
     share = NEED_RAW_SHARE.get(key)
     # explanatory, not a target: the share of the rate that the launch's own messages allow (workload g.l)
-    launch_note = f" ({m.launch_share:.0%} of the launch-shaped floor)" if share is not None and m.launch_share else ""
+    launch_note = f" ({m.launch_share:.0%} of the launch-shaped floor)" if key in LAUNCH_ROWS and m.launch_share else ""
     if share is not None:
         if m.raw_share is None:
             misses.append("raw pipelined rate not measured")
@@ -278,7 +283,8 @@ def _row(
     by: dict[tuple[str, str], Result], key: str
 ) -> tuple[Result | None, Result | None, Result | None, str, int, float | None, float | None, float | None] | None:
     """Row ``key``'s results: process_comms, plumpy, its raw floor (which, how many calls an op), the floor's p50,
-    the raw pipelined (echo) rate and the launch-shaped floor's rate; None if neither library ran it."""
+    the raw pipelined (echo) rate and, for a launch row, its launch-shaped floor's rate (``LAUNCH_ROWS``); None if
+    neither library ran it."""
     pc, pl = by.get((key, PC)), by.get((key, PL))
     if pc is None and pl is None:
         return None
@@ -290,7 +296,8 @@ def _row(
         floor_key, calls, raw = f"{key}, interleaved, +confirms", 1, by[(key, RAW)]
     one = raw.p(50) if raw is not None else None
     raw_p50 = one * calls if one is not None else None
-    return pc, pl, raw, floor_key, calls, raw_p50, _ops(by, "g.pipe+confirms"), _ops(by, LAUNCH_FLOOR)
+    launch_ops = _ops(by, LAUNCH_ROWS[key]) if key in LAUNCH_ROWS else None
+    return pc, pl, raw, floor_key, calls, raw_p50, _ops(by, "g.pipe+confirms"), launch_ops
 
 
 def _ops(by: dict[tuple[str, str], Result], workload: str) -> float | None:
@@ -367,7 +374,11 @@ def repeat_table(runs: list[list[Result]]) -> str:
             ]
         )
     floors = []
-    for workload, label in (("g.pipe+confirms", "raw pipelined (echo)"), (LAUNCH_FLOOR, "launch-shaped floor")):
+    for workload, label in (
+        ("g.pipe+confirms", "raw pipelined (echo)"),
+        (LAUNCH_FLOOR, "launch-shaped floor"),
+        (LAUNCH_FLOOR_SEQ, "launch-shaped floor one at a time"),
+    ):
         done = [r for results in runs for r in results if r.workload == workload and r.impl == RAW and r.ops]
         if done:
             cpu = [r.cpu_worker / r.ok * 1000 for r in done if r.cpu_worker is not None]
@@ -609,8 +620,9 @@ NOTES = [
     "the AMQP messages of one launch in d: the task (confirmed, mandatory, persistent, to the durable task queue), "
     "the route's `queue.bind` (nowait), three `state_changed` broadcasts (delivered to the worker's broadcast "
     "queue, dropped on their header), the task's ack, the final reply, the route's `queue.unbind` (its `unbind-ok` "
-    "read); fixed bodies of the real sizes, no codec, no dispatch; pipelined as d. d and h.d print their share of "
-    "it beside the share of the echo floor: what the protocol's messages allow, not a target.",
+    "read); fixed bodies of the real sizes, no codec, no dispatch; one at a time as c (g.l.seq), then pipelined as "
+    "d. c, d and h.d print their share of it (d and h.d beside the share of the echo floor): what the protocol's "
+    "messages allow, not a target.",
     "- The broker and the 2 CPUs are shared with other sessions (tests, fault injection); compare the libraries "
     "within one run (they are interleaved), not across runs.",
 ]

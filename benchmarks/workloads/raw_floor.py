@@ -18,6 +18,7 @@ import yaml
 from benchmarks.common import (
     ECHO_KEY,
     LAUNCH_FLOOR,
+    LAUNCH_FLOOR_SEQ,
     RAW,
     short_error,
 )
@@ -114,9 +115,10 @@ LAUNCH_TASK_BODY = (
 
 
 async def launch_floor(
-    url: str, exchange_names: dict[str, str], n: int, T: float, BT: float, worker_pid: int | None
+    url: str, exchange_names: dict[str, str], n_seq: int, n: int, T: float, BT: float, worker_pid: int | None
 ) -> list[Result]:
-    """The launch-shaped floor, pipelined as row d: ``n`` tasks issued, then every final reply awaited.
+    """The launch-shaped floor, one at a time as row c (``n_seq`` launches), then pipelined as row d: ``n`` tasks
+    issued, then every final reply awaited.
 
     The client side of one launch with bare aio-pika (``worker_raw_launch.py`` is the worker's): the task
     published with publisher confirms, ``mandatory``, persistent, with ``x-pc-no-pending`` (our controllers'),
@@ -168,6 +170,20 @@ async def launch_floor(
 
         for _ in range(20):  # warm-up
             await asyncio.wait_for(launch(), T)
+        seq = Result(LAUNCH_FLOOR_SEQ, RAW, n_seq)
+        meter = CpuMeter(worker_pid)
+        t_start = time.perf_counter()
+        for _ in range(n_seq):
+            t0 = time.perf_counter()
+            try:
+                await asyncio.wait_for(launch(), T)
+            except Exception as exc:  # noqa: BLE001
+                seq.notes.append(short_error(exc))
+                continue
+            seq.latencies.append(time.perf_counter() - t0)
+            seq.ok += 1
+        seq.wall = time.perf_counter() - t_start
+        seq = meter.stop(seq)
         res = Result(LAUNCH_FLOOR, RAW, n)
 
         async def timed() -> float | None:
@@ -185,7 +201,7 @@ async def launch_floor(
         elif res.notes:
             failed = len(res.notes)
             res.notes = [f"{failed} of {n} failed: {res.notes[-1]}"]
-        return [res]
+        return [seq, res]
     finally:
         await asyncio.wait_for(connection.close(), 10)
 

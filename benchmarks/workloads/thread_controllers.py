@@ -348,10 +348,15 @@ class Bench(AsyncioWorkloads):
     # -- g.l: the launch-shaped raw floor --------------------------------------------------------
     def w_g_l(self) -> None:
         n = self.n("g.l")
-        self.log(f"g.l: launch-shaped floor, {n} issued then awaited (task, bind, 3 broadcasts, ack, reply, unbind)")
+        self.log(
+            f"g.l: launch-shaped floor (task, bind, 3 broadcasts, ack, reply, unbind), one at a time, "
+            f"then {n} issued then awaited"
+        )
         assert self.launch_floor_names is not None
         for res in asyncio.run(
-            launch_floor(self.args.url, self.launch_floor_names, n, self.T, self.BT, self.launch_floor_pid)
+            launch_floor(
+                self.args.url, self.launch_floor_names, self.n("g.seq"), n, self.T, self.BT, self.launch_floor_pid
+            )
         ):
             self.results.append(res)
             self.report(res)
