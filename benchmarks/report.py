@@ -201,7 +201,7 @@ def judge(key: str, m: RowMetrics) -> str:
         elif m.ratio is None:
             misses.append("no plumpy ratio")
         elif m.ratio < need:
-            misses.append(f"ratio {m.ratio:.1f}x < {need}x")
+            misses.append(f"ratio {m.ratio:.2f}x < {need}x")  # two decimals: 7.97x is not "8.0x < 8x"
     share = NEED_RAW_SHARE.get(key)
     # explanatory, not a target: the share of the rate that the launch's own messages allow (workload g.l)
     launch_note = f" ({m.launch_share:.0%} of the launch-shaped floor)" if key in LAUNCH_ROWS and m.launch_share else ""
@@ -213,7 +213,7 @@ def judge(key: str, m: RowMetrics) -> str:
             launch_note = ""  # said beside the share of the echo floor
     cpu_limit = NEED_CPU_MS.get(key)
     if cpu_limit is not None and m.cpu_ms is not None and m.cpu_ms > cpu_limit:
-        misses.append(f"worker CPU {m.cpu_ms:.1f} ms/launch > {cpu_limit}")
+        misses.append(f"worker CPU {m.cpu_ms:.2f} ms/launch > {cpu_limit}")
     if key in ("a", "a.loop") and m.p50_ratio is not None and m.p50_ratio > 1.3:
         misses.append(f"p50 {m.p50_ratio:.2f}x raw > 1.3x")
     if key == "b" and m.issue_us is not None and m.issue_us >= 50:
