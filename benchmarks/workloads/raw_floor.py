@@ -7,9 +7,10 @@ the messages one launch of a plumpy-compatible process passes, with no codec, no
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aio_pika
@@ -70,25 +71,7 @@ async def raw_floor(
                 await asyncio.wait_for(call(), T)
             label = "+confirms" if confirms else " no confirms"
             # one at a time
-            res = Result(f"g.seq{label}", RAW, n_seq)
-            monitor = LagMonitor()
-            ticker = asyncio.create_task(monitor.run())
-            await asyncio.sleep(0.02)
-            monitor.reset()
-            meter = CpuMeter(worker_pid)
-            t_start = time.perf_counter()
-            for _ in range(n_seq):
-                t0 = time.perf_counter()
-                try:
-                    await asyncio.wait_for(call(), T)
-                except Exception as exc:  # noqa: BLE001
-                    res.notes.append(short_error(exc))
-                    continue
-                res.latencies.append(time.perf_counter() - t0)
-                res.ok += 1
-            res.wall = time.perf_counter() - t_start
-            await stop_monitor(monitor, ticker, res)
-            results.append(meter.stop(res))
+            results.append(await _one_at_a_time(Result(f"g.seq{label}", RAW, n_seq), worker_pid, call, n_seq, T))
             # pipelined
             res = Result(f"g.pipe{label}", RAW, n_pipe)
 
@@ -170,20 +153,7 @@ async def launch_floor(
 
         for _ in range(20):  # warm-up
             await asyncio.wait_for(launch(), T)
-        seq = Result(LAUNCH_FLOOR_SEQ, RAW, n_seq)
-        meter = CpuMeter(worker_pid)
-        t_start = time.perf_counter()
-        for _ in range(n_seq):
-            t0 = time.perf_counter()
-            try:
-                await asyncio.wait_for(launch(), T)
-            except Exception as exc:  # noqa: BLE001
-                seq.notes.append(short_error(exc))
-                continue
-            seq.latencies.append(time.perf_counter() - t0)
-            seq.ok += 1
-        seq.wall = time.perf_counter() - t_start
-        seq = meter.stop(seq)
+        seq = await _one_at_a_time(Result(LAUNCH_FLOOR_SEQ, RAW, n_seq), worker_pid, launch, n_seq, T)
         res = Result(LAUNCH_FLOOR, RAW, n)
 
         async def timed() -> float | None:
@@ -206,20 +176,44 @@ async def launch_floor(
         await asyncio.wait_for(connection.close(), 10)
 
 
+async def _one_at_a_time(
+    res: Result, worker_pid: int | None, call: Callable[[], Awaitable[object]], n: int, T: float
+) -> Result:
+    """``n`` calls of ``call``, each awaited (at most ``T`` s) before the next, measured into ``res``."""
+    async with _metered(res, worker_pid):
+        for _ in range(n):
+            t0 = time.perf_counter()
+            try:
+                await asyncio.wait_for(call(), T)
+            except Exception as exc:  # noqa: BLE001
+                res.notes.append(short_error(exc))
+                continue
+            res.latencies.append(time.perf_counter() - t0)
+            res.ok += 1
+    return res
+
+
 async def _gathered(
     res: Result, worker_pid: int | None, timed: Callable[[], Awaitable[float | None]], n: int, BT: float
 ) -> Result:
-    """``n`` calls of ``timed`` issued together and awaited: wall time, latencies, the caller loop's lag and the
-    worker's CPU into ``res``."""
+    """``n`` calls of ``timed`` issued together and awaited, measured into ``res``."""
+    async with _metered(res, worker_pid):
+        lats = await asyncio.wait_for(asyncio.gather(*(timed() for _ in range(n))), BT + 10)
+        res.latencies = [x for x in lats if x is not None]
+        res.ok = len(res.latencies)
+    return res
+
+
+@contextlib.asynccontextmanager
+async def _metered(res: Result, worker_pid: int | None) -> AsyncIterator[None]:
+    """The block's wall time, the caller loop's lag during it and the worker's CPU, into ``res``."""
     monitor = LagMonitor()
     ticker = asyncio.create_task(monitor.run())
     await asyncio.sleep(0.02)
     monitor.reset()
     meter = CpuMeter(worker_pid)
     t_start = time.perf_counter()
-    lats = await asyncio.wait_for(asyncio.gather(*(timed() for _ in range(n))), BT + 10)
+    yield
     res.wall = time.perf_counter() - t_start
-    res.latencies = [x for x in lats if x is not None]
-    res.ok = len(res.latencies)
     await stop_monitor(monitor, ticker, res)
-    return meter.stop(res)
+    meter.stop(res)
