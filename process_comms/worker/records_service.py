@@ -496,9 +496,11 @@ class RecordsService:
             if isinstance(token, str) and token not in own and self.launcher.held(pid) is None:
                 seen[str(pid)] = (pid, token)
         self._swept.update((key, token) for key, (_, token) in seen.items())
-        for key, (_, token) in seen.items():  # taken over meanwhile: its gone holder's time starts again
+        for key, (_, token) in seen.items():  # taken over meanwhile: what was known of its holder is not of this one
             if key in self._gone and self._gone[key][0] != token:
                 del self._gone[key]
+            if self._persisted.get(key, token) != token:
+                del self._persisted[key]
         if self._page_on(rows, before):  # a pass over every unended record ended: forget what it did not see
             kept, self._swept = self._swept, {}
             self._gone = {key: value for key, value in self._gone.items() if kept.get(key) == value[0]}
