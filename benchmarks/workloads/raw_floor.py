@@ -1,7 +1,8 @@
 """Workloads g and g.l: the raw aio-pika floors, their servers in their own OS processes.
 
 g: a request/reply echo (``worker_raw.py``), 2 messages an op. g.l: launch-shaped (``worker_raw_launch.py``),
-the messages one launch of a plumpy-compatible process passes, with no codec, no dispatch and no process.
+the messages one launch of a plumpy-compatible process passes, with no codec, no dispatch and no process, one
+launch at a time (``g.l.seq``, row c's shape) and issued then awaited (``g.l.pipe``, row d's).
 """
 
 from __future__ import annotations
