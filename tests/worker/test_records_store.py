@@ -86,6 +86,18 @@ def test_list_is_newest_first_and_filters(persister: Persister) -> None:
     assert [r["class"] for r in persister.list_records(class_name="tests.procs:Fails")] == ["tests.procs:Fails"]
 
 
+def test_a_listing_filters_on_the_record_as_saved_not_on_the_callers_dict_changed_since(persister: Persister) -> None:
+    """The memory store keeps the fields it filters on beside the record's texts (no longer a decoded summary):
+    they are the saved record's, whatever the writer does to its dict next, as in a database's columns."""
+    saved = record("running", label="batch-a")
+    persister.save_records([saved])
+    saved.update(state_name="finished", label="batch-b", ctime=0.0, mtime=0.0)  # the writer's next state, unsaved
+    assert [r["pid"] for r in persister.list_records(states=["running"], label="batch-a")] == [saved["pid"]]
+    assert persister.list_records(state="finished") == [] and persister.list_records(label="batch-b") == []
+    persister.prune_records(max_age=1.0, max_count=0)  # live as saved: kept, whatever ctime and mtime say now
+    assert persister.load_record(saved["pid"]) is not None
+
+
 def test_list_before_gives_the_next_page_and_a_summary_carries_bounded_progress(persister: Persister) -> None:
     base = time.time() - 100
     rows = [record("finished", base + i, progress={"blob": "x" * 50_000, "done": i}) for i in range(5)]

@@ -33,9 +33,14 @@ __all__ = ["MEMORY_RECORD_BYTES", "InMemoryPersister"]
 #: Bytes of process records an :class:`InMemoryPersister` keeps by default (``memory://?max_record_bytes=N``
 #: to change it): past it, the records of ended processes go, oldest first. Records of live processes stay.
 MEMORY_RECORD_BYTES = 8 * 1024 * 1024
-#: What one kept record costs beyond its JSON texts (its key, tuple and decoded summary: about 1.8 kB measured with
-#: tracemalloc for a trivial process), counted in the bound so that it is close to the memory the records take.
-_RECORD_OVERHEAD = 2048
+#: The fields of a record that listing, eviction and pruning filter and sort on, kept beside its texts. They are
+#: taken from the record as it was written, as sql.py takes its columns: decoding the summary just encoded cost a
+#: launch about 5 % of the worker's CPU (py-spy on benchmark d, docs/performance.md).
+_INDEX_KEYS = ("state_name", "ctime", "mtime", "class", "label")
+#: What one kept record costs beyond its JSON texts (its key, tuple and index fields: about 0.55 kB measured with
+#: tracemalloc for a trivial process; 1.8 kB when a decoded summary was kept), counted in the bound so that it is
+#: close to the memory the records take.
+_RECORD_OVERHEAD = 640
 
 
 class InMemoryPersister(Persister):
@@ -51,8 +56,8 @@ class InMemoryPersister(Persister):
         self._lock = threading.Lock()
         self._store: dict[tuple[str, str], str] = {}
         self._claims: dict[str, ClaimHolder] = {}
-        #: pid key -> (summary, decoded summary, body, inputs)
-        self._records: dict[str, tuple[str, dict[str, Any], str, str]] = {}  # a summary: ctime, mtime are floats
+        #: pid key -> (summary, the fields filtered and sorted on, body, inputs)
+        self._records: dict[str, tuple[str, dict[str, Any], str, str]] = {}  # ctime, mtime are floats
         self.max_record_bytes = max_record_bytes
         #: What the kept records cost, as counted against ``max_record_bytes``.
         self.record_bytes = 0
@@ -84,17 +89,17 @@ class InMemoryPersister(Persister):
         return True
 
     @staticmethod
-    def _encode_records(records: Sequence[dict[str, object]]) -> list[tuple[str, RecordTexts]]:
-        return [(_pid_key(r.get("pid")), record_texts(r)) for r in records]
+    def _encode_records(records: Sequence[dict[str, object]]) -> list[tuple[str, RecordTexts, dict[str, Any]]]:
+        return [(_pid_key(r.get("pid")), record_texts(r), {k: r.get(k) for k in _INDEX_KEYS}) for r in records]
 
-    def _keep_records(self, encoded: list[tuple[str, RecordTexts]]) -> None:
+    def _keep_records(self, encoded: list[tuple[str, RecordTexts, dict[str, Any]]]) -> None:
         """Called with the lock held."""
-        for key, (summary, body, inputs) in encoded:
+        for key, (summary, body, inputs), index in encoded:
             old = self._records.get(key)
             if old is not None:
                 inputs = old[3]
                 self.record_bytes -= _cost(old)
-            entry = (summary, decode_summary(summary), body, inputs)
+            entry = (summary, index, body, inputs)
             self._records[key] = entry
             self.record_bytes += _cost(entry)
         if self.max_record_bytes is not None and self.record_bytes > self.max_record_bytes:
