@@ -200,6 +200,31 @@ def test_a_memory_store_keeps_its_records_within_its_byte_bound(names: dict[str,
         assert str(pids[-1]) in listed and str(pids[0]) not in listed
 
 
+def _memory_record(state: str, n: int) -> dict[str, Any]:
+    now = 1_700_000_000.0 + n
+    return {"pid": f"p{n}", "class": "tests.procs:Add", "state_name": state, "ctime": now, "mtime": now, "inputs": {}}
+
+
+def test_a_memory_store_forgets_what_deleted_records_cost_and_evicts_the_first_ended_first() -> None:
+    one = InMemoryPersister(max_record_bytes=None)
+    one.save_records([_memory_record("finished", 99)])
+    each = one.record_bytes  # what the largest record below counts (a two-digit pid, the longest state name)
+    store = InMemoryPersister(max_record_bytes=10 * each)
+    store.save_records([_memory_record("finished", n) for n in range(8)])
+    store.delete_records([f"p{n}" for n in range(8)])
+    # before: deleted records still counted, so these were evicted with the store holding five of its ten
+    assert store.record_bytes == 0
+    store.save_records([_memory_record("waiting", n) for n in range(20, 25)])  # live: never evicted
+    store.save_records([_memory_record("finished", n) for n in range(10, 15)])
+    assert store.records_evicted == 0 and len(store.list_records(limit=100)) == 10
+
+    store.save_records([_memory_record("killed", 20)])  # written first, ended last: the last to go
+    store.save_records([_memory_record("finished", n) for n in (30, 31)])  # two over the bound: two go
+    kept = {row["pid"] for row in store.list_records(limit=100)}
+    assert kept == {"p12", "p13", "p14", "p20", "p21", "p22", "p23", "p24", "p30", "p31"}, kept
+    assert store.records_evicted == 2 and store.record_bytes <= 10 * each
+
+
 def test_a_memory_url_with_an_unknown_option_is_refused() -> None:
     with pytest.raises(PersistenceError, match="unknown memory:// option"):
         process_comms.get_persister("memory://?max_records=5")

@@ -58,6 +58,10 @@ class InMemoryPersister(Persister):
         self._claims: dict[str, ClaimHolder] = {}
         #: pid key -> (summary, the fields filtered and sorted on, body, inputs)
         self._records: dict[str, tuple[str, dict[str, Any], str, str]] = {}  # ctime, mtime are floats
+        #: The keys of the records of ended processes, the first to end first: what eviction drops, in its order,
+        #: without walking past the records of live processes (a walk of them all on every write, once a store
+        #: of many live processes was over its bound).
+        self._ended: dict[str, None] = {}
         self.max_record_bytes = max_record_bytes
         #: What the kept records cost, as counted against ``max_record_bytes``.
         self.record_bytes = 0
@@ -102,22 +106,32 @@ class InMemoryPersister(Persister):
             entry = (summary, index, body, inputs)
             self._records[key] = entry
             self.record_bytes += _cost(entry)
+            if index["state_name"] in TERMINAL_STATE_NAMES:
+                self._ended.setdefault(key)  # written again once ended: it keeps its place
+            else:
+                self._ended.pop(key, None)
         if self.max_record_bytes is not None and self.record_bytes > self.max_record_bytes:
             self._evict(self.max_record_bytes)
 
     def _evict(self, budget: int) -> None:
-        """Drop ended records, first written first, until the rest cost at most ``budget``. Lock held."""
+        """Drop ended records, the first to end first, until the rest cost at most ``budget``. Lock held."""
         excess = self.record_bytes - budget
         doomed = []
-        for key, entry in self._records.items():  # only as far as it must go, not every record on every write
+        for key in self._ended:  # only as far as it must go, and over ended records only
             if excess <= 0:
                 break
-            if entry[1].get("state_name") in TERMINAL_STATE_NAMES:
-                doomed.append(key)
-                excess -= _cost(entry)
+            doomed.append(key)
+            excess -= _cost(self._records[key])
         for key in doomed:
-            self.record_bytes -= _cost(self._records.pop(key))
+            self._drop(key)
             self.records_evicted += 1
+
+    def _drop(self, key: str) -> None:
+        """Forget the record of ``key``, and what it cost. Lock held."""
+        entry = self._records.pop(key, None)
+        if entry is not None:
+            self.record_bytes -= _cost(entry)
+            self._ended.pop(key, None)
 
     def load_record(self, pid: Pid) -> dict[str, object] | None:
         """A fresh copy of the record of ``pid``, or None."""
@@ -161,14 +175,14 @@ class InMemoryPersister(Persister):
                 if summary["state_name"] in TERMINAL_STATE_NAMES and (
                     (summary["mtime"] or 0) < cutoff or index >= max_count
                 ):
-                    self.record_bytes -= _cost(self._records.pop(key))
+                    self._drop(key)
 
     def delete_records(self, pids: Iterable[Pid]) -> None:
         """Drop the records of ``pids``."""
         keys = [_pid_key(pid) for pid in pids]
         with self._lock:
             for key in keys:
-                self._records.pop(key, None)
+                self._drop(key)  # and what it cost: the bound once counted deleted records, and evicted early
 
     def claim(self, pid: Pid, owner: str, ttl: float) -> bool:
         """Claims held in memory: they coordinate the workers of one Python process."""
