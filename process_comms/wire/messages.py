@@ -131,6 +131,7 @@ __all__ = [
     "is_lost",
     "lost_record",
     "status_of_record",
+    "STATUS_RECORD_KEYS",
     "UNENDED_STATES",
 ]
 
@@ -750,6 +751,14 @@ def broadcast_unwanted(headers: Mapping[str, Any] | None, subscribers: Iterable[
 
 #: The exception type of a record whose process was lost (raised to waiters as ``errors.ProcessLost``).
 LOST_TYPE: Final = "ProcessLost"
+
+
+#: The keys of a record that :func:`status_of_record` reads: a worker makes an ended process's status from these
+#: alone, not from the whole record (its inputs, history and log lines are not in a status).
+STATUS_RECORD_KEYS: Final = (
+    *("pid", "class", "state_name", "paused", "status", "progress", "host", "ctime", "mtime", "label"),
+    *("outputs", "exception", "source", "source_reason", "live"),
+)
 
 
 def status_of_record(record: Mapping[str, object]) -> ProcessStatus:

@@ -57,6 +57,7 @@ from ..wire.messages import (
     MESSAGE_TEXT_KEY,
     RECORD_TASK_ID_KEY,
     RELEASE_KEY,
+    STATUS_RECORD_KEYS,
     Intent,
     ObjectLoader,
     Pid,
@@ -543,8 +544,11 @@ class Process(Recorded):
         Once ended, the status its record gives (outputs or exception included, wire/messages.py): who asks
         gets the same answer whether the worker still holds the process or the fleet's record answers."""
         if self.state.terminal:
-            # as the store keeps it: a value no codec can hold is its marker there and here
-            return {**status_of_record({**safe_value(self.record()), "live": False})}
+            # as the store keeps it: a value no codec can hold is its marker there and here; checked over what a
+            # status shows, not the whole record (its inputs and history were encoded for nothing at every end)
+            record = self.record()
+            shown = {key: record[key] for key in STATUS_RECORD_KEYS if key in record}
+            return {**status_of_record({**safe_value(shown), "live": False})}
         return {
             "ctime": self.ctime,
             "paused": self.paused,
