@@ -109,6 +109,26 @@ def test_the_typed_dicts_hold_every_key_a_worker_sends() -> None:
     assert len(workers) == 1 and set(workers[0]) == _keys(WorkerInfo), set(workers[0]) ^ _keys(WorkerInfo)
 
 
+def test_a_status_from_a_record_reads_only_the_keys_a_worker_hands_it() -> None:
+    """A worker makes an ended process's status from ``STATUS_RECORD_KEYS`` alone (worker/process.py): a key that
+    ``status_of_record`` came to read without being named there would be missing from every such status."""
+    read: set[str] = set()
+
+    class Watched(dict[str, object]):
+        def get(self, key: str, default: object = None) -> object:  # type: ignore[override]
+            read.add(key)
+            return super().get(key, default)
+
+        def __getitem__(self, key: str) -> object:
+            read.add(key)
+            return super().__getitem__(key)
+
+    for state in ("finished", "excepted", "killed"):
+        record = {key: f"<{key}>" for key in (*messages.STATUS_RECORD_KEYS, "inputs", "history", "log")}
+        status.status_of_record(Watched({**record, "state_name": state, "exception": {"type": "E"}}))
+    assert read and read <= set(messages.STATUS_RECORD_KEYS), read - set(messages.STATUS_RECORD_KEYS)
+
+
 def test_a_status_from_a_record_has_the_typed_keys() -> None:
     record = {"pid": 1, "class": "m:C", "state_name": "excepted", "exception": {"type": "E", "message": "m"}}
     made = status.status_of_record({**record, "source": "store", "source_reason": "none up"})
