@@ -31,7 +31,7 @@ from ._base import (
 __all__ = ["MEMORY_RECORD_BYTES", "InMemoryPersister"]
 
 #: Bytes of process records an :class:`InMemoryPersister` keeps by default (``memory://?max_record_bytes=N``
-#: to change it): past it, the records of ended processes go, oldest first. Records of live processes stay.
+#: to change it): past it, the records of ended processes go, the first to end first. Records of live processes stay.
 MEMORY_RECORD_BYTES = 8 * 1024 * 1024
 #: The fields of a record that listing, eviction and pruning filter and sort on, kept beside its texts. They are
 #: taken from the record as it was written, as sql.py takes its columns: decoding the summary just encoded cost a
@@ -50,7 +50,7 @@ class InMemoryPersister(Persister):
         """``loader`` (plumpy's ``InMemoryPersister(loader=...)``): names the class in each checkpoint it saves,
         so a launcher with the same loader continues it; None is the global loader. ``max_record_bytes``: the
         bytes of process records kept (JSON text plus a fixed cost per record); past it the records of ended
-        processes go, oldest first (None: no bound, as before)."""
+        processes go, the first to end first (None: no bound, as before)."""
         #: The loader that identifies the class of each checkpointed process.
         self.loader = loader
         self._lock = threading.Lock()
