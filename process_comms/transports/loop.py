@@ -17,7 +17,7 @@ import functools
 import logging
 import threading
 import weakref
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -26,7 +26,7 @@ from .._compat import timeout as _timeout
 from ..errors import CommunicatorClosed, DeadlockError
 from ..errors import TimeoutError as PCTimeoutError
 
-__all__ = ["LoopThread", "ControllerFuture", "AsyncFn", "with_deadline", "run_on", "spawn_on", "post"]
+__all__ = ["LoopThread", "ControllerFuture", "AsyncFn", "with_deadline", "run_on", "spawn_on", "spawn_each_on", "post"]
 
 T = TypeVar("T")
 V = TypeVar("V")
@@ -383,17 +383,32 @@ def spawn_on(loop: asyncio.AbstractEventLoop, fn: AsyncFn[object], *args: object
     ``concurrent.futures.Future`` (a lock and a condition each), for work whose outcome no one awaits, such
     as a process's state broadcast. A failure is logged; on a closed loop ``fn`` is not called."""
     _refuse_coroutine(fn)
+    if not _inbox(loop).post(functools.partial(_start_logged, loop, functools.partial(fn, *args) if args else fn)):
+        LOGGER.debug("not started, the event loop is closed: %r", fn)
+
+
+def spawn_each_on(loop: asyncio.AbstractEventLoop, fns: Sequence[AsyncFn[object]]) -> None:
+    """:func:`spawn_on` for each of ``fns`` in one hand-over: every ``await fn()`` started on ``loop`` in order, in
+    the one call that the hand-over runs, so what is posted to ``loop`` after them starts after them."""
+    for fn in fns:
+        _refuse_coroutine(fn)
 
     def start() -> None:
-        try:
-            task = asyncio.ensure_future(fn(*args), loop=loop)
-        except Exception:
-            LOGGER.exception("could not start %r", fn)
-            return
-        task.add_done_callback(_log_failure)
+        for fn in fns:
+            _start_logged(loop, fn)
 
     if not _inbox(loop).post(start):
-        LOGGER.debug("not started, the event loop is closed: %r", fn)
+        LOGGER.debug("not started, the event loop is closed: %r", fns)
+
+
+def _start_logged(loop: asyncio.AbstractEventLoop, fn: AsyncFn[object]) -> None:
+    """Start ``await fn()`` as a task on ``loop`` (its thread), its failure logged."""
+    try:
+        task = asyncio.ensure_future(fn(), loop=loop)
+    except Exception:
+        LOGGER.exception("could not start %r", fn)
+        return
+    task.add_done_callback(_log_failure)
 
 
 def _log_failure(task: asyncio.Task[object]) -> None:

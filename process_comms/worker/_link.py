@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar, runtime_checkable
 
 from ..transports.base import AsyncCommunicator
-from ..transports.loop import post, run_on, spawn_on
+from ..transports.loop import post, run_on, spawn_each_on, spawn_on
 
 __all__ = ["ALIVE_CACHE", "CommLink", "HasCore"]
 
@@ -86,12 +86,7 @@ class CommLink:
         if not outbox:
             return
         self.crossings += 1
-
-        async def run_all() -> None:
-            for fn in outbox:
-                spawn_on(self.loop, fn)  # on its own loop: started now, in order
-
-        spawn_on(self.loop, run_all)
+        spawn_each_on(self.loop, outbox)  # started in order, ahead of what is posted after them (a call)
 
     @property
     def token(self) -> str | None:

@@ -28,11 +28,13 @@ class WorkerProc:
         broker_url: str = BROKER_URL,
         *,
         extra_args: Sequence[str] = (),
-        log_path: Path | None = None,
+        log_path: Path,
     ) -> None:
-        """``extra_args`` go to tests/faults/worker_main.py (``--queue gpu=2``, ``--heartbeat 2``...); with
-        ``log_path`` the worker's stderr (its log) goes to that file instead of a pipe."""
-        self.log_file = open(log_path, "w") if log_path is not None else None  # closed by close()
+        """``extra_args`` go to tests/faults/worker_main.py (``--queue gpu=2``, ``--heartbeat 2``...); the
+        worker's stderr (its log) goes to the file ``log_path``: never to a pipe nobody reads, whose full buffer
+        would stop the worker at its next log line."""
+        self.log_path = log_path
+        self.log_file = open(log_path, "w")  # closed by close()
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -48,7 +50,7 @@ class WorkerProc:
             ],
             cwd=ROOT,
             stdout=subprocess.PIPE,
-            stderr=self.log_file if self.log_file is not None else subprocess.PIPE,
+            stderr=self.log_file,
             text=True,
         )
         ready = threading.Event()
@@ -64,16 +66,17 @@ class WorkerProc:
         if not ready.wait(30):
             self.proc.kill()
             self.proc.wait(10)
-            said = self.proc.stderr.read() if self.proc.stderr else (log_path.read_text() if log_path else "")
             self.close()
-            raise AssertionError(f"worker did not start: {said}")
+            raise AssertionError(f"worker did not start: {self.log()}")
+
+    def log(self) -> str:
+        """What the worker has logged so far (its stderr)."""
+        self.log_file.flush()
+        return self.log_path.read_text(errors="replace")
 
     def close(self) -> None:
-        """Close the worker's stderr pipe or log file (after it ended)."""
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
-        if self.log_file is not None:
-            self.log_file.close()
+        """Close the worker's log file (after it ended)."""
+        self.log_file.close()
 
     def sigkill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
@@ -98,12 +101,19 @@ class Workers:
         self.prefix = prefix
         self.broker_url = broker_url
         self.persister = f"sqlite:///{tmp_path}/checkpoints.db"
+        self.tmp_path = tmp_path
         self.started: list[WorkerProc] = []
 
     def __call__(self, *extra_args: str, log_path: Path | None = None) -> WorkerProc:
+        """A worker subprocess; its log goes to ``log_path``, by default ``worker-<n>.log`` beside the store."""
+        log_path = log_path or self.tmp_path / f"worker-{len(self.started) + 1}.log"
         worker = WorkerProc(self.prefix, self.persister, self.broker_url, extra_args=extra_args, log_path=log_path)
         self.started.append(worker)
         return worker
+
+    def logs(self) -> str:
+        """Every started worker's log, each under a heading (for a failing test's message)."""
+        return "".join(f"\n--- worker {n} ---\n{worker.log()}" for n, worker in enumerate(self.started, 1))
 
     def close(self) -> None:
         for worker in self.started:

@@ -125,7 +125,7 @@ def test_a_sigterm_stop_hands_back_the_persisted_and_marks_the_rest_lost(
         workers()  # a second worker of the fleet: it continues the persisted one and answers for records
         stopped_at = time.monotonic()
         assert first.terminate() == 0
-        wait_until(lambda: _said_lost(ctl, lost), LOST_WITHIN, "the record to say lost")
+        wait_until(lambda: _said_lost(ctl, lost), LOST_WITHIN, lambda: f"the record to say lost{workers.logs()}")
         print(f"lost after SIGTERM: {time.monotonic() - stopped_at:.2f} s")
         assert ctl.wait_for_process(kept, timeout=60).result(62) == "finished"  # continued on the second worker
         _check_lost_everywhere(ctl, lost, waiter, dashboard)
@@ -147,7 +147,7 @@ def test_a_sigkilled_workers_unpersisted_process_is_marked_lost_by_the_fleet_wit
         workers()  # another worker sharing the store: it marks the records of a gone holder
         killed_at = time.monotonic()
         first.sigkill()
-        wait_until(lambda: _said_lost(ctl, lost), LOST_WITHIN, "the record to say lost")
+        wait_until(lambda: _said_lost(ctl, lost), LOST_WITHIN, lambda: f"the record to say lost{workers.logs()}")
         print(f"lost after SIGKILL: {time.monotonic() - killed_at:.2f} s (sweep 1 s, grace 2 s)")
         _check_lost_everywhere(ctl, lost, waiter, dashboard)
         record = ctl.get_process(lost).result(T)
@@ -170,7 +170,7 @@ def test_when_the_dead_worker_was_the_only_one_the_next_to_start_marks_its_proce
         wait_until(lambda: _no_worker_up(ctl, lost), T, "no worker is up")  # nobody answers for records: no guess
         started_at = time.monotonic()
         workers()  # shares the store (the same SQLite file)
-        wait_until(lambda: _said_lost(ctl, lost), LOST_WITHIN, "the record to say lost")
+        wait_until(lambda: _said_lost(ctl, lost), LOST_WITHIN, lambda: f"the record to say lost{workers.logs()}")
         print(f"marked lost {time.monotonic() - started_at:.2f} s after the next worker was started")
         with pytest.raises(process_comms.ProcessLost):
             ctl.wait_for_process(lost, timeout=T).result(T)
