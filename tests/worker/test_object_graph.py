@@ -5,10 +5,15 @@ launch's state broadcasts crossing together (CONTRIBUTING.md, "The worker: threa
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
+from typing import cast
 
 import process_comms
 from process_comms import ProcessLauncher
+from process_comms.transports.base import AsyncCommunicator
+from process_comms.transports.loop import LoopThread, run_on
+from process_comms.worker._link import CommLink
 from process_comms.worker.persistence import InMemoryPersister
 from tests.waiting import wait_until
 
@@ -79,3 +84,25 @@ def test_a_launch_crosses_to_the_communicators_loop_through_one_link_a_few_times
         # hand-overs and a round trip before the link gathered the broadcasts
         print(f"{per_launch:.2f} crossings to the communicator's loop per launch")
         assert per_launch <= 5.0, per_launch
+
+
+def test_what_a_link_sent_starts_on_the_communicators_loop_before_a_later_call() -> None:
+    """``CommLink.call`` flushes the sends of the turn before it, so they reach the communicator first (a route's
+    bind sent, then a request that needs it); before, the gathered sends started two loop turns after the call."""
+    started: list[str] = []
+
+    async def note(what: str) -> str:
+        started.append(what)
+        return what
+
+    with LoopThread(name="test-comm") as comm, LoopThread(name="test-home") as home:
+        link = CommLink(cast(AsyncCommunicator, object()), comm.loop, home.loop)
+
+        async def on_home() -> str:
+            link.send(functools.partial(note, "sent 1"))
+            link.send(functools.partial(note, "sent 2"))
+            return await link.call(note, "called")
+
+        assert run_on(home.loop, on_home).result(T) == "called"
+        wait_until(lambda: len(started) == 3, T, "the two sends to start")
+    assert started == ["sent 1", "sent 2", "called"]
