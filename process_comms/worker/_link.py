@@ -39,7 +39,7 @@ class HasCore(Protocol):
 class CommLink:
     """A communicator's async core and its loop, as one object, seen from the launcher's loop ``home``."""
 
-    __slots__ = ("_alive", "_outbox", "_token", "_tokened", "core", "crossings", "home", "loop")
+    __slots__ = ("_alive", "_outbox", "_token", "_tokened", "bound", "core", "crossings", "home", "loop")
 
     def __init__(
         self, core: AsyncCommunicator, loop: asyncio.AbstractEventLoop, home: asyncio.AbstractEventLoop
@@ -51,6 +51,9 @@ class CommLink:
         self.home = home
         #: Hand-overs to the communicator's loop so far (a round trip of :meth:`call` counts one each way).
         self.crossings = 0
+        #: Whether a route was bound through this link and awaited: the broker allowed this worker's binds
+        #: (``Routes.bind`` sends a new pid's bind without waiting after that).
+        self.bound = False
         self._outbox: list[Callable[[], Awaitable[object]]] | None = None
         self._token: str | None = None
         self._tokened = False
@@ -60,7 +63,7 @@ class CommLink:
         """``await fn(*args)`` on the communicator's loop (directly when already on it)."""
         if asyncio.get_running_loop() is self.loop:
             return await fn(*args)
-        self._flush()  # what was sent before this call reaches the communicator first
+        self.flush()  # what was sent before this call reaches the communicator first
         self.crossings += 2
         return await asyncio.wrap_future(run_on(self.loop, fn, *args))
 
@@ -76,12 +79,14 @@ class CommLink:
             spawn_on(self.loop, fn)
         elif self._outbox is None:
             self._outbox = [fn]
-            if not post(self.home, self._flush):  # the launcher's loop is gone: cross at once
-                self._flush()
+            if not post(self.home, self.flush):  # the launcher's loop is gone: cross at once
+                self.flush()
         else:
             self._outbox.append(fn)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Hand the sends gathered so far to the communicator's loop now (on the launcher's loop): what is posted
+        there after them, a call or a task's answer, starts after them."""
         outbox, self._outbox = self._outbox, None
         if not outbox:
             return

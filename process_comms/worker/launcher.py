@@ -361,9 +361,12 @@ class ProcessLauncher:
         assert task is not None
         self._tasks[task] = context
         try:
-            return await hook(*args)
+            answer = await hook(*args)
         finally:
             del self._tasks[task]
+        if context.link is not None:  # what the task sent (its route's bind) reaches the communicator before its answer
+            context.link.flush()
+        return answer
 
     def _context(self, communicator: object) -> TaskContext:
         task = asyncio.current_task()
@@ -445,7 +448,9 @@ class ProcessLauncher:
             except BaseException:
                 await self.claims.unclaim(proc.pid)
                 raise
-        done = await self._start(proc, context.link, persist)
+        # new by construction: made by the process, or the one this task's first delivery derived (_pids.py)
+        made = proc.pid is getattr(proc, "made_pid", None) or (named is not None and not vetted and proc.pid == named)
+        done = await self._start(proc, context.link, persist, new_pid=made)
         if nowait:
             done.add_done_callback(lambda _: release(context.hold))
             return proc.pid
@@ -515,7 +520,11 @@ class ProcessLauncher:
         link = self.link(core, comm_loop) if core is not None and comm_loop is not None else None
         return await self._start(proc, link, persist)
 
-    async def _start(self, proc: Process, link: CommLink | None, persist: bool) -> asyncio.Future[dict[str, object]]:
+    async def _start(
+        self, proc: Process, link: CommLink | None, persist: bool, *, new_pid: bool = False
+    ) -> asyncio.Future[dict[str, object]]:
+        """Attach ``proc``'s runtime, bind its route and start it; ``new_pid``: its pid was made for this launch
+        (no subscriber can hold it), so its route's bind may go without a wait (``Routes.bind``)."""
         key = str(proc.pid)
         routed = not proc.state.terminal and link is not None
         holder = (self.owner, await token_of(link)) if self.records is not None else (None, None)
@@ -532,7 +541,7 @@ class ProcessLauncher:
         if routed:
             assert link is not None
             try:
-                await self.routes.bind(proc, link)
+                await self.routes.bind(proc, link, new_pid=new_pid)
                 self._processes[key] = proc  # before the next await: a held run of the pid sees it (Routes, below)
                 await self.broadcasts.ensure(link)
             except BaseException:
@@ -653,10 +662,16 @@ class Routes:
         """The ended processes still held (their record or their route's removal in flight), by ``str(pid)``."""
         return dict(self._ending)
 
-    async def bind(self, proc: Process, link: CommLink) -> None:
+    async def bind(self, proc: Process, link: CommLink, *, new_pid: bool = False) -> None:
         """Bind the route of ``proc``'s pid, or take it over from an ended run still held (its runtime's
         ``route_gone`` is resolved once the route is gone). The caller puts ``proc`` in the processes before
-        its next await, so the held run does not remove the route."""
+        its next await, so the held run does not remove the route.
+
+        A ``new_pid`` (made for this launch: no subscriber can hold it) on a link whose earlier bind was allowed
+        is bound without waiting: the bind goes with the launch's other sends, in order, and the launcher hands
+        them over before the task's answer (``ProcessLauncher._hook``), so the route is in place before anyone
+        learns the pid. If it fails all the same (the communicator closing, its connection lost), the process is
+        killed, saying why: nobody could reach it."""
         key = str(proc.pid)
         while (unbinding := self._unbinding.get(key)) is not None:
             # bounded: an unbind stuck on a lost connection leaves the old subscriber, and the add below
@@ -668,8 +683,26 @@ class Routes:
             route.proc = proc
             return
         route = _Route(proc)
+        if new_pid and link.bound and key not in self._routes:
+            self._routes[key] = route
+            link.send(functools.partial(self._bind_sent, proc, route, link))
+            return
         await link.call(link.core.add_rpc_subscriber, route, key)  # DuplicateSubscriber if live
+        link.bound = True
         self._routes[key] = route
+
+    async def _bind_sent(self, proc: Process, route: _Route, link: CommLink) -> None:
+        """On the communicator's loop: bind a route sent without waiting; a failure goes back to the launcher."""
+        try:
+            await link.core.add_rpc_subscriber(route, str(proc.pid))
+        except Exception as exc:  # noqa: BLE001 - told to the launcher's loop, which ends the process
+            post(self.loop, functools.partial(self._not_bound, proc, exc))
+
+    def _not_bound(self, proc: Process, exc: Exception) -> None:
+        """On the launcher's loop: ``proc``'s route could not be bound; it is killed, saying why."""
+        LOGGER.error("process %s: its route could not be bound, so it is killed: %s", proc.pid, exc)
+        if not proc.state.terminal:
+            proc.handle_intent(Intent.KILL, f"its route could not be bound: {exc}", False)
 
     def let_go(self, proc: Process, link: CommLink) -> None:
         """``proc`` has ended or been suspended: remove its route, after its record is written if it ended."""

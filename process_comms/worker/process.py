@@ -460,7 +460,11 @@ class Process(Recorded):
         if kwargs:
             raise TypeError(f"{type(self).__name__}() got unexpected keyword arguments {sorted(kwargs)}")
         self.inputs: dict[str, Any] = dict(inputs or {})
-        self.pid: Pid = pid if pid is not None else uuid.uuid4()
+        #: The pid made here (a new UUID), or None if it was given: only a made one is known to be new.
+        self.made_pid: uuid.UUID | None = None
+        if pid is None:
+            self.made_pid = pid = uuid.uuid4()
+        self.pid: Pid = pid
         self.ctime = time.time()
         self.state = ProcessState.CREATED
         self.paused = False

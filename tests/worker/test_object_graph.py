@@ -7,14 +7,17 @@ from __future__ import annotations
 import ast
 import functools
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
+
+import pytest
 
 import process_comms
-from process_comms import ProcessLauncher
+from process_comms import ProcessLauncher, RemoteProcessController
 from process_comms.transports.base import AsyncCommunicator
 from process_comms.transports.loop import LoopThread, run_on
 from process_comms.worker._link import CommLink
 from process_comms.worker.persistence import InMemoryPersister
+from tests.procs import Add, Waiter
 from tests.waiting import wait_until
 
 T = 30.0
@@ -106,3 +109,45 @@ def test_what_a_link_sent_starts_on_the_communicators_loop_before_a_later_call()
         assert run_on(home.loop, on_home).result(T) == "called"
         wait_until(lambda: len(started) == 3, T, "the two sends to start")
     assert started == ["sent 1", "sent 2", "called"]
+
+
+def test_a_new_pids_route_is_bound_before_its_launch_answers(comm_factory: Any) -> None:
+    """A new pid's route is bound without a round trip between the loops (``Routes.bind``), yet before the launch
+    answers: a caller whose turn the answer starts asks the process at once and reaches it, every time (on the
+    embedded bus the answer and the ask share the communicator's loop, so a bind started after the answer
+    would not be there yet)."""
+    worker_comm, client_comm = comm_factory(), comm_factory()
+    with ProcessLauncher(persister=InMemoryPersister()) as launcher:
+        worker_comm.add_task_subscriber(launcher)
+
+        async def launch_then_ask() -> list[str]:
+            ctl = RemoteProcessController(client_comm.core)
+            states = []
+            for _ in range(30):
+                pid = await ctl.launch_process(Waiter, init_kwargs={"inputs": {}}, nowait=True)
+                states.append((await ctl.get_status(pid, timeout=T))["state_name"])
+                assert await ctl.kill_process(pid, timeout=T)
+            return states
+
+        states = run_on(client_comm.loop, launch_then_ask).result(T)
+        link = launcher.link(worker_comm.core, worker_comm.loop)
+        assert link.bound  # the first route's bind was awaited, the others were not
+    assert set(states) <= {"created", "running", "waiting"}, states
+
+
+def test_a_process_whose_route_cannot_be_bound_is_killed_saying_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bind sent without waiting that fails all the same (here the communicator refuses it) leaves no process
+    running that nobody can reach: it is killed, and its record says why."""
+    store = InMemoryPersister()
+    with process_comms.connect() as comm, ProcessLauncher(persister=store) as launcher:  # embedded
+        comm.add_task_subscriber(launcher)
+        controller = process_comms.RemoteProcessThreadController(comm)
+        assert controller.launch_process(Add, init_kwargs={"inputs": {"a": 1, "b": 2}}).result(T) == {"sum": 3}
+
+        async def refuse(*_args: object) -> None:
+            raise process_comms.CommunicatorClosed("refused by the test")
+
+        monkeypatch.setattr(comm.core, "add_rpc_subscriber", refuse)
+        pid = controller.launch_process(Waiter, init_kwargs={"inputs": {}}, nowait=True).result(T)
+        record = wait_until(lambda: (r := store.load_record(pid)) and r.get("state_name") == "killed" and r, T, "kill")
+        assert "its route could not be bound: refused by the test" in str(record.get("status")), record
