@@ -486,6 +486,8 @@ class Process(Recorded):
         self._link: CommLink | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
+        #: Whether the run's task has taken its first step (:meth:`_stop_run`).
+        self._started = False
         self._play: asyncio.Event | None = None
         self._kill_requested: str | None = None
         self._suspending = False
@@ -675,7 +677,7 @@ class Process(Recorded):
         if task is None or task.done():
             self._finish_killed(text)
             return True
-        task.cancel(text)
+        self._stop_run(task, text)
         if force:
             self._finish_killed(text)
             return True
@@ -715,7 +717,7 @@ class Process(Recorded):
             return
         self._suspending = True
         self._note("suspended")
-        task.cancel("suspended")
+        self._stop_run(task, "suspended")
         await asyncio.wait({task}, timeout=10)
 
     async def abandon(self, reason: str) -> None:
@@ -728,8 +730,15 @@ class Process(Recorded):
         if task is None or task.done():
             self._finish_lost()
             return
-        task.cancel("lost")
+        self._stop_run(task, "lost")
         await asyncio.wait({task}, timeout=10)
+
+    def _stop_run(self, task: asyncio.Task[None], why: str) -> None:
+        """Stop the run for a kill, a suspend or a loss already noted on the process. A task cancelled before its
+        first step never runs its coroutine, so the run's own handlers would not end it (its ``wait_done`` would
+        never resolve, nor a kill waiting on it): such a run sees the request at its first step instead."""
+        if self._started:
+            task.cancel(why)
 
     def _finish_lost(self) -> None:
         if self.state.terminal or self._lost_reason is None:
@@ -792,6 +801,7 @@ class Process(Recorded):
             self._settle_terminal()
         else:
             self._broadcast_state(None, ProcessState.CREATED)
+            self._started = False
             self._task = loop.create_task(self._execute(), name=f"process-{self.pid}")
             self._arm_deadline(loop)
         self._touch_record()
@@ -834,10 +844,13 @@ class Process(Recorded):
 
     async def _execute(self) -> None:
         assert self._done is not None
+        self._started = True
         RUNNING.set(weakref.WeakMethod(self._add_log_line))  # this task's context: its module's lines go to its record
-        await self.pause_point()
-        self._transition(ProcessState.RUNNING)
         try:
+            if self._kill_requested is not None or self._suspending or self._lost_reason is not None:
+                raise asyncio.CancelledError("stopped before its run began")  # _stop_run did not cancel it
+            await self.pause_point()
+            self._transition(ProcessState.RUNNING)
             if inspect.iscoroutinefunction(self.run):
                 result = await self.run()
             else:
