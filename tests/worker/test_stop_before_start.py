@@ -24,23 +24,14 @@ async def _started() -> tuple[Waiter, asyncio.Future[dict[str, object]]]:
     return proc, proc.start()  # no await after it: the run's task has not taken its first step
 
 
-def test_a_kill_before_the_first_step_kills() -> None:
+@pytest.mark.parametrize("steps", [0, 1], ids=["before its first step", "at its first pause point"])
+def test_a_kill_kills(steps: int) -> None:
     async def main() -> None:
         proc, done = await _started()
-        assert await asyncio.wait_for(proc.kill("at once"), T)  # before: waited for ever
+        for _ in range(steps):
+            await asyncio.sleep(0)  # the run's first step: up to its first pause point
+        assert await asyncio.wait_for(proc.kill("at once"), T)  # before its first step: waited for ever
         assert proc.state is ProcessState.KILLED and proc.killed_message == "at once"
-        with pytest.raises(KilledError):
-            await asyncio.wait_for(done, T)
-
-    asyncio.run(main())
-
-
-def test_a_kill_at_the_first_pause_point_kills() -> None:
-    async def main() -> None:
-        proc, done = await _started()
-        await asyncio.sleep(0)  # the run's first step: up to its first pause point
-        assert await asyncio.wait_for(proc.kill("at its pause point"), T)
-        assert proc.state is ProcessState.KILLED
         with pytest.raises(KilledError):
             await asyncio.wait_for(done, T)
 
